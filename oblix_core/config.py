@@ -1,0 +1,116 @@
+"""Where Oblix keeps its data, and the optional TOML configuration file.
+
+``$OBLIX_HOME`` (default: the platform's user data dir, e.g. ``~/.local/share/oblix``)
+holds ``sessions/`` for the file store and ``config.toml``::
+
+    [routing]
+    preference = "local-first"        # or "cloud-first"
+
+    [sessions]
+    store = "file"                    # or "redis", "s3", a plugin's store
+    options = {}                      # passed to the store's factory
+
+    [execution]                       # see ExecutionSettings
+    max_retries = 2
+    first_token_timeout = 120
+
+    [[models]]                        # hooked by the CLI and OblixClient.hook_configured_models()
+    type = "llama_cpp"
+    name = "gemma-3-270m"
+
+    [[models]]
+    type = "openai"
+    name = "gpt-4o-mini"
+    api_key_env = "OPENAI_API_KEY"    # read from the environment, never stored
+
+Oblix never writes API keys into this file; it only reads what the user put there.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+import platformdirs
+
+from oblix_core.errors import ConfigError
+from oblix_core.execution import ExecutionSettings
+from oblix_core.routing import PREFERENCES
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+HOME_ENV = "OBLIX_HOME"
+CONFIG_FILE = "config.toml"
+
+
+def oblix_home() -> Path:
+    """``$OBLIX_HOME`` or the platform's user data directory for Oblix."""
+    configured = os.environ.get(HOME_ENV)
+    return Path(configured).expanduser() if configured else Path(platformdirs.user_data_dir("oblix"))
+
+
+@attrs.frozen
+class Config:
+    """The parsed ``config.toml`` (all sections optional)."""
+
+    preference: str = "local-first"
+    store: str = "file"
+    store_options: dict[str, Any] = attrs.field(factory=dict)
+    execution: ExecutionSettings = attrs.field(factory=ExecutionSettings)
+    models: tuple[dict[str, Any], ...] = ()
+    path: Path | None = None
+
+
+def _table(data: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: [{key}] must be a table.")
+    return value
+
+
+def load_config(home: Path | None = None) -> Config:
+    """Read ``config.toml`` from ``home`` (default :func:`oblix_home`); missing file = defaults."""
+    path = (home or oblix_home()) / CONFIG_FILE
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return Config()
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"Cannot read {path}: {exc}. Fix the file or remove it.") from exc
+    routing = _table(data, "routing", path)
+    sessions = _table(data, "sessions", path)
+    preference = routing.get("preference", "local-first")
+    if preference not in PREFERENCES:
+        raise ConfigError(f"{path}: [routing] preference must be one of {PREFERENCES}, got {preference!r}.")
+    models = data.get("models", [])
+    if not isinstance(models, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("type"), str) and isinstance(m.get("name"), str)
+        for m in models
+    ):
+        raise ConfigError(f"{path}: each [[models]] entry needs string 'type' and 'name' keys.")
+    store_options = sessions.get("options", {})
+    if not isinstance(store_options, dict):
+        raise ConfigError(f"{path}: [sessions] options must be a table.")
+    return Config(
+        preference=preference,
+        store=str(sessions.get("store", "file")),
+        store_options=store_options,
+        execution=ExecutionSettings.from_dict(_table(data, "execution", path)),
+        models=tuple(models),
+        path=path,
+    )
+
+
+def model_arguments(entry: dict[str, Any]) -> dict[str, Any]:
+    """``hook_model`` keyword arguments for a ``[[models]]`` entry (``api_key_env`` resolved)."""
+    options = {k: v for k, v in entry.items() if k not in {"type", "name", "api_key_env"}}
+    env = entry.get("api_key_env")
+    if env:
+        options["api_key"] = os.environ.get(str(env))
+    return {"model_type": entry["type"], "model_name": entry["name"], **options}

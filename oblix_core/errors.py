@@ -1,0 +1,83 @@
+"""Every error a user can cause is an :class:`OblixError` with a message that says what to do."""
+
+from __future__ import annotations
+
+
+class OblixError(Exception):
+    """Base class of all Oblix errors."""
+
+
+class ConfigError(OblixError):
+    """The configuration (arguments, config file, environment) is invalid."""
+
+
+class PluginError(OblixError):
+    """A plugin failed to load or registered something invalid."""
+
+
+class SessionError(OblixError):
+    """Base class of session errors."""
+
+
+class InvalidSessionIdError(SessionError):
+    """A session id is malformed (and could escape the store's root)."""
+
+
+class SessionNotFoundError(SessionError):
+    """No session with that id exists in the store."""
+
+
+class SessionExistsError(SessionError):
+    """A session with that id already exists."""
+
+
+class SessionCorruptedError(SessionError):
+    """A stored session cannot be read; other sessions are unaffected."""
+
+
+class InvalidSessionDocumentError(SessionError):
+    """A session document (import file) does not have the expected shape."""
+
+
+class NoActiveSessionError(SessionError):
+    """An operation needed a current session but none is set."""
+
+
+class ModelError(OblixError):
+    """A model backend failed."""
+
+    def __init__(self, message: str, *, model_id: str | None = None) -> None:
+        super().__init__(message)
+        self.model_id = model_id
+
+
+class TransientModelError(ModelError):
+    """A failure that may succeed on retry (timeout, connection loss, 429, 5xx)."""
+
+
+class PermanentModelError(ModelError):
+    """A failure that retrying cannot fix (bad key, bad request, missing model)."""
+
+
+class ModelTimeoutError(TransientModelError):
+    """The model did not produce its first token, or finish, in time."""
+
+
+class StreamInterruptedError(ModelError):
+    """A model failed after part of the answer was already delivered to the caller.
+
+    ``partial`` holds the text delivered so far. Oblix does not retry or fall back
+    in this case, because the caller has already seen output from this model.
+    """
+
+    def __init__(self, message: str, *, model_id: str | None = None, partial: str = "") -> None:
+        super().__init__(message, model_id=model_id)
+        self.partial = partial
+
+
+class NoModelAvailableError(OblixError):
+    """No hooked model can serve the request (none hooked, all failed, or policy excluded all)."""
+
+    def __init__(self, message: str, *, errors: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or {}

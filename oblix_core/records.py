@@ -1,0 +1,145 @@
+"""Session records (attrs) and their JSON shapes, as in the sessions API reference."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+import attrs
+
+from oblix_core.errors import InvalidSessionIdError
+
+#: Roles a stored message may have.
+ROLES = ("system", "user", "assistant")
+
+_SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def utc_now() -> str:
+    """The current UTC time as an ISO-8601 string with milliseconds and a ``Z``."""
+    return format_timestamp(datetime.now(timezone.utc))
+
+
+def format_timestamp(moment: datetime) -> str:
+    """Format an aware datetime like ``2023-07-15T14:30:22.123Z``."""
+    moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_timestamp(value: str) -> datetime:
+    """Parse an ISO-8601 timestamp (``Z`` or offset); naive values are taken as UTC."""
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def new_session_id() -> str:
+    """A fresh random session id (a UUID4 string)."""
+    return str(uuid.uuid4())
+
+
+def new_message_id() -> str:
+    """A fresh message id, unique without coordination between writers."""
+    return f"msg_{uuid.uuid4().hex}"
+
+
+def validate_session_id(session_id: object) -> str:
+    """Return ``session_id`` if it is safe to use as a storage key, else raise.
+
+    Ids are 1-128 characters of letters, digits, ``_``, ``.`` and ``-``, starting with a
+    letter or digit, and never ``..``-style path segments.
+    """
+    if not isinstance(session_id, str) or not _SESSION_ID.fullmatch(session_id) or ".." in session_id:
+        raise InvalidSessionIdError(
+            f"Invalid session id {session_id!r}: use 1-128 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit (ids returned by create_session always qualify)."
+        )
+    return session_id
+
+
+@attrs.frozen
+class Message:
+    """One message of a conversation."""
+
+    role: str
+    content: str
+    id: str = attrs.field(factory=new_message_id)
+    timestamp: str = attrs.field(factory=utc_now)
+    model_id: str | None = None
+    metrics: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": self.id,
+            "role": self.role,
+            "content": self.content,
+            "timestamp": self.timestamp,
+        }
+        if self.model_id is not None:
+            data["model_id"] = self.model_id
+        if self.metrics is not None:
+            data["metrics"] = self.metrics
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Message:
+        return cls(
+            role=data["role"],
+            content=data["content"],
+            id=data.get("id") or new_message_id(),
+            timestamp=data.get("timestamp") or utc_now(),
+            model_id=data.get("model_id"),
+            metrics=data.get("metrics"),
+        )
+
+
+@attrs.frozen
+class SessionRecord:
+    """A whole session: header fields plus its messages."""
+
+    id: str
+    title: str | None = None
+    created_at: str = attrs.field(factory=utc_now)
+    updated_at: str | None = None
+    messages: tuple[Message, ...] = ()
+    context: dict[str, Any] = attrs.field(factory=dict)
+    metadata: dict[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def last_updated(self) -> str:
+        """``updated_at``, falling back to the newest message or the creation time."""
+        candidates = [self.created_at]
+        if self.updated_at:
+            candidates.append(self.updated_at)
+        if self.messages:
+            candidates.append(self.messages[-1].timestamp)
+        return max(candidates, key=parse_timestamp)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The API reference's session dictionary."""
+        return {
+            "id": self.id,
+            "title": self.title,
+            "created_at": self.created_at,
+            "updated_at": self.last_updated,
+            "messages": [m.to_dict() for m in self.messages],
+            "context": dict(self.context),
+            "metadata": dict(self.metadata),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """The summary shape returned by ``list_sessions``."""
+        return {
+            "id": self.id,
+            "title": self.title,
+            "created_at": self.created_at,
+            "updated_at": self.last_updated,
+            "message_count": len(self.messages),
+            "metadata": dict(self.metadata),
+        }
+
+
+def matches_metadata(metadata: dict[str, Any], wanted: dict[str, Any] | None) -> bool:
+    """True if every key of ``wanted`` is in ``metadata`` with an equal value."""
+    return not wanted or all(k in metadata and metadata[k] == v for k, v in wanted.items())

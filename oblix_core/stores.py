@@ -1,0 +1,75 @@
+"""The session store interface that every store plugin implements."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any
+
+from oblix_core.errors import SessionNotFoundError
+from oblix_core.records import Message, SessionRecord
+
+
+class SessionStore(abc.ABC):
+    """Persistent storage of sessions.
+
+    Methods are synchronous and may block; the client calls them from worker threads
+    when it is on an event loop. Implementations must be safe to call from several
+    threads at once, and appends from several processes must never lose a message.
+    Session ids reaching a store have already been checked by
+    :func:`oblix_core.records.validate_session_id`, but a store must still keep every
+    path or key it derives inside its own root.
+    """
+
+    #: The name this store is registered under (``file``, ``redis``, ``s3``...).
+    name: str = ""
+
+    @abc.abstractmethod
+    def create(self, session: SessionRecord) -> None:
+        """Store a new session (with any messages it already has), atomically.
+
+        Raises :class:`~oblix_core.errors.SessionExistsError` if the id is taken.
+        """
+
+    @abc.abstractmethod
+    def load(self, session_id: str) -> SessionRecord:
+        """Return the whole session. Raises ``SessionNotFoundError``/``SessionCorruptedError``."""
+
+    @abc.abstractmethod
+    def append_messages(self, session_id: str, messages: Sequence[Message]) -> None:
+        """Append messages, in order and contiguously, at a cost independent of history size."""
+
+    @abc.abstractmethod
+    def get_metadata(self, session_id: str) -> dict[str, Any]:
+        """Return the session's metadata without reading its messages."""
+
+    @abc.abstractmethod
+    def update_metadata(self, session_id: str, metadata: dict[str, Any]) -> None:
+        """Merge ``metadata`` into the session's metadata, atomically."""
+
+    @abc.abstractmethod
+    def list(self, limit: int = 50, filter_metadata: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Session summaries, newest ``updated_at`` first, filtered by metadata equality.
+
+        Each summary has ``id``, ``title``, ``created_at``, ``updated_at``,
+        ``message_count`` and ``metadata``. Unreadable sessions are skipped.
+        """
+
+    @abc.abstractmethod
+    def delete(self, session_id: str) -> bool:
+        """Delete a session; ``False`` if it did not exist."""
+
+    def exists(self, session_id: str) -> bool:
+        """Whether a session with this id exists."""
+        try:
+            self.get_metadata(session_id)
+        except SessionNotFoundError:
+            return False
+        return True
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release connections or handles."""
+
+    def describe(self) -> dict[str, Any]:
+        """Where this store keeps its data, for ``oblix plugins`` and errors (no secrets)."""
+        return {"name": self.name}

@@ -1,0 +1,131 @@
+"""The contract every :class:`~oblix_core.stores.SessionStore` must satisfy."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from oblix_core.errors import InvalidSessionIdError, SessionExistsError, SessionNotFoundError
+from oblix_core.records import Message, SessionRecord, new_session_id
+from oblix_core.stores import SessionStore
+
+BAD_IDS = ["../escape", "/etc/passwd", "a/b", "a\x00b", "", "..", ".hidden", "a" * 200, "x\\y"]
+
+
+def _session(**kwargs: Any) -> SessionRecord:
+    return SessionRecord(id=new_session_id(), **kwargs)
+
+
+class SessionStoreContract:
+    """Subclass this in your tests and provide a ``store`` fixture returning a fresh store."""
+
+    @pytest.fixture
+    def store(self) -> SessionStore:  # pragma: no cover - always overridden
+        raise NotImplementedError("provide a `store` fixture")
+
+    def test_create_and_load_round_trip(self, store: SessionStore) -> None:
+        record = _session(
+            title="Support — ünïcode ✓",
+            messages=(Message("user", "hi"), Message("assistant", "hello", model_id="x:y", metrics={"a": 1})),
+            context={"customer_id": "cust_123"},
+            metadata={"category": "support", "n": 2, "nested": {"k": [1, 2]}},
+        )
+        store.create(record)
+        loaded = store.load(record.id)
+        assert loaded.to_dict() == record.to_dict()
+
+    def test_create_twice_fails(self, store: SessionStore) -> None:
+        record = _session(title="a")
+        store.create(record)
+        with pytest.raises(SessionExistsError):
+            store.create(record)
+        assert store.load(record.id).title == "a"
+
+    def test_missing_session(self, store: SessionStore) -> None:
+        missing = new_session_id()
+        with pytest.raises(SessionNotFoundError):
+            store.load(missing)
+        with pytest.raises(SessionNotFoundError):
+            store.get_metadata(missing)
+        with pytest.raises(SessionNotFoundError):
+            store.update_metadata(missing, {"a": 1})
+        with pytest.raises(SessionNotFoundError):
+            store.append_messages(missing, [Message("user", "x")])
+        assert store.delete(missing) is False
+        assert store.exists(missing) is False
+
+    @pytest.mark.parametrize("bad_id", BAD_IDS)
+    def test_invalid_ids_rejected(self, store: SessionStore, bad_id: str) -> None:
+        with pytest.raises(InvalidSessionIdError):
+            store.load(bad_id)
+        with pytest.raises(InvalidSessionIdError):
+            store.create(SessionRecord(id=bad_id))
+
+    def test_append_keeps_order(self, store: SessionStore) -> None:
+        record = _session()
+        store.create(record)
+        for i in range(5):
+            store.append_messages(record.id, [Message("user", f"q{i}"), Message("assistant", f"a{i}")])
+        contents = [m.content for m in store.load(record.id).messages]
+        assert contents == [x for i in range(5) for x in (f"q{i}", f"a{i}")]
+
+    def test_concurrent_appends_lose_nothing(self, store: SessionStore) -> None:
+        record = _session()
+        store.create(record)
+        errors: list[BaseException] = []
+
+        def writer(n: int) -> None:
+            try:
+                for i in range(20):
+                    store.append_messages(record.id, [Message("user", f"{n}-{i}-q"), Message("assistant", f"{n}-{i}-a")])
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        contents = [m.content for m in store.load(record.id).messages]
+        assert len(contents) == 160
+        for q, a in zip(contents[::2], contents[1::2]):  # pairs stay contiguous
+            assert q.endswith("-q") and a == q[:-1] + "a"
+
+    def test_metadata_merge(self, store: SessionStore) -> None:
+        record = _session(metadata={"category": "support", "priority": "high"})
+        store.create(record)
+        store.update_metadata(record.id, {"status": "resolved", "priority": "low"})
+        assert store.get_metadata(record.id) == {"category": "support", "priority": "low", "status": "resolved"}
+        assert store.load(record.id).metadata == store.get_metadata(record.id)
+
+    def test_list_orders_filters_and_limits(self, store: SessionStore) -> None:
+        ids = []
+        for i in range(6):
+            record = _session(title=f"s{i}", metadata={"category": "support" if i % 2 else "sales", "i": i})
+            store.create(record)
+            ids.append(record.id)
+        store.append_messages(ids[0], [Message("user", "bump")])  # s0 is now the newest
+        listed = store.list(limit=50)
+        mine = [s["id"] for s in listed if s["id"] in ids]
+        assert mine[0] == ids[0]
+        summary = next(s for s in listed if s["id"] == ids[0])
+        assert summary["message_count"] == 1 and summary["title"] == "s0"
+        assert set(summary) >= {"id", "title", "created_at", "updated_at", "message_count", "metadata"}
+        support = store.list(limit=50, filter_metadata={"category": "support"})
+        assert {s["id"] for s in support} & set(ids) == {ids[1], ids[3], ids[5]}
+        assert len(store.list(limit=2, filter_metadata={"category": "support"})) == 2
+        assert store.list(limit=50, filter_metadata={"category": "support", "i": 3})[0]["id"] == ids[3]
+        assert store.list(limit=50, filter_metadata={"category": "nope"}) == []
+        assert store.list(limit=0) == []
+
+    def test_delete(self, store: SessionStore) -> None:
+        record = _session(metadata={"tag": "to-delete"})
+        store.create(record)
+        assert store.delete(record.id) is True
+        assert not store.exists(record.id)
+        assert store.list(limit=50, filter_metadata={"tag": "to-delete"}) == []
+        with pytest.raises(SessionNotFoundError):
+            store.load(record.id)

@@ -1,0 +1,16 @@
+"""The file session store, Oblix's embedded default (``session_store="file"``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from oblix_core import hookimpl
+from oblix_file.store import FileSessionStore
+
+__all__ = ["FileSessionStore"]
+
+
+@hookimpl
+def oblix_register_session_stores(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    register("file", FileSessionStore)

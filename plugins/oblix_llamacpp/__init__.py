@@ -1,0 +1,16 @@
+"""In-process llama.cpp models (``ModelType.LLAMA_CPP``; extra ``oblix[llama-cpp]``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from oblix_core import hookimpl
+from oblix_llamacpp.backend import LlamaCppBackend
+
+__all__ = ["LlamaCppBackend"]
+
+
+@hookimpl
+def oblix_register_models(register: Callable[[str, Any], None]) -> None:
+    register("llama_cpp", LlamaCppBackend)

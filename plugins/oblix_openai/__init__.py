@@ -1,0 +1,16 @@
+"""OpenAI and OpenAI-compatible endpoints (``ModelType.OPENAI``; extra ``oblix[openai]``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from oblix_core import hookimpl
+from oblix_openai.backend import OpenAIBackend
+
+__all__ = ["OpenAIBackend"]
+
+
+@hookimpl
+def oblix_register_models(register: Callable[[str, Any], None]) -> None:
+    register("openai", OpenAIBackend)

@@ -1,0 +1,33 @@
+"""A third-party plugin: a model type, a session store name and a CLI command."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import click
+
+from oblix_core import ModelBackend, hookimpl
+from oblix_core.models import GenerationRequest, StreamChunk
+
+
+class ShoutBackend(ModelBackend):
+    """Answers with the prompt in upper case."""
+
+    model_type = "shout"
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamChunk]:
+        yield StreamChunk(request.messages[-1].content.upper())
+
+
+@hookimpl
+def oblix_register_models(register: Callable[[str, Any], None]) -> None:
+    register("shout", ShoutBackend)
+
+
+@hookimpl
+def oblix_register_commands(cli: click.Group) -> None:
+    @cli.command()
+    def hello() -> None:
+        """Say hello from a plugin."""
+        click.echo("hello from oblix-hello")
