@@ -93,6 +93,8 @@ async def test_fallback_after_retries_and_permanent_errors(client: OblixClient, 
     scripted.scripts["a"] = [Step(fail="transient")] * 3
     result = await client.execute("hi", stream=False)
     assert result["model_id"] == "scripted:b" and len(scripted.calls["a"]) == 3  # 1 try + 2 retries
+    assert "scripted:a" in client.executor.breaker.cooling_down()  # 3 failures in a row
+    client.executor.breaker.record_success("scripted:a")
     scripted.scripts["a"] = [Step(fail="permanent")]
     result = await client.execute("hi", stream=False)
     assert result["model_id"] == "scripted:b" and len(scripted.calls["a"]) == 4  # no retry

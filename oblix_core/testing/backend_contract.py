@@ -10,7 +10,7 @@ import pytest
 from oblix_core.models import ChatMessage, GenerationRequest, ModelBackend, StreamChunk
 
 
-def _request(text: str = "Say hello.", max_tokens: int = 16) -> GenerationRequest:
+def _request(text: str = "What is the capital of France?", max_tokens: int = 16) -> GenerationRequest:
     return GenerationRequest((ChatMessage("user", text),), temperature=0.0, max_tokens=max_tokens)
 
 
@@ -52,7 +52,7 @@ class ModelBackendContract:
     @pytest.mark.anyio
     async def test_early_close_stops_promptly(self, backend: ModelBackend) -> None:
         with anyio.fail_after(30):
-            async with aclosing(backend.stream(_request("Count from one to a hundred.", 200))) as stream:  # type: ignore[type-var]
+            async with aclosing(backend.stream(_request("Write a long story about a dragon.", 200))) as stream:  # type: ignore[type-var]
                 async for chunk in stream:
                     if chunk.text:
                         break
@@ -65,7 +65,8 @@ class ModelBackendContract:
         results: list[str] = []
 
         async def one(i: int) -> None:
-            text = "".join([c.text async for c in backend.stream(_request(f"Say the number {i}."))])
+            country = ("France", "Italy", "Spain")[i]
+            text = "".join([c.text async for c in backend.stream(_request(f"What is the capital of {country}?"))])
             results.append(text)
 
         with anyio.fail_after(120):

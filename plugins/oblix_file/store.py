@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import filelock
 
 from oblix_core.errors import (
@@ -316,9 +317,10 @@ class FileSessionStore(SessionStore):
             updated = max((m.timestamp for m in messages), key=_ts)
             with self._db() as db:
                 db.execute(
-                    "UPDATE sessions SET message_count = message_count + ?, updated_at = ?, updated_ts = ? "
-                    "WHERE id = ? AND updated_ts <= ?",
-                    (len(messages), updated, _ts(updated), session_id, _ts(updated)),
+                    "UPDATE sessions SET message_count = message_count + ?, "
+                    "updated_at = CASE WHEN updated_ts < ? THEN ? ELSE updated_at END, "
+                    "updated_ts = MAX(updated_ts, ?) WHERE id = ?",
+                    (len(messages), _ts(updated), updated, _ts(updated), session_id),
                 )
 
     def update_metadata(self, session_id: str, metadata: dict[str, Any]) -> None:
@@ -359,11 +361,18 @@ class FileSessionStore(SessionStore):
             db.execute("DELETE FROM sessions")
         for path in self._session_dirs():
             try:
-                record = self.load(path.name)
+                record = self._record(path, self._read_meta(path), ())
             except OblixError as exc:
                 log.warning("not indexing session %s: %s", path.name, exc)
                 continue
-            self._index(record, len(record.messages))
+            try:
+                messages = self._read_messages(path)
+            except SessionCorruptedError as exc:  # still listed; loading it reports the damage
+                log.warning("session %s: %s", path.name, exc)
+                count_lines = (path / MESSAGES).read_bytes().count(b"\n")
+                self._index(record, count_lines)
+            else:
+                self._index(attrs.evolve(record, messages=tuple(messages)), len(messages))
             count += 1
         return count
 

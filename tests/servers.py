@@ -1,0 +1,62 @@
+"""Real servers for the tests, started as subprocesses on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_http(url: str, timeout: float = 60.0, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited early with status {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError as exc:
+            if getattr(exc, "code", None):  # an HTTP error status still means it is up
+                return
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not come up in {timeout}s")
+
+
+class LlamaServer:
+    """``python -m llama_cpp.server``: a real OpenAI-compatible HTTP server."""
+
+    def __init__(self, model: Path, api_key: str | None = None, port: int | None = None) -> None:
+        self.model = model
+        self.api_key = api_key
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> LlamaServer:
+        args = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--chat_format", "alpaca",
+                "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048", "--seed", "1", "--interrupt_requests", "False"]
+        if self.api_key:
+            args += ["--api_key", self.api_key]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_for_http(f"http://127.0.0.1:{self.port}/v1/models", process=self.process)
+        return self
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None

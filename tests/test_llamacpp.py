@@ -1,0 +1,144 @@
+"""The in-process llama.cpp backend with the real library and the packaged Gemma 3 270M model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import aclosing
+from pathlib import Path
+
+import anyio
+import pytest
+
+from oblix import ModelType, OblixClient
+from oblix_core.errors import ConfigError
+from oblix_core.models import ChatMessage, GenerationRequest
+from oblix_core.testing import ModelBackendContract
+from oblix_llamacpp import LlamaCppBackend
+from oblix_llamacpp.packaged import packaged_model_path
+
+pytestmark = pytest.mark.llama
+
+
+@pytest.fixture(scope="module")
+def gemma(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaCppBackend]:
+    """One loaded packaged model for the module (loading takes about a second)."""
+    backend = LlamaCppBackend("gemma-3-270m", n_ctx=2048, seed=7)
+    anyio.run(backend.start)
+    yield backend
+    anyio.run(backend.aclose)
+
+
+def ask(text: str, max_tokens: int = 24) -> GenerationRequest:
+    return GenerationRequest((ChatMessage("user", text),), temperature=0.0, max_tokens=max_tokens)
+
+
+class TestLlamaCppContract(ModelBackendContract):
+    @pytest.fixture
+    def backend(self, gemma: LlamaCppBackend) -> LlamaCppBackend:
+        return gemma
+
+
+def test_packaged_model_identity(gemma: LlamaCppBackend) -> None:
+    assert gemma.model_id == "llama_cpp:gemma-3-270m"
+    assert gemma.describe()["prompt_format"] == "vicuna"  # the base model has no chat template
+    assert packaged_model_path().stat().st_size > 200_000_000
+
+
+def test_tokens_counted_with_the_model_tokenizer(gemma: LlamaCppBackend) -> None:
+    text = "Oblix routes prompts between local and cloud models."
+    assert gemma.count_tokens(text) == len(gemma._llama.tokenize(text.encode(), add_bos=False, special=True))
+    assert gemma.count_tokens(text) != gemma.__class__.__mro__[1].count_tokens(gemma, text)
+
+
+@pytest.mark.anyio
+async def test_answers_sensibly_and_stops_at_the_turn(gemma: LlamaCppBackend) -> None:
+    chunks = [c async for c in gemma.stream(ask("What is the capital of France?", 48))]
+    text = "".join(c.text for c in chunks)
+    assert "Paris" in text
+    assert "USER:" not in text and "ASSISTANT:" not in text
+    assert chunks[-1].usage is not None and 0 < chunks[-1].usage.output_tokens <= 48
+
+
+@pytest.mark.anyio
+async def test_concurrent_requests_are_queued_not_garbled(gemma: LlamaCppBackend) -> None:
+    prompts = ["What is the capital of France?", "Name a colour.", "What is two plus two?"]
+    alone = ["".join([c.text async for c in gemma.stream(ask(p))]) for p in prompts]
+    together: dict[int, str] = {}
+
+    async def one(i: int) -> None:
+        together[i] = "".join([c.text async for c in gemma.stream(ask(prompts[i]))])
+
+    async with anyio.create_task_group() as tg:
+        for i in range(3):
+            tg.start_soon(one, i)
+    assert [together[i] for i in range(3)] == alone  # greedy decoding: identical answers
+
+
+@pytest.mark.anyio
+async def test_event_loop_keeps_running_during_generation(gemma: LlamaCppBackend) -> None:
+    ticks = 0
+    done = anyio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            await anyio.sleep(0.005)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        tokens = [c async for c in gemma.stream(ask("Tell me a story about a dragon.", 40))]
+        done.set()
+    assert len(tokens) >= 3 and ticks >= len(tokens)  # the loop ran between tokens
+
+
+@pytest.mark.anyio
+async def test_closing_the_stream_stops_generation(gemma: LlamaCppBackend) -> None:
+    async with aclosing(gemma.stream(ask("Count from one to one hundred.", 400))) as stream:  # type: ignore[type-var]
+        async for chunk in stream:
+            if chunk.text:
+                break
+    with anyio.fail_after(5):  # the worker lets go of the model within a token or so
+        while gemma._lock.locked():
+            await anyio.sleep(0.01)
+
+
+@pytest.mark.anyio
+async def test_cancelling_the_task_stops_generation(gemma: LlamaCppBackend) -> None:
+    with anyio.move_on_after(0.3):
+        async for _ in gemma.stream(ask("Write a long essay about the sea.", 400)):
+            pass
+    with anyio.fail_after(5):
+        while gemma._lock.locked():
+            await anyio.sleep(0.01)
+
+
+@pytest.mark.anyio
+async def test_missing_gguf_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="No GGUF file"):
+        await LlamaCppBackend(str(tmp_path / "nope.gguf")).start()
+
+
+@pytest.mark.anyio
+async def test_end_to_end_session_with_history(home: Path, gemma: LlamaCppBackend) -> None:
+    client = OblixClient(home=home)
+    client._models[gemma.model_id] = gemma  # reuse the loaded model (hook_model would load it again)
+    sid = await client.create_session("Geography")
+    first = await client.execute("What is the capital of France?", session_id=sid, stream=False, temperature=0, max_tokens=32)
+    assert first["model_id"] == "llama_cpp:gemma-3-270m" and "Paris" in first["response"]
+    assert first["metrics"]["tokens_estimated"] is False
+    second = await client.execute("And of Italy?", session_id=sid, stream=False, temperature=0, max_tokens=32)
+    assert second["metrics"]["history_messages_sent"] == 3
+    assert [m["role"] for m in client.load_session(sid)["messages"]] == ["user", "assistant"] * 2
+    client._models.clear()  # the module fixture owns the model
+    await client.shutdown()
+
+
+@pytest.mark.anyio
+async def test_hook_model_with_a_gguf_path(home: Path) -> None:
+    client = OblixClient(home=home)
+    model_id = await client.hook_model(ModelType.LLAMA_CPP, str(packaged_model_path()), n_ctx=512)
+    assert model_id == "llama_cpp:gemma-3-270m-q4_k_m"
+    result = await client.execute("Say hi.", stream=False, max_tokens=8, temperature=0)
+    assert result["response"].strip()
+    await client.shutdown()

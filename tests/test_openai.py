@@ -1,0 +1,160 @@
+"""The OpenAI backend against a real OpenAI-compatible server (llama-cpp-python[server]).
+
+The server serves the packaged Gemma 3 270M with the alpaca chat format (its default
+format makes this base model answer with nothing).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from oblix import ModelType, OblixClient
+from oblix_core.errors import (
+    ConfigError,
+    NoModelAvailableError,
+    PermanentModelError,
+    StreamInterruptedError,
+    TransientModelError,
+)
+from oblix_core.models import ChatMessage, GenerationRequest
+from oblix_core.testing import ModelBackendContract, ScriptedPlugin
+from oblix_llamacpp.packaged import packaged_model_path
+from oblix_openai import OpenAIBackend
+from tests.conftest import FAST
+from tests.servers import LlamaServer, free_port
+
+pytestmark = pytest.mark.llama
+SECRET = "sk-oblix-test-SECRET-4242"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LlamaServer]:
+    srv = LlamaServer(packaged_model_path(), api_key=SECRET).start()
+    yield srv
+    srv.kill()
+
+
+def ask(text: str = "What is the capital of France?", max_tokens: int = 24) -> GenerationRequest:
+    return GenerationRequest((ChatMessage("user", text),), temperature=0.0, max_tokens=max_tokens)
+
+
+class TestOpenAIContract(ModelBackendContract):
+    secret = SECRET
+
+    @pytest.fixture
+    def backend(self, server: LlamaServer) -> OpenAIBackend:
+        backend = OpenAIBackend("gemma", endpoint=server.url, api_key=SECRET)
+        anyio.run(backend.start)  # only builds the client; connections open in the test's loop
+        return backend
+
+
+@pytest.mark.anyio
+async def test_streams_and_finishes(server: LlamaServer) -> None:
+    backend = OpenAIBackend("gemma", endpoint=server.url, api_key=SECRET, context_window=2048)
+    await backend.start()
+    chunks = [c async for c in backend.stream(ask())]
+    assert "Paris" in "".join(c.text for c in chunks)
+    assert chunks[-1].finish_reason in ("stop", "length")
+    await backend.aclose()
+
+
+@pytest.mark.anyio
+async def test_wrong_key_is_permanent_and_not_retried(server: LlamaServer, home: Path) -> None:
+    backend = OpenAIBackend("gemma", endpoint=server.url, api_key="sk-wrong")
+    await backend.start()
+    with pytest.raises(PermanentModelError, match="401"):
+        async for _ in backend.stream(ask()):
+            pass
+    client = OblixClient(home=home, execution=FAST)
+    await client.hook_model(ModelType.OPENAI, "gemma", endpoint=server.url, api_key="sk-wrong")
+    with pytest.raises(NoModelAvailableError, match="Check the API key"):
+        await client.execute("hi", stream=False)
+    assert client.executor.breaker._failures["openai:gemma"] == 1  # one attempt, no retries
+    await client.shutdown()
+
+
+@pytest.mark.anyio
+async def test_missing_key_without_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        await OpenAIBackend("gpt-4o-mini").start()
+    assert OpenAIBackend("gpt-4o-mini").context_window == 128_000
+
+
+@pytest.mark.anyio
+async def test_key_never_reaches_disk_or_reprs(server: LlamaServer, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    client = OblixClient(home=home)
+    await client.hook_model(ModelType.OPENAI, "gemma", endpoint=server.url)
+    result = await client.execute("Say hi.", stream=False, max_tokens=8)
+    await client.export_session(result["session_id"], str(home / "export.json"))
+    assert SECRET not in repr(client) and SECRET not in repr(client.models) and SECRET not in json.dumps(result)
+    for path in home.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    await client.shutdown()
+
+
+@pytest.mark.anyio
+async def test_server_down_before_request_falls_back_to_local(home: Path) -> None:
+    scripted = ScriptedPlugin()
+    client = OblixClient(home=home, plugins=[scripted], execution=FAST, preference="cloud-first")
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    await client.hook_model(ModelType.OPENAI, "gemma", endpoint=dead)
+    await client.hook_model("scripted", "local")
+    result = await client.execute("hi", stream=False)
+    assert result["model_id"] == "scripted:local"
+    errors = [a["error"] for a in result["metrics"]["attempts"] if a["error"]]
+    assert len(errors) == 3 and "cannot connect" in errors[0]  # 1 try + 2 retries, then fallback
+    await client.shutdown()
+
+
+@pytest.mark.anyio
+async def test_server_killed_mid_stream(tmp_path: Path) -> None:
+    srv = LlamaServer(packaged_model_path()).start()
+    backend = OpenAIBackend("gemma", endpoint=srv.url)
+    await backend.start()
+    received: list[str] = []
+    try:
+        with pytest.raises(TransientModelError, match="connection lost|cannot connect|HTTP"):
+            async for chunk in backend.stream(ask("Write a very long story about a knight.", 400)):
+                if chunk.text:
+                    received.append(chunk.text)
+                if len(received) == 3:
+                    await anyio.to_thread.run_sync(srv.kill)
+    finally:
+        srv.kill()
+        await backend.aclose()
+    assert len(received) >= 3
+
+
+@pytest.mark.anyio
+async def test_mid_stream_kill_through_the_client_is_an_interrupted_answer(home: Path) -> None:
+    srv = LlamaServer(packaged_model_path()).start()
+    client = OblixClient(home=home, execution=FAST)
+    await client.hook_model(ModelType.OPENAI, "gemma", endpoint=srv.url)
+    sid = await client.create_session()
+    try:
+        with pytest.raises(StreamInterruptedError) as info:
+            async with client.stream("Write a very long story about a knight.", session_id=sid, max_tokens=400) as s:
+                async for i, _ in _enumerate(s):
+                    if i == 2:
+                        await anyio.to_thread.run_sync(srv.kill)
+    finally:
+        srv.kill()
+    assert info.value.partial
+    stored = client.load_session(sid)["messages"]
+    assert stored[-1]["content"] == info.value.partial and stored[-1]["metrics"]["interrupted"] is True
+    await client.shutdown()
+
+
+async def _enumerate(stream):  # type: ignore[no-untyped-def]
+    i = 0
+    async for item in stream:
+        yield i, item
+        i += 1
