@@ -132,6 +132,11 @@ class OpenAIBackend(ModelBackend):
                     if getattr(event, "usage", None):
                         yield StreamChunk(usage=Usage(event.usage.prompt_tokens, event.usage.completion_tokens))
             finally:
+                # close the SDK's event generator too, so it is not finalised later by the GC
+                # (possibly in another event loop); then the HTTP response
+                events = getattr(response, "_iterator", None)
+                if events is not None:
+                    await events.aclose()
                 await response.close()
         except openai.OpenAIError as exc:
             raise self._classify(exc) from exc
