@@ -7,7 +7,7 @@ format makes this base model answer with nothing).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
@@ -47,10 +47,11 @@ class TestOpenAIContract(ModelBackendContract):
     secret = SECRET
 
     @pytest.fixture
-    def backend(self, server: LlamaServer) -> OpenAIBackend:
+    async def backend(self, server: LlamaServer) -> AsyncIterator[OpenAIBackend]:
         backend = OpenAIBackend("gemma", endpoint=server.url, api_key=SECRET)
-        anyio.run(backend.start)  # only builds the client; connections open in the test's loop
-        return backend
+        await backend.start()
+        yield backend
+        await backend.aclose()
 
 
 @pytest.mark.anyio

@@ -17,6 +17,9 @@ def _request(text: str = "What is the capital of France?", max_tokens: int = 16)
 class ModelBackendContract:
     """Subclass and provide a ``backend`` fixture returning a started backend.
 
+    Every test is async (``@pytest.mark.anyio``), so the fixture may be an async one
+    that starts the backend in the test's own event loop.
+
     Set ``secret`` (class attribute) to the API key the fixture used, if any, so the
     suite can check that it never shows up in ``repr`` or ``describe``.
     """
@@ -27,7 +30,8 @@ class ModelBackendContract:
     def backend(self) -> ModelBackend:  # pragma: no cover - always overridden
         raise NotImplementedError("provide a `backend` fixture")
 
-    def test_identity(self, backend: ModelBackend) -> None:
+    @pytest.mark.anyio
+    async def test_identity(self, backend: ModelBackend) -> None:
         assert backend.model_id == f"{backend.model_type}:{backend.model_name}"
         assert backend.context_window > 0
         description = backend.describe()
@@ -35,7 +39,8 @@ class ModelBackendContract:
         if self.secret:
             assert self.secret not in repr(backend) and self.secret not in str(description)
 
-    def test_count_tokens(self, backend: ModelBackend) -> None:
+    @pytest.mark.anyio
+    async def test_count_tokens(self, backend: ModelBackend) -> None:
         short, long = backend.count_tokens("hello"), backend.count_tokens("hello world " * 50)
         assert 0 < short < long
         assert backend.count_tokens("") == 0
