@@ -26,6 +26,7 @@ class AgentState:
     """State names used by the built-in agents and the default routing policy."""
 
     PENDING = "PENDING"  # no sample taken yet
+    IDLE = "IDLE"  # nothing to watch (e.g. no cloud endpoint)
     ERROR = "ERROR"  # the agent itself failed to measure
     AVAILABLE = "AVAILABLE"
     CONSTRAINED = "CONSTRAINED"
@@ -33,6 +34,10 @@ class AgentState:
     OPTIMAL = "OPTIMAL"
     DEGRADED = "DEGRADED"
     DISCONNECTED = "DISCONNECTED"
+
+
+#: States that say "all is well": a target on such a check informs but does not steer routing.
+NOMINAL_STATES = frozenset({"PENDING", "IDLE", "ERROR", "AVAILABLE", "OPTIMAL"})
 
 
 class Target:

@@ -74,9 +74,11 @@ def plugins(as_json: bool) -> None:
 
 def build_cli() -> click.Group:
     """The root group with the built-in commands and every plugin's commands."""
-    from oblix_core import cli_sessions
+    from oblix_core import cli_run, cli_sessions
 
     cli.add_command(cli_sessions.sessions)
+    for command in (cli_run.run, cli_run.chat, cli_run.models, cli_run.agents):
+        cli.add_command(command)
     build_plugin_manager().hook.oblix_register_commands(cli=cli)
     return cli
 

@@ -13,7 +13,7 @@ import anyio
 
 from oblix_core import session_io
 from oblix_core.agents import AgentCheck, BaseAgent
-from oblix_core.config import Config, load_config, model_arguments, oblix_home
+from oblix_core.config import Config, default_model_entries, load_config, model_arguments, oblix_home
 from oblix_core.conversation import ResponseStream
 from oblix_core.errors import (
     ConfigError,
@@ -134,9 +134,18 @@ class OblixClient:
         await backend.aclose()
         return True
 
-    async def hook_configured_models(self) -> list[str]:
-        """Hook every ``[[models]]`` entry of ``config.toml``; returns their ids."""
-        return [await self.hook_model(**model_arguments(entry)) for entry in self.config.models]
+    async def hook_configured_models(self, cloud_only: bool = False) -> list[str]:
+        """Hook the models of ``config.toml``, or the embedded defaults when it lists none.
+
+        With no ``[[models]]`` entry the defaults are the packaged local model
+        (``llama_cpp:gemma-3-270m``) and, when ``$OPENAI_API_KEY`` is set,
+        ``openai:gpt-4o-mini``. ``cloud_only`` skips local models (nothing to load).
+        Returns the hooked ids.
+        """
+        entries = list(self.config.models) or default_model_entries(self.registry.models)
+        if cloud_only:
+            entries = [e for e in entries if not e.get("local", self.registry.model_class(e["type"]).default_local)]
+        return [await self.hook_model(**model_arguments(entry)) for entry in entries]
 
     def hook_agent(self, agent: BaseAgent) -> None:
         """Add a monitoring agent; it starts sampling in the background at once."""
@@ -147,6 +156,29 @@ class OblixClient:
         self._agents[agent.name] = agent
         agent.set_models(self.models)
         agent.start()
+
+    def hook_default_agents(self) -> list[str]:
+        """Hook the agents of ``config.toml`` ``[agents] enabled`` (default: every registered one).
+
+        Options for an agent come from its own table, e.g. ``[agents.connectivity]``.
+        Agents already hooked under the same name are kept. Returns the hooked names.
+        """
+        hooked = []
+        for name in self.config.agents_enabled or sorted(self.registry.agents):
+            if name in self._agents:
+                continue
+            try:
+                cls = self.registry.agents[name]
+            except KeyError:
+                known = ", ".join(sorted(self.registry.agents)) or "none"
+                raise ConfigError(f"No agent named {name!r} (registered: {known}).") from None
+            try:
+                agent = cls(**self.config.agent_options.get(name, {}))
+            except TypeError as exc:
+                raise ConfigError(f"Invalid options for agent {name!r}: {exc}.") from exc
+            self.hook_agent(agent)
+            hooked.append(agent.name)
+        return hooked
 
     def agent_checks(self) -> list[AgentCheck]:
         """Each agent's latest check (cached; never waits on a probe)."""

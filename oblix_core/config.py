@@ -14,6 +14,11 @@ holds ``sessions/`` for the file store and ``config.toml``::
     max_retries = 2
     first_token_timeout = 120
 
+    [agents]                          # hooked by the CLI and OblixClient.hook_default_agents()
+    enabled = ["resource_monitor", "connectivity"]   # default: every registered agent
+    [agents.connectivity]             # keyword arguments of that agent
+    latency_threshold = 150
+
     [[models]]                        # hooked by the CLI and OblixClient.hook_configured_models()
     type = "llama_cpp"
     name = "gemma-3-270m"
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +70,8 @@ class Config:
     store_options: dict[str, Any] = attrs.field(factory=dict)
     execution: ExecutionSettings = attrs.field(factory=ExecutionSettings)
     models: tuple[dict[str, Any], ...] = ()
+    agents_enabled: tuple[str, ...] = ()
+    agent_options: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     path: Path | None = None
 
 
@@ -97,8 +105,15 @@ def load_config(home: Path | None = None) -> Config:
     store_options = sessions.get("options", {})
     if not isinstance(store_options, dict):
         raise ConfigError(f"{path}: [sessions] options must be a table.")
+    agents = _table(data, "agents", path)
+    enabled = agents.get("enabled", [])
+    if not isinstance(enabled, list) or not all(isinstance(n, str) for n in enabled):
+        raise ConfigError(f"{path}: [agents] enabled must be a list of agent names.")
+    agent_options = {k: v for k, v in agents.items() if isinstance(v, dict)}
     return Config(
         preference=preference,
+        agents_enabled=tuple(enabled),
+        agent_options=agent_options,
         store=str(sessions.get("store", "file")),
         store_options=store_options,
         execution=ExecutionSettings.from_dict(_table(data, "execution", path)),
@@ -114,3 +129,17 @@ def model_arguments(entry: dict[str, Any]) -> dict[str, Any]:
     if env:
         options["api_key"] = os.environ.get(str(env))
     return {"model_type": entry["type"], "model_name": entry["name"], **options}
+
+
+#: The embedded defaults: a packaged local model, plus OpenAI when a key is in the environment.
+DEFAULT_LOCAL_MODEL = {"type": "llama_cpp", "name": "gemma-3-270m"}
+DEFAULT_CLOUD_MODEL = {"type": "openai", "name": "gpt-4o-mini", "api_key_env": "OPENAI_API_KEY"}
+
+
+def default_model_entries(registered: Iterable[str]) -> list[dict[str, Any]]:
+    """``[[models]]`` entries used when the config file lists none."""
+    available = set(registered)
+    entries = [DEFAULT_LOCAL_MODEL] if DEFAULT_LOCAL_MODEL["type"] in available else []
+    if os.environ.get("OPENAI_API_KEY") and DEFAULT_CLOUD_MODEL["type"] in available:
+        entries.append(DEFAULT_CLOUD_MODEL)
+    return [dict(e) for e in entries]

@@ -11,8 +11,9 @@ applies these rules, first match wins:
 4. ``local-constrained`` -- an agent reports ``CRITICAL`` or ``CONSTRAINED`` local resources:
    cloud models first, local ones as fallbacks.
 5. ``network-degraded`` -- an agent reports ``DEGRADED`` connectivity: local models first.
-6. ``agent-target``  -- an agent (e.g. a custom one) suggests a target (``CLOUD`` or
-   ``LOCAL*``): that kind first.
+6. ``agent-target``  -- an agent (e.g. a custom one) in a state of its own (not ``AVAILABLE``,
+   ``OPTIMAL``, ``IDLE``, ``PENDING`` or ``ERROR``) suggests a target (``CLOUD`` or
+   ``LOCAL*``): that kind first. Targets on those nominal states only inform.
 7. ``preference``    -- otherwise the configured preference, ``local-first`` (default) or
    ``cloud-first``.
 
@@ -26,7 +27,7 @@ from typing import Any
 
 import attrs
 
-from oblix_core.agents import AgentCheck, AgentState, Target
+from oblix_core.agents import NOMINAL_STATES, AgentCheck, AgentState, Target
 from oblix_core.errors import ConfigError, NoModelAvailableError
 from oblix_core.hookspecs import hookimpl
 from oblix_core.models import ModelBackend
@@ -120,7 +121,7 @@ def default_policy(
     if slow := by_state(AgentState.DEGRADED):
         why = "; ".join(map(_describe, slow))
         return RoutingPlan(tuple(local + cloud), "network-degraded", f"network degraded: {why}; local first")
-    for check in checks:
+    for check in (c for c in checks if c.state not in NOMINAL_STATES):
         if check.target == Target.CLOUD:
             return RoutingPlan(tuple(cloud + local), "agent-target", f"{check.agent} suggests CLOUD")
         if check.target and check.target.startswith(Target.LOCAL):

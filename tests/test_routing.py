@@ -48,8 +48,10 @@ def check(state: str, target: str | None = None, agent: str = "a") -> AgentCheck
         ([check(AgentState.CONSTRAINED, Target.CLOUD)], "local-first", "local-constrained", ["cloud", "local-a", "local-b"]),
         ([check(AgentState.CRITICAL)], "local-first", "local-constrained", ["cloud", "local-a", "local-b"]),
         ([check(AgentState.DEGRADED)], "cloud-first", "network-degraded", ["local-a", "local-b", "cloud"]),
-        ([check(AgentState.AVAILABLE, Target.CLOUD)], "local-first", "agent-target", ["cloud", "local-a", "local-b"]),
-        ([check(AgentState.AVAILABLE, Target.LOCAL_GPU)], "cloud-first", "agent-target", ["local-a", "local-b", "cloud"]),
+        ([check("PREFER_CLOUD", Target.CLOUD)], "local-first", "agent-target", ["cloud", "local-a", "local-b"]),
+        ([check("PRIVATE_HOURS", Target.LOCAL)], "cloud-first", "agent-target", ["local-a", "local-b", "cloud"]),
+        ([check(AgentState.AVAILABLE, Target.LOCAL_GPU)], "cloud-first", "preference", ["cloud", "local-a", "local-b"]),
+        ([check(AgentState.OPTIMAL)], "cloud-first", "preference", ["cloud", "local-a", "local-b"]),
         ([check(AgentState.PENDING)], "local-first", "preference", ["local-a", "local-b", "cloud"]),
         (
             [check(AgentState.CRITICAL, agent="res"), check(AgentState.DISCONNECTED, agent="net")],
@@ -102,13 +104,13 @@ async def test_custom_agent_steers_execute(home: Path, scripted: ScriptedPlugin)
     client = OblixClient(home=home, plugins=[scripted])
     await client.hook_model("scripted", "local")
     await client.hook_model("scripted", "cloud", local=False)
-    agent = FixedAgent(AgentState.AVAILABLE, Target.CLOUD)
+    agent = FixedAgent("PREFER_CLOUD", Target.CLOUD)
     client.hook_agent(agent)
     agent.refresh()
     result = await client.execute("hi", stream=False)
     assert result["model_id"] == "scripted:cloud"
     assert result["routing_decision"]["rule"] == "agent-target"
-    assert result["agent_checks"]["fixed"]["state"] == AgentState.AVAILABLE
+    assert result["agent_checks"]["fixed"]["state"] == "PREFER_CLOUD"
     sid = await client.create_session(metadata={"local_only": True})
     result = await client.execute("private", session_id=sid, stream=False)
     assert result["model_id"] == "scripted:local" and result["routing_decision"]["rule"] == "local-only"

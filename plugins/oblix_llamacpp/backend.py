@@ -49,7 +49,9 @@ class LlamaCppBackend(ModelBackend):
     ``n_ctx`` (context size, default 4096), ``n_threads`` (default: physical cores),
     ``n_gpu_layers`` (GPU offload; -1 = all, needs a GPU build of llama.cpp),
     ``chat_format`` (``"vicuna"``/``"alpaca"`` plain prompts, or a llama.cpp chat format
-    name; default: the model's own template, else ``"vicuna"``), ``seed``.
+    name; default: the model's own template, else ``"vicuna"``), ``seed``, and
+    ``temperature`` (used when a request sets none; default 0.2, since small local
+    models wander at llama.cpp's 0.8).
     """
 
     model_type = "llama_cpp"
@@ -64,6 +66,7 @@ class LlamaCppBackend(ModelBackend):
         n_gpu_layers: int = 0,
         chat_format: str | None = None,
         seed: int | None = None,
+        temperature: float = 0.2,
         **kwargs: Any,
     ) -> None:
         self.model_path: Path | None = None if model_name == DEFAULT_MODEL else Path(model_name).expanduser()
@@ -76,6 +79,7 @@ class LlamaCppBackend(ModelBackend):
         self.n_gpu_layers = n_gpu_layers
         self.chat_format = chat_format
         self.seed = seed
+        self.temperature = temperature
         self._llama: Any = None
         self._plain: Any = None  # a PLAIN_FORMATS function, or None to use a chat template
         self._lock = threading.Lock()
@@ -125,8 +129,7 @@ class LlamaCppBackend(ModelBackend):
         llama = self._llama
         params: dict[str, Any] = {k: v for k, v in request.options.items() if k in _LLAMA_OPTIONS}
         extra_stops = list(params.pop("stop", None) or [])
-        if request.temperature is not None:
-            params["temperature"] = request.temperature
+        params["temperature"] = self.temperature if request.temperature is None else request.temperature
         if self._plain is not None:
             prompt, stops = self._plain(request.messages)
             prompt_tokens = len(llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))

@@ -1,0 +1,137 @@
+"""``ResourceMonitor``: CPU, memory, load average and NVIDIA GPUs, sampled in the background.
+
+States and thresholds (all configurable through ``custom_thresholds``):
+
+* ``CRITICAL``    -- CPU or memory at or above ``critical_threshold`` (95 %), or a GPU at or
+  above ``critical_gpu`` (95 %): local inference would suffer badly; target ``CLOUD``.
+* ``CONSTRAINED`` -- CPU at or above ``cpu_threshold`` (80 %), memory at or above
+  ``memory_threshold`` (85 %), normalised load at or above ``load_threshold`` (4.0), or a
+  GPU at or above ``gpu_threshold`` (85 %); target ``CLOUD``.
+* ``AVAILABLE``   -- otherwise; target ``LOCAL_GPU`` when a GPU is present, else ``LOCAL_CPU``.
+
+Load is the 1-minute load average normalised to four cores (``load1 * 4 / logical CPUs``),
+so the default 4.0 means "every core busy" on any machine.
+
+Smoothing: a state change is published only when the last ``smoothing`` samples (default
+3) agree, so one spike does not flip routing back and forth; the first sample is
+published at once.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from typing import Any
+
+import psutil
+
+from oblix_core.agents import AgentCheck, AgentState, BaseAgent, Target
+from oblix_core.errors import ConfigError
+from oblix_system.gpu import read_gpus
+
+MIN_CPU_SPAN = 0.2
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "cpu_threshold": 80.0,
+    "memory_threshold": 85.0,
+    "load_threshold": 4.0,
+    "gpu_threshold": 85.0,
+    "critical_gpu": 95.0,
+    "critical_threshold": 95.0,
+}
+
+
+class ResourceMonitor(BaseAgent):
+    """Watches this machine's resources; see the module docstring for the rules."""
+
+    default_name = "resource_monitor"
+
+    def __init__(
+        self,
+        name: str | None = None,
+        custom_thresholds: dict[str, float] | None = None,
+        interval: float = 2.0,
+        smoothing: int = 3,
+    ) -> None:
+        super().__init__(name, interval)
+        unknown = set(custom_thresholds or {}) - set(DEFAULT_THRESHOLDS)
+        if unknown:
+            raise ConfigError(
+                f"Unknown ResourceMonitor thresholds: {', '.join(sorted(unknown))} "
+                f"(known: {', '.join(DEFAULT_THRESHOLDS)})."
+            )
+        self.thresholds = {**DEFAULT_THRESHOLDS, **{k: float(v) for k, v in (custom_thresholds or {}).items()}}
+        if smoothing < 1:
+            raise ConfigError("smoothing must be at least 1.")
+        self.smoothing = smoothing
+        self._recent: deque[str] = deque(maxlen=smoothing)
+        self._published: str | None = None
+        self._cpu_primed_at = time.monotonic()
+        psutil.cpu_percent(interval=None)  # prime the counter; the next reading measures from here
+
+    def measure(self) -> dict[str, Any]:
+        """One reading of every metric (JSON-safe)."""
+        cpus = psutil.cpu_count() or 1
+        load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        memory = psutil.virtual_memory()
+        # a reading over a very short span is noise: measure over at least MIN_CPU_SPAN seconds
+        span = time.monotonic() - self._cpu_primed_at
+        cpu = psutil.cpu_percent(interval=max(0.0, MIN_CPU_SPAN - span) or None)
+        self._cpu_primed_at = time.monotonic()
+        return {
+            "cpu_percent": cpu,
+            "memory_percent": memory.percent,
+            "memory_available_mb": round(memory.available / 2**20),
+            "load_1m": round(load1, 2),
+            "load_normalized": round(load1 * 4 / cpus, 2),
+            "cpu_count": cpus,
+            "gpu": read_gpus(),
+        }
+
+    def classify(self, metrics: dict[str, Any]) -> tuple[str, str]:
+        """The raw state for one reading, and why."""
+        t = self.thresholds
+        gpu = metrics["gpu"]
+        gpu_levels = [gpu["utilization"], gpu["memory_percent"]] if gpu.get("present") else []
+        critical = [
+            f"{label} {value:.0f}% >= {limit:.0f}%"
+            for label, value, limit in (
+                ("CPU", metrics["cpu_percent"], t["critical_threshold"]),
+                ("memory", metrics["memory_percent"], t["critical_threshold"]),
+                *(("GPU", v, t["critical_gpu"]) for v in gpu_levels),
+            )
+            if value >= limit
+        ]
+        if critical:
+            return AgentState.CRITICAL, "; ".join(critical)
+        constrained = [
+            f"{label} {value:g}{unit} >= {limit:g}{unit}"
+            for label, value, limit, unit in (
+                ("CPU", metrics["cpu_percent"], t["cpu_threshold"], "%"),
+                ("memory", metrics["memory_percent"], t["memory_threshold"], "%"),
+                ("load", metrics["load_normalized"], t["load_threshold"], ""),
+                *(("GPU", v, t["gpu_threshold"], "%") for v in gpu_levels),
+            )
+            if value >= limit
+        ]
+        if constrained:
+            return AgentState.CONSTRAINED, "; ".join(constrained)
+        return AgentState.AVAILABLE, (
+            f"CPU {metrics['cpu_percent']:g}%, memory {metrics['memory_percent']:g}%, "
+            f"load {metrics['load_normalized']:g}" + (f", GPU {gpu['utilization']:g}%" if gpu.get("present") else "")
+        )
+
+    def sample(self) -> AgentCheck:
+        metrics = self.measure()
+        raw, reason = self.classify(metrics)
+        self._recent.append(raw)
+        if self._published is None or (len(self._recent) == self.smoothing and len(set(self._recent)) == 1):
+            self._published = raw
+        elif raw != self._published:
+            reason = f"{reason} (raw {raw}; holding {self._published} until {self.smoothing} samples agree)"
+        state = self._published
+        if state == AgentState.AVAILABLE:
+            target = Target.LOCAL_GPU if metrics["gpu"].get("present") else Target.LOCAL_CPU
+        else:
+            target = Target.CLOUD
+        return AgentCheck(self.name, state, target, reason, metrics | {"raw_state": raw})

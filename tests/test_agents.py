@@ -1,0 +1,294 @@
+"""ResourceMonitor and ConnectivityAgent with real measurements, and routing through execute.
+
+Models in the routing tests are the scripted test double (``oblix_core.testing``); the
+agents, their measurements and the TCP/HTTP servers they probe are real. All network
+traffic stays on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from oblix import ModelType, OblixClient
+from oblix.agents import ConnectivityAgent, ResourceMonitor
+from oblix_core.agents import AgentState, Target
+from oblix_core.cli import build_cli
+from oblix_core.errors import ConfigError, NoModelAvailableError
+from oblix_core.testing import ScriptedPlugin
+from tests.conftest import FAST
+from tests.servers import free_port
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+# -- ResourceMonitor -------------------------------------------------------------------
+
+
+def _proc_memory_percent() -> float:
+    fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    total = int(fields["MemTotal"].split()[0])
+    available = int(fields["MemAvailable"].split()[0])
+    return 100.0 * (total - available) / total
+
+
+def test_readings_agree_with_proc() -> None:
+    metrics = ResourceMonitor().measure()
+    assert abs(metrics["memory_percent"] - _proc_memory_percent()) < 2.0
+    load1 = float(Path("/proc/loadavg").read_text().split()[0])
+    assert abs(metrics["load_1m"] - load1) < 0.5
+    assert metrics["cpu_count"] == os.cpu_count()
+    assert 0.0 <= metrics["cpu_percent"] <= 100.0
+    assert metrics["load_normalized"] == pytest.approx(metrics["load_1m"] * 4 / metrics["cpu_count"], abs=0.02)
+    json.dumps(metrics, allow_nan=False)
+
+
+def test_absent_gpu_is_reported_not_raised() -> None:
+    check = ResourceMonitor().refresh()
+    gpu = check.metrics["gpu"]
+    if gpu["present"]:  # on a machine with an NVIDIA GPU
+        assert gpu["devices"] and 0 <= gpu["utilization"] <= 100
+        assert check.target in (Target.LOCAL_GPU, Target.CLOUD)
+    else:
+        assert gpu["reason"] and check.state != AgentState.ERROR
+        assert check.target in (Target.LOCAL_CPU, Target.CLOUD)
+
+
+def _burn(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def test_cpu_burners_drive_it_to_constrained_and_back() -> None:
+    monitor = ResourceMonitor(custom_thresholds={"cpu_threshold": 60, "load_threshold": 1000}, interval=0.3, smoothing=2)
+    monitor.start()
+    try:
+        ctx = multiprocessing.get_context("spawn")
+        burners = [ctx.Process(target=_burn, args=(8.0,)) for _ in range(os.cpu_count() or 2)]
+        for p in burners:
+            p.start()
+        wait_for(lambda: monitor.latest().state in (AgentState.CONSTRAINED, AgentState.CRITICAL))
+        check = monitor.latest()
+        assert check.target == Target.CLOUD and "CPU" in check.reason
+        for p in burners:
+            p.terminate()
+            p.join()
+        wait_for(lambda: monitor.latest().state == AgentState.AVAILABLE)
+    finally:
+        monitor.stop()
+
+
+class ScriptedReadings(ResourceMonitor):
+    """A ResourceMonitor fed fixed readings, to test the classification and smoothing rules."""
+
+    def __init__(self, cpu: list[float], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cpu = cpu
+
+    def measure(self) -> dict[str, Any]:
+        return {"cpu_percent": self.cpu.pop(0), "memory_percent": 10.0, "load_normalized": 0.1, "gpu": {"present": False}}
+
+
+def test_one_spike_does_not_flip_the_state() -> None:
+    monitor = ScriptedReadings([10, 99, 10, 90, 90, 90, 10], smoothing=3)
+    states = [monitor.refresh().state for _ in range(7)]
+    assert states == ["AVAILABLE", "AVAILABLE", "AVAILABLE", "AVAILABLE", "AVAILABLE", "CONSTRAINED", "CONSTRAINED"]
+    monitor.cpu = [10]
+    held = monitor.refresh()
+    assert held.state == "CONSTRAINED" and "holding CONSTRAINED" in held.reason
+    critical = ScriptedReadings([96], smoothing=1)
+    assert critical.refresh().state == AgentState.CRITICAL
+
+
+def test_bad_thresholds_are_rejected() -> None:
+    with pytest.raises(ConfigError, match="cpu_treshold"):
+        ResourceMonitor(custom_thresholds={"cpu_treshold": 50})
+
+
+# -- ConnectivityAgent -----------------------------------------------------------------
+
+
+class TcpServer:
+    """A real TCP listener on loopback that can be stopped and restarted on its port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.sock: socket.socket | None = None
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> TcpServer:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        sock.listen(64)
+        self.sock = sock
+
+        def accept() -> None:
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except OSError:
+                    return
+                conn.close()
+
+        self.thread = threading.Thread(target=accept, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self.sock:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() so the port really closes
+            self.sock.close()
+            self.sock = None
+        if self.thread:
+            self.thread.join(5)
+
+
+@pytest.fixture
+def tcp() -> Iterator[TcpServer]:
+    server = TcpServer().start()
+    yield server
+    server.stop()
+
+
+def test_reachable_endpoint_is_optimal(tcp: TcpServer) -> None:
+    agent = ConnectivityAgent(endpoints=[f"127.0.0.1:{tcp.port}"])
+    check = agent.refresh()
+    assert check.state == AgentState.OPTIMAL
+    assert check.metrics["latency_ms"] is not None and check.metrics["packet_loss"] == 0.0
+    json.dumps(check.to_dict(), allow_nan=False)
+
+
+def test_closed_port_is_disconnected_and_json_safe() -> None:
+    agent = ConnectivityAgent(endpoints=[f"http://127.0.0.1:{free_port()}/v1"])
+    check = agent.refresh()
+    assert check.state == AgentState.DISCONNECTED and check.target == Target.LOCAL
+    assert check.metrics["latency_ms"] is None and check.metrics["packet_loss"] == 100.0
+    json.dumps(check.to_dict(), allow_nan=False)
+
+
+def test_latency_threshold_degrades(tcp: TcpServer) -> None:
+    agent = ConnectivityAgent(endpoints=[f"127.0.0.1:{tcp.port}"], latency_threshold=0)
+    check = agent.refresh()
+    assert check.state == AgentState.DEGRADED and "latency" in check.reason
+
+
+def test_server_stop_and_restart_within_one_interval(tcp: TcpServer) -> None:
+    agent = ConnectivityAgent(endpoints=[f"127.0.0.1:{tcp.port}"], check_interval=0.3, packet_loss_threshold=100)
+    agent.start()
+    try:
+        wait_for(lambda: agent.latest().state == AgentState.OPTIMAL)
+        tcp.stop()
+        wait_for(lambda: agent.latest().state == AgentState.DISCONNECTED, timeout=2.0)
+        tcp.start()
+        wait_for(lambda: agent.latest().state == AgentState.OPTIMAL, timeout=2.0)
+    finally:
+        agent.stop()
+
+
+def test_loss_over_the_window_degrades(tcp: TcpServer) -> None:
+    agent = ConnectivityAgent(endpoints=[f"127.0.0.1:{tcp.port}"], packet_loss_threshold=10, probes=3, window=6)
+    assert agent.refresh().state == AgentState.OPTIMAL
+    tcp.stop()
+    assert agent.refresh().state == AgentState.DISCONNECTED
+    tcp.start()
+    check = agent.refresh()  # reachable again, but half of the window was lost
+    assert check.state == AgentState.DEGRADED and check.metrics["packet_loss"] == 50.0
+
+
+class Payload(BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        body = b"x" * 2**20
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_bandwidth_estimate() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Payload)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/blob"
+    try:
+        fast = ConnectivityAgent(endpoints=[url], bandwidth_url=url).refresh()
+        assert fast.state == AgentState.OPTIMAL and fast.metrics["bandwidth_mbps"] > 5
+        slow = ConnectivityAgent(endpoints=[url], bandwidth_url=url, bandwidth_threshold=1e9).refresh()
+        assert slow.state == AgentState.DEGRADED and "bandwidth" in slow.reason
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# -- routing end to end --------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_cloud_endpoint_down_is_answered_locally(home: Path, scripted: ScriptedPlugin) -> None:
+    client = OblixClient(home=home, plugins=[scripted], execution=FAST, preference="cloud-first")
+    await client.hook_model(ModelType.OPENAI, "gpt-4o-mini", endpoint=f"http://127.0.0.1:{free_port()}/v1", api_key="k")
+    await client.hook_model("scripted", "local")
+    agent = ConnectivityAgent(check_interval=60)
+    client.hook_agent(agent)
+    wait_for(lambda: agent.latest().state == AgentState.DISCONNECTED)  # probes the hooked OpenAI endpoint
+    result = await client.execute("hi", stream=False)
+    assert result["model_id"] == "scripted:local"
+    assert result["routing_decision"]["rule"] == "disconnected"
+    assert result["routing_decision"]["candidates"] == ["scripted:local"]  # the cloud was not even tried
+    assert result["agent_checks"]["connectivity"]["state"] == AgentState.DISCONNECTED
+    await client.shutdown()
+
+
+@pytest.mark.anyio
+async def test_constrained_resources_go_to_the_cloud(home: Path, scripted: ScriptedPlugin) -> None:
+    client = OblixClient(home=home, plugins=[scripted])
+    await client.hook_model("scripted", "local")
+    await client.hook_model("scripted", "cloud", local=False)
+    monitor = ResourceMonitor(custom_thresholds={"memory_threshold": 0.1}, interval=60, smoothing=1)
+    client.hook_agent(monitor)
+    wait_for(lambda: monitor.latest().state == AgentState.CONSTRAINED)
+    result = await client.execute("hi", stream=False)
+    assert result["model_id"] == "scripted:cloud" and result["routing_decision"]["rule"] == "local-constrained"
+    assert "memory" in result["routing_decision"]["reason"]
+    await client.shutdown()
+
+
+@pytest.mark.anyio
+async def test_local_only_session_with_only_a_cloud_model(home: Path, scripted: ScriptedPlugin) -> None:
+    client = OblixClient(home=home, plugins=[scripted])
+    await client.hook_model("scripted", "cloud", local=False)
+    sid = await client.create_session(metadata={"local_only": True})
+    with pytest.raises(NoModelAvailableError, match="nothing was sent"):
+        await client.execute("my private data", session_id=sid, stream=False)
+    assert scripted.calls["cloud"] == [] and client.load_session(sid)["messages"] == []
+    await client.shutdown()
+
+
+def test_agents_cli_json(home: Path) -> None:
+    (home / "config.toml").write_text('[agents]\nenabled = ["resource_monitor"]\n')
+    result = CliRunner().invoke(build_cli(), ["agents", "--json"])
+    assert result.exit_code == 0, result.output
+    checks = json.loads(result.output)
+    assert [c["agent"] for c in checks] == ["resource_monitor"]
+    assert set(checks[0]) == {"agent", "state", "target", "reason", "metrics"}
+    assert checks[0]["state"] in (AgentState.AVAILABLE, AgentState.CONSTRAINED, AgentState.CRITICAL)
