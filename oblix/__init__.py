@@ -14,9 +14,9 @@ from oblix_core import (
     OblixError,
     Target,
     __version__,
+    errors,
     hookimpl,
 )
-from oblix_core import errors
 
 __all__ = [
     "AgentCheck",

@@ -48,7 +48,7 @@ def run(
             options: dict[str, Any] = {"local_only": local_only}
             if model:
                 options["model"] = model
-            return await client.execute(  # type: ignore[no-any-return]
+            return await client.execute(
                 prompt,
                 temperature=temperature,
                 max_tokens=max_tokens,
@@ -81,7 +81,7 @@ def chat(session_id: str | None, model: str | None) -> None:
     async def main() -> None:
         client = await _ready_client()
         try:
-            options = {"model": model} if model else {}
+            options: dict[str, Any] = {"model": model} if model else {}
             if session_id is None:
                 await client.create_and_use_session(title="Chat")
             from oblix_core.chat import run_chat
@@ -111,15 +111,24 @@ def models(as_json: bool) -> None:
     if as_json:
         print_json({"models": hooked, "backends": types})
         return
-    rows = [(m["model_id"], "local" if m["local"] else "cloud", m["context_window"], m.get("endpoint") or m.get("path", ""))
-            for m in hooked]
+    rows = [
+        (
+            m["model_id"],
+            "local" if m["local"] else "cloud",
+            m["context_window"],
+            m.get("endpoint") or m.get("path", ""),
+        )
+        for m in hooked
+    ]
     print_table("Models", ["model", "kind", "context", "where"], rows)
     click.echo(f"Backends installed: {', '.join(types)}")
 
 
 @click.command()
 @click.option("--watch", is_flag=True, help="Refresh the table live until Ctrl-C.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON: a list of {agent, state, target, reason, metrics}.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON: a list of {agent, state, target, reason, metrics}."
+)
 @handle_errors
 def agents(watch: bool, as_json: bool) -> None:
     """The monitoring agents' current checks."""

@@ -144,7 +144,9 @@ class OblixClient:
         """
         entries = list(self.config.models) or default_model_entries(self.registry.models)
         if cloud_only:
-            entries = [e for e in entries if not e.get("local", self.registry.model_class(e["type"]).default_local)]
+            entries = [
+                e for e in entries if not e.get("local", self.registry.model_class(e["type"]).default_local)
+            ]
         return [await self.hook_model(**model_arguments(entry)) for entry in entries]
 
     def hook_agent(self, agent: BaseAgent) -> None:
@@ -327,7 +329,9 @@ class OblixClient:
         await anyio.to_thread.run_sync(_write_atomically, Path(file_path), text)
         return True
 
-    async def import_session(self, file_path: str, new_id: bool = False, use_immediately: bool = False) -> str:
+    async def import_session(
+        self, file_path: str, new_id: bool = False, use_immediately: bool = False
+    ) -> str:
         """Import a session file; returns its id (a fresh one with ``new_id=True``)."""
         try:
             text = await anyio.Path(file_path).read_text(encoding="utf-8")
@@ -355,7 +359,9 @@ class OblixClient:
     ) -> str:
         """Copy a session (messages, context, metadata) under a new id."""
         source = await anyio.to_thread.run_sync(self.store.load, validate_session_id(session_id))
-        copy = session_io.with_new_id(source, new_title if new_title is not None else f"Copy of {source.title or source.id}")
+        copy = session_io.with_new_id(
+            source, new_title if new_title is not None else f"Copy of {source.title or source.id}"
+        )
         await anyio.to_thread.run_sync(self.store.create, copy)
         if use_immediately:
             self._current_session_id = copy.id
@@ -394,7 +400,9 @@ class OblixClient:
         await self.shutdown()
 
     def __repr__(self) -> str:
-        return f"<OblixClient models={list(self._models)} agents={list(self._agents)} store={self.store.name}>"
+        return (
+            f"<OblixClient models={list(self._models)} agents={list(self._agents)} store={self.store.name}>"
+        )
 
 
 #: The name used in Oblix's own examples.

@@ -34,7 +34,7 @@ Oblix never writes API keys into this file; it only reads what the user put ther
 from __future__ import annotations
 
 import os
-import sys
+import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -45,11 +45,6 @@ import platformdirs
 from oblix_core.errors import ConfigError
 from oblix_core.execution import ExecutionSettings
 from oblix_core.routing import PREFERENCES
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 HOME_ENV = "OBLIX_HOME"
 CONFIG_FILE = "config.toml"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +55,7 @@ class ResponseStream:
         self._request_id = request_id or new_request_id()
         self._routing = {k: options.pop(k) for k in ROUTING_OPTIONS if k in options}
         self._options = options
-        self._agen: AsyncIterator[str] | None = None
+        self._agen: AsyncGenerator[str, None] | None = None
         self.result: dict[str, Any] | None = None
 
     @property
@@ -72,7 +72,7 @@ class ResponseStream:
 
     async def aclose(self) -> None:
         if self._agen is not None:
-            await self._agen.aclose()  # type: ignore[attr-defined]
+            await self._agen.aclose()
 
     async def __aenter__(self) -> ResponseStream:
         return self
@@ -108,7 +108,7 @@ class ResponseStream:
             model=self._routing.get("model"),
         )
 
-    async def _run(self) -> AsyncIterator[str]:
+    async def _run(self) -> AsyncGenerator[str, None]:
         client = self._client
         started_at, started = utc_now(), time.monotonic()
         session = await self._session()

@@ -19,7 +19,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -125,14 +125,16 @@ class Executor:
         self.settings = settings
         self.breaker = breaker
 
-    async def _guarded(self, model: ModelBackend, request: GenerationRequest) -> AsyncIterator[StreamChunk]:
+    async def _guarded(
+        self, model: ModelBackend, request: GenerationRequest
+    ) -> AsyncGenerator[StreamChunk, None]:
         """The model's stream with first-token and total timeouts applied to each wait."""
         s = self.settings
         start = time.monotonic()
         total_deadline = start + s.total_timeout if s.total_timeout else math.inf
         first_deadline = start + s.first_token_timeout if s.first_token_timeout else math.inf
         first = True
-        async with aclosing(model.stream(request)) as chunks:  # type: ignore[type-var]
+        async with aclosing(model.stream(request)) as chunks:
             iterator = chunks.__aiter__()
             while True:
                 deadline = min(first_deadline, total_deadline) if first else total_deadline
@@ -161,7 +163,7 @@ class Executor:
         max_tokens: int | None,
         options: dict[str, Any],
         outcome: Outcome,
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """Yield answer text as it streams; fill ``outcome`` when done. See module docs."""
         attempts: list[dict[str, Any]] = []
         for model in self.breaker.order(candidates):
@@ -189,9 +191,13 @@ class Executor:
                             parts.append(chunk.text)
                             yield chunk.text
                 except Exception as exc:
-                    error = exc if isinstance(exc, ModelError) else PermanentModelError(
-                        f"{model.model_id} failed unexpectedly: {type(exc).__name__}: {exc}",
-                        model_id=model.model_id,
+                    error = (
+                        exc
+                        if isinstance(exc, ModelError)
+                        else PermanentModelError(
+                            f"{model.model_id} failed unexpectedly: {type(exc).__name__}: {exc}",
+                            model_id=model.model_id,
+                        )
                     )
                     self.breaker.record_failure(model.model_id)
                     attempts.append({"model_id": model.model_id, "error": str(error)})
@@ -239,7 +245,9 @@ def _metrics(
     return {
         "latency_ms": round((ended - started) * 1000, 2),
         "time_to_first_token_ms": round((first_at - started) * 1000, 2) if first_at else None,
-        "tokens_per_second": round(output_tokens / generating, 2) if generating > 0 and output_tokens else None,
+        "tokens_per_second": round(output_tokens / generating, 2)
+        if generating > 0 and output_tokens
+        else None,
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
         "tokens_estimated": estimated,

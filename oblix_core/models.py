@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any, ClassVar
 
 import attrs
 
 
-class ModelType(str, enum.Enum):
+class ModelType(enum.StrEnum):
     """Built-in model types. Plugins may register further types by name."""
 
     OLLAMA = "ollama"
     OPENAI = "openai"
     LLAMA_CPP = "llama_cpp"
     CUSTOM = "custom"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @attrs.frozen
@@ -106,7 +103,7 @@ class ModelBackend(abc.ABC):
         """Validate and prepare the model (load weights, check it exists). Called once."""
 
     @abc.abstractmethod
-    def stream(self, request: GenerationRequest) -> AsyncIterator[StreamChunk]:
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[StreamChunk, None]:
         """Generate, yielding chunks as they are produced.
 
         Closing the iterator early (or cancelling its task) must stop generation promptly.

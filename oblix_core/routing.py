@@ -111,13 +111,17 @@ def default_policy(
     if down := by_state(AgentState.DISCONNECTED):
         why = "; ".join(map(_describe, down))
         if local:
-            return RoutingPlan(tuple(local), "disconnected", f"network disconnected: {why}; local models only")
+            return RoutingPlan(
+                tuple(local), "disconnected", f"network disconnected: {why}; local models only"
+            )
         return RoutingPlan(
             tuple(cloud), "disconnected", f"network disconnected: {why}; no local model, trying cloud anyway"
         )
     if busy := by_state(AgentState.CRITICAL, AgentState.CONSTRAINED):
         why = "; ".join(map(_describe, busy))
-        return RoutingPlan(tuple(cloud + local), "local-constrained", f"local resources busy: {why}; cloud first")
+        return RoutingPlan(
+            tuple(cloud + local), "local-constrained", f"local resources busy: {why}; cloud first"
+        )
     if slow := by_state(AgentState.DEGRADED):
         why = "; ".join(map(_describe, slow))
         return RoutingPlan(tuple(local + cloud), "network-degraded", f"network degraded: {why}; local first")

@@ -129,9 +129,7 @@ def merge(sessions: Sequence[SessionRecord], title: str | None = None) -> Sessio
     Context and metadata are merged left to right (later sessions win on conflicts),
     and ``metadata["merged_from"]`` lists the source ids.
     """
-    messages = sorted(
-        (m for s in sessions for m in s.messages), key=lambda m: _sort_key(m.timestamp)
-    )
+    messages = sorted((m for s in sessions for m in s.messages), key=lambda m: _sort_key(m.timestamp))
     context: dict[str, Any] = {}
     metadata: dict[str, Any] = {}
     for s in sessions:

@@ -14,7 +14,7 @@ import json
 import socket
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -66,8 +66,19 @@ class OllamaDouble:
             def do_GET(self) -> None:
                 if self.path == "/api/tags":
                     models = [
-                        {"name": n, "model": n, "modified_at": "2024-01-01T00:00:00Z", "size": 1, "digest": "0" * 64,
-                         "details": {"format": "gguf", "family": "llama", "parameter_size": "7B", "quantization_level": "Q4_0"}}
+                        {
+                            "name": n,
+                            "model": n,
+                            "modified_at": "2024-01-01T00:00:00Z",
+                            "size": 1,
+                            "digest": "0" * 64,
+                            "details": {
+                                "format": "gguf",
+                                "family": "llama",
+                                "parameter_size": "7B",
+                                "quantization_level": "Q4_0",
+                            },
+                        }
                         for n in double.models
                     ]
                     self._json(200, {"models": models})
@@ -84,9 +95,16 @@ class OllamaDouble:
                     if name not in double.models:
                         self._json(404, {"error": f"model '{name}' not found"})
                         return
-                    self._json(200, {"modelfile": "", "parameters": "", "template": "{{ .Prompt }}",
-                                     "details": {"format": "gguf", "family": "llama"},
-                                     "model_info": {"llama.context_length": double.models[name]}})
+                    self._json(
+                        200,
+                        {
+                            "modelfile": "",
+                            "parameters": "",
+                            "template": "{{ .Prompt }}",
+                            "details": {"format": "gguf", "family": "llama"},
+                            "model_info": {"llama.context_length": double.models[name]},
+                        },
+                    )
                 elif self.path == "/api/chat":
                     self._chat(body, name)
                 else:
@@ -108,7 +126,7 @@ class OllamaDouble:
                 self.send_header("Content-Type", "application/x-ndjson")
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
-                now = datetime.now(timezone.utc).isoformat()
+                now = datetime.now(UTC).isoformat()
                 for i, word in enumerate(words):
                     if double.drop_after is not None and i == double.drop_after:
                         self.wfile.flush()
@@ -117,12 +135,30 @@ class OllamaDouble:
                         return
                     time.sleep(double.delay)
                     piece = word if i == 0 else " " + word
-                    self._chunk({"model": name, "created_at": now, "message": {"role": "assistant", "content": piece}, "done": False})
+                    self._chunk(
+                        {
+                            "model": name,
+                            "created_at": now,
+                            "message": {"role": "assistant", "content": piece},
+                            "done": False,
+                        }
+                    )
                 prompt_tokens = sum(len(m["content"].split()) for m in body["messages"])
-                self._chunk({"model": name, "created_at": now, "message": {"role": "assistant", "content": ""},
-                             "done": True, "done_reason": "length" if limit and limit <= len(words) else "stop",
-                             "total_duration": 1, "load_duration": 1, "prompt_eval_count": prompt_tokens,
-                             "prompt_eval_duration": 1, "eval_count": len(words), "eval_duration": 1})
+                self._chunk(
+                    {
+                        "model": name,
+                        "created_at": now,
+                        "message": {"role": "assistant", "content": ""},
+                        "done": True,
+                        "done_reason": "length" if limit and limit <= len(words) else "stop",
+                        "total_duration": 1,
+                        "load_duration": 1,
+                        "prompt_eval_count": prompt_tokens,
+                        "prompt_eval_duration": 1,
+                        "eval_count": len(words),
+                        "eval_duration": 1,
+                    }
+                )
                 self.wfile.write(b"0\r\n\r\n")
 
             def _chunk(self, obj: dict[str, Any]) -> None:

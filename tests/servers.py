@@ -47,11 +47,30 @@ class LlamaServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> LlamaServer:
-        args = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--chat_format", "alpaca",
-                "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048", "--seed", "1", "--interrupt_requests", "False"]
+        args = [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(self.model),
+            "--chat_format",
+            "alpaca",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--n_ctx",
+            "2048",
+            "--seed",
+            "1",
+            "--interrupt_requests",
+            "False",
+        ]
         if self.api_key:
             args += ["--api_key", self.api_key]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         wait_for_http(f"http://127.0.0.1:{self.port}/v1/models", process=self.process)
         return self
 

@@ -56,7 +56,9 @@ def test_readings_agree_with_proc() -> None:
     assert abs(metrics["load_1m"] - load1) < 0.5
     assert metrics["cpu_count"] == os.cpu_count()
     assert 0.0 <= metrics["cpu_percent"] <= 100.0
-    assert metrics["load_normalized"] == pytest.approx(metrics["load_1m"] * 4 / metrics["cpu_count"], abs=0.02)
+    assert metrics["load_normalized"] == pytest.approx(
+        metrics["load_1m"] * 4 / metrics["cpu_count"], abs=0.02
+    )
     json.dumps(metrics, allow_nan=False)
 
 
@@ -78,7 +80,9 @@ def _burn(seconds: float) -> None:
 
 
 def test_cpu_burners_drive_it_to_constrained_and_back() -> None:
-    monitor = ResourceMonitor(custom_thresholds={"cpu_threshold": 60, "load_threshold": 1000}, interval=0.3, smoothing=2)
+    monitor = ResourceMonitor(
+        custom_thresholds={"cpu_threshold": 60, "load_threshold": 1000}, interval=0.3, smoothing=2
+    )
     monitor.start()
     try:
         ctx = multiprocessing.get_context("spawn")
@@ -104,13 +108,26 @@ class ScriptedReadings(ResourceMonitor):
         self.cpu = cpu
 
     def measure(self) -> dict[str, Any]:
-        return {"cpu_percent": self.cpu.pop(0), "memory_percent": 10.0, "load_normalized": 0.1, "gpu": {"present": False}}
+        return {
+            "cpu_percent": self.cpu.pop(0),
+            "memory_percent": 10.0,
+            "load_normalized": 0.1,
+            "gpu": {"present": False},
+        }
 
 
 def test_one_spike_does_not_flip_the_state() -> None:
     monitor = ScriptedReadings([10, 99, 10, 90, 90, 90, 10], smoothing=3)
     states = [monitor.refresh().state for _ in range(7)]
-    assert states == ["AVAILABLE", "AVAILABLE", "AVAILABLE", "AVAILABLE", "AVAILABLE", "CONSTRAINED", "CONSTRAINED"]
+    assert states == [
+        "AVAILABLE",
+        "AVAILABLE",
+        "AVAILABLE",
+        "AVAILABLE",
+        "AVAILABLE",
+        "CONSTRAINED",
+        "CONSTRAINED",
+    ]
     monitor.cpu = [10]
     held = monitor.refresh()
     assert held.state == "CONSTRAINED" and "holding CONSTRAINED" in held.reason
@@ -192,7 +209,9 @@ def test_latency_threshold_degrades(tcp: TcpServer) -> None:
 
 
 def test_server_stop_and_restart_within_one_interval(tcp: TcpServer) -> None:
-    agent = ConnectivityAgent(endpoints=[f"127.0.0.1:{tcp.port}"], check_interval=0.3, packet_loss_threshold=100)
+    agent = ConnectivityAgent(
+        endpoints=[f"127.0.0.1:{tcp.port}"], check_interval=0.3, packet_loss_threshold=100
+    )
     agent.start()
     try:
         wait_for(lambda: agent.latest().state == AgentState.OPTIMAL)
@@ -205,7 +224,9 @@ def test_server_stop_and_restart_within_one_interval(tcp: TcpServer) -> None:
 
 
 def test_loss_over_the_window_degrades(tcp: TcpServer) -> None:
-    agent = ConnectivityAgent(endpoints=[f"127.0.0.1:{tcp.port}"], packet_loss_threshold=10, probes=3, window=6)
+    agent = ConnectivityAgent(
+        endpoints=[f"127.0.0.1:{tcp.port}"], packet_loss_threshold=10, probes=3, window=6
+    )
     assert agent.refresh().state == AgentState.OPTIMAL
     tcp.stop()
     assert agent.refresh().state == AgentState.DISCONNECTED
@@ -246,7 +267,9 @@ def test_bandwidth_estimate() -> None:
 @pytest.mark.anyio
 async def test_cloud_endpoint_down_is_answered_locally(home: Path, scripted: ScriptedPlugin) -> None:
     client = OblixClient(home=home, plugins=[scripted], execution=FAST, preference="cloud-first")
-    await client.hook_model(ModelType.OPENAI, "gpt-4o-mini", endpoint=f"http://127.0.0.1:{free_port()}/v1", api_key="k")
+    await client.hook_model(
+        ModelType.OPENAI, "gpt-4o-mini", endpoint=f"http://127.0.0.1:{free_port()}/v1", api_key="k"
+    )
     await client.hook_model("scripted", "local")
     agent = ConnectivityAgent(check_interval=60)
     client.hook_agent(agent)
@@ -268,7 +291,9 @@ async def test_constrained_resources_go_to_the_cloud(home: Path, scripted: Scrip
     client.hook_agent(monitor)
     wait_for(lambda: monitor.latest().state == AgentState.CONSTRAINED)
     result = await client.execute("hi", stream=False)
-    assert result["model_id"] == "scripted:cloud" and result["routing_decision"]["rule"] == "local-constrained"
+    assert (
+        result["model_id"] == "scripted:cloud" and result["routing_decision"]["rule"] == "local-constrained"
+    )
     assert "memory" in result["routing_decision"]["reason"]
     await client.shutdown()
 

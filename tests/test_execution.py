@@ -20,11 +20,21 @@ from oblix_core.models import ChatMessage
 from oblix_core.requests import RequestContext
 from oblix_core.testing import ScriptedPlugin, Step
 
-RESULT_KEYS = {"response", "model_id", "session_id", "request_id", "metrics", "agent_checks", "routing_decision"}
+RESULT_KEYS = {
+    "response",
+    "model_id",
+    "session_id",
+    "request_id",
+    "metrics",
+    "agent_checks",
+    "routing_decision",
+}
 
 
 @pytest.mark.anyio
-async def test_execute_returns_reference_result_and_persists(client: OblixClient, scripted: ScriptedPlugin) -> None:
+async def test_execute_returns_reference_result_and_persists(
+    client: OblixClient, scripted: ScriptedPlugin
+) -> None:
     await client.hook_model("scripted", "a")
     scripted.scripts["a"] = [Step(("Hel", "lo", "!"))]
     sid = await client.create_session("Technical Support Chat")
@@ -36,7 +46,10 @@ async def test_execute_returns_reference_result_and_persists(client: OblixClient
     for key in ("time_to_first_token_ms", "tokens_per_second", "latency_ms", "input_tokens", "output_tokens"):
         assert metrics[key] is not None
     messages = client.load_session(sid)["messages"]
-    assert [(m["role"], m["content"]) for m in messages] == [("user", "I'm having trouble"), ("assistant", "Hello!")]
+    assert [(m["role"], m["content"]) for m in messages] == [
+        ("user", "I'm having trouble"),
+        ("assistant", "Hello!"),
+    ]
     assert messages[1]["model_id"] == "scripted:a" and messages[1]["metrics"]["output_tokens"] >= 1
 
 
@@ -87,7 +100,9 @@ async def test_transient_errors_are_retried(client: OblixClient, scripted: Scrip
 
 
 @pytest.mark.anyio
-async def test_fallback_after_retries_and_permanent_errors(client: OblixClient, scripted: ScriptedPlugin) -> None:
+async def test_fallback_after_retries_and_permanent_errors(
+    client: OblixClient, scripted: ScriptedPlugin
+) -> None:
     await client.hook_model("scripted", "a")
     await client.hook_model("scripted", "b")
     scripted.scripts["a"] = [Step(fail="transient")] * 3
@@ -169,7 +184,9 @@ async def test_total_timeout_mid_stream_interrupts(home: Any, scripted: Scripted
 
 
 @pytest.mark.anyio
-async def test_breaking_out_of_a_stream_stops_the_model(client: OblixClient, scripted: ScriptedPlugin) -> None:
+async def test_breaking_out_of_a_stream_stops_the_model(
+    client: OblixClient, scripted: ScriptedPlugin
+) -> None:
     await client.hook_model("scripted", "a")
     scripted.scripts["a"] = [Step(tuple("x" * 100), delay=0.01)]
     backend = client.models[0]
@@ -230,7 +247,9 @@ class Redactor:
 
     @hookimpl
     def oblix_request_start(self, request: RequestContext) -> None:
-        request.messages[:] = [ChatMessage(m.role, m.content.replace("sk-secret", "[REDACTED]")) for m in request.messages]
+        request.messages[:] = [
+            ChatMessage(m.role, m.content.replace("sk-secret", "[REDACTED]")) for m in request.messages
+        ]
 
     @hookimpl
     def oblix_request_end(self, request: RequestContext, result: dict[str, Any]) -> None:

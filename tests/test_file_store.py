@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from oblix_file.store import INDEX, MESSAGES, META, FileSessionStore
 
 from oblix_core.errors import InvalidSessionIdError, SessionCorruptedError
 from oblix_core.records import Message, SessionRecord, new_session_id
 from oblix_core.testing import SessionStoreContract
-from oblix_file.store import INDEX, MESSAGES, META, FileSessionStore
 
 
 class TestFileStoreContract(SessionStoreContract):
@@ -122,7 +122,7 @@ def _writer(root: Path, sid: str, tag: str, count: int) -> subprocess.Popen[str]
 
 def _pairs_are_contiguous(contents: list[str]) -> None:
     assert len(contents) % 2 == 0
-    for q, a in zip(contents[::2], contents[1::2]):
+    for q, a in zip(contents[::2], contents[1::2], strict=True):
         assert q.endswith("-q") and a == q[:-1] + "a", (q, a)
 
 

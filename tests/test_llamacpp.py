@@ -8,13 +8,13 @@ from pathlib import Path
 
 import anyio
 import pytest
+from oblix_llamacpp import LlamaCppBackend
+from oblix_llamacpp.packaged import packaged_model_path
 
 from oblix import ModelType, OblixClient
 from oblix_core.errors import ConfigError
 from oblix_core.models import ChatMessage, GenerationRequest
 from oblix_core.testing import ModelBackendContract
-from oblix_llamacpp import LlamaCppBackend
-from oblix_llamacpp.packaged import packaged_model_path
 
 pytestmark = pytest.mark.llama
 
@@ -94,7 +94,7 @@ async def test_event_loop_keeps_running_during_generation(gemma: LlamaCppBackend
 
 @pytest.mark.anyio
 async def test_closing_the_stream_stops_generation(gemma: LlamaCppBackend) -> None:
-    async with aclosing(gemma.stream(ask("Count from one to one hundred.", 400))) as stream:  # type: ignore[type-var]
+    async with aclosing(gemma.stream(ask("Count from one to one hundred.", 400))) as stream:
         async for chunk in stream:
             if chunk.text:
                 break
@@ -124,7 +124,9 @@ async def test_end_to_end_session_with_history(home: Path, gemma: LlamaCppBacken
     client = OblixClient(home=home)
     client._models[gemma.model_id] = gemma  # reuse the loaded model (hook_model would load it again)
     sid = await client.create_session("Geography")
-    first = await client.execute("What is the capital of France?", session_id=sid, stream=False, temperature=0, max_tokens=32)
+    first = await client.execute(
+        "What is the capital of France?", session_id=sid, stream=False, temperature=0, max_tokens=32
+    )
     assert first["model_id"] == "llama_cpp:gemma-3-270m" and "Paris" in first["response"]
     assert first["metrics"]["tokens_estimated"] is False
     second = await client.execute("And of Italy?", session_id=sid, stream=False, temperature=0, max_tokens=32)

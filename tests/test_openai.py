@@ -12,6 +12,8 @@ from pathlib import Path
 
 import anyio
 import pytest
+from oblix_llamacpp.packaged import packaged_model_path
+from oblix_openai import OpenAIBackend
 
 from oblix import ModelType, OblixClient
 from oblix_core.errors import (
@@ -23,8 +25,6 @@ from oblix_core.errors import (
 )
 from oblix_core.models import ChatMessage, GenerationRequest
 from oblix_core.testing import ModelBackendContract, ScriptedPlugin
-from oblix_llamacpp.packaged import packaged_model_path
-from oblix_openai import OpenAIBackend
 from tests.conftest import FAST
 from tests.servers import LlamaServer, free_port
 
@@ -88,13 +88,17 @@ async def test_missing_key_without_endpoint(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 @pytest.mark.anyio
-async def test_key_never_reaches_disk_or_reprs(server: LlamaServer, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_key_never_reaches_disk_or_reprs(
+    server: LlamaServer, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     client = OblixClient(home=home)
     await client.hook_model(ModelType.OPENAI, "gemma", endpoint=server.url)
     result = await client.execute("Say hi.", stream=False, max_tokens=8)
     await client.export_session(result["session_id"], str(home / "export.json"))
-    assert SECRET not in repr(client) and SECRET not in repr(client.models) and SECRET not in json.dumps(result)
+    assert (
+        SECRET not in repr(client) and SECRET not in repr(client.models) and SECRET not in json.dumps(result)
+    )
     for path in home.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
@@ -122,7 +126,7 @@ async def test_server_killed_mid_stream(tmp_path: Path) -> None:
     await backend.start()
     received: list[str] = []
     try:
-        with pytest.raises(TransientModelError, match="connection lost|cannot connect|HTTP"):
+        with pytest.raises(TransientModelError, match=r"connection lost|cannot connect|HTTP"):
             async for chunk in backend.stream(ask("Write a very long story about a knight.", 400)):
                 if chunk.text:
                     received.append(chunk.text)
@@ -142,7 +146,9 @@ async def test_mid_stream_kill_through_the_client_is_an_interrupted_answer(home:
     sid = await client.create_session()
     try:
         with pytest.raises(StreamInterruptedError) as info:
-            async with client.stream("Write a very long story about a knight.", session_id=sid, max_tokens=400) as s:
+            async with client.stream(
+                "Write a very long story about a knight.", session_id=sid, max_tokens=400
+            ) as s:
                 async for i, _ in _enumerate(s):
                     if i == 2:
                         await anyio.to_thread.run_sync(srv.kill)

@@ -79,8 +79,18 @@ def third_party_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The test plugin package, really installed (with pip) into a separate folder."""
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(ROOT / "tests" / "third_party_plugin")],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(ROOT / "tests" / "third_party_plugin"),
+        ],
         check=True,
     )
     return target

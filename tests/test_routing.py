@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,9 @@ class Inert(ModelBackend):
 
     model_type = "inert"
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamChunk]:  # pragma: no cover
+    async def stream(
+        self, request: GenerationRequest
+    ) -> AsyncGenerator[StreamChunk, None]:  # pragma: no cover
         yield StreamChunk("")
 
 
@@ -45,12 +47,32 @@ def check(state: str, target: str | None = None, agent: str = "a") -> AgentCheck
         ([], "local-first", "preference", ["local-a", "local-b", "cloud"]),
         ([], "cloud-first", "preference", ["cloud", "local-a", "local-b"]),
         ([check(AgentState.DISCONNECTED)], "cloud-first", "disconnected", ["local-a", "local-b"]),
-        ([check(AgentState.CONSTRAINED, Target.CLOUD)], "local-first", "local-constrained", ["cloud", "local-a", "local-b"]),
+        (
+            [check(AgentState.CONSTRAINED, Target.CLOUD)],
+            "local-first",
+            "local-constrained",
+            ["cloud", "local-a", "local-b"],
+        ),
         ([check(AgentState.CRITICAL)], "local-first", "local-constrained", ["cloud", "local-a", "local-b"]),
         ([check(AgentState.DEGRADED)], "cloud-first", "network-degraded", ["local-a", "local-b", "cloud"]),
-        ([check("PREFER_CLOUD", Target.CLOUD)], "local-first", "agent-target", ["cloud", "local-a", "local-b"]),
-        ([check("PRIVATE_HOURS", Target.LOCAL)], "cloud-first", "agent-target", ["local-a", "local-b", "cloud"]),
-        ([check(AgentState.AVAILABLE, Target.LOCAL_GPU)], "cloud-first", "preference", ["cloud", "local-a", "local-b"]),
+        (
+            [check("PREFER_CLOUD", Target.CLOUD)],
+            "local-first",
+            "agent-target",
+            ["cloud", "local-a", "local-b"],
+        ),
+        (
+            [check("PRIVATE_HOURS", Target.LOCAL)],
+            "cloud-first",
+            "agent-target",
+            ["local-a", "local-b", "cloud"],
+        ),
+        (
+            [check(AgentState.AVAILABLE, Target.LOCAL_GPU)],
+            "cloud-first",
+            "preference",
+            ["cloud", "local-a", "local-b"],
+        ),
         ([check(AgentState.OPTIMAL)], "cloud-first", "preference", ["cloud", "local-a", "local-b"]),
         ([check(AgentState.PENDING)], "local-first", "preference", ["local-a", "local-b", "cloud"]),
         (
@@ -68,7 +90,9 @@ def test_rules(checks: list[AgentCheck], preference: str, rule: str, order: list
 
 
 def test_local_only_never_includes_cloud() -> None:
-    plan = default_policy(RouteRequest(local_only=True, local_only_reason="r"), ALL, [check(AgentState.CRITICAL)])
+    plan = default_policy(
+        RouteRequest(local_only=True, local_only_reason="r"), ALL, [check(AgentState.CRITICAL)]
+    )
     assert ids(plan) == ["local-a", "local-b"] and plan.rule == "local-only"
     with pytest.raises(NoModelAvailableError, match="nothing was sent"):
         default_policy(RouteRequest(local_only=True, local_only_reason="r"), [CLOUD], [])

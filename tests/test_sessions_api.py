@@ -23,7 +23,10 @@ DATA = Path(__file__).parent / "data"
 # name -> (is async, parameters with defaults) exactly as in the API reference
 REFERENCE = {
     "create_session": (True, "(title: str = None, initial_context: dict = None, metadata: dict = None)"),
-    "create_and_use_session": (True, "(title: str = None, initial_context: dict = None, metadata: dict = None)"),
+    "create_and_use_session": (
+        True,
+        "(title: str = None, initial_context: dict = None, metadata: dict = None)",
+    ),
     "use_session": (False, "(session_id: str)"),
     "load_session": (False, "(session_id: str)"),
     "list_sessions": (False, "(limit: int = 50, filter_metadata: dict = None)"),
@@ -45,7 +48,7 @@ def test_signatures_match_the_reference(name: str) -> None:
     params = list(inspect.signature(method).parameters.values())[1:]
     expected = [p.strip() for p in signature.strip("()").split(",")]
     assert [p.name for p in params] == [e.split(":")[0] for e in expected]
-    for param, text in zip(params, expected):
+    for param, text in zip(params, expected, strict=True):
         default = text.split("=")[1].strip() if "=" in text else None
         if default is None:
             assert param.default is inspect.Parameter.empty
@@ -66,9 +69,13 @@ async def test_create_load_list_update_delete(client: OblixClient) -> None:
     assert data["title"] == "Customer Support Chat" and data["messages"] == []
     assert data["context"] == {"customer_id": "cust_123"}
     assert client.load_session(plain)["title"] is None
-    assert [s["id"] for s in client.list_sessions(filter_metadata={"category": "support", "priority": "high"})] == [sid]
+    assert [
+        s["id"] for s in client.list_sessions(filter_metadata={"category": "support", "priority": "high"})
+    ] == [sid]
     assert len(client.list_sessions(limit=1)) == 1
-    assert client.update_session_metadata(sid, {"status": "resolved", "resolution_time": "2023-07-15T15:30:00Z"})
+    assert client.update_session_metadata(
+        sid, {"status": "resolved", "resolution_time": "2023-07-15T15:30:00Z"}
+    )
     assert client.get_session_metadata(sid) == {
         "category": "support",
         "priority": "high",
@@ -119,7 +126,9 @@ async def test_import_reference_document_verbatim(client: OblixClient) -> None:
     assert data == reference
     with pytest.raises(SessionExistsError, match="new_id=True"):
         await client.import_session(str(DATA / "reference_session.json"))
-    copy_id = await client.import_session(str(DATA / "reference_session.json"), new_id=True, use_immediately=True)
+    copy_id = await client.import_session(
+        str(DATA / "reference_session.json"), new_id=True, use_immediately=True
+    )
     assert copy_id != sid and client.current_session_id == copy_id
     assert [m["content"] for m in client.load_session(copy_id)["messages"]] == [
         m["content"] for m in reference["messages"]
@@ -150,7 +159,10 @@ async def test_export_import_round_trip(client: OblixClient, tmp_path: Path) -> 
         ('{"id": "ok", "messages": {}}', "'messages'"),
         ('{"id": "ok", "messages": [{"role": "robot", "content": "x"}]}', "role"),
         ('{"id": "ok", "messages": [{"role": "user", "content": 5}]}', "content"),
-        ('{"id": "ok", "messages": [{"role": "user", "content": "x", "timestamp": "yesterday"}]}', "timestamp"),
+        (
+            '{"id": "ok", "messages": [{"role": "user", "content": "x", "timestamp": "yesterday"}]}',
+            "timestamp",
+        ),
         ('{"id": "ok", "metadata": [1]}', "'metadata'"),
         ('{"id": "ok", "format_version": 99}', "format_version"),
     ],
@@ -176,7 +188,9 @@ async def test_import_missing_file(client: OblixClient, tmp_path: Path) -> None:
 @pytest.mark.anyio
 async def test_copy_session(client: OblixClient) -> None:
     sid = await client.import_session(str(DATA / "reference_session.json"))
-    copy_id = await client.copy_session(sid, new_title="Copy - Customer Onboarding Template", use_immediately=True)
+    copy_id = await client.copy_session(
+        sid, new_title="Copy - Customer Onboarding Template", use_immediately=True
+    )
     original, copy = client.load_session(sid), client.load_session(copy_id)
     assert copy["title"] == "Copy - Customer Onboarding Template"
     assert copy["messages"] == original["messages"]
@@ -194,8 +208,12 @@ async def test_merge_orders_by_timestamp(client: OblixClient, tmp_path: Path) ->
         path.write_text(json.dumps({"id": sid, "title": sid, "messages": messages, "metadata": meta}))
         return str(path)
 
-    a = await client.import_session(doc("a", ["2024-01-01T10:00:00Z", "2024-01-01T12:00:00Z"], {"x": 1, "k": "a"}))
-    b = await client.import_session(doc("b", ["2024-01-01T11:00:00+00:00", "2024-01-01T13:00:00.500Z"], {"k": "b"}))
+    a = await client.import_session(
+        doc("a", ["2024-01-01T10:00:00Z", "2024-01-01T12:00:00Z"], {"x": 1, "k": "a"})
+    )
+    b = await client.import_session(
+        doc("b", ["2024-01-01T11:00:00+00:00", "2024-01-01T13:00:00.500Z"], {"k": "b"})
+    )
     merged = await client.merge_sessions([a, b], title="Combined Support Case", use_immediately=True)
     data = client.load_session(merged)
     assert [m["content"].split("@")[0] for m in data["messages"]] == ["a", "b", "a", "b"]

@@ -57,7 +57,9 @@ class ModelBackendContract:
     @pytest.mark.anyio
     async def test_early_close_stops_promptly(self, backend: ModelBackend) -> None:
         with anyio.fail_after(30):
-            async with aclosing(backend.stream(_request("Write a long story about a dragon.", 200))) as stream:  # type: ignore[type-var]
+            async with aclosing(
+                backend.stream(_request("Write a long story about a dragon.", 200))
+            ) as stream:
                 async for chunk in stream:
                     if chunk.text:
                         break
@@ -71,7 +73,9 @@ class ModelBackendContract:
 
         async def one(i: int) -> None:
             country = ("France", "Italy", "Spain")[i]
-            text = "".join([c.text async for c in backend.stream(_request(f"What is the capital of {country}?"))])
+            text = "".join(
+                [c.text async for c in backend.stream(_request(f"What is the capital of {country}?"))]
+            )
             results.append(text)
 
         with anyio.fail_after(120):

@@ -10,7 +10,7 @@ real hooks with ``OblixClient(plugins=[ScriptedPlugin(...)])`` and hook models a
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import anyio
@@ -60,7 +60,7 @@ class ScriptedBackend(ModelBackend):
         super().__init__(model_name, **kwargs)
         self.cancelled = anyio.Event()
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamChunk]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[StreamChunk, None]:
         self.owner.calls[self.model_name].append(request)
         script = self.owner.scripts[self.model_name]
         step = script.pop(0) if script else Step((f"echo: {request.messages[-1].content}",))

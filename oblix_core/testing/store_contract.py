@@ -79,7 +79,9 @@ class SessionStoreContract:
         def writer(n: int) -> None:
             try:
                 for i in range(20):
-                    store.append_messages(record.id, [Message("user", f"{n}-{i}-q"), Message("assistant", f"{n}-{i}-a")])
+                    store.append_messages(
+                        record.id, [Message("user", f"{n}-{i}-q"), Message("assistant", f"{n}-{i}-a")]
+                    )
             except BaseException as exc:  # pragma: no cover - reported below
                 errors.append(exc)
 
@@ -91,14 +93,18 @@ class SessionStoreContract:
         assert not errors
         contents = [m.content for m in store.load(record.id).messages]
         assert len(contents) == 160
-        for q, a in zip(contents[::2], contents[1::2]):  # pairs stay contiguous
+        for q, a in zip(contents[::2], contents[1::2], strict=True):  # pairs stay contiguous
             assert q.endswith("-q") and a == q[:-1] + "a"
 
     def test_metadata_merge(self, store: SessionStore) -> None:
         record = _session(metadata={"category": "support", "priority": "high"})
         store.create(record)
         store.update_metadata(record.id, {"status": "resolved", "priority": "low"})
-        assert store.get_metadata(record.id) == {"category": "support", "priority": "low", "status": "resolved"}
+        assert store.get_metadata(record.id) == {
+            "category": "support",
+            "priority": "low",
+            "status": "resolved",
+        }
         assert store.load(record.id).metadata == store.get_metadata(record.id)
 
     def test_list_orders_filters_and_limits(self, store: SessionStore) -> None:

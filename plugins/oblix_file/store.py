@@ -268,8 +268,15 @@ class FileSessionStore(SessionStore):
         with self._db() as db:
             db.execute(
                 "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (record.id, record.title, record.created_at, updated, _ts(updated), message_count,
-                 json.dumps(record.metadata, ensure_ascii=False)),
+                (
+                    record.id,
+                    record.title,
+                    record.created_at,
+                    updated,
+                    _ts(updated),
+                    message_count,
+                    json.dumps(record.metadata, ensure_ascii=False),
+                ),
             )
 
     @staticmethod
@@ -334,9 +341,15 @@ class FileSessionStore(SessionStore):
             _fsync_dir(path)
             with self._db() as db:
                 db.execute(
-                    "UPDATE sessions SET metadata = ?, updated_at = ?, updated_ts = ?, title = ? WHERE id = ?",
-                    (json.dumps(meta["metadata"], ensure_ascii=False), meta["updated_at"],
-                     _ts(meta["updated_at"]), meta.get("title"), session_id),
+                    "UPDATE sessions SET metadata = ?, updated_at = ?, updated_ts = ?, title = ? "
+                    "WHERE id = ?",
+                    (
+                        json.dumps(meta["metadata"], ensure_ascii=False),
+                        meta["updated_at"],
+                        _ts(meta["updated_at"]),
+                        meta.get("title"),
+                        session_id,
+                    ),
                 )
 
     def delete(self, session_id: str) -> bool:

@@ -10,9 +10,10 @@ every token, so generation stops within one token.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,16 @@ from oblix_llamacpp.prompts import PLAIN_FORMATS
 
 #: Answer length when the request sets no ``max_tokens``.
 DEFAULT_MAX_TOKENS = 512
-_LLAMA_OPTIONS = {"top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "seed", "stop"}
+_LLAMA_OPTIONS = {
+    "top_p",
+    "top_k",
+    "min_p",
+    "repeat_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "stop",
+}
 
 
 def _import_llama() -> Any:
@@ -183,12 +193,10 @@ class LlamaCppBackend(ModelBackend):
         except Exception as exc:  # reported to the reader as a model error
             emit(PermanentModelError(f"{self.model_id}: llama.cpp failed: {exc}", model_id=self.model_id))
         finally:
-            try:
+            with contextlib.suppress(anyio.RunFinishedError):
                 anyio.from_thread.run_sync(send.close, token=token)
-            except anyio.RunFinishedError:
-                pass
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamChunk]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[StreamChunk, None]:
         if self._llama is None:
             raise PermanentModelError(f"{self.model_id} was not started; hook it with hook_model.")
         send, receive = anyio.create_memory_object_stream[object](math.inf)

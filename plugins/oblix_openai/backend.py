@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from oblix_core.errors import ConfigError, PermanentModelError, TransientModelError
@@ -31,7 +31,9 @@ def _import_openai() -> Any:
     try:
         import openai
     except ImportError:
-        raise ConfigError("The OpenAI backend needs the openai package: pip install 'oblix[openai]'.") from None
+        raise ConfigError(
+            "The OpenAI backend needs the openai package: pip install 'oblix[openai]'."
+        ) from None
     return openai
 
 
@@ -67,30 +69,38 @@ class OpenAIBackend(ModelBackend):
         key = self._api_key or os.environ.get(API_KEY_ENV)
         if not key:
             if self.endpoint is None:
-                raise ConfigError(
-                    f"No API key for {self.model_id}: pass api_key=... or set ${API_KEY_ENV}."
-                )
+                raise ConfigError(f"No API key for {self.model_id}: pass api_key=... or set ${API_KEY_ENV}.")
             key = "not-needed"  # OpenAI-compatible servers often take no key; the client needs one
-        self._client = openai.AsyncOpenAI(api_key=key, base_url=self.endpoint, max_retries=0, timeout=self.timeout)
+        self._client = openai.AsyncOpenAI(
+            api_key=key, base_url=self.endpoint, max_retries=0, timeout=self.timeout
+        )
 
     def _classify(self, exc: Exception) -> Exception:
         openai = _import_openai()
         where = self.endpoint or "api.openai.com"
         if isinstance(exc, openai.APITimeoutError):
-            return TransientModelError(f"{self.model_id}: request to {where} timed out.", model_id=self.model_id)
+            return TransientModelError(
+                f"{self.model_id}: request to {where} timed out.", model_id=self.model_id
+            )
         if isinstance(exc, openai.APIConnectionError):
-            return TransientModelError(f"{self.model_id}: cannot connect to {where}: {exc}.", model_id=self.model_id)
+            return TransientModelError(
+                f"{self.model_id}: cannot connect to {where}: {exc}.", model_id=self.model_id
+            )
         if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
             detail = getattr(exc, "message", "") or str(exc)
             if status in TRANSIENT_STATUSES:
-                return TransientModelError(f"{self.model_id}: HTTP {status} from {where}: {detail}", model_id=self.model_id)
+                return TransientModelError(
+                    f"{self.model_id}: HTTP {status} from {where}: {detail}", model_id=self.model_id
+                )
             hint = {
                 401: " Check the API key.",
                 403: " The key lacks access to this model.",
                 404: " Check the model name and endpoint.",
             }.get(status, "")
-            return PermanentModelError(f"{self.model_id}: HTTP {status} from {where}: {detail}.{hint}", model_id=self.model_id)
+            return PermanentModelError(
+                f"{self.model_id}: HTTP {status} from {where}: {detail}.{hint}", model_id=self.model_id
+            )
         return exc
 
     async def _open(self, request: GenerationRequest) -> Any:
@@ -108,7 +118,7 @@ class OpenAIBackend(ModelBackend):
             params["stream_options"] = {"include_usage": True}
         return await self._client.chat.completions.create(**params)
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamChunk]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[StreamChunk, None]:
         if self._client is None:
             raise PermanentModelError(f"{self.model_id} was not started; hook it with hook_model.")
         openai = _import_openai()
@@ -130,7 +140,9 @@ class OpenAIBackend(ModelBackend):
                         if text or choice.finish_reason:
                             yield StreamChunk(text or "", finish_reason=choice.finish_reason)
                     if getattr(event, "usage", None):
-                        yield StreamChunk(usage=Usage(event.usage.prompt_tokens, event.usage.completion_tokens))
+                        yield StreamChunk(
+                            usage=Usage(event.usage.prompt_tokens, event.usage.completion_tokens)
+                        )
             finally:
                 # close the SDK's event generator too, so it is not finalised later by the GC
                 # (possibly in another event loop); then the HTTP response

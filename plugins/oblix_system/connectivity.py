@@ -112,7 +112,9 @@ class ConnectivityAgent(BaseAgent):
     def sample(self) -> AgentCheck:
         targets = self.targets()
         if not targets:
-            return AgentCheck(self.name, AgentState.IDLE, None, "no cloud endpoint to probe", {"endpoints": {}})
+            return AgentCheck(
+                self.name, AgentState.IDLE, None, "no cloud endpoint to probe", {"endpoints": {}}
+            )
         per_endpoint: dict[str, Any] = {}
         any_reached = False
         latencies: list[float] = []
@@ -134,10 +136,17 @@ class ConnectivityAgent(BaseAgent):
         latency = round(statistics.median(latencies), 2) if latencies else None
         loss = round(100.0 * lost / total, 1) if total else 0.0
         bandwidth = self.bandwidth_mbps() if any_reached else None
-        metrics = {"latency_ms": latency, "packet_loss": loss, "bandwidth_mbps": bandwidth, "endpoints": per_endpoint}
+        metrics = {
+            "latency_ms": latency,
+            "packet_loss": loss,
+            "bandwidth_mbps": bandwidth,
+            "endpoints": per_endpoint,
+        }
         if not any_reached:
             names = ", ".join(per_endpoint)
-            return AgentCheck(self.name, AgentState.DISCONNECTED, Target.LOCAL, f"no endpoint reachable ({names})", metrics)
+            return AgentCheck(
+                self.name, AgentState.DISCONNECTED, Target.LOCAL, f"no endpoint reachable ({names})", metrics
+            )
         problems = []
         if latency is not None and latency > self.latency_threshold:
             problems.append(f"latency {latency:g} ms > {self.latency_threshold:g} ms")
@@ -147,4 +156,6 @@ class ConnectivityAgent(BaseAgent):
             problems.append(f"bandwidth {bandwidth:g} Mbit/s < {self.bandwidth_threshold:g} Mbit/s")
         if problems:
             return AgentCheck(self.name, AgentState.DEGRADED, Target.LOCAL, "; ".join(problems), metrics)
-        return AgentCheck(self.name, AgentState.OPTIMAL, None, f"latency {latency:g} ms, loss {loss:g}%", metrics)
+        return AgentCheck(
+            self.name, AgentState.OPTIMAL, None, f"latency {latency:g} ms, loss {loss:g}%", metrics
+        )

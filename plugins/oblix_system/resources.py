@@ -60,7 +60,10 @@ class ResourceMonitor(BaseAgent):
                 f"Unknown ResourceMonitor thresholds: {', '.join(sorted(unknown))} "
                 f"(known: {', '.join(DEFAULT_THRESHOLDS)})."
             )
-        self.thresholds = {**DEFAULT_THRESHOLDS, **{k: float(v) for k, v in (custom_thresholds or {}).items()}}
+        self.thresholds = {
+            **DEFAULT_THRESHOLDS,
+            **{k: float(v) for k, v in (custom_thresholds or {}).items()},
+        }
         if smoothing < 1:
             raise ConfigError("smoothing must be at least 1.")
         self.smoothing = smoothing
@@ -118,7 +121,8 @@ class ResourceMonitor(BaseAgent):
             return AgentState.CONSTRAINED, "; ".join(constrained)
         return AgentState.AVAILABLE, (
             f"CPU {metrics['cpu_percent']:g}%, memory {metrics['memory_percent']:g}%, "
-            f"load {metrics['load_normalized']:g}" + (f", GPU {gpu['utilization']:g}%" if gpu.get("present") else "")
+            f"load {metrics['load_normalized']:g}"
+            + (f", GPU {gpu['utilization']:g}%" if gpu.get("present") else "")
         )
 
     def sample(self) -> AgentCheck:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import click
@@ -16,7 +16,7 @@ class ShoutBackend(ModelBackend):
 
     model_type = "shout"
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamChunk]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[StreamChunk, None]:
         yield StreamChunk(request.messages[-1].content.upper())
 
 
