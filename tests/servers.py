@@ -36,8 +36,11 @@ def wait_for_http(url: str, timeout: float = 60.0, process: subprocess.Popen[byt
 class LlamaServer:
     """``python -m llama_cpp.server``: a real OpenAI-compatible HTTP server."""
 
-    def __init__(self, model: Path, api_key: str | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, model: Path, api_key: str | None = None, port: int | None = None, threads: int | None = None
+    ) -> None:
         self.model = model
+        self.threads = threads
         self.api_key = api_key
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -68,6 +71,8 @@ class LlamaServer:
         ]
         if self.api_key:
             args += ["--api_key", self.api_key]
+        if self.threads:
+            args += ["--n_threads", str(self.threads)]
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )

@@ -1,7 +1,8 @@
 """In-process llama.cpp inference with ``llama-cpp-python``.
 
 Generation runs in a worker thread; tokens cross to the event loop as they are
-produced (``anyio.from_thread``), so the loop never blocks. A llama.cpp context is
+produced (scheduled on the loop without blocking the generator), so the loop never
+blocks and the generator never waits for the loop. A llama.cpp context is
 not thread-safe, so each loaded model serves one generation at a time: concurrent
 requests queue on a lock, in the worker threads, never on the event loop. Closing the
 stream (or cancelling the task) sets a stop flag that the generator checks before
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.from_thread
 import anyio.lowlevel
 import psutil
 
@@ -39,6 +39,20 @@ _LLAMA_OPTIONS = {
     "seed",
     "stop",
 }
+
+
+def call_soon_threadsafe(token: Any, func: Any, *args: Any) -> None:
+    """Schedule ``func(*args)`` on the event loop of ``token`` without waiting for it.
+
+    Unlike ``anyio.from_thread.run_sync`` this does not block the generating thread on
+    a round trip to the loop for every token (which costs throughput when llama.cpp's
+    threads keep every core busy). Works under asyncio and trio.
+    """
+    native = token.native_token
+    if hasattr(native, "call_soon_threadsafe"):  # asyncio event loop
+        native.call_soon_threadsafe(func, *args)
+    else:  # trio.lowlevel.TrioToken
+        native.run_sync_soon(func, *args)
 
 
 def _import_llama() -> Any:
@@ -173,11 +187,17 @@ class LlamaCppBackend(ModelBackend):
         yield StreamChunk(usage=Usage(prompt_tokens, output), finish_reason=finish)
 
     def _produce(self, request: GenerationRequest, send: Any, token: Any, stop: threading.Event) -> None:
+        def deliver(item: object) -> None:  # runs in the event loop thread
+            try:
+                send.send_nowait(item)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                stop.set()  # the reader went away
+
         def emit(item: object) -> None:
             try:
-                anyio.from_thread.run_sync(send.send_nowait, item, token=token)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.RunFinishedError):
-                stop.set()  # the reader went away
+                call_soon_threadsafe(token, deliver, item)
+            except (RuntimeError, anyio.RunFinishedError):
+                stop.set()  # the event loop is gone
 
         try:
             while not self._lock.acquire(timeout=0.05):  # queue behind the running generation
@@ -193,8 +213,8 @@ class LlamaCppBackend(ModelBackend):
         except Exception as exc:  # reported to the reader as a model error
             emit(PermanentModelError(f"{self.model_id}: llama.cpp failed: {exc}", model_id=self.model_id))
         finally:
-            with contextlib.suppress(anyio.RunFinishedError):
-                anyio.from_thread.run_sync(send.close, token=token)
+            with contextlib.suppress(RuntimeError, anyio.RunFinishedError):
+                call_soon_threadsafe(token, send.close)
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[StreamChunk, None]:
         if self._llama is None:
