@@ -5,27 +5,22 @@
 * ``execute`` with an instant backend (the scripted test double answering at once) on
   the file store, without agents versus with ResourceMonitor + ConnectivityAgent.
 
-Run: ``.venv/bin/python benchmarks/agents_bench.py``.
+Run: ``.venv/bin/python -m benchmarks.agents_bench``.
 """
 
 from __future__ import annotations
 
 import socket
-import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 import anyio
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from _table import median_ms, p99_ms, print_table, time_calls  # noqa: E402
-
-from oblix import OblixClient  # noqa: E402
-from oblix.agents import ConnectivityAgent, ResourceMonitor  # noqa: E402
-from oblix_core.testing import ScriptedPlugin  # noqa: E402
+from benchmarks._table import median_ms, p99_ms, print_table, time_calls
+from oblix import OblixClient
+from oblix.agents import ConnectivityAgent, ResourceMonitor
+from oblix_core.testing import ScriptedPlugin
 
 
 def loopback_listener() -> int:
@@ -57,26 +52,31 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as home:
         client = OblixClient(home=home, plugins=[ScriptedPlugin()])
         await client.hook_model("scripted", "instant")
-        sid = await client.create_session()
-        await execute_times(client, sid, 20)  # warm up
-        bare = await execute_times(client, sid, 300)
+        await execute_times(client, await client.create_session(), 20)  # warm up
+        bare = await execute_times(client, await client.create_session(), 300)
 
-        monitor = ResourceMonitor(interval=0.5)
-        network = ConnectivityAgent(endpoints=[f"127.0.0.1:{port}"], check_interval=0.5)
+        monitor = ResourceMonitor()  # default intervals: 2 s and 30 s
+        network = ConnectivityAgent(endpoints=[f"127.0.0.1:{port}"])
         client.hook_agent(monitor)
         client.hook_agent(network)
         await anyio.sleep(1.0)
         checks = time_calls(client.agent_checks, 20_000)
-        with_agents = await execute_times(client, sid, 300)
+        with_agents = await execute_times(client, await client.create_session(), 300)
         monitor_round = time_calls(monitor.sample, 5)
         network_round = time_calls(network.sample, 20)
         await client.shutdown()
     rows.append(("agent_checks() on the request path (2 agents)", median_ms(checks), p99_ms(checks), "-"))
-    rows.append(("ResourceMonitor.sample() (agent thread)", median_ms(monitor_round), p99_ms(monitor_round), "-"))
-    rows.append(("ConnectivityAgent.sample() (agent thread)", median_ms(network_round), p99_ms(network_round), "-"))
+    rows.append(
+        ("ResourceMonitor.sample() (agent thread)", median_ms(monitor_round), p99_ms(monitor_round), "-")
+    )
+    rows.append(
+        ("ConnectivityAgent.sample() (agent thread)", median_ms(network_round), p99_ms(network_round), "-")
+    )
     rows.append(("execute, instant backend, no agents", median_ms(bare), p99_ms(bare), "1.000"))
     ratio = median_ms(with_agents) / median_ms(bare)
-    rows.append(("execute, instant backend, 2 agents", median_ms(with_agents), p99_ms(with_agents), f"{ratio:.3f}"))
+    rows.append(
+        ("execute, instant backend, 2 agents", median_ms(with_agents), p99_ms(with_agents), f"{ratio:.3f}")
+    )
     print_table("Agents on the request path (ms)", ["measurement", "median ms", "p99 ms", "ratio"], rows)
 
 

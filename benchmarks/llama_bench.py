@@ -10,32 +10,25 @@ new tokens, in one run. Each path is timed from the call to the last token:
 * server:   ``OblixClient.stream(...)`` with the OpenAI backend against
             ``python -m llama_cpp.server`` on loopback (same model file and threads).
 
-Run: ``.venv/bin/python benchmarks/llama_bench.py [--rounds 5]``.
+Run: ``.venv/bin/python -m benchmarks.llama_bench [--rounds 5]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import anyio
+from oblix_llamacpp.packaged import packaged_model_path
+from oblix_llamacpp.prompts import vicuna
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).parent))
-
-from _table import print_table  # noqa: E402
-
-from oblix import ModelType, OblixClient  # noqa: E402
-from oblix_core.models import ChatMessage  # noqa: E402
-from oblix_llamacpp.packaged import packaged_model_path  # noqa: E402
-from oblix_llamacpp.prompts import vicuna  # noqa: E402
-from tests.servers import LlamaServer  # noqa: E402
+from benchmarks._table import print_table
+from oblix import ModelType, OblixClient
+from oblix_core.models import ChatMessage
+from tests.servers import LlamaServer
 
 PROMPT = "Count from 1 to 100, separated by commas."  # greedy: runs the full 128 tokens
 NEW_TOKENS = 128
@@ -47,7 +40,9 @@ def raw_run(llm: Any) -> tuple[float, float, int]:
     started = time.perf_counter()
     first = None
     count = 0
-    for part in llm.create_completion(prompt, max_tokens=NEW_TOKENS, temperature=0.0, stop=stops, stream=True):
+    for part in llm.create_completion(
+        prompt, max_tokens=NEW_TOKENS, temperature=0.0, stop=stops, stream=True
+    ):
         if part["choices"][0]["text"]:
             first = first or time.perf_counter()
             count += 1
@@ -106,7 +101,8 @@ async def main_async(rounds: int, threads: int) -> None:
         summarize("Oblix -> llama.cpp HTTP server", served[1:], base),
     ]
     print_table(
-        f"Gemma 3 270M Q4_K_M, greedy, <= {NEW_TOKENS} new tokens, {threads} threads, median of {rounds} rounds",
+        f"Gemma 3 270M Q4_K_M, greedy, <= {NEW_TOKENS} new tokens, {threads} threads, "
+        f"median of {rounds} rounds",
         ["path", "tokens", "TTFT ms", "tokens/s", "tok/s ratio", "TTFT added ms"],
         rows,
     )

@@ -6,7 +6,7 @@ Peers, in the same run on the same disk:
 * load: reading the same JSONL file and ``json.loads`` of every line;
 * list: a naive scan that reads every session's ``meta.json`` and sorts by ``updated_at``.
 
-Run: ``.venv/bin/python benchmarks/store_bench.py [--sessions 10000]``.
+Run: ``.venv/bin/python -m benchmarks.store_bench [--sessions 10000]``.
 """
 
 from __future__ import annotations
@@ -14,16 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+from oblix_file.store import MESSAGES, META, FileSessionStore
 
-from _table import median_ms, print_table, time_calls  # noqa: E402
-
-from oblix_core.records import Message, SessionRecord, new_session_id  # noqa: E402
-from oblix_file.store import MESSAGES, META, FileSessionStore  # noqa: E402
+from benchmarks._table import median_ms, print_table, time_calls
+from oblix_core.records import Message, SessionRecord, new_session_id
 
 TEXT = "A typical chat message of moderate length, about a hundred characters long, give or take a few."
 
@@ -72,8 +69,10 @@ def main() -> None:
                 raw_append(raw_file, b"".join(json.dumps(m.to_dict()).encode() + b"\n" for m in batch))
                 filled += len(batch)
             line = json.dumps(Message("user", TEXT).to_dict()).encode() + b"\n"
-            oblix = median_ms(time_calls(lambda: store.append_messages(sid, [Message("user", TEXT)]), args.repeat))
-            raw = median_ms(time_calls(lambda: raw_append(raw_file, line), args.repeat))
+            oblix = median_ms(
+                time_calls(lambda: store.append_messages(sid, [Message("user", TEXT)]), args.repeat)
+            )
+            raw = median_ms(time_calls(lambda line=line: raw_append(raw_file, line), args.repeat))
             filled += args.repeat
             rows.append((f"append 1 message at {size:,} messages", oblix, raw, oblix / raw))
         count = len(store.load(sid).messages)
@@ -83,7 +82,11 @@ def main() -> None:
 
         for i in range(args.sessions):
             store.create(
-                SessionRecord(id=new_session_id(), title=f"s{i}", metadata={"category": ("support", "sales")[i % 2], "n": i})
+                SessionRecord(
+                    id=new_session_id(),
+                    title=f"s{i}",
+                    metadata={"category": ("support", "sales")[i % 2], "n": i},
+                )
             )
         wanted = {"category": "support"}
         oblix = median_ms(time_calls(lambda: store.list(50, wanted), 10))

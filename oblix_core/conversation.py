@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Messages of history read for a request when no model is hooked (then routing fails anyway).
+DEFAULT_HISTORY_LIMIT = 4096
 #: ``execute``/``stream`` keyword options that steer Oblix rather than the model.
 ROUTING_OPTIONS = ("model", "local_only", "preference")
 
@@ -94,7 +96,9 @@ class ResponseStream:
         if session_id is None:
             title = self._prompt.strip().splitlines()[0][:60]
             session_id = await client.create_session(title=title)
-        return await anyio.to_thread.run_sync(client.store.load, session_id)
+        # no model can take more messages than tokens in its window (each costs >= 1 token)
+        limit = max((m.context_window for m in client.models), default=DEFAULT_HISTORY_LIMIT)
+        return await anyio.to_thread.run_sync(client.store.load_recent, session_id, limit)
 
     def _route_request(self, session: SessionRecord) -> RouteRequest:
         local_only = bool(self._routing.get("local_only"))

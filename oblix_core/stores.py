@@ -6,6 +6,8 @@ import abc
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
+
 from oblix_core.errors import SessionNotFoundError
 from oblix_core.records import Message, SessionRecord
 
@@ -34,6 +36,17 @@ class SessionStore(abc.ABC):
     @abc.abstractmethod
     def load(self, session_id: str) -> SessionRecord:
         """Return the whole session. Raises ``SessionNotFoundError``/``SessionCorruptedError``."""
+
+    def load_recent(self, session_id: str, max_messages: int) -> SessionRecord:
+        """The session with only its last ``max_messages`` messages.
+
+        The request path uses this to read no more history than a model could take.
+        The default loads everything and slices; stores should read only the tail.
+        """
+        record = self.load(session_id)
+        if len(record.messages) <= max_messages:
+            return record
+        return attrs.evolve(record, messages=record.messages[len(record.messages) - max_messages :])
 
     @abc.abstractmethod
     def append_messages(self, session_id: str, messages: Sequence[Message]) -> None:

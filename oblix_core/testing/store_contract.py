@@ -96,6 +96,16 @@ class SessionStoreContract:
         for q, a in zip(contents[::2], contents[1::2], strict=True):  # pairs stay contiguous
             assert q.endswith("-q") and a == q[:-1] + "a"
 
+    def test_load_recent(self, store: SessionStore) -> None:
+        record = _session(title="t", metadata={"k": 1})
+        store.create(record)
+        store.append_messages(record.id, [Message("user", f"m{i} " + "x" * (i % 7)) for i in range(300)])
+        recent = store.load_recent(record.id, 5)
+        assert [m.content.split()[0] for m in recent.messages] == [f"m{i}" for i in range(295, 300)]
+        assert recent.title == "t" and recent.metadata == {"k": 1}
+        assert len(store.load_recent(record.id, 1000).messages) == 300
+        assert store.load_recent(record.id, 0).messages == ()
+
     def test_metadata_merge(self, store: SessionStore) -> None:
         record = _session(metadata={"category": "support", "priority": "high"})
         store.create(record)

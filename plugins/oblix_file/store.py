@@ -91,6 +91,22 @@ def _encode(message: Message) -> bytes:
     return json.dumps(message.to_dict(), ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
+def _tail(path: Path, lines: int) -> bytes:
+    """The end of ``path`` holding at least its last ``lines`` complete lines (read backwards)."""
+    with open(path, "rb") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        start, block, found = end, 65536, -1  # the final newline ends the last line
+        while start > 0 and found <= lines:
+            start = max(0, start - block)
+            handle.seek(start)
+            found = handle.read(end - start).count(b"\n")
+        handle.seek(start)
+        data = handle.read(end - start)
+    if start > 0:  # drop the partial first line
+        data = data[data.index(b"\n") + 1 :]
+    return data
+
+
 def _cut_torn_tail(fd: int) -> None:
     """Truncate an unterminated last line (left by a writer killed mid-append)."""
     size = os.fstat(fd).st_size
@@ -192,13 +208,15 @@ class FileSessionStore(SessionStore):
             raise SessionCorruptedError(f"Session {path.name} has a malformed {META}.")
         return meta
 
-    def _read_messages(self, path: Path) -> list[Message]:
+    def _read_messages(self, path: Path, last: int | None = None) -> list[Message]:
         try:
-            data = (path / MESSAGES).read_bytes()
+            data = _tail(path / MESSAGES, last) if last is not None else (path / MESSAGES).read_bytes()
         except FileNotFoundError:
             return []
         lines = data.split(b"\n")
         lines.pop()  # the text after the last newline: empty, or a torn unacknowledged append
+        if last is not None:
+            lines = lines[max(0, len(lines) - last) :]
         messages = []
         for number, line in enumerate(lines, 1):
             try:
@@ -225,6 +243,11 @@ class FileSessionStore(SessionStore):
         path = self._dir(session_id)
         meta = self._read_meta(path)
         return self._record(path, meta, self._read_messages(path))
+
+    def load_recent(self, session_id: str, max_messages: int) -> SessionRecord:
+        path = self._dir(session_id)
+        meta = self._read_meta(path)
+        return self._record(path, meta, self._read_messages(path, last=max(0, max_messages)))
 
     def get_metadata(self, session_id: str) -> dict[str, Any]:
         return dict(self._read_meta(self._dir(session_id)).get("metadata") or {})
