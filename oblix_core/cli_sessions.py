@@ -61,49 +61,64 @@ def show(session_id: str, as_json: bool) -> None:
         click.echo(f"\n[{message['timestamp']}] {who}:\n{message['content']}")
 
 
+def _done(as_json: bool, session_id: str, text: str) -> None:
+    """Report the session a command produced: its id (or JSON), for scripts and people."""
+    if as_json:
+        print_json({"session_id": session_id})
+    else:
+        click.echo(text)
+
+
 @sessions.command()
 @click.argument("session_id")
 @click.argument("file_path", type=click.Path(dir_okay=False))
+@json_option
 @handle_errors
-def export(session_id: str, file_path: str) -> None:
+def export(session_id: str, file_path: str, as_json: bool) -> None:
     """Export a session to a JSON file."""
     anyio.run(make_client().export_session, session_id, file_path)
-    click.echo(f"Exported {session_id} to {file_path}")
+    _done(as_json, session_id, f"Exported {session_id} to {file_path}")
 
 
 @sessions.command("import")
 @click.argument("file_path", type=click.Path(dir_okay=False))
 @click.option("--new-id", is_flag=True, help="Give the imported session a fresh id.")
+@json_option
 @handle_errors
-def import_(file_path: str, new_id: bool) -> None:
-    """Import a session from a JSON file."""
+def import_(file_path: str, new_id: bool, as_json: bool) -> None:
+    """Import a session from a JSON file; prints its id."""
     session_id = anyio.run(make_client().import_session, file_path, new_id)
-    click.echo(session_id)
+    _done(as_json, session_id, session_id)
 
 
 @sessions.command()
 @click.argument("session_id")
+@json_option
 @handle_errors
-def delete(session_id: str) -> None:
+def delete(session_id: str, as_json: bool) -> None:
     """Delete a session."""
     if not make_client().delete_session(session_id):
         raise click.ClickException(f"No session {session_id}.")
-    click.echo(f"Deleted {session_id}")
+    _done(as_json, session_id, f"Deleted {session_id}")
 
 
 @sessions.command()
 @click.argument("session_id")
 @click.option("--title", default=None, help="Title of the copy.")
+@json_option
 @handle_errors
-def copy(session_id: str, title: str | None) -> None:
+def copy(session_id: str, title: str | None, as_json: bool) -> None:
     """Copy a session; prints the new id."""
-    click.echo(anyio.run(make_client().copy_session, session_id, title))
+    new_id = anyio.run(make_client().copy_session, session_id, title)
+    _done(as_json, new_id, new_id)
 
 
 @sessions.command()
 @click.argument("session_ids", nargs=-1, required=True)
 @click.option("--title", default=None, help="Title of the merged session.")
+@json_option
 @handle_errors
-def merge(session_ids: tuple[str, ...], title: str | None) -> None:
+def merge(session_ids: tuple[str, ...], title: str | None, as_json: bool) -> None:
     """Merge sessions into a new one; prints the new id."""
-    click.echo(anyio.run(make_client().merge_sessions, list(session_ids), title))
+    new_id = anyio.run(make_client().merge_sessions, list(session_ids), title)
+    _done(as_json, new_id, new_id)

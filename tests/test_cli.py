@@ -46,9 +46,9 @@ def test_sessions_commands(home: Path, tmp_path: Path) -> None:
     assert json.loads(out)["messages"][0]["id"] == "msg_1"
     code, copy_id = run("sessions", "copy", REF_ID, "--title", "copy")
     assert code == 0
-    code, merged = run("sessions", "merge", REF_ID, copy_id.strip(), "--title", "both")
+    code, merged = run("sessions", "merge", REF_ID, copy_id.strip(), "--title", "both", "--json")
     assert code == 0
-    code, out = run("sessions", "show", merged.strip(), "--json")
+    code, out = run("sessions", "show", json.loads(merged)["session_id"], "--json")
     assert len(json.loads(out)["messages"]) == 6
     target = tmp_path / "export.json"
     code, _ = run("sessions", "export", REF_ID, str(target))

@@ -78,6 +78,9 @@ async def test_streaming_api_for_programs(client: OblixClient, scripted: Scripte
     chunks = [chunk async for chunk in response]
     assert chunks == ["one ", "two ", "three"]
     assert response.result is not None and response.result["response"] == "one two three"
+    scripted.scripts["a"] = [Step(("all ", "at once"))]
+    collected = await client.stream("again", session_id=response.result["session_id"]).collect()
+    assert collected["response"] == "all at once" and collected["metrics"]["history_messages_sent"] == 3
 
 
 @pytest.mark.anyio

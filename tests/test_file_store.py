@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from oblix_file.store import INDEX, MESSAGES, META, FileSessionStore
 
-from oblix_core.errors import InvalidSessionIdError, SessionCorruptedError
+from oblix_core.errors import InvalidSessionIdError, SessionCorruptedError, SessionExistsError
 from oblix_core.records import Message, SessionRecord, new_session_id
 from oblix_core.testing import SessionStoreContract
 
@@ -84,6 +84,18 @@ def test_path_escape_attempts_write_nothing(tmp_path: Path, store: FileSessionSt
             store.append_messages(bad, [Message("user", "x")])
     outside = [p for p in tmp_path.iterdir() if p.name != "sessions"]
     assert outside == []
+
+
+def test_failed_create_keeps_the_index_row_and_phantom_rows_are_replaced(store: FileSessionStore) -> None:
+    sid = _new(store, title="original")
+    with pytest.raises(SessionExistsError):
+        store.create(SessionRecord(id=sid, title="intruder"))
+    assert [s["title"] for s in store.list()] == ["original"]
+    phantom = new_session_id()  # an index row whose create died before the rename
+    store._index(SessionRecord(id=phantom, title="ghost"), 0)
+    assert phantom not in {s["id"] for s in store.list()}
+    store.create(SessionRecord(id=phantom, title="real"))
+    assert {s["title"] for s in store.list()} == {"original", "real"}
 
 
 def test_index_is_rebuilt_when_missing(tmp_path: Path) -> None:

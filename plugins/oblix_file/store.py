@@ -23,6 +23,7 @@ import os
 import shutil
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -137,11 +138,19 @@ class FileSessionStore(SessionStore):
         except OSError as exc:
             raise OblixError(f"Cannot create the session folder {self.root}: {exc}.") from exc
         self._local = threading.local()
+        self._sweep_leftovers()
         fresh = not (self.root / INDEX).exists()
         with self._db() as db:
             db.executescript(_SCHEMA)
         if fresh and any(self._session_dirs()):
             self.rebuild_index()
+
+    def _sweep_leftovers(self, older_than: float = 3600.0) -> None:
+        """Remove staging/trash folders left by writers that died over an hour ago."""
+        cutoff = time.time() - older_than
+        for entry in os.scandir(self.root):
+            if entry.name.startswith((".new-", ".trash-")) and entry.stat().st_mtime < cutoff:
+                shutil.rmtree(entry.path, ignore_errors=True)
 
     # -- paths and locks ----------------------------------------------------------------
 
@@ -181,6 +190,8 @@ class FileSessionStore(SessionStore):
             self._local.db = db
         try:
             yield db
+        except sqlite3.IntegrityError:
+            raise
         except sqlite3.DatabaseError as exc:
             raise OblixError(
                 f"The session index {self.root / INDEX} failed: {exc}. Delete it; Oblix rebuilds it "
@@ -286,11 +297,12 @@ class FileSessionStore(SessionStore):
 
     # -- writing ------------------------------------------------------------------------
 
-    def _index(self, record: SessionRecord, message_count: int) -> None:
+    def _index(self, record: SessionRecord, message_count: int, replace: bool = True) -> None:
         updated = record.last_updated
+        verb = "INSERT OR REPLACE" if replace else "INSERT"
         with self._db() as db:
             db.execute(
-                "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                f"{verb} INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.id,
                     record.title,
@@ -323,7 +335,7 @@ class FileSessionStore(SessionStore):
             _write_file(staging / META, self._meta_bytes(session))
             _write_file(staging / MESSAGES, b"".join(_encode(m) for m in session.messages))
             _fsync_dir(staging)
-            self._index(session, len(session.messages))
+            self._index_new(session)
             try:
                 os.rename(staging, final)  # atomic; fails if the id was taken meanwhile
             except OSError:
@@ -331,6 +343,15 @@ class FileSessionStore(SessionStore):
             _fsync_dir(self.root)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _index_new(self, session: SessionRecord) -> None:
+        """Index a session about to be created, never overwriting a live session's row."""
+        try:
+            self._index(session, len(session.messages), replace=False)
+        except sqlite3.IntegrityError:
+            if (self._dir(session.id) / META).exists():
+                raise SessionExistsError(f"Session {session.id} already exists.") from None
+            self._index(session, len(session.messages))  # a row left by a create that crashed
 
     def append_messages(self, session_id: str, messages: Sequence[Message]) -> None:
         if not messages:

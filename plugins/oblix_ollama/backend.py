@@ -130,9 +130,7 @@ class OllamaBackend(ModelBackend):
     async def aclose(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            inner = getattr(client, "_client", None)  # the httpx.AsyncClient ollama wraps
-            if inner is not None:
-                await inner.aclose()
+            await client.close()
 
     def describe(self) -> dict[str, Any]:
         return super().describe() | {"endpoint": self.host}
