@@ -1,11 +1,11 @@
 """Oblix core: hook specifications, client, routing, execution and sessions."""
 
-from oblix_core.agents import AgentCheck, AgentState, BaseAgent, Target
-from oblix_core.client import Oblix, OblixClient
-from oblix_core.errors import OblixError
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
+from oblix_core.agents import AgentCheck, AgentState, BaseAgent, Target
+from oblix_core.client import Oblix, OblixClient
+from oblix_core.errors import OblixError
 from oblix_core.hookspecs import hookimpl
 from oblix_core.models import ModelBackend, ModelType
 
