@@ -3,32 +3,8 @@
 >>> from oblix import OblixClient, ModelType
 """
 
-from oblix_core import (
-    AgentCheck,
-    AgentState,
-    BaseAgent,
-    ModelBackend,
-    ModelType,
-    Oblix,
-    OblixClient,
-    OblixError,
-    Target,
-    __version__,
-    errors,
-    hookimpl,
-)
+from oblix_core import *  # noqa: F403 - the public face re-exports the core's public names
+from oblix_core import __all__ as _core_names
+from oblix_core import errors
 
-__all__ = [
-    "AgentCheck",
-    "AgentState",
-    "BaseAgent",
-    "ModelBackend",
-    "ModelType",
-    "Oblix",
-    "OblixClient",
-    "OblixError",
-    "Target",
-    "__version__",
-    "errors",
-    "hookimpl",
-]
+__all__ = [*_core_names, "errors"]

@@ -169,11 +169,7 @@ class OblixClient:
         for name in self.config.agents_enabled or sorted(self.registry.agents):
             if name in self._agents:
                 continue
-            try:
-                cls = self.registry.agents[name]
-            except KeyError:
-                known = ", ".join(sorted(self.registry.agents)) or "none"
-                raise ConfigError(f"No agent named {name!r} (registered: {known}).") from None
+            cls = self.registry.agent_class(name)
             try:
                 agent = cls(**self.config.agent_options.get(name, {}))
             except TypeError as exc:

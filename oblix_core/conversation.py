@@ -9,11 +9,12 @@ from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import attrs
 
 from oblix_core.errors import OblixError, StreamInterruptedError
 from oblix_core.execution import Outcome
 from oblix_core.history import session_messages
-from oblix_core.records import Message, SessionRecord, utc_now
+from oblix_core.records import Message, SessionRecord, new_session_id, utc_now
 from oblix_core.requests import RequestContext, new_request_id
 from oblix_core.routing import RouteRequest, RoutingPlan
 
@@ -58,6 +59,7 @@ class ResponseStream:
         self._routing = {k: options.pop(k) for k in ROUTING_OPTIONS if k in options}
         self._options = options
         self._agen: AsyncGenerator[str, None] | None = None
+        self._new_session: SessionRecord | None = None
         self.result: dict[str, Any] | None = None
 
     @property
@@ -91,11 +93,18 @@ class ResponseStream:
         return self.result
 
     async def _session(self) -> SessionRecord:
+        """The session's recent history; a new session (stored only once answered) if none given."""
         client = self._client
         session_id = self._session_id or client.current_session_id
         if session_id is None:
-            title = self._prompt.strip().splitlines()[0][:60]
-            session_id = await client.create_session(title=title)
+            now = utc_now()
+            self._new_session = SessionRecord(
+                id=new_session_id(),
+                title=self._prompt.strip().splitlines()[0][:60],
+                created_at=now,
+                updated_at=now,
+            )
+            return self._new_session
         # no model can take more messages than tokens in its window (each costs >= 1 token)
         limit = max((m.context_window for m in client.models), default=DEFAULT_HISTORY_LIMIT)
         return await anyio.to_thread.run_sync(client.store.load_recent, session_id, limit)
@@ -174,7 +183,13 @@ class ResponseStream:
             Message("user", self._prompt, timestamp=started_at),
             Message("assistant", text, model_id=model_id, metrics=metrics),
         ]
-        await anyio.to_thread.run_sync(self._client.store.append_messages, session_id, messages)
+        store = self._client.store
+        if self._new_session is not None and self._new_session.id == session_id:
+            await anyio.to_thread.run_sync(
+                store.create, attrs.evolve(self._new_session, messages=tuple(messages))
+            )
+        else:
+            await anyio.to_thread.run_sync(store.append_messages, session_id, messages)
 
 
 def _notify(hook: Any, **kwargs: Any) -> None:

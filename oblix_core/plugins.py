@@ -147,24 +147,25 @@ class Registry:
         return reg
 
     def make_store(self, name: str, **options: Any) -> SessionStore:
-        try:
-            factory = self.stores[name]
-        except KeyError:
-            known = ", ".join(sorted(self.stores)) or "none"
-            raise PluginError(
-                f"No session store named {name!r} (registered: {known}). Install the plugin that "
-                f"provides it (e.g. pip install 'oblix[redis]' for redis), and check "
-                f"{LOAD_ENV} / {DISABLE_ENV}."
-            ) from None
+        factory = _lookup(self.stores, name, "session store", "pip install 'oblix[redis]' for redis")
         return factory(**options)
 
     def model_class(self, model_type: str) -> type[ModelBackend]:
-        try:
-            return self.models[model_type]
-        except KeyError:
-            known = ", ".join(sorted(self.models)) or "none"
-            raise PluginError(
-                f"No model backend for type {model_type!r} (registered: {known}). Install the "
-                f"plugin that provides it (e.g. pip install 'oblix[llama-cpp]' for llama_cpp), "
-                f"and check {LOAD_ENV} / {DISABLE_ENV}."
-            ) from None
+        return _lookup(
+            self.models, model_type, "model backend", "pip install 'oblix[llama-cpp]' for llama_cpp"
+        )
+
+    def agent_class(self, name: str) -> type[BaseAgent]:
+        return _lookup(self.agents, name, "agent", "pip install oblix for the built-in agents")
+
+
+def _lookup(table: dict[str, Any], name: str, kind: str, example: str) -> Any:
+    """``table[name]``, or a PluginError that lists what is registered and what to do."""
+    try:
+        return table[name]
+    except KeyError:
+        known = ", ".join(sorted(table)) or "none"
+        raise PluginError(
+            f"No {kind} named {name!r} (registered: {known}). Install the plugin that provides it "
+            f"(e.g. {example}), and check {LOAD_ENV} / {DISABLE_ENV}."
+        ) from None

@@ -128,17 +128,6 @@ class SessionRecord:
             "metadata": dict(self.metadata),
         }
 
-    def summary(self) -> dict[str, Any]:
-        """The summary shape returned by ``list_sessions``."""
-        return {
-            "id": self.id,
-            "title": self.title,
-            "created_at": self.created_at,
-            "updated_at": self.last_updated,
-            "message_count": len(self.messages),
-            "metadata": dict(self.metadata),
-        }
-
 
 def matches_metadata(metadata: dict[str, Any], wanted: dict[str, Any] | None) -> bool:
     """True if every key of ``wanted`` is in ``metadata`` with an equal value."""

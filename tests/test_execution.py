@@ -229,6 +229,7 @@ async def test_no_model_hooked_is_a_clear_error(client: OblixClient) -> None:
         await client.execute("hi", stream=False)
     with pytest.raises(OblixError, match="empty"):
         await client.execute("   ", stream=False)
+    assert client.list_sessions() == []  # a failed first request leaves no empty session behind
 
 
 @pytest.mark.anyio
