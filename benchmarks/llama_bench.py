@@ -3,7 +3,7 @@
 Same model (the packaged Gemma 3 270M), same prompt text, greedy decoding, up to 128
 new tokens, in one run. Each path is timed from the call to the last token:
 
-* raw:      ``Llama.create_completion(prompt, stream=True)`` in this thread;
+* raw:      ``Llama.create_completion(prompt, stream=True)`` in a dedicated thread;
 * oblix:    ``OblixClient.stream(...)`` in an existing empty session with the llama.cpp
             backend (history load, routing, executor, worker-thread bridge, and the
             session write included);
@@ -19,15 +19,16 @@ import argparse
 import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anyio
-from oblix_llamacpp.packaged import packaged_model_path
-from oblix_llamacpp.prompts import vicuna
 
 from benchmarks._table import print_table
 from oblix import ModelType, OblixClient
 from oblix_core.models import ChatMessage
+from oblix_llamacpp.packaged import packaged_model_path
+from oblix_llamacpp.prompts import vicuna
 from tests.servers import LlamaServer
 
 PROMPT = "Count from 1 to 100, separated by commas."  # greedy: runs the full 128 tokens
@@ -74,25 +75,34 @@ def summarize(name: str, runs: list[tuple[float, float, int]], base: tuple[float
 
 
 async def main_async(rounds: int, threads: int) -> None:
-    import llama_cpp
-
     path = packaged_model_path()
-    llm = llama_cpp.Llama(str(path), n_ctx=2048, n_threads=threads, verbose=False, seed=1)
     with tempfile.TemporaryDirectory() as home:
         client = OblixClient(home=home)
         model_id = await client.hook_model(ModelType.LLAMA_CPP, "gemma-3-270m", n_ctx=2048, n_threads=threads)
-        backend_llm = client.models[0]._llama  # type: ignore[attr-defined]
+        # raw calls go to the very same llama_cpp.Llama instance the backend loaded
+        llm = client.models[0]._llama  # type: ignore[attr-defined]
         server = LlamaServer(path, threads=threads).start()
         try:
             await client.hook_model(ModelType.OPENAI, "gemma", endpoint=server.url)
             raw, ours, served = [], [], []
-            for _ in range(rounds + 1):  # the first round warms up and is dropped
-                raw.append(await anyio.to_thread.run_sync(raw_run, llm))
-                ours.append(await oblix_run(client, model_id, backend_llm.reset))
-                served.append(await oblix_run(client, "openai:gemma"))
+            # raw runs in one persistent thread too, as Oblix's generations do (llama.cpp's
+            # OpenMP team belongs to the thread that calls it)
+            raw_thread = ThreadPoolExecutor(max_workers=1)
+            paths = [
+                (raw, lambda: anyio.to_thread.run_sync(lambda: raw_thread.submit(raw_run, llm).result())),
+                (ours, lambda: oblix_run(client, model_id, llm.reset)),
+                (served, lambda: oblix_run(client, "openai:gemma")),
+            ]
+            # interleaved rounds, rotating which path goes first (this machine drifts by
+            # +-10 % over a minute); the first round warms up and is dropped
+            for round_ in range(rounds + 1):
+                for i in range(len(paths)):
+                    results, run = paths[(round_ + i) % len(paths)]
+                    results.append(await run())
         finally:
             server.kill()
             await client.shutdown()
+            raw_thread.shutdown()
     base_rows = summarize("raw llama_cpp.Llama", raw[1:], None)
     base = (base_rows[2], base_rows[3])
     rows = [

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from oblix_file.store import INDEX, MESSAGES, META, FileSessionStore
 
 from oblix_core.errors import InvalidSessionIdError, SessionCorruptedError, SessionExistsError
 from oblix_core.records import Message, SessionRecord, new_session_id
 from oblix_core.testing import SessionStoreContract
+from oblix_file.store import INDEX, MESSAGES, META, FileSessionStore
 
 
 class TestFileStoreContract(SessionStoreContract):

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import anyio
 import pytest
-from oblix_llamacpp import LlamaCppBackend
-from oblix_llamacpp.packaged import packaged_model_path
 
 from oblix import ModelType, OblixClient
 from oblix_core.errors import ConfigError
 from oblix_core.models import ChatMessage, GenerationRequest
 from oblix_core.testing import ModelBackendContract
+from oblix_llamacpp import LlamaCppBackend
+from oblix_llamacpp.packaged import packaged_model_path
 
 pytestmark = pytest.mark.llama
 
@@ -41,6 +41,9 @@ class TestLlamaCppContract(ModelBackendContract):
 def test_packaged_model_identity(gemma: LlamaCppBackend) -> None:
     assert gemma.model_id == "llama_cpp:gemma-3-270m"
     assert gemma.describe()["prompt_format"] == "vicuna"  # the base model has no chat template
+    import llama_cpp
+
+    assert gemma.describe()["gpu_offload_supported"] is bool(llama_cpp.llama_supports_gpu_offload())
     assert packaged_model_path().stat().st_size > 200_000_000
 
 
@@ -99,7 +102,7 @@ async def test_closing_the_stream_stops_generation(gemma: LlamaCppBackend) -> No
             if chunk.text:
                 break
     with anyio.fail_after(5):  # the worker lets go of the model within a token or so
-        while gemma._lock.locked():
+        while gemma.busy:
             await anyio.sleep(0.01)
 
 
@@ -109,7 +112,7 @@ async def test_cancelling_the_task_stops_generation(gemma: LlamaCppBackend) -> N
         async for _ in gemma.stream(ask("Write a long essay about the sea.", 400)):
             pass
     with anyio.fail_after(5):
-        while gemma._lock.locked():
+        while gemma.busy:
             await anyio.sleep(0.01)
 
 

@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from oblix_ollama import OllamaBackend
 
 from oblix import ModelType, OblixClient
 from oblix_core.errors import ConfigError, OblixError, PermanentModelError, TransientModelError
 from oblix_core.models import ChatMessage, GenerationRequest
 from oblix_core.testing import ModelBackendContract
+from oblix_ollama import OllamaBackend
 from tests.conftest import FAST
 from tests.ollama_double import OllamaDouble
 from tests.servers import free_port

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import anyio
 import pytest
-from oblix_llamacpp.packaged import packaged_model_path
-from oblix_openai import OpenAIBackend
 
 from oblix import ModelType, OblixClient
 from oblix_core.errors import (
@@ -25,6 +23,8 @@ from oblix_core.errors import (
 )
 from oblix_core.models import ChatMessage, GenerationRequest
 from oblix_core.testing import ModelBackendContract, ScriptedPlugin
+from oblix_llamacpp.packaged import packaged_model_path
+from oblix_openai import OpenAIBackend
 from tests.conftest import FAST
 from tests.servers import LlamaServer, free_port
 
