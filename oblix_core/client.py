@@ -245,6 +245,7 @@ class OblixClient:
                     sys.stdout.flush()
         if stream:
             sys.stdout.write("\n")
+            sys.stdout.flush()
         assert response.result is not None
         return response.result
 

@@ -59,6 +59,7 @@ async def test_answers_sensibly_and_stops_at_the_turn(gemma: LlamaCppBackend) ->
     text = "".join(c.text for c in chunks)
     assert "Paris" in text
     assert "USER:" not in text and "ASSISTANT:" not in text
+    assert text == text.strip()  # no whitespace before the stop
     assert chunks[-1].usage is not None and 0 < chunks[-1].usage.output_tokens <= 48
 
 

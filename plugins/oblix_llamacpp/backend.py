@@ -90,8 +90,10 @@ class LlamaCppBackend(ModelBackend):
     ``n_gpu_layers`` (GPU offload; -1 = all, needs a GPU build of llama.cpp),
     ``chat_format`` (``"vicuna"``/``"alpaca"`` plain prompts, or a llama.cpp chat format
     name; default: the model's own template, else ``"vicuna"``), ``seed``, and
-    ``temperature`` (used when a request sets none; default 0.2, since small local
-    models wander at llama.cpp's 0.8).
+    ``temperature`` (used when a request sets none; default 0.0, greedy, for the packaged
+    270M base model, which answers best that way, and 0.7 for GGUF files), ``verbose``
+    (llama.cpp's own logging). Whitespace the model emits just before it stops is
+    dropped from the answer.
     """
 
     model_type = "llama_cpp"
@@ -106,7 +108,8 @@ class LlamaCppBackend(ModelBackend):
         n_gpu_layers: int = 0,
         chat_format: str | None = None,
         seed: int | None = None,
-        temperature: float = 0.2,
+        temperature: float | None = None,
+        verbose: bool = False,
         **kwargs: Any,
     ) -> None:
         self.model_path: Path | None = None if model_name == DEFAULT_MODEL else Path(model_name).expanduser()
@@ -119,7 +122,10 @@ class LlamaCppBackend(ModelBackend):
         self.n_gpu_layers = n_gpu_layers
         self.chat_format = chat_format
         self.seed = seed
-        self.temperature = temperature
+        self.temperature = (
+            temperature if temperature is not None else (0.0 if self.model_path is None else 0.7)
+        )
+        self.verbose = verbose
         self._llama: Any = None
         self._plain: Any = None  # a PLAIN_FORMATS function, or None to use a chat template
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -146,7 +152,7 @@ class LlamaCppBackend(ModelBackend):
             "n_ctx": self.n_ctx,
             "n_threads": self.n_threads,
             "n_gpu_layers": self.n_gpu_layers,
-            "verbose": False,
+            "verbose": self.verbose,
         }
         if self.seed is not None:
             options["seed"] = self.seed
@@ -161,7 +167,7 @@ class LlamaCppBackend(ModelBackend):
                 self.n_gpu_layers,
             )
         try:
-            self._llama = await anyio.to_thread.run_sync(lambda: llama_cpp.Llama(**options))
+            self._llama = await anyio.to_thread.run_sync(self._load, llama_cpp, options)
         except (ValueError, RuntimeError, OSError) as exc:
             raise OblixError(f"llama.cpp could not load {self.model_path}: {exc}") from exc
         self._worker = threading.Thread(
@@ -171,6 +177,15 @@ class LlamaCppBackend(ModelBackend):
         has_template = "tokenizer.chat_template" in (self._llama.metadata or {})
         if plain or (self.chat_format is None and not has_template):
             self._plain = PLAIN_FORMATS[self.chat_format or "vicuna"]
+
+    def _load(self, llama_cpp: Any, options: dict[str, Any]) -> Any:
+        """Construct the ``Llama``; quiet unless ``verbose`` (llama.cpp logs context setup to fd 2)."""
+        try:
+            from llama_cpp._utils import suppress_stdout_stderr
+        except ImportError:  # pragma: no cover - a future llama-cpp-python without it
+            return llama_cpp.Llama(**options)
+        with suppress_stdout_stderr(disable=self.verbose):
+            return llama_cpp.Llama(**options)
 
     def count_tokens(self, text: str) -> int:
         if not text:
@@ -197,6 +212,7 @@ class LlamaCppBackend(ModelBackend):
                 [m.to_dict() for m in request.messages], stream=True, stop=extra_stops or None, **params
             )
         texts: list[str] = []
+        held = ""
         finish = None
         try:
             for part in parts:
@@ -206,12 +222,16 @@ class LlamaCppBackend(ModelBackend):
                 choice = part["choices"][0]
                 text = choice["text"] if self._plain is not None else choice["delta"].get("content")
                 finish = choice.get("finish_reason") or finish
-                if text:
-                    if not texts:
-                        text = text.lstrip()
-                    if text:
-                        texts.append(text)
-                        yield StreamChunk(text)
+                if not texts:
+                    text = (text or "").lstrip()
+                if not text:
+                    continue
+                if text.isspace():  # held back: whitespace before the stop is not part of the answer
+                    held += text
+                    continue
+                text, held = held + text, ""
+                texts.append(text)
+                yield StreamChunk(text)
         finally:
             parts.close()
         output = self.count_tokens("".join(texts))
