@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,9 @@ async def run_chat(
     **options: Any,
 ) -> dict[str, Any]:
     """Chat until ``/exit`` or end of input; returns the last result (always with ``session_id``)."""
+    if read_line is input:
+        with contextlib.suppress(ImportError):
+            import readline  # noqa: F401 - line editing and history for input()
     if session_id is None:
         session_id = client.current_session_id or await client.create_session(title="Chat")
     elif not client.use_session(session_id):
