@@ -89,6 +89,18 @@ class ModelBackend(abc.ABC):
         self._context_window = context_window
         self.options = options
 
+    def reject_unknown_options(self) -> None:
+        """Raise ConfigError if ``hook_model`` passed options this backend does not take.
+
+        Backends that declare all their options call this at the end of ``__init__``, so a
+        typo such as ``n_ctxx=`` is an error instead of being silently ignored.
+        """
+        if self.options:
+            from oblix_core.errors import ConfigError
+
+            unknown = ", ".join(sorted(self.options))
+            raise ConfigError(f"Unknown option(s) for {self.model_type} models: {unknown}.")
+
     @property
     def model_id(self) -> str:
         """``"<type>:<name>"``, e.g. ``"openai:gpt-4o-mini"``."""

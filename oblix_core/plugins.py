@@ -13,7 +13,7 @@ import pluggy
 
 from oblix_core import hookspecs
 from oblix_core.agents import BaseAgent
-from oblix_core.errors import PluginError
+from oblix_core.errors import ConfigError, PluginError
 from oblix_core.models import ModelBackend
 from oblix_core.stores import SessionStore
 
@@ -148,7 +148,10 @@ class Registry:
 
     def make_store(self, name: str, **options: Any) -> SessionStore:
         factory = _lookup(self.stores, name, "session store", "pip install 'oblix[redis]' for redis")
-        return factory(**options)
+        try:
+            return factory(**options)
+        except TypeError as exc:
+            raise ConfigError(f"Invalid options for the {name!r} session store: {exc}.") from exc
 
     def model_class(self, model_type: str) -> type[ModelBackend]:
         return _lookup(

@@ -294,3 +294,15 @@ async def test_custom_model_type(home: Any) -> None:
     with pytest.raises(OblixError, match="No model backend"):
         await client.hook_model("nonexistent", "x")
     await client.shutdown()
+
+
+@pytest.mark.anyio
+async def test_misspelt_options_are_errors(home: Any) -> None:
+    from oblix import ModelType
+
+    client = OblixClient(home=home)
+    with pytest.raises(OblixError, match="n_ctxx"):
+        await client.hook_model(ModelType.OPENAI, "gpt-4o-mini", api_key="k", n_ctxx=5)
+    with pytest.raises(OblixError, match="session store"):
+        OblixClient(home=home, session_store="file", store_options={"roots": "x"})
+    await client.shutdown()

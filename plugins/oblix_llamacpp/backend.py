@@ -132,6 +132,7 @@ class LlamaCppBackend(ModelBackend):
         self._worker: threading.Thread | None = None
         self._busy = threading.Event()  # set while a generation runs
         self.gpu_offload: bool | None = None  # known once started
+        self.reject_unknown_options()
 
     @property
     def context_window(self) -> int:

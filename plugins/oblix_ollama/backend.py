@@ -51,6 +51,7 @@ class OllamaBackend(ModelBackend):
         self.keep_alive = keep_alive
         self._client: Any = None
         self._trained_window: int | None = None
+        self.reject_unknown_options()
 
     @property
     def context_window(self) -> int:

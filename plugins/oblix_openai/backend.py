@@ -54,6 +54,7 @@ class OpenAIBackend(ModelBackend):
         self.timeout = timeout
         self._client: Any = None
         self._usage_supported = True
+        self.reject_unknown_options()
 
     @property
     def context_window(self) -> int:
