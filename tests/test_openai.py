@@ -71,6 +71,7 @@ async def test_wrong_key_is_permanent_and_not_retried(server: LlamaServer, home:
     with pytest.raises(PermanentModelError, match="401"):
         async for _ in backend.stream(ask()):
             pass
+    await backend.aclose()  # an HTTP client left open is closed by the GC later, in another loop
     client = OblixClient(home=home, execution=FAST)
     await client.hook_model(ModelType.OPENAI, "gemma", endpoint=server.url, api_key="sk-wrong")
     with pytest.raises(NoModelAvailableError, match="Check the API key"):
