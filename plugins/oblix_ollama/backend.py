@@ -63,6 +63,14 @@ class OllamaBackend(ModelBackend):
 
         self._client = ollama.AsyncClient(host=self.host)
         try:
+            await self._check_model(ollama, httpx)
+        except BaseException:
+            await self.aclose()  # do not leave an HTTP client for the GC to close
+            raise
+
+    async def _check_model(self, ollama: Any, httpx: Any) -> None:
+        """Check the server answers and has the model; learn its trained context length."""
+        try:
             listing = await self._client.list()
         except (httpx.HTTPError, ConnectionError) as exc:
             raise OblixError(
