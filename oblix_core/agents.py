@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from oblix_core.errors import ConfigError
+
 if TYPE_CHECKING:
     from oblix_core.models import ModelBackend
 
@@ -79,8 +81,6 @@ class BaseAgent(abc.ABC):
 
     def __init__(self, name: str | None = None, interval: float = 5.0) -> None:
         if interval <= 0:
-            from oblix_core.errors import ConfigError
-
             raise ConfigError(f"Agent interval must be positive, got {interval!r}.")
         self.name = name or self.default_name
         self.interval = float(interval)

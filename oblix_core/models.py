@@ -9,6 +9,8 @@ from typing import Any, ClassVar
 
 import attrs
 
+from oblix_core.errors import ConfigError
+
 
 class ModelType(enum.StrEnum):
     """Built-in model types. Plugins may register further types by name."""
@@ -96,8 +98,6 @@ class ModelBackend(abc.ABC):
         typo such as ``n_ctxx=`` is an error instead of being silently ignored.
         """
         if self.options:
-            from oblix_core.errors import ConfigError
-
             unknown = ", ".join(sorted(self.options))
             raise ConfigError(f"Unknown option(s) for {self.model_type} models: {unknown}.")
 

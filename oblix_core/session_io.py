@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from oblix_core.errors import InvalidSessionDocumentError, OblixError
@@ -129,7 +128,7 @@ def merge(sessions: Sequence[SessionRecord], title: str | None = None) -> Sessio
     Context and metadata are merged left to right (later sessions win on conflicts),
     and ``metadata["merged_from"]`` lists the source ids.
     """
-    messages = sorted((m for s in sessions for m in s.messages), key=lambda m: _sort_key(m.timestamp))
+    messages = sorted((m for s in sessions for m in s.messages), key=lambda m: parse_timestamp(m.timestamp))
     context: dict[str, Any] = {}
     metadata: dict[str, Any] = {}
     for s in sessions:
@@ -147,7 +146,3 @@ def merge(sessions: Sequence[SessionRecord], title: str | None = None) -> Sessio
         context=context,
         metadata=metadata,
     )
-
-
-def _sort_key(timestamp: str) -> datetime:
-    return parse_timestamp(timestamp)
