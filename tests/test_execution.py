@@ -306,3 +306,18 @@ async def test_misspelt_options_are_errors(home: Any) -> None:
     with pytest.raises(OblixError, match="session store"):
         OblixClient(home=home, session_store="file", store_options={"roots": "x"})
     await client.shutdown()
+
+
+@pytest.mark.anyio
+async def test_concurrent_requests_in_one_session_keep_their_pairs(
+    client: OblixClient, scripted: ScriptedPlugin
+) -> None:
+    await client.hook_model("scripted", "a")
+    sid = await client.create_session()
+    async with anyio.create_task_group() as tg:
+        for i in range(10):
+            tg.start_soon(lambda i=i: client.execute(f"q{i}", session_id=sid, stream=False))
+    contents = [m["content"] for m in client.load_session(sid)["messages"]]
+    assert len(contents) == 20
+    assert sorted(contents[::2]) == sorted(f"q{i}" for i in range(10))
+    assert all(a == f"echo: {q}" for q, a in zip(contents[::2], contents[1::2], strict=True))
