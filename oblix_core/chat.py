@@ -43,10 +43,9 @@ async def run_chat(
         with contextlib.suppress(ImportError):
             import readline  # noqa: F401 - line editing and history for input()
     if session_id is None:
-        session_id = client.current_session_id or await client.create_session(title="Chat")
+        session_id = client.current_session_id or await client.create_and_use_session(title="Chat")
     elif not client.use_session(session_id):
         raise OblixError(f"Session {session_id} does not exist; list sessions with `oblix sessions list`.")
-    client.use_session(session_id)
     last: dict[str, Any] = {"session_id": session_id}
     _print(f"Oblix chat - session {session_id}. Type /help for commands.")
     prompt = first_prompt

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import anyio
@@ -10,7 +11,7 @@ import click
 from oblix_core.cli import handle_errors, make_client, print_json, print_table
 
 
-async def _ready_client(model: str | None = None) -> Any:
+async def _ready_client() -> Any:
     """A client with the configured (or default) models hooked and the agents running."""
     client = make_client()
     try:
@@ -82,8 +83,6 @@ def chat(session_id: str | None, model: str | None) -> None:
         client = await _ready_client()
         try:
             options: dict[str, Any] = {"model": model} if model else {}
-            if session_id is None:
-                await client.create_and_use_session(title="Chat")
             from oblix_core.chat import run_chat
 
             await run_chat(client, None, session_id=session_id, **options)
@@ -132,8 +131,6 @@ def models(as_json: bool) -> None:
 @handle_errors
 def agents(watch: bool, as_json: bool) -> None:
     """The monitoring agents' current checks."""
-    import time
-
     from rich.live import Live
 
     from oblix_core.cli import console
@@ -169,7 +166,5 @@ def agents(watch: bool, as_json: bool) -> None:
         finally:
             await client.shutdown()
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends --watch
         anyio.run(main)
-    except KeyboardInterrupt:
-        time.sleep(0)
