@@ -1,0 +1,1 @@
+"""Redis session store plugin (extra ``oblix[redis]``); being built, registers nothing yet."""

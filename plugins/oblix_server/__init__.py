@@ -1,0 +1,1 @@
+"""``oblix server`` plugin (extra ``oblix[server]``); being built, registers nothing yet."""
