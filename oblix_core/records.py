@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 
 from oblix_core.errors import InvalidSessionIdError
+from oblix_core.validation import json_equal
 
 #: Roles a stored message may have.
 ROLES = ("system", "user", "assistant")
@@ -130,5 +131,8 @@ class SessionRecord:
 
 
 def matches_metadata(metadata: dict[str, Any], wanted: dict[str, Any] | None) -> bool:
-    """True if every key of ``wanted`` is in ``metadata`` with an equal value."""
-    return not wanted or all(k in metadata and metadata[k] == v for k, v in wanted.items())
+    """True if every key of ``wanted`` is in ``metadata`` with an equal JSON value.
+
+    Booleans never equal numbers (``{"flag": 1}`` does not match a stored ``true``).
+    """
+    return not wanted or all(k in metadata and json_equal(metadata[k], v) for k, v in wanted.items())
