@@ -1,0 +1,131 @@
+"""moto's S3 server mode on loopback: in a thread of the test process, or as a subprocess.
+
+moto checks ``If-Match`` / ``If-None-Match`` and then stores the object in two steps
+without a lock, so two racing conditional PUTs on a threaded server can both succeed
+(a lost update real S3 never allows: its conditional writes are atomic). Both servers
+here therefore pass each request through moto's own WSGI app under one lock: the HTTP
+side stays threaded and keep-alive, the backend sees one request at a time, and
+conditional writes get S3's semantics. Everything else is moto, unchanged.
+
+Run as a program (``python -m tests.s3_server PORT``) it serves until SIGTERM; the
+fault tests start, stop and restart it. ``INITIAL_NO_AUTH_ACTION_COUNT`` in its
+environment turns on moto's credential checks (IAM) after that many requests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import make_server
+
+from tests.servers import free_port, wait_for_http
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Credentials the tests put in the environment (moto accepts any unless auth is on).
+TEST_ENV = {
+    "AWS_ACCESS_KEY_ID": "AKIATESTTESTTEST0000",
+    "AWS_SECRET_ACCESS_KEY": "test-secret-key-not-real",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+}
+
+
+class SerialApp:
+    """A WSGI app that runs the wrapped app for one request at a time."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        with self.lock:
+            result = self.app(environ, start_response)
+            try:
+                return [b"".join(result)]
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+
+
+def make_app() -> SerialApp:
+    return SerialApp(DomainDispatcherApplication(create_backend_app))
+
+
+class S3Server(ThreadedMotoServer):
+    """``ThreadedMotoServer`` on 127.0.0.1, a free port, with serialised backend access."""
+
+    def __init__(self, port: int | None = None) -> None:
+        super().__init__("127.0.0.1", port or free_port(), verbose=False)
+
+    def _server_entry(self) -> None:
+        self._server = make_server(
+            self._ip_address, self._port, make_app(), True, request_handler=MotoRequestHandler
+        )
+        self._server_ready_event.set()
+        self._server.serve_forever()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._port}"
+
+    def start(self) -> None:
+        super().start()
+        wait_for_http(self.url + "/moto-api/")
+
+
+class S3Process:
+    """The same server as a separate process, to stop and start it (its data is in memory)."""
+
+    def __init__(self, port: int | None = None, env: dict[str, str] | None = None) -> None:
+        self.port = port or free_port()
+        self.env = env or {}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> S3Process:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.s3_server", str(self.port)],
+            cwd=ROOT,
+            env={**os.environ, **self.env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_for_http(self.url + "/moto-api/", process=self.process)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+def main() -> None:
+    port = int(sys.argv[1])
+    server = make_server("127.0.0.1", port, make_app(), True, request_handler=MotoRequestHandler)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
