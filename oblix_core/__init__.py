@@ -4,7 +4,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
 from oblix_core.agents import AgentCheck, AgentState, BaseAgent, Target
-from oblix_core.client import Oblix, OblixClient
+from oblix_core.client import OblixClient
 from oblix_core.errors import OblixError
 from oblix_core.hookspecs import hookimpl
 from oblix_core.models import ModelBackend, ModelType
@@ -20,7 +20,6 @@ __all__ = [
     "BaseAgent",
     "ModelBackend",
     "ModelType",
-    "Oblix",
     "OblixClient",
     "OblixError",
     "Target",

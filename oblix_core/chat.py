@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from oblix_core.errors import OblixError
+from oblix_core.render import print_answer
 
 if TYPE_CHECKING:
     from oblix_core.client import OblixClient
@@ -44,7 +45,7 @@ async def run_chat(
             import readline  # noqa: F401 - line editing and history for input()
     if session_id is None:
         session_id = client.current_session_id or await client.create_and_use_session(title="Chat")
-    elif not client.use_session(session_id):
+    elif not await client.ause_session(session_id):
         raise OblixError(f"Session {session_id} does not exist; list sessions with `oblix sessions list`.")
     last: dict[str, Any] = {"session_id": session_id}
     _print(f"Oblix chat - session {session_id}. Type /help for commands.")
@@ -70,15 +71,7 @@ async def run_chat(
         _print("ai> ", end="")
         try:
             response = client.stream(prompt, session_id=session_id, **dict(options))
-            async with response:
-                async for text in response:
-                    if stream:
-                        _print(text, end="")
-            if not stream and response.result:
-                _print(response.result["response"], end="")
-            _print()
-            assert response.result is not None
-            last = response.result
+            last = await print_answer(response, live=stream)
         except OblixError as exc:
             _print(f"\n[error] {exc}")
         prompt = None
@@ -89,12 +82,12 @@ async def run_chat(
 async def _command(client: OblixClient, command: str, argument: str, session_id: str) -> str:
     """Run one slash command; returns the (possibly new) current session id."""
     if command == "/list":
-        for s in client.list_sessions(limit=20):
+        for s in await client.alist_sessions(limit=20):
             marker = "*" if s["id"] == session_id else " "
             _print(f"{marker} {s['id']}  {s['updated_at']}  {s['message_count']:>4} msgs  {s['title'] or ''}")
     elif command == "/load":
         try:
-            if argument and client.use_session(argument):
+            if argument and await client.ause_session(argument):
                 _print(f"Switched to session {argument}.")
                 return argument
             _print(f"No session {argument!r}; /list shows the sessions.")

@@ -2,31 +2,25 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import attrs
 
-from oblix_core.errors import OblixError, StreamInterruptedError
-from oblix_core.execution import Outcome
-from oblix_core.history import session_messages
+from oblix_core import privacy
+from oblix_core.engine import Engine, notify
+from oblix_core.errors import ExchangeNotStoredError, OblixError, StreamInterruptedError
+from oblix_core.execution import Done
+from oblix_core.history import read_tail, session_messages
 from oblix_core.records import Message, SessionRecord, new_session_id, utc_now
-from oblix_core.requests import RequestContext, new_request_id
+from oblix_core.requests import Request
 from oblix_core.routing import RouteRequest, RoutingPlan
 
-if TYPE_CHECKING:
-    from oblix_core.client import OblixClient
-
-log = logging.getLogger(__name__)
-
-#: Messages of history read for a request when no model is hooked (then routing fails anyway).
-DEFAULT_HISTORY_LIMIT = 4096
-#: ``execute``/``stream`` keyword options that steer Oblix rather than the model.
-ROUTING_OPTIONS = ("model", "local_only", "preference")
+#: Tokens of history read for a request when no model is hooked (routing then fails anyway).
+DEFAULT_HISTORY_BUDGET = 4096
 
 
 class ResponseStream:
@@ -37,34 +31,16 @@ class ResponseStream:
     cancelling) stops the model promptly; an unfinished answer is not stored.
     """
 
-    def __init__(
-        self,
-        client: OblixClient,
-        prompt: str,
-        *,
-        session_id: str | None,
-        temperature: float | None,
-        max_tokens: int | None,
-        request_id: str | None,
-        options: dict[str, Any],
-    ) -> None:
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise OblixError("The prompt is empty; pass the text to send to the model.")
-        self._client = client
-        self._prompt = prompt
-        self._session_id = session_id
-        self._temperature = temperature
-        self._max_tokens = max_tokens
-        self._request_id = request_id or new_request_id()
-        self._routing = {k: options.pop(k) for k in ROUTING_OPTIONS if k in options}
-        self._options = options
+    def __init__(self, engine: Engine, request: Request) -> None:
+        self._engine = engine
+        self.request = request
         self._agen: AsyncGenerator[str, None] | None = None
         self._new_session: SessionRecord | None = None
         self.result: dict[str, Any] | None = None
 
     @property
     def request_id(self) -> str:
-        return self._request_id
+        return self.request.request_id
 
     def __aiter__(self) -> ResponseStream:
         return self
@@ -94,106 +70,128 @@ class ResponseStream:
 
     async def _session(self) -> SessionRecord:
         """The session's recent history; a new session (stored only once answered) if none given."""
-        client = self._client
-        session_id = self._session_id or client.current_session_id
-        if session_id is None:
+        request = self.request
+        if request.session_id is None:
             now = utc_now()
+            metadata = {privacy.KEY: True} if request.local_only else {}
             self._new_session = SessionRecord(
                 id=new_session_id(),
-                title=self._prompt.strip().splitlines()[0][:60],
+                title=request.prompt.strip().splitlines()[0][:60],
                 created_at=now,
                 updated_at=now,
+                metadata=metadata,
             )
             return self._new_session
-        # no model can take more messages than tokens in its window (each costs >= 1 token)
-        limit = max((m.context_window for m in client.models), default=DEFAULT_HISTORY_LIMIT)
-        return await anyio.to_thread.run_sync(client.store.load_recent, session_id, limit)
+        budget = max((m.context_window for m in self._engine.models.values()), default=DEFAULT_HISTORY_BUDGET)
+        store = self._engine.store
+        session = await anyio.to_thread.run_sync(read_tail, store, request.session_id, budget)
+        if request.local_only and not privacy.session_is_local_only(session.metadata):
+            # mark the session before any model runs: once private, always private
+            await anyio.to_thread.run_sync(store.update_metadata, session.id, {privacy.KEY: True})
+        return session
 
-    def _route_request(self, session: SessionRecord) -> RouteRequest:
-        local_only = bool(self._routing.get("local_only"))
-        reason = "requested with local_only=True" if local_only else ""
-        if session.metadata.get("local_only") is True:
-            local_only, reason = True, f"session {session.id} has metadata local_only=true"
-        return RouteRequest(
-            preference=self._routing.get("preference") or self._client.preference,
-            local_only=local_only,
-            local_only_reason=reason,
-            model=self._routing.get("model"),
+    def _apply_session(self, session: SessionRecord) -> None:
+        request = self.request
+        request.session_id = session.id
+        if not request.local_only and privacy.session_is_local_only(session.metadata):
+            value = session.metadata[privacy.KEY]
+            request.local_only = True
+            request.local_only_reason = (
+                f"session {session.id} is local-only (metadata local_only={value!r}; a session that "
+                "ever held a local-only turn stays local-only)"
+            )
+        elif request.local_only and not request.local_only_reason:
+            request.local_only_reason = "requested with local_only=True"
+        request.messages = session_messages(session, request.prompt, request.system)
+
+    def _plan(self) -> tuple[RoutingPlan, list[Any]]:
+        engine, request = self._engine, self.request
+        checks = engine.agent_checks()
+        route = RouteRequest(
+            preference=request.preference or engine.preference,
+            local_only=request.local_only,
+            local_only_reason=request.local_only_reason,
+            model=request.model,
         )
+        plan: RoutingPlan = engine.hooks.oblix_route(
+            request=route, models=engine.model_snapshot(), checks=checks
+        )
+        return privacy.enforce(plan, request.local_only, request.local_only_reason), checks
 
     async def _run(self) -> AsyncGenerator[str, None]:
-        client = self._client
         started_at, started = utc_now(), time.monotonic()
-        session = await self._session()
-        request = RequestContext(
-            prompt=self._prompt,
-            session_id=session.id,
-            messages=session_messages(session, self._prompt),
-            request_id=self._request_id,
-            temperature=self._temperature,
-            max_tokens=self._max_tokens,
-            options=self._options,
-        )
-        hook = client.plugin_manager.hook
+        hooks = self._engine.hooks
         try:
-            hook.oblix_request_start(request=request)
-            checks = client.agent_checks()
-            plan: RoutingPlan = hook.oblix_route(
-                request=self._route_request(session), models=client.models, checks=checks
-            )
-            outcome = Outcome()
-            try:
-                async with aclosing(
-                    client.executor.run(
-                        plan.candidates,
-                        request.messages,
-                        temperature=request.temperature,
-                        max_tokens=request.max_tokens,
-                        options=request.options,
-                        outcome=outcome,
-                    )
-                ) as chunks:
-                    async for text in chunks:
-                        yield text
-            except StreamInterruptedError as exc:
-                await self._persist(session.id, started_at, exc.partial, exc.model_id, {"interrupted": True})
-                raise
-            assert outcome.model is not None
-            metrics = outcome.metrics | {"total_latency_ms": round((time.monotonic() - started) * 1000, 2)}
-            await self._persist(session.id, started_at, outcome.text, outcome.model.model_id, metrics)
-            self.result = {
-                "response": outcome.text,
-                "model_id": outcome.model.model_id,
-                "session_id": session.id,
-                "request_id": request.request_id,
-                "metrics": metrics,
-                "agent_checks": {c.agent: c.to_dict() for c in checks},
-                "routing_decision": plan.decision() | {"selected": outcome.model.model_id},
-            }
+            self._apply_session(await self._session())
+            hooks.oblix_request_start(request=self.request)
+            plan, checks = self._plan()
+            done: Done | None = None
+            async with aclosing(self._execute(plan, started_at)) as events:
+                async for event in events:
+                    if isinstance(event, Done):
+                        done = event
+                    else:
+                        yield event
+            assert done is not None
+            metrics = done.metrics | {"total_latency_ms": round((time.monotonic() - started) * 1000, 2)}
+            await self._persist(started_at, done.text, done.model.model_id, metrics)
+            self.result = self._result(done, metrics, plan, checks)
         except BaseException as exc:
             if isinstance(exc, Exception):
-                _notify(hook.oblix_request_error, request=request, error=exc)
+                notify(hooks.oblix_request_error, request=self.request, error=exc)
             raise
-        _notify(hook.oblix_request_end, request=request, result=self.result)
+        notify(hooks.oblix_request_end, request=self.request, result=self.result)
+
+    async def _execute(self, plan: RoutingPlan, started_at: str) -> AsyncGenerator[str | Done, None]:
+        """The executor's events; an interrupted answer is stored as such before re-raising."""
+        try:
+            async with aclosing(self._engine.executor.run(plan.candidates, self.request)) as events:
+                async for event in events:
+                    yield event
+        except StreamInterruptedError as exc:
+            marks = {"interrupted": True, "error": str(exc)}
+            await self._persist(started_at, exc.partial, exc.model_id, marks)
+            raise
+
+    def _result(
+        self, done: Done, metrics: dict[str, Any], plan: RoutingPlan, checks: list[Any]
+    ) -> dict[str, Any]:
+        request = self.request
+        decision = plan.decision() | {
+            "selected": done.model.model_id,
+            "local_only": {"active": request.local_only, "reason": request.local_only_reason},
+        }
+        return {
+            "response": done.text,
+            "model_id": done.model.model_id,
+            "session_id": request.session_id,
+            "request_id": request.request_id,
+            "metrics": metrics,
+            "agent_checks": {c.agent: c.to_dict() for c in checks},
+            "routing_decision": decision,
+        }
 
     async def _persist(
-        self, session_id: str, started_at: str, text: str, model_id: str | None, metrics: dict[str, Any]
+        self, started_at: str, text: str, model_id: str | None, metrics: dict[str, Any]
     ) -> None:
+        """Store the exchange; if that fails, say so (the answer exists, the session lacks it)."""
+        request = self.request
+        assert request.session_id is not None
         messages = [
-            Message("user", self._prompt, timestamp=started_at),
+            Message("user", request.prompt, timestamp=started_at),
             Message("assistant", text, model_id=model_id, metrics=metrics),
         ]
-        store = self._client.store
-        if self._new_session is not None and self._new_session.id == session_id:
-            await anyio.to_thread.run_sync(
-                store.create, attrs.evolve(self._new_session, messages=tuple(messages))
-            )
-        else:
-            await anyio.to_thread.run_sync(store.append_messages, session_id, messages)
-
-
-def _notify(hook: Any, **kwargs: Any) -> None:
-    try:
-        hook(**kwargs)
-    except Exception:  # observers must not break requests
-        log.exception("an Oblix middleware hook failed")
+        store = self._engine.store
+        try:
+            if self._new_session is not None and self._new_session.id == request.session_id:
+                record = attrs.evolve(self._new_session, messages=tuple(messages))
+                await anyio.to_thread.run_sync(store.create, record)
+                self._new_session = None
+            else:
+                await anyio.to_thread.run_sync(store.append_messages, request.session_id, messages)
+        except OblixError as exc:
+            raise ExchangeNotStoredError(
+                f"The answer from {model_id} was produced but NOT stored in session "
+                f"{request.session_id}: {exc}",
+                answer=text,
+            ) from exc

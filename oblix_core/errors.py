@@ -35,12 +35,16 @@ class SessionCorruptedError(SessionError):
     """A stored session cannot be read; other sessions are unaffected."""
 
 
+class ExchangeNotStoredError(SessionError):
+    """A model answered but the exchange could not be stored; ``answer`` holds the text."""
+
+    def __init__(self, message: str, *, answer: str = "") -> None:
+        super().__init__(message)
+        self.answer = answer
+
+
 class InvalidSessionDocumentError(SessionError):
     """A session document (import file) does not have the expected shape."""
-
-
-class NoActiveSessionError(SessionError):
-    """An operation needed a current session but none is set."""
 
 
 class ModelError(OblixError):
@@ -52,7 +56,16 @@ class ModelError(OblixError):
 
 
 class TransientModelError(ModelError):
-    """A failure that may succeed on retry (timeout, connection loss, 429, 5xx)."""
+    """A failure that may succeed later (timeout, connection loss, 429, 5xx, truncated stream).
+
+    ``unreachable`` marks failures to reach the model at all (connection refused, DNS,
+    TLS, connect or first-byte timeout): those are not retried on the same request (the
+    next candidate is tried at once) and cool the model down immediately.
+    """
+
+    def __init__(self, message: str, *, model_id: str | None = None, unreachable: bool = False) -> None:
+        super().__init__(message, model_id=model_id)
+        self.unreachable = unreachable
 
 
 class PermanentModelError(ModelError):
@@ -76,8 +89,18 @@ class StreamInterruptedError(ModelError):
 
 
 class NoModelAvailableError(OblixError):
-    """No hooked model can serve the request (none hooked, all failed, or policy excluded all)."""
+    """No hooked model can serve the request (none hooked, all failed, or policy excluded all).
 
-    def __init__(self, message: str, *, errors: dict[str, str] | None = None) -> None:
+    ``errors`` maps each model tried to its last error; ``attempts`` lists every attempt.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        errors: dict[str, str] | None = None,
+        attempts: list[dict[str, object]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.errors = errors or {}
+        self.attempts = attempts or []

@@ -2,22 +2,30 @@
 
 Failure semantics, per candidate in routing order:
 
+* An answer is complete only on a positive end of stream (a chunk with a
+  ``finish_reason``) with some text. A stream that just stops, or an empty answer, is
+  a :class:`TransientModelError`.
 * Before the first token, a :class:`TransientModelError` (timeouts included) is retried
-  on the same model up to ``max_retries`` times with exponential backoff and jitter;
-  then, or at once for any other error, the next candidate is tried.
+  on the same model up to ``max_retries`` times with exponential backoff and jitter,
+  unless the model could not be reached at all (``unreachable``: refused, DNS, TLS,
+  connect or first-byte timeout), which goes to the next candidate at once; any other
+  error goes to the next candidate at once.
 * After the first token has been delivered, a failure is not retried or sent elsewhere
   (the caller has already seen part of this model's answer): it raises
-  :class:`StreamInterruptedError` carrying the partial text.
+  :class:`StreamInterruptedError` carrying the partial text and the real cause.
 * Each failed attempt counts against the model's circuit breaker; after
-  ``failure_threshold`` consecutive failures the model is skipped for ``cooldown``
-  seconds (it is still tried if every candidate is cooling down). A success resets it.
+  ``failure_threshold`` consecutive failures (at once for an unreachable model) the
+  model is skipped for ``cooldown`` seconds (it is still tried if every candidate is
+  cooling down). A success resets it.
+* A local-only request never starts a non-local backend, whatever the candidates are.
+
+Every error text is scrubbed of known secrets before it is raised or recorded.
 """
 
 from __future__ import annotations
 
 import math
 import random
-import threading
 import time
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
@@ -26,6 +34,7 @@ from typing import Any
 import anyio
 import attrs
 
+from oblix_core import secrets
 from oblix_core.errors import (
     ConfigError,
     ModelError,
@@ -36,7 +45,13 @@ from oblix_core.errors import (
     TransientModelError,
 )
 from oblix_core.history import trim_to_window
-from oblix_core.models import ChatMessage, GenerationRequest, ModelBackend, StreamChunk
+from oblix_core.models import ModelBackend, StreamChunk, Usage
+from oblix_core.requests import Request
+
+
+def _positive_or_none(_instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value <= 0):
+        raise ValueError(f"{attribute.name} must be a positive number of seconds or none, got {value!r}")
 
 
 @attrs.frozen
@@ -46,8 +61,8 @@ class ExecutionSettings:
     max_retries: int = attrs.field(default=2, validator=attrs.validators.ge(0))
     backoff_initial: float = attrs.field(default=0.25, validator=attrs.validators.ge(0))
     backoff_max: float = attrs.field(default=4.0, validator=attrs.validators.ge(0))
-    first_token_timeout: float | None = 120.0
-    total_timeout: float | None = 900.0
+    first_token_timeout: float | None = attrs.field(default=120.0, validator=_positive_or_none)
+    total_timeout: float | None = attrs.field(default=900.0, validator=_positive_or_none)
     failure_threshold: int = attrs.field(default=3, validator=attrs.validators.ge(1))
     cooldown: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
 
@@ -67,14 +82,17 @@ class ExecutionSettings:
 
 
 class CircuitBreaker:
-    """Counts consecutive failures per model and cools a model down past a threshold."""
+    """Counts consecutive failures per model and cools a model down past a threshold.
+
+    Used from the event loop only (no locking): every method runs to completion
+    without awaiting.
+    """
 
     def __init__(self, threshold: int, cooldown: float) -> None:
         self.threshold = threshold
         self.cooldown = cooldown
         self._failures: dict[str, int] = {}
         self._open_until: dict[str, float] = {}
-        self._lock = threading.Lock()
 
     def available(self, model_id: str) -> bool:
         return self._open_until.get(model_id, 0.0) <= time.monotonic()
@@ -85,17 +103,15 @@ class CircuitBreaker:
         return {m: round(t - now, 1) for m, t in self._open_until.items() if t > now}
 
     def record_success(self, model_id: str) -> None:
-        with self._lock:
-            self._failures.pop(model_id, None)
-            self._open_until.pop(model_id, None)
+        self._failures.pop(model_id, None)
+        self._open_until.pop(model_id, None)
 
-    def record_failure(self, model_id: str) -> None:
-        with self._lock:
-            count = self._failures.get(model_id, 0) + 1
-            self._failures[model_id] = count
-            if count >= self.threshold:
-                self._open_until[model_id] = time.monotonic() + self.cooldown
-                self._failures[model_id] = 0
+    def record_failure(self, model_id: str, *, at_once: bool = False) -> None:
+        count = self._failures.get(model_id, 0) + 1
+        self._failures[model_id] = count
+        if at_once or count >= self.threshold:
+            self._open_until[model_id] = time.monotonic() + self.cooldown
+            self._failures[model_id] = 0
 
     def order(self, models: Sequence[ModelBackend]) -> list[ModelBackend]:
         """Available models in their order; cooling ones only if none is available."""
@@ -103,19 +119,60 @@ class CircuitBreaker:
         return ready or list(models)
 
 
-@attrs.define
-class Outcome:
-    """What the executor produced: the model that answered, its text and metrics."""
+@attrs.frozen
+class Attempt:
+    """One try of one model: its error (``None`` on success) and how long it took."""
 
-    model: ModelBackend | None = None
-    text: str = ""
-    metrics: dict[str, Any] = attrs.field(factory=dict)
-    errors: dict[str, str] = attrs.field(factory=dict)
+    model_id: str
+    error: str | None
+    elapsed_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_id": self.model_id, "error": self.error, "elapsed_ms": self.elapsed_ms}
+
+
+@attrs.frozen
+class Done:
+    """The executor's last event: the model that answered, its text, metrics and attempts."""
+
+    model: ModelBackend
+    text: str
+    metrics: dict[str, Any]
+    attempts: tuple[Attempt, ...]
+
+
+@attrs.define
+class _Answer:
+    """What one attempt has produced so far."""
+
+    started: float
+    parts: list[str] = attrs.field(factory=list)
+    first_at: float | None = None
+    usage: Usage | None = None
+    finish: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
 
 
 def _remaining(deadline: float) -> float | None:
     left = deadline - time.monotonic()
     return None if math.isinf(left) else max(left, 0.0)
+
+
+def _as_model_error(model: ModelBackend, exc: Exception) -> ModelError:
+    """``exc`` as a ModelError with every known secret scrubbed from its text."""
+    if isinstance(exc, ModelError):
+        error: ModelError = exc
+    else:
+        error = PermanentModelError(
+            f"{model.model_id} failed unexpectedly: {type(exc).__name__}: {exc}", model_id=model.model_id
+        )
+    clean = secrets.scrub(str(error))
+    if clean != str(error):
+        error.args = (clean,)
+    return error
 
 
 class Executor:
@@ -125,9 +182,7 @@ class Executor:
         self.settings = settings
         self.breaker = breaker
 
-    async def _guarded(
-        self, model: ModelBackend, request: GenerationRequest
-    ) -> AsyncGenerator[StreamChunk, None]:
+    async def _chunks(self, model: ModelBackend, request: Request) -> AsyncGenerator[StreamChunk, None]:
         """The model's stream with first-token and total timeouts applied to each wait."""
         s = self.settings
         start = time.monotonic()
@@ -150,107 +205,125 @@ class Executor:
                         f"(first_token_timeout={s.first_token_timeout}s, total_timeout={s.total_timeout}s).",
                         model_id=model.model_id,
                     ) from None
-                if chunk.text:
-                    first = False
+                first = first and not chunk.text
                 yield chunk
 
-    async def run(
-        self,
-        candidates: Sequence[ModelBackend],
-        messages: Sequence[ChatMessage],
-        *,
-        temperature: float | None,
-        max_tokens: int | None,
-        options: dict[str, Any],
-        outcome: Outcome,
+    async def attempt(
+        self, model: ModelBackend, request: Request, answer: _Answer
     ) -> AsyncGenerator[str, None]:
-        """Yield answer text as it streams; fill ``outcome`` when done. See module docs."""
-        attempts: list[dict[str, Any]] = []
+        """One try of ``model``: yield its text; raise unless the answer ends positively."""
+        if request.local_only and not model.is_local:
+            raise PermanentModelError(
+                f"{model.model_id} is not local and this request is local-only; it was not started.",
+                model_id=model.model_id,
+            )
+        async with aclosing(self._chunks(model, request)) as chunks:
+            async for chunk in chunks:
+                answer.usage = chunk.usage or answer.usage
+                answer.finish = chunk.finish_reason or answer.finish
+                if chunk.text:
+                    answer.first_at = answer.first_at or time.monotonic()
+                    answer.parts.append(chunk.text)
+                    yield chunk.text
+        if answer.finish is None:
+            raise TransientModelError(
+                f"{model.model_id}: the answer stream ended without a finish reason (truncated).",
+                model_id=model.model_id,
+            )
+        if not answer.text.strip():
+            raise TransientModelError(f"{model.model_id} returned an empty answer.", model_id=model.model_id)
+
+    async def run(
+        self, candidates: Sequence[ModelBackend], request: Request
+    ) -> AsyncGenerator[str | Done, None]:
+        """Yield answer text as it streams, then one :class:`Done`. See the module docs."""
+        attempts: list[Attempt] = []
         for model in self.breaker.order(candidates):
             try:
-                window = trim_to_window(messages, model, max_tokens)
+                trimmed = attrs.evolve(
+                    request, messages=trim_to_window(request.messages, model, request.max_tokens)
+                )
             except PermanentModelError as exc:
-                outcome.errors[model.model_id] = str(exc)
-                attempts.append({"model_id": model.model_id, "error": str(exc)})
+                attempts.append(Attempt(model.model_id, secrets.scrub(str(exc)), 0.0))
                 continue
-            request = GenerationRequest(window, temperature, max_tokens, dict(options))
-            attempt = 0
+            tries = 0
             while True:
-                attempt += 1
-                started = time.monotonic()
-                first_at: float | None = None
-                parts: list[str] = []
-                usage = None
+                tries += 1
+                answer = _Answer(started=time.monotonic())
                 try:
-                    async for chunk in self._guarded(model, request):
-                        if chunk.usage is not None:
-                            usage = chunk.usage
-                        if chunk.text:
-                            if first_at is None:
-                                first_at = time.monotonic()
-                            parts.append(chunk.text)
-                            yield chunk.text
+                    async with aclosing(self.attempt(model, trimmed, answer)) as texts:
+                        async for text in texts:
+                            yield text
                 except Exception as exc:
-                    error = (
-                        exc
-                        if isinstance(exc, ModelError)
-                        else PermanentModelError(
-                            f"{model.model_id} failed unexpectedly: {type(exc).__name__}: {exc}",
-                            model_id=model.model_id,
-                        )
-                    )
-                    self.breaker.record_failure(model.model_id)
-                    attempts.append({"model_id": model.model_id, "error": str(error)})
-                    if parts:
+                    error = _as_model_error(model, exc)
+                    attempts.append(Attempt(model.model_id, str(error), _elapsed_ms(answer.started)))
+                    unreachable = isinstance(error, TransientModelError) and error.unreachable
+                    self.breaker.record_failure(model.model_id, at_once=unreachable)
+                    if answer.parts:
                         raise StreamInterruptedError(
                             f"{model.model_id} failed after streaming part of its answer: {error}",
                             model_id=model.model_id,
-                            partial="".join(parts),
-                        ) from exc
-                    outcome.errors[model.model_id] = str(error)
-                    retry = isinstance(error, TransientModelError) and attempt <= self.settings.max_retries
-                    if retry and self.breaker.available(model.model_id):
-                        await anyio.sleep(self.settings.backoff(attempt))
+                            partial=answer.text,
+                        ) from None
+                    if self._retry(error, tries, model):
+                        await anyio.sleep(self.settings.backoff(tries))
                         continue
                     break
                 self.breaker.record_success(model.model_id)
-                ended = time.monotonic()
-                text = "".join(parts)
-                outcome.model, outcome.text = model, text
-                attempts.append({"model_id": model.model_id, "error": None})
-                outcome.metrics = _metrics(model, window, text, usage, started, first_at, ended, attempts)
+                attempts.append(Attempt(model.model_id, None, _elapsed_ms(answer.started)))
+                metrics = _metrics(model, trimmed, answer, attempts)
+                yield Done(model, answer.text, metrics, tuple(attempts))
                 return
-        detail = "; ".join(f"{m}: {e}" for m, e in outcome.errors.items()) or "no candidate"
-        raise NoModelAvailableError(f"No model could answer ({detail}).", errors=dict(outcome.errors))
+        raise _no_model(attempts)
+
+    def _retry(self, error: ModelError, tries: int, model: ModelBackend) -> bool:
+        """Whether to try ``model`` again on this request."""
+        return (
+            isinstance(error, TransientModelError)
+            and not error.unreachable
+            and tries <= self.settings.max_retries
+            and self.breaker.available(model.model_id)
+        )
+
+
+def _elapsed_ms(since: float) -> float:
+    return round((time.monotonic() - since) * 1000, 2)
+
+
+def _no_model(attempts: list[Attempt]) -> NoModelAvailableError:
+    errors = {a.model_id: a.error for a in attempts if a.error}
+    detail = "; ".join(f"{m}: {e}" for m, e in errors.items()) or "no candidate"
+    return NoModelAvailableError(
+        f"No model could answer ({detail}).",
+        errors=dict(errors),
+        attempts=[a.to_dict() for a in attempts],
+    )
 
 
 def _metrics(
-    model: ModelBackend,
-    window: Sequence[ChatMessage],
-    text: str,
-    usage: Any,
-    started: float,
-    first_at: float | None,
-    ended: float,
-    attempts: list[dict[str, Any]],
+    model: ModelBackend, request: Request, answer: _Answer, attempts: list[Attempt]
 ) -> dict[str, Any]:
+    usage = answer.usage
     input_tokens = usage.input_tokens if usage and usage.input_tokens is not None else None
     output_tokens = usage.output_tokens if usage and usage.output_tokens is not None else None
     estimated = input_tokens is None or output_tokens is None
     if input_tokens is None:
-        input_tokens = model.count_message_tokens(window)
+        input_tokens = model.count_message_tokens(request.messages)
     if output_tokens is None:
-        output_tokens = model.count_tokens(text)
-    generating = ended - (first_at or started)
+        output_tokens = model.count_tokens(answer.text)
+    ended = time.monotonic()
+    generating = ended - (answer.first_at or answer.started)
+    first_at = answer.first_at
     return {
-        "latency_ms": round((ended - started) * 1000, 2),
-        "time_to_first_token_ms": round((first_at - started) * 1000, 2) if first_at else None,
+        "latency_ms": round((ended - answer.started) * 1000, 2),
+        "time_to_first_token_ms": round((first_at - answer.started) * 1000, 2) if first_at else None,
         "tokens_per_second": round(output_tokens / generating, 2)
         if generating > 0 and output_tokens
         else None,
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
         "tokens_estimated": estimated,
-        "history_messages_sent": len(window),
-        "attempts": attempts,
+        "finish_reason": answer.finish,
+        "history_messages_sent": len(request.messages),
+        "attempts": [a.to_dict() for a in attempts],
     }

@@ -7,15 +7,44 @@ from collections.abc import Sequence
 
 from oblix_core.errors import PermanentModelError
 from oblix_core.models import ChatMessage, ModelBackend
-from oblix_core.records import SessionRecord
+from oblix_core.records import Message, SessionRecord
+from oblix_core.stores import SessionStore
 
 #: Tokens kept free for the answer when the request does not set ``max_tokens``.
 DEFAULT_ANSWER_RESERVE = 512
 
 
-def session_messages(session: SessionRecord, prompt: str) -> list[ChatMessage]:
-    """The whole conversation plus the new prompt; a non-empty context becomes a system message."""
-    messages = []
+#: Messages read in the first page of history; each further page is four times larger.
+FIRST_PAGE = 32
+
+
+def estimated_tokens(messages: Sequence[Message]) -> int:
+    """A cheap token estimate (4 characters a token, 4 tokens of overhead per message)."""
+    return sum(len(m.content) // 4 + 4 for m in messages)
+
+
+def read_tail(store: SessionStore, session_id: str, budget_tokens: int) -> SessionRecord:
+    """The session with as much recent history as ``budget_tokens`` can use, read in pages.
+
+    Pages grow from the end of the session until the estimate covers twice the budget
+    (a margin for estimates that run low) or the session has no more, so a request reads
+    about what the largest window can hold, however long the session is. Runs in a
+    worker thread (the store may block).
+    """
+    size = FIRST_PAGE
+    while True:
+        record = store.load_recent(session_id, size)
+        if len(record.messages) < size or estimated_tokens(record.messages) >= 2 * budget_tokens:
+            return record
+        size *= 4
+
+
+def session_messages(session: SessionRecord, prompt: str, system: str | None = None) -> list[ChatMessage]:
+    """The conversation plus the new prompt, after an optional system prompt.
+
+    A non-empty session context becomes a system message too.
+    """
+    messages = [ChatMessage("system", system)] if system else []
     if session.context:
         context = json.dumps(session.context, ensure_ascii=False, sort_keys=True)
         messages.append(ChatMessage("system", f"Conversation context: {context}"))

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
     from oblix_core.agents import AgentCheck, BaseAgent
     from oblix_core.models import ModelBackend
-    from oblix_core.requests import RequestContext
+    from oblix_core.requests import Request
     from oblix_core.routing import RouteRequest, RoutingPlan
     from oblix_core.stores import SessionStore
 
@@ -78,31 +78,35 @@ def oblix_route(
 
 
 @hookspec
-def oblix_request_start(request: RequestContext) -> None:
+def oblix_request_start(request: Request) -> None:
     """Inspect or rewrite a request before any model sees it.
 
-    Fires once per ``execute``/``stream`` call, after history trimming and before
-    routing. ``request.messages`` (a list of ``ChatMessage``) may be replaced or edited
-    in place, e.g. to redact secrets; what is stored in the session is the user's
-    original prompt. Returns nothing.
+    Fires once per ``execute``/``stream`` call, after the session's recent history is
+    read and before routing; each model then gets ``request.messages`` trimmed to its
+    own context window. ``request.messages`` (a list of ``ChatMessage``: system
+    prompt and context, history, the new prompt) may be replaced or edited in place,
+    e.g. to redact secrets; what is stored in the session is the user's original prompt. Raising
+    rejects the request. Returns nothing.
     """
 
 
 @hookspec
-def oblix_request_end(request: RequestContext, result: dict[str, Any]) -> None:
+def oblix_request_end(request: Request, result: dict[str, Any]) -> None:
     """Observe a finished request (logging, telemetry).
 
     Fires after the answer is complete and persisted. Receives the request and the
     result dict returned to the caller (``response``, ``model_id``, ``metrics``...).
-    Returns nothing; exceptions are logged and ignored.
+    Returns nothing; an exception is logged with the plugin's name and ignored, and
+    the other implementations still run.
     """
 
 
 @hookspec
-def oblix_request_error(request: RequestContext, error: BaseException) -> None:
+def oblix_request_error(request: Request, error: BaseException) -> None:
     """Observe a failed request.
 
     Fires when a request ends with an error (after retries and fallbacks). Receives the
-    request and the exception about to be raised to the caller. Returns nothing;
-    exceptions are logged and ignored.
+    request and the exception about to be raised to the caller. Returns nothing; an
+    exception is logged with the plugin's name and ignored, and the other
+    implementations still run.
     """

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import abc
+import copy as copy_module
 import enum
+import functools
+import inspect
+import os
 from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from typing import Any, ClassVar
 
 import attrs
 
-from oblix_core.errors import ConfigError
+from oblix_core import secrets
+from oblix_core.errors import ConfigError, ModelError, PermanentModelError
 
 
 class ModelType(enum.StrEnum):
@@ -32,11 +37,15 @@ class ChatMessage:
         return {"role": self.role, "content": self.content}
 
 
-@attrs.frozen
+@attrs.define
 class GenerationRequest:
-    """What a backend is asked to generate."""
+    """What a backend is asked to generate (backends read it, never change it).
 
-    messages: tuple[ChatMessage, ...]
+    The core passes a :class:`~oblix_core.requests.Request`, this class extended with
+    the request's id, session and routing fields, trimmed to the model's window.
+    """
+
+    messages: Sequence[ChatMessage]
     temperature: float | None = None
     max_tokens: int | None = None
     options: dict[str, Any] = attrs.field(factory=dict)
@@ -59,20 +68,63 @@ class StreamChunk:
     finish_reason: str | None = None
 
 
-class ModelBackend(abc.ABC):
+def _declared_options(cls: type) -> set[str]:
+    """Keyword parameters accepted by the ``__init__`` of ``cls`` and its bases."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        for param in inspect.signature(init).parameters.values():
+            if param.kind in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD):
+                names.add(param.name)
+    return names - {"self", "model_name"}
+
+
+class ModelBackend:
     """A hooked model. One instance serves every concurrent request for that model.
 
     Subclasses are registered with ``register(model_type, cls)`` from the
     ``oblix_register_models`` hook and constructed by ``OblixClient.hook_model`` as
-    ``cls(model_name, endpoint=..., api_key=..., **options)``. Raise
-    :class:`~oblix_core.errors.TransientModelError` for failures worth a retry and
-    :class:`~oblix_core.errors.PermanentModelError` for the others.
+    ``cls(model_name, endpoint=..., api_key=..., **options)``. A subclass implements
+    :meth:`generate` (an async generator of :class:`StreamChunk`) and, if it needs to,
+    :meth:`start` and :meth:`aclose`. The base class carries the rest of the contract:
+
+    * options: every keyword its ``__init__`` (or a base's) declares is accepted; any
+      other option is a :class:`ConfigError` naming the accepted ones;
+    * keys: :meth:`get_key` returns ``api_key=`` or ``$<key_env_var>`` and registers it
+      for scrubbing from every error text (see :mod:`oblix_core.secrets`);
+    * :meth:`stream` refuses to run before :meth:`start` completed, scrubs secrets from
+      errors, and marks a normal end of :meth:`generate` as a complete answer when
+      :attr:`end_is_complete` is true (in-process generators); network backends set it
+      false and yield a chunk with ``finish_reason`` only on a positive end of stream
+      (``[DONE]``, ``done: true``), so a truncated stream counts as a failure.
+
+    Raise :class:`~oblix_core.errors.TransientModelError` for failures worth a retry and
+    :class:`~oblix_core.errors.PermanentModelError` for the others. A subclass written in
+    the older style, defining ``stream`` instead of ``generate``, is adapted.
     """
 
     #: The model type string (``ModelType`` value or a plugin's own).
     model_type: ClassVar[str] = ""
     #: Whether the model runs on this machine (overridable per model with ``local=``).
     default_local: ClassVar[bool] = True
+    #: Environment variable that holds the API key, if the backend uses one.
+    key_env_var: ClassVar[str | None] = None
+    #: Whether a normal end of ``generate()`` is a complete answer (False for network streams).
+    end_is_complete: ClassVar[bool] = True
+    #: Per-request options the backend understands (``None``: it passes any through).
+    request_options: ClassVar[frozenset[str] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "stream" in cls.__dict__ and "generate" not in cls.__dict__:  # older style
+            cls.generate = cls.__dict__["stream"]  # type: ignore[method-assign]
+            cls.stream = ModelBackend.stream  # type: ignore[method-assign]
+        if "start" in cls.__dict__:
+            cls.start = _marking(cls.__dict__["start"], True)  # type: ignore[method-assign]
+        if "aclose" in cls.__dict__:
+            cls.aclose = _marking(cls.__dict__["aclose"], False)  # type: ignore[method-assign]
 
     def __init__(
         self,
@@ -84,22 +136,33 @@ class ModelBackend(abc.ABC):
         context_window: int | None = None,
         **options: Any,
     ) -> None:
+        if options:
+            accepted = ", ".join(sorted(_declared_options(type(self)))) or "none"
+            raise ConfigError(
+                f"Unknown option(s) for {self.model_type} models: {', '.join(sorted(options))}. "
+                f"Accepted: {accepted}."
+            )
+        if context_window is not None and (not isinstance(context_window, int) or context_window < 16):
+            raise ConfigError(f"context_window must be an integer of at least 16, got {context_window!r}.")
         self.model_name = model_name
         self.endpoint = endpoint
-        self._api_key = api_key
         self.is_local = self.default_local if local is None else bool(local)
-        self._context_window = context_window
-        self.options = options
+        #: The window set with ``context_window=``, overriding the backend's own figure.
+        self.context_window_override = context_window
+        self.started = False
+        self.__api_key = api_key
+        secrets.remember(api_key)
 
-    def reject_unknown_options(self) -> None:
-        """Raise ConfigError if ``hook_model`` passed options this backend does not take.
+    @classmethod
+    def accepted_options(cls) -> list[str]:
+        """The ``hook_model`` options this backend takes (for ``oblix models --options``)."""
+        return sorted(_declared_options(cls))
 
-        Backends that declare all their options call this at the end of ``__init__``, so a
-        typo such as ``n_ctxx=`` is an error instead of being silently ignored.
-        """
-        if self.options:
-            unknown = ", ".join(sorted(self.options))
-            raise ConfigError(f"Unknown option(s) for {self.model_type} models: {unknown}.")
+    def get_key(self) -> str | None:
+        """The API key: ``api_key=`` if given, else ``$<key_env_var>``, else ``None``."""
+        key = self.__api_key or (os.environ.get(self.key_env_var) if self.key_env_var else None)
+        secrets.remember(key)
+        return key or None
 
     @property
     def model_id(self) -> str:
@@ -107,19 +170,46 @@ class ModelBackend(abc.ABC):
         return f"{self.model_type}:{self.model_name}"
 
     @property
+    def default_context_window(self) -> int:
+        """The backend's own idea of the window; subclasses override (default 4096)."""
+        return 4096
+
+    @property
     def context_window(self) -> int:
-        """The model's context window in tokens."""
-        return self._context_window or 4096
+        """The model's context window in tokens (``context_window=`` wins)."""
+        return self.context_window_override or self.default_context_window
 
-    async def start(self) -> None:  # noqa: B027 - optional hook
+    async def start(self) -> None:
         """Validate and prepare the model (load weights, check it exists). Called once."""
+        self.started = True
 
-    @abc.abstractmethod
-    def stream(self, request: GenerationRequest) -> AsyncGenerator[StreamChunk, None]:
-        """Generate, yielding chunks as they are produced.
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[StreamChunk, None]:
+        """Generate, yielding chunks as they are produced (see the class docstring).
 
-        Closing the iterator early (or cancelling its task) must stop generation promptly.
+        Closing the iterator early (or cancelling its task) stops generation promptly.
         """
+        if not self.started:
+            raise PermanentModelError(
+                f"{self.model_id} was not started; hook it with hook_model (or await start()).",
+                model_id=self.model_id,
+            )
+        complete = False
+        try:
+            async with aclosing(self.generate(request)) as chunks:
+                async for chunk in chunks:
+                    complete = complete or chunk.finish_reason is not None
+                    yield chunk
+        except ModelError as exc:
+            clean = secrets.scrub(str(exc))
+            if clean == str(exc):
+                raise
+            raise _with_message(exc, clean) from None
+        if not complete and self.end_is_complete:
+            yield StreamChunk(finish_reason="stop")
+
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[StreamChunk, None]:
+        """The backend's generator: yield :class:`StreamChunk` objects. Subclasses implement it."""
+        raise NotImplementedError(f"{type(self).__name__} must implement generate().")
 
     def count_tokens(self, text: str) -> int:
         """Tokens in ``text``. The default estimates 1 token per 4 characters, rounded up."""
@@ -129,8 +219,9 @@ class ModelBackend(abc.ABC):
         """Tokens that ``messages`` take in a prompt, including a small per-message overhead."""
         return sum(self.count_tokens(m.content) + 4 for m in messages)
 
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
+    async def aclose(self) -> None:
         """Release the model (unload weights, close HTTP clients)."""
+        self.started = False
 
     def describe(self) -> dict[str, Any]:
         """What this backend is and sees, for ``oblix models`` (never secrets)."""
@@ -144,3 +235,27 @@ class ModelBackend(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.model_id} local={self.is_local}>"
+
+
+def _with_message(error: ModelError, message: str) -> ModelError:
+    """A copy of ``error`` (same class and attributes) with another message."""
+    copy = copy_module.copy(error)
+    copy.args = (message,)
+    return copy
+
+
+def _marking(method: Any, started: bool) -> Any:
+    """Wrap a subclass's ``start`` (``aclose``) so that ``started`` is set after (cleared before) it."""
+    if getattr(method, "_oblix_marking", False):
+        return method
+
+    @functools.wraps(method)
+    async def wrapper(self: ModelBackend) -> None:
+        if not started:
+            self.started = False
+        await method(self)
+        if started:
+            self.started = True
+
+    wrapper._oblix_marking = True  # type: ignore[attr-defined]
+    return wrapper

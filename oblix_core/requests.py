@@ -1,13 +1,12 @@
-"""The mutable request context that middleware hooks see."""
+"""The request: built once per ``execute``/``stream`` call and evolved along the path."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import attrs
 
-from oblix_core.models import ChatMessage
+from oblix_core.models import GenerationRequest
 
 
 def new_request_id() -> str:
@@ -15,13 +14,23 @@ def new_request_id() -> str:
 
 
 @attrs.define
-class RequestContext:
-    """One ``execute``/``stream`` call. ``messages`` is what the models will be sent."""
+class Request(GenerationRequest):
+    """One ``execute``/``stream`` call: what to generate, plus who asked and how to route it.
 
-    prompt: str
-    session_id: str
-    messages: list[ChatMessage]
+    Built once by the client. ``session_id`` and ``messages`` (context, history, prompt)
+    are set when the session is read; middleware (``oblix_request_start``) may replace
+    ``messages``; each model receives ``attrs.evolve(request, messages=<trimmed>)``. The
+    session stores the user's original ``prompt``.
+    """
+
+    prompt: str = ""
     request_id: str = attrs.field(factory=new_request_id)
-    temperature: float | None = None
-    max_tokens: int | None = None
-    options: dict[str, Any] = attrs.field(factory=dict)
+    session_id: str | None = None
+    #: A forced model id; with ``fallback`` other models may answer if it cannot.
+    model: str | None = None
+    fallback: bool = False
+    local_only: bool = False
+    local_only_reason: str = ""
+    preference: str | None = None
+    #: A system prompt for this request only (sent first, not stored in the session).
+    system: str | None = None

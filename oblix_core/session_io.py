@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import heapq
+import json
 from collections.abc import Sequence
 from typing import Any
 
+from oblix_core import privacy
 from oblix_core.errors import InvalidSessionDocumentError, OblixError
 from oblix_core.records import (
     ROLES,
@@ -16,6 +19,8 @@ from oblix_core.records import (
     utc_now,
     validate_session_id,
 )
+from oblix_core.validation import check_json, check_text
+from oblix_core.validation import loads as strict_loads
 
 #: Version of the export format; bumped on incompatible changes.
 FORMAT_VERSION = 1
@@ -24,6 +29,16 @@ FORMAT_VERSION = 1
 def export_document(session: SessionRecord) -> dict[str, Any]:
     """The API reference's session JSON plus ``format_version``."""
     return {"format_version": FORMAT_VERSION, **session.to_dict()}
+
+
+def dumps(session: SessionRecord) -> str:
+    """The export document as JSON text."""
+    return json.dumps(export_document(session), indent=2, ensure_ascii=False)
+
+
+def loads(text: str, source: str) -> SessionRecord:
+    """Parse and validate an export document read from ``source`` (a path, for messages)."""
+    return parse_document(strict_loads(text, f"Session file {source}", InvalidSessionDocumentError))
 
 
 def _bad(where: str, problem: str) -> InvalidSessionDocumentError:
@@ -49,7 +64,7 @@ def _optional_dict(doc: dict[str, Any], key: str) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise _bad(f"'{key}'", "must be an object")
-    return value
+    return dict(check_json(value, f"Invalid session document: '{key}'", InvalidSessionDocumentError))
 
 
 def _message(raw: Any, index: int) -> Message:
@@ -60,6 +75,7 @@ def _message(raw: Any, index: int) -> Message:
         raise _bad(f"{where}.role", f"must be one of {', '.join(ROLES)}, got {raw.get('role')!r}")
     if not isinstance(raw.get("content"), str):
         raise _bad(f"{where}.content", "must be a string")
+    check_text(raw["content"], f"Invalid session document: {where}.content", InvalidSessionDocumentError)
     message_id = raw.get("id", new_message_id())
     if not isinstance(message_id, str) or not message_id:
         raise _bad(f"{where}.id", "must be a non-empty string")
@@ -69,6 +85,7 @@ def _message(raw: Any, index: int) -> Message:
         raise _bad(f"{where}.model_id", "must be a string")
     if metrics is not None and not isinstance(metrics, dict):
         raise _bad(f"{where}.metrics", "must be an object")
+    check_json(metrics, f"Invalid session document: {where}.metrics", InvalidSessionDocumentError)
     timestamp = _timestamp(raw["timestamp"], f"{where}.timestamp") if "timestamp" in raw else utc_now()
     return Message(raw["role"], raw["content"], message_id, timestamp, model_id, metrics)
 
@@ -91,6 +108,8 @@ def parse_document(doc: Any) -> SessionRecord:
     title = doc.get("title")
     if title is not None and not isinstance(title, str):
         raise _bad("'title'", "must be a string or null")
+    if title is not None:
+        check_text(title, "Invalid session document: 'title'", InvalidSessionDocumentError)
     messages = doc.get("messages", [])
     if not isinstance(messages, list):
         raise _bad("'messages'", "must be a list")
@@ -121,21 +140,42 @@ def with_new_id(session: SessionRecord, title: str | None = None) -> SessionReco
     )
 
 
-def merge(sessions: Sequence[SessionRecord], title: str | None = None) -> SessionRecord:
-    """One new session holding every message of ``sessions``, ordered by timestamp.
+def _turns(session: SessionRecord) -> list[tuple[Message, ...]]:
+    """The session's messages grouped into turns: a user message and the replies after it."""
+    turns: list[list[Message]] = []
+    for message in session.messages:
+        if message.role == "user" or not turns:
+            turns.append([])
+        turns[-1].append(message)
+    return [tuple(t) for t in turns]
 
-    Messages with equal timestamps keep their order (sources in the order given).
+
+def merge(sessions: Sequence[SessionRecord], title: str | None = None) -> SessionRecord:
+    """One new session holding every message of ``sessions``.
+
+    Each source keeps its own message order, and a user message stays next to the
+    replies that followed it: sources are merged turn by turn, ordered by each turn's
+    first timestamp (ties keep the order given). A session given twice counts once.
     Context and metadata are merged left to right (later sessions win on conflicts),
-    and ``metadata["merged_from"]`` lists the source ids.
+    except that the result is local-only when any source is; ``metadata["merged_from"]``
+    lists the source ids.
     """
-    messages = sorted((m for s in sessions for m in s.messages), key=lambda m: parse_timestamp(m.timestamp))
+    unique = list({s.id: s for s in sessions}.values())
+    streams = [
+        [(parse_timestamp(turn[0].timestamp), order, turn) for turn in _turns(s)]
+        for order, s in enumerate(unique)
+    ]
+    merged = heapq.merge(*streams, key=lambda item: (item[0], item[1]))
+    messages = [m for _, _, turn in merged for m in turn]
     context: dict[str, Any] = {}
     metadata: dict[str, Any] = {}
-    for s in sessions:
+    for s in unique:
         context.update(s.context)
         metadata.update(s.metadata)
-    metadata["merged_from"] = [s.id for s in sessions]
-    default_title = "Merged: " + " + ".join(s.title or s.id for s in sessions)
+    if privacy.any_local_only(s.metadata for s in unique):
+        metadata[privacy.KEY] = True
+    metadata["merged_from"] = [s.id for s in unique]
+    default_title = "Merged: " + " + ".join(s.title or s.id for s in unique)
     now = utc_now()
     return SessionRecord(
         id=new_session_id(),

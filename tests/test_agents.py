@@ -305,7 +305,7 @@ async def test_local_only_session_with_only_a_cloud_model(home: Path, scripted: 
     sid = await client.create_session(metadata={"local_only": True})
     with pytest.raises(NoModelAvailableError, match="nothing was sent"):
         await client.execute("my private data", session_id=sid, stream=False)
-    assert scripted.calls["cloud"] == [] and client.load_session(sid)["messages"] == []
+    assert len(scripted.calls["cloud"]) == 0 and client.load_session(sid)["messages"] == []
     await client.shutdown()
 
 

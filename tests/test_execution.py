@@ -17,7 +17,7 @@ from oblix_core.client import OblixClient
 from oblix_core.errors import NoModelAvailableError, OblixError, StreamInterruptedError
 from oblix_core.execution import ExecutionSettings
 from oblix_core.models import ChatMessage
-from oblix_core.requests import RequestContext
+from oblix_core.requests import Request
 from oblix_core.testing import ScriptedPlugin, Step
 
 RESULT_KEYS = {
@@ -156,9 +156,10 @@ async def test_failure_mid_stream_is_not_retried(client: OblixClient, scripted: 
     with pytest.raises(StreamInterruptedError) as info:
         await client.execute("hi", session_id=sid, stream=False)
     assert info.value.partial == "partial answer"
-    assert scripted.calls["b"] == []
+    assert len(scripted.calls["b"]) == 0
     stored = client.load_session(sid)["messages"]
-    assert stored[1]["content"] == "partial answer" and stored[1]["metrics"] == {"interrupted": True}
+    assert stored[1]["content"] == "partial answer" and stored[1]["metrics"]["interrupted"] is True
+    assert "scripted transient failure" in stored[1]["metrics"]["error"]  # the real cause
 
 
 @pytest.mark.anyio
@@ -250,17 +251,17 @@ class Redactor:
         self.failed: list[BaseException] = []
 
     @hookimpl
-    def oblix_request_start(self, request: RequestContext) -> None:
+    def oblix_request_start(self, request: Request) -> None:
         request.messages[:] = [
             ChatMessage(m.role, m.content.replace("sk-secret", "[REDACTED]")) for m in request.messages
         ]
 
     @hookimpl
-    def oblix_request_end(self, request: RequestContext, result: dict[str, Any]) -> None:
+    def oblix_request_end(self, request: Request, result: dict[str, Any]) -> None:
         self.ended.append(result)
 
     @hookimpl
-    def oblix_request_error(self, request: RequestContext, error: BaseException) -> None:
+    def oblix_request_error(self, request: Request, error: BaseException) -> None:
         self.failed.append(error)
 
 

@@ -56,10 +56,18 @@ async def test_streams_with_token_counts_and_options(ollama: OllamaDouble) -> No
 @pytest.mark.anyio
 async def test_context_window_from_show(ollama: OllamaDouble) -> None:
     ollama.models["mistral:7b"] = 32768
+    ollama.models["tiny:1b"] = 4096
     backend = OllamaBackend("mistral:7b", endpoint=ollama.url)
     await backend.start()
-    assert backend.context_window == 32768
+    assert backend.context_window == 8192  # the trained 32768, capped: Ollama allocates num_ctx
+    tiny = OllamaBackend("tiny:1b", endpoint=ollama.url)
+    await tiny.start()
+    assert tiny.context_window == 4096
+    chunks = [c async for c in backend.stream(GenerationRequest((ChatMessage("user", "hi"),)))]
+    assert chunks[-1].finish_reason is not None
+    assert ollama.requests[-1]["options"]["num_ctx"] == 8192  # always explicit: no silent truncation
     await backend.aclose()
+    await tiny.aclose()
 
 
 @pytest.mark.anyio

@@ -9,7 +9,7 @@ real hooks with ``OblixClient(plugins=[ScriptedPlugin(...)])`` and hook models a
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
@@ -28,14 +28,20 @@ class Step:
     chunks: tuple[str, ...] = ()
     fail: str | None = None  # "transient", "permanent" or None
     delay: float = 0.0
+    finish: str | None = "stop"  # None: the stream ends without a positive end (truncated)
 
 
 class ScriptedPlugin:
-    """A plugin object registering the ``scripted`` model type with shared scripts."""
+    """A plugin object registering the ``scripted`` model type with shared scripts.
+
+    ``calls[model_name]`` holds the last :data:`KEEP_CALLS` requests each model received.
+    """
+
+    KEEP_CALLS = 256
 
     def __init__(self, scripts: dict[str, list[Step]] | None = None, model_type: str = "scripted") -> None:
         self.scripts: dict[str, list[Step]] = defaultdict(list, scripts or {})
-        self.calls: dict[str, list[GenerationRequest]] = defaultdict(list)
+        self.calls: dict[str, deque[GenerationRequest]] = defaultdict(lambda: deque(maxlen=self.KEEP_CALLS))
         self.model_type = model_type
 
     @hookimpl
@@ -50,9 +56,14 @@ class ScriptedPlugin:
 
 
 class ScriptedBackend(ModelBackend):
-    """Answers from its plugin's script; see the module docstring."""
+    """Answers from its plugin's script; see the module docstring.
+
+    Like a network backend, an answer is complete only with a finish reason, so a step
+    with ``finish=None`` plays a truncated stream.
+    """
 
     model_type = "scripted"
+    end_is_complete = False
     owner: ScriptedPlugin
 
     def __init__(self, model_name: str, **kwargs: Any) -> None:
@@ -60,7 +71,7 @@ class ScriptedBackend(ModelBackend):
         super().__init__(model_name, **kwargs)
         self.cancelled = anyio.Event()
 
-    async def stream(self, request: GenerationRequest) -> AsyncGenerator[StreamChunk, None]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[StreamChunk, None]:
         self.owner.calls[self.model_name].append(request)
         script = self.owner.scripts[self.model_name]
         step = script.pop(0) if script else Step((f"echo: {request.messages[-1].content}",))
@@ -77,4 +88,5 @@ class ScriptedBackend(ModelBackend):
         if step.fail == "permanent":
             raise PermanentModelError(f"{self.model_id}: scripted permanent failure", model_id=self.model_id)
         text = "".join(step.chunks)
-        yield StreamChunk(usage=Usage(self.count_message_tokens(request.messages), self.count_tokens(text)))
+        usage = Usage(self.count_message_tokens(request.messages), self.count_tokens(text))
+        yield StreamChunk(usage=usage, finish_reason=step.finish)

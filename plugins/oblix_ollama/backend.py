@@ -6,22 +6,16 @@ import os
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from oblix_core.errors import ConfigError, OblixError, PermanentModelError, TransientModelError
+from oblix_core.errors import ConfigError, ModelError, OblixError
 from oblix_core.models import GenerationRequest, ModelBackend, StreamChunk, Usage
+from oblix_core.transport import connection_error, http_library, require, status_error
 
 HOST_ENV = "OLLAMA_HOST"
 DEFAULT_HOST = "http://127.0.0.1:11434"
-TRANSIENT_STATUSES = {408, 429, 500, 502, 503, 504}
 
 
 def _import_ollama() -> Any:
-    try:
-        import ollama
-    except ImportError:
-        raise ConfigError(
-            "The Ollama backend needs the ollama package: pip install 'oblix[ollama]'."
-        ) from None
-    return ollama
+    return require("ollama", "ollama", "The Ollama backend")
 
 
 def _same_model(wanted: str, installed: str) -> bool:
@@ -35,12 +29,16 @@ class OllamaBackend(ModelBackend):
     """Chat with a model installed in an Ollama server.
 
     The server is ``endpoint``, else ``$OLLAMA_HOST``, else ``http://127.0.0.1:11434``.
-    ``hook_model`` checks that the model is installed. Options: ``num_ctx`` (context
-    window to request), ``keep_alive``; other options go to Ollama's ``options``.
+    ``hook_model`` checks that the model is installed and learns its trained context
+    length. Options: ``num_ctx`` (context window to request; default: the trained length
+    capped at 8192, always passed explicitly because Ollama's own default silently
+    truncates long prompts) and ``keep_alive``; unknown options are rejected. Per-request
+    options go to Ollama's ``options``. An answer is complete only on ``done: true``.
     """
 
     model_type = "ollama"
     default_local = True
+    end_is_complete = False
 
     def __init__(
         self, model_name: str, *, num_ctx: int | None = None, keep_alive: str | None = None, **kwargs: Any
@@ -50,20 +48,20 @@ class OllamaBackend(ModelBackend):
         self.num_ctx = num_ctx
         self.keep_alive = keep_alive
         self._client: Any = None
+        self._http: Any = None
         self._trained_window: int | None = None
-        self.reject_unknown_options()
 
     @property
-    def context_window(self) -> int:
-        return self._context_window or self.num_ctx or self._trained_window or 2048
+    def default_context_window(self) -> int:
+        return self.num_ctx or min(self._trained_window or 2048, 8192)
 
     async def start(self) -> None:
         ollama = _import_ollama()
-        import httpx  # a dependency of ollama
-
         self._client = ollama.AsyncClient(host=self.host)
+        # the HTTP library the installed client uses raises the transport errors
+        self._http = http_library(self._client._client)
         try:
-            await self._check_model(ollama, httpx)
+            await self._check_model(ollama, self._http)
         except BaseException:
             await self.aclose()  # do not leave an HTTP client for the GC to close
             raise
@@ -92,49 +90,39 @@ class OllamaBackend(ModelBackend):
         except ollama.ResponseError:
             self._trained_window = None
 
-    def _classify(self, exc: Exception) -> Exception:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[StreamChunk, None]:
         ollama = _import_ollama()
-        if isinstance(exc, ollama.ResponseError):
-            status = exc.status_code
-            text = f"{self.model_id}: Ollama answered HTTP {status}: {exc.error}"
-            if status in TRANSIENT_STATUSES:
-                return TransientModelError(text, model_id=self.model_id)
-            return PermanentModelError(text, model_id=self.model_id)
-        return TransientModelError(
-            f"{self.model_id}: connection to {self.host} failed: {exc!r}", model_id=self.model_id
-        )
-
-    async def stream(self, request: GenerationRequest) -> AsyncGenerator[StreamChunk, None]:
-        if self._client is None:
-            raise PermanentModelError(f"{self.model_id} was not started; hook it with hook_model.")
-        ollama = _import_ollama()
-        import httpx
-
         options = dict(request.options)
         if request.temperature is not None:
             options["temperature"] = request.temperature
         if request.max_tokens is not None:
             options["num_predict"] = request.max_tokens
-        if self.num_ctx:
-            options["num_ctx"] = self.num_ctx
+        options["num_ctx"] = self.context_window
+        started = False
         try:
             parts = await self._client.chat(
                 model=self.model_name,
                 messages=[m.to_dict() for m in request.messages],
                 stream=True,
-                options=options or None,
+                options=options,
                 keep_alive=self.keep_alive,
             )
             async for part in parts:
+                started = True
                 text = part.message.content if part.message else ""
                 if text:
                     yield StreamChunk(text)
                 if part.done:
                     yield StreamChunk(
-                        usage=Usage(part.prompt_eval_count, part.eval_count), finish_reason=part.done_reason
+                        usage=Usage(part.prompt_eval_count, part.eval_count),
+                        finish_reason=part.done_reason or "stop",
                     )
-        except (ollama.ResponseError, httpx.HTTPError, ConnectionError) as exc:
-            raise self._classify(exc) from exc
+        except ModelError:
+            raise
+        except ollama.ResponseError as exc:
+            raise status_error(self.model_id, self.host, exc.status_code, str(exc.error)) from None
+        except (self._http.HTTPError, OSError) as exc:
+            raise connection_error(self.model_id, self.host, exc, started=started) from None
 
     async def aclose(self) -> None:
         client, self._client = self._client, None

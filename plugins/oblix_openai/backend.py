@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from oblix_core.errors import ConfigError, PermanentModelError, TransientModelError
-from oblix_core.models import GenerationRequest, ModelBackend, StreamChunk, Usage
+import anyio
 
-API_KEY_ENV = "OPENAI_API_KEY"
+from oblix_core.errors import ConfigError, ModelError
+from oblix_core.models import GenerationRequest, ModelBackend, StreamChunk, Usage
+from oblix_core.transport import connection_error, http_library, require, status_error
 
 #: Context windows of well-known OpenAI models (prefix match); others default to 8192.
 KNOWN_WINDOWS = {
@@ -23,88 +23,84 @@ KNOWN_WINDOWS = {
     "o4": 200_000,
     "gpt-5": 400_000,
 }
-#: HTTP statuses worth a retry or a fallback.
-TRANSIENT_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
-def _import_openai() -> Any:
-    try:
-        import openai
-    except ImportError:
-        raise ConfigError(
-            "The OpenAI backend needs the openai package: pip install 'oblix[openai]'."
-        ) from None
-    return openai
+def _openai() -> Any:
+    return require("openai", "openai", "The OpenAI backend")
 
 
 class OpenAIBackend(ModelBackend):
     """Chat completions from OpenAI or any OpenAI-compatible server (``endpoint``).
 
     The API key comes from ``api_key`` or ``$OPENAI_API_KEY`` and is kept in memory
-    only. Against a custom ``endpoint`` a key is optional. Options: ``timeout``
-    (seconds, default 60) and ``context_window``; other options are passed to
-    ``chat.completions.create``.
+    only. Against a custom ``endpoint`` a key is optional. Options: ``timeout`` (seconds
+    allowed between two reads of the answer, default 60), ``connect_timeout`` (default
+    5), ``first_byte_timeout`` (seconds until the response starts, default 10) and
+    ``context_window``. Unknown options are rejected. An endpoint that cannot be reached
+    within the connect and first-byte timeouts is not retried on the same request, so
+    the next model answers within about 15 s. An answer is complete only when the
+    server sends a ``finish_reason``; a stream that ends without one is a failure.
     """
 
     model_type = "openai"
     default_local = False
+    key_env_var = "OPENAI_API_KEY"
+    end_is_complete = False
 
-    def __init__(self, model_name: str, *, timeout: float = 60.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        timeout: float = 60.0,
+        connect_timeout: float = 5.0,
+        first_byte_timeout: float = 10.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(model_name, **kwargs)
-        self.timeout = timeout
+        for name, value in (
+            ("timeout", timeout),
+            ("connect_timeout", connect_timeout),
+            ("first_byte_timeout", first_byte_timeout),
+        ):
+            if not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}.")
+        self.timeout = float(timeout)
+        self.connect_timeout = float(connect_timeout)
+        self.first_byte_timeout = float(first_byte_timeout)
         self._client: Any = None
+        self._http: Any = None  # the HTTP library module the installed openai uses
         self._usage_supported = True
-        self.reject_unknown_options()
 
     @property
-    def context_window(self) -> int:
-        if self._context_window:
-            return self._context_window
+    def where(self) -> str:
+        return self.endpoint or "api.openai.com"
+
+    @property
+    def default_context_window(self) -> int:
         for prefix, window in KNOWN_WINDOWS.items():
             if self.model_name.startswith(prefix):
                 return window
         return 8192
 
     async def start(self) -> None:
-        openai = _import_openai()
-        key = self._api_key or os.environ.get(API_KEY_ENV)
+        openai = _openai()
+        key = self.get_key()
         if not key:
             if self.endpoint is None:
-                raise ConfigError(f"No API key for {self.model_id}: pass api_key=... or set ${API_KEY_ENV}.")
+                raise ConfigError(
+                    f"No API key for {self.model_id}: pass api_key=... or set ${self.key_env_var}."
+                )
             key = "not-needed"  # OpenAI-compatible servers often take no key; the client needs one
         self._client = openai.AsyncOpenAI(
-            api_key=key, base_url=self.endpoint, max_retries=0, timeout=self.timeout
+            api_key=key,
+            base_url=self.endpoint,
+            max_retries=0,
+            timeout=openai.Timeout(self.timeout, connect=self.connect_timeout),
         )
+        # transport errors raised mid-stream come from the SDK's own HTTP library
+        self._http = http_library(self._client._client)
 
-    def _classify(self, exc: Exception) -> Exception:
-        openai = _import_openai()
-        where = self.endpoint or "api.openai.com"
-        if isinstance(exc, openai.APITimeoutError):
-            return TransientModelError(
-                f"{self.model_id}: request to {where} timed out.", model_id=self.model_id
-            )
-        if isinstance(exc, openai.APIConnectionError):
-            return TransientModelError(
-                f"{self.model_id}: cannot connect to {where}: {exc}.", model_id=self.model_id
-            )
-        if isinstance(exc, openai.APIStatusError):
-            status = exc.status_code
-            detail = getattr(exc, "message", "") or str(exc)
-            if status in TRANSIENT_STATUSES:
-                return TransientModelError(
-                    f"{self.model_id}: HTTP {status} from {where}: {detail}", model_id=self.model_id
-                )
-            hint = {
-                401: " Check the API key.",
-                403: " The key lacks access to this model.",
-                404: " Check the model name and endpoint.",
-            }.get(status, "")
-            return PermanentModelError(
-                f"{self.model_id}: HTTP {status} from {where}: {detail}.{hint}", model_id=self.model_id
-            )
-        return exc
-
-    async def _open(self, request: GenerationRequest) -> Any:
+    def _params(self, request: GenerationRequest) -> dict[str, Any]:
         params: dict[str, Any] = {
             "model": self.model_name,
             "messages": [m.to_dict() for m in request.messages],
@@ -117,33 +113,36 @@ class OpenAIBackend(ModelBackend):
             params["max_tokens"] = request.max_tokens
         if self._usage_supported:
             params["stream_options"] = {"include_usage": True}
-        return await self._client.chat.completions.create(**params)
+        return params
 
-    async def stream(self, request: GenerationRequest) -> AsyncGenerator[StreamChunk, None]:
-        if self._client is None:
-            raise PermanentModelError(f"{self.model_id} was not started; hook it with hook_model.")
-        openai = _import_openai()
-        import httpx  # a dependency of openai
-
+    async def _open(self, request: GenerationRequest) -> Any:
+        """Send the request; the response has started when this returns (first-byte timeout)."""
+        openai = _openai()
         try:
-            try:
-                response = await self._open(request)
-            except openai.BadRequestError as exc:
-                if not (self._usage_supported and "stream_options" in str(exc)):
-                    raise
-                self._usage_supported = False  # an older compatible server: no usage in streams
-                response = await self._open(request)
+            with anyio.fail_after(self.first_byte_timeout):
+                try:
+                    return await self._client.chat.completions.create(**self._params(request))
+                except openai.BadRequestError as exc:
+                    if not (self._usage_supported and "stream_options" in str(exc)):
+                        raise
+                    self._usage_supported = False  # an older compatible server: no usage in streams
+                    return await self._client.chat.completions.create(**self._params(request))
+        except TimeoutError:
+            raise connection_error(
+                self.model_id, self.where, TimeoutError(f"no response in {self.first_byte_timeout}s"),
+                started=False,
+            ) from None
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[StreamChunk, None]:
+        openai = _openai()
+        started = False
+        try:
+            response = await self._open(request)
+            started = True
             try:
                 async for event in response:
-                    if event.choices:
-                        choice = event.choices[0]
-                        text = choice.delta.content if choice.delta else None
-                        if text or choice.finish_reason:
-                            yield StreamChunk(text or "", finish_reason=choice.finish_reason)
-                    if getattr(event, "usage", None):
-                        yield StreamChunk(
-                            usage=Usage(event.usage.prompt_tokens, event.usage.completion_tokens)
-                        )
+                    for chunk in _chunks(event):
+                        yield chunk
             finally:
                 # close the SDK's event generator too, so it is not finalised later by the GC
                 # (possibly in another event loop); then the HTTP response
@@ -151,12 +150,13 @@ class OpenAIBackend(ModelBackend):
                 if events is not None:
                     await events.aclose()
                 await response.close()
-        except openai.OpenAIError as exc:
-            raise self._classify(exc) from exc
-        except httpx.HTTPError as exc:  # a connection dropped mid-stream surfaces raw
-            raise TransientModelError(
-                f"{self.model_id}: connection lost during the answer: {exc!r}.", model_id=self.model_id
-            ) from exc
+        except ModelError:
+            raise
+        except openai.APIStatusError as exc:
+            detail = getattr(exc, "message", "") or str(exc)
+            raise status_error(self.model_id, self.where, exc.status_code, detail) from None
+        except (openai.APIConnectionError, self._http.HTTPError, OSError) as exc:
+            raise connection_error(self.model_id, self.where, exc, started=started) from None
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -165,3 +165,16 @@ class OpenAIBackend(ModelBackend):
 
     def describe(self) -> dict[str, Any]:
         return super().describe() | {"endpoint": self.endpoint or "https://api.openai.com/v1"}
+
+
+def _chunks(event: Any) -> list[StreamChunk]:
+    """The chunks of one streamed event: text and finish reason, then usage if present."""
+    chunks = []
+    if event.choices:
+        choice = event.choices[0]
+        text = choice.delta.content if choice.delta else None
+        if text or choice.finish_reason:
+            chunks.append(StreamChunk(text or "", finish_reason=choice.finish_reason))
+    if getattr(event, "usage", None):
+        chunks.append(StreamChunk(usage=Usage(event.usage.prompt_tokens, event.usage.completion_tokens)))
+    return chunks

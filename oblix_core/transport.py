@@ -1,0 +1,87 @@
+"""What HTTP model backends share: optional imports and one transient/permanent classifier."""
+
+from __future__ import annotations
+
+import importlib
+import ssl
+import sys
+from types import ModuleType
+from typing import Any
+
+from oblix_core.errors import ConfigError, ModelError, PermanentModelError, TransientModelError
+
+#: HTTP statuses worth a retry or a fallback: timeout, conflict, rate limit, server errors.
+#: Every other 4xx is permanent (retrying the same request cannot fix it).
+TRANSIENT_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+_HINTS = {
+    401: " Check the API key.",
+    403: " The key lacks access to this model.",
+    404: " Check the model name and endpoint.",
+    413: " The request is too large for this model.",
+}
+
+
+def require(module: str, extra: str, what: str) -> ModuleType:
+    """Import ``module``, or raise a ConfigError saying which Oblix extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"{what} needs the {module} package: pip install 'oblix[{extra}]'.") from None
+
+
+def http_library(client: Any) -> ModuleType:
+    """The HTTP library (``httpx``, ``httpx2``...) behind an SDK's HTTP client object.
+
+    SDKs wrap their HTTP client and change libraries between versions (``openai`` 3 uses
+    ``httpx2``); errors raised mid-stream come from that library, so catch its
+    ``HTTPError``, found from the client's class hierarchy.
+    """
+    for cls in type(client).__mro__:
+        module = sys.modules.get(cls.__module__.split(".")[0])
+        if module is not None and isinstance(getattr(module, "HTTPError", None), type):
+            return module
+    raise TypeError(f"cannot tell the HTTP library of {type(client).__name__}")
+
+
+def status_error(model_id: str, where: str, status: int, detail: str) -> ModelError:
+    """The Oblix error for an HTTP error status from ``where``."""
+    text = f"{model_id}: HTTP {status} from {where}: {detail.strip().rstrip('.')}."
+    if status in TRANSIENT_STATUSES:
+        return TransientModelError(text, model_id=model_id)
+    return PermanentModelError(text + _HINTS.get(status, ""), model_id=model_id)
+
+
+def connection_error(model_id: str, where: str, exc: BaseException, *, started: bool) -> TransientModelError:
+    """The Oblix error for a transport failure (``started``: after the response began)."""
+    if started:
+        return TransientModelError(
+            f"{model_id}: the connection to {where} broke during the answer ({describe_cause(exc)}).",
+            model_id=model_id,
+        )
+    return TransientModelError(
+        f"{model_id}: cannot reach {where} ({describe_cause(exc)}).", model_id=model_id, unreachable=True
+    )
+
+
+def describe_cause(exc: BaseException) -> str:
+    """A short, accurate name for a transport failure: refused, DNS, TLS, timeout, reset..."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return f"TLS error: {current}"
+        if isinstance(current, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(current, ConnectionResetError):
+            return "connection reset by the server"
+        if isinstance(current, TimeoutError) or "Timeout" in type(current).__name__:
+            return "timed out"
+        text = str(current)
+        if "Name or service not known" in text or "getaddrinfo" in text or "nodename nor servname" in text:
+            return f"DNS lookup failed: {text}"
+        if "incomplete" in text.lower() or "RemoteProtocolError" in type(current).__name__:
+            return f"the server closed the connection mid-response: {text}"
+        current = current.__cause__ or current.__context__
+    return f"{type(exc).__name__}: {exc}"
