@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -79,6 +80,10 @@ class SessionStore(abc.ABC):
         except SessionNotFoundError:
             return False
         return True
+
+    def contains_path(self, path: os.PathLike[str] | str) -> bool:
+        """Whether ``path`` lies inside the store's own storage (exports must never write there)."""
+        return False
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections or handles."""

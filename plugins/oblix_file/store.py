@@ -5,14 +5,36 @@ Layout under ``root``::
     <session id>/meta.json        title, timestamps, context, metadata (replaced atomically)
     <session id>/messages.jsonl   one JSON message per line, append-only, fsynced
     <session id>/.lock            inter-process lock for writers of this session
-    index.sqlite3                 summaries for fast, sorted, filtered listing (rebuildable)
+    .index.sqlite3                summaries for fast, sorted, filtered listing (a cache)
+    .new-*, .trash-*, .tmp-*      staging of creates, deletes and metadata updates
 
-Guarantees: an append costs the same whatever the history length (no rewrite); a
-writer killed at any instant leaves every acknowledged (returned) append readable, at
-worst with a torn, unacknowledged last line that readers ignore and the next writer
-cuts off; writers in several threads or processes are serialised per session by a file
-lock, so no message is lost or interleaved. The session files are the truth: the index
-is a cache that ``rebuild_index()`` regenerates (automatically when it is missing).
+Ids never start with a dot, so no session can take the name of a store file (the index
+was ``index.sqlite3`` before; such an old file is removed as the cache it is).
+
+Guarantees:
+
+- An append is complete or not acknowledged. The byte count of every write is checked
+  and short writes are continued; if a write or fsync fails (full disk, I/O error) the
+  log is truncated back to its size before the call and a :class:`FileStoreError`
+  says nothing was stored. A writer killed at any instant leaves every acknowledged
+  append readable, at worst with a torn, unacknowledged last line that readers ignore
+  and the next writer cuts off. Appends cost the same whatever the history length.
+- Writers in several threads or processes are serialised per session by a file lock,
+  so no message is lost or interleaved.
+- The session files are the truth; the index is a cache. Once the files are written the
+  call is acknowledged even if the index update fails (a warning is logged): the caller
+  is never told to retry something that was stored. Each index row records the log's
+  byte size and the ``meta.json`` stamp (inode, mtime, size) it was derived from;
+  ``list`` stats ``meta.json`` of each row it scans and ``messages.jsonl`` of each row it
+  returns, and re-derives (then stores) any row whose files changed behind the index's
+  back. So ``message_count`` and ``metadata`` in a listing always match the files, after
+  any crash. A missing or damaged index is rebuilt from the files.
+- Disk full, a read-only folder, permission denied: a :class:`FileStoreError` naming
+  the path and the cause, and saying whether anything was stored. A read-only root
+  still serves ``load``, ``list`` and ``get_metadata`` (from the index opened read-only,
+  or from a copy scanned into memory).
+- Staging and temp files left by killed writers are removed after ``temp_grace``
+  seconds; operations on a missing session create nothing on disk.
 """
 
 from __future__ import annotations
@@ -22,15 +44,13 @@ import logging
 import os
 import shutil
 import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-import attrs
 import filelock
 
 from oblix_core.errors import (
@@ -48,81 +68,47 @@ from oblix_core.records import (
     validate_session_id,
 )
 from oblix_core.stores import SessionStore
+from oblix_file.files import (
+    AppendNotUndone,
+    FileStoreError,
+    append_complete,
+    fsync_dir,
+    io_error,
+    remove_quietly,
+    stamp,
+    tail,
+    write_file,
+)
+from oblix_file.index import INDEX, SessionIndex, Summary, remove_legacy_index
 
 log = logging.getLogger(__name__)
 
 META = "meta.json"
 MESSAGES = "messages.jsonl"
 LOCK = ".lock"
-INDEX = "index.sqlite3"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (
-    id TEXT PRIMARY KEY,
-    title TEXT,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    updated_ts REAL NOT NULL,
-    message_count INTEGER NOT NULL,
-    metadata TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS sessions_by_update ON sessions (updated_ts DESC);
-"""
+#: Prefixes of the store's staging/temp entries in the root (swept after ``temp_grace``).
+TEMP_PREFIXES = (".new-", ".trash-", ".tmp-")
+__all__ = ["INDEX", "LOCK", "MESSAGES", "META", "FileSessionStore", "FileStoreError"]
 
-
-def _ts(timestamp: str) -> float:
-    return parse_timestamp(timestamp).timestamp()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+_NOT_STORED = "Nothing was stored; retrying is safe."
 
 
 def _encode(message: Message) -> bytes:
     return json.dumps(message.to_dict(), ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
-def _tail(path: Path, lines: int) -> bytes:
-    """The end of ``path`` holding at least its last ``lines`` complete lines (read backwards)."""
-    with open(path, "rb") as handle:
-        end = handle.seek(0, os.SEEK_END)
-        start, block, found = end, 65536, -1  # the final newline ends the last line
-        while start > 0 and found <= lines:
-            start = max(0, start - block)
-            handle.seek(start)
-            found = handle.read(end - start).count(b"\n")
-        handle.seek(start)
-        data = handle.read(end - start)
-    if start > 0:  # drop the partial first line
-        data = data[data.index(b"\n") + 1 :]
-    return data
+def _latest(*timestamps: str | None) -> str:
+    return max((t for t in timestamps if t), key=parse_timestamp)
 
 
-def _cut_torn_tail(fd: int) -> None:
-    """Truncate an unterminated last line (left by a writer killed mid-append)."""
-    size = os.fstat(fd).st_size
-    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
-        return
-    end = size
-    while end > 0:
-        start = max(0, end - 65536)
-        block = os.pread(fd, end - start, start)
-        cut = block.rfind(b"\n")
-        if cut >= 0:
-            os.ftruncate(fd, start + cut + 1)
-            return
-        end = start
-    os.ftruncate(fd, 0)
+def _index_failed(session_id: str, what: str, exc: BaseException) -> None:
+    log.warning(
+        "session %s: %s was stored, but the listing index could not be updated (%s); "
+        "listings repair it from the session files",
+        session_id,
+        what,
+        exc,
+    )
 
 
 class FileSessionStore(SessionStore):
@@ -130,27 +116,69 @@ class FileSessionStore(SessionStore):
 
     name = "file"
 
-    def __init__(self, root: str | os.PathLike[str], lock_timeout: float = 30.0) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], lock_timeout: float = 30.0, temp_grace: float = 3600.0
+    ) -> None:
         self.root = Path(root).expanduser().resolve()
         self.lock_timeout = lock_timeout
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+            os.scandir(self.root).close()
         except OSError as exc:
-            raise OblixError(f"Cannot create the session folder {self.root}: {exc}.") from exc
-        self._local = threading.local()
-        self._sweep_leftovers()
-        fresh = not (self.root / INDEX).exists()
-        with self._db() as db:
-            db.executescript(_SCHEMA)
-        if fresh and any(self._session_dirs()):
+            raise io_error("Cannot open the session folder", self.root, exc, outcome=_NOT_STORED) from exc
+        writable = os.access(self.root, os.W_OK) and not os.statvfs(self.root).f_flag & os.ST_RDONLY
+        if writable:
+            self._sweep_leftovers(temp_grace)
+            remove_legacy_index(self.root)
+        self._index = SessionIndex(self.root, self._scan)
+        try:
+            rebuild = self._index.open(writable)
+        except (sqlite3.Error, OSError) as exc:
+            self._index.close()
+            raise io_error(
+                "Cannot open the session index", self.root / INDEX, exc, outcome="No session was changed."
+            ) from exc
+        if rebuild:
             self.rebuild_index()
 
-    def _sweep_leftovers(self, older_than: float = 3600.0) -> None:
-        """Remove staging/trash folders left by writers that died over an hour ago."""
+    def _sweep_leftovers(self, older_than: float) -> None:
+        """Remove staging, trash and temp entries left by writers that died long ago."""
         cutoff = time.time() - older_than
-        for entry in os.scandir(self.root):
-            if entry.name.startswith((".new-", ".trash-")) and entry.stat().st_mtime < cutoff:
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                if entry.name.startswith(TEMP_PREFIXES):
+                    self._remove_if_stale(entry, cutoff)
+
+    @staticmethod
+    def _remove_if_stale(entry: os.DirEntry[str], cutoff: float) -> None:
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                return
+            if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+        except OSError:
+            pass
+
+    def _sweep_session_temps(self, path: Path, older_than: float = 3600.0) -> None:
+        """Remove ``.meta.json.*.tmp`` files that older versions staged inside a session."""
+        cutoff = time.time() - older_than
+        try:
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    if entry.name.startswith(f".{META}.") and entry.name.endswith(".tmp"):
+                        self._remove_if_stale(entry, cutoff)
+        except OSError:
+            pass
+
+    def contains_path(self, path: os.PathLike[str] | str) -> bool:
+        """Whether ``path`` (symlinks resolved) lies inside this store's root."""
+        try:
+            resolved = Path(path).resolve()
+        except (OSError, RuntimeError, ValueError):
+            return False
+        return resolved.is_relative_to(self.root)
 
     # -- paths and locks ----------------------------------------------------------------
 
@@ -160,57 +188,58 @@ class FileSessionStore(SessionStore):
             raise OblixError(f"Session id {session_id!r} resolves outside the store root.")
         return path
 
+    @staticmethod
+    def _missing(session_id: str) -> SessionNotFoundError:
+        return SessionNotFoundError(f"Session {session_id} does not exist.")
+
     @contextmanager
-    def _locked(self, session_id: str) -> Iterator[Path]:
+    def _locked(self, session_id: str, action: str) -> Iterator[Path]:
+        """Hold the session's writer lock; creates nothing if the session does not exist."""
         path = self._dir(session_id)
+        if not (path / META).exists():
+            raise self._missing(session_id)
         lock = filelock.FileLock(path / LOCK, timeout=self.lock_timeout)
         try:
             lock.acquire()
-        except FileNotFoundError:
-            raise SessionNotFoundError(f"Session {session_id} does not exist.") from None
         except filelock.Timeout:
             raise OblixError(
                 f"Session {session_id} is locked by another writer for over {self.lock_timeout}s; "
                 f"try again, or remove {path / LOCK} if no Oblix process is running."
             ) from None
+        except OSError as exc:
+            if not (path / META).exists():
+                raise self._missing(session_id) from None
+            failed = f"Cannot {action} session {session_id}"
+            raise io_error(failed, path / LOCK, exc, outcome=_NOT_STORED) from exc
+        deleted_meanwhile = False
         try:
             if not (path / META).exists():
-                raise SessionNotFoundError(f"Session {session_id} does not exist.")
+                deleted_meanwhile = True
+                raise self._missing(session_id)
             yield path
         finally:
             lock.release()
-
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.root / INDEX, timeout=30.0, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            self._local.db = db
-        try:
-            yield db
-        except sqlite3.IntegrityError:
-            raise
-        except sqlite3.DatabaseError as exc:
-            raise OblixError(
-                f"The session index {self.root / INDEX} failed: {exc}. Delete it; Oblix rebuilds it "
-                "from the session files."
-            ) from exc
+            if deleted_meanwhile:  # the lock re-created the folder that a delete had moved away
+                remove_quietly(path / LOCK)
+                with suppress(OSError):
+                    os.rmdir(path)
 
     def _session_dirs(self) -> Iterator[Path]:
-        for entry in os.scandir(self.root):
-            if entry.is_dir() and not entry.name.startswith("."):
-                yield Path(entry.path)
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+                    yield Path(entry.path)
 
     # -- reading ------------------------------------------------------------------------
 
     def _read_meta(self, path: Path) -> dict[str, Any]:
         try:
             meta = json.loads((path / META).read_bytes())
-        except FileNotFoundError:
-            raise SessionNotFoundError(f"Session {path.name} does not exist.") from None
-        except (OSError, ValueError) as exc:
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._missing(path.name) from None
+        except OSError as exc:
+            raise io_error(f"Cannot read session {path.name}", path / META, exc, outcome="") from exc
+        except ValueError as exc:
             raise SessionCorruptedError(
                 f"Session {path.name} has an unreadable {META}: {exc}. Other sessions are unaffected; "
                 f"restore it from a backup or delete the session."
@@ -221,9 +250,11 @@ class FileSessionStore(SessionStore):
 
     def _read_messages(self, path: Path, last: int | None = None) -> list[Message]:
         try:
-            data = _tail(path / MESSAGES, last) if last is not None else (path / MESSAGES).read_bytes()
+            data = tail(path / MESSAGES, last) if last is not None else (path / MESSAGES).read_bytes()
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            raise io_error(f"Cannot read session {path.name}", path / MESSAGES, exc, outcome="") from exc
         lines = data.split(b"\n")
         lines.pop()  # the text after the last newline: empty, or a torn unacknowledged append
         if last is not None:
@@ -266,53 +297,129 @@ class FileSessionStore(SessionStore):
     def exists(self, session_id: str) -> bool:
         return (self._dir(session_id) / META).exists()
 
+    # -- the listing --------------------------------------------------------------------
+
+    def _summarise(self, path: Path) -> Summary:
+        """The listing row of a session, derived from its files (reads the whole log)."""
+        try:
+            meta_stamp = stamp(os.stat(path / META))  # before reading: a later change shows
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._missing(path.name) from None
+        except OSError as exc:
+            raise io_error(f"Cannot read session {path.name}", path / META, exc, outcome="") from exc
+        meta = self._read_meta(path)
+        count, size, last_line = self._count_lines(path / MESSAGES)
+        last_timestamp = None
+        with suppress(ValueError, KeyError, TypeError):  # a damaged line: loading reports it
+            last_timestamp = Message.from_dict(json.loads(last_line)).timestamp if last_line else None
+        record = self._record(path, meta, ())
+        return Summary(
+            id=path.name,
+            title=record.title,
+            created_at=record.created_at,
+            updated_at=_latest(record.created_at, record.updated_at, last_timestamp),
+            message_count=count,
+            metadata=record.metadata,
+            log_size=size,
+            meta_stamp=meta_stamp,
+        )
+
+    @staticmethod
+    def _count_lines(path: Path) -> tuple[int, int, bytes]:
+        """(complete lines, bytes read, last complete line) of a log, read in blocks."""
+        count = size = 0
+        try:
+            with open(path, "rb") as handle:
+                while block := handle.read(1 << 20):
+                    count += block.count(b"\n")
+                    size += len(block)
+            end = tail(path, 1)
+        except FileNotFoundError:
+            return 0, 0, b""
+        except OSError as exc:
+            raise io_error(f"Cannot read session {path.parent.name}", path, exc, outcome="") from exc
+        return count, size, end[: end.rfind(b"\n")].rsplit(b"\n", 1)[-1]
+
+    def _current(self, row: Summary, wanted: dict[str, Any] | None) -> Summary | None:
+        """``row`` if it still describes the files, else a re-derived row; ``None``: skip it.
+
+        Rows whose unchanged metadata does not match ``wanted`` are skipped after one stat.
+        """
+        path = self.root / row.id
+        try:
+            meta_stamp = stamp(os.stat(path / META))
+        except OSError:  # the index row of a crashed create, or of a deleted session
+            return None
+        if meta_stamp == row.meta_stamp:
+            if not matches_metadata(row.metadata, wanted):
+                return None
+            try:
+                log_size = os.stat(path / MESSAGES).st_size
+            except FileNotFoundError:
+                log_size = 0
+            except OSError:
+                return None
+            if log_size == row.log_size:
+                return row
+        try:
+            return self._summarise(path)
+        except OblixError as exc:  # unreadable sessions are skipped; loading them says why
+            log.debug("listing skips session %s: %s", row.id, exc)
+            return None
+
     def list(self, limit: int = 50, filter_metadata: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        results: list[dict[str, Any]] = []
         if limit <= 0:
-            return results
-        with self._db() as db:
-            rows = db.execute(
-                "SELECT id, title, created_at, updated_at, message_count, metadata FROM sessions "
-                "ORDER BY updated_ts DESC"
-            )
-            for sid, title, created, updated, count, raw in rows:
-                metadata = json.loads(raw)
-                if not matches_metadata(metadata, filter_metadata):
-                    continue
-                if not (self.root / sid / META).exists():  # index entry of a crashed create
-                    continue
-                results.append(
-                    {
-                        "id": sid,
-                        "title": title,
-                        "created_at": created,
-                        "updated_at": updated,
-                        "message_count": count,
-                        "metadata": metadata,
-                    }
-                )
+            return []
+        try:
+            rows = self._index.summaries()
+        except sqlite3.Error as exc:
+            raise io_error("Cannot read the session index", self._index.path, exc, outcome="") from exc
+        results: list[Summary] = []
+        repairs: list[tuple[Summary, Summary]] = []
+        for row in rows:
+            summary = self._current(row, filter_metadata)
+            if summary is None:
+                continue
+            if summary is not row:
+                repairs.append((row, summary))
+            if matches_metadata(summary.metadata, filter_metadata):
+                results.append(summary)
                 if len(results) >= limit:
                     break
-        return results
+        if repairs:
+            self._store_repairs(repairs)
+            results.sort(key=lambda s: parse_timestamp(s.updated_at), reverse=True)
+        return [s.public() for s in results]
+
+    def _store_repairs(self, repairs: Sequence[tuple[Summary, Summary]]) -> None:
+        for stale, fresh in repairs:
+            try:
+                self._index.repair(stale, fresh)
+            except sqlite3.Error as exc:  # read-only or busy: the next listing tries again
+                log.debug("could not store the repaired index row of %s: %s", stale.id, exc)
+
+    def rebuild_index(self) -> int:
+        """Regenerate the index from the session files; returns how many sessions it holds.
+
+        Sessions whose ``meta.json`` is unreadable are left out (and logged); loading
+        them still raises a clear error.
+        """
+        summaries = list(self._scan())
+        try:
+            self._index.reset(summaries)
+        except sqlite3.Error as exc:
+            raise io_error("Cannot rebuild the session index", self._index.path, exc, outcome="") from exc
+        return len(summaries)
+
+    def _scan(self) -> Iterator[Summary]:
+        for path in self._session_dirs():
+            self._sweep_session_temps(path)
+            try:
+                yield self._summarise(path)
+            except OblixError as exc:
+                log.warning("not indexing session %s: %s", path.name, exc)
 
     # -- writing ------------------------------------------------------------------------
-
-    def _index(self, record: SessionRecord, message_count: int, replace: bool = True) -> None:
-        updated = record.last_updated
-        verb = "INSERT OR REPLACE" if replace else "INSERT"
-        with self._db() as db:
-            db.execute(
-                f"{verb} INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.id,
-                    record.title,
-                    record.created_at,
-                    updated,
-                    _ts(updated),
-                    message_count,
-                    json.dumps(record.metadata, ensure_ascii=False),
-                ),
-            )
 
     @staticmethod
     def _meta_bytes(record: SessionRecord) -> bytes:
@@ -327,117 +434,162 @@ class FileSessionStore(SessionStore):
 
     def create(self, session: SessionRecord) -> None:
         final = self._dir(session.id)
-        if final.exists():
+        if os.path.lexists(final):
             raise SessionExistsError(f"Session {session.id} already exists.")
         staging = self.root / f".new-{uuid.uuid4().hex}"
-        staging.mkdir()
+        failed = f"Cannot create session {session.id}"
         try:
-            _write_file(staging / META, self._meta_bytes(session))
-            _write_file(staging / MESSAGES, b"".join(_encode(m) for m in session.messages))
-            _fsync_dir(staging)
-            self._index_new(session)
             try:
-                os.rename(staging, final)  # atomic; fails if the id was taken meanwhile
-            except OSError:
-                raise SessionExistsError(f"Session {session.id} already exists.") from None
-            _fsync_dir(self.root)
-        finally:
+                summary = self._stage(staging, session)
+            except OSError as exc:
+                raise io_error(failed, staging, exc, outcome=_NOT_STORED) from exc
+            try:
+                self._index_new(summary)
+            except sqlite3.Error as exc:
+                raise io_error(failed, self._index.path, exc, outcome=_NOT_STORED) from exc
+        except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
+            raise
+        try:
+            os.rename(staging, final)  # atomic; fails if the id was taken meanwhile
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            if os.path.lexists(final):
+                raise SessionExistsError(f"Session {session.id} already exists.") from None
+            raise io_error(failed, final, exc, outcome=_NOT_STORED) from exc
+        try:
+            fsync_dir(self.root)
+        except OSError as exc:
+            outcome = "The session was written but may not survive a crash."
+            error = io_error(failed, self.root, exc, outcome=outcome)
+            error.stored = True
+            raise error from exc
 
-    def _index_new(self, session: SessionRecord) -> None:
+    def _stage(self, staging: Path, session: SessionRecord) -> Summary:
+        """Write a new session's files into ``staging``; returns its listing row."""
+        staging.mkdir()
+        log_bytes = b"".join(_encode(m) for m in session.messages)
+        write_file(staging / META, self._meta_bytes(session))
+        write_file(staging / MESSAGES, log_bytes)
+        fsync_dir(staging)
+        return Summary(
+            id=session.id,
+            title=session.title,
+            created_at=session.created_at,
+            updated_at=session.last_updated,
+            message_count=len(session.messages),
+            metadata=session.metadata,
+            log_size=len(log_bytes),
+            meta_stamp=stamp(os.stat(staging / META)),  # a rename keeps inode and mtime
+        )
+
+    def _index_new(self, summary: Summary) -> None:
         """Index a session about to be created, never overwriting a live session's row."""
         try:
-            self._index(session, len(session.messages), replace=False)
+            self._index.insert(summary)
         except sqlite3.IntegrityError:
-            if (self._dir(session.id) / META).exists():
-                raise SessionExistsError(f"Session {session.id} already exists.") from None
-            self._index(session, len(session.messages))  # a row left by a create that crashed
+            if (self._dir(summary.id) / META).exists():
+                raise SessionExistsError(f"Session {summary.id} already exists.") from None
+            self._index.insert(summary, replace=True)  # a row left by a create that crashed
 
     def append_messages(self, session_id: str, messages: Sequence[Message]) -> None:
         if not messages:
             return
         data = b"".join(_encode(m) for m in messages)
-        with self._locked(session_id) as path:
-            fd = os.open(path / MESSAGES, os.O_RDWR | os.O_APPEND)
+        with self._locked(session_id, "append to") as path:
+            before = self._append(session_id, path / MESSAGES, data)
+            updated = _latest(*(m.timestamp for m in messages))
             try:
-                _cut_torn_tail(fd)
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            updated = max((m.timestamp for m in messages), key=_ts)
-            with self._db() as db:
-                db.execute(
-                    "UPDATE sessions SET message_count = message_count + ?, "
-                    "updated_at = CASE WHEN updated_ts < ? THEN ? ELSE updated_at END, "
-                    "updated_ts = MAX(updated_ts, ?) WHERE id = ?",
-                    (len(messages), _ts(updated), updated, _ts(updated), session_id),
-                )
+                after = before + len(data)
+                if not self._index.record_append(session_id, len(messages), before, after, updated):
+                    self._index.insert(self._summarise(path), replace=True)
+            except (sqlite3.Error, OblixError) as exc:
+                _index_failed(session_id, f"an append of {len(messages)} messages", exc)
+
+    @staticmethod
+    def _append(session_id: str, log_path: Path, data: bytes) -> int:
+        """Append ``data`` completely or not at all; returns the log's size before it."""
+        failed = f"Cannot append to session {session_id}"
+        try:
+            fd = os.open(log_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise io_error(failed, log_path, exc, outcome=_NOT_STORED) from exc
+        try:
+            return append_complete(fd, data)
+        except AppendNotUndone as exc:
+            raise io_error(
+                failed,
+                log_path,
+                exc,
+                outcome=f"The messages were not acknowledged, and undoing the partial write failed too "
+                f"({exc.undo}); the next append removes an incomplete last line.",
+            ) from exc
+        except OSError as exc:
+            raise io_error(failed, log_path, exc, outcome=f"{_NOT_STORED} The log is unchanged.") from exc
+        finally:
+            os.close(fd)
 
     def update_metadata(self, session_id: str, metadata: dict[str, Any]) -> None:
-        with self._locked(session_id) as path:
+        with self._locked(session_id, "update the metadata of") as path:
+            self._sweep_session_temps(path)
+            failed = f"Cannot update the metadata of session {session_id}"
+            unchanged = f"{_NOT_STORED} The metadata is unchanged."
+            try:
+                old_stamp = stamp(os.stat(path / META))
+            except OSError as exc:
+                raise io_error(failed, path / META, exc, outcome=unchanged) from exc
             meta = self._read_meta(path)
             meta["metadata"] = {**(meta.get("metadata") or {}), **metadata}
             meta["updated_at"] = utc_now()
-            tmp = path / f".{META}.{uuid.uuid4().hex}.tmp"
-            _write_file(tmp, json.dumps(meta, ensure_ascii=False, indent=1).encode())
-            os.replace(tmp, path / META)
-            _fsync_dir(path)
-            with self._db() as db:
-                db.execute(
-                    "UPDATE sessions SET metadata = ?, updated_at = ?, updated_ts = ?, title = ? "
-                    "WHERE id = ?",
-                    (
-                        json.dumps(meta["metadata"], ensure_ascii=False),
-                        meta["updated_at"],
-                        _ts(meta["updated_at"]),
-                        meta.get("title"),
-                        session_id,
-                    ),
-                )
+            tmp = self.root / f".tmp-{uuid.uuid4().hex}"
+            try:
+                write_file(tmp, json.dumps(meta, ensure_ascii=False, indent=1).encode())
+                os.replace(tmp, path / META)
+            except OSError as exc:
+                remove_quietly(tmp)
+                raise io_error(failed, path / META, exc, outcome=unchanged) from exc
+            self._index_metadata(session_id, path, old_stamp, meta)
+
+    def _index_metadata(self, session_id: str, path: Path, old_stamp: str, meta: dict[str, Any]) -> None:
+        try:
+            fsync_dir(path)
+            new = Summary(
+                id=session_id,
+                title=meta.get("title"),
+                created_at=meta["created_at"],
+                updated_at=meta["updated_at"],
+                message_count=0,
+                metadata=meta["metadata"],
+                log_size=0,
+                meta_stamp=stamp(os.stat(path / META)),
+            )
+            if not self._index.record_metadata(session_id, old_stamp, new):
+                self._index.insert(self._summarise(path), replace=True)
+        except (OSError, sqlite3.Error, OblixError) as exc:
+            _index_failed(session_id, "a metadata update", exc)
 
     def delete(self, session_id: str) -> bool:
+        trash = self.root / f".trash-{uuid.uuid4().hex}"
         try:
-            with self._locked(session_id) as path:
-                trash = self.root / f".trash-{uuid.uuid4().hex}"
-                os.rename(path, trash)
+            with self._locked(session_id, "delete") as path:
+                try:
+                    os.rename(path, trash)
+                except OSError as exc:
+                    raise io_error(
+                        f"Cannot delete session {session_id}", path, exc, outcome="The session is unchanged."
+                    ) from exc
         except SessionNotFoundError:
             return False
-        with self._db() as db:
-            db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+        try:
+            self._index.remove(session_id)
+        except sqlite3.Error as exc:  # the row is skipped by listings (its folder is gone)
+            log.warning("session %s was deleted, but its index row remains: %s", session_id, exc)
         shutil.rmtree(trash, ignore_errors=True)
         return True
 
-    def rebuild_index(self) -> int:
-        """Regenerate the index from the session files; returns how many sessions it holds.
-
-        Unreadable sessions are left out (and logged); they still raise a clear error on load.
-        """
-        count = 0
-        with self._db() as db:
-            db.execute("DELETE FROM sessions")
-        for path in self._session_dirs():
-            try:
-                record = self._record(path, self._read_meta(path), ())
-            except OblixError as exc:
-                log.warning("not indexing session %s: %s", path.name, exc)
-                continue
-            try:
-                messages = self._read_messages(path)
-            except SessionCorruptedError as exc:  # still listed; loading it reports the damage
-                log.warning("session %s: %s", path.name, exc)
-                count_lines = (path / MESSAGES).read_bytes().count(b"\n")
-                self._index(record, count_lines)
-            else:
-                self._index(attrs.evolve(record, messages=tuple(messages)), len(messages))
-            count += 1
-        return count
-
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        """Close the index connections of every thread."""
+        self._index.close()
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "root": str(self.root)}
