@@ -16,9 +16,9 @@ from oblix_core.conversation import ResponseStream
 from oblix_core.engine import Engine
 from oblix_core.errors import ConfigError, OblixError
 from oblix_core.execution import CircuitBreaker, ExecutionSettings, Executor
-from oblix_core.models import ModelBackend, ModelType
+from oblix_core.models import ChatMessage, ModelBackend, ModelType
 from oblix_core.plugins import Registry, build_plugin_manager
-from oblix_core.records import validate_session_id
+from oblix_core.records import ROLES, validate_session_id
 from oblix_core.requests import Request
 from oblix_core.sessions_api import SessionsAPI
 from oblix_core.stores import SessionStore
@@ -27,7 +27,24 @@ from oblix_core.validation import check_text
 log = logging.getLogger(__name__)
 
 #: ``execute``/``stream`` keyword options that steer Oblix rather than the model.
-ROUTING_OPTIONS = ("model", "local_only", "preference", "fallback", "system")
+ROUTING_OPTIONS = ("model", "local_only", "preference", "fallback", "system", "history", "store")
+
+
+def _history(raw: Any) -> tuple[ChatMessage, ...] | None:
+    """``history=`` as chat messages: dicts with a role and string content, or ChatMessages."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list | tuple):
+        raise OblixError("history must be a list of {'role': ..., 'content': ...} messages.")
+    messages = []
+    for i, item in enumerate(raw):
+        message = item if isinstance(item, ChatMessage) else None
+        if isinstance(item, dict) and isinstance(item.get("content"), str):
+            message = ChatMessage(str(item.get("role")), item["content"])
+        if message is None or message.role not in ROLES:
+            raise OblixError(f"history[{i}] must have a role in {ROLES} and string content.")
+        messages.append(ChatMessage(message.role, check_text(message.content, f"history[{i}]")))
+    return tuple(messages)
 
 
 class OblixClient(SessionsAPI):
@@ -227,6 +244,8 @@ class OblixClient(SessionsAPI):
             local_only=bool(routing.get("local_only", False)),
             preference=routing.get("preference"),
             system=routing.get("system"),
+            history=_history(routing.get("history")),
+            store=bool(routing.get("store", True)),
         )
         if request_id:
             request.request_id = request_id
@@ -246,8 +265,9 @@ class OblixClient(SessionsAPI):
         Routing options: ``model="<id>"`` forces a model (``fallback=True`` lets others
         answer if it cannot), ``local_only=True`` keeps the request and its session on
         local models, ``preference="cloud-first"`` overrides the default, ``system=``
-        adds a system prompt for this request. Other options go to the model (``stop``,
-        ``top_p``...).
+        adds a system prompt for this request, ``history=[{"role": ..., "content": ...}]``
+        gives earlier messages instead of a stored session, ``store=False`` stores
+        nothing. Other options go to the model (``stop``, ``top_p``...).
         """
         request = self._request(prompt, temperature, max_tokens, request_id, session_id, options)
         return ResponseStream(self.engine, request)

@@ -74,11 +74,13 @@ class ResponseStream:
         if request.session_id is None:
             now = utc_now()
             metadata = {privacy.KEY: True} if request.local_only else {}
+            history = tuple(Message(m.role, m.content) for m in request.history or ())
             self._new_session = SessionRecord(
                 id=new_session_id(),
                 title=request.prompt.strip().splitlines()[0][:60],
                 created_at=now,
                 updated_at=now,
+                messages=history,
                 metadata=metadata,
             )
             return self._new_session
@@ -177,6 +179,8 @@ class ResponseStream:
         """Store the exchange; if that fails, say so (the answer exists, the session lacks it)."""
         request = self.request
         assert request.session_id is not None
+        if not request.store:
+            return
         messages = [
             Message("user", request.prompt, timestamp=started_at),
             Message("assistant", text, model_id=model_id, metrics=metrics),
@@ -184,7 +188,7 @@ class ResponseStream:
         store = self._engine.store
         try:
             if self._new_session is not None and self._new_session.id == request.session_id:
-                record = attrs.evolve(self._new_session, messages=tuple(messages))
+                record = attrs.evolve(self._new_session, messages=(*self._new_session.messages, *messages))
                 await anyio.to_thread.run_sync(store.create, record)
                 self._new_session = None
             else:

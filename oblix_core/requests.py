@@ -6,7 +6,7 @@ import uuid
 
 import attrs
 
-from oblix_core.models import GenerationRequest
+from oblix_core.models import ChatMessage, GenerationRequest
 
 
 def new_request_id() -> str:
@@ -34,3 +34,8 @@ class Request(GenerationRequest):
     preference: str | None = None
     #: A system prompt for this request only (sent first, not stored in the session).
     system: str | None = None
+    #: Earlier messages given by the caller instead of a stored session (e.g. an HTTP
+    #: client that sends the whole conversation); used only without ``session_id``.
+    history: tuple[ChatMessage, ...] | None = None
+    #: Whether the exchange is stored (in ``session_id``, or in a new session).
+    store: bool = True

@@ -322,3 +322,35 @@ async def test_concurrent_requests_in_one_session_keep_their_pairs(
     assert len(contents) == 20
     assert sorted(contents[::2]) == sorted(f"q{i}" for i in range(10))
     assert all(a == f"echo: {q}" for q, a in zip(contents[::2], contents[1::2], strict=True))
+
+
+@pytest.mark.anyio
+async def test_history_given_by_the_caller_and_nothing_stored(
+    client: OblixClient, scripted: ScriptedPlugin
+) -> None:
+    await client.hook_model("scripted", "a")
+    history = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+    ]
+    result = await client.execute("and now?", stream=False, history=history, store=False)
+    assert result["response"] == "echo: and now?"
+    sent = scripted.calls["a"][-1].messages
+    assert [(m.role, m.content) for m in sent] == [
+        ("system", "be brief"),
+        ("user", "hi"),
+        ("assistant", "hello"),
+        ("user", "and now?"),
+    ]
+    assert client.list_sessions() == []  # stateless: nothing stored
+    with pytest.raises(OblixError, match="history"):
+        await client.execute("x", stream=False, history=[{"role": "robot", "content": "?"}])
+    stored = await client.execute("keep it", stream=False, history=history)
+    assert [m["content"] for m in client.load_session(stored["session_id"])["messages"]] == [
+        "be brief",
+        "hi",
+        "hello",
+        "keep it",
+        "echo: keep it",
+    ]
