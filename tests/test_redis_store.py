@@ -1,0 +1,306 @@
+"""The redis store on real servers: the contract (single server and 3-master cluster),
+the sessions API end to end through ``OblixClient``, the index, its repair and its costs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+from oblix_core.client import OblixClient
+from oblix_core.errors import ConfigError, PluginError, SessionNotFoundError
+from oblix_core.records import Message, SessionRecord, new_session_id
+from oblix_core.testing import ScriptedPlugin, SessionStoreContract
+from oblix_redis.store import RedisSessionStore
+from tests import redis_servers
+from tests.conftest import FAST
+from tests.redis_servers import RedisClusterServers, RedisServer, unique_prefix
+
+redis_server = redis_servers.redis_server  # session fixtures: real servers
+redis_cluster = redis_servers.redis_cluster
+
+DATA = Path(__file__).parent / "data"
+
+
+class TestRedisContract(SessionStoreContract):
+    @pytest.fixture
+    def store(self, redis_server: RedisServer) -> Iterator[RedisSessionStore]:
+        store = RedisSessionStore(url=redis_server.url, prefix=unique_prefix())
+        yield store
+        store.close()
+
+
+class TestRedisClusterContract(SessionStoreContract):
+    @pytest.fixture
+    def store(self, redis_cluster: RedisClusterServers) -> Iterator[RedisSessionStore]:
+        store = RedisSessionStore(url=redis_cluster.url, prefix=unique_prefix(), cluster=True)
+        yield store
+        store.close()
+
+
+@pytest.fixture
+def store(redis_server: RedisServer) -> Iterator[RedisSessionStore]:
+    store = RedisSessionStore(url=redis_server.url, prefix=unique_prefix())
+    yield store
+    store.close()
+
+
+def _new(store: RedisSessionStore, **kwargs: object) -> str:
+    record = SessionRecord(id=new_session_id(), **kwargs)  # type: ignore[arg-type]
+    store.create(record)
+    return record.id
+
+
+# -- the sessions API end to end, through OblixClient, on both deployments --------------
+
+
+@pytest.fixture(params=["single", "cluster"])
+async def redis_client(request: pytest.FixtureRequest, home: Path) -> AsyncIterator[OblixClient]:
+    if request.param == "single":
+        options = {"url": request.getfixturevalue("redis_server").url, "prefix": unique_prefix()}
+    else:
+        url = request.getfixturevalue("redis_cluster").url
+        options = {"url": url, "prefix": unique_prefix(), "cluster": "true"}  # as from the CLI
+    client = OblixClient(
+        home=home, session_store="redis", store_options=options, plugins=[ScriptedPlugin()], execution=FAST
+    )
+    assert isinstance(client.store, RedisSessionStore)
+    yield client
+    await client.shutdown()
+
+
+@pytest.mark.anyio
+async def test_sessions_api_end_to_end(redis_client: OblixClient, tmp_path: Path) -> None:
+    client = redis_client
+    sid = await client.create_session(
+        title="Customer Support Chat",
+        initial_context={"customer_id": "cust_123"},
+        metadata={"category": "support", "priority": "high"},
+    )
+    other = await client.create_and_use_session(title="Other", metadata={"category": "sales"})
+    assert client.current_session_id == other
+    assert client.load_session(sid)["context"] == {"customer_id": "cust_123"}
+    assert [s["id"] for s in client.list_sessions(filter_metadata={"category": "support"})] == [sid]
+    assert client.update_session_metadata(sid, {"status": "resolved", "priority": "low"})
+    assert client.get_session_metadata(sid) == {
+        "category": "support",
+        "priority": "low",
+        "status": "resolved",
+    }
+    assert client.list_sessions()[0]["id"] == sid
+    assert client.list_sessions(filter_metadata={"priority": "high"}) == []
+
+    await client.hook_model("scripted", "m")
+    result = await client.execute("hello there", session_id=sid, stream=False)
+    assert "hello there" in str(result)
+    messages = client.load_session(sid)["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert messages[1]["model_id"] and client.list_sessions(limit=1)[0]["message_count"] == 2
+
+    target = tmp_path / "export.json"
+    assert await client.export_session(sid, str(target)) is True
+    exported = json.loads(target.read_text())
+    assert {k: v for k, v in exported.items() if k != "format_version"} == client.load_session(sid)
+    copy_id = await client.copy_session(sid, new_title="Copy")
+    assert client.load_session(copy_id)["messages"] == messages
+    merged = await client.merge_sessions([sid, other], title="Merged")
+    assert client.load_session(merged)["metadata"]["merged_from"] == [sid, other]
+
+    assert client.delete_session(sid) is True and client.delete_session(sid) is False
+    with pytest.raises(SessionNotFoundError):
+        client.load_session(sid)
+    assert await client.import_session(str(target)) == sid
+    assert client.load_session(sid) == {k: v for k, v in exported.items() if k != "format_version"}
+    reference = await client.import_session(str(DATA / "reference_session.json"))
+    assert client.load_session(reference) == json.loads((DATA / "reference_session.json").read_text())
+    assert {s["id"] for s in client.list_sessions()} == {sid, other, copy_id, merged, reference}
+
+
+def test_store_selected_by_name_and_bad_options_are_config_errors(redis_server: RedisServer) -> None:
+    from oblix_core.plugins import Registry
+
+    registry = Registry.load()
+    store = registry.make_store("redis", url=redis_server.url, prefix=unique_prefix(), ttl="60")
+    assert isinstance(store, RedisSessionStore) and store.options.ttl == 60
+    store.close()
+    bad: list[dict[str, object]] = [
+        {"url": "http://127.0.0.1:6379"},
+        {"prefix": "a{b}"},
+        {"prefix": ""},
+        {"cluster": "maybe"},
+        {"ttl": "0"},
+        {"ttl": "soon"},
+        {"ttl": 1.5},
+        {"timeout": -1},
+        {"url": "unix:///tmp/x.sock", "cluster": True},
+        {"url": "redis://127.0.0.1:6379/3", "cluster": True},
+    ]
+    for options in bad:
+        with pytest.raises(ConfigError):
+            registry.make_store("redis", **options)
+    with pytest.raises(ConfigError, match="Invalid options"):
+        registry.make_store("redis", colour="blue")
+    with pytest.raises(PluginError):
+        registry.make_store("no-such-store")
+
+
+def test_missing_redis_py_is_a_config_error_naming_the_extra(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['redis'] = None\n"  # as if redis-py were not installed
+        "import oblix_redis\n"
+        "from oblix_core.errors import ConfigError\n"
+        "try:\n"
+        "    oblix_redis.make_redis_store()\n"
+        "except ConfigError as exc:\n"
+        "    print('CONFIG', exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("CONFIG") and "pip install 'oblix[redis]'" in out.stdout
+
+
+# -- keys, atomic operations and their costs -------------------------------------------
+
+
+def _command_counts(client: redis.Redis) -> dict[str, int]:
+    stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)}
+
+
+def test_every_key_of_a_session_shares_its_hash_tag(
+    redis_server: RedisServer, store: RedisSessionStore
+) -> None:
+    sid = _new(store, metadata={"k": "v"})
+    store.append_messages(sid, [Message("user", "x")])
+    raw = redis_server.client()
+    session_keys = raw.keys(f"{store.options.prefix}{{{sid}}}*")
+    assert sorted(k.rsplit(":", 1)[1] for k in session_keys) == ["acks", "md", "meta", "msgs", "tok"]
+    assert {key_slot(k.encode()) for k in session_keys} == {key_slot(sid.encode())}
+    for key in raw.keys(f"{store.options.prefix}*"):
+        assert key in session_keys or key.startswith(f"{store.options.prefix}{{#index}}:")
+
+
+@pytest.fixture
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts what every redis-py connection sends: one send is one round trip."""
+    counter = [0]
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(
+        self: redis.connection.AbstractConnection, command: object, check_health: bool = True
+    ) -> None:
+        counter[0] += 1
+        original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+    return counter
+
+
+def test_one_round_trip_per_append_and_load_and_no_keys_or_scan(
+    redis_server: RedisServer, store: RedisSessionStore, round_trips: list[int]
+) -> None:
+    raw = redis_server.client()
+    sid = _new(store, metadata={"category": "x"})
+    for n in range(30):
+        _new(store, metadata={"category": "y" if n % 3 else "x", "n": n})
+    store.append_messages(sid, [Message("user", "warm")])  # scripts are loaded now
+    store.load(sid)
+    store.append_messages(sid, [Message("user", f"m{i}") for i in range(3000)])
+    for operation in (
+        lambda: store.append_messages(sid, [Message("user", "q"), Message("assistant", "a")]),
+        lambda: store.load(sid),
+        lambda: store.load_recent(sid, 1),
+    ):
+        round_trips[0] = 0
+        operation()
+        assert round_trips[0] == 1
+    before = _command_counts(raw)
+    round_trips[0] = 0
+    listed = store.list(limit=5, filter_metadata={"category": "x"})
+    assert round_trips[0] == 2  # the filtered index, then the 5 summaries in one pipeline
+    used = _delta(before, _command_counts(raw))
+    assert len(listed) == 5 and listed[0]["id"] == sid
+    assert "keys" not in used and "scan" not in used
+    assert used["hgetall"] <= 11  # the matching sessions read, not all 31
+    assert store.list(limit=100, filter_metadata={"category": "x"})[-1]["metadata"] == {
+        "category": "x",
+        "n": 0,
+    }
+
+
+def test_filters_compare_json_values(store: RedisSessionStore) -> None:
+    one = _new(store, metadata={"v": 1})
+    true = _new(store, metadata={"v": True})
+    floating = _new(store, metadata={"v": 1.0, "nested": {"b": [1, 2], "a": None}})
+    text = _new(store, metadata={"v": "1", "long": "x" * 500})
+
+    def ids(wanted: dict[str, object]) -> set[str]:
+        return {s["id"] for s in store.list(filter_metadata=wanted)}
+
+    assert ids({"v": 1}) == {one, floating}  # JSON numbers: 1 == 1.0
+    assert ids({"v": True}) == {true}  # but 1 is not true
+    assert ids({"v": "1"}) == {text}
+    assert ids({"nested": {"a": None, "b": [1, 2]}}) == {floating}
+    assert ids({"nested": {"a": None, "b": [2, 1]}}) == set()
+    assert ids({"long": "x" * 500}) == {text}  # hashed index token
+    assert ids({"v": 1, "nested": {"a": None, "b": [1, 2]}}) == {floating}
+    store.update_metadata(one, {"v": 2})
+    assert ids({"v": 1}) == {floating} and ids({"v": 2}) == {one}
+
+
+def test_retried_append_and_create_apply_once(store: RedisSessionStore) -> None:
+    """A nonce makes a replayed script a no-op (what redis-py's retry after a lost reply does)."""
+    record = SessionRecord(id=new_session_id(), title="t")
+    args = ["nonce-1", record.created_at, record.created_at, record.created_at, "1.0", '"t"', "{}", "0"]
+    assert store._run("create", record.id, args)[0] == 1
+    assert store._run("create", record.id, args)[0] == 1  # same nonce: our own create, retried
+    assert store._run("create", record.id, ["other", *args[1:]])[0] == 0
+    message = json.dumps(Message("user", "once").to_dict())
+    for _ in range(3):
+        assert store._run("append", record.id, ["nonce-2", "2.0", "x", message])[0] >= 1
+    assert [m.content for m in store.load(record.id).messages] == ["once"]
+    assert store.list()[0]["message_count"] == 1
+
+
+def test_stale_index_entries_are_dropped_and_repaired(
+    redis_server: RedisServer, store: RedisSessionStore
+) -> None:
+    raw = redis_server.client()
+    keep = _new(store, title="keep", metadata={"tag": "t"})
+    gone = [_new(store, title=f"gone{i}", metadata={"tag": "t"}) for i in range(3)]
+    for sid in gone:  # as if they expired, or a cluster client died between its two steps
+        raw.delete(*(f"{store.options.prefix}{{{sid}}}:{s}" for s in ("meta", "md", "tok", "msgs")))
+    assert [s["id"] for s in store.list(filter_metadata={"tag": "t"})] == [keep]
+    index = f"{store.options.prefix}{{#index}}:"
+    assert raw.zcard(index + "updated") == 1  # dropped on the way
+    assert raw.smembers(index + "md:" + json.dumps(["tag", "t"], separators=(",", ":"))) == {keep}
+
+    hidden = _new(store, title="hidden")
+    raw.zrem(index + "updated", hidden)  # a session the index lost
+    assert hidden not in {s["id"] for s in store.list()}
+    raw.zadd(index + "updated", {new_session_id(): 1.0})  # an entry with no session
+    assert store.repair_index() == {"dropped": 1, "reindexed": 0}
+    assert store.repair_index(rescan=True) == {"dropped": 0, "reindexed": 2}
+    assert {s["id"] for s in store.list()} == {keep, hidden}
+
+
+def test_corrupted_session_is_isolated(redis_server: RedisServer, store: RedisSessionStore) -> None:
+    good = _new(store, title="good")
+    bad = _new(store, title="bad")
+    store.append_messages(bad, [Message("user", "a"), Message("user", "b")])
+    redis_server.client().lset(f"{store.options.prefix}{{{bad}}}:msgs", 1, "garbage")
+    with pytest.raises(Exception, match="message 2") as info:
+        store.load(bad)
+    assert type(info.value).__name__ == "SessionCorruptedError"
+    assert store.load(good).title == "good"
+    assert {s["id"] for s in store.list()} == {good, bad}
