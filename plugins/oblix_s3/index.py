@@ -82,17 +82,28 @@ class ShardedIndex:
         self.change_shard(Keys.shard_of(session_id), change)
 
     def change_shard(self, shard: int, change: Change) -> None:
-        """Apply ``change`` to shard number ``shard``, retrying lost races."""
+        """Apply ``change`` to shard number ``shard``, retrying lost races.
+
+        The first attempt writes over the cached copy with ``If-Match`` (no GET); a lost
+        condition, or a cached copy that ``change`` leaves alone, is re-read first.
+        """
         key = self.keys.shard(shard)
+        trust_cache = True
         for attempt in range(MAX_CONFLICTS):
-            etag, current = self._read(shard)
-            entries = {k: dict(v) for k, v in current.items()}
+            with self._lock:
+                cached = self._cache.get(shard) if trust_cache else None
+            etag, current = cached or self._read(shard)
+            entries = dict(current)
             if not change(entries):
-                return
+                if cached is None:
+                    return
+                trust_cache = False  # confirm "nothing to do" against the stored shard
+                continue
             body = dumps({"format": FORMAT, "sessions": entries})
             try:
                 new_etag = self.objects.put(key, body, if_match=etag, create=etag is None)
             except ConditionFailed:
+                trust_cache = False
                 with self._lock:
                     self.conflicts += 1
                 backoff(attempt)

@@ -1,0 +1,365 @@
+"""The S3 session store on moto's S3 server: contract, layout and costs, errors, API end to end."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from oblix import OblixClient
+from oblix_core.errors import ConfigError, OblixError, SessionCorruptedError, SessionNotFoundError
+from oblix_core.records import Message, SessionRecord, new_session_id
+from oblix_core.testing import ScriptedPlugin, SessionStoreContract
+from oblix_s3 import make_store
+from oblix_s3.layout import INDEX_SHARDS, plan_compaction
+from oblix_s3.store import S3SessionStore
+from tests.conftest import FAST
+from tests.s3_server import TEST_ENV, S3Server
+from tests.servers import free_port
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[S3Server]:
+    s3 = S3Server()
+    s3.start()
+    yield s3
+    s3.stop()
+
+
+@pytest.fixture(autouse=True)
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in TEST_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+def new_bucket(server: S3Server) -> str:
+    name = f"oblix-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=server.url).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def bucket(server: S3Server) -> str:
+    return new_bucket(server)
+
+
+@pytest.fixture
+def store(server: S3Server, bucket: str) -> Iterator[S3SessionStore]:
+    s3 = S3SessionStore(bucket=bucket, endpoint_url=server.url, max_segments=8)
+    yield s3
+    s3.close()
+
+
+class TestS3StoreContract(SessionStoreContract):
+    @pytest.fixture
+    def store(self, server: S3Server, bucket: str) -> Iterator[S3SessionStore]:
+        s3 = S3SessionStore(bucket=bucket, endpoint_url=server.url)
+        yield s3
+        s3.close()
+
+
+class Requests:
+    """Every HTTP request a store sends (a botocore ``before-send`` hook), as ``METHOD key``."""
+
+    def __init__(self, store: S3SessionStore) -> None:
+        self.sent: list[str] = []
+        self.bucket = store.bucket
+        store.objects.client.meta.events.register("before-send.s3", self._record)
+
+    def _record(self, request: Any, **_: Any) -> None:
+        path = request.url.split("?")[0].split(f"/{self.bucket}/", 1)[-1]
+        self.sent.append(f"{request.method} {path}")
+
+    def take(self) -> list[str]:
+        sent, self.sent = self.sent, []
+        return sent
+
+
+def _objects(server: S3Server, bucket: str, prefix: str = "") -> dict[str, bytes]:
+    client = boto3.client("s3", endpoint_url=server.url)
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    return {o["Key"]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listed}
+
+
+def _new(store: S3SessionStore, **kwargs: Any) -> str:
+    record = SessionRecord(id=new_session_id(), **kwargs)
+    store.create(record)
+    return record.id
+
+
+# -- layout and costs -------------------------------------------------------------------------
+
+
+def test_append_writes_one_new_segment_and_never_rewrites_history(
+    server: S3Server, bucket: str, store: S3SessionStore
+) -> None:
+    sid = _new(store)
+    store.append_messages(sid, [Message("user", "first")])
+    before = _objects(server, bucket, f"oblix/sessions/{sid}/seg-")
+    store.append_messages(sid, [Message("user", "second"), Message("assistant", "third")])
+    after = _objects(server, bucket, f"oblix/sessions/{sid}/seg-")
+    assert {k: after[k] for k in before} == before  # old segments untouched
+    (new_key,) = set(after) - set(before)
+    assert [json.loads(line)["content"] for line in after[new_key].splitlines()] == ["second", "third"]
+    manifest = json.loads(_objects(server, bucket, f"oblix/sessions/{sid}/manifest.json").popitem()[1])
+    assert [s["count"] for s in manifest["segments"]] == [1, 2]
+
+
+def test_requests_per_append_do_not_grow_with_history(store: S3SessionStore) -> None:
+    sid = _new(store)
+    counter = Requests(store)
+    store.append_messages(sid, [Message("user", "warm")])
+    counter.take()
+    store.append_messages(sid, [Message("user", "x")])
+    small = counter.take()
+    # segment PUT, then manifest and index shard PUTs with If-Match on the cached ETags
+    assert [r.split()[0] for r in small] == ["PUT", "PUT", "PUT"]
+    assert small[1].endswith("manifest.json") and "/index/" in "/" + small[2]
+    for i in range(300):
+        store.append_messages(sid, [Message("user", f"m{i}")])
+    counter.take()
+    costs = []
+    for i in range(40):  # includes compactions, which add GETs of recent segments only
+        store.append_messages(sid, [Message("user", f"late{i}")])
+        costs.append(len(counter.take()))
+    assert sorted(costs)[len(costs) // 2] == 3
+    assert max(costs) <= 3 + 2 + store.max_segments + 1
+
+
+def test_load_is_bounded_and_load_recent_reads_only_the_tail(store: S3SessionStore) -> None:
+    sid = _new(store, title="long")
+    for i in range(400):
+        store.append_messages(sid, [Message("user", f"q{i}"), Message("assistant", f"a{i}")])
+    manifest = store._read_manifest(sid)[1]
+    assert len(manifest["segments"]) <= store.max_segments
+    counter = Requests(store)
+    loaded = store.load(sid)
+    assert [m.content for m in loaded.messages] == [x for i in range(400) for x in (f"q{i}", f"a{i}")]
+    sent = counter.take()
+    assert len(sent) == 1 + len(manifest["segments"]) <= 1 + store.max_segments
+    recent = store.load_recent(sid, 3)
+    assert [m.content for m in recent.messages] == ["a398", "q399", "a399"]
+    sent = counter.take()
+    assert len(sent) <= 3  # the manifest plus the last one or two (small) segments
+    assert recent.title == "long"
+
+
+def test_compaction_leaves_no_unreferenced_segments(
+    server: S3Server, bucket: str, store: S3SessionStore
+) -> None:
+    sid = _new(store)
+    for i in range(150):
+        store.append_messages(sid, [Message("user", str(i))])
+    manifest = store._read_manifest(sid)[1]
+    stored = _objects(server, bucket, f"oblix/sessions/{sid}/")
+    listed = {f"oblix/sessions/{sid}/{s['key']}" for s in manifest["segments"]}
+    assert set(stored) == listed | {f"oblix/sessions/{sid}/manifest.json"}
+    assert sum(s["count"] for s in manifest["segments"]) == 150
+    assert [m.content for m in store.load(sid).messages] == [str(i) for i in range(150)]
+
+
+def test_compaction_plan_keeps_segments_few_and_geometric() -> None:
+    assert plan_compaction([1] * 8, 8) is None
+    assert plan_compaction([1] * 9, 8) == 0
+    assert plan_compaction([64, 1, 1, 1, 1, 1, 1, 1, 1], 8) == 1  # the big head is not rewritten
+    counts: list[int] = []
+    rewritten = 0
+    for _ in range(20_000):
+        counts.append(1)
+        start = plan_compaction(counts, 16)
+        if start is not None:
+            rewritten += sum(counts[start:])
+            counts[start:] = [sum(counts[start:])]
+        assert len(counts) <= 17
+    assert rewritten < 20_000 * 16  # O(log n) rewrites per message, not O(n)
+
+
+def test_listing_reads_only_the_index(store: S3SessionStore) -> None:
+    ids = [_new(store, title=f"s{i}", metadata={"i": i, "even": i % 2 == 0}) for i in range(12)]
+    for sid in ids:
+        store.append_messages(sid, [Message("user", "hi")])
+    counter = Requests(store)
+    listed = store.list(limit=50, filter_metadata={"even": True})
+    assert {s["id"] for s in listed} == set(ids[::2])
+    sent = counter.take()
+    assert sent and all(re.fullmatch(r"GET oblix/index/\d\d\.json", r) for r in sent)
+    assert len(sent) <= INDEX_SHARDS
+
+
+def test_filter_compares_json_types(store: S3SessionStore) -> None:
+    one = _new(store, metadata={"flag": 1, "nested": {"a": [1, 2]}})
+    true = _new(store, metadata={"flag": True})
+    assert [s["id"] for s in store.list(filter_metadata={"flag": 1})] == [one]
+    assert [s["id"] for s in store.list(filter_metadata={"flag": True})] == [true]
+    assert [s["id"] for s in store.list(filter_metadata={"flag": 1.0})] == [one]
+    assert [s["id"] for s in store.list(filter_metadata={"nested": {"a": [1, 2]}})] == [one]
+    assert store.list(filter_metadata={"nested": {"a": [True, 2]}}) == []
+    assert store.list(filter_metadata={"flag": "1"}) == []
+
+
+def test_rebuild_index_restores_the_listing(server: S3Server, bucket: str, store: S3SessionStore) -> None:
+    for i in range(5):
+        sid = _new(store, title=f"s{i}", metadata={"i": i})
+        store.append_messages(sid, [Message("user", "x")] * (i + 1))
+    before = store.list()
+    client = boto3.client("s3", endpoint_url=server.url)
+    for key in _objects(server, bucket, "oblix/index/"):
+        client.delete_object(Bucket=bucket, Key=key)
+    fresh = S3SessionStore(bucket=bucket, endpoint_url=server.url)
+    assert fresh.list() == []
+    assert fresh.rebuild_index() == 5
+    assert fresh.list() == before
+    assert store.list() == before  # the first store revalidates its cached shards
+    fresh.close()
+
+
+def test_orphan_segment_of_an_uncommitted_append_is_invisible_and_deleted(
+    server: S3Server, bucket: str, store: S3SessionStore
+) -> None:
+    sid = _new(store)
+    store.append_messages(sid, [Message("user", "kept")])
+    store._put_segment(sid, "seg-orphan.jsonl", b'{"role":"user","content":"lost"}\n')  # writer died here
+    assert [m.content for m in store.load(sid).messages] == ["kept"]
+    assert store.delete(sid) is True
+    assert _objects(server, bucket, f"oblix/sessions/{sid}/") == {}
+
+
+def test_corrupted_objects_are_isolated(server: S3Server, bucket: str, store: S3SessionStore) -> None:
+    good = _new(store, title="good")
+    bad = _new(store, title="bad")
+    store.append_messages(bad, [Message("user", "x")])
+    client = boto3.client("s3", endpoint_url=server.url)
+    segment = next(k for k in _objects(server, bucket, f"oblix/sessions/{bad}/seg-"))
+    client.put_object(Bucket=bucket, Key=segment, Body=b"garbage\n")
+    with pytest.raises(SessionCorruptedError, match=bad):
+        store.load(bad)
+    client.put_object(Bucket=bucket, Key=f"oblix/sessions/{bad}/manifest.json", Body=b"{")
+    with pytest.raises(SessionCorruptedError, match=bad):
+        store.get_metadata(bad)
+    assert store.load(good).title == "good"
+    assert {s["id"] for s in store.list()} == {good, bad}
+
+
+def test_prefixes_separate_stores_in_one_bucket(server: S3Server, bucket: str) -> None:
+    a = S3SessionStore(bucket=bucket, endpoint_url=server.url, prefix="team-a")
+    b = S3SessionStore(bucket=bucket, endpoint_url=server.url, prefix="team-b/")
+    sid = _new(a, title="a")
+    assert [s["id"] for s in a.list()] == [sid] and b.list() == []
+    with pytest.raises(SessionNotFoundError):
+        b.load(sid)
+    assert set(_objects(server, bucket)) >= {f"team-a/sessions/{sid}/manifest.json"}
+
+
+# -- options and errors -----------------------------------------------------------------------
+
+
+def test_options_are_validated() -> None:
+    with pytest.raises(ConfigError, match="bucket"):
+        S3SessionStore()
+    with pytest.raises(ConfigError, match="max_segments"):
+        S3SessionStore(bucket="b-b-b", max_segments="many")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="prefix"):
+        S3SessionStore(bucket="b-b-b", prefix="../x")
+    assert S3SessionStore(bucket="b-b-b", max_segments="4").max_segments == 4  # type: ignore[arg-type]
+
+
+def test_missing_boto3_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "boto3", None)
+    with pytest.raises(ConfigError, match=re.escape("pip install 'oblix[s3]'")):
+        make_store(bucket="anything")
+
+
+def test_missing_bucket_is_a_clear_error(server: S3Server) -> None:
+    s3 = S3SessionStore(bucket="no-such-bucket-here", endpoint_url=server.url)
+    for call in (lambda: s3.list(), lambda: s3.load("abc"), lambda: s3.create(SessionRecord(id="abc"))):
+        with pytest.raises(
+            OblixError, match=re.escape("'no-such-bucket-here' does not exist at http://127.0.0.1")
+        ):
+            call()
+
+
+def test_unreachable_endpoint_is_a_clear_error() -> None:
+    s3 = S3SessionStore(
+        bucket="b-b-b", endpoint_url=f"http://user:pw@127.0.0.1:{free_port()}", max_attempts=2, timeout=2
+    )
+    with pytest.raises(OblixError, match=re.escape("Cannot reach S3 at http://127.0.0.1")) as caught:
+        s3.load("abc")
+    assert "pw" not in str(caught.value) and "pw" not in json.dumps(s3.describe()) + repr(s3)
+
+
+# -- through OblixClient --------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def client(home: Path, server: S3Server, bucket: str) -> AsyncIterator[OblixClient]:
+    oblix = OblixClient(
+        home=home,
+        session_store="s3",
+        store_options={"bucket": bucket, "endpoint_url": server.url, "prefix": "api/"},
+        plugins=[ScriptedPlugin()],
+        execution=FAST,
+    )
+    yield oblix
+    await oblix.shutdown()
+
+
+@pytest.mark.anyio
+async def test_sessions_api_end_to_end(client: OblixClient, tmp_path: Path) -> None:
+    assert isinstance(client.store, S3SessionStore) and client.store.prefix == "api/"
+    sid = await client.create_session(
+        title="Customer Support Chat",
+        initial_context={"customer_id": "cust_123"},
+        metadata={"category": "support", "priority": "high"},
+    )
+    other = await client.create_and_use_session(title="Other", metadata={"category": "sales"})
+    assert client.current_session_id == other and client.use_session(sid) is True
+    await client.hook_model("scripted", "m")
+    result = await client.execute("hello there", session_id=sid, stream=False)
+    data = client.load_session(sid)
+    assert [m["role"] for m in data["messages"]] == ["user", "assistant"]
+    assert data["messages"][1]["content"] == result["response"] and data["context"] == {
+        "customer_id": "cust_123"
+    }
+    listed = client.list_sessions(filter_metadata={"category": "support", "priority": "high"})
+    assert [s["id"] for s in listed] == [sid] and listed[0]["message_count"] == 2
+    assert client.update_session_metadata(sid, {"status": "resolved"}) is True
+    assert client.get_session_metadata(sid) == {
+        "category": "support",
+        "priority": "high",
+        "status": "resolved",
+    }
+    assert client.list_sessions(limit=1)[0]["id"] == sid
+    target = tmp_path / "export.json"
+    assert await client.export_session(sid, str(target)) is True
+    copy_id = await client.copy_session(sid, new_title="Copy")
+    assert client.load_session(copy_id)["messages"] == data["messages"]
+    merged = await client.merge_sessions([sid, other], title="Merged")
+    assert len(client.load_session(merged)["messages"]) == 2
+    assert client.delete_session(sid) is True and client.delete_session(sid) is False
+    with pytest.raises(SessionNotFoundError):
+        client.load_session(sid)
+    assert await client.import_session(str(target)) == sid
+    assert client.load_session(sid)["messages"] == data["messages"]
+    assert {s["id"] for s in client.list_sessions()} == {sid, other, copy_id, merged}
+
+
+@pytest.mark.anyio
+async def test_store_selected_from_config_toml(home: Path, server: S3Server, bucket: str) -> None:
+    (home / "config.toml").write_text(
+        f'[sessions]\nstore = "s3"\n[sessions.options]\nbucket = "{bucket}"\nendpoint_url = "{server.url}"\n'
+    )
+    oblix = OblixClient(home=home, plugins=[ScriptedPlugin()])
+    try:
+        assert isinstance(oblix.store, S3SessionStore) and oblix.store.bucket == bucket
+        sid = await oblix.create_session(title="from config")
+        assert oblix.list_sessions()[0]["id"] == sid
+    finally:
+        await oblix.shutdown()
