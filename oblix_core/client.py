@@ -134,20 +134,28 @@ class OblixClient(SessionsAPI):
         backend = self.registry.model_class(type_name)(
             model_name, endpoint=endpoint, api_key=api_key, **options
         )
+        return await self.hook_backend(backend)
+
+    async def hook_backend(self, backend: ModelBackend) -> str:
+        """Hook a backend instance you built yourself (started here unless it already is)."""
+        if not isinstance(backend, ModelBackend):
+            raise ConfigError(f"hook_backend needs a ModelBackend instance, got {backend!r}.")
         if backend.model_id in self.engine.models:
             raise ConfigError(f"Model {backend.model_id} is already hooked.")
-        await backend.start()
+        if not backend.started:
+            await backend.start()
         self.engine.models[backend.model_id] = backend
         self._tell_agents()
         return backend.model_id
 
-    async def unhook_model(self, model_id: str) -> bool:
-        """Remove a hooked model and release it; ``False`` if it was not hooked."""
+    async def unhook_model(self, model_id: str, release: bool = True) -> bool:
+        """Remove a hooked model (and release it unless ``release=False``); ``False`` if not hooked."""
         backend = self.engine.models.pop(model_id, None)
         if backend is None:
             return False
         self._tell_agents()
-        await backend.aclose()
+        if release:
+            await backend.aclose()
         return True
 
     async def hook_configured_models(self, cloud_only: bool = False) -> list[str]:
@@ -191,6 +199,12 @@ class OblixClient(SessionsAPI):
         Options for an agent come from its own table, e.g. ``[agents.connectivity]``.
         Agents already hooked under the same name are kept. Returns the hooked names.
         """
+        for name in (*self.config.agents_enabled, *self.config.agent_options):
+            if name not in self.registry.agents:
+                known = ", ".join(sorted(self.registry.agents)) or "none"
+                raise ConfigError(
+                    f"{self.config.path}: [agents] names an unknown agent {name!r} (known: {known})."
+                )
         hooked = []
         for name in self.config.agents_enabled or sorted(self.registry.agents):
             if name in self.engine.agents:

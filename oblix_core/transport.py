@@ -64,12 +64,24 @@ def connection_error(model_id: str, where: str, exc: BaseException, *, started: 
     )
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and everything behind it: causes, contexts and the members of exception groups."""
+    found: list[BaseException] = []
+    pending = [exc]
+    while pending:
+        current = pending.pop(0)
+        if any(current is seen for seen in found):
+            continue
+        found.append(current)
+        pending.extend(getattr(current, "exceptions", ()))
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return found
+
+
 def describe_cause(exc: BaseException) -> str:
     """A short, accurate name for a transport failure: refused, DNS, TLS, timeout, reset..."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _causes(exc):
+        text = str(current)
         if isinstance(current, ssl.SSLError):
             return f"TLS error: {current}"
         if isinstance(current, ConnectionRefusedError):
@@ -78,10 +90,8 @@ def describe_cause(exc: BaseException) -> str:
             return "connection reset by the server"
         if isinstance(current, TimeoutError) or "Timeout" in type(current).__name__:
             return "timed out"
-        text = str(current)
         if "Name or service not known" in text or "getaddrinfo" in text or "nodename nor servname" in text:
             return f"DNS lookup failed: {text}"
         if "incomplete" in text.lower() or "RemoteProtocolError" in type(current).__name__:
             return f"the server closed the connection mid-response: {text}"
-        current = current.__cause__ or current.__context__
     return f"{type(exc).__name__}: {exc}"

@@ -125,26 +125,28 @@ async def test_missing_gguf_is_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_end_to_end_session_with_history(home: Path, gemma: LlamaCppBackend) -> None:
-    client = OblixClient(home=home)
-    client._models[gemma.model_id] = gemma  # reuse the loaded model (hook_model would load it again)
-    sid = await client.create_session("Geography")
-    first = await client.execute(
-        "What is the capital of France?", session_id=sid, stream=False, temperature=0, max_tokens=32
-    )
-    assert first["model_id"] == "llama_cpp:gemma-3-270m" and "Paris" in first["response"]
-    assert first["metrics"]["tokens_estimated"] is False
-    second = await client.execute("And of Italy?", session_id=sid, stream=False, temperature=0, max_tokens=32)
-    assert second["metrics"]["history_messages_sent"] == 3
-    assert [m["role"] for m in client.load_session(sid)["messages"]] == ["user", "assistant"] * 2
-    client._models.clear()  # the module fixture owns the model
-    await client.shutdown()
+    async with OblixClient(home=home) as client:
+        await client.hook_backend(gemma)  # reuse the loaded model (hook_model would load it again)
+        try:
+            sid = await client.create_session("Geography")
+            first = await client.execute(
+                "What is the capital of France?", session_id=sid, stream=False, temperature=0, max_tokens=32
+            )
+            assert first["model_id"] == "llama_cpp:gemma-3-270m" and "Paris" in first["response"]
+            assert first["metrics"]["tokens_estimated"] is False
+            second = await client.execute(
+                "And of Italy?", session_id=sid, stream=False, temperature=0, max_tokens=32
+            )
+            assert second["metrics"]["history_messages_sent"] == 3
+            assert [m["role"] for m in client.load_session(sid)["messages"]] == ["user", "assistant"] * 2
+        finally:
+            await client.unhook_model(gemma.model_id, release=False)  # the module fixture owns it
 
 
 @pytest.mark.anyio
 async def test_hook_model_with_a_gguf_path(home: Path) -> None:
-    client = OblixClient(home=home)
-    model_id = await client.hook_model(ModelType.LLAMA_CPP, str(packaged_model_path()), n_ctx=512)
-    assert model_id == "llama_cpp:gemma-3-270m-q4_k_m"
-    result = await client.execute("Say hi.", stream=False, max_tokens=8, temperature=0)
+    async with OblixClient(home=home) as client:
+        model_id = await client.hook_model(ModelType.LLAMA_CPP, str(packaged_model_path()), n_ctx=512)
+        assert model_id == "llama_cpp:gemma-3-270m-q4_k_m"
+        result = await client.execute("Say hi.", stream=False, max_tokens=8, temperature=0)
     assert result["response"].strip()
-    await client.shutdown()

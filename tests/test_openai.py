@@ -72,12 +72,11 @@ async def test_wrong_key_is_permanent_and_not_retried(server: LlamaServer, home:
         async for _ in backend.stream(ask()):
             pass
     await backend.aclose()  # an HTTP client left open is closed by the GC later, in another loop
-    client = OblixClient(home=home, execution=FAST)
-    await client.hook_model(ModelType.OPENAI, "gemma", endpoint=server.url, api_key="sk-wrong")
-    with pytest.raises(NoModelAvailableError, match="Check the API key"):
-        await client.execute("hi", stream=False)
-    assert client.executor.breaker._failures["openai:gemma"] == 1  # one attempt, no retries
-    await client.shutdown()
+    async with OblixClient(home=home, execution=FAST) as client:
+        await client.hook_model(ModelType.OPENAI, "gemma", endpoint=server.url, api_key="sk-wrong")
+        with pytest.raises(NoModelAvailableError, match="Check the API key") as info:
+            await client.execute("hi", stream=False)
+    assert [a["model_id"] for a in info.value.attempts] == ["openai:gemma"]  # one attempt, no retries
 
 
 @pytest.mark.anyio
@@ -93,31 +92,28 @@ async def test_key_never_reaches_disk_or_reprs(
     server: LlamaServer, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    client = OblixClient(home=home)
-    await client.hook_model(ModelType.OPENAI, "gemma", endpoint=server.url)
-    result = await client.execute("Say hi.", stream=False, max_tokens=8)
-    await client.export_session(result["session_id"], str(home / "export.json"))
-    assert (
-        SECRET not in repr(client) and SECRET not in repr(client.models) and SECRET not in json.dumps(result)
-    )
+    async with OblixClient(home=home) as client:
+        await client.hook_model(ModelType.OPENAI, "gemma", endpoint=server.url)
+        result = await client.execute("Say hi.", stream=False, max_tokens=8)
+        await client.export_session(result["session_id"], str(home / "export.json"))
+        assert SECRET not in repr(client) + repr(client.models) + json.dumps(result)
     for path in home.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
-    await client.shutdown()
 
 
 @pytest.mark.anyio
 async def test_server_down_before_request_falls_back_to_local(home: Path) -> None:
     scripted = ScriptedPlugin()
-    client = OblixClient(home=home, plugins=[scripted], execution=FAST, preference="cloud-first")
     dead = f"http://127.0.0.1:{free_port()}/v1"
-    await client.hook_model(ModelType.OPENAI, "gemma", endpoint=dead)
-    await client.hook_model("scripted", "local")
-    result = await client.execute("hi", stream=False)
+    async with OblixClient(home=home, plugins=[scripted], execution=FAST, preference="cloud-first") as client:
+        await client.hook_model(ModelType.OPENAI, "gemma", endpoint=dead)
+        await client.hook_model("scripted", "local")
+        result = await client.execute("hi", stream=False)
     assert result["model_id"] == "scripted:local"
     errors = [a["error"] for a in result["metrics"]["attempts"] if a["error"]]
-    assert len(errors) == 3 and "cannot connect" in errors[0]  # 1 try + 2 retries, then fallback
-    await client.shutdown()
+    # refused: the endpoint cannot be reached, so no retry on this request, then fallback
+    assert len(errors) == 1 and "cannot reach" in errors[0] and "refused" in errors[0]
 
 
 @pytest.mark.anyio
@@ -127,7 +123,7 @@ async def test_server_killed_mid_stream(tmp_path: Path) -> None:
     await backend.start()
     received: list[str] = []
     try:
-        with pytest.raises(TransientModelError, match=r"connection lost|cannot connect|HTTP"):
+        with pytest.raises(TransientModelError, match=r"during the answer|without a finish reason"):
             async for chunk in backend.stream(ask("Write a very long story about a knight.", 400)):
                 if chunk.text:
                     received.append(chunk.text)
@@ -142,23 +138,22 @@ async def test_server_killed_mid_stream(tmp_path: Path) -> None:
 @pytest.mark.anyio
 async def test_mid_stream_kill_through_the_client_is_an_interrupted_answer(home: Path) -> None:
     srv = LlamaServer(packaged_model_path()).start()
-    client = OblixClient(home=home, execution=FAST)
-    await client.hook_model(ModelType.OPENAI, "gemma", endpoint=srv.url)
-    sid = await client.create_session()
-    try:
-        with pytest.raises(StreamInterruptedError) as info:
-            async with client.stream(
-                "Write a very long story about a knight.", session_id=sid, max_tokens=400
-            ) as s:
-                async for i, _ in _enumerate(s):
-                    if i == 2:
-                        await anyio.to_thread.run_sync(srv.kill)
-    finally:
-        srv.kill()
-    assert info.value.partial
-    stored = client.load_session(sid)["messages"]
+    async with OblixClient(home=home, execution=FAST) as client:
+        await client.hook_model(ModelType.OPENAI, "gemma", endpoint=srv.url)
+        sid = await client.create_session()
+        try:
+            with pytest.raises(StreamInterruptedError) as info:
+                async with client.stream(
+                    "Write a very long story about a knight.", session_id=sid, max_tokens=400
+                ) as s:
+                    async for i, _ in _enumerate(s):
+                        if i == 2:
+                            await anyio.to_thread.run_sync(srv.kill)
+        finally:
+            srv.kill()
+        assert info.value.partial
+        stored = client.load_session(sid)["messages"]
     assert stored[-1]["content"] == info.value.partial and stored[-1]["metrics"]["interrupted"] is True
-    await client.shutdown()
 
 
 async def _enumerate(stream):  # type: ignore[no-untyped-def]
