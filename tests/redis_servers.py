@@ -45,6 +45,10 @@ def free_port(with_bus: bool = False) -> int:
     raise RuntimeError("no free loopback port found")
 
 
+class _PortTaken(RuntimeError):
+    pass
+
+
 class RedisServer:
     """One ``redis-server`` subprocess on 127.0.0.1 with ``--appendonly yes``."""
 
@@ -54,6 +58,7 @@ class RedisServer:
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port(with_bus=cluster)
+        self._pick_port = port is None and not cluster
         self.password = password
         self.cluster = cluster
         self.process: subprocess.Popen[bytes] | None = None
@@ -66,7 +71,8 @@ class RedisServer:
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, decode_responses=True)
 
-    def start(self) -> RedisServer:
+    def start(self, attempts: int = 3) -> RedisServer:
+        """Start (or restart, on the same port) and wait until it answers."""
         args = [
             REDIS_SERVER,
             "--port", str(self.port),
@@ -85,7 +91,14 @@ class RedisServer:
             args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
             args += ["--cluster-node-timeout", "2000"]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except _PortTaken:  # another test run took the port since we checked it
+            if not self._pick_port or attempts <= 1:
+                raise
+            self.port = free_port()
+            return self.start(attempts - 1)
+        self._pick_port = False  # from now on it restarts on this port
         return self
 
     def _wait_ready(self, timeout: float = 20.0) -> None:
@@ -96,7 +109,8 @@ class RedisServer:
                 assert self.process is not None
                 if self.process.poll() is not None:
                     log = (self.folder / "redis.log").read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"redis-server exited with {self.process.returncode}:\n{log}")
+                    error = _PortTaken if "already in use" in log else RuntimeError
+                    raise error(f"redis-server exited with {self.process.returncode}:\n{log}")
                 try:
                     if client.ping() and client.info("persistence").get("loading") == 0:
                         return

@@ -42,13 +42,6 @@ def token(key: str, value: Any) -> str:
     return text
 
 
-def metadata_matches(metadata: dict[str, Any], wanted: dict[str, Any] | None) -> bool:
-    """Every ``wanted`` entry is in ``metadata`` with an equal JSON value (``1`` is not ``true``)."""
-    return not wanted or all(
-        k in metadata and canonical(metadata[k]) == canonical(v) for k, v in wanted.items()
-    )
-
-
 def score(timestamp: str) -> str:
     """The sorted-set score of a timestamp (epoch seconds, exact float text)."""
     return repr(parse_timestamp(timestamp).timestamp())

@@ -30,7 +30,7 @@ from redis.commands.core import Script
 from redis.retry import Retry
 
 from oblix_core.errors import OblixError, SessionExistsError, SessionNotFoundError
-from oblix_core.records import Message, SessionRecord, utc_now, validate_session_id
+from oblix_core.records import Message, SessionRecord, matches_metadata, utc_now, validate_session_id
 from oblix_core.stores import SessionStore
 from oblix_redis import codec, lua
 from oblix_redis.options import RedisOptions, url_secrets
@@ -279,7 +279,7 @@ class RedisSessionStore(SessionStore):
                     except OblixError as exc:  # unreadable sessions are skipped
                         log.warning("not listing session %s: %s", sid, exc)
                         continue
-                    if codec.metadata_matches(row["metadata"], filter_metadata):
+                    if matches_metadata(row["metadata"], filter_metadata):
                         results.append(row)
                         if len(results) >= limit:
                             break
