@@ -1,0 +1,135 @@
+"""The ASGI app (Starlette): routes, error handlers and the middleware."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from oblix_core.client import OblixClient
+from oblix_server.calls import AUTO
+from oblix_server.completions import chat_completions
+from oblix_server.errors import APIError, internal
+from oblix_server.guard import Guard, is_authorized
+from oblix_server.settings import ServerSettings
+from oblix_server.state import ServerState
+
+log = logging.getLogger(__name__)
+
+
+def _model_entry(state: ServerState, model: Any) -> dict[str, Any]:
+    return {
+        "id": model.model_id,
+        "object": "model",
+        "created": state.started,
+        "owned_by": model.model_type,
+        "locality": "local" if model.is_local else "cloud",
+        "context_window": model.context_window,
+    }
+
+
+def _auto_entry(state: ServerState) -> dict[str, Any]:
+    return {
+        "id": AUTO,
+        "object": "model",
+        "created": state.started,
+        "owned_by": "oblix",
+        "locality": "routed",
+        "description": "Oblix chooses among the hooked models (agents and routing policy).",
+    }
+
+
+async def list_models(request: Request) -> Response:
+    state: ServerState = request.app.state.oblix
+    data = [_auto_entry(state), *(_model_entry(state, m) for m in state.client.models)]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def get_model(request: Request) -> Response:
+    state: ServerState = request.app.state.oblix
+    model_id = request.path_params["model_id"]
+    if model_id == AUTO:
+        return JSONResponse(_auto_entry(state))
+    model = state.client.engine.models.get(model_id)
+    if model is None:
+        raise APIError(404, f"The model {model_id!r} does not exist on this server.", code="model_not_found")
+    return JSONResponse(_model_entry(state, model))
+
+
+def _serving(state: ServerState) -> list[dict[str, Any]]:
+    breaker = state.client.executor.breaker
+    return [
+        {
+            "id": m.model_id,
+            "locality": "local" if m.is_local else "cloud",
+            "available": m.started and breaker.available(m.model_id),
+            "busy": bool(getattr(m, "busy", False)),
+        }
+        for m in state.client.models
+    ]
+
+
+async def health(request: Request) -> Response:
+    """200 when at least one model can serve (hooked, started, not cooling down), else 503.
+
+    Without the key (when one is set) only the status is shown.
+    """
+    state: ServerState = request.app.state.oblix
+    models = _serving(state)
+    ok = any(m["available"] for m in models)
+    body: dict[str, Any] = {"status": "ok" if ok else "unavailable"}
+    if is_authorized(state.settings, request.headers):
+        body |= {
+            "models": models,
+            "agents": [c.to_dict() for c in state.client.agent_checks()],
+            "store": state.client.store.name,
+            "in_flight": state.limiter.in_flight,
+            "waiting": state.limiter.waiting,
+        }
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    return exc.response()
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = (
+            f"No such endpoint: {request.method} {request.url.path}. Oblix serves /v1/chat/completions, "
+        )
+        message += "/v1/models and /health."
+    else:
+        message = f"{exc.detail} ({request.method} {request.url.path})."
+    return APIError(exc.status_code, message, code="http_error").response(dict(exc.headers or {}))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    request_id = request.scope.get("state", {}).get("request_id", "?")
+    log.error("request %s failed: %s: %s", request_id, type(exc).__name__, exc)
+    return internal(request_id).response({"X-Oblix-Request-Id": request_id})
+
+
+def create_app(client: OblixClient, settings: ServerSettings) -> Starlette:
+    """The server app for a client whose models are already hooked."""
+    routes = [
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(Guard, settings=settings)],
+        exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _unexpected},
+    )
+    app.state.oblix = ServerState.create(client, settings)
+    return app

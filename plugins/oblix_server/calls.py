@@ -1,0 +1,134 @@
+"""From a checked chat request and its headers to the arguments of ``OblixClient.stream``.
+
+Sessions over HTTP:
+
+* ``X-Oblix-Session-Id: <id>`` continues a stored session: the client sends only the new
+  message (after optional system messages); the server reads the history from the store
+  and appends the exchange.
+* ``X-Oblix-Session-Id: new`` starts a stored session from this request's messages; the
+  response's ``X-Oblix-Session-Id`` names it.
+* No header: stateless; the request's earlier messages are the history and nothing is
+  stored, unless the server runs with ``--store-all`` (then as ``new``).
+
+``X-Oblix-Local-Only: true`` keeps the request (and its session, from then on) local.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from oblix_core import privacy
+from oblix_core.client import OblixClient
+from oblix_core.errors import OblixError
+from oblix_server.errors import APIError, from_oblix
+from oblix_server.schema import ChatRequest
+
+SESSION_HEADER = "X-Oblix-Session-Id"
+LOCAL_ONLY_HEADER = "X-Oblix-Local-Only"
+#: The ``model`` value that lets Oblix route.
+AUTO = "auto"
+
+
+@attrs.frozen
+class Call:
+    """The arguments of one ``client.stream(...)`` call."""
+
+    prompt: str
+    session_id: str | None
+    options: dict[str, Any]
+    temperature: float | None
+    max_tokens: int | None
+
+    @property
+    def stored(self) -> bool:
+        return bool(self.options.get("store", True))
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _forced_model(client: OblixClient, chat: ChatRequest) -> str | None:
+    if chat.model == AUTO:
+        return None
+    if chat.model not in client.engine.models:
+        hooked = ", ".join([AUTO, *client.engine.models])
+        raise APIError(
+            404,
+            f"The model {chat.model!r} does not exist on this server. Use one of: {hooked}.",
+            code="model_not_found",
+            param="model",
+        )
+    return chat.model
+
+
+def _refuse_tools(client: OblixClient, chat: ChatRequest) -> None:
+    """Tools are never dropped silently: without a model that can call them, the request is refused."""
+    if not chat.tools:
+        return
+    capable = [m.model_id for m in client.models if getattr(m, "supports_tools", False)]
+    hooked = ", ".join(client.engine.models) or "none"
+    raise APIError(
+        400,
+        "This request has 'tools', but no hooked model can serve tool calls through Oblix "
+        f"(hooked: {hooked}; tool-capable: {', '.join(capable) or 'none'}). Send the request "
+        "without 'tools'.",
+        code="tools_not_supported",
+        param="tools",
+    )
+
+
+def build_call(client: OblixClient, chat: ChatRequest, headers: Mapping[str, str], store_all: bool) -> Call:
+    """Check the request against the hooked models and sessions rules; raises :class:`APIError`."""
+    model = _forced_model(client, chat)
+    _refuse_tools(client, chat)
+    leading = 0
+    while chat.messages[leading][0] == "system":
+        leading += 1
+    system = "\n\n".join(text for _, text in chat.messages[:leading]) or None
+    rest = chat.messages[leading:]
+    if not rest:
+        raise APIError(422, "The request has only system messages; add a user message.", param="messages")
+    earlier = [{"role": role, "content": text} for role, text in rest[:-1]]
+    session = (headers.get(SESSION_HEADER) or "").strip() or None
+    options: dict[str, Any] = {"system": system, "local_only": _truthy(headers.get(LOCAL_ONLY_HEADER))}
+    if model:
+        options["model"] = model
+    options.update(chat.model_options())
+    if session is not None and session.lower() != "new":
+        if earlier:
+            raise APIError(
+                422,
+                f"With {SESSION_HEADER} the session holds the history: send only the new user message "
+                f"(and optional system messages), not {len(earlier)} earlier messages.",
+                code="history_with_session",
+                param="messages",
+            )
+    else:
+        options["history"] = earlier
+        options["store"] = store_all or session is not None
+        session = None
+    return Call(rest[-1][1], session, options, chat.temperature, chat.max_tokens)
+
+
+async def check_privacy(client: OblixClient, call: Call) -> None:
+    """A stored session must exist; a local-only request or session never forces a cloud model."""
+    local_only = bool(call.options.get("local_only"))
+    if call.session_id is not None:
+        try:
+            metadata = await client.aget_session_metadata(call.session_id)
+        except OblixError as exc:
+            raise from_oblix(exc) from None
+        local_only = local_only or privacy.session_is_local_only(metadata)
+    forced = call.options.get("model")
+    if local_only and forced and not client.engine.models[forced].is_local:
+        raise APIError(
+            422,
+            f"{forced} is a cloud model but this request is local-only (its session or the "
+            f"{LOCAL_ONLY_HEADER} header); nothing was sent. Use 'auto' or a local model.",
+            code="local_only",
+            param="model",
+        )

@@ -1,0 +1,216 @@
+"""``POST /v1/chat/completions``: run one request through the client, whole or streamed.
+
+The handler waits for the first token before it answers, so that failures before it
+(unknown session, no model, every candidate failing over) get a proper HTTP status and
+the headers can name the model that answers. After the first token the response is an
+SSE stream; a failure then ends it with an OpenAI-style error event (the core has stored
+the partial answer, marked interrupted). A client that disconnects, at any point,
+cancels the generation at once: the :class:`ResponseStream` is closed, which stops the
+model (llama.cpp within a token; the upstream HTTP request of a cloud model is closed).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from oblix_core.conversation import ResponseStream
+from oblix_core.errors import OblixError
+from oblix_server import shapes
+from oblix_server.calls import SESSION_HEADER, Call, build_call, check_privacy
+from oblix_server.errors import APIError, from_oblix, internal
+from oblix_server.limits import read_body
+from oblix_server.schema import ChatRequest, parse_chat_request
+from oblix_server.state import ServerState
+from oblix_server.trace import Trace, start_trace
+
+log = logging.getLogger(__name__)
+
+#: Seconds allowed for closing a stream (stopping the model) after the client left.
+CLOSE_TIMEOUT = 5.0
+
+
+class _Disconnected(Exception):
+    """The client went away before the answer started."""
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(func: Callable[[], Awaitable[Any]], receive: Receive) -> Any:
+    """``await func()``, cancelled as soon as the client disconnects (then :class:`_Disconnected`)."""
+    outcome: dict[str, Any] = {}
+
+    async def main() -> None:
+        try:
+            outcome["value"] = await func()
+        except Exception as exc:  # re-raised below, outside the task group
+            outcome["error"] = exc
+        finally:
+            tg.cancel_scope.cancel()
+
+    async def watch() -> None:
+        await _until_disconnect(receive)
+        outcome["disconnected"] = True
+        tg.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(main)
+        tg.start_soon(watch)
+    if "error" in outcome:
+        raise outcome["error"]
+    if "value" not in outcome:
+        raise _Disconnected
+    return outcome["value"]
+
+
+async def _close(stream: ResponseStream) -> None:
+    with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
+        await stream.aclose()
+
+
+def _headers(
+    request_id: str, trace: Trace, session_id: str | None = None, answered: bool = True
+) -> dict[str, str]:
+    """The ``X-Oblix-*`` headers; on an error no model answered (``X-Oblix-Model: none``)."""
+    headers = {
+        "X-Oblix-Request-Id": request_id,
+        "X-Oblix-Model": (trace.model_id if answered else None) or "none",
+        "X-Oblix-Route": trace.rule or "none",
+    }
+    if session_id:
+        headers[SESSION_HEADER] = session_id
+    return headers
+
+
+async def chat_completions(request: Request) -> Response:
+    """The endpoint: check, queue, run; every failure is OpenAI-style JSON."""
+    state: ServerState = request.app.state.oblix
+    request_id: str = request.scope["state"]["request_id"]
+    trace = start_trace()
+    try:
+        chat = parse_chat_request(await read_body(request, state.settings.max_body_bytes))
+        call = build_call(state.client, chat, request.headers, state.settings.store_all)
+        await check_privacy(state.client, call)
+        await state.limiter.acquire()
+    except APIError as exc:
+        return exc.response(_headers(request_id, trace, answered=False))
+    handed_over = False
+    try:
+        stream = state.client.stream(
+            call.prompt,
+            call.temperature,
+            call.max_tokens,
+            request_id=request_id,
+            session_id=call.session_id,
+            **call.options,
+        )
+        if chat.stream:
+            response = await _start_stream(request, state, chat, call, stream, trace)
+            handed_over = isinstance(response, _SSEResponse)
+            return response
+        return await _answer_whole(request, call, stream, trace)
+    except APIError as exc:
+        return exc.response(_headers(request_id, trace, answered=False))
+    except OblixError as exc:
+        return from_oblix(exc).response(_headers(request_id, trace, answered=False))
+    finally:
+        if not handed_over:
+            state.limiter.release()
+
+
+async def _answer_whole(request: Request, call: Call, stream: ResponseStream, trace: Trace) -> Response:
+    try:
+        result = await _unless_disconnected(stream.collect, request.receive)
+    except _Disconnected:
+        return Response(status_code=499)  # nobody reads it; the generation was cancelled
+    session_id = result["session_id"] if call.stored else None
+    headers = _headers(result["request_id"], trace, session_id) | {"X-Oblix-Model": result["model_id"]}
+    body = shapes.completion(shapes.completion_id(result["request_id"]), int(time.time()), result)
+    return JSONResponse(body, headers=headers)
+
+
+async def _start_stream(
+    request: Request,
+    state: ServerState,
+    chat: ChatRequest,
+    call: Call,
+    stream: ResponseStream,
+    trace: Trace,
+) -> Response:
+    """Wait for the first token (or a failure), then hand the rest to an SSE response."""
+    try:
+        first = await _unless_disconnected(stream.__anext__, request.receive)
+    except _Disconnected:
+        await _close(stream)
+        return Response(status_code=499)
+    except StopAsyncIteration:
+        raise APIError(502, "The model ended its answer without any text.", code="empty_answer") from None
+    except BaseException:
+        await _close(stream)
+        raise
+    session_id = stream.request.session_id if call.stored else None
+    headers = _headers(stream.request_id, trace, session_id)
+    events = _events(stream, first, chat.include_usage, trace)
+    return _SSEResponse(events, stream, state, headers=headers | {"Cache-Control": "no-cache"})
+
+
+async def _events(
+    stream: ResponseStream, first: str, include_usage: bool, trace: Trace
+) -> AsyncIterator[bytes]:
+    """The SSE events: role + first text, more text, the finish, usage if asked, ``[DONE]``."""
+    cid, created, model = shapes.completion_id(stream.request_id), int(time.time()), trace.model_id or ""
+    yield shapes.sse(shapes.chunk(cid, created, model, {"role": "assistant", "content": first}))
+    try:
+        async for text in stream:
+            yield shapes.sse(shapes.chunk(cid, created, model, {"content": text}))
+    except OblixError as exc:
+        error = from_oblix(exc)
+        yield shapes.sse(error.body())
+        return
+    except Exception:
+        log.exception("request %s failed while streaming", stream.request_id)
+        yield shapes.sse(internal(stream.request_id).body())
+        return
+    assert stream.result is not None
+    metrics = stream.result["metrics"]
+    yield shapes.sse(shapes.chunk(cid, created, model, {}, shapes.finish_reason(metrics)))
+    if include_usage:
+        yield shapes.sse(shapes.chunk(cid, created, model, None, usage_data=shapes.usage(metrics)))
+    yield shapes.sse("[DONE]")
+
+
+class _SSEResponse(StreamingResponse):
+    """An SSE response that always closes the model's stream and frees its slot, however it ends."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        events: AsyncIterator[bytes],
+        stream: ResponseStream,
+        state: ServerState,
+        headers: dict[str, str],
+    ) -> None:
+        super().__init__(events, headers=headers)
+        self._events = events
+        self._stream = stream
+        self._state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                await self._events.aclose()  # type: ignore[attr-defined]
+                await self._stream.aclose()
+            self._state.limiter.release()

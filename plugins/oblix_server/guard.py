@@ -1,0 +1,67 @@
+"""ASGI middleware in front of every route: a request id on every response, and the API key."""
+
+from __future__ import annotations
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from oblix_core.requests import new_request_id
+from oblix_server.errors import APIError
+from oblix_server.settings import ServerSettings
+
+#: Paths served without a key (a health probe sees only the status, not the details).
+OPEN_PATHS = frozenset({"/health"})
+
+
+def offered_key(headers: Headers) -> str | None:
+    """The key from ``Authorization: Bearer <key>``, if any."""
+    scheme, _, key = headers.get("authorization", "").partition(" ")
+    return key.strip() if scheme.lower() == "bearer" and key.strip() else None
+
+
+def is_authorized(settings: ServerSettings, headers: Headers) -> bool:
+    if settings.api_key is None:
+        return True
+    key = offered_key(headers)
+    return key is not None and settings.key_matches(key)
+
+
+class Guard:
+    """Adds ``X-Oblix-Request-Id`` to every response and refuses requests without the key (401).
+
+    The id is put in ``scope["state"]["request_id"]``; the chat endpoint uses it as the
+    Oblix request id. Keys are compared in constant time and never logged.
+    """
+
+    def __init__(self, app: ASGIApp, settings: ServerSettings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = new_request_id()
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                if "x-oblix-request-id" not in headers:
+                    headers["X-Oblix-Request-Id"] = request_id
+            await send(message)
+
+        headers = Headers(scope=scope)
+        if scope["path"] not in OPEN_PATHS and not is_authorized(self.settings, headers):
+            missing = offered_key(headers) is None
+            error = APIError(
+                401,
+                "Missing API key: send it as 'Authorization: Bearer <key>' (the openai client's api_key)."
+                if missing
+                else "Incorrect API key provided.",
+                code="missing_api_key" if missing else "invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+            await error.response()(scope, receive, send_with_id)
+            return
+        await self.app(scope, receive, send_with_id)

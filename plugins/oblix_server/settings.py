@@ -1,0 +1,63 @@
+"""The server's settings, and the rule that a public bind needs an API key."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import socket
+
+import attrs
+
+from oblix_core.errors import ConfigError
+
+#: Default largest request body, in bytes (4 MiB).
+DEFAULT_BODY_LIMIT = 4 * 1024 * 1024
+#: Environment variable that may hold the API key (``--api-key`` wins).
+KEY_ENV = "OBLIX_SERVER_API_KEY"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback address (``127.0.0.0/8``, ``::1``)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+
+
+@attrs.frozen(repr=False)
+class ServerSettings:
+    """What ``oblix server`` was started with. The key is never shown in a repr."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_concurrency: int = 16
+    queue_size: int = 64
+    queue_timeout: float = 30.0
+    max_body_bytes: int = DEFAULT_BODY_LIMIT
+    store_all: bool = False
+
+    def check(self) -> None:
+        """Refuse settings that would expose the models and sessions to the network unprotected."""
+        if self.api_key is not None and len(self.api_key) < 8:
+            raise ConfigError("The server API key is too short: use at least 8 characters.")
+        if self.api_key is None and not is_loopback(self.host):
+            raise ConfigError(
+                f"Refusing to listen on {self.host} without an API key: anyone who can reach this "
+                "machine could use your models and read your sessions. Pass --api-key (or set "
+                f"${KEY_ENV}), or bind to 127.0.0.1."
+            )
+
+    def key_matches(self, offered: str) -> bool:
+        """Constant-time comparison of an offered key with the configured one."""
+        assert self.api_key is not None
+        return hmac.compare_digest(offered.encode("utf-8"), self.api_key.encode("utf-8"))
+
+    def __repr__(self) -> str:
+        auth = "on" if self.api_key else "off"
+        return f"<ServerSettings {self.host}:{self.port} auth={auth} max_concurrency={self.max_concurrency}>"
