@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,8 +35,22 @@ def scripted() -> ScriptedPlugin:
 
 
 @pytest.fixture
-async def client(home: Path, scripted: ScriptedPlugin) -> AsyncIterator[OblixClient]:
+async def make_client() -> AsyncIterator[Callable[..., OblixClient]]:
+    """A factory of clients (``OblixClient(**kwargs)``), each shut down when the test ends."""
+    made: list[OblixClient] = []
+
+    def make(**kwargs: Any) -> OblixClient:
+        made.append(OblixClient(**kwargs))
+        return made[-1]
+
+    yield make
+    for oblix in made:
+        await oblix.shutdown()
+
+
+@pytest.fixture
+async def client(
+    home: Path, scripted: ScriptedPlugin, make_client: Callable[..., OblixClient]
+) -> OblixClient:
     """A client on the file store with the scripted (test double) backend registered."""
-    oblix = OblixClient(home=home, plugins=[scripted], execution=FAST)
-    yield oblix
-    await oblix.shutdown()
+    return make_client(home=home, plugins=[scripted], execution=FAST)

@@ -7,6 +7,7 @@ interrupted streams can be provoked deterministically.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -120,9 +121,11 @@ async def test_fallback_after_retries_and_permanent_errors(
 
 
 @pytest.mark.anyio
-async def test_cooldown_skips_a_failing_model(home: Any, scripted: ScriptedPlugin) -> None:
+async def test_cooldown_skips_a_failing_model(
+    home: Any, scripted: ScriptedPlugin, make_client: Callable[..., OblixClient]
+) -> None:
     settings = ExecutionSettings(max_retries=0, backoff_initial=0, failure_threshold=2, cooldown=60)
-    client = OblixClient(home=home, plugins=[scripted], execution=settings)
+    client = make_client(home=home, plugins=[scripted], execution=settings)
     await client.hook_model("scripted", "a")
     await client.hook_model("scripted", "b")
     scripted.scripts["a"] = [Step(fail="transient"), Step(fail="transient")]
@@ -133,7 +136,6 @@ async def test_cooldown_skips_a_failing_model(home: Any, scripted: ScriptedPlugi
         assert (await client.execute("hi", stream=False))["model_id"] == "scripted:b"
     assert len(scripted.calls["a"]) == calls == 2  # cooled down: not tried
     assert "scripted:a" in client.executor.breaker.cooling_down()
-    await client.shutdown()
 
 
 @pytest.mark.anyio
@@ -163,9 +165,11 @@ async def test_failure_mid_stream_is_not_retried(client: OblixClient, scripted: 
 
 
 @pytest.mark.anyio
-async def test_first_token_timeout_falls_back(home: Any, scripted: ScriptedPlugin) -> None:
+async def test_first_token_timeout_falls_back(
+    home: Any, scripted: ScriptedPlugin, make_client: Callable[..., OblixClient]
+) -> None:
     settings = ExecutionSettings(max_retries=0, first_token_timeout=0.2, total_timeout=5)
-    client = OblixClient(home=home, plugins=[scripted], execution=settings)
+    client = make_client(home=home, plugins=[scripted], execution=settings)
     await client.hook_model("scripted", "slow")
     await client.hook_model("scripted", "fast")
     scripted.scripts["slow"] = [Step(("late",), delay=3)]
@@ -173,18 +177,18 @@ async def test_first_token_timeout_falls_back(home: Any, scripted: ScriptedPlugi
         result = await client.execute("hi", stream=False)
     assert result["model_id"] == "scripted:fast"
     assert "first token" in str(result["metrics"]["attempts"][0]["error"])
-    await client.shutdown()
 
 
 @pytest.mark.anyio
-async def test_total_timeout_mid_stream_interrupts(home: Any, scripted: ScriptedPlugin) -> None:
+async def test_total_timeout_mid_stream_interrupts(
+    home: Any, scripted: ScriptedPlugin, make_client: Callable[..., OblixClient]
+) -> None:
     settings = ExecutionSettings(max_retries=0, first_token_timeout=1, total_timeout=0.5)
-    client = OblixClient(home=home, plugins=[scripted], execution=settings)
+    client = make_client(home=home, plugins=[scripted], execution=settings)
     await client.hook_model("scripted", "a")
     scripted.scripts["a"] = [Step(tuple("abcdefghij"), delay=0.1)]
     with pytest.raises(StreamInterruptedError, match="in time"):
         await client.execute("hi", stream=False)
-    await client.shutdown()
 
 
 @pytest.mark.anyio
@@ -266,9 +270,11 @@ class Redactor:
 
 
 @pytest.mark.anyio
-async def test_middleware_hooks(home: Any, scripted: ScriptedPlugin) -> None:
+async def test_middleware_hooks(
+    home: Any, scripted: ScriptedPlugin, make_client: Callable[..., OblixClient]
+) -> None:
     redactor = Redactor()
-    client = OblixClient(home=home, plugins=[scripted, redactor])
+    client = make_client(home=home, plugins=[scripted, redactor])
     await client.hook_model("scripted", "a")
     result = await client.execute("my key is sk-secret", stream=False)
     assert result["response"] == "echo: my key is [REDACTED]"
@@ -277,13 +283,12 @@ async def test_middleware_hooks(home: Any, scripted: ScriptedPlugin) -> None:
     with pytest.raises(NoModelAvailableError):
         await client.execute("again", stream=False)
     assert isinstance(redactor.failed[0], NoModelAvailableError)
-    await client.shutdown()
 
 
 @pytest.mark.anyio
-async def test_custom_model_type(home: Any) -> None:
+async def test_custom_model_type(home: Any, make_client: Callable[..., OblixClient]) -> None:
     plugin = ScriptedPlugin(model_type="my-backend")
-    client = OblixClient(home=home, plugins=[plugin])
+    client = make_client(home=home, plugins=[plugin])
     from oblix import ModelType
 
     model_id = await client.hook_model(ModelType.CUSTOM, "m1", backend="my-backend")
@@ -294,19 +299,17 @@ async def test_custom_model_type(home: Any) -> None:
         await client.hook_model("my-backend", "m1")
     with pytest.raises(OblixError, match="No model backend"):
         await client.hook_model("nonexistent", "x")
-    await client.shutdown()
 
 
 @pytest.mark.anyio
-async def test_misspelt_options_are_errors(home: Any) -> None:
+async def test_misspelt_options_are_errors(home: Any, make_client: Callable[..., OblixClient]) -> None:
     from oblix import ModelType
 
-    client = OblixClient(home=home)
+    client = make_client(home=home)
     with pytest.raises(OblixError, match="n_ctxx"):
         await client.hook_model(ModelType.OPENAI, "gpt-4o-mini", api_key="k", n_ctxx=5)
     with pytest.raises(OblixError, match="session store"):
         OblixClient(home=home, session_store="file", store_options={"roots": "x"})
-    await client.shutdown()
 
 
 @pytest.mark.anyio

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -97,13 +98,14 @@ def test_config_file_models_and_key_from_env(home: Path, monkeypatch: pytest.Mon
 
 
 @pytest.mark.anyio
-async def test_execute_chat_true_uses_the_same_loop(home: Path) -> None:
+async def test_execute_chat_true_uses_the_same_loop(
+    home: Path, make_client: Callable[..., OblixClient]
+) -> None:
     scripted = ScriptedPlugin()
-    client = OblixClient(home=home, plugins=[scripted])
+    client = make_client(home=home, plugins=[scripted])
     await client.hook_model("scripted", "m")
     lines = iter(["second message", "/exit"])
     result = await run_chat(client, "first message", read_line=lambda _: next(lines))
     assert result["response"] == "echo: second message"
     contents = [m["content"] for m in client.load_session(result["session_id"])["messages"]]
     assert contents == ["first message", "echo: first message", "second message", "echo: second message"]
-    await client.shutdown()

@@ -6,7 +6,7 @@ because the Ollama binary cannot be installed here.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -108,12 +108,13 @@ async def test_errors_are_classified(ollama: OllamaDouble) -> None:
 
 
 @pytest.mark.anyio
-async def test_through_the_client_with_retry(ollama: OllamaDouble, home: Path) -> None:
-    client = OblixClient(home=home, execution=FAST)
+async def test_through_the_client_with_retry(
+    ollama: OllamaDouble, home: Path, make_client: Callable[..., OblixClient]
+) -> None:
+    client = make_client(home=home, execution=FAST)
     await client.hook_model(ModelType.OLLAMA, "llama2:latest", endpoint=ollama.url)
     ollama.fail_next = [500, 429]
     result = await client.execute("hi there", stream=False)
     assert result["response"] == "Echo: hi there" and result["model_id"] == "ollama:llama2:latest"
     assert result["metrics"]["output_tokens"] == 3 and result["metrics"]["tokens_estimated"] is False
     assert len(result["metrics"]["attempts"]) == 3
-    await client.shutdown()
