@@ -359,3 +359,21 @@ def test_scripted_plugin_keeps_a_bounded_history() -> None:
     for i in range(ScriptedPlugin.KEEP_CALLS + 10):
         plugin.calls["m"].append(i)  # type: ignore[arg-type]
     assert len(plugin.calls["m"]) == ScriptedPlugin.KEEP_CALLS
+
+
+def test_transport_failures_are_named_by_their_real_cause() -> None:
+    import socket
+    import ssl
+
+    from oblix_core.transport import describe_cause
+
+    def chained(inner: BaseException) -> BaseException:
+        outer = OSError("all attempts to connect failed")
+        outer.__cause__ = ExceptionGroup("attempts", [inner])
+        return outer
+
+    assert describe_cause(chained(ConnectionRefusedError(111, "refused"))) == "connection refused"
+    assert "DNS" in describe_cause(chained(socket.gaierror(-2, "Name or service not known")))
+    assert "TLS" in describe_cause(chained(ssl.SSLError(1, "certificate verify failed")))
+    assert describe_cause(chained(ConnectionResetError(104, "reset"))) == "connection reset by the server"
+    assert describe_cause(TimeoutError()) == "timed out"
