@@ -1,15 +1,25 @@
-"""The interactive chat loop behind ``execute(..., chat=True)`` and ``oblix chat``."""
+"""The interactive chat loop behind ``execute(..., chat=True)`` and ``oblix chat``.
+
+Keys: Ctrl-C while an answer is written stops that answer (the part already shown is
+stored, marked interrupted) and returns to the prompt; Ctrl-C or Ctrl-D at the prompt
+ends the chat. Text typed while an answer streams is not echoed into it; it waits for
+the next prompt. A new chat (and ``/new``) stores its session with its first exchange.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
+import attrs
 
-from oblix_core.errors import OblixError
+from oblix_core.cli_common import CtrlC, catch_ctrl_c, cli_message, resolve_session_id
+from oblix_core.errors import OblixError, StreamInterruptedError
 from oblix_core.render import print_answer
 
 if TYPE_CHECKING:
@@ -17,17 +27,67 @@ if TYPE_CHECKING:
 
 HELP = """Commands:
   /list         recent sessions
-  /load ID      switch to session ID
-  /new          start a new session
+  /load ID      switch to session ID (or a unique start of it) and show its last turns
+  /new          start a new session (stored with its first exchange)
   /models       hooked models
   /status       agents' latest checks and the current session
   /help         this text
-  /exit         leave the chat (also Ctrl-D)"""
+  /exit         leave the chat (also Ctrl-D, or Ctrl-C at the prompt)
+Ctrl-C while an answer is written stops it and keeps the part shown."""
+
+#: Messages shown from a session when it is resumed (``--session``, ``/load``).
+RECENT_MESSAGES = 4
+#: Characters shown of each of those messages.
+RECENT_CHARS = 300
+INTERRUPTED = "cancelled by the user"
 
 
 def _print(text: str = "", end: str = "\n") -> None:
     sys.stdout.write(text + end)
     sys.stdout.flush()
+
+
+async def _read(read_line: Callable[[str], str], prompt: str) -> str:
+    """``read_line(prompt)`` in a daemon thread, so that ending the chat never waits for it."""
+    token = anyio.lowlevel.current_token()
+    done = anyio.Event()
+    box: list[Any] = []
+
+    def work() -> None:
+        try:
+            box.append(read_line(prompt))
+        except BaseException as exc:
+            box.append(exc)
+        with contextlib.suppress(Exception):  # the chat may have ended meanwhile
+            anyio.from_thread.run_sync(done.set, token=token)
+
+    threading.Thread(target=work, name="oblix-chat-input", daemon=True).start()
+    await done.wait()
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return str(box[0])
+
+
+@contextlib.contextmanager
+def _no_echo(active: bool) -> Iterator[None]:
+    """Stop the terminal echoing keys (typed text stays queued for the next prompt)."""
+    try:
+        import termios
+
+        fd = sys.stdin.fileno()
+        saved = termios.tcgetattr(fd) if active and sys.stdin.isatty() else None
+    except (ImportError, OSError, ValueError):
+        saved = None
+    if saved is None:
+        yield
+        return
+    quiet = list(saved)
+    quiet[3] &= ~termios.ECHO
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
 
 
 async def run_chat(
@@ -39,81 +99,169 @@ async def run_chat(
     read_line: Callable[[str], str] = input,
     **options: Any,
 ) -> dict[str, Any]:
-    """Chat until ``/exit`` or end of input; returns the last result (always with ``session_id``)."""
-    if read_line is input:
+    """Chat until ``/exit``, Ctrl-D or Ctrl-C at the prompt; returns the last result.
+
+    The result always has ``session_id`` (``None`` if nothing was stored). The chat
+    continues ``session_id``, else the client's current session, else starts a new
+    one, stored with its first exchange.
+    """
+    interactive = read_line is input
+    if interactive:
         with contextlib.suppress(ImportError):
             import readline  # noqa: F401 - line editing and history for input()
-    if session_id is None:
-        session_id = client.current_session_id or await client.create_and_use_session(title="Chat")
-    elif not await client.ause_session(session_id):
-        raise OblixError(f"Session {session_id} does not exist; list sessions with `oblix sessions list`.")
-    last: dict[str, Any] = {"session_id": session_id}
-    _print(f"Oblix chat - session {session_id}. Type /help for commands.")
-    prompt = first_prompt
-    while True:
-        if prompt is None:
+    session_id = session_id or client.current_session_id
+    if session_id is not None:
+        session_id = await anyio.to_thread.run_sync(resolve_session_id, client, session_id)
+        await client.ause_session(session_id)
+    _print(
+        f"Oblix chat - {f'session {session_id}' if session_id else 'new session'}. Type /help for commands."
+    )
+    if session_id is not None:
+        await _show_recent(client, session_id)
+    chat = _Chat(client, session_id, stream, read_line, interactive, options)
+    async with catch_ctrl_c() as keys:
+        await chat.loop(keys, first_prompt)
+    if chat.session_id:
+        _print(f"Chat ended. Session: {chat.session_id}")
+    else:
+        _print("Chat ended. Nothing was stored.")
+    return chat.last | {"session_id": chat.session_id}
+
+
+@attrs.define
+class _Chat:
+    """The state of one chat: the client, the current session and the last result."""
+
+    client: OblixClient
+    session_id: str | None
+    stream: bool
+    read_line: Callable[[str], str]
+    interactive: bool
+    options: dict[str, Any]
+    last: dict[str, Any] = attrs.field(factory=dict)
+
+    async def loop(self, keys: CtrlC, prompt: str | None) -> None:
+        while True:
+            if prompt is None:
+                prompt = await self._prompt(keys)
+                if prompt is None:
+                    return
+            prompt = prompt.strip()
+            if prompt.startswith("/"):
+                command, _, argument = prompt.partition(" ")
+                if command in ("/exit", "/quit"):
+                    return
+                await self._command(command, argument.strip())
+            elif prompt:
+                await self._answer(keys, prompt)
+            prompt = None
+
+    async def _prompt(self, keys: CtrlC) -> str | None:
+        """The next line, or ``None`` at end of input or Ctrl-C."""
+        with keys.cancels():
             try:
-                prompt = await anyio.to_thread.run_sync(read_line, "you> ")
+                return await _read(self.read_line, "you> ")
             except EOFError:
-                break
-        prompt = prompt.strip()
-        if not prompt:
-            prompt = None
-            continue
-        if prompt.startswith("/"):
-            command, _, argument = prompt.partition(" ")
-            if command in ("/exit", "/quit"):
-                break
-            session_id = await _command(client, command, argument.strip(), session_id)
-            last["session_id"] = session_id
-            prompt = None
-            continue
+                pass
+        _print()
+        return None
+
+    async def _answer(self, keys: CtrlC, prompt: str) -> None:
+        """Stream one answer; Ctrl-C stops it and stores the part shown."""
         _print("ai> ", end="")
+        response = None
         try:
-            response = client.stream(prompt, session_id=session_id, **dict(options))
-            last = await print_answer(response, live=stream)
+            response = self.client.stream(prompt, session_id=self.session_id, **dict(self.options))
+            with _no_echo(self.interactive), keys.cancels() as scope:
+                self.last = await print_answer(response, live=self.stream)
+            if scope.cancelled_caught:
+                if not response.delivered:
+                    _print()
+                stored = await response.store_interrupted(INTERRUPTED)
+                where = response.request.session_id
+                _print(f"[interrupted; {'the part shown is stored' if stored else 'nothing stored'}]")
+                if stored:
+                    await self._entered(where)
+                return
         except OblixError as exc:
-            _print(f"\n[error] {exc}")
-        prompt = None
-    _print(f"Chat ended. Session: {session_id}")
-    return last | {"session_id": session_id}
+            _print(f"\n[error] {cli_message(exc)}")
+            if isinstance(exc, StreamInterruptedError) and response is not None:
+                await self._entered(response.request.session_id)  # the core stored the partial
+            return
+        await self._entered(self.last.get("session_id"))
 
+    async def _entered(self, session_id: str | None) -> None:
+        """The session an exchange went to becomes the chat's (and the client's) current one."""
+        if session_id and session_id != self.session_id:
+            self.session_id = session_id
+            await self.client.ause_session(session_id)
 
-async def _command(client: OblixClient, command: str, argument: str, session_id: str) -> str:
-    """Run one slash command; returns the (possibly new) current session id."""
-    if command == "/list":
-        for s in await client.alist_sessions(limit=20):
-            marker = "*" if s["id"] == session_id else " "
-            _print(f"{marker} {s['id']}  {s['updated_at']}  {s['message_count']:>4} msgs  {s['title'] or ''}")
-    elif command == "/load":
+    async def _command(self, command: str, argument: str) -> None:
+        """Run one slash command."""
+        client = self.client
+        if command == "/list":
+            for s in await client.alist_sessions(limit=20):
+                marker = "*" if s["id"] == self.session_id else " "
+                count = f"{s['message_count']:>4} msgs"
+                _print(f"{marker} {s['id']}  {s['updated_at']}  {count}  {s['title'] or ''}")
+        elif command == "/load":
+            await self._load(argument)
+        elif command == "/new":
+            self.session_id = None
+            client.clear_current_session()
+            _print("New session (stored with its first exchange).")
+        elif command == "/models":
+            for model in client.models:
+                kind = "local" if model.is_local else "cloud"
+                _print(f"  {model.model_id}  ({kind}, context {model.context_window})")
+            if not client.models:
+                _print("  no model hooked")
+        elif command == "/status":
+            self._status()
+        elif command == "/help":
+            _print(HELP)
+        else:
+            _print(f"Unknown command {command}. {HELP}")
+
+    async def _load(self, argument: str) -> None:
+        if not argument:
+            _print("Usage: /load ID (or the start of an id); /list shows the sessions.")
+            return
         try:
-            if argument and await client.ause_session(argument):
-                _print(f"Switched to session {argument}.")
-                return argument
-            _print(f"No session {argument!r}; /list shows the sessions.")
+            found = await anyio.to_thread.run_sync(resolve_session_id, self.client, argument)
         except OblixError as exc:
             _print(f"[error] {exc}")
-    elif command == "/new":
-        new_id = await client.create_and_use_session(title="Chat")
-        _print(f"New session {new_id}.")
-        return new_id
-    elif command == "/models":
-        for model in client.models:
-            kind = "local" if model.is_local else "cloud"
-            _print(f"  {model.model_id}  ({kind}, context {model.context_window})")
-        if not client.models:
-            _print("  no model hooked")
-    elif command == "/status":
-        _print(f"  session: {session_id}")
+            return
+        await self.client.ause_session(found)
+        self.session_id = found
+        _print(f"Switched to session {found}.")
+        await _show_recent(self.client, found)
+
+    def _status(self) -> None:
+        client = self.client
+        _print(f"  session: {self.session_id or '(new, not stored yet)'}")
         for check in client.agent_checks():
             _print(f"  {check.agent}: {check.state} target={check.target} {check.reason}")
-        cooling = client.executor.breaker.cooling_down()
-        for model_id, seconds in cooling.items():
+        for model_id, seconds in client.executor.breaker.cooling_down().items():
             _print(f"  {model_id}: cooling down for {seconds}s")
         if not client.agents:
             _print("  no agents hooked")
-    elif command == "/help":
-        _print(HELP)
-    else:
-        _print(f"Unknown command {command}. {HELP}")
-    return session_id
+
+
+async def _show_recent(client: OblixClient, session_id: str) -> None:
+    """Print the last few messages of a session (read from its tail only)."""
+    try:
+        record = await anyio.to_thread.run_sync(client.store.load_recent, session_id, RECENT_MESSAGES)
+    except OblixError as exc:
+        _print(f"[error] {exc}")
+        return
+    if not record.messages:
+        return
+    _print(f"Last messages of {record.title or 'this session'}:")
+    for message in record.messages:
+        who = "you" if message.role == "user" else "ai" if message.role == "assistant" else message.role
+        text = " ".join(message.content.split())
+        if len(text) > RECENT_CHARS:
+            text = text[: RECENT_CHARS - 3] + "..."
+        mark = " [interrupted]" if (message.metrics or {}).get("interrupted") else ""
+        _print(f"  {who}> {text}{mark}")

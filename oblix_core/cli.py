@@ -2,90 +2,140 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Sequence
+import os
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from oblix_core import __version__
+from oblix_core.cli_common import (
+    CliState,
+    cli_message,
+    handle_errors,
+    make_client,  # noqa: F401 - re-exported: plugins' commands import it from here
+    parse_pairs,
+    print_json,
+    print_table,
+    session_client,
+)
 from oblix_core.errors import OblixError
-from oblix_core.plugins import build_plugin_manager, plugin_infos
+from oblix_core.plugins import OblixPluginManager, build_plugin_manager, plugin_infos
 
-console = Console()
-
-
-def print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+#: Set to 1 to see the traceback of an unexpected error instead of a one-line message.
+DEBUG_ENV = "OBLIX_DEBUG"
 
 
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
-    console.print(table)
+def _stores_by_plugin(pm: OblixPluginManager) -> dict[str, list[str]]:
+    """The session-store names each plugin registers."""
+    found: dict[str, list[str]] = {}
+    for impl in pm.hook.oblix_register_session_stores.get_hookimpls():
+        names: list[str] = []
+        impl.function(register=lambda name, _factory, names=names: names.append(str(name)))
+        found[impl.plugin_name] = names
+    return found
 
 
-def make_client() -> Any:
-    from oblix_core.client import OblixClient
-
-    return OblixClient()
-
-
-def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn an OblixError into a one-line message and exit status 1."""
-    import functools
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except OblixError as exc:
-            raise click.ClickException(str(exc)) from exc
-
-    return wrapper
+def _store_rows(pm: OblixPluginManager) -> list[dict[str, Any]]:
+    """Each registered store; where the one in use keeps its data (``describe()``, no secrets)."""
+    try:
+        with session_client() as client:
+            name, in_use = client.store.name, client.store.describe()
+    except OblixError as exc:  # the configured store cannot be opened: still list the plugins
+        name, in_use = "", {"error": cli_message(exc)}
+    rows = []
+    for plugin, names in _stores_by_plugin(pm).items():
+        for store in names:
+            where = in_use if store == name else None
+            rows.append({"store": store, "plugin": plugin, "in_use": where is not None, "where": where})
+    return rows
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="oblix")
-def cli() -> None:
+@click.option(
+    "--store",
+    default=None,
+    metavar="NAME",
+    help="Session store for this command (file, redis, s3...), overriding config.toml.",
+)
+@click.option(
+    "--store-option",
+    "store_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An option of that store (repeatable), e.g. --store-option url=redis://127.0.0.1:6379/0.",
+)
+@click.pass_context
+def cli(ctx: click.Context, store: str | None, store_options: tuple[str, ...]) -> None:
     """Oblix: route prompts between local and cloud models, with persistent sessions."""
+    ctx.obj = CliState(store=store, store_options=parse_pairs(store_options, "--store-option"))
 
 
-@cli.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @handle_errors
 def plugins(as_json: bool) -> None:
-    """List loaded plugins, their versions and hooks."""
-    infos = plugin_infos(build_plugin_manager())
+    """Loaded plugins (versions, hooks) and session stores (where the one in use keeps its data)."""
+    pm = build_plugin_manager()
+    infos = plugin_infos(pm)
+    stores = _store_rows(pm)
     if as_json:
-        print_json([i.to_dict() for i in infos])
+        by_plugin: dict[str, list[dict[str, Any]]] = {}
+        for row in stores:
+            by_plugin.setdefault(row["plugin"], []).append({k: v for k, v in row.items() if k != "plugin"})
+        print_json([i.to_dict() | {"stores": by_plugin.get(i.name, [])} for i in infos])
         return
     print_table(
         "Oblix plugins",
         ["name", "package", "version", "hooks"],
         [(i.name, i.package or i.module, i.version or "-", ", ".join(i.hooks)) for i in infos],
     )
+    print_table(
+        "Session stores",
+        ["store", "plugin", "in use", "where"],
+        [
+            (
+                r["store"],
+                r["plugin"],
+                "yes" if r["in_use"] else "",
+                ", ".join(f"{k}={v}" for k, v in r["where"].items() if k != "name") if r["where"] else "-",
+            )
+            for r in stores
+        ],
+    )
 
 
 def build_cli() -> click.Group:
-    """The root group with the built-in commands and every plugin's commands."""
+    """A root group with the built-in commands and every plugin's commands (the hook runs once)."""
     from oblix_core import cli_run, cli_sessions
 
-    cli.add_command(cli_sessions.sessions)
+    group = click.Group(
+        name="oblix",
+        callback=cli.callback,
+        params=list(cli.params),
+        help=cli.help,
+        context_settings=dict(cli.context_settings),
+    )
+    group.add_command(plugins)
+    group.add_command(cli_sessions.sessions)
     for command in (cli_run.run, cli_run.chat, cli_run.models, cli_run.agents):
-        cli.add_command(command)
-    build_plugin_manager().hook.oblix_register_commands(cli=cli)
-    return cli
+        group.add_command(command)
+    build_plugin_manager().hook.oblix_register_commands(cli=group)
+    return group
 
 
 def main() -> None:
+    """The ``oblix`` entry point: a one-line message, never a traceback, for any error."""
     try:
         group = build_cli()
     except OblixError as exc:
-        raise SystemExit(f"Error: {exc}") from exc
-    group()
+        raise SystemExit(f"Error: {cli_message(exc)}") from None
+    try:
+        group(standalone_mode=True)
+    except Exception as exc:  # a bug or an unforeseen environment: say what, not a traceback
+        if os.environ.get(DEBUG_ENV):
+            raise
+        raise SystemExit(
+            f"Error: {type(exc).__name__}: {exc}. This is unexpected; run again with {DEBUG_ENV}=1 "
+            "for the traceback and report it."
+        ) from None

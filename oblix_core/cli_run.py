@@ -1,4 +1,4 @@
-"""``oblix run``, ``oblix chat`` and ``oblix models``: the main job from a terminal."""
+"""``oblix run``, ``oblix chat``, ``oblix models`` and ``oblix agents``: the main job from a terminal."""
 
 from __future__ import annotations
 
@@ -6,111 +6,298 @@ import contextlib
 from typing import Any
 
 import anyio
+import attrs
 import click
 
-from oblix_core.cli import handle_errors, make_client, print_json, print_table
+from oblix_core.cli_common import (
+    catch_ctrl_c,
+    console,
+    handle_errors,
+    hook_models,
+    make_client,
+    most_recent_session,
+    parse_scalar,
+    print_json,
+    print_table,
+    read_prompt,
+    ready_client,
+    resolve_model,
+    resolve_session_id,
+)
+from oblix_core.client import ROUTING_OPTIONS, OblixClient
+from oblix_core.conversation import ResponseStream
+from oblix_core.errors import OblixError
+from oblix_core.render import print_answer
+
+#: Exit status of a command stopped with Ctrl-C (128 + SIGINT), as shells expect.
+EXIT_INTERRUPTED = 130
+INTERRUPTED = "cancelled by the user"
 
 
-async def _ready_client() -> Any:
-    """A client with the configured (or default) models hooked and the agents running."""
-    client = make_client()
-    try:
-        await client.hook_configured_models()
-        client.hook_default_agents()
-    except BaseException:
-        await client.shutdown()
-        raise
-    return client
+@attrs.frozen
+class RunArgs:
+    """What ``oblix run`` was asked to do."""
+
+    prompt: str
+    session: str | None
+    continue_: bool
+    model: str | None
+    system: str | None
+    options: dict[str, Any]
+    local_only: bool
+    stream: bool
+    as_json: bool
 
 
-@click.command()
-@click.argument("prompt")
-@click.option("--session", "session_id", default=None, help="Continue this session (default: a new one).")
-@click.option("--model", default=None, help="Use only this model id, e.g. llama_cpp:gemma-3-270m.")
-@click.option("--max-tokens", type=int, default=None, help="Longest answer, in tokens.")
-@click.option("--temperature", type=float, default=None, help="Sampling temperature.")
-@click.option("--local-only", is_flag=True, help="Never send this prompt to a cloud model.")
-@click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON instead of streaming.")
-@handle_errors
-def run(
-    prompt: str,
-    session_id: str | None,
-    model: str | None,
-    max_tokens: int | None,
-    temperature: float | None,
-    local_only: bool,
-    as_json: bool,
-) -> None:
-    """Answer PROMPT (streamed to the terminal) and store it in a session."""
+def model_options(pairs: tuple[tuple[str, str], ...], temperature: Any, max_tokens: Any) -> dict[str, Any]:
+    """``-o KEY VALUE`` pairs (values as JSON scalars when they parse) merged with the named flags."""
+    options: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in ROUTING_OPTIONS:
+            flag = {"model": "-m/--model", "system": "-s/--system", "local_only": "--local-only"}
+            hint = flag.get(key, "its own flag")
+            raise click.BadParameter(f"{key} is not a model option; use {hint}.", param_hint="-o/--option")
+        options[key] = parse_scalar(value)
+    if temperature is not None:
+        options["temperature"] = temperature
+    if max_tokens is not None:
+        options["max_tokens"] = max_tokens
+    return options
 
-    async def main() -> dict[str, Any]:
-        client = await _ready_client()
-        try:
-            options: dict[str, Any] = {"local_only": local_only}
-            if model:
-                options["model"] = model
-            return await client.execute(
-                prompt,
-                temperature=temperature,
-                max_tokens=max_tokens,
-                session_id=session_id,
-                stream=not as_json,
-                **options,
-            )
-        finally:
-            await client.shutdown()
 
-    result = anyio.run(main)
-    if as_json:
-        print_json(result)
-    else:
-        metrics = result["metrics"]
-        click.echo(
-            f"[{result['model_id']} · {metrics['output_tokens']} tokens · "
-            f"{metrics.get('tokens_per_second') or '-'} tok/s · session {result['session_id']}]",
-            err=True,
+def _check_request_options(client: OblixClient, model_id: str | None, options: dict[str, Any]) -> None:
+    """Reject ``-o`` keys that no candidate backend takes (backends declaring ``request_options``)."""
+    models = [m for m in client.models if model_id is None or m.model_id == model_id]
+    known: set[str] = {"temperature", "max_tokens"}
+    for model in models:
+        if model.request_options is None:
+            return
+        known |= model.request_options
+    unknown = sorted(set(options) - known)
+    if unknown and models:
+        raise OblixError(
+            f"-o {unknown[0]} is not an option of {', '.join(m.model_id for m in models)} "
+            f"(options: {', '.join(sorted(known))}); see `oblix models --options`."
         )
 
 
+async def _prepare(client: OblixClient, args: RunArgs) -> ResponseStream:
+    """Resolve the session and model the user named and start the request."""
+    session_id = None
+    if args.continue_:
+        session_id = await anyio.to_thread.run_sync(most_recent_session, client)
+    elif args.session:
+        session_id = await anyio.to_thread.run_sync(resolve_session_id, client, args.session)
+    model = resolve_model(client, args.model) if args.model else None
+    _check_request_options(client, model, args.options)
+    options = dict(args.options)
+    temperature, max_tokens = options.pop("temperature", None), options.pop("max_tokens", None)
+    routing: dict[str, Any] = {"local_only": args.local_only}
+    if model:
+        routing["model"] = model
+    if args.system:
+        routing["system"] = args.system
+    return client.stream(
+        args.prompt, temperature=temperature, max_tokens=max_tokens, session_id=session_id,
+        **routing, **options,
+    )  # fmt: skip
+
+
+async def _run(args: RunArgs) -> dict[str, Any] | None:
+    """The result; ``None`` after Ctrl-C (the part shown is stored and the user told so)."""
+    response: ResponseStream | None = None
+    async with catch_ctrl_c() as keys:
+        client: OblixClient | None = None
+        try:
+            with keys.cancels() as scope:
+                client = await ready_client()
+                response = await _prepare(client, args)
+                if args.as_json:
+                    return await response.collect()
+                return await print_answer(response, live=args.stream)
+            if scope.cancelled_caught:
+                stored = response is not None and await response.store_interrupted(INTERRUPTED)
+                _say_interrupted(response, stored)
+        finally:
+            if client is not None:
+                with anyio.CancelScope(shield=True):
+                    await client.shutdown()
+    return None
+
+
+def _say_interrupted(response: ResponseStream | None, stored: bool) -> None:
+    if stored and response is not None:
+        click.echo(
+            f"Interrupted. The prompt and the part of the answer shown are stored in session "
+            f"{response.request.session_id}, marked interrupted.",
+            err=True,
+        )
+    else:
+        click.echo("Interrupted before any answer; nothing was stored.", err=True)
+
+
 @click.command()
-@click.option("--session", "session_id", default=None, help="Resume this session (default: a new one).")
-@click.option("--model", default=None, help="Use only this model id.")
+@click.argument("prompt", required=False)
+@click.option("-c", "--continue", "continue_", is_flag=True, help="Continue the most recent session.")
+@click.option("--session", default=None, help="Continue this session (its id or a unique start of it).")
+@click.option(
+    "-m", "--model", default=None, help="Use only this model: an id, a bare name or an [aliases] name."
+)
+@click.option("-s", "--system", default=None, help="System prompt for this request (not stored).")
+@click.option(
+    "-o",
+    "--option",
+    "option_pairs",
+    type=(str, str),
+    multiple=True,
+    metavar="KEY VALUE",
+    help="A model option, e.g. -o temperature 0.2 -o top_p 0.9 (see `oblix models --options`).",
+)
+@click.option("--max-tokens", type=int, default=None, help="Longest answer, in tokens.")
+@click.option("--temperature", type=float, default=None, help="Sampling temperature.")
+@click.option("--local-only", is_flag=True, help="Never send this prompt to a cloud model.")
+@click.option("--no-stream", is_flag=True, help="Print the answer once it is complete.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON instead of streaming.")
 @handle_errors
-def chat(session_id: str | None, model: str | None) -> None:
-    """Interactive chat; /help lists the commands."""
+def run(
+    prompt: str | None,
+    continue_: bool,
+    session: str | None,
+    model: str | None,
+    system: str | None,
+    option_pairs: tuple[tuple[str, str], ...],
+    max_tokens: int | None,
+    temperature: float | None,
+    local_only: bool,
+    no_stream: bool,
+    as_json: bool,
+) -> None:
+    """Answer PROMPT (streamed) and store it in a session.
+
+    The prompt may come from stdin: `echo Hi | oblix run`, `oblix run -`, or
+    `cat notes.txt | oblix run "summarise this"` (stdin is appended to PROMPT). Only the
+    answer goes to stdout; the model, token counts and session id go to stderr.
+    Ctrl-C stops the answer, stores the part shown and exits with status 130.
+    """
+    if continue_ and session:
+        raise click.UsageError("Give either -c/--continue or --session, not both.")
+    args = RunArgs(
+        prompt=read_prompt(prompt),
+        session=session,
+        continue_=continue_,
+        model=model,
+        system=system,
+        options=model_options(option_pairs, temperature, max_tokens),
+        local_only=local_only,
+        stream=not no_stream,
+        as_json=as_json,
+    )
+    result = anyio.run(_run, args)
+    if result is None:
+        raise SystemExit(EXIT_INTERRUPTED)
+    if as_json:
+        print_json(result)
+        return
+    metrics = result["metrics"]
+    click.echo(
+        f"[{result['model_id']} · {metrics['output_tokens']} tokens · "
+        f"{metrics.get('tokens_per_second') or '-'} tok/s · session {result['session_id']}]",
+        err=True,
+    )
+
+
+@click.command()
+@click.option("-c", "--continue", "continue_", is_flag=True, help="Resume the most recent session.")
+@click.option("--session", default=None, help="Resume this session (its id or a unique start of it).")
+@click.option("-m", "--model", default=None, help="Use only this model (id, bare name or alias).")
+@click.option("-s", "--system", default=None, help="System prompt sent with every request (not stored).")
+@handle_errors
+def chat(continue_: bool, session: str | None, model: str | None, system: str | None) -> None:
+    """Interactive chat; /help lists the commands.
+
+    Ctrl-C stops an answer (the part shown is stored, marked interrupted); Ctrl-C or
+    Ctrl-D at the prompt ends the chat and prints the session id.
+    """
+    if continue_ and session:
+        raise click.UsageError("Give either -c/--continue or --session, not both.")
 
     async def main() -> None:
-        client = await _ready_client()
-        try:
-            options: dict[str, Any] = {"model": model} if model else {}
-            from oblix_core.chat import run_chat
+        from oblix_core.chat import run_chat
 
+        client = await ready_client()
+        try:
+            options: dict[str, Any] = {}
+            if model:
+                options["model"] = resolve_model(client, model)
+            if system:
+                options["system"] = system
+            session_id = session
+            if continue_:
+                session_id = await anyio.to_thread.run_sync(most_recent_session, client)
             await run_chat(client, None, session_id=session_id, **options)
         finally:
-            await client.shutdown()
+            with anyio.CancelScope(shield=True):
+                await client.shutdown()
 
     anyio.run(main)
 
 
+def _backend_options(client: OblixClient) -> list[dict[str, Any]]:
+    rows = []
+    for name, cls in sorted(client.registry.models.items()):
+        per_request = cls.request_options
+        rows.append(
+            {
+                "backend": name,
+                "model_options": cls.accepted_options(),
+                "request_options": ["max_tokens", "temperature"]
+                + (sorted(per_request - {"max_tokens", "temperature"}) if per_request is not None else ["*"]),
+            }
+        )
+    return rows
+
+
 @click.command()
+@click.option("--options", "show_options", is_flag=True, help="List each backend's options instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @handle_errors
-def models(as_json: bool) -> None:
-    """Configured models (or the defaults) and what each backend sees."""
+def models(show_options: bool, as_json: bool) -> None:
+    """Configured models (or the defaults) and what each backend sees.
 
-    async def main() -> tuple[list[dict[str, Any]], list[str]]:
+    With --options: the options each backend takes, in config.toml [[models]] entries
+    (model options) and with `oblix run -o KEY VALUE` (request options; * means any
+    option is passed to the model).
+    """
+
+    async def main() -> tuple[list[dict[str, Any]], list[str], list[dict[str, Any]]]:
         client = make_client()
         try:
-            await client.hook_configured_models()
-            return [m.describe() for m in client.models], sorted(client.registry.models)
+            if not show_options:
+                await hook_models(client)
+            return (
+                [m.describe() for m in client.models],
+                sorted(client.registry.models),
+                _backend_options(client),
+            )
         finally:
             await client.shutdown()
 
-    hooked, types = anyio.run(main)
+    hooked, types, options = anyio.run(main)
+    if show_options:
+        if as_json:
+            print_json(options)
+            return
+        rows = [
+            (o["backend"], ", ".join(o["model_options"]), ", ".join(o["request_options"])) for o in options
+        ]
+        print_table(
+            "Backend options", ["backend", "model options (config.toml)", "request options (-o)"], rows
+        )
+        return
     if as_json:
         print_json({"models": hooked, "backends": types})
         return
-    rows = [
+    model_rows = [
         (
             m["model_id"],
             "local" if m["local"] else "cloud",
@@ -119,7 +306,7 @@ def models(as_json: bool) -> None:
         )
         for m in hooked
     ]
-    print_table("Models", ["model", "kind", "context", "where"], rows)
+    print_table("Models", ["model", "kind", "context", "where"], model_rows)
     click.echo(f"Backends installed: {', '.join(types)}")
 
 
@@ -132,12 +319,9 @@ def models(as_json: bool) -> None:
 def agents(watch: bool, as_json: bool) -> None:
     """The monitoring agents' current checks."""
     from rich.live import Live
-
-    from oblix_core.cli import console
+    from rich.table import Table
 
     def render(checks: list[Any]) -> Any:
-        from rich.table import Table
-
         table = Table(title="Agents")
         for column in ("agent", "state", "target", "reason"):
             table.add_column(column)
@@ -148,7 +332,7 @@ def agents(watch: bool, as_json: bool) -> None:
     async def main() -> None:
         client = make_client()
         try:
-            await client.hook_configured_models(cloud_only=True)  # whose endpoints get probed
+            await hook_models(client, cloud_only=True)  # whose endpoints get probed
             client.hook_default_agents()
             for agent in client.agents:
                 await anyio.to_thread.run_sync(agent.refresh)
@@ -164,7 +348,8 @@ def agents(watch: bool, as_json: bool) -> None:
                     await anyio.sleep(1)
                     live.update(render(client.agent_checks()))
         finally:
-            await client.shutdown()
+            with anyio.CancelScope(shield=True):
+                await client.shutdown()
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends --watch
         anyio.run(main)

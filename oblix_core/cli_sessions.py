@@ -1,38 +1,50 @@
-"""``oblix sessions ...``: list, show, export, import, delete, copy, merge."""
+"""``oblix sessions ...``: list, search, show, export, import, delete, copy, merge, migrate.
+
+Every command that takes a session id also takes any unique start of one.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import anyio
 import click
 
-from oblix_core.cli import handle_errors, make_client, print_json, print_table
+from oblix_core.cli_common import (
+    handle_errors,
+    parse_pairs,
+    print_json,
+    print_table,
+    resolve_session_id,
+    session_client,
+)
+from oblix_core.client import OblixClient
+from oblix_core.errors import OblixError, SessionExistsError
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
-def _metadata_filter(pairs: tuple[str, ...]) -> dict[str, str] | None:
-    result = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--filter")
-        result[key] = value
-    return result or None
-
-
 @click.group()
 def sessions() -> None:
-    """Manage stored conversation sessions."""
+    """Manage stored conversation sessions (ids may be shortened to any unique start)."""
 
 
 @sessions.command("list")
 @click.option("--limit", default=50, show_default=True, help="How many sessions.")
-@click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE", help="Metadata filter.")
+@click.option(
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help='Metadata filter; VALUE is JSON when it parses (true, 3, "x"), else a string.',
+)
 @json_option
 @handle_errors
 def list_(limit: int, filters: tuple[str, ...], as_json: bool) -> None:
     """List sessions, most recently updated first."""
-    found = make_client().list_sessions(limit=limit, filter_metadata=_metadata_filter(filters))
+    wanted = parse_pairs(filters, "--filter") or None
+    with session_client() as client:
+        found = client.list_sessions(limit=limit, filter_metadata=wanted)
     if as_json:
         print_json(found)
         return
@@ -41,12 +53,47 @@ def list_(limit: int, filters: tuple[str, ...], as_json: bool) -> None:
 
 
 @sessions.command()
-@click.argument("session_id")
+@click.argument("text")
+@click.option("--limit", default=20, show_default=True, help="How many sessions at most.")
 @json_option
 @handle_errors
-def show(session_id: str, as_json: bool) -> None:
-    """Show a session and its messages."""
-    data = make_client().load_session(session_id)
+def search(text: str, limit: int, as_json: bool) -> None:
+    """Sessions whose title or messages contain TEXT (case-insensitive), newest first."""
+    if not text.strip():
+        raise click.BadParameter("give some text to look for", param_hint="TEXT")
+    with session_client() as client:
+        found = client.store.search(text, limit=limit)
+    if as_json:
+        print_json(found)
+        return
+    rows = [(s["id"], s["title"], s["updated_at"], s["snippet"]) for s in found]
+    print_table(f"Sessions containing {text!r}", ["id", "title", "updated", "match"], rows)
+
+
+@sessions.command()
+@click.argument("session_id")
+@click.option("--last", is_flag=True, help="Only the last answer.")
+@json_option
+@handle_errors
+def show(session_id: str, last: bool, as_json: bool) -> None:
+    """Show a session and its messages (or, with --last, its last answer)."""
+    with session_client() as client:
+        _show(client, session_id, last, as_json)
+
+
+def _show(client: OblixClient, session_id: str, last: bool, as_json: bool) -> None:
+    session_id = resolve_session_id(client, session_id)
+    if last:
+        record = client.store.load_recent(session_id, 2)
+        answers = [m.to_dict() for m in record.messages if m.role == "assistant"]
+        if not answers:
+            raise OblixError(f"Session {session_id} has no answer yet.")
+        if as_json:
+            print_json(answers[-1])
+        else:
+            click.echo(answers[-1]["content"])
+        return
+    data = client.load_session(session_id)
     if as_json:
         print_json(data)
         return
@@ -58,6 +105,8 @@ def show(session_id: str, as_json: bool) -> None:
         click.echo(f"context: {data['context']}")
     for message in data["messages"]:
         who = message["role"] + (f" ({message['model_id']})" if message.get("model_id") else "")
+        if (message.get("metrics") or {}).get("interrupted"):
+            who += " [interrupted]"
         click.echo(f"\n[{message['timestamp']}] {who}:\n{message['content']}")
 
 
@@ -76,7 +125,9 @@ def _done(as_json: bool, session_id: str, text: str) -> None:
 @handle_errors
 def export(session_id: str, file_path: str, as_json: bool) -> None:
     """Export a session to a JSON file."""
-    anyio.run(make_client().export_session, session_id, file_path)
+    with session_client() as client:
+        session_id = resolve_session_id(client, session_id)
+        anyio.run(client.export_session, session_id, file_path)
     _done(as_json, session_id, f"Exported {session_id} to {file_path}")
 
 
@@ -87,7 +138,13 @@ def export(session_id: str, file_path: str, as_json: bool) -> None:
 @handle_errors
 def import_(file_path: str, new_id: bool, as_json: bool) -> None:
     """Import a session from a JSON file; prints its id."""
-    session_id = anyio.run(make_client().import_session, file_path, new_id)
+    try:
+        with session_client() as client:
+            session_id = anyio.run(client.import_session, file_path, new_id)
+    except SessionExistsError:
+        raise OblixError(
+            f"The session in {file_path} is already stored; add --new-id to import a copy under a fresh id."
+        ) from None
     _done(as_json, session_id, session_id)
 
 
@@ -97,8 +154,11 @@ def import_(file_path: str, new_id: bool, as_json: bool) -> None:
 @handle_errors
 def delete(session_id: str, as_json: bool) -> None:
     """Delete a session."""
-    if not make_client().delete_session(session_id):
-        raise click.ClickException(f"No session {session_id}.")
+    with session_client() as client:
+        session_id = resolve_session_id(client, session_id)
+        deleted = client.delete_session(session_id)
+    if not deleted:
+        raise OblixError(f"No session {session_id}; `oblix sessions list` shows the sessions.")
     _done(as_json, session_id, f"Deleted {session_id}")
 
 
@@ -109,7 +169,8 @@ def delete(session_id: str, as_json: bool) -> None:
 @handle_errors
 def copy(session_id: str, title: str | None, as_json: bool) -> None:
     """Copy a session; prints the new id."""
-    new_id = anyio.run(make_client().copy_session, session_id, title)
+    with session_client() as client:
+        new_id = anyio.run(client.copy_session, resolve_session_id(client, session_id), title)
     _done(as_json, new_id, new_id)
 
 
@@ -120,5 +181,68 @@ def copy(session_id: str, title: str | None, as_json: bool) -> None:
 @handle_errors
 def merge(session_ids: tuple[str, ...], title: str | None, as_json: bool) -> None:
     """Merge sessions into a new one; prints the new id."""
-    new_id = anyio.run(make_client().merge_sessions, list(session_ids), title)
+    with session_client() as client:
+        ids = [resolve_session_id(client, sid) for sid in session_ids]
+        new_id = anyio.run(client.merge_sessions, ids, title)
     _done(as_json, new_id, new_id)
+
+
+def _target_store(client: OblixClient, name: str, options: dict[str, Any]) -> Any:
+    if name == "file":
+        options.setdefault("root", str(client.home / "sessions"))
+    target = client.registry.make_store(name, **options)
+    if target.describe() == client.store.describe():
+        target.close()
+        raise OblixError(
+            f"--to {name} names the store the sessions are already in ({client.store.describe()}); "
+            "choose another store or other --to-option values."
+        )
+    return target
+
+
+@sessions.command()
+@click.option(
+    "--to", "to", required=True, metavar="NAME", help="The store to copy into (file, redis, s3...)."
+)
+@click.option(
+    "--to-option", "to_options", multiple=True, metavar="KEY=VALUE", help="An option of that store."
+)
+@json_option
+@handle_errors
+def migrate(to: str, to_options: tuple[str, ...], as_json: bool) -> None:
+    """Copy every session of the current store (see oblix --store) into another store.
+
+    Ids, timestamps, messages, context and metadata are kept. Running it again copies
+    nothing twice; a session already in the target with other content is reported as a
+    conflict and never overwritten. Exit status 1 if there were conflicts or failures.
+    """
+    from rich.progress import Progress
+
+    from oblix_core.cli_common import err_console
+    from oblix_core.migration import migrate_sessions
+
+    with session_client() as client:
+        target = _target_store(client, to, parse_pairs(to_options, "--to-option"))
+        try:
+            with Progress(console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
+                task = bar.add_task(f"Copying sessions to {to}", total=None)
+
+                def progress(done: int, total: int, _session_id: str, _outcome: str) -> None:
+                    bar.update(task, completed=done, total=total)
+
+                summary = migrate_sessions(client.store, target, progress)
+        finally:
+            target.close()
+    if as_json:
+        print_json(summary.to_dict())
+    else:
+        click.echo(
+            f"Migrated to {to}: {summary.copied} copied, {summary.skipped} already there (skipped), "
+            f"{len(summary.conflicts)} conflicts, {len(summary.failed)} failed."
+        )
+        for session_id in summary.conflicts:
+            click.echo(f"  conflict: {session_id} is in the target with other content (left as it is)")
+        for session_id, reason in summary.failed.items():
+            click.echo(f"  failed: {session_id}: {reason}")
+    if summary.conflicts or summary.failed:
+        raise SystemExit(1)

@@ -28,6 +28,9 @@ holds ``sessions/`` for the file store and ``config.toml``::
     name = "gpt-4o-mini"
     api_key_env = "OPENAI_API_KEY"    # read from the environment, never stored
 
+    [aliases]                         # short names for model ids (CLI --model, chat)
+    fast = "llama_cpp:gemma-3-270m"
+
 Oblix never writes API keys into this file; it only reads what the user put there.
 """
 
@@ -35,7 +38,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -67,18 +70,17 @@ class Config:
     models: tuple[dict[str, Any], ...] = ()
     agents_enabled: tuple[str, ...] = ()
     agent_options: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    #: ``[aliases]``: short names for model ids, usable wherever a model id is taken.
+    aliases: dict[str, str] = attrs.field(factory=dict)
     path: Path | None = None
 
 
-def _table(data: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
-    value = data.get(key, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"{path}: [{key}] must be a table.")
-    return value
-
-
 def load_config(home: Path | None = None) -> Config:
-    """Read ``config.toml`` from ``home`` (default :func:`oblix_home`); missing file = defaults."""
+    """Read ``config.toml`` from ``home`` (default :func:`oblix_home`); missing file = defaults.
+
+    Every table, key, type and range is checked against :data:`SCHEMA`;
+    a :class:`ConfigError` names the file, the table and the key.
+    """
     path = (home or oblix_home()) / CONFIG_FILE
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -86,33 +88,17 @@ def load_config(home: Path | None = None) -> Config:
         return Config()
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"Cannot read {path}: {exc}. Fix the file or remove it.") from exc
-    routing = _table(data, "routing", path)
-    sessions = _table(data, "sessions", path)
-    preference = routing.get("preference", "local-first")
-    if preference not in PREFERENCES:
-        raise ConfigError(f"{path}: [routing] preference must be one of {PREFERENCES}, got {preference!r}.")
-    models = data.get("models", [])
-    if not isinstance(models, list) or not all(
-        isinstance(m, dict) and isinstance(m.get("type"), str) and isinstance(m.get("name"), str)
-        for m in models
-    ):
-        raise ConfigError(f"{path}: each [[models]] entry needs string 'type' and 'name' keys.")
-    store_options = sessions.get("options", {})
-    if not isinstance(store_options, dict):
-        raise ConfigError(f"{path}: [sessions] options must be a table.")
-    agents = _table(data, "agents", path)
-    enabled = agents.get("enabled", [])
-    if not isinstance(enabled, list) or not all(isinstance(n, str) for n in enabled):
-        raise ConfigError(f"{path}: [agents] enabled must be a list of agent names.")
-    agent_options = {k: v for k, v in agents.items() if isinstance(v, dict)}
+    validate(data, path)
+    routing, sessions, agents = data.get("routing", {}), data.get("sessions", {}), data.get("agents", {})
     return Config(
-        preference=preference,
-        agents_enabled=tuple(enabled),
-        agent_options=agent_options,
-        store=str(sessions.get("store", "file")),
-        store_options=store_options,
-        execution=ExecutionSettings.from_dict(_table(data, "execution", path)),
-        models=tuple(models),
+        preference=routing.get("preference", "local-first"),
+        store=sessions.get("store", "file"),
+        store_options=dict(sessions.get("options", {})),
+        execution=ExecutionSettings.from_dict(data.get("execution", {})),
+        models=tuple(data.get("models", [])),
+        agents_enabled=tuple(agents.get("enabled", [])),
+        agent_options={k: v for k, v in agents.items() if isinstance(v, dict)},
+        aliases=dict(data.get("aliases", {})),
         path=path,
     )
 
@@ -138,3 +124,125 @@ def default_model_entries(registered: Iterable[str]) -> list[dict[str, Any]]:
     if os.environ.get("OPENAI_API_KEY") and DEFAULT_CLOUD_MODEL["type"] in available:
         entries.append(DEFAULT_CLOUD_MODEL)
     return [dict(e) for e in entries]
+
+
+# -- the schema of config.toml ---------------------------------------------------------------
+
+
+@attrs.frozen
+class Key:
+    """What one key must hold: ``expect`` (for the message) and the ``test`` of a value."""
+
+    expect: str
+    test: Callable[[Any], bool]
+
+
+@attrs.frozen
+class Section:
+    """A table (or, with ``array``, an array of tables) and its keys.
+
+    ``other`` checks keys not listed in ``keys`` (``None``: they are errors).
+    """
+
+    keys: dict[str, Key] = attrs.field(factory=dict)
+    other: Key | None = None
+    array: bool = False
+    required: tuple[str, ...] = ()
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _integer(minimum: int) -> Key:
+    return Key(
+        f"an integer >= {minimum}",
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum,
+    )
+
+
+def _seconds(positive: bool) -> Key:
+    if positive:
+        return Key("a number of seconds > 0", lambda v: _is_number(v) and v > 0)
+    return Key("a number of seconds >= 0", lambda v: _is_number(v) and v >= 0)
+
+
+def _text(expect: str = "a non-empty string") -> Key:
+    return Key(expect, lambda v: isinstance(v, str) and bool(v.strip()))
+
+
+_TABLE = Key("a table", lambda v: isinstance(v, dict))
+_BOOL = Key("true or false", lambda v: isinstance(v, bool))
+_ANY = Key("any value", lambda v: True)
+
+#: Every table of ``config.toml``; another table, key, type or range is an error.
+SCHEMA: dict[str, Section] = {
+    "routing": Section({"preference": Key(f"one of {', '.join(PREFERENCES)}", lambda v: v in PREFERENCES)}),
+    "sessions": Section({"store": _text("a store name (file, redis, s3...)"), "options": _TABLE}),
+    "execution": Section(
+        {
+            "max_retries": _integer(0),
+            "backoff_initial": _seconds(False),
+            "backoff_max": _seconds(False),
+            "first_token_timeout": _seconds(True),
+            "total_timeout": _seconds(True),
+            "failure_threshold": _integer(1),
+            "cooldown": _seconds(False),
+        }
+    ),
+    "agents": Section(
+        {
+            "enabled": Key(
+                "a list of agent names", lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v)
+            )
+        },
+        other=Key("a table of that agent's options", lambda v: isinstance(v, dict)),
+    ),
+    "models": Section(
+        {
+            "type": _text("a model type (llama_cpp, openai, ollama...)"),
+            "name": _text("a model name"),
+            "endpoint": _text("a URL"),
+            "api_key_env": _text("the name of an environment variable"),
+            "api_key": _text(),
+            "local": _BOOL,
+            "context_window": _integer(16),
+        },
+        other=_ANY,  # backend options: each backend checks its own
+        array=True,
+        required=("type", "name"),
+    ),
+    "aliases": Section(other=_text('a model id, e.g. "llama_cpp:gemma-3-270m"')),
+}
+
+
+def _check_table(table: dict[str, Any], section: Section, where: str, path: Path) -> None:
+    for key in section.required:
+        if key not in table:
+            raise ConfigError(f"{path}: {where} needs a {key!r} key.")
+    for key, value in table.items():
+        rule = section.keys.get(key, section.other)
+        if rule is None:
+            known = ", ".join(section.keys)
+            raise ConfigError(f"{path}: {where} has an unknown key {key!r} (known keys: {known}).")
+        if not rule.test(value):
+            raise ConfigError(f"{path}: {where} {key} must be {rule.expect}, got {value!r}.")
+
+
+def validate(data: dict[str, Any], path: Path) -> None:
+    """Check ``data`` (a parsed ``config.toml``) against :data:`SCHEMA`; raise :class:`ConfigError`."""
+    for name, value in data.items():
+        section = SCHEMA.get(name)
+        if section is None:
+            raise ConfigError(
+                f"{path}: unknown table [{name}] (known tables: {', '.join(SCHEMA)}). Check its spelling."
+            )
+        if section.array:
+            if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+                raise ConfigError(f"{path}: {name} must be written as [[{name}]] tables.")
+            for i, table in enumerate(value, 1):
+                _check_table(table, section, f"[[{name}]] entry {i}", path)
+        elif not isinstance(value, dict):
+            raise ConfigError(f"{path}: {name} must be a table, written [{name}].")
+        else:
+            _check_table(value, section, f"[{name}]", path)

@@ -37,6 +37,10 @@ class ResponseStream:
         self._agen: AsyncGenerator[str, None] | None = None
         self._new_session: SessionRecord | None = None
         self.result: dict[str, Any] | None = None
+        self._delivered: list[str] = []
+        self._started_at = utc_now()
+        self._candidates: list[str] = []
+        self._stored = False
 
     @property
     def request_id(self) -> str:
@@ -48,7 +52,32 @@ class ResponseStream:
     async def __anext__(self) -> str:
         if self._agen is None:
             self._agen = self._run()
-        return await self._agen.__anext__()
+        text = await self._agen.__anext__()
+        self._delivered.append(text)
+        return text
+
+    @property
+    def delivered(self) -> str:
+        """The answer text handed to the caller so far."""
+        return "".join(self._delivered)
+
+    async def store_interrupted(self, reason: str) -> bool:
+        """Store the prompt and the part of the answer delivered so far, marked interrupted.
+
+        For a caller that stops reading on purpose (the CLI on Ctrl-C), after it closed
+        the stream: the core itself stores partials only when a model fails. The
+        assistant message has ``metrics={"interrupted": True, "reason": reason}`` and the
+        answering model's id when the plan had one candidate. Returns ``False``, storing
+        nothing, when no text was delivered, the exchange is already stored, or the
+        request stores nothing.
+        """
+        request = self.request
+        if self._stored or not self._delivered or request.session_id is None or not request.store:
+            return False
+        model_id = self._candidates[0] if len(self._candidates) == 1 else None
+        marks = {"interrupted": True, "reason": reason}
+        await self._persist(self._started_at, self.delivered, model_id, marks)
+        return True
 
     async def aclose(self) -> None:
         if self._agen is not None:
@@ -121,12 +150,13 @@ class ResponseStream:
         return privacy.enforce(plan, request.local_only, request.local_only_reason), checks
 
     async def _run(self) -> AsyncGenerator[str, None]:
-        started_at, started = utc_now(), time.monotonic()
+        started_at, started = self._started_at, time.monotonic()
         hooks = self._engine.hooks
         try:
             self._apply_session(await self._session())
             hooks.oblix_request_start(request=self.request)
             plan, checks = self._plan()
+            self._candidates = [m.model_id for m in plan.candidates]
             done: Done | None = None
             async with aclosing(self._execute(plan, started_at)) as events:
                 async for event in events:
@@ -193,6 +223,7 @@ class ResponseStream:
                 self._new_session = None
             else:
                 await anyio.to_thread.run_sync(store.append_messages, request.session_id, messages)
+            self._stored = True
         except OblixError as exc:
             raise ExchangeNotStoredError(
                 f"The answer from {model_id} was produced but NOT stored in session "

@@ -76,6 +76,10 @@ class SessionsAPI:
         self._current_session_id = session_id
         return True
 
+    def clear_current_session(self) -> None:
+        """Forget the current session: the next ``execute`` without ``session_id`` starts a new one."""
+        self._current_session_id = None
+
     def load_session(self, session_id: str) -> dict:
         """The whole session as the API reference's dict."""
         return self.store.load(validate_session_id(session_id)).to_dict()

@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from oblix_core.errors import SessionNotFoundError
+from oblix_core.errors import SessionError, SessionNotFoundError
 from oblix_core.records import Message, SessionRecord
 
 
@@ -61,6 +61,32 @@ class SessionStore(abc.ABC):
     def update_metadata(self, session_id: str, metadata: dict[str, Any]) -> None:
         """Merge ``metadata`` into the session's metadata, atomically."""
 
+    def search(self, text: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Sessions whose title or message text contains ``text`` (case-insensitive), newest first.
+
+        Each result is a :meth:`list` summary plus ``snippet``: the match in its context.
+        This default is a scan: one listing of every session, then one full
+        :meth:`load` per session whose title does not match, until ``limit`` sessions
+        match; its cost grows with the total size of the stored conversations. A store
+        with a text index should override it.
+        """
+        needle = text.casefold()
+        found: list[dict[str, Any]] = []
+        for summary in self.list(limit=2**31 - 1):
+            if len(found) >= limit:
+                break
+            snippet = _snippet(summary.get("title") or "", needle)
+            if snippet is None:
+                try:
+                    record = self.load(summary["id"])
+                except SessionError:
+                    continue  # deleted or unreadable meanwhile
+                matches = (_snippet(m.content, needle) for m in reversed(record.messages))
+                snippet = next((s for s in matches if s is not None), None)
+            if snippet is not None:
+                found.append(summary | {"snippet": snippet})
+        return found
+
     @abc.abstractmethod
     def list(self, limit: int = 50, filter_metadata: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Session summaries, newest ``updated_at`` first, filtered by metadata equality.
@@ -91,3 +117,13 @@ class SessionStore(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """Where this store keeps its data, for ``oblix plugins`` and errors (no secrets)."""
         return {"name": self.name}
+
+
+def _snippet(text: str, needle: str, context: int = 40) -> str | None:
+    """``text`` around the first occurrence of ``needle`` (casefolded), on one line; None if absent."""
+    at = text.casefold().find(needle)
+    if at < 0:
+        return None
+    start, end = max(0, at - context), min(len(text), at + len(needle) + context)
+    piece = " ".join(text[start:end].split())
+    return ("..." if start else "") + piece + ("..." if end < len(text) else "")

@@ -1,0 +1,297 @@
+"""Helpers shared by the ``oblix`` commands: output, errors, the client, ids, models, prompts."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import signal
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import attrs
+import click
+from rich.console import Console
+from rich.table import Table
+
+from oblix_core.config import load_config
+from oblix_core.errors import NoModelAvailableError, OblixError, SessionNotFoundError
+from oblix_core.records import validate_session_id
+
+if TYPE_CHECKING:
+    from oblix_core.client import OblixClient
+    from oblix_core.sessions_api import SessionsAPI
+
+console = Console()
+#: For progress bars and notices: stderr, so that stdout carries only results.
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: How many sessions an id-prefix lookup reads (the store interface has no prefix query).
+PREFIX_SCAN_LIMIT = 2**31 - 1
+
+
+@attrs.define
+class CliState:
+    """Options of the ``oblix`` group that every command sees (``--store``, ``--store-option``)."""
+
+    store: str | None = None
+    store_options: dict[str, Any] = attrs.field(factory=dict)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A rich table; the first column (ids) is never truncated or wrapped."""
+    table = Table(title=title)
+    for i, column in enumerate(columns):
+        table.add_column(column, no_wrap=i == 0, min_width=None, overflow="fold")
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    console.print(table)
+
+
+def parse_scalar(text: str) -> Any:
+    """``text`` as a JSON scalar if it is one (``true``, ``3``, ``0.5``, ``null``), else the string."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if value is None or isinstance(value, bool | int | float | str) else text
+
+
+def parse_pairs(pairs: Sequence[str], flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs as a dict, values parsed with :func:`parse_scalar`."""
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint=flag)
+        result[key.strip()] = parse_scalar(value)
+    return result
+
+
+def cli_message(exc: OblixError) -> str:
+    """The error's message for a terminal: no model id said twice, no doubled full stops."""
+    if isinstance(exc, NoModelAvailableError) and exc.errors:
+        lines = [f"  {model}: {_without_prefix(error, model)}" for model, error in exc.errors.items()]
+        return "No model could answer:\n" + "\n".join(lines)
+    text = str(exc)
+    while ".." in text and not text.endswith("..."):
+        text = text.replace("..", ".")
+    return text
+
+
+def _without_prefix(error: str, model_id: str) -> str:
+    for prefix in (f"{model_id}: ", f"{model_id} "):
+        if error.startswith(prefix):
+            return error[len(prefix) :]
+    return error
+
+
+def handle_errors(func: F) -> F:
+    """Turn an OblixError (or a file-system error) into a one-line message and exit status 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except OblixError as exc:
+            raise click.ClickException(cli_message(exc)) from None
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise click.ClickException(
+                f"{exc.strerror or exc}{where}. Check that $OBLIX_HOME is writable, or choose another "
+                "with OBLIX_HOME=... or --store."
+            ) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def cli_state() -> CliState:
+    """The root group's options (defaults when a command runs outside ``oblix``)."""
+    ctx = click.get_current_context(silent=True)
+    state = ctx.find_root().obj if ctx is not None else None
+    return state if isinstance(state, CliState) else CliState()
+
+
+def make_client() -> OblixClient:
+    """A client on the store chosen by ``--store``/``--store-option``, else by ``config.toml``."""
+    from oblix_core.client import OblixClient
+
+    state = cli_state()
+    if state.store is None and not state.store_options:
+        return OblixClient()
+    config = load_config()
+    name = state.store or config.store
+    options = dict(config.store_options) if name == config.store else {}
+    options.update(state.store_options)
+    return OblixClient(session_store=name, store_options=options)
+
+
+@contextlib.contextmanager
+def session_client() -> Iterator[OblixClient]:
+    """A client for session commands (no models, no agents); its store is closed after."""
+    client = make_client()
+    try:
+        yield client
+    finally:
+        client.store.close()
+
+
+async def ready_client() -> OblixClient:
+    """A client with the configured (or default) models hooked and the agents running.
+
+    A default model that cannot load (its extra is not installed) is skipped with a
+    one-line notice on stderr.
+    """
+    client = make_client()
+    try:
+        await hook_models(client)
+        client.hook_default_agents()
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await client.shutdown()
+        raise
+    return client
+
+
+async def hook_models(client: OblixClient, cloud_only: bool = False) -> list[str]:
+    """``client.hook_configured_models``, with skipped defaults reported on stderr."""
+    import logging
+
+    class Notice(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            click.echo(f"Note: {record.getMessage()}", err=True)
+
+    logger = logging.getLogger("oblix_core.client")
+    handler = Notice(logging.WARNING)
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        return await client.hook_configured_models(cloud_only=cloud_only)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def resolve_model(client: OblixClient, name: str) -> str:
+    """A hooked model id from an id, an ``[aliases]`` name or a bare, unambiguous model name."""
+    target = client.config.aliases.get(name, name)
+    hooked = [m.model_id for m in client.models]
+    if target in hooked:
+        return target
+    matches = [m.model_id for m in client.models if m.model_name == target]
+    if len(matches) == 1:
+        return matches[0]
+    listed = ", ".join(hooked) or "none"
+    if matches:
+        raise OblixError(f"--model {name} is ambiguous: {', '.join(matches)}. Give the full id.")
+    alias = f" (alias of {target})" if target != name else ""
+    raise OblixError(
+        f"--model {name}{alias} is not one of the available models ({listed}). Add it to "
+        "config.toml as a [[models]] entry, or see `oblix models`."
+    )
+
+
+def resolve_session_id(client: SessionsAPI, text: str) -> str:
+    """The id of the one session whose id is ``text`` or starts with it.
+
+    An exact id costs one lookup; a prefix scans the listing (the store interface has
+    no prefix query: one listing of every session, fine for thousands).
+    """
+    validate_session_id(text)
+    if client.store.exists(text):
+        return text
+    matches = [s["id"] for s in client.list_sessions(limit=PREFIX_SCAN_LIMIT) if s["id"].startswith(text)]
+    if len(matches) == 1:
+        return str(matches[0])
+    if not matches:
+        raise SessionNotFoundError(f"No session {text}; `oblix sessions list` shows the sessions.")
+    shown = ", ".join(matches[:5]) + (" ..." if len(matches) > 5 else "")
+    raise OblixError(f"Session id prefix {text} matches {len(matches)} sessions ({shown}); type more of it.")
+
+
+def most_recent_session(client: SessionsAPI) -> str:
+    """The most recently updated session's id (for ``--continue``)."""
+    found = client.list_sessions(limit=1)
+    if not found:
+        raise OblixError("There is no session to continue yet; run without -c/--continue to start one.")
+    return str(found[0]["id"])
+
+
+def read_prompt(prompt: str | None) -> str:
+    """The prompt from the argument and/or stdin (``-`` or a pipe), as ``llm`` reads it.
+
+    ``oblix run -`` and ``echo x | oblix run`` read the prompt from stdin; ``cat f |
+    oblix run "summarise this"`` appends stdin to the prompt after a blank line.
+    """
+    piped = "" if sys.stdin.isatty() else sys.stdin.read()
+    if prompt == "-":
+        prompt = None
+    if prompt is None and not piped.strip():
+        raise click.UsageError("Give a PROMPT, or pipe it on stdin (echo 'Hi' | oblix run).")
+    if prompt is None:
+        return piped
+    return f"{prompt}\n\n{piped}" if piped.strip() else prompt
+
+
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+@attrs.define
+class CtrlC:
+    """Where Ctrl-C lands while :func:`catch_ctrl_c` runs.
+
+    Each press cancels the scope opened with :meth:`cancels`, if one is open, and is
+    counted in ``pressed``; a press with no scope open is ignored (never a traceback).
+    """
+
+    scope: anyio.CancelScope | None = None
+    pressed: int = 0
+
+    def interrupt(self) -> None:
+        self.pressed += 1
+        if self.scope is not None:
+            self.scope.cancel()
+
+    @contextlib.contextmanager
+    def cancels(self) -> Iterator[anyio.CancelScope]:
+        """A cancel scope that Ctrl-C cancels (check ``scope.cancelled_caught`` after it)."""
+        with anyio.CancelScope() as scope:
+            self.scope = scope
+            try:
+                yield scope
+            finally:
+                self.scope = None
+
+
+@contextlib.asynccontextmanager
+async def catch_ctrl_c() -> AsyncIterator[CtrlC]:
+    """Route SIGINT to a :class:`CtrlC` instead of ``KeyboardInterrupt``.
+
+    Only in the main thread (signals cannot be received elsewhere); in another thread
+    the returned object is never pressed and Python's default handling stays.
+    """
+    keys = CtrlC()
+    if threading.current_thread() is not threading.main_thread():
+        yield keys
+        return
+    with anyio.open_signal_receiver(signal.SIGINT) as signals:
+
+        async def watch() -> None:
+            async for _ in signals:
+                keys.interrupt()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            try:
+                yield keys
+            finally:
+                tg.cancel_scope.cancel()
