@@ -1,8 +1,13 @@
 """Monitoring agents: the base class and the check record they publish.
 
 An agent measures something (machine resources, network) in its own background
-thread every ``interval`` seconds and caches the verdict. The request path only reads
-the cached :class:`AgentCheck` (:meth:`BaseAgent.latest`), so it never waits on a probe.
+thread every ``interval`` seconds and caches the verdict. The request path reads the
+cached :class:`AgentCheck` (:meth:`BaseAgent.latest`), so it never waits on a probe,
+with one bounded exception (:func:`current_checks`): an agent that has not published a
+first sample yet (a one-shot command, a client's first request) is waited for up to
+:data:`FRESH_SAMPLE_BUDGET` seconds; if it is still pending, its persisted reading is
+used when younger than :data:`PERSISTED_MAX_AGE`, else the decision says that the
+agent had no reading.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import attrs
 
 from oblix_core.errors import ConfigError
@@ -22,6 +28,13 @@ if TYPE_CHECKING:
     from oblix_core.models import ModelBackend
 
 log = logging.getLogger(__name__)
+
+#: Seconds a request waits, at most, for agents' first samples.
+FRESH_SAMPLE_BUDGET = 0.3
+#: Age in seconds up to which a persisted reading stands in for a pending agent.
+PERSISTED_MAX_AGE = 60.0
+#: Seconds between two saves of the agents' readings.
+SAVE_INTERVAL = 10.0
 
 
 class AgentState:
@@ -72,6 +85,21 @@ class AgentCheck:
             "checked_at": self.checked_at,
         }
 
+    @classmethod
+    def from_dict(cls, data: Any) -> AgentCheck | None:
+        """A check read back from a file; ``None`` if ``data`` is not one."""
+        try:
+            return cls(
+                str(data["agent"]),
+                str(data["state"]),
+                data.get("target"),
+                str(data.get("reason", "")),
+                dict(data.get("metrics") or {}),
+                float(data["checked_at"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+
 
 class BaseAgent(abc.ABC):
     """Base class of monitoring agents; subclass it and implement :meth:`sample`."""
@@ -87,6 +115,8 @@ class BaseAgent(abc.ABC):
         self._latest = AgentCheck(self.name, AgentState.PENDING, reason="no sample taken yet")
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._sampled = threading.Event()  # set once a first sample is published
+        self._sample_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._models: tuple[ModelBackend, ...] = ()
 
@@ -100,13 +130,24 @@ class BaseAgent(abc.ABC):
 
     def refresh(self) -> AgentCheck:
         """Take a sample now, in the calling thread, and publish it."""
-        try:
-            check = self.sample()
-        except Exception as exc:  # an agent failing must not break routing
-            log.warning("agent %s failed to sample: %s", self.name, exc)
-            check = AgentCheck(self.name, AgentState.ERROR, reason=f"sampling failed: {exc}")
-        self._latest = check
+        with self._sample_lock:  # the agent's thread and a request may both ask
+            try:
+                check = self.sample()
+            except Exception as exc:  # an agent failing must not break routing
+                log.warning("agent %s failed to sample: %s", self.name, exc)
+                check = AgentCheck(self.name, AgentState.ERROR, reason=f"sampling failed: {exc}")
+            self._latest = check
+        self._sampled.set()
         return check
+
+    def wait_first(self, timeout: float) -> AgentCheck:
+        """The first sample, waiting up to ``timeout`` seconds for it (sampling here if not started)."""
+        if not self._sampled.is_set():
+            if self._thread is not None and self._thread.is_alive():
+                self._sampled.wait(timeout)
+            else:
+                self.refresh()
+        return self._latest
 
     def set_models(self, models: Sequence[ModelBackend]) -> None:
         """Told by the client whenever the hooked models change."""
@@ -141,3 +182,70 @@ class BaseAgent(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} state={self._latest.state}>"
+
+
+async def current_checks(
+    agents: Sequence[BaseAgent], readings: Any = None
+) -> tuple[list[AgentCheck], list[dict[str, Any]]]:
+    """The agents' checks for routing a request, and where each came from.
+
+    ``source`` is ``"background"`` (the agent's cached check), ``"fresh"`` (a first
+    sample waited for, within :data:`FRESH_SAMPLE_BUDGET` in all), ``"persisted"`` (the
+    last reading saved in ``readings``, a :class:`~oblix_core.health.JsonFile`, younger
+    than :data:`PERSISTED_MAX_AGE`) or ``"none"`` (still ``PENDING``: routed without it).
+    """
+    deadline = time.monotonic() + FRESH_SAMPLE_BUDGET
+    checks: list[AgentCheck] = []
+    sources: list[str] = []
+    for agent in agents:
+        check, source = agent.latest(), "background"
+        if check.state == AgentState.PENDING:
+            left = max(0.0, deadline - time.monotonic())
+            with anyio.move_on_after(left):
+                check = await anyio.to_thread.run_sync(agent.wait_first, left, abandon_on_cancel=True)
+            check = agent.latest()
+            source = "fresh" if check.state != AgentState.PENDING else "none"
+        checks.append(check)
+        sources.append(source)
+    if readings is not None:
+        checks, sources = await anyio.to_thread.run_sync(_persisted, readings, checks, sources)
+    now = time.time()
+    notes = [
+        {
+            "agent": c.agent,
+            "state": c.state,
+            "target": c.target,
+            "reason": c.reason,
+            "source": s,
+            "age_s": round(max(0.0, now - c.checked_at), 1) if s != "none" else None,
+        }
+        for c, s in zip(checks, sources, strict=True)
+    ]
+    return checks, notes
+
+
+def _persisted(
+    readings: Any, checks: list[AgentCheck], sources: list[str]
+) -> tuple[list[AgentCheck], list[str]]:
+    """Pending checks replaced by recent persisted readings; fresh readings saved (throttled)."""
+    try:
+        saved = readings.read()
+    except Exception as exc:
+        log.warning("cannot read the agents' saved readings: %s", exc)
+        return checks, sources
+    now = time.time()
+    for i, check in enumerate(checks):
+        if sources[i] != "none":
+            continue
+        old = AgentCheck.from_dict(saved.get(check.agent))
+        if old is not None and old.state != AgentState.PENDING and now - old.checked_at <= PERSISTED_MAX_AGE:
+            checks[i], sources[i] = old, "persisted"
+    pairs = zip(checks, sources, strict=True)
+    live = {c.agent: c.to_dict() for c, s in pairs if s in ("fresh", "background")}
+    saved_at = float(saved.get("_saved_at", 0) or 0)
+    if live and ("fresh" in sources or now - saved_at >= SAVE_INTERVAL):
+        try:
+            readings.update(live | {"_saved_at": now})
+        except Exception as exc:
+            log.warning("cannot save the agents' readings: %s", exc)
+    return checks, sources

@@ -76,7 +76,9 @@ class OblixClient(SessionsAPI):
         self.engine = Engine(
             store=self.store,
             hooks=self.plugin_manager.hook,
-            executor=Executor(settings, CircuitBreaker(settings.failure_threshold, settings.cooldown)),
+            executor=Executor(
+                settings, CircuitBreaker.for_home(settings, self.home, self.store.shared_health())
+            ),
             preference=preference or self.config.preference,
         )
         self._current_session_id: str | None = None

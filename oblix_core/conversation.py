@@ -11,13 +11,19 @@ import anyio
 import attrs
 
 from oblix_core import privacy
+from oblix_core.agents import current_checks
 from oblix_core.engine import Engine, notify
-from oblix_core.errors import ExchangeNotStoredError, OblixError, StreamInterruptedError
+from oblix_core.errors import (
+    ExchangeNotStoredError,
+    NoModelAvailableError,
+    OblixError,
+    StreamInterruptedError,
+)
 from oblix_core.execution import Done
 from oblix_core.history import read_tail, session_messages
 from oblix_core.records import Message, SessionRecord, new_session_id, utc_now
 from oblix_core.requests import Request
-from oblix_core.routing import RouteRequest, RoutingPlan
+from oblix_core.routing import RouteRequest, RoutingPlan, screen
 
 #: Tokens of history read for a request when no model is hooked (routing then fails anyway).
 DEFAULT_HISTORY_BUDGET = 4096
@@ -37,6 +43,9 @@ class ResponseStream:
         self._agen: AsyncGenerator[str, None] | None = None
         self._new_session: SessionRecord | None = None
         self.result: dict[str, Any] | None = None
+        #: The ``routing_decision`` once the request is routed (attempts added when it ends,
+        #: also when it fails): what ``oblix run --explain`` and chat ``/why`` print.
+        self.routing_decision: dict[str, Any] | None = None
         self._delivered: list[str] = []
         self._started_at = utc_now()
         self._candidates: list[str] = []
@@ -135,19 +144,39 @@ class ResponseStream:
             request.local_only_reason = "requested with local_only=True"
         request.messages = session_messages(session, request.prompt, request.system)
 
-    def _plan(self) -> tuple[RoutingPlan, list[Any]]:
+    async def _plan(self) -> tuple[RoutingPlan, list[Any]]:
+        """Agents' readings (a bounded fresh sample if pending), the policy, privacy, screening."""
         engine, request = self._engine, self.request
-        checks = engine.agent_checks()
+        breaker = engine.executor.breaker
+        checks, agents = await current_checks(list(engine.agents.values()), breaker.readings)
+        models = engine.model_snapshot()
+        breaker.watch(models)
+        await anyio.to_thread.run_sync(breaker.sync)
         route = RouteRequest(
             preference=request.preference or engine.preference,
             local_only=request.local_only,
             local_only_reason=request.local_only_reason,
             model=request.model,
+            fallback=request.fallback,
         )
-        plan: RoutingPlan = engine.hooks.oblix_route(
-            request=route, models=engine.model_snapshot(), checks=checks
+        plan: RoutingPlan = engine.hooks.oblix_route(request=route, models=models, checks=checks)
+        plan = privacy.enforce(plan, request.local_only, request.local_only_reason)
+        plan = screen(
+            plan,
+            models,
+            request.messages,
+            request.max_tokens,
+            breaker,
+            forced=request.model,
+            fallback=request.fallback,
+            agents=agents,
         )
-        return privacy.enforce(plan, request.local_only, request.local_only_reason), checks
+        self.routing_decision = plan.decision() | {
+            "selected": None,
+            "local_only": {"active": request.local_only, "reason": request.local_only_reason},
+            "attempts": [],
+        }
+        return plan, checks
 
     async def _run(self) -> AsyncGenerator[str, None]:
         started_at, started = self._started_at, time.monotonic()
@@ -155,7 +184,7 @@ class ResponseStream:
         try:
             self._apply_session(await self._session())
             hooks.oblix_request_start(request=self.request)
-            plan, checks = self._plan()
+            plan, checks = await self._plan()
             self._candidates = [m.model_id for m in plan.candidates]
             done: Done | None = None
             async with aclosing(self._execute(plan, started_at)) as events:
@@ -169,6 +198,8 @@ class ResponseStream:
             await self._persist(started_at, done.text, done.model.model_id, metrics)
             self.result = self._result(done, metrics, plan, checks)
         except BaseException as exc:
+            if isinstance(exc, NoModelAvailableError) and self.routing_decision is not None:
+                self.routing_decision["attempts"] = list(exc.attempts)
             if isinstance(exc, Exception):
                 notify(hooks.oblix_request_error, request=self.request, error=exc)
             raise
@@ -189,10 +220,12 @@ class ResponseStream:
         self, done: Done, metrics: dict[str, Any], plan: RoutingPlan, checks: list[Any]
     ) -> dict[str, Any]:
         request = self.request
-        decision = plan.decision() | {
+        decision = (self.routing_decision or plan.decision()) | {
             "selected": done.model.model_id,
             "local_only": {"active": request.local_only, "reason": request.local_only_reason},
+            "attempts": [a.to_dict() for a in done.attempts],
         }
+        self.routing_decision = decision
         return {
             "response": done.text,
             "model_id": done.model.model_id,

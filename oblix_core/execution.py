@@ -13,10 +13,13 @@ Failure semantics, per candidate in routing order:
 * After the first token has been delivered, a failure is not retried or sent elsewhere
   (the caller has already seen part of this model's answer): it raises
   :class:`StreamInterruptedError` carrying the partial text and the real cause.
-* Each failed attempt counts against the model's circuit breaker; after
-  ``failure_threshold`` consecutive failures (at once for an unreachable model) the
-  model is skipped for ``cooldown`` seconds (it is still tried if every candidate is
-  cooling down). A success resets it.
+* Each failed attempt counts against the model's health (:mod:`oblix_core.health`): a
+  model is cooled down at once when it is unreachable or when a transient failure used
+  up its retries, and after ``failure_threshold`` consecutive failures of any kind. A
+  cooling model is skipped (tried once, without retries, only if every candidate is
+  cooling down) until background health checks return it; a success resets it.
+* Each candidate receives the history trimmed for its own context window, so failing
+  over to a model with a smaller window never sends it more than it can hold.
 * A local-only request never starts a non-local backend, whatever the candidates are.
 
 Every error text is scrubbed of known secrets before it is raised or recorded.
@@ -44,6 +47,7 @@ from oblix_core.errors import (
     StreamInterruptedError,
     TransientModelError,
 )
+from oblix_core.health import CircuitBreaker
 from oblix_core.history import trim_to_window
 from oblix_core.models import ModelBackend, StreamChunk, Usage
 from oblix_core.requests import Request
@@ -65,6 +69,10 @@ class ExecutionSettings:
     total_timeout: float | None = attrs.field(default=900.0, validator=_positive_or_none)
     failure_threshold: int = attrs.field(default=3, validator=attrs.validators.ge(1))
     cooldown: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
+    #: Consecutive passing health checks that return a cooled-down model to service.
+    recovery_checks: int = attrs.field(default=2, validator=attrs.validators.ge(1))
+    #: Seconds between health checks of a cooled-down model.
+    probe_interval: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExecutionSettings:
@@ -79,44 +87,6 @@ class ExecutionSettings:
     def backoff(self, attempt: int) -> float:
         """Delay before retry number ``attempt`` (1-based): exponential, with jitter."""
         return min(self.backoff_max, self.backoff_initial * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-
-
-class CircuitBreaker:
-    """Counts consecutive failures per model and cools a model down past a threshold.
-
-    Used from the event loop only (no locking): every method runs to completion
-    without awaiting.
-    """
-
-    def __init__(self, threshold: int, cooldown: float) -> None:
-        self.threshold = threshold
-        self.cooldown = cooldown
-        self._failures: dict[str, int] = {}
-        self._open_until: dict[str, float] = {}
-
-    def available(self, model_id: str) -> bool:
-        return self._open_until.get(model_id, 0.0) <= time.monotonic()
-
-    def cooling_down(self) -> dict[str, float]:
-        """Models cooling down, with the seconds left."""
-        now = time.monotonic()
-        return {m: round(t - now, 1) for m, t in self._open_until.items() if t > now}
-
-    def record_success(self, model_id: str) -> None:
-        self._failures.pop(model_id, None)
-        self._open_until.pop(model_id, None)
-
-    def record_failure(self, model_id: str, *, at_once: bool = False) -> None:
-        count = self._failures.get(model_id, 0) + 1
-        self._failures[model_id] = count
-        if at_once or count >= self.threshold:
-            self._open_until[model_id] = time.monotonic() + self.cooldown
-            self._failures[model_id] = 0
-
-    def order(self, models: Sequence[ModelBackend]) -> list[ModelBackend]:
-        """Available models in their order; cooling ones only if none is available."""
-        ready = [m for m in models if self.available(m.model_id)]
-        return ready or list(models)
 
 
 @attrs.frozen
@@ -257,21 +227,23 @@ class Executor:
                 except Exception as exc:
                     error = _as_model_error(model, exc)
                     attempts.append(Attempt(model.model_id, str(error), _elapsed_ms(answer.started)))
-                    unreachable = isinstance(error, TransientModelError) and error.unreachable
-                    self.breaker.record_failure(model.model_id, at_once=unreachable)
+                    retry = not answer.parts and self._retry(error, tries, model)
+                    gave_up = isinstance(error, TransientModelError) and not retry
+                    self.breaker.record_failure(model.model_id, at_once=gave_up, error=str(error))
                     if answer.parts:
                         raise StreamInterruptedError(
                             f"{model.model_id} failed after streaming part of its answer: {error}",
                             model_id=model.model_id,
                             partial=answer.text,
                         ) from None
-                    if self._retry(error, tries, model):
+                    if retry:
                         await anyio.sleep(self.settings.backoff(tries))
                         continue
                     break
                 self.breaker.record_success(model.model_id)
                 attempts.append(Attempt(model.model_id, None, _elapsed_ms(answer.started)))
                 metrics = _metrics(model, trimmed, answer, attempts)
+                model.last_tokens_per_second = metrics["tokens_per_second"]
                 yield Done(model, answer.text, metrics, tuple(attempts))
                 return
         raise _no_model(attempts)

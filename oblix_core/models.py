@@ -7,9 +7,11 @@ import enum
 import functools
 import inspect
 import os
+import socket
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -152,6 +154,10 @@ class ModelBackend:
         self.started = False
         self.__api_key = api_key
         secrets.remember(api_key)
+        #: Requests of this process streaming from (or queued for) this model right now.
+        self.in_flight = 0
+        #: Tokens per second of the last answer, set by the executor (``None`` before one).
+        self.last_tokens_per_second: float | None = None
 
     @classmethod
     def accepted_options(cls) -> list[str]:
@@ -194,6 +200,7 @@ class ModelBackend:
                 model_id=self.model_id,
             )
         complete = False
+        self.in_flight += 1
         try:
             async with aclosing(self.generate(request)) as chunks:
                 async for chunk in chunks:
@@ -204,6 +211,8 @@ class ModelBackend:
             if clean == str(exc):
                 raise
             raise _with_message(exc, clean) from None
+        finally:
+            self.in_flight -= 1
         if not complete and self.end_is_complete:
             yield StreamChunk(finish_reason="stop")
 
@@ -222,6 +231,46 @@ class ModelBackend:
     async def aclose(self) -> None:
         """Release the model (unload weights, close HTTP clients)."""
         self.started = False
+
+    # -- signals for routing (safe defaults; backends that know better override them) ----
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests running on or waiting for this model in this process."""
+        return self.in_flight
+
+    @property
+    def busy(self) -> bool:
+        """Whether the model is serving another request now (a local model then answers slower)."""
+        return self.queue_depth > 0
+
+    @property
+    def warming(self) -> bool:
+        """Whether the model is still loading (cold): it will answer, later than usual."""
+        return False
+
+    @property
+    def has_health_check(self) -> bool:
+        """Whether :meth:`health_check` can tell if the model serves (default: it has an endpoint)."""
+        return bool(self.describe().get("endpoint"))
+
+    def health_check(self, timeout: float) -> tuple[bool, str]:
+        """A cheap check, without generating, that the model can serve: ``(ok, detail)``.
+
+        Runs in a worker thread and may block up to ``timeout``. The default opens a TCP
+        connection to the model's endpoint; HTTP backends may do better (``GET /models``).
+        Used to return a cooled-down model to service (see :mod:`oblix_core.health`).
+        """
+        endpoint = str(self.describe().get("endpoint") or "")
+        url = urlsplit(endpoint if "://" in endpoint else f"tcp://{endpoint}")
+        port = url.port or {"https": 443, "http": 80}.get(url.scheme)
+        if not url.hostname or port is None:
+            return False, f"no endpoint to check ({endpoint or 'none'})"
+        try:
+            with socket.create_connection((url.hostname, port), timeout=timeout):
+                return True, f"TCP connect to {url.hostname}:{port}"
+        except OSError as exc:
+            return False, f"TCP connect to {url.hostname}:{port}: {exc}"
 
     def describe(self) -> dict[str, Any]:
         """What this backend is and sees, for ``oblix models`` (never secrets)."""

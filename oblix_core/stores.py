@@ -5,12 +5,15 @@ from __future__ import annotations
 import abc
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from oblix_core.errors import SessionError, SessionNotFoundError
 from oblix_core.records import Message, SessionRecord
+
+if TYPE_CHECKING:
+    from oblix_core.health import HealthStore
 
 
 class SessionStore(abc.ABC):
@@ -110,6 +113,14 @@ class SessionStore(abc.ABC):
     def contains_path(self, path: os.PathLike[str] | str) -> bool:
         """Whether ``path`` lies inside the store's own storage (exports must never write there)."""
         return False
+
+    def shared_health(self) -> HealthStore | None:
+        """Model health shared by every Oblix instance using this store (e.g. on several hosts).
+
+        ``None`` (the default) keeps health in ``$OBLIX_HOME/health.json``, shared by the
+        processes of one machine. See :mod:`oblix_core.health`.
+        """
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections or handles."""

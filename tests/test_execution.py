@@ -134,7 +134,8 @@ async def test_cooldown_skips_a_failing_model(
     calls = len(scripted.calls["a"])
     for _ in range(3):
         assert (await client.execute("hi", stream=False))["model_id"] == "scripted:b"
-    assert len(scripted.calls["a"]) == calls == 2  # cooled down: not tried
+    # a transient failure with its retries spent cools the model down at once (issue 10)
+    assert len(scripted.calls["a"]) == calls == 1  # cooled down: not tried again
     assert "scripted:a" in client.executor.breaker.cooling_down()
 
 

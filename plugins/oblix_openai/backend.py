@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -9,7 +11,7 @@ import anyio
 
 from oblix_core.errors import ConfigError, ModelError
 from oblix_core.models import GenerationRequest, ModelBackend, StreamChunk, Usage
-from oblix_core.transport import connection_error, http_library, require, status_error
+from oblix_core.transport import connection_error, describe_cause, http_library, require, status_error
 
 #: Context windows of well-known OpenAI models (prefix match); others default to 8192.
 KNOWN_WINDOWS = {
@@ -165,6 +167,18 @@ class OpenAIBackend(ModelBackend):
 
     def describe(self) -> dict[str, Any]:
         return super().describe() | {"endpoint": self.endpoint or "https://api.openai.com/v1"}
+
+    def health_check(self, timeout: float) -> tuple[bool, str]:
+        """``GET /models`` (no tokens spent): any answer but a 429 or a 5xx means it serves."""
+        url = (self.endpoint or "https://api.openai.com/v1").rstrip("/") + "/models"
+        headers = {"Authorization": f"Bearer {self.get_key() or 'not-needed'}"}
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as r:
+                return True, f"GET /models: HTTP {r.status}"
+        except urllib.error.HTTPError as exc:
+            return exc.code < 500 and exc.code != 429, f"GET /models: HTTP {exc.code}"
+        except OSError as exc:
+            return False, f"GET /models: {describe_cause(exc)}"
 
 
 def _chunks(event: Any) -> list[StreamChunk]:

@@ -9,8 +9,18 @@ States and thresholds (all configurable through ``custom_thresholds``):
   GPU at or above ``gpu_threshold`` (85 %); target ``CLOUD``.
 * ``AVAILABLE``   -- otherwise; target ``LOCAL_GPU`` when a GPU is present, else ``LOCAL_CPU``.
 
-Load is the 1-minute load average normalised to four cores (``load1 * 4 / logical CPUs``),
-so the default 4.0 means "every core busy" on any machine.
+**Oblix's own work is not "the machine is busy".** CPU is measured twice over the same
+span: the system figure and this process's own (``psutil.Process().cpu_percent()``, all
+its threads: llama.cpp inference included). The states above use ``other_cpu_percent``
+= system CPU minus this process's share, so a local model generating at full speed
+leaves the monitor ``AVAILABLE``; "the local model is busy" is a separate signal that
+the backend gives (``ModelBackend.busy``/``queue_depth``) and that routing uses to send
+concurrent requests to an idle model instead. Likewise the load average used is the
+1-minute load minus an estimate of this process's part of it (its CPU use, averaged
+the way the kernel averages load), normalised to four cores (``load * 4 / logical
+CPUs``, so the default 4.0 means "every core busy by other programs"). Because load
+lags by about a minute, it counts only while other programs also use at least half of
+``cpu_threshold`` now. Memory is the whole machine's (a model's weights do take memory).
 
 Smoothing: a state change is published only when the last ``smoothing`` samples (default
 3) agree, so one spike does not flip routing back and forth; the first sample is
@@ -19,6 +29,7 @@ published at once.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import deque
@@ -31,6 +42,8 @@ from oblix_core.errors import ConfigError
 from oblix_system.gpu import read_gpus
 
 MIN_CPU_SPAN = 0.2
+#: Time constant of the kernel's 1-minute load average, in seconds.
+LOAD_WINDOW = 60.0
 DEFAULT_THRESHOLDS: dict[str, float] = {
     "cpu_threshold": 80.0,
     "memory_threshold": 85.0,
@@ -69,60 +82,86 @@ class ResourceMonitor(BaseAgent):
         self.smoothing = smoothing
         self._recent: deque[str] = deque(maxlen=smoothing)
         self._published: str | None = None
+        self._process = psutil.Process()
+        self._own_load = 0.0  # this process's part of the load average (an estimate)
         self._cpu_primed_at = time.monotonic()
-        psutil.cpu_percent(interval=None)  # prime the counter; the next reading measures from here
+        # prime both counters: the next reading measures from here, over the same span
+        psutil.cpu_percent(interval=None)
+        self._process.cpu_percent(interval=None)
+
+    def _cpu(self) -> tuple[float, float]:
+        """System CPU % and this process's CPU % (of one core), over the same span."""
+        # a reading over a very short span is noise: measure over at least MIN_CPU_SPAN seconds
+        span = time.monotonic() - self._cpu_primed_at
+        if span < MIN_CPU_SPAN:
+            time.sleep(MIN_CPU_SPAN - span)
+        system = psutil.cpu_percent(interval=None)
+        own = self._process.cpu_percent(interval=None)
+        elapsed = time.monotonic() - self._cpu_primed_at
+        self._cpu_primed_at = time.monotonic()
+        decay = math.exp(-elapsed / LOAD_WINDOW)
+        self._own_load = self._own_load * decay + own / 100 * (1 - decay)
+        return system, own
 
     def measure(self) -> dict[str, Any]:
         """One reading of every metric (JSON-safe)."""
         cpus = psutil.cpu_count() or 1
         load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
         memory = psutil.virtual_memory()
-        # a reading over a very short span is noise: measure over at least MIN_CPU_SPAN seconds
-        span = time.monotonic() - self._cpu_primed_at
-        cpu = psutil.cpu_percent(interval=max(0.0, MIN_CPU_SPAN - span) or None)
-        self._cpu_primed_at = time.monotonic()
+        system, own = self._cpu()
+        own_share = min(100.0, own / cpus)  # of the whole machine, like the system figure
+        other_load = max(0.0, load1 - self._own_load)
         return {
-            "cpu_percent": cpu,
+            "cpu_percent": system,
+            "oblix_cpu_percent": round(own_share, 1),
+            "other_cpu_percent": round(max(0.0, system - own_share), 1),
             "memory_percent": memory.percent,
             "memory_available_mb": round(memory.available / 2**20),
+            "oblix_memory_mb": round(self._process.memory_info().rss / 2**20),
             "load_1m": round(load1, 2),
             "load_normalized": round(load1 * 4 / cpus, 2),
+            "other_load_normalized": round(other_load * 4 / cpus, 2),
             "cpu_count": cpus,
             "gpu": read_gpus(),
         }
 
     def classify(self, metrics: dict[str, Any]) -> tuple[str, str]:
-        """The raw state for one reading, and why."""
+        """The raw state for one reading, and why (other programs' CPU and load, not Oblix's)."""
         t = self.thresholds
         gpu = metrics["gpu"]
         gpu_levels = [gpu["utilization"], gpu["memory_percent"]] if gpu.get("present") else []
+        cpu = metrics.get("other_cpu_percent", metrics["cpu_percent"])
+        load = metrics.get("other_load_normalized", metrics["load_normalized"])
+        if cpu < t["cpu_threshold"] / 2:
+            load = 0.0  # the load average lags: only with other programs busy now
         critical = [
             f"{label} {value:.0f}% >= {limit:.0f}%"
             for label, value, limit in (
-                ("CPU", metrics["cpu_percent"], t["critical_threshold"]),
+                ("CPU (other programs)", cpu, t["critical_threshold"]),
                 ("memory", metrics["memory_percent"], t["critical_threshold"]),
                 *(("GPU", v, t["critical_gpu"]) for v in gpu_levels),
             )
             if value >= limit
         ]
         if critical:
-            return AgentState.CRITICAL, "; ".join(critical)
+            return AgentState.CRITICAL, "; ".join(critical) + _own(metrics)
         constrained = [
             f"{label} {value:g}{unit} >= {limit:g}{unit}"
             for label, value, limit, unit in (
-                ("CPU", metrics["cpu_percent"], t["cpu_threshold"], "%"),
+                ("CPU (other programs)", cpu, t["cpu_threshold"], "%"),
                 ("memory", metrics["memory_percent"], t["memory_threshold"], "%"),
-                ("load", metrics["load_normalized"], t["load_threshold"], ""),
+                ("load (other programs)", load, t["load_threshold"], ""),
                 *(("GPU", v, t["gpu_threshold"], "%") for v in gpu_levels),
             )
             if value >= limit
         ]
         if constrained:
-            return AgentState.CONSTRAINED, "; ".join(constrained)
+            return AgentState.CONSTRAINED, "; ".join(constrained) + _own(metrics)
         return AgentState.AVAILABLE, (
-            f"CPU {metrics['cpu_percent']:g}%, memory {metrics['memory_percent']:g}%, "
-            f"load {metrics['load_normalized']:g}"
+            f"CPU {cpu:g}% by other programs, memory {metrics['memory_percent']:g}%, "
+            f"load {load:g}"
             + (f", GPU {gpu['utilization']:g}%" if gpu.get("present") else "")
+            + _own(metrics)
         )
 
     def sample(self) -> AgentCheck:
@@ -139,3 +178,8 @@ class ResourceMonitor(BaseAgent):
         else:
             target = Target.CLOUD
         return AgentCheck(self.name, state, target, reason, metrics | {"raw_state": raw})
+
+
+def _own(metrics: dict[str, Any]) -> str:
+    own = metrics.get("oblix_cpu_percent")
+    return f" (Oblix itself: CPU {own:g}%, not counted)" if own else ""
