@@ -1,8 +1,10 @@
 """moto's S3 server mode on loopback: in a thread of the test process, or as a subprocess.
 
-moto checks ``If-Match`` / ``If-None-Match`` and then stores the object in two steps
-without a lock, so two racing conditional PUTs on a threaded server can both succeed
-(a lost update real S3 never allows: its conditional writes are atomic). Both servers
+moto (5.2, ``S3Response.put_object``) checks ``If-Match`` / ``If-None-Match`` and then
+stores the object in a separate step without a lock, so two racing conditional PUTs on
+a threaded server can in principle both succeed (a lost update real S3 never allows:
+its conditional writes are atomic; the window is small and was not hit in a trial of
+4 threads x 100 appends, but a test must not depend on luck). Both servers
 here therefore pass each request through moto's own WSGI app under one lock: the HTTP
 side stays threaded and keep-alive, the backend sees one request at a time, and
 conditional writes get S3's semantics. Everything else is moto, unchanged.
@@ -41,15 +43,38 @@ TEST_ENV = {
 }
 
 
+_REASONS = {500: "Internal Server Error", 503: "Service Unavailable"}
+
+
 class SerialApp:
-    """A WSGI app that runs the wrapped app for one request at a time."""
+    """A WSGI app that runs the wrapped app for one request at a time.
+
+    :meth:`fail_next` makes the next requests fail the way S3 does under load (an
+    S3 error document with 503 ``SlowDown`` or 500 ``InternalError``), for retry tests.
+    """
 
     def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
         self.app = app
         self.lock = threading.Lock()
+        self.faults: list[tuple[int, str]] = []
+
+    def fail_next(self, count: int, status: int = 503, code: str = "SlowDown") -> None:
+        with self.lock:
+            self.faults.extend([(status, code)] * count)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         with self.lock:
+            if self.faults:
+                status, code = self.faults.pop(0)
+                environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+                start_response(
+                    f"{status} {_REASONS.get(status, 'Error')}", [("Content-Type", "application/xml")]
+                )
+                return [
+                    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>'
+                    + code.encode()
+                    + b"</Code><Message>Please reduce your request rate.</Message></Error>"
+                ]
             result = self.app(environ, start_response)
             try:
                 return [b"".join(result)]
@@ -68,10 +93,11 @@ class S3Server(ThreadedMotoServer):
 
     def __init__(self, port: int | None = None) -> None:
         super().__init__("127.0.0.1", port or free_port(), verbose=False)
+        self.app = make_app()
 
     def _server_entry(self) -> None:
         self._server = make_server(
-            self._ip_address, self._port, make_app(), True, request_handler=MotoRequestHandler
+            self._ip_address, self._port, self.app, True, request_handler=MotoRequestHandler
         )
         self._server_ready_event.set()
         self._server.serve_forever()

@@ -66,7 +66,7 @@ class S3Objects:
         self.bucket = bucket
         self.endpoint = public_endpoint(endpoint_url)
         config = botocore.config.Config(
-            retries={"mode": "standard", "max_attempts": max_attempts},
+            retries={"mode": "standard", "total_max_attempts": max_attempts},
             connect_timeout=min(timeout, 10.0),
             read_timeout=timeout,
             max_pool_connections=pool_size,
