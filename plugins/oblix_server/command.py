@@ -3,15 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import click
 
-from oblix_core.cli import handle_errors, make_client
-from oblix_core.errors import ConfigError
+from oblix_core.client import OblixClient
+from oblix_core.errors import ConfigError, OblixError
 from oblix_server.settings import DEFAULT_BODY_LIMIT, KEY_ENV, ServerSettings
 
 log = logging.getLogger("oblix_server")
+
+
+def make_client() -> OblixClient:
+    """The CLI's client (it honours ``oblix --store ...``) where the CLI offers one, else the default."""
+    try:
+        from oblix_core.cli_common import make_client as cli_client
+    except ImportError:
+        return OblixClient()
+    return cli_client()
+
+
+def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """An :class:`OblixError` becomes a one-line message and exit status 1 (no traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except OblixError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
 
 
 async def serve(settings: ServerSettings, log_level: str) -> None:
