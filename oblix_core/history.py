@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 
 from oblix_core.errors import PermanentModelError
@@ -14,8 +15,10 @@ from oblix_core.stores import SessionStore
 DEFAULT_ANSWER_RESERVE = 512
 
 
-#: Messages read in the first page of history; each further page is four times larger.
-FIRST_PAGE = 32
+#: Messages read in the first page of history.
+FIRST_PAGE = 64
+#: How far the estimate of the history read must exceed the budget (estimates run low).
+MARGIN = 1.25
 
 
 def estimated_tokens(messages: Sequence[Message]) -> int:
@@ -24,19 +27,22 @@ def estimated_tokens(messages: Sequence[Message]) -> int:
 
 
 def read_tail(store: SessionStore, session_id: str, budget_tokens: int) -> SessionRecord:
-    """The session with as much recent history as ``budget_tokens`` can use, read in pages.
+    """The session with as much recent history as ``budget_tokens`` can use.
 
-    Pages grow from the end of the session until the estimate covers twice the budget
-    (a margin for estimates that run low) or the session has no more, so a request reads
-    about what the largest window can hold, however long the session is. Runs in a
-    worker thread (the store may block).
+    Reads a first page from the end of the session; if its estimated tokens do not
+    cover the budget (with :data:`MARGIN`), reads again as many messages as the
+    first page's average size says are needed (at least twice as many). A request
+    thus reads about what the largest window can hold, however long the session is.
+    Runs in a worker thread (the store may block).
     """
-    size = FIRST_PAGE
+    size, wanted = FIRST_PAGE, MARGIN * budget_tokens
     while True:
         record = store.load_recent(session_id, size)
-        if len(record.messages) < size or estimated_tokens(record.messages) >= 2 * budget_tokens:
+        estimate = estimated_tokens(record.messages)
+        if len(record.messages) < size or estimate >= wanted:
             return record
-        size *= 4
+        per_message = max(1.0, estimate / len(record.messages))
+        size = max(2 * size, math.ceil(wanted / per_message * 1.1))
 
 
 def session_messages(session: SessionRecord, prompt: str, system: str | None = None) -> list[ChatMessage]:
