@@ -2,13 +2,15 @@
 
 Keys: Ctrl-C while an answer is written stops that answer (the part already shown is
 stored, marked interrupted) and returns to the prompt; Ctrl-C or Ctrl-D at the prompt
-ends the chat. Text typed while an answer streams is not echoed into it; it waits for
-the next prompt. A new chat (and ``/new``) stores its session with its first exchange.
+ends the chat. Text typed while an answer streams is not echoed into it; it waits at
+the next prompt (with ``readline``). A new chat (and ``/new``) stores its session with
+its first exchange.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -68,26 +70,75 @@ async def _read(read_line: Callable[[str], str], prompt: str) -> str:
     return str(box[0])
 
 
-@contextlib.contextmanager
-def _no_echo(active: bool) -> Iterator[None]:
-    """Stop the terminal echoing keys (typed text stays queued for the next prompt)."""
-    try:
+class _TypeAhead:
+    """Keys typed while an answer streams: not echoed into it, offered at the next prompt.
+
+    While an answer is written the terminal neither echoes nor line-buffers keys
+    (Ctrl-C still interrupts); what was typed is collected afterwards and, when
+    ``readline`` is available, pre-filled into the next prompt's line.
+    """
+
+    def __init__(self, active: bool) -> None:
+        self.text = ""
+        self._fd = -1
+        self._saved: list[Any] | None = None
+        if not active:
+            return
+        with contextlib.suppress(ImportError, OSError, ValueError):
+            import termios
+
+            if sys.stdin.isatty():
+                self._fd = sys.stdin.fileno()
+                self._saved = termios.tcgetattr(self._fd)
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        if self._saved is None:
+            yield
+            return
         import termios
 
-        fd = sys.stdin.fileno()
-        saved = termios.tcgetattr(fd) if active and sys.stdin.isatty() else None
-    except (ImportError, OSError, ValueError):
-        saved = None
-    if saved is None:
-        yield
-        return
-    quiet = list(saved)
-    quiet[3] &= ~termios.ECHO
-    termios.tcsetattr(fd, termios.TCSANOW, quiet)
-    try:
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSANOW, saved)
+        quiet = list(self._saved)
+        quiet[3] = (quiet[3] & ~(termios.ECHO | termios.ICANON)) | termios.NOFLSH  # keep keys on Ctrl-C
+        quiet[6] = list(quiet[6])
+        quiet[6][termios.VMIN], quiet[6][termios.VTIME] = 0, 0
+        termios.tcsetattr(self._fd, termios.TCSANOW, quiet)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                self.text += _edited(os.read(self._fd, 4096).decode("utf-8", "replace"))
+            termios.tcsetattr(self._fd, termios.TCSANOW, self._saved)
+
+    @contextlib.contextmanager
+    def offered(self) -> Iterator[None]:
+        """Pre-fill the next ``input()`` line with what was typed (needs ``readline``)."""
+        text, self.text = self.text, ""
+        try:
+            import readline
+        except ImportError:
+            yield
+            return
+        if text:
+            readline.set_startup_hook(lambda: readline.insert_text(text))
+        try:
+            yield
+        finally:
+            readline.set_startup_hook(None)
+
+
+def _edited(raw: str) -> str:
+    """Typed keys as text: backspaces applied, line ends and other control keys dropped."""
+    out: list[str] = []
+    for char in raw:
+        if char in "\x7f\b":
+            if out:
+                out.pop()
+        elif char.isprintable():
+            out.append(char)
+        elif char in "\r\n\t":
+            out.append(" ")
+    return "".join(out).strip()
 
 
 async def run_chat(
@@ -139,6 +190,10 @@ class _Chat:
     interactive: bool
     options: dict[str, Any]
     last: dict[str, Any] = attrs.field(factory=dict)
+    typed: _TypeAhead = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.typed = _TypeAhead(self.interactive)
 
     async def loop(self, keys: CtrlC, prompt: str | None) -> None:
         while True:
@@ -158,7 +213,7 @@ class _Chat:
 
     async def _prompt(self, keys: CtrlC) -> str | None:
         """The next line, or ``None`` at end of input or Ctrl-C."""
-        with keys.cancels():
+        with keys.cancels(), self.typed.offered():
             try:
                 return await _read(self.read_line, "you> ")
             except EOFError:
@@ -172,7 +227,7 @@ class _Chat:
         response = None
         try:
             response = self.client.stream(prompt, session_id=self.session_id, **dict(self.options))
-            with _no_echo(self.interactive), keys.cancels() as scope:
+            with self.typed.holding(), keys.cancels() as scope:
                 self.last = await print_answer(response, live=self.stream)
             if scope.cancelled_caught:
                 if not response.delivered:

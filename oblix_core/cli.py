@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from typing import Any
 
 import click
@@ -124,6 +126,11 @@ def build_cli() -> click.Group:
     return group
 
 
+def _ignore_ctrl_c() -> None:
+    with contextlib.suppress(ValueError, OSError):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def main() -> None:
     """The ``oblix`` entry point: a one-line message, never a traceback, for any error."""
     try:
@@ -132,6 +139,9 @@ def main() -> None:
         raise SystemExit(f"Error: {cli_message(exc)}") from None
     try:
         group(standalone_mode=True)
+    except SystemExit:
+        _ignore_ctrl_c()  # exiting: a late Ctrl-C must not turn a clean exit into a kill
+        raise
     except Exception as exc:  # a bug or an unforeseen environment: say what, not a traceback
         if os.environ.get(DEBUG_ENV):
             raise

@@ -272,26 +272,42 @@ class CtrlC:
                 self.scope = None
 
 
+#: The open :func:`catch_ctrl_c` blocks, innermost last; a press goes to the innermost.
+_ACTIVE: list[CtrlC] = []
+
+
 @contextlib.asynccontextmanager
 async def catch_ctrl_c() -> AsyncIterator[CtrlC]:
     """Route SIGINT to a :class:`CtrlC` instead of ``KeyboardInterrupt``.
 
-    Only in the main thread (signals cannot be received elsewhere); in another thread
-    the returned object is never pressed and Python's default handling stays.
+    Nested blocks share one signal receiver; a press goes to the innermost block. Only
+    in the main thread (signals cannot be received elsewhere); in another thread the
+    returned object is never pressed and Python's default handling stays.
     """
     keys = CtrlC()
-    if threading.current_thread() is not threading.main_thread():
-        yield keys
+    if _ACTIVE or threading.current_thread() is not threading.main_thread():
+        _ACTIVE.append(keys)
+        try:
+            yield keys
+        finally:
+            _ACTIVE.remove(keys)
         return
     with anyio.open_signal_receiver(signal.SIGINT) as signals:
 
         async def watch() -> None:
             async for _ in signals:
-                keys.interrupt()
+                _ACTIVE[-1].interrupt()
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(watch)
-            try:
-                yield keys
-            finally:
-                tg.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch)
+                _ACTIVE.append(keys)
+                try:
+                    yield keys
+                finally:
+                    _ACTIVE.remove(keys)
+                    tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:  # the body's own error, not a group of ours
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from group.exceptions[0].__cause__
+            raise

@@ -27,6 +27,7 @@ from oblix_core.cli_common import (
 from oblix_core.client import ROUTING_OPTIONS, OblixClient
 from oblix_core.conversation import ResponseStream
 from oblix_core.errors import OblixError
+from oblix_core.explain import explain
 from oblix_core.render import print_answer
 
 #: Exit status of a command stopped with Ctrl-C (128 + SIGINT), as shells expect.
@@ -47,6 +48,10 @@ class RunArgs:
     local_only: bool
     stream: bool
     as_json: bool
+    #: Print the routing decision (candidates, skips, attempts) to stderr.
+    explain: bool = False
+    #: With ``model``: other models may answer if it cannot.
+    fallback: bool = False
 
 
 def model_options(pairs: tuple[tuple[str, str], ...], temperature: Any, max_tokens: Any) -> dict[str, Any]:
@@ -95,6 +100,7 @@ async def _prepare(client: OblixClient, args: RunArgs) -> ResponseStream:
     routing: dict[str, Any] = {"local_only": args.local_only}
     if model:
         routing["model"] = model
+        routing["fallback"] = args.fallback
     if args.system:
         routing["system"] = args.system
     return client.stream(
@@ -119,6 +125,8 @@ async def _run(args: RunArgs) -> dict[str, Any] | None:
                 stored = response is not None and await response.store_interrupted(INTERRUPTED)
                 _say_interrupted(response, stored)
         finally:
+            if args.explain and response is not None and response.routing_decision is not None:
+                click.echo(explain(response.routing_decision), err=True)
             if client is not None:
                 with anyio.CancelScope(shield=True):
                     await client.shutdown()
@@ -158,6 +166,10 @@ def _say_interrupted(response: ResponseStream | None, stored: bool) -> None:
 @click.option("--local-only", is_flag=True, help="Never send this prompt to a cloud model.")
 @click.option("--no-stream", is_flag=True, help="Print the answer once it is complete.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON instead of streaming.")
+@click.option(
+    "--explain", is_flag=True, help="Print why each model was chosen or skipped, and the attempts (stderr)."
+)
+@click.option("--fallback", is_flag=True, help="With -m: let other models answer if that one cannot.")
 @handle_errors
 def run(
     prompt: str | None,
@@ -171,6 +183,8 @@ def run(
     local_only: bool,
     no_stream: bool,
     as_json: bool,
+    explain: bool,
+    fallback: bool,
 ) -> None:
     """Answer PROMPT (streamed) and store it in a session.
 
@@ -191,6 +205,8 @@ def run(
         local_only=local_only,
         stream=not no_stream,
         as_json=as_json,
+        explain=explain,
+        fallback=fallback,
     )
     result = anyio.run(_run, args)
     if result is None:
@@ -224,20 +240,22 @@ def chat(continue_: bool, session: str | None, model: str | None, system: str | 
     async def main() -> None:
         from oblix_core.chat import run_chat
 
-        client = await ready_client()
-        try:
-            options: dict[str, Any] = {}
-            if model:
-                options["model"] = resolve_model(client, model)
-            if system:
-                options["system"] = system
-            session_id = session
-            if continue_:
-                session_id = await anyio.to_thread.run_sync(most_recent_session, client)
-            await run_chat(client, None, session_id=session_id, **options)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await client.shutdown()
+        async with catch_ctrl_c() as keys:  # Ctrl-C while loading or closing: ignored, no traceback
+            client = await ready_client()
+            try:
+                options: dict[str, Any] = {}
+                if model:
+                    options["model"] = resolve_model(client, model)
+                if system:
+                    options["system"] = system
+                session_id = session
+                if continue_:
+                    session_id = await anyio.to_thread.run_sync(most_recent_session, client)
+                await run_chat(client, None, session_id=session_id, **options)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await client.shutdown()
+            del keys
 
     anyio.run(main)
 

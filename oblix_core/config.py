@@ -161,10 +161,23 @@ def _integer(minimum: int) -> Key:
     )
 
 
-def _seconds(positive: bool) -> Key:
-    if positive:
-        return Key("a number of seconds > 0", lambda v: _is_number(v) and v > 0)
-    return Key("a number of seconds >= 0", lambda v: _is_number(v) and v >= 0)
+def _seconds(bound: float, strict: bool) -> Key:
+    op = ">" if strict else ">="
+    return Key(
+        f"a number of seconds {op} {bound:g}",
+        lambda v: _is_number(v) and (v > bound if strict else v >= bound),
+    )
+
+
+def _execution_keys() -> dict[str, Key]:
+    """One key per :class:`ExecutionSettings` field: its type and its validator's bound."""
+    keys = {}
+    for field in attrs.fields(ExecutionSettings):
+        bound = getattr(field.validator, "bound", 0)
+        strict = getattr(field.validator, "compare_op", ">") == ">"  # _positive_or_none: > 0
+        integer = str(field.type).startswith("int")
+        keys[field.name] = _integer(int(bound)) if integer else _seconds(bound, strict)
+    return keys
 
 
 def _text(expect: str = "a non-empty string") -> Key:
@@ -179,17 +192,7 @@ _ANY = Key("any value", lambda v: True)
 SCHEMA: dict[str, Section] = {
     "routing": Section({"preference": Key(f"one of {', '.join(PREFERENCES)}", lambda v: v in PREFERENCES)}),
     "sessions": Section({"store": _text("a store name (file, redis, s3...)"), "options": _TABLE}),
-    "execution": Section(
-        {
-            "max_retries": _integer(0),
-            "backoff_initial": _seconds(False),
-            "backoff_max": _seconds(False),
-            "first_token_timeout": _seconds(True),
-            "total_timeout": _seconds(True),
-            "failure_threshold": _integer(1),
-            "cooldown": _seconds(False),
-        }
-    ),
+    "execution": Section(_execution_keys()),
     "agents": Section(
         {
             "enabled": Key(

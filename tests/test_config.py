@@ -1,0 +1,135 @@
+"""``config.toml``: every table, key, type and range checked by one schema; errors name file, table, key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import pytest
+
+from oblix_core.config import SCHEMA, load_config
+from oblix_core.errors import ConfigError
+from oblix_core.execution import ExecutionSettings
+
+FULL = """
+[routing]
+preference = "cloud-first"
+
+[sessions]
+store = "file"
+options = { root = "/tmp/x" }
+
+[execution]
+max_retries = 0
+backoff_initial = 0
+backoff_max = 1.5
+first_token_timeout = 30
+total_timeout = 60
+failure_threshold = 1
+cooldown = 0
+
+[agents]
+enabled = ["connectivity"]
+[agents.connectivity]
+latency_threshold = 150
+
+[[models]]
+type = "llama_cpp"
+name = "gemma-3-270m"
+n_ctx = 2048
+
+[[models]]
+type = "openai"
+name = "gpt-4o-mini"
+api_key_env = "OPENAI_API_KEY"
+local = false
+context_window = 128000
+
+[aliases]
+fast = "llama_cpp:gemma-3-270m"
+"""
+
+
+def write(home: Path, text: str) -> Path:
+    path = home / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_full_valid_file_loads(home: Path) -> None:
+    write(home, FULL)
+    config = load_config(home)
+    assert config.preference == "cloud-first" and config.store_options == {"root": "/tmp/x"}
+    assert config.execution.max_retries == 0 and config.execution.first_token_timeout == 30
+    assert config.agents_enabled == ("connectivity",)
+    assert config.agent_options == {"connectivity": {"latency_threshold": 150}}
+    assert [m["type"] for m in config.models] == ["llama_cpp", "openai"]
+    assert config.aliases == {"fast": "llama_cpp:gemma-3-270m"}
+
+
+def test_a_missing_file_gives_the_defaults(home: Path) -> None:
+    assert load_config(home).preference == "local-first"
+
+
+BAD = [
+    ('[routing]\npreferance = "local-first"\n', "[routing] has an unknown key 'preferance'"),
+    ('[routing]\npreference = "sideways"\n', "[routing] preference must be one of local-first, cloud-first"),
+    ('[sessions]\nstroe = "file"\n', "[sessions] has an unknown key 'stroe'"),
+    ("[sessions]\nstore = 3\n", "[sessions] store must be a store name"),
+    ('[sessions]\noptions = "x"\n', "[sessions] options must be a table"),
+    ('[execution]\nmax_retries = "two"\n', "[execution] max_retries must be an integer >= 0, got 'two'"),
+    ("[execution]\nmax_retries = true\n", "[execution] max_retries must be an integer >= 0, got True"),
+    ("[execution]\nmax_retries = -1\n", "[execution] max_retries must be an integer >= 0"),
+    (
+        "[execution]\nfirst_token_timeout = -5\n",
+        "[execution] first_token_timeout must be a number of seconds > 0",
+    ),
+    ("[execution]\ntotal_timeout = 0\n", "[execution] total_timeout must be a number of seconds > 0"),
+    ("[execution]\nfailure_threshold = 0\n", "[execution] failure_threshold must be an integer >= 1"),
+    ("[execution]\ncooldown = -1\n", "[execution] cooldown must be a number of seconds >= 0"),
+    ("[execution]\nretries = 2\n", "[execution] has an unknown key 'retries'"),
+    ('[agents]\nenabled = "connectivity"\n', "[agents] enabled must be a list of agent names"),
+    ("[agents]\nconnectivity = 3\n", "[agents] connectivity must be a table of that agent's options"),
+    ('[[models]]\nname = "x"\n', "[[models]] entry 1 needs a 'type' key"),
+    ('[[models]]\ntype = "openai"\nname = ""\n', "[[models]] entry 1 name must be a model name"),
+    (
+        '[[models]]\ntype = "openai"\nname = "m"\nlocal = "yes"\n',
+        "[[models]] entry 1 local must be true or false",
+    ),
+    ('[[models]]\ntype = "a"\nname = "m"\ncontext_window = 8\n', "context_window must be an integer >= 16"),
+    ('models = "x"\n', "models must be written as [[models]] tables"),
+    ("[aliases]\nfast = 3\n", "[aliases] fast must be a model id"),
+    ('[routnig]\npreference = "local-first"\n', "unknown table [routnig]"),
+    ("routing = 1\n", "routing must be a table, written [routing]"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD, ids=[m for _, m in BAD])
+def test_each_mistake_names_the_file_table_and_key(home: Path, text: str, message: str) -> None:
+    path = write(home, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(home)
+    assert str(caught.value).startswith(f"{path}: ")
+    assert message in str(caught.value)
+
+
+def test_the_schema_covers_every_execution_setting() -> None:
+    assert set(SCHEMA["execution"].keys) == {f.name for f in attrs.fields(ExecutionSettings)}
+
+
+def test_an_unreadable_file_is_a_config_error(home: Path) -> None:
+    write(home, "[routing\n")
+    with pytest.raises(ConfigError, match="Cannot read"):
+        load_config(home)
+
+
+def test_an_unknown_agent_table_is_named_when_agents_are_hooked(home: Path) -> None:
+    from oblix_core.client import OblixClient
+
+    write(home, "[agents.conectivity]\nlatency_threshold = 150\n")
+    client = OblixClient(home=home)
+    try:
+        with pytest.raises(ConfigError, match="unknown agent 'conectivity'"):
+            client.hook_default_agents()
+    finally:
+        client.store.close()
