@@ -184,7 +184,7 @@ def test_every_key_of_a_session_shares_its_hash_tag(
     store.append_messages(sid, [Message("user", "x")])
     raw = redis_server.client()
     session_keys = raw.keys(f"{store.options.prefix}{{{sid}}}*")
-    assert sorted(k.rsplit(":", 1)[1] for k in session_keys) == ["acks", "md", "meta", "msgs", "tok"]
+    assert sorted(k.rsplit(":", 1)[1] for k in session_keys) == ["md", "meta", "msgs", "tok"]
     assert {key_slot(k.encode()) for k in session_keys} == {key_slot(sid.encode())}
     for key in raw.keys(f"{store.options.prefix}*"):
         assert key in session_keys or key.startswith(f"{store.options.prefix}{{#index}}:")
@@ -267,7 +267,7 @@ def test_retried_append_and_create_apply_once(store: RedisSessionStore) -> None:
     assert store._run("create", record.id, ["other", *args[1:]])[0] == 0
     message = json.dumps(Message("user", "once").to_dict())
     for _ in range(3):
-        assert store._run("append", record.id, ["nonce-2", "2.0", "x", message])[0] >= 1
+        assert store._run("append", record.id, ["0123456789abcdef", "2.0", "x", message])[0] >= 1
     assert [m.content for m in store.load(record.id).messages] == ["once"]
     assert store.list()[0]["message_count"] == 1
 

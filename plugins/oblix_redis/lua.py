@@ -1,13 +1,14 @@
 """The Lua scripts of the redis store: one per operation, each one atomic round trip.
 
-Every session script receives the session's keys, all in its ``{<id>}`` hash slot::
+A session script gets one key, ``KEYS[1] = <prefix>{<id>}:``, and works on the keys
+named from it, all in the session's ``{<id>}`` hash slot::
 
-    KEYS[1] <prefix>{<id>}:meta   hash: created_at, updated_at, last_updated, score, title,
-                                  context, count, nonce, ver
-    KEYS[2] <prefix>{<id>}:md     hash: metadata key -> JSON value
-    KEYS[3] <prefix>{<id>}:tok    hash: metadata key -> index token of (key, value)
-    KEYS[4] <prefix>{<id>}:msgs   list of JSON messages
-    KEYS[5] <prefix>{<id>}:acks   the last 64 append nonces (makes a retried append a no-op)
+    meta   hash: created_at, updated_at, last_updated, score, title, context, count,
+           nonce (of the create), ver, acks (the nonces of the last 16 appends, so that
+           an append retried after a lost reply is applied once)
+    md     hash: metadata key -> JSON value
+    tok    hash: metadata key -> index token of (key, value)
+    msgs   list of JSON messages
 
 and ``ARGV[1]`` the index prefix (``<prefix>{#index}:``), ``ARGV[2]`` the session id,
 ``ARGV[3]`` the TTL in seconds (0: none). The index keys all live in the ``{#index}`` slot
@@ -20,16 +21,22 @@ and ``ARGV[1]`` the index prefix (``<prefix>{#index}:``), ``ARGV[2]`` the sessio
     <ix>of:<id>      set of the tokens indexed for one session (to undo them)
 
 On a single server the index update runs inside the same script (``SINGLE_*``); on a
-cluster it is a second script on the index slot (``SESSION_*`` then ``INDEX_*``).
+cluster it is a second script on the index slot (``SESSION_*`` then ``INDEX_*``). Keys
+named inside a script always share the slot of the script's declared key, as Redis
+Cluster requires.
 """
 
 from __future__ import annotations
 
 # Helpers for the session scripts.
 _SESSION_LIB = """
-local function touch(K, ttl)
-  for i = 1, 5 do
-    if ttl > 0 then redis.call('EXPIRE', K[i], ttl) else redis.call('PERSIST', K[i]) end
+local ACKS = 16  -- append nonces remembered per session (16 hex digits each)
+local function session_keys(base)
+  return {base .. 'meta', base .. 'md', base .. 'tok', base .. 'msgs'}
+end
+local function touch(K, ttl)  -- expiry from the server's clock, on every key of the session
+  if ttl > 0 then
+    for i = 1, 4 do redis.call('EXPIRE', K[i], ttl) end
   end
 end
 local function next_ver(meta)
@@ -68,7 +75,7 @@ local function create(K, A)
     end
     return {0}
   end
-  redis.call('DEL', K[2], K[3], K[4], K[5])
+  redis.call('DEL', K[2], K[3], K[4])
   local first = put_metadata(K, A, 11)
   push(K[4], A, first)
   redis.call('HSET', K[1], 'created_at', A[5], 'updated_at', A[6], 'last_updated', A[7],
@@ -78,17 +85,22 @@ local function create(K, A)
   return {1, redis.call('HGET', K[1], 'ver'), redis.call('HVALS', K[3])}
 end
 
--- ARGV[4] nonce, [5] score, [6] last_updated, then the messages.
+-- ARGV[4] nonce, [5] score, [6] last_updated, then the messages. Four calls (plus EXPIREs).
 local function append(K, A)
-  if redis.call('EXISTS', K[1]) == 0 then return {-1} end
-  if redis.call('LPOS', K[5], A[4], 'MAXLEN', 64) then  -- a retry of an applied append
-    return {2, redis.call('HGET', K[1], 'score')}
-  end
+  local head = redis.call('HMGET', K[1], 'score', 'count', 'acks')
+  if not head[1] then return {-1} end
+  local acks = head[3] or ''
+  if string.find(acks, A[4], 1, true) then return {2, head[1]} end  -- a retry of an applied append
   push(K[4], A, 7)
-  redis.call('HINCRBY', K[1], 'count', #A - 6)
-  local score = raise_score(K[1], A[5], A[6])
-  redis.call('LPUSH', K[5], A[4])
-  redis.call('LTRIM', K[5], 0, 63)
+  local score, stamp = head[1], nil
+  if tonumber(A[5]) > tonumber(score) then score, stamp = A[5], A[6] end
+  acks = string.sub(A[4] .. ',' .. acks, 1, 17 * ACKS)
+  if stamp then
+    redis.call('HSET', K[1], 'count', tonumber(head[2]) + #A - 6, 'acks', acks, 'score', score,
+      'last_updated', stamp)
+  else
+    redis.call('HSET', K[1], 'count', tonumber(head[2]) + #A - 6, 'acks', acks)
+  end
   touch(K, tonumber(A[3]))
   return {1, score}
 end
@@ -106,7 +118,7 @@ end
 
 local function delete(K, A)
   local existed = redis.call('EXISTS', K[1])
-  redis.call('DEL', K[1], K[2], K[3], K[4], K[5])
+  redis.call('DEL', K[1], K[2], K[3], K[4])
   return {existed}
 end
 """
@@ -155,16 +167,16 @@ end
 """
 
 
-SESSION_CREATE = _SESSION_LIB + "return create(KEYS, ARGV)"
-SESSION_APPEND = _SESSION_LIB + "return append(KEYS, ARGV)"
-SESSION_UPDATE = _SESSION_LIB + "return update(KEYS, ARGV)"
-SESSION_DELETE = _SESSION_LIB + "return delete(KEYS, ARGV)"
+SESSION_CREATE = _SESSION_LIB + "return create(session_keys(KEYS[1]), ARGV)"
+SESSION_APPEND = _SESSION_LIB + "return append(session_keys(KEYS[1]), ARGV)"
+SESSION_UPDATE = _SESSION_LIB + "return update(session_keys(KEYS[1]), ARGV)"
+SESSION_DELETE = _SESSION_LIB + "return delete(session_keys(KEYS[1]), ARGV)"
 
 SINGLE_CREATE = (
     _SESSION_LIB
     + _INDEX_LIB
     + """
-local r = create(KEYS, ARGV)
+local r = create(session_keys(KEYS[1]), ARGV)
 if r[1] == 1 then index_sync(ARGV[1], ARGV[2], r[2], ARGV[8], 'set', r[3], false) end
 return r"""
 )
@@ -172,7 +184,7 @@ SINGLE_APPEND = (
     _SESSION_LIB
     + _INDEX_LIB
     + """
-local r = append(KEYS, ARGV)
+local r = append(session_keys(KEYS[1]), ARGV)
 if r[1] == 1 then index_touch(ARGV[1], ARGV[2], r[2]) end
 return r"""
 )
@@ -180,7 +192,7 @@ SINGLE_UPDATE = (
     _SESSION_LIB
     + _INDEX_LIB
     + """
-local r = update(KEYS, ARGV)
+local r = update(session_keys(KEYS[1]), ARGV)
 if r[1] == 1 then index_sync(ARGV[1], ARGV[2], r[2], r[4], 'gt', r[3], false) end
 return r"""
 )
@@ -188,7 +200,7 @@ SINGLE_DELETE = (
     _SESSION_LIB
     + _INDEX_LIB
     + """
-local r = delete(KEYS, ARGV)
+local r = delete(session_keys(KEYS[1]), ARGV)
 index_drop(ARGV[1], ARGV[2], '')
 return r"""
 )
@@ -215,11 +227,11 @@ for i = 2, #ARGV, 2 do n = n + index_drop(ARGV[1], ARGV[i], ARGV[i + 1]) end
 return n"""
 )
 
-# KEYS: meta, md, msgs; ARGV[1]: first message index ('0' all, '-n' the last n, 'none').
+# KEYS[1] <prefix>{<id>}:; ARGV[1]: first message index ('0' all, '-n' the last n, 'none').
 READ = """
-local meta = redis.call('HGETALL', KEYS[1])
+local meta = redis.call('HGETALL', KEYS[1] .. 'meta')
 if #meta == 0 then return {} end
 local msgs = {}
-if ARGV[1] ~= 'none' then msgs = redis.call('LRANGE', KEYS[3], tonumber(ARGV[1]), -1) end
-return {meta, redis.call('HGETALL', KEYS[2]), msgs}
+if ARGV[1] ~= 'none' then msgs = redis.call('LRANGE', KEYS[1] .. 'msgs', tonumber(ARGV[1]), -1) end
+return {meta, redis.call('HGETALL', KEYS[1] .. 'md'), msgs}
 """

@@ -18,7 +18,7 @@ cleans the whole index. Listings never use KEYS or SCAN.
 from __future__ import annotations
 
 import logging
-import uuid
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -37,7 +37,7 @@ from oblix_redis.options import RedisOptions, url_secrets
 
 log = logging.getLogger(__name__)
 
-_SUFFIXES = ("meta", "md", "tok", "msgs", "acks")
+_SUFFIXES = ("meta", "md", "tok", "msgs")
 _HEAD = ("title", "created_at", "last_updated", "count")
 _BATCH = 200
 
@@ -58,6 +58,7 @@ class RedisSessionStore(SessionStore):
         self.options = RedisOptions.parse(url, prefix, cluster, ttl, timeout)
         self._secrets = url_secrets(self.options.url)
         self._ix = f"{self.options.prefix}{{#index}}:"
+        self._ttl = str(self.options.ttl or 0)
         with self._errors("connect"):
             self._client = self._connect()
         single = not self.options.cluster
@@ -102,39 +103,45 @@ class RedisSessionStore(SessionStore):
     @contextmanager
     def _errors(self, doing: str) -> Iterator[None]:
         """Turn redis-py errors into OblixErrors that name the (redacted) server and what to do."""
-        where = self.options.display_url
         try:
             yield
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            if isinstance(exc, redis.AuthenticationError):
-                raise OblixError(
-                    f"Redis at {where} rejected the credentials ({self._scrub(str(exc))}) while trying "
-                    f"to {doing}: fix the password in the store's url."
-                ) from None
-            raise OblixError(
-                f"Redis at {where} is unreachable ({type(exc).__name__}: {self._scrub(str(exc))}) while "
-                f"trying to {doing}. Start the server or fix the store's url; this store reconnects by "
-                "itself once the server is back, so the operation can simply be retried."
-            ) from None
         except redis.RedisError as exc:
-            raise OblixError(
-                f"Redis at {where} failed to {doing}: {type(exc).__name__}: {self._scrub(str(exc))}. "
-                "Check the server's logs and that it is Redis >= 6.2"
-                + (" with every cluster slot served." if self.options.cluster else ".")
-            ) from None
+            raise self._failure(exc, doing) from None
+
+    def _failure(self, exc: redis.RedisError, doing: str) -> OblixError:
+        where = self.options.display_url
+        detail = f"{type(exc).__name__}: {self._scrub(str(exc))}"
+        if isinstance(exc, redis.AuthenticationError):
+            return OblixError(
+                f"Redis at {where} rejected the credentials ({detail}) while trying to {doing}: "
+                "fix the password in the store's url."
+            )
+        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+            return OblixError(
+                f"Redis at {where} is unreachable ({detail}) while trying to {doing}. Start the server "
+                "or fix the store's url; this store reconnects by itself once the server is back, so "
+                "the operation can simply be retried."
+            )
+        cluster = " with every cluster slot served" if self.options.cluster else ""
+        return OblixError(
+            f"Redis at {where} failed to {doing}: {detail}. Check the server's logs and that it is "
+            f"Redis >= 6.2{cluster}."
+        )
 
     # -- keys ---------------------------------------------------------------------------
 
     def _keys(self, session_id: str) -> list[str]:
-        base = f"{self.options.prefix}{{{validate_session_id(session_id)}}}:"
+        base = self._base(session_id)
         return [base + suffix for suffix in _SUFFIXES]
 
+    def _base(self, session_id: str) -> str:
+        """``<prefix>{<id>}:``, the start of every key of the session (and its hash tag)."""
+        return f"{self.options.prefix}{{{validate_session_id(session_id)}}}:"
+
     def _run(self, script: str, session_id: str, args: Sequence[str]) -> Any:
-        keys = self._keys(session_id)
-        if not self.options.cluster and script in ("create", "append", "update", "delete"):
-            keys += [self._ix + "updated", self._ix + "ver"]  # declared for clarity; same server
-        ttl = str(self.options.ttl or 0)
-        return self._scripts[script](keys=keys, args=[self._ix, session_id, ttl, *args])
+        return self._scripts[script](
+            keys=[self._base(session_id)], args=[self._ix, session_id, self._ttl, *args]
+        )
 
     def _index_sync(self, session_id: str, ver: str, score: str, zmode: str, tokens: Sequence[str]) -> None:
         args = [self._ix, session_id, ver, score, zmode, "0", *tokens]
@@ -151,7 +158,7 @@ class RedisSessionStore(SessionStore):
         validate_session_id(session.id)
         score = codec.score(session.last_updated)
         args = [
-            uuid.uuid4().hex,
+            _nonce(),
             session.created_at,
             session.updated_at or session.created_at,
             session.last_updated,
@@ -172,14 +179,18 @@ class RedisSessionStore(SessionStore):
         validate_session_id(session_id)
         if not messages:
             return
-        newest = max(messages, key=lambda m: float(codec.score(m.timestamp))).timestamp
-        args = [uuid.uuid4().hex, codec.score(newest), newest, *(codec.encode_message(m) for m in messages)]
-        with self._errors(f"append to session {session_id}"):
+        newest = messages[0].timestamp
+        if len(messages) > 1:
+            newest = max((codec.score_value(m.timestamp), m.timestamp) for m in messages)[1]
+        args = [_nonce(), codec.score(newest), newest, *(codec.encode_message(m) for m in messages)]
+        try:  # the hot path: no context manager
             result = self._run("append", session_id, args)
-            if result[0] == -1:
-                raise SessionNotFoundError(f"Session {session_id} does not exist.")
-            if self.options.cluster:
+            if self.options.cluster and result[0] != -1:
                 self._scripts["touch"](keys=[self._ix + "updated"], args=[self._ix, session_id, result[1]])
+        except redis.RedisError as exc:
+            raise self._failure(exc, f"append to session {session_id}") from None
+        if result[0] == -1:
+            raise SessionNotFoundError(f"Session {session_id} does not exist.")
 
     def update_metadata(self, session_id: str, metadata: dict[str, Any]) -> None:
         validate_session_id(session_id)
@@ -202,13 +213,24 @@ class RedisSessionStore(SessionStore):
     # -- reading ------------------------------------------------------------------------
 
     def _read(self, session_id: str, start: str) -> SessionRecord:
-        meta, md, msgs = (self._keys(session_id)[i] for i in (0, 1, 3))
-        with self._errors(f"load session {session_id}"):
-            result = self._scripts["read"](keys=[meta, md, msgs], args=[start])
+        base = self._base(session_id)
+        try:
+            if self.options.cluster:  # one script in the session's slot
+                result = self._scripts["read"](keys=[base], args=[start])
+                result = [_pairs(result[0]), _pairs(result[1]), result[2]] if result else None
+            else:  # MULTI/EXEC: the same snapshot, without copying the list through Lua
+                pipe = self._client.pipeline(transaction=True)
+                pipe.hgetall(base + "meta")
+                pipe.hgetall(base + "md")
+                if start != "none":
+                    pipe.lrange(base + "msgs", int(start), -1)
+                result = pipe.execute()
+                result = result if result[0] else None
+        except redis.RedisError as exc:
+            raise self._failure(exc, f"load session {session_id}") from None
         if not result:
             raise SessionNotFoundError(f"Session {session_id} does not exist.")
-        head, metadata, messages = result
-        return codec.decode_record(session_id, _pairs(head), _pairs(metadata), messages)
+        return codec.decode_record(session_id, result[0], result[1], result[2] if len(result) > 2 else [])
 
     def load(self, session_id: str) -> SessionRecord:
         return self._read(session_id, "0")
@@ -355,6 +377,11 @@ class RedisSessionStore(SessionStore):
             "cluster": o.cluster,
             "ttl": o.ttl,
         }
+
+
+def _nonce() -> str:
+    """A random token naming one write (16 hex digits: collisions are negligible)."""
+    return os.urandom(8).hex()
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
