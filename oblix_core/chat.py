@@ -172,11 +172,12 @@ async def run_chat(
     chat = _Chat(client, session_id, stream, read_line, interactive, options)
     async with catch_ctrl_c() as keys:
         await chat.loop(keys, first_prompt)
-    if chat.session_id:
-        _print(f"Chat ended. Session: {chat.session_id}")
+    last_session = chat.session_id or chat.previous
+    if last_session:
+        _print(f"Chat ended. Session: {last_session}")
     else:
         _print("Chat ended. Nothing was stored.")
-    return chat.last | {"session_id": chat.session_id}
+    return chat.last | {"session_id": last_session}
 
 
 @attrs.define
@@ -190,6 +191,8 @@ class _Chat:
     interactive: bool
     options: dict[str, Any]
     last: dict[str, Any] = attrs.field(factory=dict)
+    #: The session left with ``/new``, reported at the end if the new one stored nothing.
+    previous: str | None = None
     typed: _TypeAhead = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -262,7 +265,7 @@ class _Chat:
         elif command == "/load":
             await self._load(argument)
         elif command == "/new":
-            self.session_id = None
+            self.previous, self.session_id = self.session_id or self.previous, None
             client.clear_current_session()
             _print("New session (stored with its first exchange).")
         elif command == "/models":
