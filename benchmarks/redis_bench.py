@@ -108,6 +108,8 @@ def bench_messages(store: RedisSessionStore, raw: redis.Redis, repeat: int) -> l
     store.create(SessionRecord(id=sid))
     line = json.dumps(Message("user", TEXT).to_dict())
     one = [Message("user", TEXT)]
+    store.append_messages(sid, one)  # warm: connections open, scripts loaded
+    raw.rpush(key, line)
     for size in (0, 10_000):
         grow(store, raw, sid, key, size)
         trips = (

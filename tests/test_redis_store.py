@@ -304,3 +304,16 @@ def test_corrupted_session_is_isolated(redis_server: RedisServer, store: RedisSe
     assert type(info.value).__name__ == "SessionCorruptedError"
     assert store.load(good).title == "good"
     assert {s["id"] for s in store.list()} == {good, bad}
+
+
+@pytest.mark.parametrize("wanted", [None, {"tag": "p"}])
+def test_listing_pages_past_dead_entries(
+    redis_server: RedisServer, store: RedisSessionStore, wanted: dict[str, str] | None
+) -> None:
+    raw = redis_server.client()
+    ids = [_new(store, title=f"s{i}", metadata={"tag": "p", "i": i}) for i in range(40)]
+    for sid in ids[-20:]:  # the 20 newest vanish behind the store's back
+        raw.delete(f"{store.options.prefix}{{{sid}}}:meta")
+    listed = store.list(limit=5, filter_metadata=wanted)
+    assert [s["title"] for s in listed] == [f"s{i}" for i in range(19, 14, -1)]
+    assert [s["id"] for s in store.list(limit=100, filter_metadata=wanted)] == ids[:20][::-1]

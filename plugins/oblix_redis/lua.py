@@ -235,3 +235,21 @@ local msgs = {}
 if ARGV[1] ~= 'none' then msgs = redis.call('LRANGE', KEYS[1] .. 'msgs', tonumber(ARGV[1]), -1) end
 return {meta, redis.call('HGETALL', KEYS[1] .. 'md'), msgs}
 """
+
+# KEYS: <ix>updated, then the filter's <ix>md:<token> sets. ARGV[1] how many of the newest
+# matches to skip, ARGV[2] how many to return. Returns id, score, id, score... newest first.
+FILTER_PAGE = """
+local cmd = {'ZINTER', #KEYS}
+for _, key in ipairs(KEYS) do cmd[#cmd + 1] = key end
+cmd[#cmd + 1] = 'AGGREGATE'
+cmd[#cmd + 1] = 'MAX'
+cmd[#cmd + 1] = 'WITHSCORES'
+local r = redis.call(unpack(cmd))
+local out = {}
+local first = #r / 2 - tonumber(ARGV[1])
+for i = first, math.max(1, first - tonumber(ARGV[2]) + 1), -1 do
+  out[#out + 1] = r[2 * i - 1]
+  out[#out + 1] = r[2 * i]
+end
+return out
+"""

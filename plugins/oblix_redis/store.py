@@ -71,6 +71,7 @@ class RedisSessionStore(SessionStore):
             "touch": lua.INDEX_TOUCH,
             "drop": lua.INDEX_DROP,
             "read": lua.READ,
+            "page": lua.FILTER_PAGE,
         }
         self._scripts: dict[str, Script] = {k: self._client.register_script(v) for k, v in source.items()}
 
@@ -256,20 +257,17 @@ class RedisSessionStore(SessionStore):
 
     # -- listing ------------------------------------------------------------------------
 
-    def _candidates(self, filter_metadata: dict[str, Any] | None) -> Iterator[list[tuple[str, float]]]:
-        """Batches of (id, score), newest first: the whole index, or the filter's intersection."""
+    def _candidates(self, wanted: dict[str, Any] | None, size: int) -> Iterator[list[tuple[str, float]]]:
+        """Pages of (id, score), newest first: the whole index, or the filter's intersection."""
         updated = self._ix + "updated"
-        if filter_metadata:
-            sets = [self._ix + "md:" + codec.token(k, v) for k, v in filter_metadata.items()]
-            # ZINTER of the sorted set with the key/value sets (weight 0): ids with their scores.
-            found = self._client.zinter([updated, *sets], aggregate="MAX", withscores=True)
-            found.reverse()
-            for start in range(0, len(found), _BATCH):
-                yield found[start : start + _BATCH]
-            return
+        sets = [self._ix + "md:" + codec.token(k, v) for k, v in (wanted or {}).items()]
         start = 0
         while True:
-            page = self._client.zrevrange(updated, start, start + _BATCH - 1, withscores=True)
+            if sets:  # ZINTER on the server; only this page of its result comes back
+                flat = self._scripts["page"](keys=[updated, *sets], args=[start, size])
+                page = [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
+            else:
+                page = self._client.zrevrange(updated, start, start + size - 1, withscores=True)
             if not page:
                 return
             yield page
@@ -289,7 +287,7 @@ class RedisSessionStore(SessionStore):
             return results
         dead: list[tuple[str, str]] = []
         with self._errors("list sessions"):
-            for batch in self._candidates(filter_metadata):
+            for batch in self._candidates(filter_metadata, min(_BATCH, limit + 10)):
                 for (sid, seen), (head, md) in zip(
                     batch, self._summaries([s for s, _ in batch]), strict=True
                 ):
