@@ -25,11 +25,14 @@ The rules (the user guide's "Failover" section says the same):
 from __future__ import annotations
 
 import abc
+import atexit
 import json
 import logging
 import os
+import queue
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +51,16 @@ HEALTH_FILE = "health.json"
 READINGS_FILE = "agent-readings.json"
 #: Seconds a background health check may take.
 CHECK_TIMEOUT = 2.0
+
+
+#: Breakers whose pending saves are flushed when the interpreter exits (a one-shot command).
+_LIVE: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_all() -> None:
+    for breaker in list(_LIVE):
+        breaker.flush(timeout=2.0)
 
 
 class ModelCoolingDownError(NoModelAvailableError):
@@ -186,6 +199,9 @@ class CircuitBreaker:
         self._lock = threading.RLock()
         self._checker: threading.Thread | None = None
         self._wake = threading.Event()
+        self._saves: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self._writer: threading.Thread | None = None
+        _LIVE.add(self)
 
     @classmethod
     def for_home(cls, settings: Any, home: Path, shared: HealthStore | None = None) -> CircuitBreaker:
@@ -265,6 +281,9 @@ class CircuitBreaker:
     def record_success(self, model_id: str) -> None:
         """A real answer: the model is in service (at once, even if it was cooling)."""
         with self._lock:
+            known = self._health.get(model_id)
+            if known is None or (known.failures == 0 and not known.cooling):
+                return  # nothing to change (and nothing to write)
             record = self._record(model_id)
             record.failures = 0
             record.cooling_since = record.cooling_until = 0.0
@@ -333,12 +352,43 @@ class CircuitBreaker:
         return record
 
     def _save(self, model_id: str, record: ModelHealth) -> None:
+        """Queue the record for the writer thread (the event loop never waits on the store)."""
         if self.store is None or not record.endpoint:
             return
-        try:
-            self.store.save(_key(model_id, record.endpoint), record.to_dict())
-        except Exception as exc:
-            log.warning("cannot save the health of %s to %s: %s", model_id, self.store.name, exc)
+        with self._lock:
+            self._saves.put((_key(model_id, record.endpoint), record.to_dict()))
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._write_loop, name="oblix-health-writer", daemon=True
+                )
+                self._writer.start()
+
+    def _write_loop(self) -> None:
+        assert self.store is not None
+        while True:
+            try:
+                key, record = self._saves.get(timeout=5.0)
+            except queue.Empty:
+                with self._lock:  # _save starts a new writer once this one is gone
+                    if self._saves.empty():
+                        self._writer = None
+                        return
+                continue
+            try:
+                self.store.save(key, record)
+            except Exception as exc:
+                log.warning("cannot save model health (%s) to %s: %s", key, self.store.name, exc)
+            finally:
+                self._saves.task_done()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until queued saves are written; ``False`` if that took longer than ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while self._saves.unfinished_tasks:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     # -- background checks --------------------------------------------------------------
 

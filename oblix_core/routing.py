@@ -290,16 +290,7 @@ def screen(
     ``fallback`` is false, and :class:`NoModelAvailableError` when no candidate's window
     can hold the prompt.
     """
-    entries: dict[str, dict[str, Any]] = {}
-    fitting: list[ModelBackend] = []
-    for model in plan.candidates:
-        fit, problem = context_fit(model, messages, max_tokens)
-        entry = _entry(model, breaker, fit)
-        entries[model.model_id] = entry
-        if problem:
-            entry.update(status="skipped", why=f"context: {problem}")
-        else:
-            fitting.append(model)
+    entries, fitting = _fit_all(plan.candidates, messages, max_tokens, breaker)
     if plan.candidates and not fitting:
         raise NoModelAvailableError(
             "No candidate can hold this request: " + "; ".join(f"{m}: {e['why']}" for m, e in entries.items())
@@ -335,6 +326,25 @@ def screen(
         agents=tuple(agents),
         notes=tuple(notes),
     )
+
+
+def _fit_all(
+    candidates: Sequence[ModelBackend],
+    messages: Sequence[ChatMessage],
+    max_tokens: int | None,
+    breaker: CircuitBreaker,
+) -> tuple[dict[str, dict[str, Any]], list[ModelBackend]]:
+    """An entry per candidate, and the candidates whose window can hold the request."""
+    entries: dict[str, dict[str, Any]] = {}
+    fitting: list[ModelBackend] = []
+    for model in candidates:
+        fit, problem = context_fit(model, messages, max_tokens)
+        entry = entries[model.model_id] = _entry(model, breaker, fit)
+        if problem:
+            entry.update(status="skipped", why=f"context: {problem}")
+        else:
+            fitting.append(model)
+    return entries, fitting
 
 
 def _skip_cooling(fitting: list[ModelBackend], entries: dict[str, dict[str, Any]]) -> list[ModelBackend]:

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 from oblix import ModelType, OblixClient
 from oblix.agents import ConnectivityAgent, ResourceMonitor
-from oblix_core.agents import AgentState, Target
+from oblix_core.agents import AgentCheck, AgentState, BaseAgent, Target
 from oblix_core.cli import build_cli
 from oblix_core.errors import ConfigError, NoModelAvailableError
 from oblix_core.testing import ScriptedPlugin
@@ -317,3 +317,100 @@ def test_agents_cli_json(home: Path) -> None:
     assert [c["agent"] for c in checks] == ["resource_monitor"]
     assert set(checks[0]) == {"agent", "state", "target", "reason", "metrics"}
     assert checks[0]["state"] in (AgentState.AVAILABLE, AgentState.CONSTRAINED, AgentState.CRITICAL)
+
+
+# -- Oblix's own load, fresh samples ------------------------------------------------------
+
+
+def _hash_forever(stop: threading.Event) -> None:
+    import hashlib
+
+    block = b"x" * 2**22
+    while not stop.is_set():
+        hashlib.sha256(block).digest()  # releases the GIL: really uses a core
+
+
+def test_own_cpu_is_told_apart_from_other_programs() -> None:
+    monitor = ResourceMonitor(smoothing=1)
+    stop = threading.Event()
+    burners = [threading.Thread(target=_hash_forever, args=(stop,)) for _ in range(os.cpu_count() or 2)]
+    for t in burners:
+        t.start()
+    try:
+        time.sleep(0.5)
+        monitor.measure()  # start a span with the burners running
+        time.sleep(0.5)
+        metrics = monitor.measure()
+    finally:
+        stop.set()
+        for t in burners:
+            t.join()
+    assert metrics["oblix_cpu_percent"] >= 10  # this process's threads (an idle process: ~0)
+    assert metrics["other_cpu_percent"] == pytest.approx(
+        max(0.0, metrics["cpu_percent"] - metrics["oblix_cpu_percent"]), abs=0.2
+    )
+    _, reason = monitor.classify(metrics)
+    assert "Oblix itself" in reason
+
+
+class Readings(ResourceMonitor):
+    """A ResourceMonitor fed one fixed reading, to test the classification rule."""
+
+    def __init__(self, **reading: float) -> None:
+        super().__init__(smoothing=1)
+        self.reading = reading
+
+    def measure(self) -> dict[str, Any]:
+        base = {"memory_percent": 10.0, "load_normalized": 0.1, "gpu": {"present": False}}
+        return base | self.reading
+
+
+def test_only_other_programs_make_the_machine_busy() -> None:
+    own_work = Readings(cpu_percent=99, oblix_cpu_percent=95, other_cpu_percent=4, other_load_normalized=8)
+    assert own_work.refresh().state == AgentState.AVAILABLE  # Oblix generating; lagging load ignored
+    others = Readings(cpu_percent=99, oblix_cpu_percent=10, other_cpu_percent=89, other_load_normalized=1)
+    check = others.refresh()
+    assert check.state == AgentState.CONSTRAINED and "other programs" in check.reason
+    loaded = Readings(cpu_percent=60, oblix_cpu_percent=0, other_cpu_percent=60, other_load_normalized=6)
+    assert loaded.refresh().state == AgentState.CONSTRAINED and "load" in loaded.refresh().reason
+
+
+class SlowAgent(BaseAgent):
+    """A custom agent whose first sample takes ``delay`` seconds."""
+
+    default_name = "slow"
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(interval=60)
+        self.delay = delay
+
+    def sample(self) -> AgentCheck:
+        time.sleep(self.delay)
+        return AgentCheck(self.name, "PREFER_CLOUD", Target.CLOUD, reason=f"took {self.delay}s")
+
+
+@pytest.mark.anyio
+async def test_first_request_takes_a_fresh_sample_or_says_it_had_none(
+    home: Path, scripted: ScriptedPlugin
+) -> None:
+    async def decide(delay: float) -> dict[str, Any]:
+        client = OblixClient(home=home, plugins=[scripted])
+        await client.hook_model("scripted", "local")
+        await client.hook_model("scripted", "cloud", local=False)
+        client.hook_agent(SlowAgent(delay))
+        result = await client.execute("hi", stream=False)
+        await client.shutdown()
+        return result
+
+    fresh = await decide(0.05)  # one-shot: the agent has not sampled yet when the request starts
+    assert fresh["routing_decision"]["agents"][0]["source"] == "fresh"
+    assert fresh["model_id"] == "scripted:cloud" and fresh["routing_decision"]["rule"] == "agent-target"
+    persisted = await decide(2.0)  # too slow for 300 ms: the reading saved a moment ago stands in
+    assert persisted["routing_decision"]["agents"][0]["source"] == "persisted"
+    assert persisted["model_id"] == "scripted:cloud"
+    (home / "agent-readings.json").unlink()
+    none = await decide(2.0)
+    decision = none["routing_decision"]
+    assert decision["agents"][0]["source"] == "none" and decision["agents"][0]["state"] == "PENDING"
+    assert any("slow had no reading" in note for note in decision["notes"])
+    assert none["model_id"] == "scripted:local"  # routed without it, and said so

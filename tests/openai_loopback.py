@@ -1,0 +1,138 @@
+"""A loopback OpenAI-compatible HTTP server that counts requests and misbehaves on demand.
+
+Not a model: it answers every chat completion with the same short streamed text. It
+exists to put the real ``openai`` client (and so Oblix's OpenAI backend) in front of
+failures a real endpoint has -- ``mode``:
+
+* ``"ok"``        -- a normal streamed answer (SSE chunks, a ``finish_reason``, ``[DONE]``);
+* ``"500"``, ``"503"``, ``"400"``, ``"429"`` -- that HTTP status with an OpenAI error body;
+* ``"blackhole"`` -- reads the request and never answers (until the server stops).
+
+:meth:`stop` closes the listening socket, so the port refuses connections (a dead
+server); :meth:`start` listens on the same port again (recovery). ``GET /v1/models``
+answers from ``models_script`` (statuses popped one per request, then ``models_status``),
+so health checks can be made to flap. ``chat_requests``/``models_requests`` count what
+arrived.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LoopbackOpenAI:
+    """See the module docstring."""
+
+    def __init__(
+        self, mode: str = "ok", port: int | None = None, answer: str = "Hello from loopback"
+    ) -> None:
+        self.mode = mode
+        self.port = port or _free_port()
+        self.answer = answer
+        self.models_status = 200
+        self.models_script: list[int] = []
+        self.chat_requests = 0
+        self.models_requests = 0
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._release = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> LoopbackOpenAI:
+        self._release.clear()
+        owner = self
+
+        class Handler(_Handler):
+            server_owner = owner
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._release.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def _count(self, what: str) -> int | None:
+        with self._lock:
+            if what == "models":
+                self.models_requests += 1
+                return self.models_script.pop(0) if self.models_script else self.models_status
+            self.chat_requests += 1
+            return None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_owner: LoopbackOpenAI
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _json(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if not self.path.rstrip("/").endswith("/models"):
+            self._json(404, {"error": {"message": "not found"}})
+            return
+        status = self.server_owner._count("models") or 200
+        if status == 200:
+            self._json(200, {"object": "list", "data": [{"id": "loopback", "object": "model"}]})
+        else:
+            self._json(status, {"error": {"message": f"scripted {status}"}})
+
+    def do_POST(self) -> None:
+        owner = self.server_owner
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}")
+        owner._count("chat")
+        mode = owner.mode
+        if mode == "blackhole":
+            owner._release.wait()
+            return
+        if mode != "ok":
+            self._json(int(mode), {"error": {"message": f"scripted {mode}", "type": "server_error"}})
+            return
+        self._stream(body.get("model", "loopback"))
+
+    def _stream(self, model: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        words = self.server_owner.answer.split(" ")
+        for i, word in enumerate(words):
+            text = word if i == 0 else f" {word}"
+            self._event({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}, model)
+        self._event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}, model)
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+        self.close_connection = True
+
+    def _event(self, payload: dict[str, Any], model: str) -> None:
+        event = {"id": "chatcmpl-loopback", "object": "chat.completion.chunk", "created": 0, "model": model}
+        self.wfile.write(b"data: " + json.dumps(event | payload).encode() + b"\n\n")
+        self.wfile.flush()
