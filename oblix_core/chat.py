@@ -22,10 +22,12 @@ import attrs
 
 from oblix_core.cli_common import CtrlC, catch_ctrl_c, cli_message, resolve_session_id
 from oblix_core.errors import OblixError, StreamInterruptedError
+from oblix_core.explain import explain
 from oblix_core.render import print_answer
 
 if TYPE_CHECKING:
     from oblix_core.client import OblixClient
+    from oblix_core.conversation import ResponseStream
 
 HELP = """Commands:
   /list         recent sessions
@@ -33,6 +35,7 @@ HELP = """Commands:
   /new          start a new session (stored with its first exchange)
   /models       hooked models
   /status       agents' latest checks and the current session
+  /why          why the last prompt went to its model: candidates, skips, attempts
   /help         this text
   /exit         leave the chat (also Ctrl-D, or Ctrl-C at the prompt)
 Ctrl-C while an answer is written stops it and keeps the part shown."""
@@ -193,6 +196,8 @@ class _Chat:
     last: dict[str, Any] = attrs.field(factory=dict)
     #: The session left with ``/new``, reported at the end if the new one stored nothing.
     previous: str | None = None
+    #: The last prompt's stream, whose ``routing_decision`` ``/why`` prints.
+    response: ResponseStream | None = None
     typed: _TypeAhead = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -229,7 +234,9 @@ class _Chat:
         _print("ai> ", end="")
         response = None
         try:
-            response = self.client.stream(prompt, session_id=self.session_id, **dict(self.options))
+            response = self.response = self.client.stream(
+                prompt, session_id=self.session_id, **dict(self.options)
+            )
             with self.typed.holding(), keys.cancels() as scope:
                 self.last = await print_answer(response, live=self.stream)
             if scope.cancelled_caught:
@@ -276,6 +283,9 @@ class _Chat:
                 _print("  no model hooked")
         elif command == "/status":
             self._status()
+        elif command == "/why":
+            decision = self.response.routing_decision if self.response is not None else None
+            _print(explain(decision) if decision else "No prompt routed yet in this chat.")
         elif command == "/help":
             _print(HELP)
         else:

@@ -311,3 +311,23 @@ async def test_a_busy_local_model_sends_concurrent_requests_to_an_idle_one(
     idle = await client.execute("later", stream=False)
     assert idle["model_id"] == "scripted:local" and idle["routing_decision"]["rule"] == "preference"
     await client.shutdown()
+
+
+@pytest.mark.anyio
+async def test_chat_why_explains_the_last_prompt(
+    home: Path, scripted: ScriptedPlugin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from oblix_core.chat import run_chat
+
+    client = OblixClient(home=home, plugins=[scripted], execution=FAST)
+    await client.hook_model("scripted", "a")
+    await client.hook_model("scripted", "b")
+    scripted.scripts["a"] = [Step(fail="permanent")]
+    lines = iter(["/why", "hello", "/why", "/exit"])
+    await run_chat(client, None, read_line=lambda _: next(lines))
+    out = capsys.readouterr().out
+    assert "No prompt routed yet" in out
+    assert "Candidates, in order:" in out and "1. scripted:a (local)" in out
+    assert "scripted:a failed after" in out and "scripted permanent failure" in out
+    assert "Answered by scripted:b." in out
+    await client.shutdown()
