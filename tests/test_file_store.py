@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import psutil
 import pytest
 
-from oblix_core.errors import InvalidSessionIdError, SessionCorruptedError, SessionExistsError
+import oblix_file.files
+from oblix_core.errors import (
+    InvalidSessionIdError,
+    SessionCorruptedError,
+    SessionExistsError,
+    SessionNotFoundError,
+)
 from oblix_core.records import Message, SessionRecord, new_session_id, utc_now
 from oblix_core.testing import SessionStoreContract
 from oblix_file.index import Summary
-from oblix_file.store import INDEX, MESSAGES, META, FileSessionStore
+from oblix_file.store import INDEX, MESSAGES, META, FileSessionStore, FileStoreError
 
 
 class TestFileStoreContract(SessionStoreContract):
@@ -151,3 +165,411 @@ def test_meta_file_holds_only_session_fields(store: FileSessionStore) -> None:
     sid = _new(store, metadata={"a": 1})
     meta = json.loads((store.root / sid / META).read_text())
     assert set(meta) == {"title", "created_at", "updated_at", "context", "metadata"}
+
+
+# -- complete or not acknowledged --------------------------------------------------------
+
+
+class ShortWriteDouble:
+    """Fault-injection double for ``os.write``: on the log's fd, writes only part of the
+    first buffer, then fails with ``errno`` (or, with ``errno=None``, lets the rest through).
+    Every other fd is written for real."""
+
+    def __init__(self, log_path: Path, errno_: int | None) -> None:
+        self.log_path = log_path
+        self.errno = errno_
+        self.calls = 0
+        self.real = os.write
+
+    def __call__(self, fd: int, data: bytes | memoryview) -> int:
+        if os.readlink(f"/proc/self/fd/{fd}") != str(self.log_path):
+            return self.real(fd, data)
+        self.calls += 1
+        if self.calls == 1:
+            return self.real(fd, bytes(data)[: max(1, len(data) // 2)])
+        if self.errno is not None:
+            raise OSError(self.errno, os.strerror(self.errno))
+        return self.real(fd, data)
+
+
+def test_short_write_then_full_disk_leaves_the_log_exactly_as_it_was(
+    store: FileSessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sid = _new(store)
+    store.append_messages(sid, [Message("user", "kept")])
+    log_path = store.root / sid / MESSAGES
+    before = log_path.read_bytes()
+    double = ShortWriteDouble(log_path, errno.ENOSPC)
+    monkeypatch.setattr(oblix_file.files.os, "write", double)
+    with pytest.raises(FileStoreError, match="No space left on device") as caught:
+        store.append_messages(sid, [Message("user", "lost-q"), Message("assistant", "lost-a")])
+    monkeypatch.undo()
+    assert double.calls == 2
+    assert str(log_path) in str(caught.value) and "Nothing was stored" in str(caught.value)
+    assert caught.value.stored is False
+    assert log_path.read_bytes() == before  # truncated back: the half line is gone
+    store.append_messages(sid, [Message("user", "next")])
+    assert [m.content for m in store.load(sid).messages] == ["kept", "next"]
+    assert store.list()[0]["message_count"] == 2
+
+
+def test_short_writes_are_continued(store: FileSessionStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    sid = _new(store)
+    double = ShortWriteDouble(store.root / sid / MESSAGES, None)
+    monkeypatch.setattr(oblix_file.files.os, "write", double)
+    store.append_messages(sid, [Message("user", "q" * 5000), Message("assistant", "a" * 5000)])
+    monkeypatch.undo()
+    assert double.calls == 2
+    assert [len(m.content) for m in store.load(sid).messages] == [5000, 5000]
+
+
+def test_a_failed_fsync_is_not_acknowledged(store: FileSessionStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    sid = _new(store)
+    log_path = store.root / sid / MESSAGES
+    real_fsync = os.fsync
+
+    def failing_fsync(fd: int) -> None:  # fault-injection double: the log's fsync reports EIO once
+        if os.readlink(f"/proc/self/fd/{fd}") == str(log_path) and not calls:
+            calls.append(fd)
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+
+    calls: list[int] = []
+    monkeypatch.setattr(oblix_file.files.os, "fsync", failing_fsync)
+    with pytest.raises(FileStoreError, match="I/O error"):
+        store.append_messages(sid, [Message("user", "x")])
+    monkeypatch.undo()
+    assert log_path.read_bytes() == b""
+    assert store.load(sid).messages == ()
+
+
+# -- the files are the truth; the index converges -------------------------------------
+
+
+def test_an_index_failure_after_the_append_is_acknowledged_and_repaired(
+    store: FileSessionStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    sid = _new(store)
+    store.append_messages(sid, [Message("user", "a")])
+
+    def full(*args: object, **kwargs: object) -> bool:  # fault-injection double: SQLite's disk is full
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store._index, "record_append", full)
+    store.append_messages(sid, [Message("user", "b"), Message("assistant", "c")])  # no error: it is stored
+    monkeypatch.undo()
+    assert "was stored, but the listing index could not be updated" in caplog.text
+    assert [m.content for m in store.load(sid).messages] == ["a", "b", "c"]
+    assert store.list()[0]["message_count"] == 3
+    store.append_messages(sid, [Message("user", "d")])  # the stale row is re-counted, not incremented
+    assert store.list()[0]["message_count"] == 4
+
+
+def test_listing_converges_after_a_crash_between_the_log_and_the_index(store: FileSessionStore) -> None:
+    sid = _new(store, title="t")
+    store.append_messages(sid, [Message("user", "a")])
+    late = Message("assistant", "written, then the writer died", timestamp="2999-01-01T00:00:00Z")
+    with open(store.root / sid / MESSAGES, "ab") as handle:  # what a writer killed before the index did
+        handle.write(json.dumps(late.to_dict()).encode() + b"\n" + b'{"torn')
+    [summary] = store.list()
+    assert summary["message_count"] == len(store.load(sid).messages) == 2
+    assert summary["updated_at"] == late.timestamp
+    reopened = FileSessionStore(store.root)
+    assert reopened.list()[0]["message_count"] == 2  # the repair was stored
+    assert reopened._index.summaries()[0].message_count == 2
+
+
+def test_listing_converges_after_a_crash_between_meta_and_the_index(store: FileSessionStore) -> None:
+    sid = _new(store, metadata={"state": "open"})
+    meta = json.loads((store.root / sid / META).read_text())
+    meta["metadata"]["state"] = "closed"  # meta.json replaced; the writer died before the index update
+    (store.root / sid / META).write_text(json.dumps(meta))
+    assert [s["id"] for s in store.list(filter_metadata={"state": "closed"})] == [sid]
+    assert store.list(filter_metadata={"state": "open"}) == []
+
+
+def test_a_metadata_index_failure_is_acknowledged(
+    store: FileSessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sid = _new(store, metadata={"state": "open"})
+
+    def locked(*args: object, **kwargs: object) -> bool:  # fault-injection double: the index is locked
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(store._index, "record_metadata", locked)
+    store.update_metadata(sid, {"state": "closed"})
+    monkeypatch.undo()
+    assert store.get_metadata(sid) == {"state": "closed"}
+    assert [s["metadata"] for s in store.list()] == [{"state": "closed"}]
+
+
+def test_a_damaged_index_is_rebuilt(tmp_path: Path) -> None:
+    root = tmp_path / "sessions"
+    first = FileSessionStore(root)
+    sid = _new(first, title="t")
+    first.close()
+    for suffix in ("-wal", "-shm"):
+        (root / (INDEX + suffix)).unlink(missing_ok=True)
+    (root / INDEX).write_bytes(b"this is not a database" * 100)
+    assert [s["id"] for s in FileSessionStore(root).list()] == [sid]
+
+
+# -- the store's own files, missing ids, temp files --------------------------------------
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("name", ["index.sqlite3", "index.sqlite3-wal", "index.sqlite3-shm"])
+def test_ids_named_like_index_files_never_touch_the_index(store: FileSessionStore, name: str) -> None:
+    sid = _new(store, title="other")
+    store.list()
+    before = _tree(store.root)
+    assert store.delete(name) is False
+    with pytest.raises(SessionNotFoundError):
+        store.update_metadata(name, {"a": 1})
+    with pytest.raises(SessionNotFoundError):
+        store.append_messages(name, [Message("user", "x")])
+    assert _tree(store.root) == before
+    store.create(SessionRecord(id=name, title="named like a store file"))
+    store.append_messages(name, [Message("user", "x")])
+    store.update_metadata(name, {"a": 1})
+    assert {s["id"]: s["message_count"] for s in store.list()} == {sid: 0, name: 1}
+    assert store.delete(name) is True
+    assert [s["id"] for s in FileSessionStore(store.root).list()] == [sid]
+
+
+def test_an_index_of_the_old_name_is_dropped_as_a_cache(tmp_path: Path) -> None:
+    root = tmp_path / "sessions"
+    sid = _new(FileSessionStore(root), title="kept")
+    for name in ("index.sqlite3", "index.sqlite3-wal"):
+        (root / name).write_bytes(b"an index written by an older Oblix")
+    store = FileSessionStore(root)
+    assert not (root / "index.sqlite3").exists() and not (root / "index.sqlite3-wal").exists()
+    assert store.delete("index.sqlite3") is False
+    assert [s["id"] for s in store.list()] == [sid]
+
+
+def test_operations_on_a_missing_session_create_nothing(store: FileSessionStore) -> None:
+    _new(store)
+    before = _tree(store.root)
+    missing = new_session_id()
+    assert store.delete(missing) is False
+    assert store.exists(missing) is False
+    for call in (
+        lambda: store.update_metadata(missing, {"a": 1}),
+        lambda: store.append_messages(missing, [Message("user", "x")]),
+        lambda: store.load(missing),
+        lambda: store.load_recent(missing, 3),
+        lambda: store.get_metadata(missing),
+    ):
+        with pytest.raises(SessionNotFoundError):
+            call()
+    assert _tree(store.root) == before
+
+
+def test_a_delete_racing_appends_leaves_no_stray_folder(store: FileSessionStore) -> None:
+    def writer(sid: str) -> None:
+        for _ in range(50):
+            try:
+                store.append_messages(sid, [Message("user", "x")])
+            except SessionNotFoundError:
+                return
+
+    for _ in range(5):
+        sid = _new(store)
+        threads = [threading.Thread(target=writer, args=(sid,)) for _ in range(3)]
+        for t in threads:
+            t.start()
+        assert store.delete(sid) is True
+        for t in threads:
+            t.join()
+        assert not (store.root / sid).exists()
+    assert [p.name for p in store.root.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_stale_temp_files_of_every_kind_are_swept(tmp_path: Path) -> None:
+    root = tmp_path / "sessions"
+    store = FileSessionStore(root)
+    sid = _new(store)
+    old = time.time() - 7200
+    stale = [root / ".new-0a", root / ".trash-0b", root / ".tmp-0c", root / sid / ".meta.json.0d.tmp"]
+    fresh = [root / ".new-1a", root / ".tmp-1c", root / sid / ".meta.json.1d.tmp"]
+    for path in stale + fresh:
+        if path.name.startswith((".new-", ".trash-")):
+            path.mkdir()
+            (path / META).write_text("{}")
+        else:
+            path.write_text("{}")
+    for path in stale:
+        os.utime(path, (old, old))
+    FileSessionStore(root)
+    store.update_metadata(sid, {"a": 1})  # sweeps the session's own folder
+    assert [p for p in stale if p.exists()] == []
+    assert [p for p in fresh if not p.exists()] == []
+
+
+def test_close_releases_the_connections_of_every_thread(store: FileSessionStore) -> None:
+    sid = _new(store)
+
+    def index_fds() -> int:  # the index and its WAL, under whatever name
+        return sum(f.path.startswith(str(store.root)) for f in psutil.Process().open_files())
+
+    done = threading.Barrier(9)
+    release = threading.Event()
+
+    def worker(n: int) -> None:
+        for i in range(10):
+            store.append_messages(sid, [Message("user", f"{n}-{i}")])
+            store.list()
+        done.wait(60)
+        release.wait(60)  # stay alive, like an idle worker-thread pool after shutdown()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    done.wait(60)
+    assert index_fds() >= 8
+    store.close()
+    assert index_fds() == 0
+    release.set()
+    for t in threads:
+        t.join()
+    assert store.list()[0]["message_count"] == 80  # usable again: connections reopen
+    store.close()
+    assert index_fds() == 0
+
+
+def test_contains_path(store: FileSessionStore, tmp_path: Path) -> None:
+    sid = _new(store)
+    link = tmp_path / "link"
+    link.symlink_to(store.root / sid)
+    assert store.contains_path(store.root)
+    assert store.contains_path(store.root / sid / MESSAGES)
+    assert store.contains_path(str(link / MESSAGES))
+    assert store.contains_path(store.root / "not-yet" / "x.json")
+    assert not store.contains_path(tmp_path / "export.json")
+    assert not store.contains_path(Path(f"{store.root}2") / "x.json")  # a sibling sharing the prefix
+
+
+# -- read-only and unwritable roots ------------------------------------------------------
+
+
+PROBE = textwrap.dedent(
+    """
+    import json, sys
+    from oblix_core.records import Message, SessionRecord
+    from oblix_file.store import FileSessionStore
+    root, sid = sys.argv[1], sys.argv[2]
+    out = {}
+    def attempt(name, call):
+        try:
+            out[name] = ["ok", repr(call())]
+        except BaseException as exc:
+            out[name] = [type(exc).__name__, str(exc), [c.__name__ for c in type(exc).__mro__]]
+    store = None
+    def open_store():
+        global store
+        store = FileSessionStore(root)
+    attempt("open", open_store)
+    if store is not None:
+        attempt("list", lambda: [(s["id"], s["message_count"]) for s in store.list()])
+        attempt("load", lambda: [m.content for m in store.load(sid).messages])
+        attempt("get_metadata", lambda: store.get_metadata(sid))
+        attempt("create", lambda: store.create(SessionRecord(id="new-one")))
+        attempt("append", lambda: store.append_messages(sid, [Message("user", "x")]))
+        attempt("update_metadata", lambda: store.update_metadata(sid, {"b": 2}))
+        attempt("delete", lambda: store.delete(sid))
+    print(json.dumps(out))
+    """
+)
+
+
+def _probe(root: Path, sid: str, prefix: list[str]) -> dict[str, list[Any]]:
+    done = subprocess.run(
+        [*prefix, sys.executable, "-c", PROBE, str(root), sid], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _assert_reads_work_and_writes_fail_clearly(
+    outcome: dict[str, list[Any]], sid: str, root: Path, cause: str
+) -> None:
+    assert outcome["open"][0] == "ok", outcome["open"]
+    assert outcome["list"] == ["ok", repr([(sid, 1)])]
+    assert outcome["load"] == ["ok", repr(["hello"])]
+    assert outcome["get_metadata"] == ["ok", repr({"a": 1})]
+    for name in ("create", "append", "update_metadata", "delete"):
+        kind, message, mro = outcome[name]
+        assert kind == "FileStoreError" and "OblixError" in mro, outcome[name]
+        assert str(root) in message and cause in message, message
+
+
+def _seed(root: Path) -> str:
+    store = FileSessionStore(root)
+    sid = _new(store, metadata={"a": 1})
+    store.append_messages(sid, [Message("user", "hello")])
+    store.close()
+    return sid
+
+
+@pytest.fixture
+def read_only_view(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """(a folder, a read-only bind mount of it), or skip when mounting is refused."""
+    source, view = tmp_path / "source", tmp_path / "view"
+    source.mkdir()
+    view.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root (the file-mode variant below runs instead)")
+    mounted = subprocess.run(["mount", "--bind", str(source), str(view)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"mount --bind was refused: {mounted.stderr.strip()}")
+    try:
+        remount = subprocess.run(
+            ["mount", "-o", "remount,bind,ro", str(view)], capture_output=True, text=True
+        )
+        if remount.returncode != 0:
+            pytest.skip(f"a read-only remount was refused: {remount.stderr.strip()}")
+        yield source, view
+    finally:
+        subprocess.run(["umount", str(view)], check=True)
+
+
+@pytest.mark.parametrize("keep_index", [True, False], ids=["index-readable", "index-missing"])
+def test_a_read_only_file_system_serves_reads_and_refuses_writes_clearly(
+    read_only_view: tuple[Path, Path], keep_index: bool
+) -> None:
+    source, view = read_only_view
+    sid = _seed(source / "sessions")
+    if not keep_index:
+        for suffix in ("", "-wal", "-shm"):
+            (source / "sessions" / (INDEX + suffix)).unlink(missing_ok=True)
+    outcome = _probe(view / "sessions", sid, [])
+    _assert_reads_work_and_writes_fail_clearly(outcome, sid, view / "sessions", "Read-only file system")
+    assert _tree(source / "sessions") >= {sid, f"{sid}/{META}"}
+
+
+def test_permission_denied_serves_reads_and_refuses_writes_clearly(tmp_path: Path) -> None:
+    root = tmp_path / "sessions"
+    sid = _seed(root)
+    prefix = []
+    if os.geteuid() == 0:  # root ignores file modes unless it drops CAP_DAC_OVERRIDE
+        prefix = ["setpriv", "--bounding-set=-dac_override", "--inh-caps=-dac_override", "--"]
+    paths = [root, *root.rglob("*")]  # folders r-x, files r--, as if owned by someone else
+    for path in paths:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        outcome = _probe(root, sid, prefix)
+    finally:
+        for path in paths:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    _assert_reads_work_and_writes_fail_clearly(outcome, sid, root, "Permission denied")
+
+
+def test_an_unusable_root_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(FileStoreError, match=f"{blocker}.*(Not a directory|File exists)"):
+        FileSessionStore(blocker / "sessions")
