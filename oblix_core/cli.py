@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 from typing import Any
 
 import click
@@ -132,20 +133,30 @@ def _ignore_ctrl_c() -> None:
 
 
 def main() -> None:
-    """The ``oblix`` entry point: a one-line message, never a traceback, for any error."""
+    """The ``oblix`` entry point: a one-line message, never a traceback, for any error.
+
+    Exit status: 0, 1 for errors, 2 for usage errors, 130 after Ctrl-C.
+    """
     try:
-        group = build_cli()
+        code = build_cli().main(standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except (click.Abort, KeyboardInterrupt):  # Ctrl-C where no command handles it itself
+        sys.stderr.write("\nInterrupted.\n")
+        code = 130
     except OblixError as exc:
-        raise SystemExit(f"Error: {cli_message(exc)}") from None
-    try:
-        group(standalone_mode=True)
-    except SystemExit:
-        _ignore_ctrl_c()  # exiting: a late Ctrl-C must not turn a clean exit into a kill
-        raise
+        sys.stderr.write(f"Error: {cli_message(exc)}\n")
+        code = 1
+    except SystemExit as exc:
+        code = exc.code
     except Exception as exc:  # a bug or an unforeseen environment: say what, not a traceback
         if os.environ.get(DEBUG_ENV):
             raise
-        raise SystemExit(
+        sys.stderr.write(
             f"Error: {type(exc).__name__}: {exc}. This is unexpected; run again with {DEBUG_ENV}=1 "
-            "for the traceback and report it."
-        ) from None
+            "for the traceback and report it.\n"
+        )
+        code = 1
+    _ignore_ctrl_c()  # exiting: a late Ctrl-C must not turn a clean exit into a kill
+    raise SystemExit(code or 0)
