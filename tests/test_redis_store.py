@@ -317,3 +317,13 @@ def test_listing_pages_past_dead_entries(
     listed = store.list(limit=5, filter_metadata=wanted)
     assert [s["title"] for s in listed] == [f"s{i}" for i in range(19, 14, -1)]
     assert [s["id"] for s in store.list(limit=100, filter_metadata=wanted)] == ids[:20][::-1]
+
+
+def test_model_health_is_shared_through_the_same_redis(redis_server: RedisServer) -> None:
+    prefix = unique_prefix()
+    first = RedisSessionStore(url=redis_server.url, prefix=prefix)
+    second = RedisSessionStore(url=redis_server.url, prefix=prefix)
+    first.shared_health().save("local:m|http://127.0.0.1:1", {"failures": 3, "until": 12.5})
+    assert second.shared_health().load() == {"local:m|http://127.0.0.1:1": {"failures": 3, "until": 12.5}}
+    first.close()
+    second.close()

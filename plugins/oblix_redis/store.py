@@ -33,6 +33,7 @@ from oblix_core.errors import OblixError, SessionExistsError, SessionNotFoundErr
 from oblix_core.records import Message, SessionRecord, matches_metadata, utc_now, validate_session_id
 from oblix_core.stores import SessionStore
 from oblix_redis import codec, lua
+from oblix_redis.health import RedisHealthStore
 from oblix_redis.options import RedisOptions, url_secrets
 
 log = logging.getLogger(__name__)
@@ -362,6 +363,10 @@ class RedisSessionStore(SessionStore):
     def _key(self, session_id: str, suffix: str) -> str:
         """One key of a session already known to the index (no id validation)."""
         return f"{self.options.prefix}{{{session_id}}}:{suffix}"
+
+    def shared_health(self) -> RedisHealthStore:
+        """Model health shared through this Redis by every Oblix instance using it."""
+        return RedisHealthStore(self._client, self.options.prefix)
 
     def close(self) -> None:
         self._client.close()
