@@ -16,15 +16,19 @@ environment turns on moto's credential checks (IAM) after that many requests.
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import boto3
+import pytest
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
@@ -144,6 +148,44 @@ class S3Process:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+_shared: S3Server | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_server() -> S3Server:
+    """One in-thread server for every test module that asks (stopped at exit)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = S3Server()
+            _shared.start()
+            atexit.register(_shared.stop)
+        return _shared
+
+
+def new_bucket(url: str, **client_options: Any) -> str:
+    name = f"oblix-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=url, **client_options).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def s3_bucket(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Store options (``bucket``, ``endpoint_url``) of a fresh bucket; test credentials in the env."""
+    for name, value in TEST_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    url = shared_server().url
+    return {"bucket": new_bucket(url), "endpoint_url": url}
+
+
+def s3_store(options: dict[str, str]) -> Any:
+    """An S3 store in ``options``' bucket under a prefix of its own."""
+    from oblix_s3.store import S3SessionStore
+
+    return S3SessionStore(**options, prefix=f"t-{uuid.uuid4().hex[:8]}/")
 
 
 def main() -> None:

@@ -15,10 +15,11 @@ from oblix_core.records import Message, SessionRecord
 from oblix_core.stores import SessionStore
 from oblix_file.store import MESSAGES, FileSessionStore
 from oblix_redis.store import RedisSessionStore
-from tests import redis_servers
+from tests import redis_servers, s3_server
 from tests.redis_servers import unique_prefix
 
 redis_server = redis_servers.redis_server  # session fixture: a real redis-server
+s3_bucket = s3_server.s3_bucket  # a fresh bucket on moto's S3 server
 
 #: kind -> factory(request, folder) of a fresh, empty store of that kind.
 FACTORIES: dict[str, Callable[[pytest.FixtureRequest, Path], SessionStore]] = {
@@ -26,10 +27,11 @@ FACTORIES: dict[str, Callable[[pytest.FixtureRequest, Path], SessionStore]] = {
     "redis": lambda request, folder: RedisSessionStore(
         url=request.getfixturevalue("redis_server").url, prefix=unique_prefix()
     ),
+    "s3": lambda request, folder: s3_server.s3_store(request.getfixturevalue("s3_bucket")),
 }
 
 #: The stores a session goes through, in order; it must come back unchanged.
-CHAIN = ["file", "redis", "file"]
+CHAIN = ["file", "redis", "s3", "file"]
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import sys
 import textwrap
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import pytest
 from oblix_core.errors import OblixError, SessionNotFoundError
 from oblix_core.records import Message, SessionRecord, new_session_id
 from oblix_s3.store import S3SessionStore
-from tests.s3_server import ROOT, TEST_ENV, S3Process, S3Server
+from tests.s3_server import ROOT, TEST_ENV, S3Process, S3Server, new_bucket
 
 SECRET = "sekrit-Value-that-must-never-show-0123456789"
 
@@ -44,12 +43,6 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in TEST_ENV.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-
-
-def new_bucket(url: str, **credentials: str) -> str:
-    name = f"oblix-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=url, **credentials).create_bucket(Bucket=name)
-    return name
 
 
 def _new(store: S3SessionStore) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from oblix_s3 import make_store
 from oblix_s3.layout import INDEX_SHARDS, plan_compaction
 from oblix_s3.store import S3SessionStore
 from tests.conftest import FAST
-from tests.s3_server import TEST_ENV, S3Server
+from tests.s3_server import TEST_ENV, S3Server, new_bucket
 from tests.servers import free_port
 
 
@@ -40,15 +39,9 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_PROFILE", raising=False)
 
 
-def new_bucket(server: S3Server) -> str:
-    name = f"oblix-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=server.url).create_bucket(Bucket=name)
-    return name
-
-
 @pytest.fixture
 def bucket(server: S3Server) -> str:
-    return new_bucket(server)
+    return new_bucket(server.url)
 
 
 @pytest.fixture
@@ -363,3 +356,41 @@ async def test_store_selected_from_config_toml(home: Path, server: S3Server, buc
         assert oblix.list_sessions()[0]["id"] == sid
     finally:
         await oblix.shutdown()
+
+
+def test_cli_selects_the_s3_store(
+    home: Path, server: S3Server, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from oblix_core.cli import build_cli
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "cli-secret-never-shown-42")
+    monkeypatch.setenv("COLUMNS", "250")
+    chosen = [
+        "--store",
+        "s3",
+        "--store-option",
+        f"bucket={bucket}",
+        "--store-option",
+        f"endpoint_url={server.url}",
+    ]
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(build_cli(), [*chosen, *args])
+        assert result.exit_code == 0, result.output
+        assert "cli-secret-never-shown-42" not in result.output
+        return result.output
+
+    sid = run("sessions", "import", str(Path(__file__).parent / "data" / "reference_session.json")).strip()
+    listed = json.loads(run("sessions", "list", "--json", "--filter", "category=technical_support"))
+    assert [s["id"] for s in listed] == [sid] and listed[0]["message_count"] == 3
+    stores = [s for p in json.loads(run("plugins", "--json")) for s in p.get("stores", [])]
+    (s3,) = [s for s in stores if s["store"] == "s3"]
+    assert s3["in_use"] and bucket in json.dumps(s3["where"])
+    assert (
+        boto3.client("s3", endpoint_url=server.url).list_objects_v2(Bucket=bucket, Prefix="oblix/sessions/")[
+            "KeyCount"
+        ]
+        >= 2
+    )

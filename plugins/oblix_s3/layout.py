@@ -86,6 +86,7 @@ def new_manifest(record: SessionRecord, segments: list[dict[str, Any]]) -> dict[
         "title": record.title,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
+        "last_updated": record.last_updated,
         "context": record.context,
         "metadata": record.metadata,
         "segments": segments,
@@ -131,8 +132,13 @@ def to_record(manifest: dict[str, Any], messages: Sequence[Message]) -> SessionR
 
 
 def last_updated(manifest: dict[str, Any]) -> str:
-    stamps = [manifest["created_at"]] + ([manifest["updated_at"]] if manifest.get("updated_at") else [])
-    return max(stamps, key=parse_timestamp)
+    """When the session last changed: its header's ``updated_at`` or its newest message.
+
+    ``updated_at`` itself keeps what the session was created or last updated with (as
+    in the file store); ``last_updated`` also follows appends and orders the listing.
+    """
+    stamps = [manifest["created_at"], manifest.get("updated_at"), manifest.get("last_updated")]
+    return max((s for s in stamps if s), key=parse_timestamp)
 
 
 def later(current: str | None, *stamps: str) -> str:
@@ -172,7 +178,7 @@ def plan_compaction(counts: Sequence[int], max_segments: int, ratio: float = 2.0
     return start
 
 
-# -- index entries and filters -------------------------------------------------------------
+# -- index entries -------------------------------------------------------------
 
 
 def index_entry(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -188,23 +194,3 @@ def index_entry(manifest: dict[str, Any]) -> dict[str, Any]:
         "message_count": message_count(manifest),
         "metadata": manifest.get("metadata") or {},
     }
-
-
-def _typed(value: Any) -> Any:
-    """A comparison key in which JSON types differ: ``True`` is not ``1``; ``1`` is ``1.0``."""
-    if isinstance(value, bool) or value is None:
-        return ("b", value)
-    if isinstance(value, int | float):
-        return ("n", value)
-    if isinstance(value, str):
-        return ("s", value)
-    if isinstance(value, list | tuple):
-        return ("l", tuple(_typed(v) for v in value))
-    if isinstance(value, dict):
-        return ("d", tuple(sorted((str(k), _typed(v)) for k, v in value.items())))
-    return ("?", repr(value))
-
-
-def matches(metadata: dict[str, Any], wanted: dict[str, Any] | None) -> bool:
-    """Like :func:`oblix_core.records.matches_metadata`, comparing JSON-typed values."""
-    return not wanted or all(k in metadata and _typed(metadata[k]) == _typed(v) for k, v in wanted.items())

@@ -39,7 +39,7 @@ from oblix_core.errors import (
     SessionExistsError,
     SessionNotFoundError,
 )
-from oblix_core.records import Message, SessionRecord, utc_now
+from oblix_core.records import Message, SessionRecord, matches_metadata, utc_now
 from oblix_core.stores import SessionStore
 from oblix_s3 import layout
 from oblix_s3.index import MAX_CONFLICTS, ShardedIndex, backoff
@@ -103,6 +103,8 @@ class S3SessionStore(SessionStore):
         timeout: float = 30.0,
         workers: int = 16,
     ) -> None:
+        if isinstance(bucket, int) and not isinstance(bucket, bool):  # --store-option bucket=2024
+            bucket = str(bucket)
         if not isinstance(bucket, str) or not bucket:
             raise ConfigError(
                 "The s3 session store needs a `bucket` option: store_options={'bucket': 'my-bucket'}, "
@@ -293,7 +295,9 @@ class S3SessionStore(SessionStore):
             return []
         entries = self.index.read_all()
         chosen = [
-            (sid, e) for sid, e in entries.items() if layout.matches(e.get("metadata") or {}, filter_metadata)
+            (sid, e)
+            for sid, e in entries.items()
+            if matches_metadata(e.get("metadata") or {}, filter_metadata)
         ]
         newest = heapq.nlargest(limit, chosen, key=lambda item: float(item[1].get("ts", 0.0)))
         return [
@@ -342,8 +346,8 @@ class S3SessionStore(SessionStore):
         def add(manifest: Manifest) -> Manifest | None:
             if any(s["key"] == name for s in manifest["segments"]):
                 return None  # already committed by a retried request
-            updated = layout.later(manifest.get("updated_at") or manifest["created_at"], newest)
-            return {**manifest, "segments": [*manifest["segments"], segment], "updated_at": updated}
+            updated = layout.later(layout.last_updated(manifest), newest)
+            return {**manifest, "segments": [*manifest["segments"], segment], "last_updated": updated}
 
         try:
             etag, manifest = self._commit(session_id, add, current)
@@ -392,7 +396,8 @@ class S3SessionStore(SessionStore):
             return {
                 **manifest,
                 "metadata": {**(manifest.get("metadata") or {}), **metadata},
-                "updated_at": layout.later(manifest.get("updated_at") or manifest["created_at"], now),
+                "updated_at": now,
+                "last_updated": layout.later(layout.last_updated(manifest), now),
             }
 
         _, manifest = self._commit(session_id, merge, self._cached(session_id))
