@@ -327,3 +327,17 @@ def test_model_health_is_shared_through_the_same_redis(redis_server: RedisServer
     assert second.shared_health().load() == {"local:m|http://127.0.0.1:1": {"failures": 3, "until": 12.5}}
     first.close()
     second.close()
+
+
+def test_broad_and_narrow_filters_agree(store: RedisSessionStore) -> None:
+    """Broad filters walk the index from the newest, narrow ones intersect: same answers."""
+    ids = [_new(store, metadata={"half": i % 2 == 0, "third": i % 3, "i": i}) for i in range(120)]
+    newest_first = ids[::-1]
+    for wanted, pick in (
+        ({"half": True}, lambda i: i % 2 == 0),
+        ({"half": False, "third": 1}, lambda i: i % 2 == 1 and i % 3 == 1),
+        ({"i": 77}, lambda i: i == 77),
+    ):
+        expected = [sid for sid in newest_first if pick(ids.index(sid))]
+        for limit in (1, 5, 13, 50, 200):  # small limits walk, large ones intersect
+            assert [s["id"] for s in store.list(limit, wanted)] == expected[:limit], (wanted, limit)

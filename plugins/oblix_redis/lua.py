@@ -238,16 +238,45 @@ return {meta, redis.call('HGETALL', KEYS[1] .. 'md'), msgs}
 
 # KEYS: <ix>updated, then the filter's <ix>md:<token> sets. ARGV[1] how many of the newest
 # matches to skip, ARGV[2] how many to return. Returns id, score, id, score... newest first.
+# A broad filter walks the sorted set from the newest, testing membership (about
+# (skip + count) * N / M entries for M matches of N); a narrow one intersects (ZINTER,
+# O(M log M)). The walk is chosen when it is expected to be cheaper: M * M > (skip + count) * N.
 FILTER_PAGE = """
+local skip, count = tonumber(ARGV[1]), tonumber(ARGV[2])
+local n = redis.call('ZCARD', KEYS[1])
+local m = n
+for k = 2, #KEYS do m = math.min(m, redis.call('SCARD', KEYS[k])) end
+local out = {}
+if m * m > (skip + count) * n then
+  local pos, found = 0, 0
+  while #out < 2 * count and pos < n do
+    local chunk = redis.call('ZREVRANGE', KEYS[1], pos, pos + 4 * count - 1, 'WITHSCORES')
+    if #chunk == 0 then break end
+    pos = pos + #chunk / 2
+    for i = 1, #chunk, 2 do
+      local ok = true
+      for k = 2, #KEYS do
+        if redis.call('SISMEMBER', KEYS[k], chunk[i]) == 0 then ok = false break end
+      end
+      if ok then
+        found = found + 1
+        if found > skip and #out < 2 * count then
+          out[#out + 1] = chunk[i]
+          out[#out + 1] = chunk[i + 1]
+        end
+      end
+    end
+  end
+  return out
+end
 local cmd = {'ZINTER', #KEYS}
 for _, key in ipairs(KEYS) do cmd[#cmd + 1] = key end
 cmd[#cmd + 1] = 'AGGREGATE'
 cmd[#cmd + 1] = 'MAX'
 cmd[#cmd + 1] = 'WITHSCORES'
 local r = redis.call(unpack(cmd))
-local out = {}
-local first = #r / 2 - tonumber(ARGV[1])
-for i = first, math.max(1, first - tonumber(ARGV[2]) + 1), -1 do
+local first = #r / 2 - skip
+for i = first, math.max(1, first - count + 1), -1 do
   out[#out + 1] = r[2 * i - 1]
   out[#out + 1] = r[2 * i]
 end

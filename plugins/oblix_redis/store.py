@@ -264,7 +264,7 @@ class RedisSessionStore(SessionStore):
         sets = [self._ix + "md:" + codec.token(k, v) for k, v in (wanted or {}).items()]
         start = 0
         while True:
-            if sets:  # ZINTER on the server; only this page of its result comes back
+            if sets:  # filtered on the server; only this page of the matches comes back
                 flat = self._scripts["page"](keys=[updated, *sets], args=[start, size])
                 page = [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
             else:
@@ -272,6 +272,8 @@ class RedisSessionStore(SessionStore):
             if not page:
                 return
             yield page
+            if len(page) < size:  # that was the last page
+                return
             start += len(page)
 
     def _summaries(self, ids: Sequence[str]) -> list[tuple[list[str | None], dict[str, str]]]:
