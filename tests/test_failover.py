@@ -331,3 +331,49 @@ async def test_chat_why_explains_the_last_prompt(
     assert "scripted:a failed after" in out and "scripted permanent failure" in out
     assert "Answered by scripted:b." in out
     await client.shutdown()
+
+
+@pytest.mark.llama
+@pytest.mark.anyio
+async def test_the_packaged_model_busy_is_oblix_busy_not_machine_busy(
+    home: Path, servers: Callable[..., LoopbackOpenAI]
+) -> None:
+    from oblix.agents import ResourceMonitor
+
+    cloud = servers()
+    client = OblixClient(home=home, execution=FAST)
+    await client.hook_model(ModelType.LLAMA_CPP, "gemma-3-270m")
+    await client.hook_model(ModelType.OPENAI, "cloud", endpoint=cloud.url, **QUICK)
+    monitor = ResourceMonitor(interval=60, smoothing=1)
+    client.hook_agent(monitor)
+    local = next(m for m in client.models if m.is_local)
+    results: dict[str, Any] = {}
+
+    async def long_answer() -> None:
+        results["long"] = await client.execute(
+            "Write a long story about a dragon who learns to cook.", stream=False, max_tokens=300
+        )
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(long_answer)
+        while not local.busy:
+            await anyio.sleep(0.01)
+        await anyio.to_thread.run_sync(monitor.measure)  # start a span inside the generation
+        await anyio.sleep(0.5)
+        reading = await anyio.to_thread.run_sync(monitor.refresh)
+        busy_local = local.busy
+        results["meanwhile"] = await client.execute("meanwhile?", stream=False)
+    assert busy_local, "the story ended before the second request; use a longer one"
+    metrics = reading.metrics
+    assert metrics["oblix_cpu_percent"] >= 10  # llama.cpp's threads count as Oblix's own work
+    assert metrics["other_cpu_percent"] == pytest.approx(
+        max(0.0, metrics["cpu_percent"] - metrics["oblix_cpu_percent"]), abs=0.2
+    )
+    assert results["long"]["model_id"] == local.model_id
+    meanwhile = results["meanwhile"]
+    assert meanwhile["model_id"] == "openai:cloud"
+    entry = _entry(meanwhile, local.model_id)
+    assert entry["load"]["busy"] and entry["load"]["queue_depth"] == 1
+    if reading.state == "AVAILABLE":  # on a machine that other programs leave alone
+        assert meanwhile["routing_decision"]["rule"] == "local-busy"
+    await client.shutdown()
