@@ -51,7 +51,7 @@ def test_run_reports_bad_input_clearly(home: Path) -> None:
     done = oblix(home, "run", "hi", "--session", "../../etc")
     assert done.returncode == 1 and "Invalid session id" in done.stderr and "Traceback" not in done.stderr
     done = oblix(home, "run", "hi", "--model", "openai:gpt-4o-mini")
-    assert done.returncode == 1 and "not hooked" in done.stderr
+    assert done.returncode == 1 and "is not one of the available models" in done.stderr
 
 
 def test_chat_loop_with_commands(home: Path) -> None:
@@ -63,7 +63,7 @@ def test_chat_loop_with_commands(home: Path) -> None:
     assert "resource_monitor:" in out and "ai> " in out and "New session" in out
     assert "Chat ended. Session:" in out
     sessions = json.loads(oblix(home, "sessions", "list", "--json").stdout)
-    assert len(sessions) == 2 and sum(s["message_count"] for s in sessions) == 2
+    assert len(sessions) == 1 and sessions[0]["message_count"] == 2  # /new stores nothing by itself
 
 
 def test_models_lists_the_defaults(home: Path) -> None:
