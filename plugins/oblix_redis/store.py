@@ -290,7 +290,7 @@ class RedisSessionStore(SessionStore):
             return results
         dead: list[tuple[str, str]] = []
         with self._errors("list sessions"):
-            for batch in self._candidates(filter_metadata, min(_BATCH, limit + 10)):
+            for batch in self._candidates(filter_metadata, min(_BATCH, limit)):
                 for (sid, seen), (head, md) in zip(
                     batch, self._summaries([s for s, _ in batch]), strict=True
                 ):
