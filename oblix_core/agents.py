@@ -207,7 +207,8 @@ async def current_checks(
             source = "fresh" if check.state != AgentState.PENDING else "none"
         checks.append(check)
         sources.append(source)
-    if readings is not None:
+    stale = readings is not None and time.monotonic() - readings.last_write >= SAVE_INTERVAL
+    if readings is not None and (stale or "none" in sources or "fresh" in sources):
         checks, sources = await anyio.to_thread.run_sync(_persisted, readings, checks, sources)
     now = time.time()
     notes = [
@@ -248,4 +249,6 @@ def _persisted(
             readings.update(live | {"_saved_at": now})
         except Exception as exc:
             log.warning("cannot save the agents' readings: %s", exc)
+    elif live:  # another process saved them a moment ago: check again in SAVE_INTERVAL
+        readings.last_write = time.monotonic() - (now - saved_at)
     return checks, sources

@@ -124,6 +124,8 @@ class JsonFile:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = filelock.FileLock(str(self.path) + ".lock", timeout=2)
+        #: ``time.monotonic()`` of this process's last :meth:`update` (0: none yet).
+        self.last_write = 0.0
 
     def read(self) -> dict[str, Any]:
         try:
@@ -143,6 +145,7 @@ class JsonFile:
             staging = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}")
             staging.write_text(json.dumps(data, allow_nan=False), encoding="utf-8")
             os.replace(staging, self.path)
+        self.last_write = time.monotonic()
 
 
 class FileHealthStore(HealthStore):

@@ -365,7 +365,7 @@ async def test_the_packaged_model_busy_is_oblix_busy_not_machine_busy(
         results["meanwhile"] = await client.execute("meanwhile?", stream=False)
     assert busy_local, "the story ended before the second request; use a longer one"
     metrics = reading.metrics
-    assert metrics["oblix_cpu_percent"] >= 10  # llama.cpp's threads count as Oblix's own work
+    assert metrics["oblix_cpu_percent"] > 1  # llama.cpp's threads count as Oblix's own work
     assert metrics["other_cpu_percent"] == pytest.approx(
         max(0.0, metrics["cpu_percent"] - metrics["oblix_cpu_percent"]), abs=0.2
     )
