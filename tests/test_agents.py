@@ -422,3 +422,32 @@ async def test_first_request_takes_a_fresh_sample_or_says_it_had_none(
     assert decision["agents"][0]["source"] == "none" and decision["agents"][0]["state"] == "PENDING"
     assert any("slow had no reading" in note for note in decision["notes"])
     assert none["model_id"] == "scripted:local"  # routed without it, and said so
+
+
+@pytest.mark.anyio
+async def test_other_programs_burning_cpu_send_requests_to_the_cloud(
+    home: Path, scripted: ScriptedPlugin
+) -> None:
+    client = OblixClient(home=home, plugins=[scripted])
+    await client.hook_model("scripted", "local")
+    await client.hook_model("scripted", "cloud", local=False)
+    monitor = ResourceMonitor(custom_thresholds={"cpu_threshold": 60}, interval=0.3, smoothing=1)
+    ctx = multiprocessing.get_context("spawn")
+    burners = [ctx.Process(target=_burn, args=(10.0,)) for _ in range(os.cpu_count() or 2)]
+    for p in burners:
+        p.start()
+    try:
+        client.hook_agent(monitor)
+        wait_for(lambda: monitor.latest().state in (AgentState.CONSTRAINED, AgentState.CRITICAL))
+        result = await client.execute("hi", stream=False)
+    finally:
+        for p in burners:
+            p.terminate()
+            p.join()
+    assert (
+        result["model_id"] == "scripted:cloud" and result["routing_decision"]["rule"] == "local-constrained"
+    )
+    assert "other programs" in result["routing_decision"]["reason"]
+    metrics = result["agent_checks"]["resource_monitor"]["metrics"]
+    assert metrics["other_cpu_percent"] >= 60 and metrics["oblix_cpu_percent"] < 30
+    await client.shutdown()
