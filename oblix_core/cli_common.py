@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import re
 import signal
 import sys
 import threading
@@ -81,10 +82,7 @@ def cli_message(exc: OblixError) -> str:
     if isinstance(exc, NoModelAvailableError) and exc.errors:
         lines = [f"  {model}: {_without_prefix(error, model)}" for model, error in exc.errors.items()]
         return "No model could answer:\n" + "\n".join(lines)
-    text = str(exc)
-    while ".." in text and not text.endswith("..."):
-        text = text.replace("..", ".")
-    return text
+    return re.sub(r"(?<!\.)\.\.(?!\.)", ".", str(exc))  # "x.." -> "x.", an ellipsis stays
 
 
 def _without_prefix(error: str, model_id: str) -> str:

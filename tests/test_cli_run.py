@@ -192,3 +192,20 @@ def test_chat_resumes_a_session_by_prefix_showing_its_last_turns(cli_home: Path)
     assert f"Switched to session {sid}." in loaded.stdout and "you> and now?" in loaded.stdout
     assert "No session zzz" in loaded.stdout
     assert len(messages(sid)) == 4
+
+
+def test_messages_never_repeat_the_model_id_nor_double_full_stops() -> None:
+    from oblix_core.cli_common import cli_message
+    from oblix_core.errors import NoModelAvailableError
+
+    error = NoModelAvailableError(
+        "No model could answer (scripted:a: scripted:a failed: boom.; scripted:b: timed out.).",
+        errors={"scripted:a": "scripted:a: failed: boom.", "scripted:b": "scripted:b did not answer."},
+    )
+    assert cli_message(error) == (
+        "No model could answer:\n  scripted:a: failed: boom.\n  scripted:b: did not answer."
+    )
+    assert (
+        cli_message(OblixError("Cannot read x: bad thing.. Fix it.")) == "Cannot read x: bad thing. Fix it."
+    )
+    assert cli_message(OblixError("Wait... for it...")) == "Wait... for it..."
