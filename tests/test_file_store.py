@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -571,5 +572,5 @@ def test_permission_denied_serves_reads_and_refuses_writes_clearly(tmp_path: Pat
 def test_an_unusable_root_is_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    with pytest.raises(FileStoreError, match=f"{blocker}.*(Not a directory|File exists)"):
+    with pytest.raises(FileStoreError, match=rf"{re.escape(str(blocker))}.*(Not a directory|File exists)"):
         FileSessionStore(blocker / "sessions")
