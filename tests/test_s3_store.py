@@ -241,6 +241,16 @@ def test_corrupted_objects_are_isolated(server: S3Server, bucket: str, store: S3
     assert {s["id"] for s in store.list()} == {good, bad}
 
 
+def test_damaged_index_entries_are_skipped(server: S3Server, bucket: str, store: S3SessionStore) -> None:
+    good = _new(store, title="good")
+    client = boto3.client("s3", endpoint_url=server.url)
+    key = store.keys.shard(store.keys.shard_of(good))
+    shard = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    shard["sessions"]["junk"] = {"title": 1}
+    client.put_object(Bucket=bucket, Key=key, Body=json.dumps(shard).encode())
+    assert [s["id"] for s in store.list()] == [good]
+
+
 def test_prefixes_separate_stores_in_one_bucket(server: S3Server, bucket: str) -> None:
     a = S3SessionStore(bucket=bucket, endpoint_url=server.url, prefix="team-a")
     b = S3SessionStore(bucket=bucket, endpoint_url=server.url, prefix="team-b/")

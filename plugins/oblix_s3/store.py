@@ -53,6 +53,19 @@ Versioned = tuple[str, Manifest]  # (etag, manifest)
 _CACHE_SIZE = 1024
 
 
+_SUMMARY = ("title", "created_at", "updated_at", "message_count", "metadata")
+
+
+def _well_formed(entry: object) -> bool:
+    """Whether an index entry has what a listing needs (a damaged one is skipped)."""
+    return (
+        isinstance(entry, dict)
+        and all(k in entry for k in (*_SUMMARY, "ts"))
+        and isinstance(entry["metadata"], dict)
+        and isinstance(entry["ts"], int | float)
+    )
+
+
 class _Abandon(Exception):
     """A compaction whose segments were already replaced by another writer."""
 
@@ -293,24 +306,13 @@ class S3SessionStore(SessionStore):
     def list(self, limit: int = 50, filter_metadata: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         if limit <= 0:
             return []
-        entries = self.index.read_all()
         chosen = [
             (sid, e)
-            for sid, e in entries.items()
-            if matches_metadata(e.get("metadata") or {}, filter_metadata)
+            for sid, e in self.index.read_all().items()
+            if _well_formed(e) and matches_metadata(e["metadata"], filter_metadata)
         ]
-        newest = heapq.nlargest(limit, chosen, key=lambda item: float(item[1].get("ts", 0.0)))
-        return [
-            {
-                "id": sid,
-                "title": e.get("title"),
-                "created_at": e["created_at"],
-                "updated_at": e["updated_at"],
-                "message_count": e["message_count"],
-                "metadata": e.get("metadata") or {},
-            }
-            for sid, e in newest
-        ]
+        newest = heapq.nlargest(limit, chosen, key=lambda item: float(item[1]["ts"]))
+        return [{"id": sid, **{k: e[k] for k in _SUMMARY}} for sid, e in newest]
 
     # -- writing -----------------------------------------------------------------------------
 
