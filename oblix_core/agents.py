@@ -207,6 +207,10 @@ async def current_checks(
             source = "fresh" if check.state != AgentState.PENDING else "none"
         checks.append(check)
         sources.append(source)
+    if readings is not None:
+        for agent, source in zip(agents, sources, strict=True):
+            if source == "none":
+                _save_when_sampled(agent, readings)
     stale = readings is not None and time.monotonic() - readings.last_write >= SAVE_INTERVAL
     if readings is not None and (stale or "none" in sources or "fresh" in sources):
         checks, sources = await anyio.to_thread.run_sync(_persisted, readings, checks, sources)
@@ -223,6 +227,20 @@ async def current_checks(
         for c, s in zip(checks, sources, strict=True)
     ]
     return checks, notes
+
+
+def _save_when_sampled(agent: BaseAgent, readings: Any) -> None:
+    """Save ``agent``'s first reading when it comes, for the next one-shot command."""
+
+    def wait_and_save() -> None:
+        check = agent.wait_first(PERSISTED_MAX_AGE)
+        if check.state != AgentState.PENDING:
+            try:
+                readings.update({check.agent: check.to_dict()})
+            except Exception as exc:
+                log.warning("cannot save the reading of agent %s: %s", agent.name, exc)
+
+    threading.Thread(target=wait_and_save, name=f"oblix-save-{agent.name}", daemon=True).start()
 
 
 def _persisted(

@@ -422,6 +422,10 @@ async def test_first_request_takes_a_fresh_sample_or_says_it_had_none(
     assert decision["agents"][0]["source"] == "none" and decision["agents"][0]["state"] == "PENDING"
     assert any("slow had no reading" in note for note in decision["notes"])
     assert none["model_id"] == "scripted:local"  # routed without it, and said so
+    readings = home / "agent-readings.json"
+    wait_for(lambda: readings.exists() and "slow" in json.loads(readings.read_text()))
+    later = await decide(2.0)  # the reading that came too late was saved for the next command
+    assert later["routing_decision"]["agents"][0]["source"] == "persisted"
 
 
 @pytest.mark.anyio

@@ -42,6 +42,8 @@ from oblix_core.errors import ConfigError
 from oblix_system.gpu import read_gpus
 
 MIN_CPU_SPAN = 0.2
+#: A shorter span for the first sample, which a one-shot command waits for (<= 300 ms in all).
+FIRST_CPU_SPAN = 0.1
 #: Time constant of the kernel's 1-minute load average, in seconds.
 LOAD_WINDOW = 60.0
 DEFAULT_THRESHOLDS: dict[str, float] = {
@@ -93,8 +95,9 @@ class ResourceMonitor(BaseAgent):
         """System CPU % and this process's CPU % (of one core), over the same span."""
         # a reading over a very short span is noise: measure over at least MIN_CPU_SPAN seconds
         span = time.monotonic() - self._cpu_primed_at
-        if span < MIN_CPU_SPAN:
-            time.sleep(MIN_CPU_SPAN - span)
+        least = FIRST_CPU_SPAN if self._published is None else MIN_CPU_SPAN
+        if span < least:
+            time.sleep(least - span)
         system = psutil.cpu_percent(interval=None)
         own = self._process.cpu_percent(interval=None)
         elapsed = time.monotonic() - self._cpu_primed_at
