@@ -19,7 +19,7 @@ from oblix_core.errors import (
     OblixError,
     StreamInterruptedError,
 )
-from oblix_core.execution import Done
+from oblix_core.execution import Attempting, Done
 from oblix_core.history import read_tail, session_messages
 from oblix_core.records import Message, SessionRecord, new_session_id, utc_now
 from oblix_core.requests import Request
@@ -48,7 +48,7 @@ class ResponseStream:
         self.routing_decision: dict[str, Any] | None = None
         self._delivered: list[str] = []
         self._started_at = utc_now()
-        self._candidates: list[str] = []
+        self._answering: str | None = None  # the model being tried now
         self._stored = False
 
     @property
@@ -76,16 +76,15 @@ class ResponseStream:
         For a caller that stops reading on purpose (the CLI on Ctrl-C), after it closed
         the stream: the core itself stores partials only when a model fails. The
         assistant message has ``metrics={"interrupted": True, "reason": reason}`` and the
-        answering model's id when the plan had one candidate. Returns ``False``, storing
+        answering model's id. Returns ``False``, storing
         nothing, when no text was delivered, the exchange is already stored, or the
         request stores nothing.
         """
         request = self.request
         if self._stored or not self._delivered or request.session_id is None or not request.store:
             return False
-        model_id = self._candidates[0] if len(self._candidates) == 1 else None
         marks = {"interrupted": True, "reason": reason}
-        await self._persist(self._started_at, self.delivered, model_id, marks)
+        await self._persist(self._started_at, self.delivered, self._answering, marks)
         return True
 
     async def aclose(self) -> None:
@@ -185,11 +184,12 @@ class ResponseStream:
             self._apply_session(await self._session())
             hooks.oblix_request_start(request=self.request)
             plan, checks = await self._plan()
-            self._candidates = [m.model_id for m in plan.candidates]
             done: Done | None = None
             async with aclosing(self._execute(plan, started_at)) as events:
                 async for event in events:
-                    if isinstance(event, Done):
+                    if isinstance(event, Attempting):
+                        self._answering = event.model.model_id
+                    elif isinstance(event, Done):
                         done = event
                     else:
                         yield event
@@ -205,7 +205,9 @@ class ResponseStream:
             raise
         notify(hooks.oblix_request_end, request=self.request, result=self.result)
 
-    async def _execute(self, plan: RoutingPlan, started_at: str) -> AsyncGenerator[str | Done, None]:
+    async def _execute(
+        self, plan: RoutingPlan, started_at: str
+    ) -> AsyncGenerator[str | Attempting | Done, None]:
         """The executor's events; an interrupted answer is stored as such before re-raising."""
         try:
             async with aclosing(self._engine.executor.run(plan.candidates, self.request)) as events:

@@ -102,6 +102,13 @@ class Attempt:
 
 
 @attrs.frozen
+class Attempting:
+    """The executor's event before each try of a model: who is about to answer."""
+
+    model: ModelBackend
+
+
+@attrs.frozen
 class Done:
     """The executor's last event: the model that answered, its text, metrics and attempts."""
 
@@ -205,8 +212,9 @@ class Executor:
 
     async def run(
         self, candidates: Sequence[ModelBackend], request: Request
-    ) -> AsyncGenerator[str | Done, None]:
-        """Yield answer text as it streams, then one :class:`Done`. See the module docs."""
+    ) -> AsyncGenerator[str | Attempting | Done, None]:
+        """Yield :class:`Attempting` before each try, answer text as it streams, then one
+        :class:`Done`. See the module docs."""
         attempts: list[Attempt] = []
         for model in self.breaker.order(candidates):
             try:
@@ -220,6 +228,7 @@ class Executor:
             while True:
                 tries += 1
                 answer = _Answer(started=time.monotonic())
+                yield Attempting(model)
                 try:
                     async with aclosing(self.attempt(model, trimmed, answer)) as texts:
                         async for text in texts:
