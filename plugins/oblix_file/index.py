@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -171,7 +171,17 @@ class SessionIndex:
             if db.execute("PRAGMA user_version").fetchone()[0] == VERSION:
                 db.execute("SELECT count(*) FROM sessions").fetchone()
                 return False
-            db.executescript(_SCHEMA)
+            db.execute("BEGIN IMMEDIATE")  # two processes opening a new root: one creates it
+            try:
+                if db.execute("PRAGMA user_version").fetchone()[0] == VERSION:
+                    db.execute("ROLLBACK")
+                    return False
+                for statement in _SCHEMA.split(";"):
+                    db.execute(statement)
+            except BaseException:
+                _rollback(db)
+                raise
+            db.execute("COMMIT")
             return True
 
     def _open_read_only(self) -> bool:
@@ -232,7 +242,7 @@ class SessionIndex:
                     (s.row() for s in summaries),
                 )
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
             db.execute("COMMIT")
 
@@ -283,6 +293,11 @@ class SessionIndex:
     def remove(self, sid: str) -> None:
         with self.connection() as db:
             db.execute("DELETE FROM sessions WHERE id = ?", (sid,))
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    with suppress(sqlite3.Error):  # SQLite may have rolled back already (a full disk)
+        db.execute("ROLLBACK")
 
 
 def remove_legacy_index(root: Path) -> None:

@@ -162,13 +162,16 @@ def _seeded(disk: Path) -> tuple[FileSessionStore, str]:
     return store, sid
 
 
-def test_an_append_on_a_full_disk_is_refused_and_leaves_the_log_unchanged(small_disk: Path) -> None:
+@pytest.mark.parametrize("free", [0, 4096, 16384, 65536, 196608])
+def test_an_append_on_a_full_disk_is_refused_and_leaves_the_log_unchanged(
+    small_disk: Path, free: int
+) -> None:
     store, sid = _seeded(small_disk)
     log_path = store.root / sid / MESSAGES
     before = log_path.read_bytes()
-    filler = _fill(small_disk, leave=16384)  # the append's first write is short, the next fails
+    filler = _fill(small_disk, leave=free)  # the append's first write is short, the next fails
     with pytest.raises(FileStoreError, match="No space left on device") as caught:
-        store.append_messages(sid, [Message("user", "q" * 200_000), Message("assistant", "a")])
+        store.append_messages(sid, [Message("user", "q" * 400_000), Message("assistant", "a")])
     assert str(log_path) in str(caught.value) and "Nothing was stored" in str(caught.value)
     assert log_path.read_bytes() == before
     assert [s["message_count"] for s in store.list()] == [1]
