@@ -341,3 +341,30 @@ def test_broad_and_narrow_filters_agree(store: RedisSessionStore) -> None:
         expected = [sid for sid in newest_first if pick(ids.index(sid))]
         for limit in (1, 5, 13, 50, 200):  # small limits walk, large ones intersect
             assert [s["id"] for s in store.list(limit, wanted)] == expected[:limit], (wanted, limit)
+
+
+def test_long_histories_are_stored_in_chunks(redis_server: RedisServer, store: RedisSessionStore) -> None:
+    """Old messages are compacted 100 to an element; every read still gives exact messages."""
+    raw = redis_server.client()
+    first = [Message("user", f"m{i}") for i in range(450)]
+    sid = _new(store, messages=tuple(first))
+    everything = list(first)
+    for size in (1, 7, 100, 1, 250, 3, 1, 1, 421):
+        batch = [
+            Message("assistant", f"m{len(everything) + i}", model_id="x", metrics={"i": i})
+            for i in range(size)
+        ]
+        store.append_messages(sid, batch)
+        everything += batch
+    base = f"{store.options.prefix}{{{sid}}}:"
+    loose, chunks = raw.llen(base + "msgs"), raw.llen(base + "chunks")
+    assert 100 <= loose < 200 and chunks * 100 + loose == len(everything) == 1235
+    assert store.load(sid).messages == tuple(everything)
+    for n in (0, 1, 99, loose, loose + 1, 200, 201, 777, 1234, 1235, 5000):
+        assert store.load_recent(sid, n).messages == tuple(everything[len(everything) - n :] if n else ())
+    assert store.list()[0]["message_count"] == 1235
+    raw.lset(base + "chunks", 3, "[broken")
+    with pytest.raises(Exception, match="from message 301 on") as info:
+        store.load(sid)
+    assert type(info.value).__name__ == "SessionCorruptedError"
+    assert len(store.load_recent(sid, 50).messages) == 50  # the tail is still readable

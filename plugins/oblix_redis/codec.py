@@ -64,25 +64,44 @@ def metadata_args(metadata: dict[str, Any]) -> list[str]:
     return args
 
 
-def decode_messages(session_id: str, raw: Sequence[str]) -> list[Message]:
-    """Messages from their stored JSON texts (one parse of the joined list)."""
+def decode_messages(session_id: str, texts: Sequence[str]) -> list[Message]:
+    """Messages from their stored texts: single JSON messages and chunks of them joined by ','.
+
+    One parse of the joined texts: the cost is per byte, not per stored element.
+    """
     try:
-        items = json.loads("[" + ",".join(raw) + "]")
+        items = json.loads("[" + ",".join(texts) + "]")
         # positional: the fastest way to build 10,000 frozen attrs objects
         return [
             Message(d["role"], d["content"], d["id"], d["timestamp"], d.get("model_id"), d.get("metrics"))
             for d in items
         ]
     except (ValueError, KeyError, TypeError) as exc:
-        for number, text in enumerate(raw, 1):  # find the damaged one for the message
+        raise _damage(session_id, texts, exc) from exc
+
+
+def _damage(session_id: str, texts: Sequence[str], exc: Exception) -> SessionCorruptedError:
+    """The error naming the first damaged stored message."""
+    number = 0
+    advice = "Other sessions are unaffected; fix or remove it with redis-cli."
+    for text in texts:
+        try:
+            items = json.loads("[" + text + "]")
+        except ValueError as item_exc:
+            return SessionCorruptedError(
+                f"Session {session_id}: the stored text from message {number + 1} on is not valid JSON "
+                f"({item_exc}). {advice}"
+            )
+        for item in items:
+            number += 1
             try:
-                Message.from_dict(json.loads(text))
-            except (ValueError, KeyError, TypeError) as item_exc:
-                raise SessionCorruptedError(
-                    f"Session {session_id}: stored message {number} is not a valid message ({item_exc}). "
-                    "Other sessions are unaffected; fix or remove it with redis-cli."
-                ) from item_exc
-        raise SessionCorruptedError(f"Session {session_id}: its messages are unreadable ({exc}).") from exc
+                Message.from_dict(item)
+            except (KeyError, TypeError, AttributeError) as item_exc:
+                return SessionCorruptedError(
+                    f"Session {session_id}: stored message {number} is not a valid message ({item_exc!r}). "
+                    f"{advice}"
+                )
+    return SessionCorruptedError(f"Session {session_id}: its messages are unreadable ({exc}). {advice}")
 
 
 def decode_metadata(session_id: str, fields: dict[str, str]) -> dict[str, Any]:

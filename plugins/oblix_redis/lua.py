@@ -8,7 +8,8 @@ named from it, all in the session's ``{<id>}`` hash slot::
            an append retried after a lost reply is applied once)
     md     hash: metadata key -> JSON value
     tok    hash: metadata key -> index token of (key, value)
-    msgs   list of JSON messages
+    msgs   list of JSON messages: the recent tail (100 to 199 once compacted)
+    chunks list of older messages, 100 JSON texts joined by ',' per element
 
 and ``ARGV[1]`` the index prefix (``<prefix>{#index}:``), ``ARGV[2]`` the session id,
 ``ARGV[3]`` the TTL in seconds (0: none). The index keys all live in the ``{#index}`` slot
@@ -31,12 +32,13 @@ from __future__ import annotations
 # Helpers for the session scripts.
 _SESSION_LIB = """
 local ACKS = 16  -- append nonces remembered per session (16 hex digits each)
+local CHUNK = 100  -- messages per chunk (see compact)
 local function session_keys(base)
-  return {base .. 'meta', base .. 'md', base .. 'tok', base .. 'msgs'}
+  return {base .. 'meta', base .. 'md', base .. 'tok', base .. 'msgs', base .. 'chunks'}
 end
 local function touch(K, ttl)  -- expiry from the server's clock, on every key of the session
   if ttl > 0 then
-    for i = 1, 4 do redis.call('EXPIRE', K[i], ttl) end
+    for i = 1, 5 do redis.call('EXPIRE', K[i], ttl) end
   end
 end
 local function next_ver(meta)
@@ -46,10 +48,21 @@ local function next_ver(meta)
   if now <= prev then now = prev + 1 end
   return string.format('%.0f', now)
 end
-local function push(key, A, first)
-  for i = first, #A, 1000 do
-    redis.call('RPUSH', key, unpack(A, i, math.min(i + 999, #A)))
+-- Once 2 * CHUNK messages are loose in msgs, the oldest CHUNK of them become one element
+-- of chunks (their JSON texts joined by ','): a long history then loads as few, large
+-- elements (the client's reply parsing costs per element), and msgs keeps the recent tail.
+local function compact(K, loose)
+  while loose >= 2 * CHUNK do
+    redis.call('RPUSH', K[5], table.concat(redis.call('LPOP', K[4], CHUNK), ','))
+    loose = loose - CHUNK
   end
+end
+local function push(K, A, first)  -- RPUSH A[first..] (in calls of 1000), then compact
+  local loose = redis.call('LLEN', K[4])
+  for i = first, #A, 1000 do
+    loose = redis.call('RPUSH', K[4], unpack(A, i, math.min(i + 999, #A)))
+  end
+  compact(K, loose)
 end
 local function put_metadata(K, A, pos)
   for i = 1, tonumber(A[pos]) do
@@ -75,9 +88,9 @@ local function create(K, A)
     end
     return {0}
   end
-  redis.call('DEL', K[2], K[3], K[4])
+  redis.call('DEL', K[2], K[3], K[4], K[5])
   local first = put_metadata(K, A, 11)
-  push(K[4], A, first)
+  push(K, A, first)
   redis.call('HSET', K[1], 'created_at', A[5], 'updated_at', A[6], 'last_updated', A[7],
     'score', A[8], 'title', A[9], 'context', A[10], 'count', #A - first + 1, 'nonce', A[4],
     'ver', next_ver(K[1]))
@@ -91,7 +104,7 @@ local function append(K, A)
   if not head[1] then return {-1} end
   local acks = head[3] or ''
   if string.find(acks, A[4], 1, true) then return {2, head[1]} end  -- a retry of an applied append
-  push(K[4], A, 7)
+  if #A <= 1006 then compact(K, redis.call('RPUSH', K[4], unpack(A, 7))) else push(K, A, 7) end
   local score, stamp = head[1], nil
   if tonumber(A[5]) > tonumber(score) then score, stamp = A[5], A[6] end
   acks = string.sub(A[4] .. ',' .. acks, 1, 17 * ACKS)
@@ -118,7 +131,7 @@ end
 
 local function delete(K, A)
   local existed = redis.call('EXISTS', K[1])
-  redis.call('DEL', K[1], K[2], K[3], K[4])
+  redis.call('DEL', K[1], K[2], K[3], K[4], K[5])
   return {existed}
 end
 """
@@ -227,13 +240,25 @@ for i = 2, #ARGV, 2 do n = n + index_drop(ARGV[1], ARGV[i], ARGV[i + 1]) end
 return n"""
 )
 
-# KEYS[1] <prefix>{<id>}:; ARGV[1]: first message index ('0' all, '-n' the last n, 'none').
+# KEYS[1] <prefix>{<id>}:; ARGV[1]: 'all', or n for the elements holding the last n messages.
+# Returns {meta, md, chunk and message texts in order}, or {} if there is no such session.
 READ = """
-local meta = redis.call('HGETALL', KEYS[1] .. 'meta')
+local base, CHUNK = KEYS[1], 100
+local meta = redis.call('HGETALL', base .. 'meta')
 if #meta == 0 then return {} end
-local msgs = {}
-if ARGV[1] ~= 'none' then msgs = redis.call('LRANGE', KEYS[1] .. 'msgs', tonumber(ARGV[1]), -1) end
-return {meta, redis.call('HGETALL', KEYS[1] .. 'md'), msgs}
+local texts = {}
+local n = tonumber(ARGV[1])
+if ARGV[1] == 'all' then
+  texts = redis.call('LRANGE', base .. 'chunks', 0, -1)
+elseif n > 0 then
+  local loose = redis.call('LLEN', base .. 'msgs')
+  if n > loose then texts = redis.call('LRANGE', base .. 'chunks', -math.ceil((n - loose) / CHUNK), -1) end
+end
+if ARGV[1] == 'all' or (n and n > 0) then
+  local first = ARGV[1] == 'all' and 0 or -n
+  for _, text in ipairs(redis.call('LRANGE', base .. 'msgs', first, -1)) do texts[#texts + 1] = text end
+end
+return {meta, redis.call('HGETALL', base .. 'md'), texts}
 """
 
 # KEYS: <ix>updated, then the filter's <ix>md:<token> sets. ARGV[1] how many of the newest

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import attrs
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
@@ -38,7 +39,7 @@ from oblix_redis.options import RedisOptions, url_secrets
 
 log = logging.getLogger(__name__)
 
-_SUFFIXES = ("meta", "md", "tok", "msgs")
+_SUFFIXES = ("meta", "md", "tok", "msgs", "chunks")
 _HEAD = ("title", "created_at", "last_updated", "count")
 _BATCH = 200
 
@@ -214,31 +215,25 @@ class RedisSessionStore(SessionStore):
 
     # -- reading ------------------------------------------------------------------------
 
-    def _read(self, session_id: str, start: str) -> SessionRecord:
+    def _read(self, session_id: str, last: int | None) -> SessionRecord:
+        """The session with all its messages (``last=None``) or its last ``last`` ones."""
         base = self._base(session_id)
-        try:
-            if self.options.cluster:  # one script in the session's slot
-                result = self._scripts["read"](keys=[base], args=[start])
-                result = [_pairs(result[0]), _pairs(result[1]), result[2]] if result else None
-            else:  # MULTI/EXEC: the same snapshot, without copying the list through Lua
-                pipe = self._client.pipeline(transaction=True)
-                pipe.hgetall(base + "meta")
-                pipe.hgetall(base + "md")
-                if start != "none":
-                    pipe.lrange(base + "msgs", int(start), -1)
-                result = pipe.execute()
-                result = result if result[0] else None
+        try:  # one script: a consistent snapshot in one round trip
+            result = self._scripts["read"](keys=[base], args=["all" if last is None else max(0, last)])
         except redis.RedisError as exc:
             raise self._failure(exc, f"load session {session_id}") from None
         if not result:
             raise SessionNotFoundError(f"Session {session_id} does not exist.")
-        return codec.decode_record(session_id, result[0], result[1], result[2] if len(result) > 2 else [])
+        record = codec.decode_record(session_id, _pairs(result[0]), _pairs(result[1]), result[2])
+        if last is not None and len(record.messages) > last:  # the first chunk read may hold more
+            record = attrs.evolve(record, messages=record.messages[len(record.messages) - last :])
+        return record
 
     def load(self, session_id: str) -> SessionRecord:
-        return self._read(session_id, "0")
+        return self._read(session_id, None)
 
     def load_recent(self, session_id: str, max_messages: int) -> SessionRecord:
-        return self._read(session_id, f"-{max_messages}" if max_messages > 0 else "none")
+        return self._read(session_id, max(0, max_messages))
 
     def get_metadata(self, session_id: str) -> dict[str, Any]:
         keys = self._keys(session_id)
