@@ -1,10 +1,12 @@
 """Sessions in Redis (single server or Redis Cluster): see docs/store-redis.md.
 
 Every key of a session shares the hash tag ``{<id>}`` (one cluster slot): a meta hash, a
-metadata hash, a token hash, the message list and a short list of append nonces (layout
-in :mod:`oblix_redis.lua`). Each operation on a session is one Lua script, so it is
-atomic: an append checks that the session exists, RPUSHes the messages, updates
-``message_count`` and ``updated_at`` and refreshes the TTL of every key (server clock).
+metadata hash, a token hash, the list of recent messages and the list of older ones in
+chunks of 100 (layout in :mod:`oblix_redis.lua`). Each operation on a session is one Lua
+script, so it is atomic: an append checks that the session exists, RPUSHes the
+messages, updates ``message_count`` and ``updated_at``, refreshes the TTL of every key
+(server clock) and, on a single server, the listing index. Creates and appends carry a
+nonce, so redis-py's retry after a lost reply never applies one twice.
 
 The listing index (a sorted set by ``updated_at`` and one set per metadata key/value)
 lives in the ``{#index}`` slot. On a single server the index update runs in the same
