@@ -28,7 +28,7 @@ from oblix_core.errors import (
 )
 from oblix_core.records import Message, SessionRecord, new_session_id, utc_now
 from oblix_core.testing import SessionStoreContract
-from oblix_file.index import Summary
+from oblix_file.index import PENDING, Summary
 from oblix_file.store import INDEX, MESSAGES, META, FileSessionStore, FileStoreError
 
 
@@ -277,16 +277,28 @@ def test_listing_converges_after_a_crash_between_the_log_and_the_index(store: Fi
     assert summary["updated_at"] == late.timestamp
     reopened = FileSessionStore(store.root)
     assert reopened.list()[0]["message_count"] == 2  # the repair was stored
-    assert reopened._index.summaries()[0].message_count == 2
+    assert [row.message_count for row in reopened._index.summaries()] == [2]
 
 
-def test_listing_converges_after_a_crash_between_meta_and_the_index(store: FileSessionStore) -> None:
+def test_listing_converges_after_a_crash_between_meta_and_the_index(
+    store: FileSessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sid = _new(store, metadata={"state": "open"})
-    meta = json.loads((store.root / sid / META).read_text())
-    meta["metadata"]["state"] = "closed"  # meta.json replaced; the writer died before the index update
-    (store.root / sid / META).write_text(json.dumps(meta))
+    monkeypatch.setattr(store, "_index_metadata", lambda *args: None)  # the writer dies after the replace
+    store.update_metadata(sid, {"state": "closed"})
+    monkeypatch.undo()
     assert [s["id"] for s in store.list(filter_metadata={"state": "closed"})] == [sid]
     assert store.list(filter_metadata={"state": "open"}) == []
+    assert [row.meta_stamp != PENDING for row in store._index.summaries()] == [True]  # settled
+    assert [s["id"] for s in FileSessionStore(store.root).list(filter_metadata={"state": "closed"})] == [sid]
+
+
+def test_a_hand_edited_meta_file_shows_in_listings(store: FileSessionStore) -> None:
+    sid = _new(store, title="before")
+    meta = json.loads((store.root / sid / META).read_text())
+    meta["title"] = "after"
+    (store.root / sid / META).write_text(json.dumps(meta))
+    assert [s["title"] for s in store.list()] == ["after"]
 
 
 def test_a_metadata_index_failure_is_acknowledged(
@@ -574,3 +586,19 @@ def test_an_unusable_root_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(FileStoreError, match=rf"{re.escape(str(blocker))}.*(Not a directory|File exists)"):
         FileSessionStore(blocker / "sessions")
+
+
+def test_a_metadata_update_the_index_cannot_flag_is_refused_unchanged(
+    store: FileSessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sid = _new(store, metadata={"state": "open"})
+
+    def full(*args: object) -> None:  # fault-injection double: SQLite's disk is full
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store._index, "mark_pending", full)
+    with pytest.raises(FileStoreError, match=r"database or disk is full.*metadata is unchanged"):
+        store.update_metadata(sid, {"state": "closed"})
+    monkeypatch.undo()
+    assert store.get_metadata(sid) == {"state": "open"}
+    assert [s["metadata"] for s in store.list()] == [{"state": "open"}]

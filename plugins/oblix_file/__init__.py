@@ -6,9 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 from oblix_core import hookimpl
-from oblix_file.store import FileSessionStore
+from oblix_file.store import FileSessionStore, FileStoreError
 
-__all__ = ["FileSessionStore"]
+__all__ = ["FileSessionStore", "FileStoreError"]
 
 
 @hookimpl

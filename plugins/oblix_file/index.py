@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -22,12 +22,14 @@ from urllib.parse import quote
 
 import attrs
 
-from oblix_core.records import parse_timestamp
+from oblix_core.records import matches_metadata, parse_timestamp
 
 INDEX = ".index.sqlite3"
 #: The index's name before version 2; ids may take that name, so an old file is removed.
 LEGACY_INDEX = "index.sqlite3"
 VERSION = 2
+#: ``meta_stamp`` of a row whose metadata is being changed (or whose writer died doing so).
+PENDING = "pending"
 _COLUMNS = "id, title, created_at, updated_at, updated_ts, message_count, metadata, log_size, meta_stamp"
 _SCHEMA = f"""
 DROP TABLE IF EXISTS sessions;
@@ -76,11 +78,6 @@ class Summary:
             self.log_size,
             self.meta_stamp,
         )
-
-    @classmethod
-    def from_row(cls, row: tuple[Any, ...]) -> Summary:
-        sid, title, created, updated, _, count, metadata, log_size, meta_stamp = row
-        return cls(sid, title, created, updated, count, json.loads(metadata), log_size, meta_stamp)
 
     def public(self) -> dict[str, Any]:
         """The summary as ``list_sessions`` returns it."""
@@ -220,11 +217,20 @@ class SessionIndex:
 
     # -- queries -------------------------------------------------------------------------
 
-    def summaries(self) -> list[Summary]:
-        """Every row, most recently updated first."""
+    def summaries(self, wanted: dict[str, Any] | None = None) -> Generator[Summary, None, None]:
+        """Rows whose metadata matches ``wanted`` or is pending, most recently updated first.
+
+        Read lazily: close the iterator before writing to the index.
+        """
         with self.connection() as db:
-            rows = db.execute(f"SELECT {_COLUMNS} FROM sessions ORDER BY updated_ts DESC").fetchall()
-        return [Summary.from_row(row) for row in rows]
+            cursor = db.execute(f"SELECT {_COLUMNS} FROM sessions ORDER BY updated_ts DESC")
+        try:
+            for row in cursor:
+                metadata = json.loads(row[6])
+                if row[8] == PENDING or matches_metadata(metadata, wanted):
+                    yield Summary(row[0], row[1], row[2], row[3], row[5], metadata, row[7], row[8])
+        finally:
+            cursor.close()
 
     def insert(self, summary: Summary, replace: bool = False) -> None:
         verb = "INSERT OR REPLACE" if replace else "INSERT"
@@ -261,8 +267,15 @@ class SessionIndex:
             )
             return cursor.rowcount == 1
 
-    def record_metadata(self, sid: str, old_stamp: str, summary: Summary) -> bool:
-        """Store new metadata if the row was built from the ``meta.json`` stamped ``old_stamp``."""
+    def mark_pending(self, sid: str) -> None:
+        """Flag a row whose ``meta.json`` is about to change (listings re-derive it until
+        :meth:`record_metadata` stores the change, or a listing holding the session's lock
+        finds no writer left)."""
+        with self.connection() as db:
+            db.execute("UPDATE sessions SET meta_stamp = ? WHERE id = ?", (PENDING, sid))
+
+    def record_metadata(self, sid: str, summary: Summary) -> bool:
+        """Store new metadata in a row marked pending; ``False`` if it was not pending."""
         with self.connection() as db:
             cursor = db.execute(
                 "UPDATE sessions SET title = ?, metadata = ?, meta_stamp = ?, "
@@ -276,7 +289,7 @@ class SessionIndex:
                     summary.updated_at,
                     _ts(summary.updated_at),
                     sid,
-                    old_stamp,
+                    PENDING,
                 ),
             )
             return cursor.rowcount == 1

@@ -21,14 +21,18 @@ Guarantees:
   and the next writer cuts off. Appends cost the same whatever the history length.
 - Writers in several threads or processes are serialised per session by a file lock,
   so no message is lost or interleaved.
-- The session files are the truth; the index is a cache. Once the files are written the
-  call is acknowledged even if the index update fails (a warning is logged): the caller
-  is never told to retry something that was stored. Each index row records the log's
-  byte size and the ``meta.json`` stamp (inode, mtime, size) it was derived from;
-  ``list`` stats ``meta.json`` of each row it scans and ``messages.jsonl`` of each row it
-  returns, and re-derives (then stores) any row whose files changed behind the index's
-  back. So ``message_count`` and ``metadata`` in a listing always match the files, after
-  any crash. A missing or damaged index is rebuilt from the files.
+- The session files are the truth; the index is a cache. Once the log is written an
+  append is acknowledged even if the index update fails (a warning is logged): the
+  caller is never told to retry something that was stored. Each index row records the
+  log's byte size and the ``meta.json`` stamp (inode, mtime, size) it was derived from;
+  ``list`` stats both files of each row it returns (two stats per row) and re-derives,
+  then stores, any row whose files changed behind the index's back. A metadata update
+  first flags its row ``pending`` (if even that fails, nothing is changed and the
+  caller is told so), so a filtered listing, which trusts the indexed metadata of
+  unflagged rows, re-derives flagged rows until the update is recorded, or until a
+  listing that takes the session's lock finds its writer gone. So ``message_count`` and
+  ``metadata`` in a listing always match the files, after any crash. A missing or
+  damaged index is rebuilt from the files.
 - Disk full, a read-only folder, permission denied: a :class:`FileStoreError` naming
   the path and the cause, and saying whether anything was stored. A read-only root
   still serves ``load``, ``list`` and ``get_metadata`` (from the index opened read-only,
@@ -55,7 +59,6 @@ import filelock
 
 from oblix_core.errors import (
     OblixError,
-    SessionCorruptedError,
     SessionExistsError,
     SessionNotFoundError,
 )
@@ -76,15 +79,23 @@ from oblix_file.files import (
     io_error,
     remove_quietly,
     stamp,
-    tail,
     write_file,
 )
-from oblix_file.index import INDEX, SessionIndex, Summary, remove_legacy_index
+from oblix_file.index import INDEX, PENDING, SessionIndex, Summary, remove_legacy_index
+from oblix_file.reading import (
+    MESSAGES,
+    META,
+    latest,
+    log_size,
+    missing,
+    read_messages,
+    read_meta,
+    summarise,
+    to_record,
+)
 
 log = logging.getLogger(__name__)
 
-META = "meta.json"
-MESSAGES = "messages.jsonl"
 LOCK = ".lock"
 #: Prefixes of the store's staging/temp entries in the root (swept after ``temp_grace``).
 TEMP_PREFIXES = (".new-", ".trash-", ".tmp-")
@@ -95,10 +106,6 @@ _NOT_STORED = "Nothing was stored; retrying is safe."
 
 def _encode(message: Message) -> bytes:
     return json.dumps(message.to_dict(), ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-
-
-def _latest(*timestamps: str | None) -> str:
-    return max((t for t in timestamps if t), key=parse_timestamp)
 
 
 def _index_failed(session_id: str, what: str, exc: BaseException) -> None:
@@ -193,12 +200,12 @@ class FileSessionStore(SessionStore):
         return SessionNotFoundError(f"Session {session_id} does not exist.")
 
     @contextmanager
-    def _locked(self, session_id: str, action: str) -> Iterator[Path]:
+    def _locked(self, session_id: str, action: str, timeout: float | None = None) -> Iterator[Path]:
         """Hold the session's writer lock; creates nothing if the session does not exist."""
         path = self._dir(session_id)
         if not (path / META).exists():
-            raise self._missing(session_id)
-        lock = filelock.FileLock(path / LOCK, timeout=self.lock_timeout)
+            raise missing(session_id)
+        lock = filelock.FileLock(path / LOCK, timeout=self.lock_timeout if timeout is None else timeout)
         try:
             lock.acquire()
         except filelock.Timeout:
@@ -208,14 +215,14 @@ class FileSessionStore(SessionStore):
             ) from None
         except OSError as exc:
             if not (path / META).exists():
-                raise self._missing(session_id) from None
+                raise missing(session_id) from None
             failed = f"Cannot {action} session {session_id}"
             raise io_error(failed, path / LOCK, exc, outcome=_NOT_STORED) from exc
         deleted_meanwhile = False
         try:
             if not (path / META).exists():
                 deleted_meanwhile = True
-                raise self._missing(session_id)
+                raise missing(session_id)
             yield path
         finally:
             lock.release()
@@ -232,137 +239,36 @@ class FileSessionStore(SessionStore):
 
     # -- reading ------------------------------------------------------------------------
 
-    def _read_meta(self, path: Path) -> dict[str, Any]:
-        try:
-            meta = json.loads((path / META).read_bytes())
-        except (FileNotFoundError, NotADirectoryError):
-            raise self._missing(path.name) from None
-        except OSError as exc:
-            raise io_error(f"Cannot read session {path.name}", path / META, exc, outcome="") from exc
-        except ValueError as exc:
-            raise SessionCorruptedError(
-                f"Session {path.name} has an unreadable {META}: {exc}. Other sessions are unaffected; "
-                f"restore it from a backup or delete the session."
-            ) from exc
-        if not isinstance(meta, dict) or "created_at" not in meta:
-            raise SessionCorruptedError(f"Session {path.name} has a malformed {META}.")
-        return meta
-
-    def _read_messages(self, path: Path, last: int | None = None) -> list[Message]:
-        try:
-            data = tail(path / MESSAGES, last) if last is not None else (path / MESSAGES).read_bytes()
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise io_error(f"Cannot read session {path.name}", path / MESSAGES, exc, outcome="") from exc
-        lines = data.split(b"\n")
-        lines.pop()  # the text after the last newline: empty, or a torn unacknowledged append
-        if last is not None:
-            lines = lines[max(0, len(lines) - last) :]
-        messages = []
-        for number, line in enumerate(lines, 1):
-            try:
-                messages.append(Message.from_dict(json.loads(line)))
-            except (ValueError, KeyError, TypeError) as exc:
-                raise SessionCorruptedError(
-                    f"Session {path.name}: line {number} of {MESSAGES} is not a valid message ({exc}). "
-                    "Other sessions are unaffected; fix or remove that line."
-                ) from exc
-        return messages
-
-    def _record(self, path: Path, meta: dict[str, Any], messages: Sequence[Message]) -> SessionRecord:
-        return SessionRecord(
-            id=path.name,
-            title=meta.get("title"),
-            created_at=meta["created_at"],
-            updated_at=meta.get("updated_at"),
-            messages=tuple(messages),
-            context=meta.get("context") or {},
-            metadata=meta.get("metadata") or {},
-        )
-
     def load(self, session_id: str) -> SessionRecord:
         path = self._dir(session_id)
-        meta = self._read_meta(path)
-        return self._record(path, meta, self._read_messages(path))
+        meta = read_meta(path)
+        return to_record(path, meta, read_messages(path))
 
     def load_recent(self, session_id: str, max_messages: int) -> SessionRecord:
         path = self._dir(session_id)
-        meta = self._read_meta(path)
-        return self._record(path, meta, self._read_messages(path, last=max(0, max_messages)))
+        meta = read_meta(path)
+        return to_record(path, meta, read_messages(path, last=max(0, max_messages)))
 
     def get_metadata(self, session_id: str) -> dict[str, Any]:
-        return dict(self._read_meta(self._dir(session_id)).get("metadata") or {})
+        return dict(read_meta(self._dir(session_id)).get("metadata") or {})
 
     def exists(self, session_id: str) -> bool:
         return (self._dir(session_id) / META).exists()
 
     # -- the listing --------------------------------------------------------------------
 
-    def _summarise(self, path: Path) -> Summary:
-        """The listing row of a session, derived from its files (reads the whole log)."""
-        try:
-            meta_stamp = stamp(os.stat(path / META))  # before reading: a later change shows
-        except (FileNotFoundError, NotADirectoryError):
-            raise self._missing(path.name) from None
-        except OSError as exc:
-            raise io_error(f"Cannot read session {path.name}", path / META, exc, outcome="") from exc
-        meta = self._read_meta(path)
-        count, size, last_line = self._count_lines(path / MESSAGES)
-        last_timestamp = None
-        with suppress(ValueError, KeyError, TypeError):  # a damaged line: loading reports it
-            last_timestamp = Message.from_dict(json.loads(last_line)).timestamp if last_line else None
-        record = self._record(path, meta, ())
-        return Summary(
-            id=path.name,
-            title=record.title,
-            created_at=record.created_at,
-            updated_at=_latest(record.created_at, record.updated_at, last_timestamp),
-            message_count=count,
-            metadata=record.metadata,
-            log_size=size,
-            meta_stamp=meta_stamp,
-        )
-
-    @staticmethod
-    def _count_lines(path: Path) -> tuple[int, int, bytes]:
-        """(complete lines, bytes read, last complete line) of a log, read in blocks."""
-        count = size = 0
-        try:
-            with open(path, "rb") as handle:
-                while block := handle.read(1 << 20):
-                    count += block.count(b"\n")
-                    size += len(block)
-            end = tail(path, 1)
-        except FileNotFoundError:
-            return 0, 0, b""
-        except OSError as exc:
-            raise io_error(f"Cannot read session {path.parent.name}", path, exc, outcome="") from exc
-        return count, size, end[: end.rfind(b"\n")].rsplit(b"\n", 1)[-1]
-
-    def _current(self, row: Summary, wanted: dict[str, Any] | None) -> Summary | None:
-        """``row`` if it still describes the files, else a re-derived row; ``None``: skip it.
-
-        Rows whose unchanged metadata does not match ``wanted`` are skipped after one stat.
-        """
+    def _current(self, row: Summary) -> Summary | None:
+        """``row`` if it still describes the files, else a re-derived row; ``None``: skip it."""
         path = self.root / row.id
-        try:
-            meta_stamp = stamp(os.stat(path / META))
-        except OSError:  # the index row of a crashed create, or of a deleted session
-            return None
-        if meta_stamp == row.meta_stamp:
-            if not matches_metadata(row.metadata, wanted):
-                return None
+        if row.meta_stamp != PENDING:
             try:
-                log_size = os.stat(path / MESSAGES).st_size
-            except FileNotFoundError:
-                log_size = 0
-            except OSError:
+                meta_stamp = stamp(os.stat(path / META))
+            except OSError:  # the row of a crashed create, or of a deleted session
                 return None
-            if log_size == row.log_size:
+            if meta_stamp == row.meta_stamp and log_size(path) == row.log_size:
                 return row
         try:
-            return self._summarise(path)
+            return summarise(path)
         except OblixError as exc:  # unreadable sessions are skipped; loading them says why
             log.debug("listing skips session %s: %s", row.id, exc)
             return None
@@ -370,33 +276,42 @@ class FileSessionStore(SessionStore):
     def list(self, limit: int = 50, filter_metadata: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         if limit <= 0:
             return []
-        try:
-            rows = self._index.summaries()
-        except sqlite3.Error as exc:
-            raise io_error("Cannot read the session index", self._index.path, exc, outcome="") from exc
         results: list[Summary] = []
         repairs: list[tuple[Summary, Summary]] = []
-        for row in rows:
-            summary = self._current(row, filter_metadata)
-            if summary is None:
-                continue
-            if summary is not row:
-                repairs.append((row, summary))
-            if matches_metadata(summary.metadata, filter_metadata):
-                results.append(summary)
-                if len(results) >= limit:
-                    break
+        try:
+            rows = self._index.summaries(filter_metadata)
+            try:
+                for row in rows:
+                    summary = self._current(row)
+                    if summary is None:
+                        continue
+                    if summary is not row:
+                        repairs.append((row, summary))
+                    if matches_metadata(summary.metadata, filter_metadata):
+                        results.append(summary)
+                        if len(results) >= limit:
+                            break
+            finally:
+                rows.close()
+        except sqlite3.Error as exc:
+            raise io_error("Cannot read the session index", self._index.path, exc, outcome="") from exc
         if repairs:
             self._store_repairs(repairs)
             results.sort(key=lambda s: parse_timestamp(s.updated_at), reverse=True)
         return [s.public() for s in results]
 
     def _store_repairs(self, repairs: Sequence[tuple[Summary, Summary]]) -> None:
+        """Store re-derived rows (best effort: a read-only or busy index is repaired later)."""
         for stale, fresh in repairs:
             try:
-                self._index.repair(stale, fresh)
-            except sqlite3.Error as exc:  # read-only or busy: the next listing tries again
-                log.debug("could not store the repaired index row of %s: %s", stale.id, exc)
+                if stale.meta_stamp != PENDING:
+                    self._index.repair(stale, fresh)
+                    continue
+                # A metadata update is under way, or its writer died: only the lock tells.
+                with self._locked(stale.id, "list", timeout=0) as path:
+                    self._index.repair(stale, summarise(path))
+            except (sqlite3.Error, OblixError) as exc:
+                log.debug("index row of %s not repaired now: %s", stale.id, exc)
 
     def rebuild_index(self) -> int:
         """Regenerate the index from the session files; returns how many sessions it holds.
@@ -415,7 +330,7 @@ class FileSessionStore(SessionStore):
         for path in self._session_dirs():
             self._sweep_session_temps(path)
             try:
-                yield self._summarise(path)
+                yield summarise(path)
             except OblixError as exc:
                 log.warning("not indexing session %s: %s", path.name, exc)
 
@@ -498,11 +413,11 @@ class FileSessionStore(SessionStore):
         data = b"".join(_encode(m) for m in messages)
         with self._locked(session_id, "append to") as path:
             before = self._append(session_id, path / MESSAGES, data)
-            updated = _latest(*(m.timestamp for m in messages))
+            updated = latest(*(m.timestamp for m in messages))
             try:
                 after = before + len(data)
                 if not self._index.record_append(session_id, len(messages), before, after, updated):
-                    self._index.insert(self._summarise(path), replace=True)
+                    self._index.insert(summarise(path), replace=True)
             except (sqlite3.Error, OblixError) as exc:
                 _index_failed(session_id, f"an append of {len(messages)} messages", exc)
 
@@ -530,17 +445,17 @@ class FileSessionStore(SessionStore):
             os.close(fd)
 
     def update_metadata(self, session_id: str, metadata: dict[str, Any]) -> None:
+        failed = f"Cannot update the metadata of session {session_id}"
+        unchanged = f"{_NOT_STORED} The metadata is unchanged."
         with self._locked(session_id, "update the metadata of") as path:
             self._sweep_session_temps(path)
-            failed = f"Cannot update the metadata of session {session_id}"
-            unchanged = f"{_NOT_STORED} The metadata is unchanged."
-            try:
-                old_stamp = stamp(os.stat(path / META))
-            except OSError as exc:
-                raise io_error(failed, path / META, exc, outcome=unchanged) from exc
-            meta = self._read_meta(path)
+            meta = read_meta(path)
             meta["metadata"] = {**(meta.get("metadata") or {}), **metadata}
             meta["updated_at"] = utc_now()
+            try:  # listings re-derive the row until the change is recorded (or settled after a crash)
+                self._index.mark_pending(session_id)
+            except sqlite3.Error as exc:
+                raise io_error(failed, self._index.path, exc, outcome=unchanged) from exc
             tmp = self.root / f".tmp-{uuid.uuid4().hex}"
             try:
                 write_file(tmp, json.dumps(meta, ensure_ascii=False, indent=1).encode())
@@ -548,9 +463,9 @@ class FileSessionStore(SessionStore):
             except OSError as exc:
                 remove_quietly(tmp)
                 raise io_error(failed, path / META, exc, outcome=unchanged) from exc
-            self._index_metadata(session_id, path, old_stamp, meta)
+            self._index_metadata(session_id, path, meta)
 
-    def _index_metadata(self, session_id: str, path: Path, old_stamp: str, meta: dict[str, Any]) -> None:
+    def _index_metadata(self, session_id: str, path: Path, meta: dict[str, Any]) -> None:
         try:
             fsync_dir(path)
             new = Summary(
@@ -563,8 +478,8 @@ class FileSessionStore(SessionStore):
                 log_size=0,
                 meta_stamp=stamp(os.stat(path / META)),
             )
-            if not self._index.record_metadata(session_id, old_stamp, new):
-                self._index.insert(self._summarise(path), replace=True)
+            if not self._index.record_metadata(session_id, new):
+                self._index.insert(summarise(path), replace=True)
         except (OSError, sqlite3.Error, OblixError) as exc:
             _index_failed(session_id, "a metadata update", exc)
 

@@ -1,0 +1,132 @@
+"""Reading one session folder of the file store: its metadata, its log, its listing row."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from oblix_core.errors import SessionCorruptedError, SessionNotFoundError
+from oblix_core.records import Message, SessionRecord, parse_timestamp
+from oblix_file.files import io_error, stamp, tail
+from oblix_file.index import Summary
+
+META = "meta.json"
+MESSAGES = "messages.jsonl"
+
+
+def missing(session_id: str) -> SessionNotFoundError:
+    return SessionNotFoundError(f"Session {session_id} does not exist.")
+
+
+def latest(*timestamps: str | None) -> str:
+    """The newest of the given timestamps (``None``s ignored)."""
+    return max((t for t in timestamps if t), key=parse_timestamp)
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """The parsed ``meta.json`` of the session folder ``path``."""
+    try:
+        meta = json.loads((path / META).read_bytes())
+    except (FileNotFoundError, NotADirectoryError):
+        raise missing(path.name) from None
+    except OSError as exc:
+        raise io_error(f"Cannot read session {path.name}", path / META, exc, outcome="") from exc
+    except ValueError as exc:
+        raise SessionCorruptedError(
+            f"Session {path.name} has an unreadable {META}: {exc}. Other sessions are unaffected; "
+            f"restore it from a backup or delete the session."
+        ) from exc
+    if not isinstance(meta, dict) or "created_at" not in meta:
+        raise SessionCorruptedError(f"Session {path.name} has a malformed {META}.")
+    return meta
+
+
+def read_messages(path: Path, last: int | None = None) -> list[Message]:
+    """The session's messages (only the ``last`` ones if given); a torn last line is ignored."""
+    try:
+        data = tail(path / MESSAGES, last) if last is not None else (path / MESSAGES).read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise io_error(f"Cannot read session {path.name}", path / MESSAGES, exc, outcome="") from exc
+    lines = data.split(b"\n")
+    lines.pop()  # the text after the last newline: empty, or a torn unacknowledged append
+    if last is not None:
+        lines = lines[max(0, len(lines) - last) :]
+    messages = []
+    for number, line in enumerate(lines, 1):
+        try:
+            messages.append(Message.from_dict(json.loads(line)))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SessionCorruptedError(
+                f"Session {path.name}: line {number} of {MESSAGES} is not a valid message ({exc}). "
+                "Other sessions are unaffected; fix or remove that line."
+            ) from exc
+    return messages
+
+
+def to_record(path: Path, meta: dict[str, Any], messages: Sequence[Message]) -> SessionRecord:
+    return SessionRecord(
+        id=path.name,
+        title=meta.get("title"),
+        created_at=meta["created_at"],
+        updated_at=meta.get("updated_at"),
+        messages=tuple(messages),
+        context=meta.get("context") or {},
+        metadata=meta.get("metadata") or {},
+    )
+
+
+def summarise(path: Path) -> Summary:
+    """The listing row of a session, derived from its files (reads the whole log)."""
+    try:
+        meta_stamp = stamp(os.stat(path / META))  # taken before reading: a later change shows
+    except (FileNotFoundError, NotADirectoryError):
+        raise missing(path.name) from None
+    except OSError as exc:
+        raise io_error(f"Cannot read session {path.name}", path / META, exc, outcome="") from exc
+    record = to_record(path, read_meta(path), ())
+    count, size, last_line = count_lines(path / MESSAGES)
+    last_timestamp = None
+    with suppress(ValueError, KeyError, TypeError):  # a damaged line: loading the session reports it
+        last_timestamp = Message.from_dict(json.loads(last_line)).timestamp if last_line else None
+    return Summary(
+        id=path.name,
+        title=record.title,
+        created_at=record.created_at,
+        updated_at=latest(record.created_at, record.updated_at, last_timestamp),
+        message_count=count,
+        metadata=record.metadata,
+        log_size=size,
+        meta_stamp=meta_stamp,
+    )
+
+
+def count_lines(path: Path) -> tuple[int, int, bytes]:
+    """(complete lines, bytes read, last complete line) of a log, read in blocks."""
+    count = size = 0
+    try:
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                count += block.count(b"\n")
+                size += len(block)
+        end = tail(path, 1)
+    except FileNotFoundError:
+        return 0, 0, b""
+    except OSError as exc:
+        raise io_error(f"Cannot read session {path.parent.name}", path, exc, outcome="") from exc
+    return count, size, end[: end.rfind(b"\n")].rsplit(b"\n", 1)[-1]
+
+
+def log_size(path: Path) -> int | None:
+    """The size of the session's log (0 if it has none); ``None`` if it cannot be read."""
+    try:
+        return os.stat(path / MESSAGES).st_size
+    except FileNotFoundError:
+        return 0
+    except OSError:
+        return None
