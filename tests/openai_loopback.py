@@ -6,19 +6,26 @@ failures a real endpoint has -- ``mode``:
 
 * ``"ok"``        -- a normal streamed answer (SSE chunks, a ``finish_reason``, ``[DONE]``);
 * ``"500"``, ``"503"``, ``"400"``, ``"429"`` -- that HTTP status with an OpenAI error body;
-* ``"blackhole"`` -- reads the request and never answers (until the server stops).
+* ``"blackhole"`` -- reads the request and never answers (until the server stops);
+* ``"truncated"`` -- content chunks, then the connection closes without a finish reason;
+* ``"empty"``     -- a finish reason and ``[DONE]`` but no content;
+* ``"html"``      -- a 200 HTML page instead of an event stream;
+* ``"echo401"``   -- a 401 whose body echoes the request's bearer key;
+* ``"kill"``      -- one content chunk, then the socket is reset.
 
 :meth:`stop` closes the listening socket, so the port refuses connections (a dead
 server); :meth:`start` listens on the same port again (recovery). ``GET /v1/models``
 answers from ``models_script`` (statuses popped one per request, then ``models_status``),
 so health checks can be made to flap. ``chat_requests``/``models_requests`` count what
-arrived.
+arrived and ``bodies`` holds the chat requests' JSON. Use it started/stopped by hand or
+as a context manager.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import struct
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -43,6 +50,7 @@ class LoopbackOpenAI:
         self.models_script: list[int] = []
         self.chat_requests = 0
         self.models_requests = 0
+        self.bodies: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._release = threading.Event()
@@ -63,6 +71,12 @@ class LoopbackOpenAI:
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
+
+    def __enter__(self) -> LoopbackOpenAI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def stop(self) -> None:
         self._release.set()
@@ -87,9 +101,11 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _json(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
+        self._send(status, "application/json", json.dumps(body).encode())
+
+    def _send(self, status: int, kind: str, data: bytes) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -109,26 +125,36 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length) or b"{}")
         owner._count("chat")
+        owner.bodies.append(body)
         mode = owner.mode
         if mode == "blackhole":
             owner._release.wait()
-            return
-        if mode != "ok":
+        elif mode == "html":
+            self._send(200, "text/html", b"<html><body>Welcome to nginx!</body></html>")
+        elif mode == "echo401":
+            key = self.headers.get("Authorization", "")
+            self._json(401, {"error": {"message": f"Incorrect API key provided: {key}", "type": "auth"}})
+        elif mode.isdigit():
             self._json(int(mode), {"error": {"message": f"scripted {mode}", "type": "server_error"}})
-            return
-        self._stream(body.get("model", "loopback"))
+        else:
+            self._stream(body.get("model", "loopback"), mode)
 
-    def _stream(self, model: str) -> None:
+    def _stream(self, model: str, mode: str) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Connection", "close")
         self.end_headers()
-        words = self.server_owner.answer.split(" ")
+        words = [] if mode == "empty" else self.server_owner.answer.split(" ")
         for i, word in enumerate(words):
             text = word if i == 0 else f" {word}"
             self._event({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}, model)
-        self._event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}, model)
-        self.wfile.write(b"data: [DONE]\n\n")
+            if mode == "kill":  # reset the connection (RST) mid-answer
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.close()
+                return
+        if mode != "truncated":
+            self._event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}, model)
+            self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
         self.close_connection = True
 

@@ -2,7 +2,7 @@
 failures, secrets never reach disk, bad input is a clear OblixError and loses nothing.
 
 The "cloud" is the real OpenAI backend (official client) against a loopback server that
-counts requests (``tests.loopback``, a test double of a misbehaving endpoint).
+counts requests (``tests.openai_loopback``, a test double of a misbehaving endpoint).
 """
 
 from __future__ import annotations
@@ -23,19 +23,19 @@ from oblix_core.records import Message, SessionRecord
 from oblix_core.routing import RoutingPlan
 from oblix_core.testing import ScriptedPlugin, Step
 from tests.conftest import FAST
-from tests.loopback import LoopbackServer
+from tests.openai_loopback import LoopbackOpenAI
 
 SECRET = "sk-loopback-SECRET-0123456789"
 
 
 @pytest.fixture
-def cloud() -> Iterator[LoopbackServer]:
-    with LoopbackServer("ok") as server:
+def cloud() -> Iterator[LoopbackOpenAI]:
+    with LoopbackOpenAI("ok") as server:
         yield server
 
 
 @pytest.fixture
-async def hybrid(client: OblixClient, cloud: LoopbackServer) -> AsyncIterator[OblixClient]:
+async def hybrid(client: OblixClient, cloud: LoopbackOpenAI) -> AsyncIterator[OblixClient]:
     """A client with a local scripted model and a counting loopback cloud, cloud first."""
     await client.hook_model("scripted", "local")
     await client.hook_model("openai", "gpt-test", endpoint=cloud.url, api_key=SECRET)
@@ -45,13 +45,13 @@ async def hybrid(client: OblixClient, cloud: LoopbackServer) -> AsyncIterator[Ob
 
 @pytest.mark.anyio
 async def test_a_local_only_turn_makes_the_session_local_only(
-    hybrid: OblixClient, cloud: LoopbackServer
+    hybrid: OblixClient, cloud: LoopbackOpenAI
 ) -> None:
     first = await hybrid.execute("private data", stream=False, local_only=True)
     sid = first["session_id"]
     assert hybrid.load_session(sid)["metadata"]["local_only"] is True
     second = await hybrid.execute("next question", session_id=sid, stream=False)
-    assert second["model_id"] == "scripted:local" and cloud.requests == []
+    assert second["model_id"] == "scripted:local" and cloud.chat_requests == 0
     decision = second["routing_decision"]["local_only"]
     assert decision["active"] is True and "stays local-only" in decision["reason"]
     with pytest.raises(SessionError, match="stays so"):
@@ -59,19 +59,19 @@ async def test_a_local_only_turn_makes_the_session_local_only(
     # an existing session becomes local-only with its first local-only turn
     other = await hybrid.create_session()
     await hybrid.execute("public", session_id=other, stream=False)
-    assert len(cloud.requests) == 1
+    assert cloud.chat_requests == 1
     await hybrid.execute("secret", session_id=other, stream=False, local_only=True)
     await hybrid.execute("and then", session_id=other, stream=False)
-    assert len(cloud.requests) == 1
+    assert cloud.chat_requests == 1
 
 
 @pytest.mark.anyio
 async def test_copies_exports_imports_and_merges_stay_local_only(
-    hybrid: OblixClient, cloud: LoopbackServer, tmp_path: Path
+    hybrid: OblixClient, cloud: LoopbackOpenAI, tmp_path: Path
 ) -> None:
     private = (await hybrid.execute("private", stream=False, local_only=True))["session_id"]
     public = (await hybrid.execute("public", stream=False))["session_id"]
-    calls = len(cloud.requests)
+    calls = cloud.chat_requests
     merged = await hybrid.merge_sessions([public, private])
     copied = await hybrid.copy_session(private)
     await hybrid.export_session(private, str(tmp_path / "p.json"))
@@ -80,27 +80,27 @@ async def test_copies_exports_imports_and_merges_stay_local_only(
         assert hybrid.get_session_metadata(sid)["local_only"] is True
         result = await hybrid.execute("more", session_id=sid, stream=False)
         assert result["model_id"] == "scripted:local"
-    assert len(cloud.requests) == calls
+    assert cloud.chat_requests == calls
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("value", ["true", 1, "yes", None, [], {}])
 async def test_local_only_metadata_fails_closed(
-    hybrid: OblixClient, cloud: LoopbackServer, value: Any
+    hybrid: OblixClient, cloud: LoopbackOpenAI, value: Any
 ) -> None:
     sid = await hybrid.create_session(metadata={"local_only": value})
     assert (await hybrid.execute("hi", session_id=sid, stream=False))["model_id"] == "scripted:local"
-    assert cloud.requests == []
+    assert cloud.chat_requests == 0
 
 
 @pytest.mark.anyio
 async def test_local_only_false_or_absent_may_use_the_cloud(
-    hybrid: OblixClient, cloud: LoopbackServer
+    hybrid: OblixClient, cloud: LoopbackOpenAI
 ) -> None:
     for metadata in ({"local_only": False}, {}):
         sid = await hybrid.create_session(metadata=metadata)
         assert (await hybrid.execute("hi", session_id=sid, stream=False))["model_id"] == "openai:gpt-test"
-    assert len(cloud.requests) == 2
+    assert cloud.chat_requests == 2
 
 
 class CloudFirstRouter:
@@ -114,7 +114,7 @@ class CloudFirstRouter:
 
 @pytest.mark.anyio
 async def test_hostile_routing_plugin_cannot_send_local_only_requests_out(
-    home: Path, scripted: ScriptedPlugin, cloud: LoopbackServer
+    home: Path, scripted: ScriptedPlugin, cloud: LoopbackOpenAI
 ) -> None:
     async with OblixClient(home=home, plugins=[scripted, CloudFirstRouter()], execution=FAST) as client:
         await client.hook_model("scripted", "local")
@@ -123,12 +123,12 @@ async def test_hostile_routing_plugin_cannot_send_local_only_requests_out(
         result = await client.execute("private", stream=False, local_only=True)
         assert result["model_id"] == "scripted:local"
         assert "removed because the request is local-only" in result["routing_decision"]["reason"]
-        assert len(cloud.requests) == 1
+        assert cloud.chat_requests == 1
 
 
 @pytest.mark.anyio
 async def test_the_executor_itself_refuses_cloud_backends_for_local_only(
-    client: OblixClient, cloud: LoopbackServer
+    client: OblixClient, cloud: LoopbackOpenAI
 ) -> None:
     await client.hook_model("openai", "gpt-test", endpoint=cloud.url, api_key=SECRET)
     request = client.stream("private", local_only=True).request
@@ -136,7 +136,7 @@ async def test_the_executor_itself_refuses_cloud_backends_for_local_only(
     with pytest.raises(NoModelAvailableError, match="not local"):
         async for _ in client.executor.run(client.models, request):
             pass
-    assert cloud.requests == []
+    assert cloud.chat_requests == 0
 
 
 # -- a bad answer is a failure ------------------------------------------------------------
@@ -145,7 +145,7 @@ async def test_the_executor_itself_refuses_cloud_backends_for_local_only(
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["truncated", "empty", "html"])
 async def test_bad_streams_are_failures_not_answers(client: OblixClient, mode: str) -> None:
-    with LoopbackServer(mode) as bad:
+    with LoopbackOpenAI(mode) as bad:
         await client.hook_model("openai", "bad", endpoint=bad.url, api_key=SECRET)
         await client.hook_model("scripted", "local")
         client.engine.preference = "cloud-first"
@@ -153,9 +153,9 @@ async def test_bad_streams_are_failures_not_answers(client: OblixClient, mode: s
         if mode == "truncated":  # text was delivered: an interrupted answer, stored as such
             with pytest.raises(StreamInterruptedError, match="without a finish reason") as info:
                 await client.execute("hi", session_id=sid, stream=False)
-            assert info.value.partial == "Hello world"
+            assert info.value.partial == "Hello from loopback"
             stored = client.load_session(sid)["messages"][-1]
-            assert stored["content"] == "Hello world" and stored["metrics"]["interrupted"] is True
+            assert stored["content"] == "Hello from loopback" and stored["metrics"]["interrupted"] is True
         else:  # nothing delivered: the next model answers
             result = await client.execute("hi", session_id=sid, stream=False)
             assert result["model_id"] == "scripted:local"
@@ -164,7 +164,7 @@ async def test_bad_streams_are_failures_not_answers(client: OblixClient, mode: s
 
 @pytest.mark.anyio
 async def test_a_connection_reset_mid_stream_names_the_real_cause(client: OblixClient) -> None:
-    with LoopbackServer("kill") as bad:
+    with LoopbackOpenAI("kill") as bad:
         await client.hook_model("openai", "bad", endpoint=bad.url, api_key=SECRET)
         with pytest.raises(StreamInterruptedError) as info:
             await client.execute("hi", stream=False)
@@ -190,7 +190,7 @@ async def test_scripted_truncated_stream_is_retried_then_falls_back(
 async def test_an_echoed_api_key_never_reaches_disk_errors_or_exports(
     client: OblixClient, home: Path, tmp_path: Path
 ) -> None:
-    with LoopbackServer("echo401") as echo:
+    with LoopbackOpenAI("echo401") as echo:
         await client.hook_model("openai", "echo", endpoint=echo.url, api_key=SECRET)
         with pytest.raises(NoModelAvailableError) as info:
             await client.execute("hi", stream=False)

@@ -13,7 +13,7 @@ import pytest
 
 from oblix_core.client import OblixClient
 from oblix_core.testing import ScriptedPlugin
-from tests.loopback import LoopbackServer
+from tests.openai_loopback import LoopbackOpenAI
 
 pytestmark = pytest.mark.reliability
 TRIALS = 5
@@ -21,7 +21,7 @@ TRIALS = 5
 
 @pytest.mark.anyio
 async def test_black_holed_endpoint_falls_back_within_15_seconds(home: Path) -> None:
-    with LoopbackServer("silent", silence=120) as silent:
+    with LoopbackOpenAI("blackhole") as silent:
         async with OblixClient(home=home, plugins=[ScriptedPlugin()]) as client:  # default settings
             await client.hook_model("openai", "silent", endpoint=silent.url, api_key="sk-unused-key")
             await client.hook_model("scripted", "local")
@@ -31,18 +31,18 @@ async def test_black_holed_endpoint_falls_back_within_15_seconds(home: Path) -> 
             elapsed = time.monotonic() - started
             assert result["model_id"] == "scripted:local"
             assert elapsed < 15, elapsed
-            assert len(silent.requests) == 1  # no blind retry of a silent endpoint
+            assert silent.chat_requests == 1  # no blind retry of a silent endpoint
             assert "timed out" in result["metrics"]["attempts"][0]["error"]
             # the silent model is cooling down: the next request does not wait for it again
             started = time.monotonic()
             await client.execute("again", stream=False)
-            assert time.monotonic() - started < 2 and len(silent.requests) == 1
+            assert time.monotonic() - started < 2 and silent.chat_requests == 1
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["truncated", "empty", "html", "kill", "echo401"])
 async def test_repeated_bad_endpoints_never_store_a_bad_answer_as_good(home: Path, mode: str) -> None:
-    with LoopbackServer(mode) as bad:
+    with LoopbackOpenAI(mode) as bad:
         async with OblixClient(home=home, plugins=[ScriptedPlugin()]) as client:
             await client.hook_model("openai", "bad", endpoint=bad.url, api_key="sk-hostile-0123456789")
             await client.hook_model("scripted", "local")
