@@ -18,11 +18,13 @@ import textwrap
 from collections import defaultdict
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from oblix_core.errors import SessionNotFoundError
 from oblix_core.records import Message, SessionRecord, new_session_id
+from oblix_file.index import PENDING
 from oblix_file.store import INDEX, MESSAGES, META, FileSessionStore, FileStoreError
 
 KILL_TRIALS = 60
@@ -110,7 +112,10 @@ def test_writers_killed_with_sigkill_lose_nothing_and_the_listing_converges(tmp_
         stats["acknowledged calls"] += len(acks)
         stats["torn tails"] += not (root / sid / MESSAGES).read_bytes().endswith(b"\n")
         stats["stale index rows"] += _indexed_count(root, sid) != len(store.load(sid).messages)
+        stats["rows left flagged pending"] += _indexed(root, sid, "meta_stamp") == PENDING
         _check_session(store, sid, acks)
+        filtered = store.list(limit=10_000, filter_metadata=store.get_metadata(sid))
+        assert sid in {s["id"] for s in filtered}  # a filtered listing sees the current metadata
         _check_listing(store, acks, (sid, f"t{trial}w"))
     _check_listing(store, [])
     store.append_messages(sids[-1], [Message("user", "z-q"), Message("assistant", "z-a")])
@@ -121,10 +126,14 @@ def test_writers_killed_with_sigkill_lose_nothing_and_the_listing_converges(tmp_
     assert stats["acknowledged calls"] > KILL_TRIALS
 
 
-def _indexed_count(root: Path, sid: str) -> int:
-    """The message count the index file itself holds for ``sid`` (before any listing repairs it)."""
+def _indexed(root: Path, sid: str, column: str) -> Any:
+    """A column of the index file's own row for ``sid`` (before any listing repairs it)."""
     with closing(sqlite3.connect(f"file:{root / INDEX}?mode=ro", uri=True)) as db:
-        return int(db.execute("SELECT message_count FROM sessions WHERE id = ?", (sid,)).fetchone()[0])
+        return db.execute(f"SELECT {column} FROM sessions WHERE id = ?", (sid,)).fetchone()[0]
+
+
+def _indexed_count(root: Path, sid: str) -> int:
+    return int(_indexed(root, sid, "message_count"))
 
 
 def _kill_after(writer: subprocess.Popen[str], delay: float) -> None:
