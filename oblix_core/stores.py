@@ -19,9 +19,13 @@ if TYPE_CHECKING:
 class SessionStore(abc.ABC):
     """Persistent storage of sessions.
 
-    Methods are synchronous and may block; the client calls them from worker threads
-    when it is on an event loop. Implementations must be safe to call from several
-    threads at once, and appends from several processes must never lose a message.
+    Methods are synchronous and may block. Which thread calls them: the client's async
+    methods (``execute``, ``stream``, ``create_session``, ``export_session``...) and the
+    async counterparts of the sync sessions API (``aload_session``...) call them from
+    worker threads, never on the event loop; the sync methods of the reference API
+    (``load_session``, ``list_sessions``...) call them in the caller's own thread.
+    Implementations must be safe to call from several threads at once, and appends
+    from several processes must never lose a message.
     Session ids reaching a store have already been checked by
     :func:`oblix_core.records.validate_session_id`, but a store must still keep every
     path or key it derives inside its own root.
