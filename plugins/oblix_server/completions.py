@@ -132,6 +132,7 @@ async def _answer_whole(request: Request, call: Call, stream: ResponseStream, tr
     try:
         result = await _unless_disconnected(stream.collect, request.receive)
     except _Disconnected:
+        await _close(stream)
         return Response(status_code=499)  # nobody reads it; the generation was cancelled
     session_id = result["session_id"] if call.stored else None
     headers = _headers(result["request_id"], trace, session_id) | {"X-Oblix-Model": result["model_id"]}
