@@ -28,7 +28,6 @@ import abc
 import atexit
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -41,6 +40,7 @@ import attrs
 import filelock
 
 from oblix_core.errors import NoModelAvailableError
+from oblix_core.fileio import write_atomically
 
 if TYPE_CHECKING:
     from oblix_core.models import ModelBackend
@@ -142,9 +142,7 @@ class JsonFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
             data = self.read() | values
-            staging = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}")
-            staging.write_text(json.dumps(data, allow_nan=False), encoding="utf-8")
-            os.replace(staging, self.path)
+            write_atomically(self.path, json.dumps(data, allow_nan=False).encode(), fsync_dir=False)
         self.last_write = time.monotonic()
 
 
