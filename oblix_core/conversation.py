@@ -55,6 +55,11 @@ class ResponseStream:
     def request_id(self) -> str:
         return self.request.request_id
 
+    @property
+    def answering_model_id(self) -> str | None:
+        """The model being tried now; once text has arrived, the model that answers."""
+        return self._answering
+
     def __aiter__(self) -> ResponseStream:
         return self
 

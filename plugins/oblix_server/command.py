@@ -3,40 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-from collections.abc import Callable
-from typing import Any
 
 import click
 
-from oblix_core.client import OblixClient
-from oblix_core.errors import ConfigError, OblixError
+from oblix_core.cli_common import handle_errors, make_client
+from oblix_core.errors import ConfigError
 from oblix_server.settings import DEFAULT_BODY_LIMIT, KEY_ENV, ServerSettings
 
 log = logging.getLogger("oblix_server")
-
-
-def make_client() -> OblixClient:
-    """The CLI's client (it honours ``oblix --store ...``) where the CLI offers one, else the default."""
-    try:
-        from oblix_core.cli_common import make_client as cli_client
-    except ImportError:
-        return OblixClient()
-    return cli_client()
-
-
-def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """An :class:`OblixError` becomes a one-line message and exit status 1 (no traceback)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except OblixError as exc:
-            raise click.ClickException(str(exc)) from None
-
-    return wrapper
 
 
 async def serve(settings: ServerSettings, log_level: str) -> None:
@@ -46,14 +21,10 @@ async def serve(settings: ServerSettings, log_level: str) -> None:
     except ImportError:
         raise ConfigError("oblix server needs its extra: pip install 'oblix[server]'.") from None
     from oblix_server.app import create_app
-    from oblix_server.trace import TracePlugin, trace_models
-
     client = make_client()
-    client.plugin_manager.register(TracePlugin())
     try:
         hooked = await client.hook_configured_models()
         client.hook_default_agents()
-        trace_models(client.models)
         app = create_app(client, settings)
         click.echo(
             f"Oblix server on http://{settings.host}:{settings.port}/v1"

@@ -29,7 +29,6 @@ from oblix_server.errors import APIError, from_oblix, internal
 from oblix_server.limits import read_body
 from oblix_server.schema import ChatRequest, parse_chat_request
 from oblix_server.state import ServerState
-from oblix_server.trace import Trace, start_trace
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +78,19 @@ async def _close(stream: ResponseStream) -> None:
 
 
 def _headers(
-    request_id: str, trace: Trace, session_id: str | None = None, answered: bool = True
+    request_id: str, stream: ResponseStream | None, session_id: str | None = None, answered: bool = True
 ) -> dict[str, str]:
-    """The ``X-Oblix-*`` headers; on an error no model answered (``X-Oblix-Model: none``)."""
+    """The ``X-Oblix-*`` headers; on an error no model answered (``X-Oblix-Model: none``).
+
+    A stream's headers go out with its first token: by then the stream knows the rule
+    that routed it and the model answering (no other model can take over after it).
+    """
+    decision = (stream.routing_decision if stream is not None else None) or {}
+    model = stream.answering_model_id if stream is not None and answered else None
     headers = {
         "X-Oblix-Request-Id": request_id,
-        "X-Oblix-Model": (trace.model_id if answered else None) or "none",
-        "X-Oblix-Route": trace.rule or "none",
+        "X-Oblix-Model": model or "none",
+        "X-Oblix-Route": decision.get("rule") or "none",
     }
     if session_id:
         headers[SESSION_HEADER] = session_id
@@ -96,14 +101,14 @@ async def chat_completions(request: Request) -> Response:
     """The endpoint: check, queue, run; every failure is OpenAI-style JSON."""
     state: ServerState = request.app.state.oblix
     request_id: str = request.scope["state"]["request_id"]
-    trace = start_trace()
+    stream: ResponseStream | None = None
     try:
         chat = parse_chat_request(await read_body(request, state.settings.max_body_bytes))
         call = build_call(state.client, chat, request.headers, state.settings.store_all)
         await check_privacy(state.client, call)
         await state.limiter.acquire()
     except APIError as exc:
-        return exc.response(_headers(request_id, trace, answered=False))
+        return exc.response(_headers(request_id, stream, answered=False))
     handed_over = False
     try:
         stream = state.client.stream(
@@ -115,27 +120,27 @@ async def chat_completions(request: Request) -> Response:
             **call.options,
         )
         if chat.stream:
-            response = await _start_stream(request, state, chat, call, stream, trace)
+            response = await _start_stream(request, state, chat, call, stream)
             handed_over = isinstance(response, _SSEResponse)
             return response
-        return await _answer_whole(request, call, stream, trace)
+        return await _answer_whole(request, call, stream)
     except APIError as exc:
-        return exc.response(_headers(request_id, trace, answered=False))
+        return exc.response(_headers(request_id, stream, answered=False))
     except OblixError as exc:
-        return from_oblix(exc).response(_headers(request_id, trace, answered=False))
+        return from_oblix(exc).response(_headers(request_id, stream, answered=False))
     finally:
         if not handed_over:
             state.limiter.release()
 
 
-async def _answer_whole(request: Request, call: Call, stream: ResponseStream, trace: Trace) -> Response:
+async def _answer_whole(request: Request, call: Call, stream: ResponseStream) -> Response:
     try:
         result = await _unless_disconnected(stream.collect, request.receive)
     except _Disconnected:
         await _close(stream)
         return Response(status_code=499)  # nobody reads it; the generation was cancelled
     session_id = result["session_id"] if call.stored else None
-    headers = _headers(result["request_id"], trace, session_id) | {"X-Oblix-Model": result["model_id"]}
+    headers = _headers(result["request_id"], stream, session_id) | {"X-Oblix-Model": result["model_id"]}
     body = shapes.completion(shapes.completion_id(result["request_id"]), int(time.time()), result)
     return JSONResponse(body, headers=headers)
 
@@ -146,7 +151,6 @@ async def _start_stream(
     chat: ChatRequest,
     call: Call,
     stream: ResponseStream,
-    trace: Trace,
 ) -> Response:
     """Wait for the first token (or a failure), then hand the rest to an SSE response."""
     try:
@@ -160,16 +164,15 @@ async def _start_stream(
         await _close(stream)
         raise
     session_id = stream.request.session_id if call.stored else None
-    headers = _headers(stream.request_id, trace, session_id)
-    events = _events(stream, first, chat.include_usage, trace)
+    headers = _headers(stream.request_id, stream, session_id)
+    events = _events(stream, first, chat.include_usage)
     return _SSEResponse(events, stream, state, headers=headers | {"Cache-Control": "no-cache"})
 
 
-async def _events(
-    stream: ResponseStream, first: str, include_usage: bool, trace: Trace
-) -> AsyncIterator[bytes]:
+async def _events(stream: ResponseStream, first: str, include_usage: bool) -> AsyncIterator[bytes]:
     """The SSE events: role + first text, more text, the finish, usage if asked, ``[DONE]``."""
-    cid, created, model = shapes.completion_id(stream.request_id), int(time.time()), trace.model_id or ""
+    cid, created = shapes.completion_id(stream.request_id), int(time.time())
+    model = stream.answering_model_id or ""
     yield shapes.sse(shapes.chunk(cid, created, model, {"role": "assistant", "content": first}))
     try:
         async for text in stream:
