@@ -22,7 +22,7 @@ from oblix_core.records import ROLES, validate_session_id
 from oblix_core.requests import Request
 from oblix_core.sessions_api import SessionsAPI
 from oblix_core.stores import SessionStore
-from oblix_core.validation import check_text
+from oblix_core.validation import check_json, check_text
 
 log = logging.getLogger(__name__)
 
@@ -30,21 +30,40 @@ log = logging.getLogger(__name__)
 ROUTING_OPTIONS = ("model", "local_only", "preference", "fallback", "system", "history", "store")
 
 
-def _history(raw: Any) -> tuple[ChatMessage, ...] | None:
-    """``history=`` as chat messages: dicts with a role and string content, or ChatMessages."""
+def _history_message(item: Any, i: int) -> ChatMessage:
+    """One ``history=`` entry: a ChatMessage, or a dict in OpenAI's message shape."""
+    if isinstance(item, ChatMessage):
+        item = item.to_dict()
+    if not isinstance(item, dict) or item.get("role") not in (*ROLES, "tool"):
+        raise OblixError(f"history[{i}] must be a message with a role in {(*ROLES, 'tool')}.")
+    content = item.get("content")
+    content = "" if content is None and item["role"] == "assistant" else content
+    if not isinstance(content, str):
+        raise OblixError(f"history[{i}] must have string content.")
+    calls = check_json(item.get("tool_calls"), f"history[{i}].tool_calls")
+    if calls is not None and (not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls)):
+        raise OblixError(f"history[{i}].tool_calls must be a list of tool calls.")
+    call_id = item.get("tool_call_id")
+    if item["role"] == "tool" and not isinstance(call_id, str):
+        raise OblixError(f"history[{i}] is a tool result: it needs the tool_call_id it answers.")
+    return ChatMessage(
+        item["role"], check_text(content, f"history[{i}]"), tuple(calls) if calls else None, call_id
+    )
+
+
+def _history(raw: Any, store: bool) -> tuple[ChatMessage, ...] | None:
+    """``history=`` as chat messages (tool calls and results only when nothing is stored)."""
     if raw is None:
         return None
     if not isinstance(raw, list | tuple):
         raise OblixError("history must be a list of {'role': ..., 'content': ...} messages.")
-    messages = []
-    for i, item in enumerate(raw):
-        message = item if isinstance(item, ChatMessage) else None
-        if isinstance(item, dict) and isinstance(item.get("content"), str):
-            message = ChatMessage(str(item.get("role")), item["content"])
-        if message is None or message.role not in ROLES:
-            raise OblixError(f"history[{i}] must have a role in {ROLES} and string content.")
-        messages.append(ChatMessage(message.role, check_text(message.content, f"history[{i}]")))
-    return tuple(messages)
+    messages = tuple(_history_message(item, i) for i, item in enumerate(raw))
+    if store and any(m.role == "tool" or m.tool_calls for m in messages):
+        raise OblixError(
+            "history with tool calls or tool results can only be sent with store=False: sessions "
+            "store user, assistant and system messages."
+        )
+    return messages
 
 
 class OblixClient(SessionsAPI):
@@ -260,7 +279,7 @@ class OblixClient(SessionsAPI):
             local_only=bool(routing.get("local_only", False)),
             preference=routing.get("preference"),
             system=routing.get("system"),
-            history=_history(routing.get("history")),
+            history=_history(routing.get("history"), bool(routing.get("store", True))),
             store=bool(routing.get("store", True)),
         )
         if request_id:

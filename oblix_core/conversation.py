@@ -146,7 +146,12 @@ class ResponseStream:
             )
         elif request.local_only and not request.local_only_reason:
             request.local_only_reason = "requested with local_only=True"
-        request.messages = session_messages(session, request.prompt, request.system)
+        if request.history is not None and self._new_session is not None:
+            # the caller's own messages, as given (tool calls and results included)
+            framing = session_messages(attrs.evolve(session, messages=()), request.prompt, request.system)
+            request.messages = [*framing[:-1], *request.history, framing[-1]]
+        else:
+            request.messages = session_messages(session, request.prompt, request.system)
 
     async def _plan(self) -> tuple[RoutingPlan, list[Any]]:
         """Agents' readings (a bounded fresh sample if pending), the policy, privacy, screening."""
@@ -165,6 +170,8 @@ class ResponseStream:
         )
         plan: RoutingPlan = engine.hooks.oblix_route(request=route, models=models, checks=checks)
         plan = privacy.enforce(plan, request.local_only, request.local_only_reason)
+        if request.options.get("tools"):
+            plan = _tool_capable(plan)
         plan = screen(
             plan,
             models,
@@ -200,6 +207,8 @@ class ResponseStream:
                         yield event
             assert done is not None
             metrics = done.metrics | {"total_latency_ms": round((time.monotonic() - started) * 1000, 2)}
+            if done.tool_calls:
+                metrics["tool_calls"] = [dict(c) for c in done.tool_calls]
             await self._persist(started_at, done.text, done.model.model_id, metrics)
             self.result = self._result(done, metrics, plan, checks)
         except BaseException as exc:
@@ -233,7 +242,8 @@ class ResponseStream:
             "attempts": [a.to_dict() for a in done.attempts],
         }
         self.routing_decision = decision
-        return {
+        extra = {"tool_calls": [dict(c) for c in done.tool_calls]} if done.tool_calls else {}
+        return extra | {
             "response": done.text,
             "model_id": done.model.model_id,
             "session_id": request.session_id,
@@ -270,3 +280,18 @@ class ResponseStream:
                 f"{request.session_id}: {exc}",
                 answer=text,
             ) from exc
+
+
+def _tool_capable(plan: RoutingPlan) -> RoutingPlan:
+    """``plan`` with only the models that can call tools (a request with tools needs one)."""
+    capable = tuple(m for m in plan.candidates if m.supports_tools)
+    if not capable:
+        raise NoModelAvailableError(
+            "This request has tools but no candidate model can call tools ("
+            + ", ".join(m.model_id for m in plan.candidates)
+            + "); nothing was sent. Hook an OpenAI-compatible model, or send it without tools."
+        )
+    if len(capable) == len(plan.candidates):
+        return plan
+    dropped = ", ".join(m.model_id for m in plan.candidates if not m.supports_tools)
+    return attrs.evolve(plan, candidates=capable, reason=f"{plan.reason}; without tool support: {dropped}")

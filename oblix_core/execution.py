@@ -110,12 +110,16 @@ class Attempting:
 
 @attrs.frozen
 class Done:
-    """The executor's last event: the model that answered, its text, metrics and attempts."""
+    """The executor's last event: the model that answered, its text, metrics and attempts.
+
+    ``tool_calls`` holds the tool calls the model made (OpenAI's shape), if any.
+    """
 
     model: ModelBackend
     text: str
     metrics: dict[str, Any]
     attempts: tuple[Attempt, ...]
+    tool_calls: tuple[dict[str, Any], ...] = ()
 
 
 @attrs.define
@@ -127,10 +131,33 @@ class _Answer:
     first_at: float | None = None
     usage: Usage | None = None
     finish: str | None = None
+    info: dict[str, Any] = attrs.field(factory=dict)
+    calls: dict[int, dict[str, Any]] = attrs.field(factory=dict)
 
     @property
     def text(self) -> str:
         return "".join(self.parts)
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """The tool calls streamed so far, their deltas joined (OpenAI's message shape)."""
+        return [self.calls[i] for i in sorted(self.calls)]
+
+    def add(self, chunk: StreamChunk) -> None:
+        """Take in everything but the text of ``chunk``."""
+        self.usage = chunk.usage or self.usage
+        self.finish = chunk.finish_reason or self.finish
+        self.info.update(chunk.info or {})
+        for delta in chunk.tool_calls or ():
+            call = self.calls.setdefault(
+                int(delta.get("index", len(self.calls))),
+                {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+            )
+            call["id"] = delta.get("id") or call["id"]
+            call["type"] = delta.get("type") or call["type"]
+            function = delta.get("function") or {}
+            call["function"]["name"] += function.get("name") or ""
+            call["function"]["arguments"] += function.get("arguments") or ""
 
 
 def _remaining(deadline: float) -> float | None:
@@ -196,8 +223,7 @@ class Executor:
             )
         async with aclosing(self._chunks(model, request)) as chunks:
             async for chunk in chunks:
-                answer.usage = chunk.usage or answer.usage
-                answer.finish = chunk.finish_reason or answer.finish
+                answer.add(chunk)
                 if chunk.text:
                     answer.first_at = answer.first_at or time.monotonic()
                     answer.parts.append(chunk.text)
@@ -207,7 +233,7 @@ class Executor:
                 f"{model.model_id}: the answer stream ended without a finish reason (truncated).",
                 model_id=model.model_id,
             )
-        if not answer.text.strip():
+        if not answer.text.strip() and not answer.calls:
             raise TransientModelError(f"{model.model_id} returned an empty answer.", model_id=model.model_id)
 
     async def run(
@@ -253,7 +279,7 @@ class Executor:
                 attempts.append(Attempt(model.model_id, None, _elapsed_ms(answer.started)))
                 metrics = _metrics(model, trimmed, answer, attempts)
                 model.last_tokens_per_second = metrics["tokens_per_second"]
-                yield Done(model, answer.text, metrics, tuple(attempts))
+                yield Done(model, answer.text, metrics, tuple(attempts), tuple(answer.tool_calls))
                 return
         raise _no_model(attempts)
 
@@ -307,4 +333,5 @@ def _metrics(
         "finish_reason": answer.finish,
         "history_messages_sent": len(request.messages),
         "attempts": [a.to_dict() for a in attempts],
+        **answer.info,
     }

@@ -30,13 +30,24 @@ class ModelType(enum.StrEnum):
 
 @attrs.frozen
 class ChatMessage:
-    """A message as sent to a model."""
+    """A message as sent to a model.
+
+    Tool calling (OpenAI's shape): an assistant message may carry the ``tool_calls`` it
+    made, and a ``tool`` message answers one of them (``tool_call_id``).
+    """
 
     role: str
     content: str
+    tool_calls: tuple[dict[str, Any], ...] | None = None
+    tool_call_id: str | None = None
 
-    def to_dict(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            data["tool_calls"] = [dict(call) for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            data["tool_call_id"] = self.tool_call_id
+        return data
 
 
 @attrs.define
@@ -68,6 +79,11 @@ class StreamChunk:
     text: str = ""
     usage: Usage | None = None
     finish_reason: str | None = None
+    #: Backend-specific facts about the generation, for the result's metrics (last chunk),
+    #: e.g. ``{"prompt_cache": {...}}`` from the llama.cpp backend.
+    info: dict[str, Any] | None = None
+    #: Tool-call deltas in OpenAI's streaming shape (``index``, ``id``, ``function``...).
+    tool_calls: tuple[dict[str, Any], ...] | None = None
 
 
 def _declared_options(cls: type) -> set[str]:
@@ -117,6 +133,9 @@ class ModelBackend:
     end_is_complete: ClassVar[bool] = True
     #: Per-request options the backend understands (``None``: it passes any through).
     request_options: ClassVar[frozenset[str] | None] = None
+    #: Whether the backend passes ``tools`` (request option) to the model and streams its
+    #: ``tool_calls``; requests with tools are routed only to such models.
+    supports_tools: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -11,7 +11,10 @@ failures a real endpoint has -- ``mode``:
 * ``"empty"``     -- a finish reason and ``[DONE]`` but no content;
 * ``"html"``      -- a 200 HTML page instead of an event stream;
 * ``"echo401"``   -- a 401 whose body echoes the request's bearer key;
-* ``"kill"``      -- one content chunk, then the socket is reset.
+* ``"kill"``      -- one content chunk, then the socket is reset;
+* ``"tool"``      -- calls the request's first tool (``{"city": "Paris"}``, streamed in two
+  argument pieces, finish reason ``tool_calls``) unless the conversation already holds a
+  tool result, which it answers with text.
 
 :meth:`stop` closes the listening socket, so the port refuses connections (a dead
 server); :meth:`start` listens on the same port again (recovery). ``GET /v1/models``
@@ -136,6 +139,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(401, {"error": {"message": f"Incorrect API key provided: {key}", "type": "auth"}})
         elif mode.isdigit():
             self._json(int(mode), {"error": {"message": f"scripted {mode}", "type": "server_error"}})
+        elif mode == "tool" and not any(m.get("role") == "tool" for m in body.get("messages", [])):
+            self._tool_call(body.get("model", "loopback"), body["tools"][0]["function"]["name"])
         else:
             self._stream(body.get("model", "loopback"), mode)
 
@@ -155,6 +160,22 @@ class _Handler(BaseHTTPRequestHandler):
         if mode != "truncated":
             self._event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}, model)
             self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+        self.close_connection = True
+
+    def _tool_call(self, model: str, name: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": name, "arguments": ""}}
+        pieces = [call, {"index": 0, "function": {"arguments": '{"city": '}}]
+        pieces.append({"index": 0, "function": {"arguments": '"Paris"}'}})
+        for piece in pieces:
+            delta = {"role": "assistant", "content": None, "tool_calls": [piece]}
+            self._event({"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}, model)
+        self._event({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}, model)
+        self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
         self.close_connection = True
 

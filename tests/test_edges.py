@@ -377,3 +377,48 @@ def test_transport_failures_are_named_by_their_real_cause() -> None:
     assert "TLS" in describe_cause(chained(ssl.SSLError(1, "certificate verify failed")))
     assert describe_cause(chained(ConnectionResetError(104, "reset"))) == "connection reset by the server"
     assert describe_cause(TimeoutError()) == "timed out"
+
+
+# -- tools --------------------------------------------------------------------------------------
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+
+
+@pytest.mark.anyio
+async def test_tool_calls_reach_a_tool_capable_model_and_come_back(client: OblixClient) -> None:
+    with LoopbackOpenAI("tool") as cloud:
+        await client.hook_model("scripted", "local")  # cannot call tools: skipped for tool requests
+        await client.hook_model("openai", "gpt-test", endpoint=cloud.url, api_key=SECRET)
+        result = await client.execute("Weather in Paris?", stream=False, tools=[WEATHER], store=False)
+        assert result["model_id"] == "openai:gpt-test" and result["response"] == ""
+        assert result["tool_calls"] == [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            }
+        ]
+        assert result["metrics"]["finish_reason"] == "tool_calls"
+        assert "without tool support: scripted:local" in result["routing_decision"]["reason"]
+        assert cloud.bodies[-1]["tools"] == [WEATHER]
+        history = [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": None, "tool_calls": result["tool_calls"]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"},
+        ]
+        follow = await client.execute("So?", stream=False, tools=[WEATHER], history=history, store=False)
+        assert follow["response"] == "Hello from loopback" and "tool_calls" not in follow
+        sent = cloud.bodies[-1]["messages"]
+        assert sent[1]["tool_calls"][0]["id"] == "call_1" and sent[2]["tool_call_id"] == "call_1"
+        with pytest.raises(OblixError, match="store=False"):
+            await client.execute("So?", stream=False, history=history)
+
+
+@pytest.mark.anyio
+async def test_tools_without_a_capable_model_are_refused_not_dropped(
+    client: OblixClient, scripted: ScriptedPlugin
+) -> None:
+    await client.hook_model("scripted", "local")
+    with pytest.raises(NoModelAvailableError, match="tools"):
+        await client.execute("Weather?", stream=False, tools=[WEATHER])
+    assert len(scripted.calls["local"]) == 0

@@ -38,7 +38,8 @@ class OpenAIBackend(ModelBackend):
     only. Against a custom ``endpoint`` a key is optional. Options: ``timeout`` (seconds
     allowed between two reads of the answer, default 60), ``connect_timeout`` (default
     5), ``first_byte_timeout`` (seconds until the response starts, default 10) and
-    ``context_window``. Unknown options are rejected. An endpoint that cannot be reached
+    ``context_window``. Unknown options are rejected. Request options such as ``tools``
+    and ``tool_choice`` go to the API; the model's tool calls come back in the result. An endpoint that cannot be reached
     within the connect and first-byte timeouts is not retried on the same request, so
     the next model answers within about 15 s. An answer is complete only when the
     server sends a ``finish_reason``; a stream that ends without one is a failure.
@@ -48,6 +49,7 @@ class OpenAIBackend(ModelBackend):
     default_local = False
     key_env_var = "OPENAI_API_KEY"
     end_is_complete = False
+    supports_tools = True
 
     def __init__(
         self,
@@ -182,13 +184,15 @@ class OpenAIBackend(ModelBackend):
 
 
 def _chunks(event: Any) -> list[StreamChunk]:
-    """The chunks of one streamed event: text and finish reason, then usage if present."""
+    """The chunks of one streamed event: text, tool-call deltas and finish reason, then usage."""
     chunks = []
     if event.choices:
         choice = event.choices[0]
         text = choice.delta.content if choice.delta else None
-        if text or choice.finish_reason:
-            chunks.append(StreamChunk(text or "", finish_reason=choice.finish_reason))
+        calls = getattr(choice.delta, "tool_calls", None) if choice.delta else None
+        deltas = tuple(c.model_dump(exclude_none=True) for c in calls) if calls else None
+        if text or deltas or choice.finish_reason:
+            chunks.append(StreamChunk(text or "", finish_reason=choice.finish_reason, tool_calls=deltas))
     if getattr(event, "usage", None):
         chunks.append(StreamChunk(usage=Usage(event.usage.prompt_tokens, event.usage.completion_tokens)))
     return chunks

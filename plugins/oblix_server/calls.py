@@ -65,17 +65,19 @@ def _forced_model(client: OblixClient, chat: ChatRequest) -> str | None:
     return chat.model
 
 
-def _refuse_tools(client: OblixClient, chat: ChatRequest) -> None:
+def _refuse_tools(client: OblixClient, chat: ChatRequest, forced: str | None) -> None:
     """Tools are never dropped silently: without a model that can call them, the request is refused."""
-    if not chat.tools:
+    uses_tools = chat.tools or any(m.role == "tool" or m.tool_calls for m in chat.messages)
+    if not uses_tools:
         return
-    capable = [m.model_id for m in client.models if getattr(m, "supports_tools", False)]
-    hooked = ", ".join(client.engine.models) or "none"
+    models = [client.engine.models[forced]] if forced else client.models
+    if any(m.supports_tools for m in models):
+        return
+    hooked = ", ".join(m.model_id for m in models) or "none"
     raise APIError(
         400,
-        "This request has 'tools', but no hooked model can serve tool calls through Oblix "
-        f"(hooked: {hooked}; tool-capable: {', '.join(capable) or 'none'}). Send the request "
-        "without 'tools'.",
+        f"This request uses tools, but no {'requested' if forced else 'hooked'} model can call tools "
+        f"({hooked}). Use a tool-capable (OpenAI-compatible) model, or send it without tools.",
         code="tools_not_supported",
         param="tools",
     )
@@ -84,15 +86,15 @@ def _refuse_tools(client: OblixClient, chat: ChatRequest) -> None:
 def build_call(client: OblixClient, chat: ChatRequest, headers: Mapping[str, str], store_all: bool) -> Call:
     """Check the request against the hooked models and sessions rules; raises :class:`APIError`."""
     model = _forced_model(client, chat)
-    _refuse_tools(client, chat)
+    _refuse_tools(client, chat, model)
     leading = 0
-    while chat.messages[leading][0] == "system":
+    while chat.messages[leading].role == "system":
         leading += 1
-    system = "\n\n".join(text for _, text in chat.messages[:leading]) or None
+    system = "\n\n".join(m.content for m in chat.messages[:leading]) or None
     rest = chat.messages[leading:]
     if not rest:
         raise APIError(422, "The request has only system messages; add a user message.", param="messages")
-    earlier = [{"role": role, "content": text} for role, text in rest[:-1]]
+    earlier = [m.to_dict() for m in rest[:-1]]
     session = (headers.get(SESSION_HEADER) or "").strip() or None
     options: dict[str, Any] = {"system": system, "local_only": _truthy(headers.get(LOCAL_ONLY_HEADER))}
     if model:
@@ -111,7 +113,15 @@ def build_call(client: OblixClient, chat: ChatRequest, headers: Mapping[str, str
         options["history"] = earlier
         options["store"] = store_all or session is not None
         session = None
-    return Call(rest[-1][1], session, options, chat.temperature, chat.max_tokens)
+    if chat.tools and options.get("store", True):
+        raise APIError(
+            422,
+            "Tool calls are served statelessly: send requests with 'tools' without "
+            f"{SESSION_HEADER} (and to a server without --store-all).",
+            code="tools_with_session",
+            param="tools",
+        )
+    return Call(rest[-1].content, session, options, chat.temperature, chat.max_tokens)
 
 
 async def check_privacy(client: OblixClient, call: Call) -> None:

@@ -158,8 +158,12 @@ async def _start_stream(
     except _Disconnected:
         await _close(stream)
         return Response(status_code=499)
-    except StopAsyncIteration:
-        raise APIError(502, "The model ended its answer without any text.", code="empty_answer") from None
+    except StopAsyncIteration:  # no text: an answer made only of tool calls
+        if stream.result is None or not stream.result.get("tool_calls"):
+            raise APIError(502, "The model ended its answer without any text.", code="empty_answer") from None
+        headers = _headers(stream.request_id, stream)
+        events = _tool_call_events(stream.result, chat.include_usage)
+        return _SSEResponse(events, stream, state, headers=headers | {"Cache-Control": "no-cache"})
     except BaseException:
         await _close(stream)
         raise
@@ -190,6 +194,21 @@ async def _events(stream: ResponseStream, first: str, include_usage: bool) -> As
     yield shapes.sse(shapes.chunk(cid, created, model, {}, shapes.finish_reason(metrics)))
     if include_usage:
         yield shapes.sse(shapes.chunk(cid, created, model, None, usage_data=shapes.usage(metrics)))
+    yield shapes.sse("[DONE]")
+
+
+async def _tool_call_events(result: dict[str, Any], include_usage: bool) -> AsyncIterator[bytes]:
+    """The SSE events of an answer made of tool calls: the calls, the finish, usage, ``[DONE]``."""
+    cid, created, model = shapes.completion_id(result["request_id"]), int(time.time()), result["model_id"]
+    delta = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": shapes.tool_call_deltas(result["tool_calls"]),
+    }
+    yield shapes.sse(shapes.chunk(cid, created, model, delta))
+    yield shapes.sse(shapes.chunk(cid, created, model, {}, shapes.finish_reason(result["metrics"])))
+    if include_usage:
+        yield shapes.sse(shapes.chunk(cid, created, model, None, usage_data=shapes.usage(result["metrics"])))
     yield shapes.sse("[DONE]")
 
 

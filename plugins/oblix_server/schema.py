@@ -14,10 +14,12 @@ from typing import Any
 
 import attrs
 
+from oblix_core.models import ChatMessage
 from oblix_server.errors import APIError
 
-#: Roles accepted in ``messages`` (``developer`` is OpenAI's newer name for ``system``).
-ROLES = ("system", "developer", "user", "assistant")
+#: Roles accepted in ``messages`` (``developer`` is OpenAI's newer name for ``system``;
+#: ``tool`` carries a tool's result, for models that call tools).
+ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 @attrs.frozen
@@ -25,7 +27,7 @@ class ChatRequest:
     """A checked chat completion request."""
 
     model: str
-    messages: tuple[tuple[str, str], ...]  # (role, text); developer folded into system
+    messages: tuple[ChatMessage, ...]  # developer folded into system
     stream: bool = False
     include_usage: bool = False
     temperature: float | None = None
@@ -38,8 +40,12 @@ class ChatRequest:
     tool_choice: Any = None
 
     def model_options(self) -> dict[str, Any]:
-        """Per-request options for the model (``stop``, ``seed``, ``top_p``)."""
+        """Per-request options for the model (``stop``, ``seed``, ``top_p``, ``tools``)."""
         options: dict[str, Any] = {}
+        if self.tools:
+            options["tools"] = [dict(t) for t in self.tools]
+            if self.tool_choice is not None:
+                options["tool_choice"] = self.tool_choice
         if self.stop:
             options["stop"] = list(self.stop)
         if self.seed is not None:
@@ -99,7 +105,19 @@ def _content(message: dict[str, Any], i: int) -> str:
     return "".join(texts)
 
 
-def _messages(raw: Any) -> tuple[tuple[str, str], ...]:
+def _message(message: dict[str, Any], i: int, role: str) -> ChatMessage:
+    """One checked message; tool calls on assistant messages and tool results kept as given."""
+    calls = message.get("tool_calls") if role == "assistant" else None
+    if calls is not None and (not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls)):
+        raise _bad(f"'messages[{i}].tool_calls' must be a list of tool calls.", f"messages[{i}].tool_calls")
+    call_id = message.get("tool_call_id") if role == "tool" else None
+    if role == "tool" and not isinstance(call_id, str):
+        raise _bad(f"'messages[{i}]' is a tool result: it needs a string 'tool_call_id'.", f"messages[{i}]")
+    role = "system" if role == "developer" else role
+    return ChatMessage(role, _content(message, i), tuple(calls) if calls else None, call_id)
+
+
+def _messages(raw: Any) -> tuple[ChatMessage, ...]:
     if raw is None:
         raise _bad("'messages' is required: a list of {'role': ..., 'content': ...} objects.", "messages")
     if not isinstance(raw, list):
@@ -119,8 +137,8 @@ def _messages(raw: Any) -> tuple[tuple[str, str], ...]:
                 f"messages[{i}].role",
                 422,
             )
-        messages.append(("system" if role == "developer" else role, _content(message, i)))
-    if messages[-1][0] != "user":
+        messages.append(_message(message, i, role))
+    if messages[-1].role != "user":
         raise _bad(
             "The last message must be the user's (role 'user'): it is what gets answered.", "messages", 422
         )

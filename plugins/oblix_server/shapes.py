@@ -46,7 +46,7 @@ def completion(cid: str, created: int, result: dict[str, Any]) -> dict[str, Any]
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": result["response"]},
+                "message": message(result),
                 "finish_reason": finish_reason(metrics),
                 "logprobs": None,
             }
@@ -58,6 +58,22 @@ def completion(cid: str, created: int, result: dict[str, Any]) -> dict[str, Any]
             "routing_reason": result["routing_decision"].get("reason"),
         },
     }
+
+
+def message(result: dict[str, Any]) -> dict[str, Any]:
+    """The assistant message of a result: its text, or ``null`` content and the tool calls."""
+    if result.get("tool_calls"):
+        return {
+            "role": "assistant",
+            "content": result["response"] or None,
+            "tool_calls": result["tool_calls"],
+        }
+    return {"role": "assistant", "content": result["response"]}
+
+
+def tool_call_deltas(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Whole tool calls as the ``delta.tool_calls`` of one stream chunk (each with its index)."""
+    return [{"index": i, **call} for i, call in enumerate(calls)]
 
 
 def chunk(
