@@ -24,12 +24,14 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import attrs
-import psutil
 
 from oblix_core.errors import ConfigError, OblixError, PermanentModelError
 from oblix_core.models import ChatMessage, GenerationRequest, ModelBackend, StreamChunk, Usage
+from oblix_llamacpp.options import byte_option, cache_dir_option, default_threads
 from oblix_llamacpp.packaged import DEFAULT_MODEL, packaged_model_path
 from oblix_llamacpp.prompts import PLAIN_FORMATS
+from oblix_llamacpp.state_cache import PromptStateCache, default_capacity
+from oblix_llamacpp.state_disk import DEFAULT_DISK_BYTES, DiskStateStore, model_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,9 @@ class LlamaCppBackend(ModelBackend):
         seed: int | None = None,
         temperature: float | None = None,
         verbose: bool = False,
+        kv_cache_bytes: int | None = None,
+        kv_cache_dir: str | Path | bool | None = None,
+        kv_cache_disk_bytes: int = DEFAULT_DISK_BYTES,
         **kwargs: Any,
     ) -> None:
         self.model_path: Path | None = None if model_name == DEFAULT_MODEL else Path(model_name).expanduser()
@@ -118,7 +123,11 @@ class LlamaCppBackend(ModelBackend):
         if not isinstance(n_ctx, int) or n_ctx < 64:
             raise ConfigError(f"n_ctx must be an integer of at least 64, got {n_ctx!r}.")
         self.n_ctx = n_ctx
-        self.n_threads = n_threads or psutil.cpu_count(logical=False) or 1
+        self.n_threads = n_threads or default_threads()
+        self.kv_cache_bytes = byte_option("kv_cache_bytes", kv_cache_bytes, default_capacity())
+        self.kv_cache_disk_bytes = byte_option("kv_cache_disk_bytes", kv_cache_disk_bytes, DEFAULT_DISK_BYTES)
+        self.kv_cache_dir = cache_dir_option(kv_cache_dir)
+        self._cache: PromptStateCache | None = None
         self.n_gpu_layers = n_gpu_layers
         self.chat_format = chat_format
         self.seed = seed
@@ -198,6 +207,8 @@ class LlamaCppBackend(ModelBackend):
     def _parts(self, request: GenerationRequest, stop: threading.Event) -> Iterator[StreamChunk]:
         """Generate in the calling (worker) thread; checks ``stop`` before every token."""
         llama = self._llama
+        if self._cache is not None:
+            self._cache.last = None  # set when llama.cpp starts on the prompt
         params: dict[str, Any] = {k: v for k, v in request.options.items() if k in _LLAMA_OPTIONS}
         extra_stops = list(params.pop("stop", None) or [])
         params["temperature"] = self.temperature if request.temperature is None else request.temperature
@@ -236,7 +247,9 @@ class LlamaCppBackend(ModelBackend):
         finally:
             parts.close()
         output = self.count_tokens("".join(texts))
-        yield StreamChunk(usage=Usage(prompt_tokens, output), finish_reason=finish)
+        use = self._cache.last if self._cache is not None else None
+        info = {"prompt_cache": use.as_dict()} if use is not None else None
+        yield StreamChunk(usage=Usage(prompt_tokens, output), finish_reason=finish, info=info)
 
     @property
     def busy(self) -> bool:
@@ -245,12 +258,33 @@ class LlamaCppBackend(ModelBackend):
 
     def _serve(self) -> None:
         """The inference thread: run queued generations until told to stop (``None``)."""
+        self._cache = self._open_cache()
         while (job := self._jobs.get()) is not None:
             self._busy.set()
             try:
                 self._produce(job)
             finally:
                 self._busy.clear()
+                if self._cache is not None:
+                    self._cache.flush()  # disk writes wait until the answer is complete
+
+    def _open_cache(self) -> PromptStateCache | None:
+        """The prompt-state cache for the loaded model (runs in the inference thread)."""
+        try:
+            disk = None
+            if self.kv_cache_dir is not None and self.kv_cache_disk_bytes > 0:
+                assert self.model_path is not None
+                fingerprint = model_fingerprint(self._llama, self.model_path, self.n_gpu_layers)
+                try:
+                    disk = DiskStateStore(self.kv_cache_dir, self.kv_cache_disk_bytes, fingerprint)
+                except OSError as exc:
+                    log.warning("%s: prompt states will not be kept on disk: %s", self.model_id, exc)
+            cache = PromptStateCache(self._llama, self.kv_cache_bytes, disk)
+            cache.attach()
+        except Exception:  # the cache is an optimisation: never take the model down with it
+            log.exception("%s: prompt-state cache disabled", self.model_id)
+            return None
+        return cache
 
     def _produce(self, job: _Job) -> None:
         def deliver(item: object) -> None:  # runs in the event loop thread
@@ -315,4 +349,11 @@ class LlamaCppBackend(ModelBackend):
             "n_gpu_layers": self.n_gpu_layers,
             "gpu_offload_supported": self.gpu_offload,
             "prompt_format": getattr(self._plain, "__name__", None) or self.chat_format or "model template",
+            "prompt_cache": self._cache.stats()
+            if self._cache is not None
+            else {
+                "enabled": self.kv_cache_bytes > 0 or self.kv_cache_dir is not None,
+                "capacity_bytes": self.kv_cache_bytes,
+                "disk_dir": str(self.kv_cache_dir) if self.kv_cache_dir else None,
+            },
         }
