@@ -2,12 +2,14 @@
 
 The packaged Gemma 3 270M, raw ``llama_cpp.Llama`` (one instance per thread count, each
 called from one persistent thread as the backend does). For each load level (no other
-CPU work, then 1 and 2 processes burning a core each) and each ``n_threads`` it times a
+CPU work, then 1 and 2 competing processes) and each ``n_threads`` it times a
 ~600-token prompt evaluation and 64 greedy new tokens, interleaving the thread counts
 round by round; medians, with the spread (min-max) of generation speed because that is
-where oversubscription shows.
+where oversubscription shows. ``--kind llama`` makes the competitors llama.cpp processes
+generating on every core (another Oblix process, a test run) instead of Python loops.
 
-Run: ``.venv/bin/python -m benchmarks.llama_threads_bench [--rounds 5] [--threads 1,2]``.
+Run: ``.venv/bin/python -m benchmarks.llama_threads_bench [--rounds 5] [--threads 1,2]
+[--burners 0,1,2] [--kind cpu|llama]``.
 """
 
 from __future__ import annotations
@@ -30,9 +32,22 @@ PROMPT = " ".join(
 NEW_TOKENS = 64
 
 
-def burn() -> None:  # pragma: no cover - runs in a child process
+def burn(path: str | None) -> None:  # pragma: no cover - runs in a child process
+    """Keep a core busy: a Python loop, or (``path``) llama.cpp generating on every core."""
+    if path is None:
+        while True:
+            pass
+    import llama_cpp
+
+    llm = llama_cpp.Llama(
+        model_path=path, n_ctx=512, n_threads=psutil.cpu_count(logical=False), verbose=False
+    )
+    tokens = llm.tokenize(b"Count from one to one thousand:", add_bos=True)
     while True:
-        pass
+        llm.reset()
+        for count, _ in enumerate(llm.generate(tokens, temp=0.0)):
+            if count == 200:
+                break
 
 
 def one_round(llm: Any, tokens: list[int]) -> tuple[float, float]:
@@ -50,11 +65,12 @@ def one_round(llm: Any, tokens: list[int]) -> tuple[float, float]:
     return len(tokens) / (evaluated - started), count / (ended - evaluated)
 
 
-def measure(thread_counts: list[int], rounds: int, burners: int) -> list[tuple[Any, ...]]:
+def measure(thread_counts: list[int], rounds: int, burners: int, kind: str) -> list[tuple[Any, ...]]:
     import llama_cpp
 
     path = str(packaged_model_path())
-    children = [multiprocessing.Process(target=burn, daemon=True) for _ in range(burners)]
+    target = path if kind == "llama" else None
+    children = [multiprocessing.Process(target=burn, args=(target,), daemon=True) for _ in range(burners)]
     for child in children:
         child.start()
     models = {
@@ -85,7 +101,7 @@ def measure(thread_counts: list[int], rounds: int, burners: int) -> list[tuple[A
         gen_rates = [r[1] for r in results[n]]
         rows.append(
             (
-                burners,
+                f"{burners} {kind}" if burners else "none",
                 n,
                 len(tokens),
                 statistics.median(prompt_rates),
@@ -100,16 +116,22 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", default="1,2")
-    parser.add_argument("--burners", default="0,1,2", help="CPU-burning processes per measurement")
+    parser.add_argument("--burners", default="0,1,2", help="competing processes per measurement")
+    parser.add_argument(
+        "--kind",
+        default="cpu",
+        choices=["cpu", "llama"],
+        help="a Python busy loop, or llama.cpp on every core",
+    )
     args = parser.parse_args()
     counts = [int(n) for n in args.threads.split(",")]
     rows = []
     for burners in (int(b) for b in args.burners.split(",")):
-        rows += measure(counts, args.rounds, burners)
+        rows += measure(counts, args.rounds, burners, args.kind)
     print_table(
         f"Gemma 3 270M Q4_K_M, {psutil.cpu_count(logical=False)} physical cores, "
         f"median of {args.rounds} rounds",
-        ["burners", "n_threads", "prompt tokens", "prompt tok/s", "gen tok/s", "gen tok/s range"],
+        ["competing", "n_threads", "prompt tokens", "prompt tok/s", "gen tok/s", "gen tok/s range"],
         rows,
     )
 

@@ -88,7 +88,11 @@ class LlamaCppBackend(ModelBackend):
     """A GGUF model loaded in this process.
 
     ``model_name`` is a GGUF path or ``"gemma-3-270m"`` (the packaged model). Options:
-    ``n_ctx`` (context size, default 4096), ``n_threads`` (default: physical cores),
+    ``n_ctx`` (context size, default 4096), ``n_threads`` (default: physical cores - 1,
+    at least 1: llama.cpp's threads spin while they wait for each other, so a thread more
+    than the free cores costs more than it brings. On the 2-core test machine 1 thread
+    matched 2 when idle, 70 vs 53 tokens/s with one other busy process; see
+    benchmarks/README.md),
     ``n_gpu_layers`` (GPU offload; -1 = all, needs a GPU build of llama.cpp),
     ``chat_format`` (``"vicuna"``/``"alpaca"`` plain prompts, or a llama.cpp chat format
     name; default: the model's own template, else ``"vicuna"``), ``seed``, and
@@ -96,6 +100,16 @@ class LlamaCppBackend(ModelBackend):
     270M base model, which answers best that way, and 0.7 for GGUF files), ``verbose``
     (llama.cpp's own logging). Whitespace the model emits just before it stops is
     dropped from the answer.
+
+    Prompt-state cache (docs/llama-cache.md): the evaluated state of recent prompts is
+    kept so that a session resumed after other sessions used the model continues from
+    its saved state instead of evaluating its history again, with answers bit for bit
+    those of a full evaluation. ``kv_cache_bytes`` (RAM budget; default 1/16 of the
+    machine's memory, at most 1 GiB; 0 = none), ``kv_cache_dir`` (a disk tier that later
+    processes use too: a folder, or ``True`` for the user cache folder; default none),
+    ``kv_cache_disk_bytes`` (its budget, default 2 GiB). The last chunk of each answer
+    carries ``info={"prompt_cache": {...}}`` (hit, source, tokens reused, restore and
+    save times); ``describe()["prompt_cache"]`` has the totals.
     """
 
     model_type = "llama_cpp"

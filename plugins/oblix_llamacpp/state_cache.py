@@ -10,26 +10,38 @@ How it works, per generation (all in the model's one inference thread):
 
 * Before ``Llama.generate`` runs, :meth:`PromptStateCache.prepare` leaves the context
   holding exactly the new prompt, evaluated, with fresh logits: it reuses the prefix the
-  context still holds ("live"), or restores a saved state (RAM, then disk) when that
-  covers a longer prefix, then evaluates the rest. ``generate`` then finds the prompt
-  already evaluated and samples at once.
-* After the evaluation it saves the state at the exact end of the prompt
-  (``llama_state_seq_get_data``: the KV cells of the sequence, no logits), keyed by the
-  prompt's tokens; states that the new one extends (the session's previous turns) are
-  dropped. Least recently used states go first when the byte budget is exceeded.
-* A saved state is restored only when its tokens are a prefix of the new prompt, or
-  when dropping its tail is safe (below). So a trimmed history, whose tokens differ
-  early, never reuses a stale state; it is evaluated in full.
+  context still holds ("live"), or restores a saved state (RAM, then disk) whose tokens
+  are a longer prefix of the prompt, then evaluates the rest. ``generate`` then finds
+  the prompt already evaluated and samples at once.
+* During that evaluation it saves the state at the prompt's *save point* (below)
+  (``llama_state_seq_get_data``: the sequence's KV cells, no logits), keyed by the
+  tokens before it. States that the new one extends (the session's earlier turns) are
+  dropped; the least recently used go first when the byte budget is exceeded.
+* Only a state whose tokens are a prefix of the new prompt is restored, and restored
+  states are never cut back. A trimmed history, whose tokens differ early, is therefore
+  evaluated in full instead of resuming from a stale state.
+
+Identical answers. llama.cpp's CPU kernels give a token's row slightly different
+numbers depending on where it falls in its batch (the repacked quantised matmuls work
+on blocks of 4 rows and finish leftover rows another way; measured on the packaged
+model: logits off by up to 1.2 when a prompt is evaluated in two arbitrary pieces,
+enough to flip a greedy choice, and bit-identical when every piece starts at a multiple
+of 4). llama-cpp-python's own prefix reuse splits anywhere, so an answer could depend on
+what the model evaluated before. Here every evaluation is split where a from-scratch
+evaluation splits (multiples of ``n_batch``) and only at multiples of :data:`ALIGN`
+besides: states are saved, and live prefixes reused, at the last multiple of
+:data:`ALIGN` at least 2 tokens before the prompt's end. So the logits, and with greedy
+decoding the answer, are bit for bit those of evaluating the prompt from scratch.
 
 Sliding-window attention (the packaged Gemma 3: 512-token window on 15 of its 18
-layers): a saved sequence state holds only the SWA cells still inside the window, and a
-context whose SWA cache is not full-size drops older cells too. Cutting a state back to
-a shorter prefix is then valid only if the cells the next token attends to survive, so
-every cut is checked: a token at position ``p`` attends to ``[p - n_swa + 1, p]``, hence
-the context's lowest held position must be ``<= p - n_swa + 1`` (the rule llama.cpp's
-server applies before reusing a slot's prompt). llama-cpp-python's own prefix reuse does
-not check this; ``prepare`` does, for the live context as well as restored states.
-Models whose memory cannot be cut (recurrent, hybrid) reuse only exact prefixes.
+layers): a saved sequence state holds only the SWA cells still inside the window. Cutting
+a context back to a shorter prefix is valid only if the cells the next token attends to
+survive: a token at position ``p`` attends to ``[p - n_swa + 1, p]``, so the context's
+lowest held position must be ``<= p - n_swa + 1`` (the rule llama.cpp's server applies
+before reusing a slot's prompt). Every cut of the live context is checked against it; a
+context evaluated from scratch holds every position (llama-cpp-python's default is a
+full-size SWA cache), one resumed from a saved state only the window. Models whose memory
+cannot be cut at all (recurrent, hybrid) reuse only what needs no cut.
 
 A restore that fails (a corrupt or incompatible state) is logged and the prompt is
 evaluated in full; the caller never sees an error from the cache.
@@ -64,6 +76,8 @@ MIN_SAVE_TOKENS = 64
 #: context already holds (restoring costs about a millisecond per 10 MB).
 MIN_GAIN_TOKENS = 32
 #: States are saved, and prefixes reused, at multiples of this many tokens (see above).
+#: 4 suffices with the x86 kernels measured here; 16 leaves room for kernels that work on
+#: larger row blocks, for at most 12 more tokens to evaluate per resumed prompt.
 ALIGN = 16
 #: The default RAM budget: 1/16 of the machine's memory, at most 1 GiB.
 DEFAULT_MAX_BYTES = 1 << 30
