@@ -21,6 +21,7 @@ import anyio
 import numpy as np
 import pytest
 
+from oblix import OblixClient
 from oblix_core.errors import ConfigError
 from oblix_core.models import ChatMessage, GenerationRequest
 from oblix_llamacpp import LlamaCppBackend
@@ -272,8 +273,9 @@ async def test_cancelled_and_concurrent_requests_leave_the_cache_consistent(
         tg.start_soon(one, "b", b)
     assert results["a"] == await fresh(reference, a, max_tokens=10)
     assert results["b"] == await fresh(reference, b, max_tokens=10)
-    text, use = await answer(cached, a, max_tokens=10)  # b ran last: a comes from its saved state
-    assert use["hit"] and text == results["a"]
+    await answer(cached, b, max_tokens=10)  # whichever ran last, the model now holds b
+    text, use = await answer(cached, a, max_tokens=10)
+    assert use["hit"] and text == results["a"]  # a comes back from its saved state
 
 
 @pytest.mark.anyio
@@ -356,6 +358,28 @@ async def test_chat_template_path_is_cached_too(reference: LlamaCppBackend) -> N
     finally:
         await chat.aclose()
         await plain_chat.aclose()
+
+
+@pytest.mark.anyio
+async def test_result_metrics_report_the_cache(home: Path, cached: LlamaCppBackend) -> None:
+    notes = " ".join(f"Note {i}: the {i}th shelf holds {i * 3} books." for i in range(30))
+    async with OblixClient(home=home) as client:
+        await client.hook_backend(cached)
+        try:
+            first_session = await client.create_session("Library")
+            other_session = await client.create_session("Other")
+            options = {"stream": False, "temperature": 0, "max_tokens": 8}
+            first = await client.execute(
+                f"{notes} Which shelf is first?", session_id=first_session, **options
+            )
+            assert first["metrics"]["prompt_cache"]["hit"] is False
+            await client.execute("Name a colour.", session_id=other_session, **options)
+            again = await client.execute("And the second?", session_id=first_session, **options)
+            cache = again["metrics"]["prompt_cache"]
+            assert cache["hit"] and cache["source"] == "ram" and cache["tokens_reused"] > 300
+            assert cache["restore_ms"] > 0 and cache["tokens_evaluated"] < 60
+        finally:
+            await client.unhook_model(cached.model_id, release=False)  # the module fixture owns it
 
 
 def test_options_are_checked_and_defaults_follow_the_machine() -> None:
