@@ -39,8 +39,9 @@ class OpenAIBackend(ModelBackend):
     allowed between two reads of the answer, default 60), ``connect_timeout`` (default
     5), ``first_byte_timeout`` (seconds until the response starts, default 10) and
     ``context_window``. Unknown options are rejected. Request options such as ``tools``
-    and ``tool_choice`` go to the API; the model's tool calls come back in the result. An endpoint that cannot be reached
-    within the connect and first-byte timeouts is not retried on the same request, so
+    and ``tool_choice`` go to the API; the model's tool calls come back in the result.
+    An endpoint that cannot be reached within the connect and first-byte timeouts is
+    not retried on the same request, so
     the next model answers within about 15 s. An answer is complete only when the
     server sends a ``finish_reason``; a stream that ends without one is a failure.
     """
