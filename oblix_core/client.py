@@ -30,6 +30,22 @@ log = logging.getLogger(__name__)
 ROUTING_OPTIONS = ("model", "local_only", "preference", "fallback", "system", "history", "store")
 
 
+def _check_generation(temperature: Any, max_tokens: Any, request_id: Any) -> None:
+    """Clear errors for the generation parameters of ``execute``/``stream``."""
+    if temperature is not None and (
+        isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 <= temperature <= 2
+    ):
+        raise OblixError(f"temperature must be a number from 0 to 2, got {temperature!r}.")
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 0 < max_tokens <= 10_000_000
+    ):
+        raise OblixError(f"max_tokens must be a positive integer, got {max_tokens!r}.")
+    if request_id is not None and (not isinstance(request_id, str) or not request_id.strip()):
+        raise OblixError(f"request_id must be a non-empty string, got {request_id!r}.")
+    if isinstance(request_id, str):
+        check_text(request_id, "request_id")
+
+
 def _history_message(item: Any, i: int) -> ChatMessage:
     """One ``history=`` entry: a ChatMessage, or a dict in OpenAI's message shape."""
     if isinstance(item, ChatMessage):
@@ -152,6 +168,7 @@ class OblixClient(SessionsAPI):
                 raise ConfigError("ModelType.CUSTOM needs backend='<registered model type>'.")
         if not isinstance(model_name, str) or not model_name:
             raise ConfigError("model_name must be a non-empty string.")
+        check_text(model_name, "model_name", ConfigError)
         backend = self.registry.model_class(type_name)(
             model_name, endpoint=endpoint, api_key=api_key, **options
         )
@@ -264,9 +281,16 @@ class OblixClient(SessionsAPI):
         check_text(prompt, "The prompt")
         if session_id is not None:
             validate_session_id(session_id)
+        _check_generation(temperature, max_tokens, request_id)
         routing = {k: options.pop(k) for k in ROUTING_OPTIONS if k in options}
-        if routing.get("system") is not None:
-            check_text(str(routing["system"]), "The system prompt")
+        system = routing.get("system")
+        if system is not None and not isinstance(system, str):
+            raise OblixError(f"system must be a string, got {type(system).__name__}.")
+        if system is not None:
+            check_text(system, "The system prompt")
+        if routing.get("history") is not None and session_id is not None:
+            raise OblixError("Pass either session_id (stored history) or history= (your own), not both.")
+        check_json(options, "The model options")
         request = Request(
             messages=(),
             temperature=temperature,

@@ -113,14 +113,7 @@ def model_arguments(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 #: The embedded defaults: a packaged local model, plus OpenAI when a key is in the environment.
-#: The packaged local model keeps the prompt state of recent sessions on disk too (512 MiB
-#: at most, in the user cache folder), so that `oblix run -c` resumes a long session fast.
-DEFAULT_LOCAL_MODEL: dict[str, Any] = {
-    "type": "llama_cpp",
-    "name": "gemma-3-270m",
-    "kv_cache_dir": True,
-    "kv_cache_disk_bytes": 512 * 1024 * 1024,
-}
+DEFAULT_LOCAL_MODEL: dict[str, Any] = {"type": "llama_cpp", "name": "gemma-3-270m"}
 DEFAULT_CLOUD_MODEL: dict[str, Any] = {
     "type": "openai",
     "name": "gpt-4o-mini",

@@ -13,12 +13,7 @@ import attrs
 from oblix_core import privacy
 from oblix_core.agents import current_checks
 from oblix_core.engine import Engine, notify
-from oblix_core.errors import (
-    ExchangeNotStoredError,
-    NoModelAvailableError,
-    OblixError,
-    StreamInterruptedError,
-)
+from oblix_core.errors import ExchangeNotStoredError, NoModelAvailableError, StreamInterruptedError
 from oblix_core.execution import Attempting, Done
 from oblix_core.history import read_tail, session_messages
 from oblix_core.records import Message, SessionRecord, new_session_id, utc_now
@@ -194,7 +189,10 @@ class ResponseStream:
         hooks = self._engine.hooks
         try:
             self._apply_session(await self._session())
+            private = (self.request.local_only, self.request.local_only_reason)
             hooks.oblix_request_start(request=self.request)
+            if private[0]:  # middleware may make a request local-only, never the reverse
+                self.request.local_only, self.request.local_only_reason = private
             plan, checks = await self._plan()
             done: Done | None = None
             async with aclosing(self._execute(plan, started_at)) as events:
@@ -274,7 +272,7 @@ class ResponseStream:
             else:
                 await anyio.to_thread.run_sync(store.append_messages, request.session_id, messages)
             self._stored = True
-        except OblixError as exc:
+        except Exception as exc:  # whatever the store raised, the caller learns it was not stored
             raise ExchangeNotStoredError(
                 f"The answer from {model_id} was produced but NOT stored in session "
                 f"{request.session_id}: {exc}",

@@ -160,6 +160,16 @@ class _Answer:
             call["function"]["arguments"] += function.get("arguments") or ""
 
 
+def utf8_safe(text: str) -> str:
+    """``text`` that UTF-8 can store: surrogate pairs split across chunks are joined, lone
+    surrogates (half an emoji from a server that split one) become U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 def _remaining(deadline: float) -> float | None:
     left = deadline - time.monotonic()
     return None if math.isinf(left) else max(left, 0.0)
@@ -221,13 +231,20 @@ class Executor:
                 f"{model.model_id} is not local and this request is local-only; it was not started.",
                 model_id=model.model_id,
             )
+        held = ""  # a high surrogate that may pair with the next chunk's first character
         async with aclosing(self._chunks(model, request)) as chunks:
             async for chunk in chunks:
                 answer.add(chunk)
-                if chunk.text:
+                text = held + chunk.text
+                held = text[-1] if text and "\ud800" <= text[-1] <= "\udbff" else ""
+                text = utf8_safe(text[: len(text) - len(held)])
+                if text:
                     answer.first_at = answer.first_at or time.monotonic()
-                    answer.parts.append(chunk.text)
-                    yield chunk.text
+                    answer.parts.append(text)
+                    yield text
+        if held:
+            answer.parts.append(utf8_safe(held))
+            yield answer.parts[-1]
         if answer.finish is None:
             raise TransientModelError(
                 f"{model.model_id}: the answer stream ended without a finish reason (truncated).",
@@ -299,9 +316,9 @@ def _elapsed_ms(since: float) -> float:
 
 def _no_model(attempts: list[Attempt]) -> NoModelAvailableError:
     errors = {a.model_id: a.error for a in attempts if a.error}
-    detail = "; ".join(f"{m}: {e}" for m, e in errors.items()) or "no candidate"
+    detail = "; ".join(e if e.startswith(f"{m}:") else f"{m}: {e}" for m, e in errors.items())
     return NoModelAvailableError(
-        f"No model could answer ({detail}).",
+        f"No model could answer ({detail or 'no candidate'}).",
         errors=dict(errors),
         attempts=[a.to_dict() for a in attempts],
     )

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from oblix_core import secrets
-from oblix_core.errors import ConfigError, ModelError, PermanentModelError
+from oblix_core.errors import ConfigError, ModelError, OblixError, PermanentModelError
 
 
 class ModelType(enum.StrEnum):
@@ -167,6 +167,8 @@ class ModelBackend:
             raise ConfigError(f"context_window must be an integer of at least 16, got {context_window!r}.")
         self.model_name = model_name
         self.endpoint = endpoint
+        if endpoint:
+            secrets.redact_url(endpoint)  # remembers credentials in the URL, for scrubbing
         self.is_local = self.default_local if local is None else bool(local)
         #: The window set with ``context_window=``, overriding the backend's own figure.
         self.context_window_override = context_window
@@ -297,7 +299,7 @@ class ModelBackend:
             "model_id": self.model_id,
             "type": self.model_type,
             "local": self.is_local,
-            "endpoint": self.endpoint,
+            "endpoint": secrets.redact_url(self.endpoint) if self.endpoint else None,
             "context_window": self.context_window,
         }
 
@@ -321,7 +323,14 @@ def _marking(method: Any, started: bool) -> Any:
     async def wrapper(self: ModelBackend) -> None:
         if not started:
             self.started = False
-        await method(self)
+        try:
+            await method(self)
+        except OblixError as exc:  # e.g. "cannot reach <endpoint with credentials>"
+            clean = secrets.scrub(str(exc))
+            if clean == str(exc):
+                raise
+            exc.args = (clean,)
+            raise exc from None
         if started:
             self.started = True
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 from collections.abc import Callable, Iterable
 from importlib.metadata import Distribution, EntryPoint, entry_points
 from types import ModuleType
@@ -149,9 +151,26 @@ class Registry:
     def make_store(self, name: str, **options: Any) -> SessionStore:
         factory = _lookup(self.stores, name, "session store", "pip install 'oblix[redis]' for redis")
         try:
+            params = list(inspect.signature(factory).parameters.values())
+        except (TypeError, ValueError):  # a factory without a signature: let it judge
+            params = []
+        accepted = {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        open_ended = not params or any(p.kind == p.VAR_KEYWORD for p in params)
+        unknown = [] if open_ended else sorted(set(options) - accepted)
+        if unknown:
+            raise ConfigError(
+                f"Unknown option(s) for the {name!r} session store: {', '.join(unknown)}. "
+                f"Accepted: {', '.join(sorted(accepted)) or 'none'}."
+            )
+        try:
             return factory(**options)
         except TypeError as exc:
-            raise ConfigError(f"Invalid options for the {name!r} session store: {exc}.") from exc
+            found = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
+            problem = f"unknown option {found.group(1)!r}" if found else str(exc)
+            raise ConfigError(
+                f"Invalid options for the {name!r} session store: {problem}. See its documentation "
+                "(docs/) for the options it takes."
+            ) from None
 
     def model_class(self, model_type: str) -> type[ModelBackend]:
         return _lookup(

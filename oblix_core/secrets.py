@@ -7,6 +7,7 @@ backend, the executor or the client goes through :func:`scrub`. Keys live only i
 from __future__ import annotations
 
 import threading
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 #: What a secret is replaced with.
 MASK = "***"
@@ -34,3 +35,29 @@ def scrub(text: str) -> str:
             text = text.replace(secret, MASK)
     return text
 
+
+#: Query parameters whose values are treated as secrets in endpoint URLs.
+SECRET_PARAMS = ("key", "token", "secret", "password", "passwd", "signature", "auth", "sig")
+
+
+def redact_url(url: str) -> str:
+    """``url`` without secrets: the userinfo password and secret-looking query values masked.
+
+    Every secret removed is also remembered, so error texts that quote the URL are
+    scrubbed too.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return scrub(url)
+    netloc = parts.netloc
+    if parts.password:
+        remember(parts.password)
+        netloc = netloc.replace(f":{parts.password}@", f":{MASK}@")
+    query = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if any(word in name.lower() for word in SECRET_PARAMS):
+            remember(value)
+            value = MASK
+        query.append((name, value))
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))

@@ -101,11 +101,15 @@ class SessionsAPI:
     def update_session_metadata(self, session_id: str, metadata: dict) -> bool:
         """Merge ``metadata`` into the session's metadata; ``False`` if it does not exist.
 
-        A local-only session stays local-only: ``local_only`` cannot be cleared.
+        A local-only session stays local-only: ``local_only`` can be set, never cleared
+        (``"local_only": False`` is refused for a local-only session and otherwise left
+        out, since an absent key already means "not local-only"; it is never written,
+        so it cannot race a concurrent local-only turn).
         """
         changes = check_json_dict(metadata, "metadata", SessionError)
         validate_session_id(session_id)
-        if privacy.KEY in changes and not privacy.session_is_local_only(changes):
+        if changes.get(privacy.KEY, True) is False:
+            del changes[privacy.KEY]
             try:
                 current = self.store.get_metadata(session_id)
             except SessionNotFoundError:
@@ -154,11 +158,19 @@ class SessionsAPI:
     # -- documents --------------------------------------------------------------------------
 
     def _export_target(self, file_path: Any) -> Path:
+        """The file an export may write: a new or regular file, outside the store's own folder."""
         if not isinstance(file_path, str | os.PathLike) or not os.fspath(file_path).strip():
             raise OblixError("export_session needs a file path, e.g. 'session.json'.")
-        path = Path(file_path).expanduser()
+        if "\x00" in os.fspath(file_path):
+            raise OblixError("The export path contains a NUL character; give an ordinary file path.")
+        path = Path(file_path).expanduser().resolve()  # through symlinks: the file really written
         if path.is_dir():
             raise OblixError(f"Cannot export to {path}: it is a directory; give a file name inside it.")
+        if path.exists() and not path.is_file():
+            raise OblixError(
+                f"Cannot export to {path}: it is not a regular file (a device, pipe or socket); "
+                "give the path of a new or ordinary file."
+            )
         if self.store.contains_path(path):
             raise OblixError(
                 f"Cannot export to {path}: it is inside the session store's own folder; choose a "

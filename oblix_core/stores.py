@@ -43,7 +43,13 @@ class SessionStore(abc.ABC):
 
     @abc.abstractmethod
     def load(self, session_id: str) -> SessionRecord:
-        """Return the whole session. Raises ``SessionNotFoundError``/``SessionCorruptedError``."""
+        """Return the whole session. Raises ``SessionNotFoundError``/``SessionCorruptedError``.
+
+        The metadata returned must be at least as new as the messages (read the messages
+        first, or both in one snapshot): local-only marks a session before appending its
+        private turn, and a reader must never see the turn without the mark. The same
+        holds for :meth:`load_recent`.
+        """
 
     def load_recent(self, session_id: str, max_messages: int) -> SessionRecord:
         """The session with only its last ``max_messages`` messages.

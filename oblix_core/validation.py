@@ -20,6 +20,8 @@ from oblix_core.errors import OblixError
 
 #: Deepest nesting accepted in metadata, context, filters and imported documents.
 MAX_DEPTH = 64
+#: Integers must fit in 64 bits (what JSON readers elsewhere, Redis and SQLite handle).
+MAX_INT = 2**63
 
 
 def check_text(value: str, name: str, error: type[OblixError] = OblixError) -> str:
@@ -59,6 +61,8 @@ def check_json(value: Any, name: str, error: type[OblixError] = OblixError) -> A
         elif isinstance(item, float):
             if not math.isfinite(item):
                 raise error(f"{where} is {item!r}; JSON has no NaN or infinity.")
+        elif isinstance(item, int) and not isinstance(item, bool) and not -MAX_INT <= item < MAX_INT:
+            raise error(f"{where} is an integer too large to store; keep integers within 64 bits.")
         elif not (item is None or isinstance(item, bool | int)):
             raise error(f"{where} has a value of type {type(item).__name__}, which JSON cannot store.")
     return value
@@ -83,7 +87,7 @@ def loads(text: str, name: str, error: type[OblixError] = OblixError) -> Any:
         data = json.loads(text, parse_constant=reject_constant)
     except RecursionError:
         raise error(f"{name} is nested too deeply to read (limit {MAX_DEPTH} levels).") from None
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, and integers too long to convert
         raise error(f"{name} is not valid JSON: {exc}.") from None
     return check_json(data, name, error)
 

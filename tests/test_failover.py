@@ -351,7 +351,7 @@ async def test_the_packaged_model_busy_is_oblix_busy_not_machine_busy(
 
     async def long_answer() -> None:
         results["long"] = await client.execute(
-            "Write a long story about a dragon who learns to cook.", stream=False, max_tokens=300
+            "Count from 1 to 300, separated by commas: 1, 2, 3, 4,", stream=False, max_tokens=300
         )
 
     async with anyio.create_task_group() as tg:

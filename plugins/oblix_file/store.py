@@ -239,15 +239,18 @@ class FileSessionStore(SessionStore):
 
     # -- reading ------------------------------------------------------------------------
 
+    # Messages are read before the metadata: a local-only turn marks the metadata before
+    # its messages are appended, so a reader that sees those messages also sees the mark.
+
     def load(self, session_id: str) -> SessionRecord:
         path = self._dir(session_id)
-        meta = read_meta(path)
-        return to_record(path, meta, read_messages(path))
+        messages = read_messages(path)
+        return to_record(path, read_meta(path), messages)
 
     def load_recent(self, session_id: str, max_messages: int) -> SessionRecord:
         path = self._dir(session_id)
-        meta = read_meta(path)
-        return to_record(path, meta, read_messages(path, last=max(0, max_messages)))
+        messages = read_messages(path, last=max(0, max_messages))
+        return to_record(path, read_meta(path), messages)
 
     def get_metadata(self, session_id: str) -> dict[str, Any]:
         return dict(read_meta(self._dir(session_id)).get("metadata") or {})

@@ -8,6 +8,7 @@ from typing import Any
 
 from oblix_core.errors import ConfigError, ModelError, OblixError
 from oblix_core.models import GenerationRequest, ModelBackend, StreamChunk, Usage
+from oblix_core.secrets import redact_url
 from oblix_core.transport import connection_error, http_library, require, status_error
 
 HOST_ENV = "OLLAMA_HOST"
@@ -130,4 +131,4 @@ class OllamaBackend(ModelBackend):
             await client.close()
 
     def describe(self) -> dict[str, Any]:
-        return super().describe() | {"endpoint": self.host}
+        return super().describe() | {"endpoint": redact_url(self.host)}

@@ -11,6 +11,7 @@ import anyio
 
 from oblix_core.errors import ConfigError, ModelError
 from oblix_core.models import GenerationRequest, ModelBackend, StreamChunk, Usage
+from oblix_core.secrets import redact_url
 from oblix_core.transport import connection_error, describe_cause, http_library, require, status_error
 
 #: Context windows of well-known OpenAI models (prefix match); others default to 8192.
@@ -78,7 +79,7 @@ class OpenAIBackend(ModelBackend):
 
     @property
     def where(self) -> str:
-        return self.endpoint or "api.openai.com"
+        return redact_url(self.endpoint) if self.endpoint else "api.openai.com"
 
     @property
     def default_context_window(self) -> int:
@@ -169,7 +170,7 @@ class OpenAIBackend(ModelBackend):
             self._client = None
 
     def describe(self) -> dict[str, Any]:
-        return super().describe() | {"endpoint": self.endpoint or "https://api.openai.com/v1"}
+        return super().describe() | {"endpoint": redact_url(self.endpoint or "https://api.openai.com/v1")}
 
     def health_check(self, timeout: float) -> tuple[bool, str]:
         """``GET /models`` (no tokens spent): any answer but a 429 or a 5xx means it serves."""

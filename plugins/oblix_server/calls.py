@@ -91,9 +91,7 @@ def build_call(client: OblixClient, chat: ChatRequest, headers: Mapping[str, str
     while chat.messages[leading].role == "system":
         leading += 1
     system = "\n\n".join(m.content for m in chat.messages[:leading]) or None
-    rest = chat.messages[leading:]
-    if not rest:
-        raise APIError(422, "The request has only system messages; add a user message.", param="messages")
+    rest = chat.messages[leading:]  # not empty: the schema requires a last user message
     earlier = [m.to_dict() for m in rest[:-1]]
     session = (headers.get(SESSION_HEADER) or "").strip() or None
     options: dict[str, Any] = {"system": system, "local_only": _truthy(headers.get(LOCAL_ONLY_HEADER))}

@@ -17,6 +17,9 @@ import attrs
 from oblix_core.models import ChatMessage
 from oblix_server.errors import APIError
 
+#: The longest answer a request may ask for (the core's own limit too).
+MAX_ANSWER_TOKENS = 10_000_000
+
 #: Roles accepted in ``messages`` (``developer`` is OpenAI's newer name for ``system``;
 #: ``tool`` carries a tool's result, for models that call tools).
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -78,6 +81,8 @@ def _integer(body: dict[str, Any], name: str, low: int | None = None) -> int | N
         raise _bad(f"'{name}' must be an integer, got {type(value).__name__}.", name)
     if low is not None and value < low:
         raise _bad(f"'{name}' must be at least {low}, got {value}.", name, 422)
+    if not -(2**63) <= value < 2**63:
+        raise _bad(f"'{name}' is too large.", name, 422)
     return value
 
 
@@ -215,7 +220,9 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
     """Parse and check a request body; raises :class:`APIError` (400 or 422)."""
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise APIError(400, "The request body is nested too deeply.", code="invalid_json") from None
+    except ValueError as exc:  # bad UTF-8, bad JSON, integers too long to convert
         raise APIError(400, f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise _bad("The request body must be a JSON object.")
@@ -227,16 +234,22 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
     _refuse_unsupported(body)
     stream, include_usage = _stream_fields(body)
     max_tokens = _integer(body, "max_completion_tokens", 1)
+    if max_tokens is None:
+        max_tokens = _integer(body, "max_tokens", 1)
+    if max_tokens is not None and max_tokens > MAX_ANSWER_TOKENS:
+        raise _bad(f"'max_tokens' may be at most {MAX_ANSWER_TOKENS:,}.", "max_tokens", 422)
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise _bad("'user' must be a string.", "user")
+    if body.get("tool_choice") is not None and not body.get("tools"):
+        raise _bad("'tool_choice' needs 'tools'.", "tool_choice", 422)
     return ChatRequest(
         model=model,
         messages=_messages(body.get("messages")),
         stream=stream,
         include_usage=include_usage,
         temperature=_number(body, "temperature", 0.0, 2.0),
-        max_tokens=max_tokens if max_tokens is not None else _integer(body, "max_tokens", 1),
+        max_tokens=max_tokens,
         stop=_stop(body.get("stop")),
         seed=_integer(body, "seed"),
         user=user,
