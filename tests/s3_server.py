@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +169,23 @@ def new_bucket(url: str, **client_options: Any) -> str:
     name = f"oblix-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=url, **client_options).create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="module", name="server")
+def server_fixture() -> Iterator[S3Server]:
+    """A moto S3 server in this process for a test module (import the fixture to use it)."""
+    s3 = S3Server()
+    s3.start()
+    yield s3
+    s3.stop()
+
+
+@pytest.fixture(autouse=True, name="aws_env")
+def aws_env_fixture(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test credentials in the environment, no AWS profile (autouse where imported)."""
+    for name, value in TEST_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
 
 
 @pytest.fixture

@@ -25,24 +25,9 @@ import pytest
 from oblix_core.errors import OblixError, SessionNotFoundError
 from oblix_core.records import Message, SessionRecord, new_session_id
 from oblix_s3.store import S3SessionStore
-from tests.s3_server import ROOT, TEST_ENV, S3Process, S3Server, new_bucket
+from tests.s3_server import ROOT, TEST_ENV, S3Process, S3Server, aws_env_fixture, new_bucket, server_fixture  # noqa: F401 - fixtures `aws_env`, `server`
 
 SECRET = "sekrit-Value-that-must-never-show-0123456789"
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[S3Server]:
-    s3 = S3Server()
-    s3.start()
-    yield s3
-    s3.stop()
-
-
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in TEST_ENV.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
 
 
 def _new(store: S3SessionStore) -> str:

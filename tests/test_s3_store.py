@@ -20,23 +20,8 @@ from oblix_s3 import make_store
 from oblix_s3.layout import INDEX_SHARDS, plan_compaction
 from oblix_s3.store import S3SessionStore
 from tests.conftest import FAST
-from tests.s3_server import TEST_ENV, S3Server, new_bucket
+from tests.s3_server import S3Server, aws_env_fixture, new_bucket, server_fixture  # noqa: F401 - fixtures `aws_env`, `server`
 from tests.servers import free_port
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[S3Server]:
-    s3 = S3Server()
-    s3.start()
-    yield s3
-    s3.stop()
-
-
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in TEST_ENV.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
 
 
 @pytest.fixture
