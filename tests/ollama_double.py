@@ -3,7 +3,8 @@
 The Ollama server binary cannot be installed on this machine, so the Ollama backend
 is tested with the official ``ollama`` client against this small HTTP server that
 speaks the documented protocol: ``GET /api/tags``, ``POST /api/show``, and
-``POST /api/chat`` streaming NDJSON, with Ollama's error shape
+``GET /api/ps``, ``POST /api/chat`` streaming NDJSON (a model not loaded first "loads" for
+``load_delay`` seconds), with Ollama's error shape
 (``{"error": "..."}`` and a status). Its "model" answers ``Echo: <last message>``
 word by word, honouring ``options.num_predict``.
 """
@@ -88,6 +89,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/api/tags":
             self._json(200, {"models": [_tag(n) for n in self.double.models]})
+        elif self.path == "/api/ps":  # the models loaded in memory now
+            self._json(200, {"models": [_tag(n) for n in sorted(self.double.loaded)]})
         else:
             self._json(404, {"error": "not found"})
 
@@ -118,6 +121,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(self, body: dict[str, Any], name: str) -> None:
         """The model: ``Echo: <last message>`` word by word, honouring ``num_predict``."""
+        if name not in self.double.loaded:  # a cold start: Ollama loads the weights first
+            time.sleep(self.double.load_delay)
+            self.double.loaded.add(name)
         words = ("Echo: " + body["messages"][-1]["content"]).split(" ")
         limit = (body.get("options") or {}).get("num_predict")
         words = words[:limit] if limit else words
@@ -153,6 +159,8 @@ class OllamaDouble:
         self.fail_next: list[int] = []  # statuses to answer /api/chat with, in order
         self.drop_after: int | None = None  # close the connection after this many chunks
         self.delay = 0.0
+        self.loaded: set[str] = set(self.models)  # loaded in memory (``/api/ps``)
+        self.load_delay = 0.0  # seconds a cold model takes to load
         handler = type("Handler", (_Handler,), {"double": self})
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)

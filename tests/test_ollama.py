@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
 from oblix import ModelType, OblixClient
 from oblix_core.errors import ConfigError, OblixError, PermanentModelError, TransientModelError
 from oblix_core.models import ChatMessage, GenerationRequest
-from oblix_core.testing import ModelBackendContract
+from oblix_core.testing import ModelBackendContract, ScriptedPlugin
 from oblix_ollama import OllamaBackend
 from tests.conftest import FAST
 from tests.ollama_double import OllamaDouble
@@ -118,3 +120,63 @@ async def test_through_the_client_with_retry(
     assert result["response"] == "Echo: hi there" and result["model_id"] == "ollama:llama2:latest"
     assert result["metrics"]["output_tokens"] == 3 and result["metrics"]["tokens_estimated"] is False
     assert len(result["metrics"]["attempts"]) == 3
+
+
+@pytest.mark.anyio
+async def test_a_cold_model_is_warming_until_its_first_token(ollama: OllamaDouble) -> None:
+    ollama.loaded.clear()  # nothing in memory: the next request loads the weights
+    ollama.load_delay = 0.5
+    backend = OllamaBackend("llama2:latest", endpoint=ollama.url)
+    await backend.start()
+    assert not backend.warming
+    seen: list[bool] = []
+
+    async def watch() -> None:
+        await anyio.sleep(0.2)
+        seen.append(backend.warming)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        chunks = [c async for c in backend.stream(GenerationRequest((ChatMessage("user", "hi"),)))]
+    assert seen == [True] and not backend.warming and chunks[-1].finish_reason
+    # loaded now (kept for keep_alive): the next request is not a cold start
+    warm = OllamaBackend("llama2:latest", endpoint=ollama.url, keep_alive="10m")
+    await warm.start()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        [c async for c in warm.stream(GenerationRequest((ChatMessage("user", "hi"),)))]
+    assert seen == [True, False]
+    await backend.aclose()
+    await warm.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_warming_local_model_lets_a_ready_one_answer(
+    ollama: OllamaDouble, home: Path, make_client: Callable[..., OblixClient]
+) -> None:
+    ollama.loaded.clear()
+    ollama.load_delay = 1.0
+    client = make_client(home=home, plugins=[ScriptedPlugin()], execution=FAST)
+    await client.hook_model(ModelType.OLLAMA, "llama2:latest", endpoint=ollama.url)
+    await client.hook_model("scripted", "ready", local=False)
+    results: dict[str, Any] = {}
+
+    async def cold() -> None:
+        results["cold"] = await client.execute("first", stream=False)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(cold)
+        await anyio.sleep(0.3)
+        results["meanwhile"] = await client.execute("meanwhile", stream=False)
+    assert results["cold"]["model_id"] == "ollama:llama2:latest"  # waited for the load, not failed
+    assert results["meanwhile"]["model_id"] == "scripted:ready"
+    assert results["meanwhile"]["routing_decision"]["rule"] == "local-warming"
+
+
+def test_keep_alive_durations() -> None:
+    from oblix_ollama.backend import keep_alive_seconds
+
+    assert keep_alive_seconds(None) == 300 and keep_alive_seconds("1h30m") == 5400
+    assert keep_alive_seconds("90s") == 90 and keep_alive_seconds(-1) == float("inf")
+    with pytest.raises(ConfigError):
+        keep_alive_seconds("soon")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -13,6 +16,24 @@ from oblix_core.transport import connection_error, http_library, require, status
 
 HOST_ENV = "OLLAMA_HOST"
 DEFAULT_HOST = "http://127.0.0.1:11434"
+#: How long Ollama keeps a model loaded after a request, unless ``keep_alive`` says otherwise.
+DEFAULT_KEEP_ALIVE_S = 300.0
+
+
+def keep_alive_seconds(value: str | int | float | None) -> float:
+    """Ollama's ``keep_alive`` (``"5m"``, ``"1h30m"``, ``"90s"``, seconds, negative = forever)."""
+    if value is None:
+        return DEFAULT_KEEP_ALIVE_S
+    if isinstance(value, int | float):
+        return math.inf if value < 0 else float(value)
+    text = value.strip()
+    if text.startswith("-"):
+        return math.inf
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(h|m|s|ms)?", text)
+    if not parts or "".join(n + (u or "") for n, u in parts) != text.replace(" ", ""):
+        raise ConfigError(f"keep_alive must be a duration such as '5m', '90s' or -1, got {value!r}.")
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "": 1.0}
+    return sum(float(n) * scale[u] for n, u in parts)
 
 
 def _import_ollama() -> Any:
@@ -31,8 +52,11 @@ class OllamaBackend(ModelBackend):
 
     The server is ``endpoint``, else ``$OLLAMA_HOST``, else ``http://127.0.0.1:11434``.
     ``hook_model`` checks that the model is installed and learns its trained context
-    length. Options: ``num_ctx`` (context window to request; default: the trained length
-    capped at 8192, always passed explicitly because Ollama's own default silently
+    length and whether it is loaded. While a request waits for Ollama to load the model
+    (a cold start: not loaded, or unused for longer than ``keep_alive``), the model is
+    ``warming``: routing lets a ready model answer concurrent requests meanwhile.
+    Options: ``num_ctx`` (context window to request; default: the trained length capped
+    at 8192, always passed explicitly because Ollama's own default silently
     truncates long prompts) and ``keep_alive``; unknown options are rejected. Per-request
     options go to Ollama's ``options``. An answer is complete only on ``done: true``.
     """
@@ -48,9 +72,29 @@ class OllamaBackend(ModelBackend):
         self.host = self.endpoint or os.environ.get(HOST_ENV) or DEFAULT_HOST
         self.num_ctx = num_ctx
         self.keep_alive = keep_alive
+        self._keep_alive_s = keep_alive_seconds(keep_alive)
+        self._loaded_until = 0.0  # monotonic time until which Ollama keeps the model loaded
+        self._loading = 0  # requests waiting for a cold model's first token
         self._client: Any = None
         self._http: Any = None
         self._trained_window: int | None = None
+
+    @property
+    def warming(self) -> bool:
+        """Whether a request is waiting for Ollama to load the model (a cold start)."""
+        return self._loading > 0
+
+    def _cold(self) -> bool:
+        return time.monotonic() >= self._loaded_until
+
+    async def _learn_loaded(self) -> None:
+        """Ask Ollama (``/api/ps``) whether the model is loaded now."""
+        try:
+            running = await self._client.ps()
+        except Exception:  # an older server without /api/ps: assume cold, learn from requests
+            return
+        if any(_same_model(self.model_name, m.model or "") for m in running.models):
+            self._loaded_until = time.monotonic() + self._keep_alive_s
 
     @property
     def default_context_window(self) -> int:
@@ -63,6 +107,7 @@ class OllamaBackend(ModelBackend):
         self._http = http_library(self._client._client)
         try:
             await self._check_model(ollama, self._http)
+            await self._learn_loaded()
         except BaseException:
             await self.aclose()  # do not leave an HTTP client for the GC to close
             raise
@@ -99,7 +144,8 @@ class OllamaBackend(ModelBackend):
         if request.max_tokens is not None:
             options["num_predict"] = request.max_tokens
         options["num_ctx"] = self.context_window
-        started = False
+        started, cold = False, self._cold()
+        self._loading += cold
         try:
             parts = await self._client.chat(
                 model=self.model_name,
@@ -109,7 +155,10 @@ class OllamaBackend(ModelBackend):
                 keep_alive=self.keep_alive,
             )
             async for part in parts:
-                started = True
+                if not started:
+                    started, self._loading = True, self._loading - cold
+                    cold = False
+                self._loaded_until = time.monotonic() + self._keep_alive_s
                 text = part.message.content if part.message else ""
                 if text:
                     yield StreamChunk(text)
@@ -124,6 +173,8 @@ class OllamaBackend(ModelBackend):
             raise status_error(self.model_id, self.host, exc.status_code, str(exc.error)) from None
         except (self._http.HTTPError, OSError) as exc:
             raise connection_error(self.model_id, self.host, exc, started=started) from None
+        finally:
+            self._loading -= cold  # still waiting for the first token: no longer
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
