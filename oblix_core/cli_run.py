@@ -91,7 +91,7 @@ async def _prepare(client: OblixClient, args: RunArgs) -> ResponseStream:
     session_id = None
     if args.continue_:
         session_id = await anyio.to_thread.run_sync(most_recent_session, client)
-    elif args.session:
+    elif args.session is not None:  # an empty --session "" is an error, not a new session
         session_id = await anyio.to_thread.run_sync(resolve_session_id, client, args.session)
     model = resolve_model(client, args.model) if args.model else None
     _check_request_options(client, model, args.options)

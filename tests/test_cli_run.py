@@ -86,6 +86,8 @@ def test_continue_and_session_prefixes(cli_home: Path) -> None:
     assert both.exit_code == 2 and "either -c/--continue or --session" in both.output
     missing = oblix("run", "-m", "echo", "--session", "ffffffff", "x")
     assert missing.exit_code == 1 and "No session ffffffff" in missing.output
+    empty = oblix("run", "-m", "echo", "--session", "", "x")  # never a silent new session
+    assert empty.exit_code == 1 and "Invalid session id" in empty.output
 
 
 def test_continue_without_any_session_says_what_to_do(cli_home: Path) -> None:
