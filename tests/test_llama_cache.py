@@ -21,6 +21,7 @@ import anyio
 import numpy as np
 import pytest
 
+from benchmarks.llama_cache_bench import history as made_up_history
 from oblix import OblixClient
 from oblix_core.errors import ConfigError
 from oblix_core.models import ChatMessage, GenerationRequest
@@ -48,16 +49,7 @@ _runs = itertools.count()
 def history(exchanges: int, tag: str) -> Messages:
     """A made-up conversation, about 59 tokens per exchange, never seen before by the model."""
     tag = f"{tag}{next(_runs)}"  # tests run under asyncio and trio: no state of the first run fits
-    messages = []
-    for i in range(exchanges):
-        messages.append(
-            ChatMessage("user", f"[{tag}] Question {i}: what is {i} plus {i * 3}? Tell me about {i}.")
-        )
-        parity = "even" if i % 2 == 0 else "odd"
-        messages.append(
-            ChatMessage("assistant", f"{i} plus {i * 3} is {i * 4}. {i} is {parity}, after {i - 1}.")
-        )
-    return messages
+    return made_up_history(exchanges, tag)
 
 
 @pytest.fixture
