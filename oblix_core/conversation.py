@@ -155,7 +155,8 @@ class ResponseStream:
         checks, agents = await current_checks(list(engine.agents.values()), breaker.readings)
         models = engine.model_snapshot()
         breaker.watch(models)
-        await anyio.to_thread.run_sync(breaker.sync)
+        if breaker.shares_health:  # in-process models only: no store I/O on the request path
+            await anyio.to_thread.run_sync(breaker.sync)
         route = RouteRequest(
             preference=request.preference or engine.preference,
             local_only=request.local_only,

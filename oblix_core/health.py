@@ -324,6 +324,11 @@ class CircuitBreaker:
                 if record is not None:
                     record.endpoint = model_endpoint(model)
 
+    @property
+    def shares_health(self) -> bool:
+        """Whether any watched model's health is shared through the store (models with an endpoint)."""
+        return self.store is not None and any(model_endpoint(m) for m in self._models.values())
+
     def sync(self) -> None:
         """Take newer records of this process's shared models from the store."""
         if self.store is None:

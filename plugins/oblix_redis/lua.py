@@ -185,38 +185,27 @@ SESSION_APPEND = _SESSION_LIB + "return append(session_keys(KEYS[1]), ARGV)"
 SESSION_UPDATE = _SESSION_LIB + "return update(session_keys(KEYS[1]), ARGV)"
 SESSION_DELETE = _SESSION_LIB + "return delete(session_keys(KEYS[1]), ARGV)"
 
-SINGLE_CREATE = (
-    _SESSION_LIB
-    + _INDEX_LIB
-    + """
-local r = create(session_keys(KEYS[1]), ARGV)
-if r[1] == 1 then index_sync(ARGV[1], ARGV[2], r[2], ARGV[8], 'set', r[3], false) end
+
+def _single(operation: str, then: str) -> str:
+    """A script for a single server: the session operation, then the index kept with it."""
+    return (
+        _SESSION_LIB
+        + _INDEX_LIB
+        + f"""
+local r = {operation}(session_keys(KEYS[1]), ARGV)
+{then}
 return r"""
+    )
+
+
+SINGLE_CREATE = _single(
+    "create", "if r[1] == 1 then index_sync(ARGV[1], ARGV[2], r[2], ARGV[8], 'set', r[3], false) end"
 )
-SINGLE_APPEND = (
-    _SESSION_LIB
-    + _INDEX_LIB
-    + """
-local r = append(session_keys(KEYS[1]), ARGV)
-if r[1] == 1 then index_touch(ARGV[1], ARGV[2], r[2]) end
-return r"""
+SINGLE_APPEND = _single("append", "if r[1] == 1 then index_touch(ARGV[1], ARGV[2], r[2]) end")
+SINGLE_UPDATE = _single(
+    "update", "if r[1] == 1 then index_sync(ARGV[1], ARGV[2], r[2], r[4], 'gt', r[3], false) end"
 )
-SINGLE_UPDATE = (
-    _SESSION_LIB
-    + _INDEX_LIB
-    + """
-local r = update(session_keys(KEYS[1]), ARGV)
-if r[1] == 1 then index_sync(ARGV[1], ARGV[2], r[2], r[4], 'gt', r[3], false) end
-return r"""
-)
-SINGLE_DELETE = (
-    _SESSION_LIB
-    + _INDEX_LIB
-    + """
-local r = delete(session_keys(KEYS[1]), ARGV)
-index_drop(ARGV[1], ARGV[2], '')
-return r"""
-)
+SINGLE_DELETE = _single("delete", "index_drop(ARGV[1], ARGV[2], '')")
 
 # KEYS[1] <ix>updated; ARGV: ix, id, ver, score, zmode ('set'|'gt'), force ('0'|'1'), tokens...
 INDEX_SYNC = (
