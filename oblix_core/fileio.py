@@ -8,15 +8,16 @@ import uuid
 from pathlib import Path
 
 
-def write_atomically(path: Path, data: bytes, *, fsync_dir: bool = True) -> None:
+def write_atomically(path: Path, data: bytes, *, fsync_dir: bool = True, mode: int = 0o666) -> None:
     """Write ``data`` to a uniquely named temp file beside ``path``, fsync it, rename it over ``path``.
 
     Concurrent writers to one path each use their own temp file (the last rename wins);
-    the temp file is removed if anything fails. Raises ``OSError``.
+    the temp file is removed if anything fails. The file is created with ``mode`` (less
+    the umask): ``0o600`` keeps it private to the user. Raises ``OSError``.
     """
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, "xb") as handle:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

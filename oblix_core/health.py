@@ -123,7 +123,7 @@ class JsonFile:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._lock = filelock.FileLock(str(self.path) + ".lock", timeout=2)
+        self._lock = filelock.FileLock(str(self.path) + ".lock", timeout=2, mode=0o600)
         #: ``time.monotonic()`` of this process's last :meth:`update` (0: none yet).
         self.last_write = 0.0
 
@@ -142,7 +142,8 @@ class JsonFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
             data = self.read() | values
-            write_atomically(self.path, json.dumps(data, allow_nan=False).encode(), fsync_dir=False)
+            body = json.dumps(data, allow_nan=False).encode()
+            write_atomically(self.path, body, fsync_dir=False, mode=0o600)  # private to the user
         self.last_write = time.monotonic()
 
 

@@ -184,8 +184,8 @@ class SessionsAPI:
         record = await self._call(self.store.load, validate_session_id(session_id))
         data = session_io.dumps(record).encode("utf-8")
         try:
-            await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
-            await self._call(write_atomically, path, data)
+            await anyio.Path(path.parent).mkdir(mode=0o700, parents=True, exist_ok=True)
+            await anyio.to_thread.run_sync(lambda: write_atomically(path, data, mode=0o600))  # private
         except OSError as exc:
             raise OblixError(f"Cannot write the export to {path}: {exc.strerror or exc}.") from None
         return True

@@ -7,7 +7,11 @@ import os
 from contextlib import suppress
 from pathlib import Path
 
-from oblix_core.errors import SessionError
+from oblix.plugin import SessionError
+
+#: Conversations are private to the user: session folders ``0700``, files ``0600``.
+DIR_MODE = 0o700
+FILE_MODE = 0o600
 
 #: How a cause is explained to the user, by errno.
 _HINTS = {
@@ -63,8 +67,8 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 def write_file(path: Path, data: bytes) -> None:
-    """Create ``path`` (exclusively) holding ``data``, fsynced; removed again if that fails."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    """Create ``path`` (exclusively, private: ``0600``) holding ``data``, fsynced; removed if that fails."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     try:
         write_all(fd, data)
         os.fsync(fd)

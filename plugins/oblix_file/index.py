@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 import attrs
 
-from oblix_core.records import matches_metadata, parse_timestamp
+from oblix.plugin import matches_metadata, parse_timestamp
 
 INDEX = ".index.sqlite3"
 #: The index's name before version 2; ids may take that name, so an old file is removed.
@@ -115,6 +115,8 @@ class SessionIndex:
 
     def _connect(self) -> sqlite3.Connection:
         if self.mode == "rw":
+            # Created private (0600); SQLite gives its -wal and -shm files the same mode.
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
             db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
             try:
                 db.execute("PRAGMA journal_mode=WAL")

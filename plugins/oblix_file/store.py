@@ -57,21 +57,21 @@ from typing import Any
 
 import filelock
 
-from oblix_core.errors import (
+from oblix.plugin import (
+    Message,
     OblixError,
     SessionExistsError,
     SessionNotFoundError,
-)
-from oblix_core.records import (
-    Message,
     SessionRecord,
+    SessionStore,
     matches_metadata,
     parse_timestamp,
     utc_now,
     validate_session_id,
 )
-from oblix_core.stores import SessionStore
 from oblix_file.files import (
+    DIR_MODE,
+    FILE_MODE,
     AppendNotUndone,
     FileStoreError,
     append_complete,
@@ -82,6 +82,7 @@ from oblix_file.files import (
     write_file,
 )
 from oblix_file.index import INDEX, PENDING, SessionIndex, Summary, remove_legacy_index
+from oblix_file.permissions import make_private
 from oblix_file.reading import (
     MESSAGES,
     META,
@@ -129,12 +130,13 @@ class FileSessionStore(SessionStore):
         self.root = Path(root).expanduser().resolve()
         self.lock_timeout = lock_timeout
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
             os.scandir(self.root).close()
         except OSError as exc:
             raise io_error("Cannot open the session folder", self.root, exc, outcome=_NOT_STORED) from exc
         writable = os.access(self.root, os.W_OK) and not os.statvfs(self.root).f_flag & os.ST_RDONLY
         if writable:
+            make_private(self.root)
             self._sweep_leftovers(temp_grace)
             remove_legacy_index(self.root)
         self._index = SessionIndex(self.root, self._scan)
@@ -205,7 +207,8 @@ class FileSessionStore(SessionStore):
         path = self._dir(session_id)
         if not (path / META).exists():
             raise missing(session_id)
-        lock = filelock.FileLock(path / LOCK, timeout=self.lock_timeout if timeout is None else timeout)
+        wait = self.lock_timeout if timeout is None else timeout
+        lock = filelock.FileLock(path / LOCK, timeout=wait, mode=FILE_MODE)
         try:
             lock.acquire()
         except filelock.Timeout:
@@ -385,7 +388,7 @@ class FileSessionStore(SessionStore):
 
     def _stage(self, staging: Path, session: SessionRecord) -> Summary:
         """Write a new session's files into ``staging``; returns its listing row."""
-        staging.mkdir()
+        staging.mkdir(mode=DIR_MODE)
         log_bytes = b"".join(_encode(m) for m in session.messages)
         write_file(staging / META, self._meta_bytes(session))
         write_file(staging / MESSAGES, log_bytes)
@@ -429,7 +432,7 @@ class FileSessionStore(SessionStore):
         """Append ``data`` completely or not at all; returns the log's size before it."""
         failed = f"Cannot append to session {session_id}"
         try:
-            fd = os.open(log_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(log_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE)
         except OSError as exc:
             raise io_error(failed, log_path, exc, outcome=_NOT_STORED) from exc
         try:

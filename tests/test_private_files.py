@@ -1,0 +1,103 @@
+"""Conversations on disk are private to the user: folders 0700, files 0600, whatever the umask."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from oblix_core.client import OblixClient
+from oblix_core.health import JsonFile
+from oblix_core.records import Message, SessionRecord
+from oblix_file.store import FileSessionStore
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """The loosest umask (0): every mode a test sees was asked for explicitly."""
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def _loose(root: Path) -> list[str]:
+    """Every entry under ``root`` (the root included) readable by others than the user."""
+    found = [] if _mode(root) == 0o700 else [f"{root} {_mode(root):o}"]
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            if _mode(Path(folder, name)) != 0o700:
+                found.append(f"{folder}/{name} {_mode(Path(folder, name)):o}")
+        for name in files:
+            if _mode(Path(folder, name)) != 0o600:
+                found.append(f"{folder}/{name} {_mode(Path(folder, name)):o}")
+    return found
+
+
+def _fill(store: FileSessionStore) -> None:
+    store.create(SessionRecord(id="a", title="secret", messages=(Message("user", "my password is x"),)))
+    store.create(SessionRecord(id="b"))
+    store.append_messages("b", [Message("user", "hello")])
+    store.update_metadata("a", {"local_only": True})
+    assert {s["id"] for s in store.list()} == {"a", "b"}
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_a_new_store_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    store = FileSessionStore(tmp_path / "sessions")
+    try:
+        _fill(store)
+        names = {p.name for p in (tmp_path / "sessions").iterdir()}
+        assert {".index.sqlite3", ".index.sqlite3-wal", "a", "b"} <= names
+        assert _loose(tmp_path / "sessions") == []
+    finally:
+        store.close()
+
+
+def test_an_existing_store_is_tightened_on_open(tmp_path: Path) -> None:
+    root = tmp_path / "sessions"
+    store = FileSessionStore(root)
+    _fill(store)
+    store.close()
+    for folder, dirs, files in os.walk(root):  # as an older Oblix left it
+        for name in dirs:
+            os.chmod(Path(folder, name), 0o755)
+        for name in files:
+            os.chmod(Path(folder, name), 0o644)
+    os.chmod(root, 0o755)
+    assert _loose(root)
+    reopened = FileSessionStore(root)
+    try:
+        assert _loose(root) == []
+        assert reopened.load("a").title == "secret"
+    finally:
+        reopened.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("open_umask")
+async def test_exports_are_private(client: OblixClient, tmp_path: Path) -> None:
+    session_id = await client.create_session(title="private", metadata={"local_only": True})
+    target = tmp_path / "exports" / "new-folder" / "s.json"
+    assert await client.export_session(session_id, str(target))
+    assert _mode(target) == 0o600 and _mode(target.parent) == 0o700
+    target.write_text("old")
+    os.chmod(target, 0o644)
+    assert await client.export_session(session_id, str(target))  # overwriting makes it private too
+    assert _mode(target) == 0o600 and "private" in target.read_text()
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_health_files_are_private(tmp_path: Path) -> None:
+    health = JsonFile(tmp_path / "health.json")
+    health.update({"model|http://x": {"failures": 1}})
+    assert _mode(tmp_path / "health.json") == 0o600
+    assert _mode(tmp_path / "health.json.lock") == 0o600
