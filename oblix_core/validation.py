@@ -8,6 +8,9 @@ checks before anything is stored or sent, so bad input is a clear
 Rules: JSON values only (dict with ``str`` keys, list, str, int, float, bool, None);
 no NaN or infinity; strings must be encodable as UTF-8 (no lone surrogates); nesting
 at most :data:`MAX_DEPTH` levels.
+
+Booleans given as text (an HTTP header, a ``KEY=VALUE`` option) go through
+:func:`parse_flag`: a short list of clear words, anything else refused, never guessed.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from oblix_core.errors import OblixError
 MAX_DEPTH = 64
 #: Integers must fit in 64 bits (what JSON readers elsewhere, Redis and SQLite handle).
 MAX_INT = 2**63
+#: Text that :func:`parse_flag` reads as true, and as false (compared stripped, case-insensitively).
+TRUE_WORDS = frozenset({"1", "true", "t", "yes", "y", "on"})
+FALSE_WORDS = frozenset({"0", "false", "f", "no", "n", "off"})
 
 
 def check_text(value: str, name: str, error: type[OblixError] = OblixError) -> str:
@@ -103,3 +109,26 @@ def json_equal(left: Any, right: Any) -> bool:
     if isinstance(left, int | float) and isinstance(right, int | float):
         return left == right
     return type(left) is type(right) and bool(left == right)
+
+
+def parse_flag(value: object, name: str, error: type[OblixError] = OblixError) -> bool:
+    """A boolean given as text: one of :data:`TRUE_WORDS` or :data:`FALSE_WORDS`, else ``error``.
+
+    ``True``/``False`` (and the numbers 1 and 0) pass through. Anything else (``"enabled"``,
+    ``"TRUE!"``, ``""``, ``2``) is refused with a message naming ``name``, never read as
+    false: where privacy is at stake (``local_only``) a misspelt "yes" must not send anything
+    to the cloud.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    word = value.strip().lower() if isinstance(value, str) else None
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise error(
+        f"{name} must be true or false (one of {', '.join(sorted(TRUE_WORDS))} / "
+        f"{', '.join(sorted(FALSE_WORDS))}), got {value!r}."
+    )

@@ -212,6 +212,37 @@ def test_local_only_session_never_reaches_the_cloud(home: Path, plugin_dir: Path
     assert cloud.stats()["requests"] == 1  # only the last, public request
 
 
+def test_local_only_header_fails_closed(home: Path, plugin_dir: Path, cloud: Cloud) -> None:
+    """Only a clear "no" lets a request reach the cloud; an unclear value is a 400, nothing sent."""
+    config(
+        home,
+        model_toml("openai", "cloud", endpoint=cloud.base_url),
+        model_toml("paced", "local", tokens=1),
+        preference="cloud-first",
+    )
+    body = {"model": "auto", "messages": user("private")}
+    with OblixServer(home, plugin_dir=plugin_dir) as server:
+
+        def send(*values: str) -> httpx.Response:
+            headers = [("X-Oblix-Local-Only", v) for v in values]
+            return httpx.post(f"{server.base_url}/chat/completions", json=body, headers=headers, timeout=30)
+
+        for value in ("y", "t", "Y", "yes", "1", "on", "TRUE"):
+            answer = send(value)
+            assert answer.status_code == 200 and answer.headers["X-Oblix-Model"] == "paced:local", value
+        repeated = send("false", "true")  # one header saying yes is enough
+        assert repeated.status_code == 200 and repeated.headers["X-Oblix-Model"] == "paced:local"
+        for value in ("enabled", "required", "local", "TRUE!", "", "true, false", "2"):
+            refused = send(value)
+            assert refused.status_code == 400, (value, refused.text)
+            error = refused.json()["error"]
+            assert error["code"] == "invalid_header" and error["param"] == "X-Oblix-Local-Only"
+            assert "must be true or false" in error["message"] and "Nothing was sent" in error["message"]
+        for value in ("0", "false", "No", "off"):
+            assert send(value).headers["X-Oblix-Model"] == "openai:cloud", value
+    assert cloud.stats()["requests"] == 4  # only the four clear "no"s
+
+
 def test_session_shared_by_two_server_processes(home: Path, plugin_dir: Path) -> None:
     config(home, model_toml("paced", "local", tokens=1))
     with (
