@@ -1,10 +1,34 @@
 """Oblix: hybrid LLM orchestration between local and cloud models, with persistent sessions.
 
 >>> from oblix import OblixClient, ModelType
+
+Plugin authors import from :mod:`oblix.plugin`.
 """
 
-from oblix_core import *  # noqa: F403 - the public face re-exports the core's public names
-from oblix_core import __all__ as _core_names
-from oblix_core import errors
+from oblix_core import __version__
+from oblix_core import errors as errors
+from oblix_core.agents import AgentCheck, AgentState, BaseAgent, Target
+from oblix_core.client import OblixClient
+from oblix_core.conversation import ResponseStream
+from oblix_core.errors import OblixError
+from oblix_core.hookspecs import hookimpl
+from oblix_core.models import ModelBackend, ModelType
 
-__all__ = [*_core_names, "errors"]
+#: Oblix 0.1.2's name for the client (``from oblix import Oblix``), kept for its users.
+Oblix = OblixClient
+
+__all__ = [
+    "AgentCheck",
+    "AgentState",
+    "BaseAgent",
+    "ModelBackend",
+    "ModelType",
+    "Oblix",
+    "OblixClient",
+    "OblixError",
+    "ResponseStream",
+    "Target",
+    "__version__",
+    "errors",
+    "hookimpl",
+]

@@ -1,28 +1,41 @@
-"""Oblix core: hook specifications, client, routing, execution and sessions."""
+"""Oblix core: hook specifications, client, routing, execution and sessions.
 
+The public faces are :mod:`oblix` (applications) and :mod:`oblix.plugin` (plugin
+authors); the submodules here are private. The names below are loaded on first use, so
+that importing a submodule never imports the whole client.
+"""
+
+from __future__ import annotations
+
+import importlib
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
-
-from oblix_core.agents import AgentCheck, AgentState, BaseAgent, Target
-from oblix_core.client import OblixClient
-from oblix_core.errors import OblixError
-from oblix_core.hookspecs import hookimpl
-from oblix_core.models import ModelBackend, ModelType
+from typing import Any
 
 try:
     __version__ = _version("oblix")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = [
-    "AgentCheck",
-    "AgentState",
-    "BaseAgent",
-    "ModelBackend",
-    "ModelType",
-    "OblixClient",
-    "OblixError",
-    "Target",
-    "__version__",
-    "hookimpl",
-]
+_LAZY = {
+    "AgentCheck": "oblix_core.agents",
+    "AgentState": "oblix_core.agents",
+    "BaseAgent": "oblix_core.agents",
+    "Target": "oblix_core.agents",
+    "OblixClient": "oblix_core.client",
+    "OblixError": "oblix_core.errors",
+    "hookimpl": "oblix_core.hookspecs",
+    "ModelBackend": "oblix_core.models",
+    "ModelType": "oblix_core.models",
+}
+
+__all__ = [*sorted(_LAZY), "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'oblix_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -20,10 +20,10 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from oblix_core.cli_common import CtrlC, catch_ctrl_c, cli_message, resolve_session_id
+from oblix_core.console import CtrlC, catch_ctrl_c, cli_message, print_answer
 from oblix_core.errors import OblixError, StreamInterruptedError
 from oblix_core.explain import explain
-from oblix_core.render import print_answer
+from oblix_core.sessions_api import resolve_session_id
 
 if TYPE_CHECKING:
     from oblix_core.client import OblixClient
@@ -310,8 +310,9 @@ class _Chat:
         _print(f"  session: {self.session_id or '(new, not stored yet)'}")
         for check in client.agent_checks():
             _print(f"  {check.agent}: {check.state} target={check.target} {check.reason}")
-        for model_id, seconds in client.executor.breaker.cooling_down().items():
-            _print(f"  {model_id}: cooling down for {seconds}s")
+        for model_id, health in client.model_health().items():
+            if health["status"] == "cooling":
+                _print(f"  {model_id}: cooling down, about {health['seconds_left_estimate']}s left")
         if not client.agents:
             _print("  no agents hooked")
 

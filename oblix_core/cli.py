@@ -22,7 +22,7 @@ from oblix_core.cli_common import (
     session_client,
 )
 from oblix_core.errors import OblixError
-from oblix_core.plugins import OblixPluginManager, build_plugin_manager, plugin_infos
+from oblix_core.plugins import OblixPluginManager, Registry, build_plugin_manager, plugin_infos
 
 #: Set to 1 to see the traceback of an unexpected error instead of a one-line message.
 DEBUG_ENV = "OBLIX_DEBUG"
@@ -33,7 +33,8 @@ def _stores_by_plugin(pm: OblixPluginManager) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for impl in pm.hook.oblix_register_session_stores.get_hookimpls():
         names: list[str] = []
-        impl.function(register=lambda name, _factory, names=names: names.append(str(name)))
+        with contextlib.suppress(Exception):  # a failing plugin is reported by Registry.load
+            impl.function(register=lambda name, _factory, names=names: names.append(str(name)))
         found[impl.plugin_name] = names
     return found
 
@@ -78,20 +79,27 @@ def cli(ctx: click.Context, store: str | None, store_options: tuple[str, ...]) -
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @handle_errors
 def plugins(as_json: bool) -> None:
-    """Loaded plugins (versions, hooks) and session stores (where the one in use keeps its data)."""
+    """Plugins (loaded, not installed, failed) and session stores (where the one in use keeps its data)."""
     pm = build_plugin_manager()
+    Registry.load(pm)  # registration failures are skipped and reported too
     infos = plugin_infos(pm)
     stores = _store_rows(pm)
+    skipped = list(pm.skipped.values())
     if as_json:
         by_plugin: dict[str, list[dict[str, Any]]] = {}
         for row in stores:
             by_plugin.setdefault(row["plugin"], []).append({k: v for k, v in row.items() if k != "plugin"})
-        print_json([i.to_dict() | {"stores": by_plugin.get(i.name, [])} for i in infos])
+        loaded = [i.to_dict() | {"status": "loaded", "stores": by_plugin.get(i.name, [])} for i in infos]
+        print_json(loaded + [s.to_dict() for s in skipped])
         return
     print_table(
         "Oblix plugins",
-        ["name", "package", "version", "hooks"],
-        [(i.name, i.package or i.module, i.version or "-", ", ".join(i.hooks)) for i in infos],
+        ["name", "package", "version", "status", "hooks"],
+        [(i.name, i.package or i.module, i.version or "-", "loaded", ", ".join(i.hooks)) for i in infos]
+        + [
+            (s.name, s.package or s.module, s.version or "-", f"{s.status}: {s.install or s.reason}", "")
+            for s in skipped
+        ],
     )
     print_table(
         "Session stores",
@@ -112,7 +120,9 @@ def build_cli() -> click.Group:
     """A root group with the built-in commands and every plugin's commands (the hook runs once)."""
     from oblix_core import cli_run, cli_sessions
 
-    group = click.Group(
+    pm = build_plugin_manager()
+    group = _Oblix(
+        pm,
         name="oblix",
         callback=cli.callback,
         params=list(cli.params),
@@ -123,8 +133,36 @@ def build_cli() -> click.Group:
     group.add_command(cli_sessions.sessions)
     for command in (cli_run.run, cli_run.chat, cli_run.models, cli_run.agents):
         group.add_command(command)
-    build_plugin_manager().hook.oblix_register_commands(cli=group)
+    for impl in reversed(pm.hook.oblix_register_commands.get_hookimpls()):
+        try:
+            impl.function(cli=group)
+        except Exception as exc:  # a failing plugin loses its commands, not the command line
+            pm.skip(impl.plugin_name, exc)
     return group
+
+
+class _Oblix(click.Group):
+    """The root group: a command of a plugin that is not installed names what to install."""
+
+    def __init__(self, pm: OblixPluginManager, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pm = pm
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        found = super().get_command(ctx, cmd_name)
+        hint = None if found is not None else self.pm.missing_hint(cmd_name)
+        if hint is None:
+            return found
+
+        def unavailable() -> None:
+            raise click.ClickException(f"`oblix {cmd_name}` is not available: {hint}")
+
+        return click.Command(
+            cmd_name,
+            callback=unavailable,
+            context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+            add_help_option=False,
+        )
 
 
 def _ignore_ctrl_c() -> None:

@@ -5,11 +5,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import re
-import signal
 import sys
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -19,8 +16,9 @@ from rich.console import Console
 from rich.table import Table
 
 from oblix_core.config import load_config
-from oblix_core.errors import NoModelAvailableError, OblixError, SessionNotFoundError
-from oblix_core.records import validate_session_id
+from oblix_core.console import cli_message
+from oblix_core.errors import OblixError
+from oblix_core.validation import parse_flag
 
 if TYPE_CHECKING:
     from oblix_core.client import OblixClient
@@ -30,9 +28,6 @@ console = Console()
 #: For progress bars and notices: stderr, so that stdout carries only results.
 err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
-
-#: How many sessions an id-prefix lookup reads (the store interface has no prefix query).
-PREFIX_SCAN_LIMIT = 2**31 - 1
 
 
 @attrs.define
@@ -58,7 +53,13 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
 
 
 def parse_scalar(text: str) -> Any:
-    """``text`` as a JSON scalar if it is one (``true``, ``3``, ``0.5``, ``null``), else the string."""
+    """``text`` as a JSON scalar if it is one (``true``, ``3``, ``0.5``, ``null``), else the string.
+
+    ``True``/``FALSE`` (JSON's words in any case) are booleans too; quote them (``'"True"'``)
+    for the string.
+    """
+    if text.strip().lower() in ("true", "false"):
+        return text.strip().lower() == "true"
     try:
         value = json.loads(text)
     except ValueError:
@@ -67,29 +68,23 @@ def parse_scalar(text: str) -> Any:
 
 
 def parse_pairs(pairs: Sequence[str], flag: str) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs as a dict, values parsed with :func:`parse_scalar`."""
+    """``KEY=VALUE`` pairs as a dict, values parsed with :func:`parse_scalar`.
+
+    ``local_only`` is a flag wherever it is given (``--filter local_only=yes``): read by
+    :func:`~oblix_core.validation.parse_flag`, an unclear value is refused, never guessed.
+    """
     result: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint=flag)
         result[key.strip()] = parse_scalar(value)
+        if key.strip() == "local_only":
+            try:
+                result["local_only"] = parse_flag(result["local_only"], "local_only")
+            except OblixError as exc:
+                raise click.BadParameter(str(exc), param_hint=flag) from None
     return result
-
-
-def cli_message(exc: OblixError) -> str:
-    """The error's message for a terminal: no model id said twice, no doubled full stops."""
-    if isinstance(exc, NoModelAvailableError) and exc.errors:
-        lines = [f"  {model}: {_without_prefix(error, model)}" for model, error in exc.errors.items()]
-        return "No model could answer:\n" + "\n".join(lines)
-    return re.sub(r"(?<!\.)\.\.(?!\.)", ".", str(exc))  # "x.." -> "x.", an ellipsis stays
-
-
-def _without_prefix(error: str, model_id: str) -> str:
-    for prefix in (f"{model_id}: ", f"{model_id} "):
-        if error.startswith(prefix):
-            return error[len(prefix) :]
-    return error
 
 
 def handle_errors(func: F) -> F:
@@ -197,24 +192,6 @@ def resolve_model(client: OblixClient, name: str) -> str:
     )
 
 
-def resolve_session_id(client: SessionsAPI, text: str) -> str:
-    """The id of the one session whose id is ``text`` or starts with it.
-
-    An exact id costs one lookup; a prefix scans the listing (the store interface has
-    no prefix query: one listing of every session, fine for thousands).
-    """
-    validate_session_id(text)
-    if client.store.exists(text):
-        return text
-    matches = [s["id"] for s in client.list_sessions(limit=PREFIX_SCAN_LIMIT) if s["id"].startswith(text)]
-    if len(matches) == 1:
-        return str(matches[0])
-    if not matches:
-        raise SessionNotFoundError(f"No session {text}; `oblix sessions list` shows the sessions.")
-    shown = ", ".join(matches[:5]) + (" ..." if len(matches) > 5 else "")
-    raise OblixError(f"Session id prefix {text} matches {len(matches)} sessions ({shown}); type more of it.")
-
-
 def most_recent_session(client: SessionsAPI) -> str:
     """The most recently updated session's id (for ``--continue``)."""
     found = client.list_sessions(limit=1)
@@ -241,71 +218,3 @@ def read_prompt(prompt: str | None) -> str:
 
 def stdout_is_terminal() -> bool:
     return sys.stdout.isatty()
-
-
-@attrs.define
-class CtrlC:
-    """Where Ctrl-C lands while :func:`catch_ctrl_c` runs.
-
-    Each press cancels the scope opened with :meth:`cancels`, if one is open, and is
-    counted in ``pressed``; a press with no scope open is ignored (never a traceback).
-    """
-
-    scope: anyio.CancelScope | None = None
-    pressed: int = 0
-
-    def interrupt(self) -> None:
-        self.pressed += 1
-        if self.scope is not None:
-            self.scope.cancel()
-
-    @contextlib.contextmanager
-    def cancels(self) -> Iterator[anyio.CancelScope]:
-        """A cancel scope that Ctrl-C cancels (check ``scope.cancelled_caught`` after it)."""
-        with anyio.CancelScope() as scope:
-            self.scope = scope
-            try:
-                yield scope
-            finally:
-                self.scope = None
-
-
-#: The open :func:`catch_ctrl_c` blocks, innermost last; a press goes to the innermost.
-_ACTIVE: list[CtrlC] = []
-
-
-@contextlib.asynccontextmanager
-async def catch_ctrl_c() -> AsyncIterator[CtrlC]:
-    """Route SIGINT to a :class:`CtrlC` instead of ``KeyboardInterrupt``.
-
-    Nested blocks share one signal receiver; a press goes to the innermost block. Only
-    in the main thread (signals cannot be received elsewhere); in another thread the
-    returned object is never pressed and Python's default handling stays.
-    """
-    keys = CtrlC()
-    if _ACTIVE or threading.current_thread() is not threading.main_thread():
-        _ACTIVE.append(keys)
-        try:
-            yield keys
-        finally:
-            _ACTIVE.remove(keys)
-        return
-    with anyio.open_signal_receiver(signal.SIGINT) as signals:
-
-        async def watch() -> None:
-            async for _ in signals:
-                _ACTIVE[-1].interrupt()
-
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(watch)
-                _ACTIVE.append(keys)
-                try:
-                    yield keys
-                finally:
-                    _ACTIVE.remove(keys)
-                    tg.cancel_scope.cancel()
-        except BaseExceptionGroup as group:  # the body's own error, not a group of ours
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from group.exceptions[0].__cause__
-            raise

@@ -10,7 +10,6 @@ import attrs
 import click
 
 from oblix_core.cli_common import (
-    catch_ctrl_c,
     console,
     handle_errors,
     hook_models,
@@ -22,13 +21,14 @@ from oblix_core.cli_common import (
     read_prompt,
     ready_client,
     resolve_model,
-    resolve_session_id,
 )
 from oblix_core.client import ROUTING_OPTIONS, OblixClient
+from oblix_core.console import catch_ctrl_c, print_answer
 from oblix_core.conversation import ResponseStream
 from oblix_core.errors import OblixError
 from oblix_core.explain import explain
-from oblix_core.render import print_answer
+from oblix_core.routing import NO_MODEL_HINT
+from oblix_core.sessions_api import resolve_session_id
 
 #: Exit status of a command stopped with Ctrl-C (128 + SIGINT), as shells expect.
 EXIT_INTERRUPTED = 130
@@ -325,7 +325,9 @@ def models(show_options: bool, as_json: bool) -> None:
         for m in hooked
     ]
     print_table("Models", ["model", "kind", "context", "where"], model_rows)
-    click.echo(f"Backends installed: {', '.join(types)}")
+    click.echo(f"Backends installed: {', '.join(types) or 'none'}")
+    if not hooked:
+        click.echo(NO_MODEL_HINT, err=True)
 
 
 @click.command()

@@ -1,4 +1,4 @@
-"""``oblix sessions ...``: list, search, show, export, import, delete, copy, merge, migrate.
+"""``oblix sessions ...``: list, search, show, export, import, delete, copy, merge, migrate, repair.
 
 Every command that takes a session id also takes any unique start of one.
 """
@@ -15,11 +15,11 @@ from oblix_core.cli_common import (
     parse_pairs,
     print_json,
     print_table,
-    resolve_session_id,
     session_client,
 )
 from oblix_core.client import OblixClient
 from oblix_core.errors import OblixError, SessionExistsError
+from oblix_core.sessions_api import resolve_session_id
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -213,8 +213,10 @@ def migrate(to: str, to_options: tuple[str, ...], as_json: bool) -> None:
     """Copy every session of the current store (see oblix --store) into another store.
 
     Ids, timestamps, messages, context and metadata are kept. Running it again copies
-    nothing twice; a session already in the target with other content is reported as a
-    conflict and never overwritten. Exit status 1 if there were conflicts or failures.
+    nothing twice and brings sessions written meanwhile up to date; a session in the
+    target with other content is reported as a conflict and never overwritten; an
+    unreadable (damaged) source session is reported as failed. Exit status 1 if there
+    were conflicts or failures.
     """
     from rich.progress import Progress
 
@@ -238,11 +240,38 @@ def migrate(to: str, to_options: tuple[str, ...], as_json: bool) -> None:
     else:
         click.echo(
             f"Migrated to {to}: {summary.copied} copied, {summary.skipped} already there (skipped), "
-            f"{len(summary.conflicts)} conflicts, {len(summary.failed)} failed."
+            f"{len(summary.conflicts)} conflicts, {len(summary.failed)} failed, "
+            f"{summary.updated} brought up to date."
         )
         for session_id in summary.conflicts:
-            click.echo(f"  conflict: {session_id} is in the target with other content (left as it is)")
+            why = summary.conflict_reasons.get(session_id, "other content")
+            click.echo(f"  conflict: {session_id} is in the target with other content ({why}; left as it is)")
         for session_id, reason in summary.failed.items():
             click.echo(f"  failed: {session_id}: {reason}")
     if summary.conflicts or summary.failed:
+        raise SystemExit(1)
+
+
+@sessions.command()
+@click.option("--delete", "delete_them", is_flag=True, help="Delete the damaged sessions found.")
+@json_option
+@handle_errors
+def repair(delete_them: bool, as_json: bool) -> None:
+    """Find sessions whose stored records are damaged (each reads every session once).
+
+    Lists each damaged session and what is wrong; --delete deletes them. Exit status 1
+    while damaged sessions remain.
+    """
+    from oblix_core.migration import find_damaged
+
+    with session_client() as client:
+        damaged = find_damaged(client.store)
+        deleted = [sid for sid in damaged if delete_them and client.store.delete(sid)]
+    if as_json:
+        print_json({"damaged": damaged, "deleted": deleted})
+    else:
+        click.echo(f"{len(damaged)} damaged sessions" + (f", {len(deleted)} deleted." if delete_them else "."))
+        for session_id, reason in damaged.items():
+            click.echo(f"  {'deleted' if session_id in deleted else 'damaged'}: {session_id}: {reason}")
+    if len(deleted) < len(damaged):
         raise SystemExit(1)

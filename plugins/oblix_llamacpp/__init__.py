@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from oblix_core import hookimpl
-from oblix_llamacpp.backend import LlamaCppBackend
+from oblix.plugin import hookimpl, needs
+
+needs("llama_cpp", install="pip install 'oblix[llama-cpp]'")
+
+from oblix_llamacpp.backend import LlamaCppBackend  # noqa: E402 - after the dependency check
 
 __all__ = ["LlamaCppBackend"]
 

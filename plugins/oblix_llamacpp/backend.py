@@ -25,9 +25,17 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from oblix_core.errors import ConfigError, OblixError, PermanentModelError
-from oblix_core.models import ChatMessage, GenerationRequest, ModelBackend, StreamChunk, Usage
-from oblix_core.transport import require
+from oblix.plugin import (
+    ChatMessage,
+    ConfigError,
+    GenerationRequest,
+    ModelBackend,
+    OblixError,
+    PermanentModelError,
+    StreamChunk,
+    Usage,
+    require,
+)
 from oblix_llamacpp.options import byte_option, cache_dir_option, default_threads
 from oblix_llamacpp.packaged import DEFAULT_MODEL, packaged_model_path
 from oblix_llamacpp.prompts import PLAIN_FORMATS

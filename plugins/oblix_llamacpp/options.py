@@ -7,7 +7,7 @@ from pathlib import Path
 import platformdirs
 import psutil
 
-from oblix_core.errors import ConfigError
+from oblix.plugin import ConfigError
 
 
 def default_threads(physical: int | None = None) -> int:

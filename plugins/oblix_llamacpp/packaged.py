@@ -19,8 +19,7 @@ from pathlib import Path
 import platformdirs
 from filelock import FileLock
 
-from oblix_core.errors import ConfigError
-from oblix_core.fileio import write_atomically
+from oblix.plugin import ConfigError, write_atomically
 
 #: ``hook_model(ModelType.LLAMA_CPP, DEFAULT_MODEL)`` uses the packaged model.
 DEFAULT_MODEL = "gemma-3-270m"

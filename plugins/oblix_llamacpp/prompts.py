@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from oblix_core.models import ChatMessage
+from oblix.plugin import ChatMessage
 
 VICUNA_SYSTEM = "A chat between a curious user and an artificial intelligence assistant."
 ALPACA_SYSTEM = (

@@ -61,14 +61,13 @@ from typing import Any
 
 import attrs
 import numpy as np
-import numpy.typing as npt
 import psutil
 
+from oblix_llamacpp.saved_state import SavedState, Tokens
 from oblix_llamacpp.state_disk import DiskStateStore
 
 log = logging.getLogger(__name__)
 
-Tokens = npt.NDArray[np.intc]
 
 #: Prompts shorter than this are not saved (evaluating them again costs little).
 MIN_SAVE_TOKENS = 64
@@ -103,18 +102,6 @@ def common_prefix(a: Tokens, b: Tokens) -> int:
     n = min(len(a), len(b))
     differ = np.flatnonzero(a[:n] != b[:n])
     return int(differ[0]) if len(differ) else n
-
-
-@attrs.frozen
-class SavedState:
-    """An evaluated prompt: its tokens and llama.cpp's sequence state after them."""
-
-    tokens: Tokens
-    data: bytearray
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.data) + self.tokens.nbytes
 
 
 @attrs.define

@@ -26,8 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from oblix_llamacpp.saved_state import SavedState
+
 if TYPE_CHECKING:
-    from oblix_llamacpp.state_cache import SavedState, Tokens
+    from oblix_llamacpp.saved_state import Tokens
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +116,6 @@ class DiskStateStore:
         return None
 
     def _read(self, path: Path, expected: Tokens) -> SavedState | None:
-        from oblix_llamacpp.state_cache import SavedState
-
         try:
             with open(path, "rb") as file:
                 if file.read(len(MAGIC)) != MAGIC:

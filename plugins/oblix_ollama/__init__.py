@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from oblix_core import hookimpl
-from oblix_ollama.backend import OllamaBackend
+from oblix.plugin import hookimpl, needs
+
+needs("ollama", install="pip install 'oblix[ollama]'")
+
+from oblix_ollama.backend import OllamaBackend  # noqa: E402 - after the dependency check
 
 __all__ = ["OllamaBackend"]
 

@@ -9,10 +9,20 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from oblix_core.errors import ConfigError, ModelError, OblixError
-from oblix_core.models import GenerationRequest, ModelBackend, StreamChunk, Usage
-from oblix_core.secrets import redact_url
-from oblix_core.transport import connection_error, http_library, require, status_error
+from oblix.plugin import (
+    ConfigError,
+    GenerationRequest,
+    ModelBackend,
+    ModelError,
+    OblixError,
+    StreamChunk,
+    Usage,
+    connection_error,
+    http_library,
+    redact_url,
+    require,
+    status_error,
+)
 
 HOST_ENV = "OLLAMA_HOST"
 DEFAULT_HOST = "http://127.0.0.1:11434"

@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from oblix_core import hookimpl
-from oblix_openai.backend import OpenAIBackend
+from oblix.plugin import hookimpl, needs
+
+needs("openai", install="pip install 'oblix[openai]'")
+
+from oblix_openai.backend import OpenAIBackend  # noqa: E402 - after the dependency check
 
 __all__ = ["OpenAIBackend"]
 

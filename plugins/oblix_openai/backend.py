@@ -9,10 +9,20 @@ from typing import Any
 
 import anyio
 
-from oblix_core.errors import ConfigError, ModelError
-from oblix_core.models import GenerationRequest, ModelBackend, StreamChunk, Usage
-from oblix_core.secrets import redact_url
-from oblix_core.transport import connection_error, describe_cause, http_library, require, status_error
+from oblix.plugin import (
+    ConfigError,
+    GenerationRequest,
+    ModelBackend,
+    ModelError,
+    StreamChunk,
+    Usage,
+    connection_error,
+    describe_cause,
+    http_library,
+    redact_url,
+    require,
+    status_error,
+)
 
 #: Context windows of well-known OpenAI models (prefix match); others default to 8192.
 KNOWN_WINDOWS = {
@@ -135,7 +145,9 @@ class OpenAIBackend(ModelBackend):
                     return await self._client.chat.completions.create(**self._params(request))
         except TimeoutError:
             raise connection_error(
-                self.model_id, self.where, TimeoutError(f"no response in {self.first_byte_timeout}s"),
+                self.model_id,
+                self.where,
+                TimeoutError(f"no response in {self.first_byte_timeout}s"),
                 started=False,
             ) from None
 

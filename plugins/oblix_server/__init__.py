@@ -1,14 +1,19 @@
 """``oblix server``: an OpenAI-compatible HTTP server (extra ``oblix[server]``).
 
-Registers the ``server`` command. Starlette and uvicorn are imported only when the
-command runs, so loading the plugin works without the extra.
+Registers the ``server`` command. Without starlette and uvicorn the plugin is skipped
+(``oblix plugins`` says what to install) and ``oblix server`` names the extra.
 """
 
 from __future__ import annotations
 
-import click
+from typing import TYPE_CHECKING
 
-from oblix_core import hookimpl
+from oblix.plugin import hookimpl, needs
+
+needs("starlette", "uvicorn", install="pip install 'oblix[server]'")
+
+if TYPE_CHECKING:
+    import click
 
 
 @hookimpl

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from oblix_core import hookimpl
+from oblix.plugin import hookimpl
 from oblix_system.connectivity import ConnectivityAgent
 from oblix_system.resources import ResourceMonitor
 

@@ -24,8 +24,7 @@ from collections import deque
 from typing import Any
 from urllib.parse import urlsplit
 
-from oblix_core.agents import AgentCheck, AgentState, BaseAgent, Target
-from oblix_core.errors import ConfigError
+from oblix.plugin import AgentCheck, AgentState, BaseAgent, ConfigError, Target
 
 OPENAI_DEFAULT = "https://api.openai.com/v1"
 

@@ -37,8 +37,7 @@ from typing import Any
 
 import psutil
 
-from oblix_core.agents import AgentCheck, AgentState, BaseAgent, Target
-from oblix_core.errors import ConfigError
+from oblix.plugin import AgentCheck, AgentState, BaseAgent, ConfigError, Target
 from oblix_system.gpu import read_gpus
 
 MIN_CPU_SPAN = 0.2

@@ -7,8 +7,7 @@ from typing import Any
 
 import click
 
-from oblix_core import ModelBackend, hookimpl
-from oblix_core.models import GenerationRequest, StreamChunk
+from oblix.plugin import GenerationRequest, ModelBackend, StreamChunk, hookimpl
 
 
 class ShoutBackend(ModelBackend):
