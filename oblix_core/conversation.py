@@ -19,6 +19,7 @@ from oblix_core.history import read_tail, session_messages
 from oblix_core.records import Message, SessionRecord, new_session_id, utc_now
 from oblix_core.requests import Request
 from oblix_core.routing import RouteRequest, RoutingPlan, screen
+from oblix_core.stores import keyed
 
 #: Tokens of history read for a request when no model is hooked (routing then fails anyway).
 DEFAULT_HISTORY_BUDGET = 4096
@@ -268,10 +269,11 @@ class ResponseStream:
         try:
             if self._new_session is not None and self._new_session.id == request.session_id:
                 record = attrs.evolve(self._new_session, messages=(*self._new_session.messages, *messages))
-                await anyio.to_thread.run_sync(store.create, record)
+                await anyio.to_thread.run_sync(keyed(store.create, request.request_id), record)
                 self._new_session = None
             else:
-                await anyio.to_thread.run_sync(store.append_messages, request.session_id, messages)
+                append = keyed(store.append_messages, request.request_id)
+                await anyio.to_thread.run_sync(append, request.session_id, messages)
             self._stored = True
         except Exception as exc:  # whatever the store raised, the caller learns it was not stored
             raise ExchangeNotStoredError(

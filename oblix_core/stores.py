@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import abc
+import functools
+import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -35,10 +37,13 @@ class SessionStore(abc.ABC):
     name: str = ""
 
     @abc.abstractmethod
-    def create(self, session: SessionRecord) -> None:
+    def create(self, session: SessionRecord, *, idempotency_key: str | None = None) -> None:
         """Store a new session (with any messages it already has), atomically.
 
         Raises :class:`~oblix_core.errors.SessionExistsError` if the id is taken.
+        ``idempotency_key`` names this write (the core passes the request id): a store
+        that honours it treats a call repeated with the same key as done once; a store
+        may ignore it.
         """
 
     @abc.abstractmethod
@@ -63,8 +68,14 @@ class SessionStore(abc.ABC):
         return attrs.evolve(record, messages=record.messages[len(record.messages) - max_messages :])
 
     @abc.abstractmethod
-    def append_messages(self, session_id: str, messages: Sequence[Message]) -> None:
-        """Append messages, in order and contiguously, at a cost independent of history size."""
+    def append_messages(
+        self, session_id: str, messages: Sequence[Message], *, idempotency_key: str | None = None
+    ) -> None:
+        """Append messages, in order and contiguously, at a cost independent of history size.
+
+        ``idempotency_key`` as for :meth:`create`: a call repeated with the same key is
+        applied once by a store that honours it.
+        """
 
     @abc.abstractmethod
     def get_metadata(self, session_id: str) -> dict[str, Any]:
@@ -138,6 +149,16 @@ class SessionStore(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """Where this store keeps its data, for ``oblix plugins`` and errors (no secrets)."""
         return {"name": self.name}
+
+
+def keyed(write: Callable[..., None], idempotency_key: str) -> Callable[..., None]:
+    """``write`` (a store's ``create`` or ``append_messages``) with ``idempotency_key`` bound,
+    or unchanged for a store written before the keyword existed."""
+    try:
+        accepts = "idempotency_key" in inspect.signature(write).parameters
+    except (TypeError, ValueError):
+        accepts = False
+    return functools.partial(write, idempotency_key=idempotency_key) if accepts else write
 
 
 def _snippet(text: str, needle: str, context: int = 40) -> str | None:

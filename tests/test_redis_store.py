@@ -14,7 +14,7 @@ import redis
 from redis.crc import key_slot
 
 from oblix_core.client import OblixClient
-from oblix_core.errors import ConfigError, PluginError, SessionNotFoundError
+from oblix_core.errors import ConfigError, PluginError, SessionExistsError, SessionNotFoundError
 from oblix_core.records import Message, SessionRecord, new_session_id
 from oblix_core.testing import ScriptedPlugin, SessionStoreContract
 from oblix_redis.store import RedisSessionStore
@@ -150,19 +150,19 @@ def test_store_selected_by_name_and_bad_options_are_config_errors(redis_server: 
         registry.make_store("no-such-store")
 
 
-def test_missing_redis_py_is_a_config_error_naming_the_extra(tmp_path: Path) -> None:
+def test_missing_redis_py_is_an_error_naming_the_extra(tmp_path: Path) -> None:
     code = (
         "import sys; sys.modules['redis'] = None\n"  # as if redis-py were not installed
-        "import oblix_redis\n"
-        "from oblix_core.errors import ConfigError\n"
+        "from oblix_core.errors import OblixError\n"
+        "from oblix_core.plugins import Registry\n"
         "try:\n"
-        "    oblix_redis.make_redis_store()\n"
-        "except ConfigError as exc:\n"
-        "    print('CONFIG', exc)\n"
+        "    Registry.load().make_store('redis')\n"
+        "except OblixError as exc:\n"
+        "    print('ERROR', exc)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("CONFIG") and "pip install 'oblix[redis]'" in out.stdout
+    assert out.stdout.startswith("ERROR") and "pip install 'oblix[redis]'" in out.stdout
 
 
 # -- keys, atomic operations and their costs -------------------------------------------
@@ -258,18 +258,25 @@ def test_filters_compare_json_values(store: RedisSessionStore) -> None:
     assert ids({"v": 1}) == {floating} and ids({"v": 2}) == {one}
 
 
-def test_retried_append_and_create_apply_once(store: RedisSessionStore) -> None:
-    """A nonce makes a replayed script a no-op (what redis-py's retry after a lost reply does)."""
+def test_writes_repeated_with_one_idempotency_key_apply_once(store: RedisSessionStore) -> None:
+    """What a caller's retry (or the store's own, after a lost reply or a failover) does."""
     record = SessionRecord(id=new_session_id(), title="t")
-    args = ["nonce-1", record.created_at, record.created_at, record.created_at, "1.0", '"t"', "{}", "0"]
-    assert store._run("create", record.id, args)[0] == 1
-    assert store._run("create", record.id, args)[0] == 1  # same nonce: our own create, retried
-    assert store._run("create", record.id, ["other", *args[1:]])[0] == 0
-    message = json.dumps(Message("user", "once").to_dict())
+    store.create(record, idempotency_key="req-1")
+    store.create(record, idempotency_key="req-1")  # the same create, repeated: done once
+    for other in ("req-2", None):
+        with pytest.raises(SessionExistsError):
+            store.create(record, idempotency_key=other)
+    pair = [Message("user", "once"), Message("assistant", "a")]
     for _ in range(3):
-        assert store._run("append", record.id, ["0123456789abcdef", "2.0", "x", message])[0] >= 1
-    assert [m.content for m in store.load(record.id).messages] == ["once"]
-    assert store.list()[0]["message_count"] == 1
+        store.append_messages(record.id, pair, idempotency_key="req-3")
+    for _ in range(2):  # without a key every call is a new write
+        store.append_messages(record.id, [Message("user", "twice")])
+    for n in range(61):  # the key is still recognised after 63 other appends to the session
+        store.append_messages(record.id, [Message("user", f"n{n}")], idempotency_key=f"other-{n}")
+    store.append_messages(record.id, pair, idempotency_key="req-3")
+    contents = [m.content for m in store.load(record.id).messages]
+    assert contents[:4] == ["once", "a", "twice", "twice"] and len(contents) == 65
+    assert store.list()[0]["message_count"] == 65
 
 
 def test_stale_index_entries_are_dropped_and_repaired(

@@ -353,7 +353,7 @@ class FileSessionStore(SessionStore):
         }
         return json.dumps(meta, ensure_ascii=False, indent=1).encode()
 
-    def create(self, session: SessionRecord) -> None:
+    def create(self, session: SessionRecord, *, idempotency_key: str | None = None) -> None:
         final = self._dir(session.id)
         if os.path.lexists(final):
             raise SessionExistsError(f"Session {session.id} already exists.")
@@ -413,7 +413,9 @@ class FileSessionStore(SessionStore):
                 raise SessionExistsError(f"Session {summary.id} already exists.") from None
             self._index.insert(summary, replace=True)  # a row left by a create that crashed
 
-    def append_messages(self, session_id: str, messages: Sequence[Message]) -> None:
+    def append_messages(
+        self, session_id: str, messages: Sequence[Message], *, idempotency_key: str | None = None
+    ) -> None:
         if not messages:
             return
         data = b"".join(_encode(m) for m in messages)

@@ -7,8 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from oblix_core.errors import SessionCorruptedError
-from oblix_core.records import Message, SessionRecord, parse_timestamp
+from oblix.plugin import Message, SessionCorruptedError, SessionRecord, parse_timestamp
 
 #: Index tokens longer than this are replaced by their SHA-256 (bounded key names).
 MAX_TOKEN = 128
@@ -138,13 +137,22 @@ def decode_record(
 
 
 def summary(session_id: str, head: Sequence[str | None], md: dict[str, str]) -> dict[str, Any]:
-    """A listing row from ``HMGET meta title created_at last_updated count`` and the metadata."""
+    """A listing row from ``HMGET meta title created_at last_updated count`` and the metadata.
+
+    A damaged header is a :class:`SessionCorruptedError` (listings skip the session).
+    """
     title, created_at, last_updated, count = head
-    return {
-        "id": session_id,
-        "title": json.loads(title) if title else None,
-        "created_at": created_at,
-        "updated_at": last_updated or created_at,
-        "message_count": int(count or 0),
-        "metadata": decode_metadata(session_id, md),
-    }
+    try:
+        return {
+            "id": session_id,
+            "title": json.loads(title) if title else None,
+            "created_at": created_at,
+            "updated_at": last_updated or created_at,
+            "message_count": int(count or 0),
+            "metadata": decode_metadata(session_id, md),
+        }
+    except (ValueError, TypeError) as exc:
+        raise SessionCorruptedError(
+            f"Session {session_id} has a damaged header ({exc}). Other sessions are unaffected; "
+            "delete it or restore it from a backup."
+        ) from exc

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from oblix_core.health import HealthStore
+from oblix.plugin import HealthStore
 
 
 class RedisHealthStore(HealthStore):

@@ -4,8 +4,8 @@ A session script gets one key, ``KEYS[1] = <prefix>{<id>}:``, and works on the k
 named from it, all in the session's ``{<id>}`` hash slot::
 
     meta   hash: created_at, updated_at, last_updated, score, title, context, count,
-           nonce (of the create), ver, acks (the nonces of the last 16 appends, so that
-           an append retried after a lost reply is applied once)
+           nonce (of the create), ver, acks (the nonces of the last 64 appends, so that
+           an append retried after a lost reply or a failover is applied once)
     md     hash: metadata key -> JSON value
     tok    hash: metadata key -> index token of (key, value)
     msgs   list of JSON messages: the recent tail (100 to 199 once compacted)
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 # Helpers for the session scripts.
 _SESSION_LIB = """
-local ACKS = 16  -- append nonces remembered per session (16 hex digits each)
+local ACKS = 64  -- append nonces remembered per session (16 hex digits each)
 local CHUNK = 100  -- messages per chunk (see compact)
 local function session_keys(base)
   return {base .. 'meta', base .. 'md', base .. 'tok', base .. 'msgs', base .. 'chunks'}
@@ -84,6 +84,7 @@ end
 local function create(K, A)
   if redis.call('EXISTS', K[1]) == 1 then
     if redis.call('HGET', K[1], 'nonce') == A[4] then  -- our own create, retried
+      redis.call('HSET', K[1], 'nonce', A[4])  -- a write, so that a WAIT after it covers the create
       return {1, redis.call('HGET', K[1], 'ver'), redis.call('HVALS', K[3])}
     end
     return {0}
@@ -103,7 +104,10 @@ local function append(K, A)
   local head = redis.call('HMGET', K[1], 'score', 'count', 'acks')
   if not head[1] then return {-1} end
   local acks = head[3] or ''
-  if string.find(acks, A[4], 1, true) then return {2, head[1]} end  -- a retry of an applied append
+  if string.find(acks, A[4], 1, true) then  -- a retry of an applied append
+    redis.call('HSET', K[1], 'acks', acks)  -- a write, so that a WAIT after it covers the append
+    return {2, head[1]}
+  end
   if #A <= 1006 then compact(K, redis.call('RPUSH', K[4], unpack(A, 7))) else push(K, A, 7) end
   local score, stamp = head[1], nil
   if tonumber(A[5]) > tonumber(score) then score, stamp = A[5], A[6] end

@@ -7,14 +7,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
 
-from oblix_core.errors import ConfigError
+from oblix.plugin import ConfigError, parse_flag
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PREFIX = "oblix:"
 SCHEMES = ("redis", "rediss", "unix")
 _SECRET_QUERY = {"password", "pass", "auth"}
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 
 def redact_url(url: str) -> str:
@@ -44,11 +42,10 @@ def url_secrets(url: str) -> list[str]:
 
 
 def _as_bool(value: Any, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise ConfigError(f"The redis store option {name!r} must be true or false, got {value!r}.")
+    """``parse_flag``'s rule (an unclear value is refused); an empty value is the default, false."""
+    if isinstance(value, str) and not value.strip():
+        return False
+    return parse_flag(value, f"The redis store option {name!r}", ConfigError)
 
 
 def _as_ttl(value: Any) -> int | None:
@@ -75,6 +72,18 @@ def _as_timeout(value: Any) -> float:
     return seconds
 
 
+def _as_number(value: Any, name: str, low: float, whole: bool = False) -> float:
+    """``value`` as a number >= ``low`` (a whole one with ``whole``), else a ConfigError naming it."""
+    try:
+        number = float(value) if not isinstance(value, bool) else float("nan")
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not number >= low or number == float("inf") or (whole and number != int(number)):
+        kind = "a whole number" if whole else "a number"
+        raise ConfigError(f"The redis store option {name!r} must be {kind} >= {low:g}, got {value!r}.")
+    return number
+
+
 @attrs.frozen
 class RedisOptions:
     """Validated options of a redis store."""
@@ -84,6 +93,9 @@ class RedisOptions:
     cluster: bool
     ttl: int | None
     timeout: float
+    retry_window: float = 10.0
+    wait_replicas: int = 0
+    wait_timeout: int = 1000
 
     @property
     def display_url(self) -> str:
@@ -91,7 +103,15 @@ class RedisOptions:
 
     @classmethod
     def parse(
-        cls, url: Any = None, prefix: Any = None, cluster: Any = False, ttl: Any = None, timeout: Any = 5.0
+        cls,
+        url: Any = None,
+        prefix: Any = None,
+        cluster: Any = False,
+        ttl: Any = None,
+        timeout: Any = 5.0,
+        retry_window: Any = 10.0,
+        wait_replicas: Any = 0,
+        wait_timeout: Any = 1000,
     ) -> RedisOptions:
         url = DEFAULT_URL if url is None or url == "" else url
         if not isinstance(url, str):
@@ -113,4 +133,13 @@ class RedisOptions:
             raise ConfigError("A Redis Cluster is reached over redis:// or rediss://, not a unix socket.")
         if is_cluster and urlsplit(url).path.strip("/") not in ("", "0"):
             raise ConfigError("Redis Cluster has only database 0: drop the /<db> part of the url.")
-        return cls(url, prefix, is_cluster, _as_ttl(ttl), _as_timeout(timeout))
+        return cls(
+            url,
+            prefix,
+            is_cluster,
+            _as_ttl(ttl),
+            _as_timeout(timeout),
+            _as_number(retry_window, "retry_window", 0),
+            int(_as_number(wait_replicas, "wait_replicas", 0, whole=True)),
+            int(_as_number(wait_timeout, "wait_timeout", 1, whole=True)),
+        )

@@ -5,49 +5,83 @@ metadata hash, a token hash, the list of recent messages and the list of older o
 chunks of 100 (layout in :mod:`oblix_redis.lua`). Each operation on a session is one Lua
 script, so it is atomic: an append checks that the session exists, RPUSHes the
 messages, updates ``message_count`` and ``updated_at``, refreshes the TTL of every key
-(server clock) and, on a single server, the listing index. Creates and appends carry a
-nonce, so redis-py's retry after a lost reply never applies one twice.
+(server clock) and, on a single server, the listing index.
+
+Creates and appends carry a nonce (derived from the caller's ``idempotency_key``, else
+random) that the script remembers, so a write repeated after a lost reply, a reconnect
+or a failover is applied once. Operations ride through a restart or a failover
+(:mod:`oblix_redis.failover`: retries with backoff for ``retry_window`` seconds); with
+``wait_replicas`` a write counts only once that many replicas acknowledged it (``WAIT``
+on the connection that made the write).
 
 The listing index (a sorted set by ``updated_at`` and one set per metadata key/value)
 lives in the ``{#index}`` slot. On a single server the index update runs in the same
-script as the session change. On a cluster it is a second script on the index slot, so
-the index can briefly lag a change, and it can hold entries of sessions that are gone
-(expired, or a crash between the two steps); listings verify every entry they return
-against the session and drop dead ones, and :meth:`RedisSessionStore.repair_index`
-cleans the whole index. Listings never use KEYS or SCAN.
+script as the session change. On a cluster it is a second script on the index slot:
+once the session's own script has committed, the write is acknowledged, and an index
+update that fails is queued and replayed (:mod:`oblix_redis.pending`), never reported
+as the write's failure. The index can therefore lag a change, and hold entries of
+sessions that are gone; listings verify every entry they return against the session and
+drop dead ones, and :meth:`RedisSessionStore.repair_index` cleans the whole index.
+Listings never use KEYS or SCAN.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import attrs
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
+from redis.exceptions import AuthenticationError
 from redis.retry import Retry
 
-from oblix_core.errors import OblixError, SessionExistsError, SessionNotFoundError
-from oblix_core.records import Message, SessionRecord, matches_metadata, utc_now, validate_session_id
-from oblix_core.stores import SessionStore
-from oblix_redis import codec, lua
+import oblix_redis.codec as codec
+import oblix_redis.lua as lua
+from oblix.plugin import (
+    Message,
+    OblixError,
+    SessionExistsError,
+    SessionNotFoundError,
+    SessionRecord,
+    SessionStore,
+    matches_metadata,
+    utc_now,
+    validate_session_id,
+)
+from oblix_redis.failover import REDIS_ERRORS, node_of, ride_through, slot_node, transient
 from oblix_redis.health import RedisHealthStore
 from oblix_redis.options import RedisOptions, url_secrets
+from oblix_redis.pending import PendingIndex, Update
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _SUFFIXES = ("meta", "md", "tok", "msgs", "chunks")
 _HEAD = ("title", "created_at", "last_updated", "count")
 _BATCH = 200
+Rows = list[dict[str, Any]]
+_RETRY_SAFE = "The operation can simply be retried."
+
+
+class _NotReplicated(Exception):
+    """A write the master applied but fewer than ``wait_replicas`` replicas acknowledged in time."""
+
+    def __init__(self, acked: int) -> None:
+        super().__init__(acked)
+        self.acked = acked
 
 
 class RedisSessionStore(SessionStore):
-    """Session store on Redis; options ``url``, ``prefix``, ``cluster``, ``ttl``, ``timeout``."""
+    """Session store on Redis; options ``url``, ``prefix``, ``cluster``, ``ttl``, ``timeout``,
+    ``retry_window``, ``wait_replicas``, ``wait_timeout``."""
 
     name = "redis"
 
@@ -58,13 +92,19 @@ class RedisSessionStore(SessionStore):
         cluster: bool | str = False,
         ttl: int | str | None = None,
         timeout: float | str = 5.0,
+        retry_window: float | str = 10.0,
+        wait_replicas: int | str = 0,
+        wait_timeout: int | str = 1000,
     ) -> None:
-        self.options = RedisOptions.parse(url, prefix, cluster, ttl, timeout)
+        self.options = RedisOptions.parse(
+            url, prefix, cluster, ttl, timeout, retry_window, wait_replicas, wait_timeout
+        )
         self._secrets = url_secrets(self.options.url)
         self._ix = f"{self.options.prefix}{{#index}}:"
         self._ttl = str(self.options.ttl or 0)
-        with self._errors("connect"):
-            self._client = self._connect()
+        self._pending = PendingIndex(self._describe)
+        self._client: Any = None
+        self._client = self._call("connect", self._connect)
         single = not self.options.cluster
         source = {
             "create": lua.SINGLE_CREATE if single else lua.SESSION_CREATE,
@@ -85,8 +125,9 @@ class RedisSessionStore(SessionStore):
             "socket_connect_timeout": opts.timeout,
             "socket_timeout": opts.timeout,
             "decode_responses": True,
-            # Safe to retry every operation: creates and appends carry a nonce (see lua.py).
-            "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+            # A few quick retries here; ride_through retries for the whole retry_window.
+            # Safe for every operation: writes carry a nonce (see lua.py).
+            "retry": Retry(ExponentialBackoff(cap=0.25, base=0.02), 2),
             "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
             "health_check_interval": 30,
         }
@@ -98,39 +139,77 @@ class RedisSessionStore(SessionStore):
         o = self.options
         return f"<RedisSessionStore url={o.display_url} prefix={o.prefix!r} cluster={o.cluster} ttl={o.ttl}>"
 
-    # -- errors -------------------------------------------------------------------------
+    # -- errors and retries -------------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
 
-    @contextmanager
-    def _errors(self, doing: str) -> Iterator[None]:
-        """Turn redis-py errors into OblixErrors that name the (redacted) server and what to do."""
-        try:
-            yield
-        except redis.RedisError as exc:
-            raise self._failure(exc, doing) from None
+    def _describe(self, exc: Exception) -> str:
+        return f"{type(exc).__name__}: {self._scrub(str(exc))}"
 
-    def _failure(self, exc: redis.RedisError, doing: str) -> OblixError:
-        where = self.options.display_url
-        detail = f"{type(exc).__name__}: {self._scrub(str(exc))}"
-        if isinstance(exc, redis.AuthenticationError):
+    def _call(self, doing: str, call: Callable[[], T], key: str | None = None, note: str = _RETRY_SAFE) -> T:
+        """``call()`` ridden through restarts and failovers; its failure as an OblixError."""
+        try:
+            return ride_through(call, self.options.retry_window, self._refresh)
+        except REDIS_ERRORS as exc:
+            raise self._failure(exc, doing, key, note) from None
+        except _NotReplicated as short:
+            raise self._not_replicated(short.acked, doing, key, note) from None
+
+    def _refresh(self, exc: BaseException) -> None:
+        """Before a retry on a cluster: re-read the slot map (a replica may have been promoted)."""
+        if self.options.cluster and self._client is not None:
+            with contextlib.suppress(*REDIS_ERRORS):  # the next attempt fails, or finds it refreshed
+                self._client.nodes_manager.initialize()
+
+    def _where(self, exc: BaseException, key: str | None) -> str:
+        url = self.options.display_url
+        if not self.options.cluster:
+            return f"Redis at {url}"
+        node = node_of(exc) or (slot_node(self._client, key) if key and self._client else None)
+        return f"Redis Cluster node {node} (cluster {url})" if node else f"Redis Cluster {url}"
+
+    def _failure(self, exc: BaseException, doing: str, key: str | None, note: str) -> OblixError:
+        where, detail = self._where(exc, key), self._describe(exc)  # type: ignore[arg-type]
+        if isinstance(exc, AuthenticationError):
             return OblixError(
-                f"Redis at {where} rejected the credentials ({detail}) while trying to {doing}: "
+                f"{where} rejected the credentials ({detail}) while trying to {doing}: "
                 "fix the password in the store's url."
             )
-        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        if transient(exc):
+            window = self.options.retry_window
+            waited = f" (retried for {window:g} s)" if window else ""
+            if self.options.cluster:
+                advice = (
+                    "Check that node and the cluster (CLUSTER INFO): a failed master's replica is "
+                    "promoted after cluster-node-timeout; a master without a replica must be restarted."
+                )
+            else:
+                advice = (
+                    "Start the server or fix the store's url; this store reconnects by itself once "
+                    "the server is back."
+                )
             return OblixError(
-                f"Redis at {where} is unreachable ({detail}) while trying to {doing}. Start the server "
-                "or fix the store's url; this store reconnects by itself once the server is back, so "
-                "the operation can simply be retried."
+                f"{where} is unreachable or failing over ({detail}) while trying to {doing}{waited}. "
+                f"{advice} {note}"
             )
         cluster = " with every cluster slot served" if self.options.cluster else ""
         return OblixError(
-            f"Redis at {where} failed to {doing}: {detail}. Check the server's logs and that it is "
+            f"{where} failed to {doing}: {detail}. Check the server's logs and that it is "
             f"Redis >= 6.2{cluster}."
+        )
+
+    def _not_replicated(self, acked: int, doing: str, key: str | None, note: str) -> OblixError:
+        o = self.options
+        node = slot_node(self._client, key) if o.cluster and key else None
+        where = f"Redis Cluster node {node}" if node else f"Redis at {o.display_url}"
+        return OblixError(
+            f"{where} applied the write to {doing}, but only {acked} of the {o.wait_replicas} replicas "
+            f"asked for (wait_replicas) acknowledged it within {o.wait_timeout} ms, so it is NOT "
+            "acknowledged: a failover now could lose it. Check the replicas (INFO replication) or "
+            f"lower wait_replicas. {note}"
         )
 
     # -- keys ---------------------------------------------------------------------------
@@ -143,27 +222,47 @@ class RedisSessionStore(SessionStore):
         """``<prefix>{<id>}:``, the start of every key of the session (and its hash tag)."""
         return f"{self.options.prefix}{{{validate_session_id(session_id)}}}:"
 
-    def _run(self, script: str, session_id: str, args: Sequence[str]) -> Any:
-        return self._scripts[script](
-            keys=[self._base(session_id)], args=[self._ix, session_id, self._ttl, *args]
-        )
+    def _write(self, script: str, session_id: str, args: Sequence[str]) -> Any:
+        """One session script; with ``wait_replicas``, followed by WAIT on the same connection."""
+        keys, argv = [self._base(session_id)], [self._ix, session_id, self._ttl, *args]
+        wanted = self.options.wait_replicas
+        if not wanted:
+            return self._scripts[script](keys=keys, args=argv)
+        client = self._client
+        if self.options.cluster:  # the connection must be the master's that runs the script
+            client = client.get_redis_connection(client.get_node_from_key(keys[0]))
+        pipe = client.pipeline(transaction=False)
+        self._scripts[script](keys=keys, args=argv, client=pipe)
+        pipe.execute_command("WAIT", wanted, self.options.wait_timeout)
+        result, acked = pipe.execute()
+        if int(acked) < wanted:
+            raise _NotReplicated(int(acked))
+        return result
 
-    def _index_sync(self, session_id: str, ver: str, score: str, zmode: str, tokens: Sequence[str]) -> None:
-        args = [self._ix, session_id, ver, score, zmode, "0", *tokens]
-        self._scripts["sync"](keys=[self._ix + "updated"], args=args)
+    def _index(self, update: Update) -> None:
+        """A cluster's index update after a committed session write: applied, or queued."""
+        self._pending.apply(update, self._run_index)
+
+    def _run_index(self, update: Update) -> None:
+        script, args = update
+        self._scripts[script](keys=[self._ix + "updated"], args=args)
+
+    def _replay_index(self) -> None:
+        if len(self._pending):
+            self._pending.replay(self._run_index)
 
     def _index_drop(self, pairs: Sequence[tuple[str, str]]) -> None:
         if pairs:
-            args = [self._ix] + [x for pair in pairs for x in pair]
-            self._scripts["drop"](keys=[self._ix + "updated"], args=args)
+            self._run_index(("drop", [self._ix] + [x for pair in pairs for x in pair]))
 
     # -- writing ------------------------------------------------------------------------
 
-    def create(self, session: SessionRecord) -> None:
-        validate_session_id(session.id)
+    def create(self, session: SessionRecord, *, idempotency_key: str | None = None) -> None:
+        """Store a new session; a ``create`` repeated with the same ``idempotency_key`` succeeds once."""
+        sid = validate_session_id(session.id)
         score = codec.score(session.last_updated)
         args = [
-            _nonce(),
+            _nonce(idempotency_key),
             session.created_at,
             session.updated_at or session.created_at,
             session.last_updated,
@@ -173,57 +272,64 @@ class RedisSessionStore(SessionStore):
             *codec.metadata_args(session.metadata),
             *(codec.encode_message(m) for m in session.messages),
         ]
-        with self._errors(f"create session {session.id}"):
-            result = self._run("create", session.id, args)
-            if result[0] == 0:
-                raise SessionExistsError(f"Session {session.id} already exists.")
-            if self.options.cluster:
-                self._index_sync(session.id, result[1], score, "set", result[2])
+        note = _write_note(idempotency_key)
+        doing = f"create session {sid}"
+        result = self._call(doing, lambda: self._write("create", sid, args), self._base(sid), note)
+        if result[0] == 0:
+            raise SessionExistsError(f"Session {sid} already exists.")
+        if self.options.cluster:
+            self._index(("sync", [self._ix, sid, result[1], score, "set", "0", *result[2]]))
 
-    def append_messages(self, session_id: str, messages: Sequence[Message]) -> None:
+    def append_messages(
+        self, session_id: str, messages: Sequence[Message], *, idempotency_key: str | None = None
+    ) -> None:
+        """Append ``messages``; a call repeated with the same ``idempotency_key`` is applied once."""
         validate_session_id(session_id)
         if not messages:
             return
         newest = messages[0].timestamp
         if len(messages) > 1:
             newest = max((codec.score_value(m.timestamp), m.timestamp) for m in messages)[1]
-        args = [_nonce(), codec.score(newest), newest, *(codec.encode_message(m) for m in messages)]
-        try:  # the hot path: no context manager
-            result = self._run("append", session_id, args)
-            if self.options.cluster and result[0] != -1:
-                self._scripts["touch"](keys=[self._ix + "updated"], args=[self._ix, session_id, result[1]])
-        except redis.RedisError as exc:
-            raise self._failure(exc, f"append to session {session_id}") from None
+        args = [_nonce(idempotency_key), codec.score(newest), newest]
+        args += [codec.encode_message(m) for m in messages]
+        result = self._call(
+            f"append to session {session_id}",
+            lambda: self._write("append", session_id, args),
+            self._base(session_id),
+            _write_note(idempotency_key),
+        )
         if result[0] == -1:
             raise SessionNotFoundError(f"Session {session_id} does not exist.")
+        if self.options.cluster:
+            self._index(("touch", [self._ix, session_id, result[1]]))
 
     def update_metadata(self, session_id: str, metadata: dict[str, Any]) -> None:
         validate_session_id(session_id)
         now = utc_now()
         args = [now, codec.score(now), *codec.metadata_args(metadata)]
-        with self._errors(f"update the metadata of session {session_id}"):
-            result = self._run("update", session_id, args)
-            if result[0] == -1:
-                raise SessionNotFoundError(f"Session {session_id} does not exist.")
-            if self.options.cluster:
-                self._index_sync(session_id, result[1], result[3], "gt", result[2])
+        doing = f"update the metadata of session {session_id}"
+        result = self._call(doing, lambda: self._write("update", session_id, args), self._base(session_id))
+        if result[0] == -1:
+            raise SessionNotFoundError(f"Session {session_id} does not exist.")
+        if self.options.cluster:
+            self._index(("sync", [self._ix, session_id, result[1], result[3], "gt", "0", *result[2]]))
 
     def delete(self, session_id: str) -> bool:
-        with self._errors(f"delete session {session_id}"):
-            result = self._run("delete", session_id, [])
-            if self.options.cluster:
-                self._index_drop([(session_id, "")])
+        """Delete a session (``False`` if absent; a retry after a lost reply may say ``False``)."""
+        doing = f"delete session {session_id}"
+        result = self._call(doing, lambda: self._write("delete", session_id, []), self._base(session_id))
+        if self.options.cluster:
+            self._index(("drop", [self._ix, session_id, ""]))
         return bool(result[0])
 
     # -- reading ------------------------------------------------------------------------
 
     def _read(self, session_id: str, last: int | None) -> SessionRecord:
         """The session with all its messages (``last=None``) or its last ``last`` ones."""
-        base = self._base(session_id)
-        try:  # one script: a consistent snapshot in one round trip
-            result = self._scripts["read"](keys=[base], args=["all" if last is None else max(0, last)])
-        except redis.RedisError as exc:
-            raise self._failure(exc, f"load session {session_id}") from None
+        base, count = self._base(session_id), "all" if last is None else max(0, last)
+        # one script: a consistent snapshot in one round trip
+        doing = f"load session {session_id}"
+        result = self._call(doing, lambda: self._scripts["read"](keys=[base], args=[count]), base)
         if not result:
             raise SessionNotFoundError(f"Session {session_id} does not exist.")
         record = codec.decode_record(session_id, _pairs(result[0]), _pairs(result[1]), result[2])
@@ -239,19 +345,21 @@ class RedisSessionStore(SessionStore):
 
     def get_metadata(self, session_id: str) -> dict[str, Any]:
         keys = self._keys(session_id)
-        with self._errors(f"read the metadata of session {session_id}"):
+
+        def read() -> list[Any]:
             pipe = self._client.pipeline(transaction=False)
             pipe.exists(keys[0])
             pipe.hgetall(keys[1])
-            exists, fields = pipe.execute()
+            return pipe.execute()
+
+        exists, fields = self._call(f"read the metadata of session {session_id}", read, keys[0])
         if not exists:
             raise SessionNotFoundError(f"Session {session_id} does not exist.")
         return codec.decode_metadata(session_id, fields)
 
     def exists(self, session_id: str) -> bool:
         key = self._keys(session_id)[0]
-        with self._errors(f"look up session {session_id}"):
-            return bool(self._client.exists(key))
+        return bool(self._call(f"look up session {session_id}", lambda: self._client.exists(key), key))
 
     # -- listing ------------------------------------------------------------------------
 
@@ -282,30 +390,31 @@ class RedisSessionStore(SessionStore):
         return list(zip(replies[::2], replies[1::2], strict=True))
 
     def list(self, limit: int = 50, filter_metadata: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        results: list[dict[str, Any]] = []
         if limit <= 0:
-            return results
+            return []
+        return self._call("list sessions", lambda: self._list(limit, filter_metadata))
+
+    def _list(self, limit: int, filter_metadata: dict[str, Any] | None) -> Rows:
+        self._replay_index()  # index updates this process could not make yet come first
+        results: Rows = []
         dead: list[tuple[str, str]] = []
-        with self._errors("list sessions"):
-            for batch in self._candidates(filter_metadata, min(_BATCH, limit)):
-                for (sid, seen), (head, md) in zip(
-                    batch, self._summaries([s for s, _ in batch]), strict=True
-                ):
-                    if head[1] is None:  # expired or deleted: its index entry is stale
-                        dead.append((sid, repr(float(seen))))
-                        continue
-                    try:
-                        row = codec.summary(sid, head, md)
-                    except OblixError as exc:  # unreadable sessions are skipped
-                        log.warning("not listing session %s: %s", sid, exc)
-                        continue
-                    if matches_metadata(row["metadata"], filter_metadata):
-                        results.append(row)
-                        if len(results) >= limit:
-                            break
-                if len(results) >= limit:
-                    break
-            self._index_drop(dead)
+        for batch in self._candidates(filter_metadata, min(_BATCH, limit)):
+            for (sid, seen), (head, md) in zip(batch, self._summaries([s for s, _ in batch]), strict=True):
+                if head[1] is None:  # expired or deleted: its index entry is stale
+                    dead.append((sid, repr(float(seen))))
+                    continue
+                try:
+                    row = codec.summary(sid, head, md)
+                except OblixError as exc:  # damaged sessions are skipped (load names the damage)
+                    log.warning("not listing session %s: %s", sid, self._scrub(str(exc)))
+                    continue
+                if matches_metadata(row["metadata"], filter_metadata):
+                    results.append(row)
+                    if len(results) >= limit:
+                        break
+            if len(results) >= limit:
+                break
+        self._index_drop(dead)
         return results
 
     # -- maintenance --------------------------------------------------------------------
@@ -318,17 +427,20 @@ class RedisSessionStore(SessionStore):
         crash of a cluster client between a session write and its index update, or after
         restoring data written by another tool.
         """
+        return self._call("repair the session index", lambda: self._repair(rescan))
+
+    def _repair(self, rescan: bool) -> dict[str, int]:
+        self._replay_index()
         counts = {"dropped": 0, "reindexed": 0}
-        with self._errors("repair the session index"):
-            batch: list[tuple[str, float]] = []
-            for entry in self._client.zscan_iter(self._ix + "updated", count=500):
-                batch.append(entry)
-                if len(batch) >= 500:
-                    counts["dropped"] += self._drop_dead(batch)
-                    batch = []
-            counts["dropped"] += self._drop_dead(batch)
-            if rescan:
-                counts["reindexed"] = self._rescan()
+        batch: list[tuple[str, float]] = []
+        for entry in self._client.zscan_iter(self._ix + "updated", count=500):
+            batch.append(entry)
+            if len(batch) >= 500:
+                counts["dropped"] += self._drop_dead(batch)
+                batch = []
+        counts["dropped"] += self._drop_dead(batch)
+        if rescan:
+            counts["reindexed"] = self._rescan()
         return counts
 
     def _drop_dead(self, entries: Sequence[tuple[str, float]]) -> int:
@@ -378,12 +490,28 @@ class RedisSessionStore(SessionStore):
             "prefix": o.prefix,
             "cluster": o.cluster,
             "ttl": o.ttl,
+            "retry_window": o.retry_window,
+            "wait_replicas": o.wait_replicas,
+            "wait_timeout": o.wait_timeout,
         }
 
 
-def _nonce() -> str:
-    """A random token naming one write (16 hex digits: collisions are negligible)."""
-    return os.urandom(8).hex()
+def _nonce(idempotency_key: str | None) -> str:
+    """The token naming one write (16 hex digits: collisions are negligible): derived from the
+    caller's idempotency key, so that the caller's retry carries it too, else random."""
+    if idempotency_key is None:
+        return os.urandom(8).hex()
+    return hashlib.sha256(idempotency_key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _write_note(idempotency_key: str | None) -> str:
+    """What an error of a create or an append says about retrying it."""
+    if idempotency_key is not None:
+        return "Retrying with the same idempotency_key is safe: the store applies the write once."
+    return (
+        "It may have been stored before the failure: load the session before retrying, or pass an "
+        "idempotency_key so that a retry is applied once."
+    )
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:

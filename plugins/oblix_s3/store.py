@@ -316,7 +316,7 @@ class S3SessionStore(SessionStore):
 
     # -- writing -----------------------------------------------------------------------------
 
-    def create(self, session: SessionRecord) -> None:
+    def create(self, session: SessionRecord, *, idempotency_key: str | None = None) -> None:
         key = self.keys.manifest(session.id)  # validates the id first
         segments: list[dict[str, Any]] = []
         if session.messages:
@@ -335,7 +335,9 @@ class S3SessionStore(SessionStore):
         self._remember(session.id, (etag, manifest))
         self._index_quietly(session.id, manifest, replace=True)
 
-    def append_messages(self, session_id: str, messages: Sequence[Message]) -> None:
+    def append_messages(
+        self, session_id: str, messages: Sequence[Message], *, idempotency_key: str | None = None
+    ) -> None:
         if not messages:
             return
         current = self._cached(session_id) or self._read_manifest(session_id)
