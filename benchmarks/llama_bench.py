@@ -78,7 +78,8 @@ async def main_async(rounds: int, threads: int) -> None:
     path = packaged_model_path()
     with tempfile.TemporaryDirectory() as home:
         client = OblixClient(home=home)
-        model_id = await client.hook_model(ModelType.LLAMA_CPP, "gemma-3-270m", n_ctx=2048, n_threads=threads)
+        backend = client.build_backend(ModelType.LLAMA_CPP, "gemma-3-270m", n_ctx=2048, n_threads=threads)
+        model_id = await client.hook_backend(backend)
         # raw calls go to the very same llama_cpp.Llama instance the backend loaded
         llm = client.models[0]._llama  # type: ignore[attr-defined]
         server = LlamaServer(path, threads=threads).start()

@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 
 from oblix_core.agents import AgentCheck, BaseAgent
+from oblix_core.compat import Compat012, print_metrics
 from oblix_core.config import Config, default_model_entries, load_config, model_arguments, oblix_home
 from oblix_core.conversation import ResponseStream
 from oblix_core.engine import Engine
@@ -82,7 +83,7 @@ def _history(raw: Any, store: bool) -> tuple[ChatMessage, ...] | None:
     return messages
 
 
-class OblixClient(SessionsAPI):
+class OblixClient(SessionsAPI, Compat012):
     """The Oblix SDK entry point.
 
     ``OblixClient()`` uses ``$OBLIX_HOME/config.toml`` when present and the file session
@@ -192,14 +193,27 @@ class OblixClient(SessionsAPI):
         endpoint: str | None = None,
         api_key: str | None = None,
         **options: Any,
-    ) -> str:
-        """Add a model for orchestration and return its id (``"<type>:<name>"``).
+    ) -> bool:
+        """Add a model for orchestration; returns ``True`` (as Oblix 0.1.2 did).
 
         ``options`` go to the backend (e.g. ``n_ctx``, ``n_gpu_layers`` for llama.cpp);
         ``local=True/False`` overrides whether the model counts as local for routing,
         and ``context_window`` its window in tokens. For ``ModelType.CUSTOM`` pass the
-        registered backend name as ``backend=``.
+        registered backend name as ``backend=``. The model's id (``"<type>:<name>"``)
+        is what ``hook_backend(build_backend(...))`` returns.
         """
+        await self.hook_backend(self.build_backend(model_type, model_name, endpoint, api_key, **options))
+        return True
+
+    def build_backend(
+        self,
+        model_type: ModelType | str,
+        model_name: str,
+        endpoint: str | None = None,
+        api_key: str | None = None,
+        **options: Any,
+    ) -> ModelBackend:
+        """The backend :meth:`hook_model` hooks, built but neither started nor hooked."""
         type_name = str(model_type.value if isinstance(model_type, ModelType) else model_type)
         if type_name == ModelType.CUSTOM.value:
             type_name = str(options.pop("backend", "") or "")
@@ -208,10 +222,7 @@ class OblixClient(SessionsAPI):
         if not isinstance(model_name, str) or not model_name:
             raise ConfigError("model_name must be a non-empty string.")
         check_text(model_name, "model_name", ConfigError)
-        backend = self.registry.model_class(type_name)(
-            model_name, endpoint=endpoint, api_key=api_key, **options
-        )
-        return await self.hook_backend(backend)
+        return self.registry.model_class(type_name)(model_name, endpoint=endpoint, api_key=api_key, **options)
 
     async def hook_backend(self, backend: ModelBackend) -> str:
         """Hook a backend instance you built yourself (started here unless it already is)."""
@@ -253,15 +264,15 @@ class OblixClient(SessionsAPI):
         hooked = []
         for entry in entries:
             try:
-                hooked.append(await self.hook_model(**model_arguments(entry)))
+                hooked.append(await self.hook_backend(self.build_backend(**model_arguments(entry))))
             except ConfigError as exc:
                 if configured:
                     raise
                 log.warning("skipping the default model %s:%s: %s", entry["type"], entry["name"], exc)
         return hooked
 
-    def hook_agent(self, agent: BaseAgent) -> None:
-        """Add a monitoring agent; it starts sampling in the background at once."""
+    def hook_agent(self, agent: BaseAgent) -> bool:
+        """Add a monitoring agent; it starts sampling in the background at once. Returns ``True``."""
         if not isinstance(agent, BaseAgent):
             raise ConfigError(f"hook_agent needs a BaseAgent instance, got {agent!r}.")
         if agent.name in self.engine.agents:
@@ -269,6 +280,7 @@ class OblixClient(SessionsAPI):
         self.engine.agents[agent.name] = agent
         agent.set_models(self.models)
         agent.start()
+        return True
 
     def hook_default_agents(self) -> list[str]:
         """Hook the agents of ``config.toml`` ``[agents] enabled`` (default: every registered one).
@@ -388,6 +400,7 @@ class OblixClient(SessionsAPI):
         ``chat=True`` an interactive chat starts with ``prompt`` as its first message
         and the result of its last answer is returned when the user leaves.
         """
+        display_metrics = bool(options.pop("display_metrics", False))  # Oblix 0.1.2's flag
         if chat:
             from oblix_core.chat import run_chat
 
@@ -397,7 +410,10 @@ class OblixClient(SessionsAPI):
             return await response.collect()
         from oblix_core.console import print_answer
 
-        return await print_answer(response)
+        result = await print_answer(response)
+        if display_metrics:
+            print_metrics(result)
+        return result
 
     # -- lifetime -----------------------------------------------------------------------
 

@@ -348,7 +348,7 @@ class _Answer:
             "content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "Let me check."}}
         )
         self.event("content_block_stop", {"index": 0})
-        block = {"type": "tool_use", "id": "toolu_double", "name": self.tool, "input": {}}
+        block: dict[str, Any] = {"type": "tool_use", "id": "toolu_double", "name": self.tool, "input": {}}
         self.event("content_block_start", {"index": 1, "content_block": block})
         for piece in ('{"city": ', '"Paris"}'):
             delta = {"type": "input_json_delta", "partial_json": piece}

@@ -292,8 +292,8 @@ async def test_custom_model_type(home: Any, make_client: Callable[..., OblixClie
     client = make_client(home=home, plugins=[plugin])
     from oblix import ModelType
 
-    model_id = await client.hook_model(ModelType.CUSTOM, "m1", backend="my-backend")
-    assert model_id == "my-backend:m1"
+    assert await client.hook_model(ModelType.CUSTOM, "m1", backend="my-backend") is True
+    assert [m.model_id for m in client.models] == ["my-backend:m1"]
     with pytest.raises(OblixError, match="backend="):
         await client.hook_model(ModelType.CUSTOM, "m2")
     with pytest.raises(OblixError, match="already hooked"):

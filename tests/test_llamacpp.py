@@ -146,7 +146,7 @@ async def test_end_to_end_session_with_history(home: Path, gemma: LlamaCppBacken
 @pytest.mark.anyio
 async def test_hook_model_with_a_gguf_path(home: Path) -> None:
     async with OblixClient(home=home) as client:
-        model_id = await client.hook_model(ModelType.LLAMA_CPP, str(packaged_model_path()), n_ctx=512)
-        assert model_id == "llama_cpp:gemma-3-270m-q4_k_m"
+        assert await client.hook_model(ModelType.LLAMA_CPP, str(packaged_model_path()), n_ctx=512) is True
+        assert [m.model_id for m in client.models] == ["llama_cpp:gemma-3-270m-q4_k_m"]
         result = await client.execute("Say hi.", stream=False, max_tokens=8, temperature=0)
     assert result["response"].strip()
