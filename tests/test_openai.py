@@ -161,3 +161,27 @@ async def _enumerate(stream):  # type: ignore[no-untyped-def]
     async for item in stream:
         yield i, item
         i += 1
+
+
+@pytest.mark.anyio
+async def test_the_sdk_stream_still_keeps_its_event_generator() -> None:
+    """The one private attribute the backend relies on (``AsyncStream._iterator``), pinned: an SDK
+    release that drops it fails here, not as an unclosed generator in production."""
+    import inspect
+
+    import openai
+
+    from oblix_openai.backend import _close_stream
+    from tests.openai_loopback import LoopbackOpenAI
+
+    with LoopbackOpenAI() as server:
+        client = openai.AsyncOpenAI(api_key="sk-pin-test", base_url=f"http://127.0.0.1:{server.port}/v1")
+        stream = await client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        first = await anext(stream)
+        assert first.choices[0].delta is not None
+        assert inspect.isasyncgen(stream._iterator)
+        await _close_stream(stream)
+        assert stream._iterator.ag_frame is None  # finished: closed, nothing left for the GC
+        await client.close()

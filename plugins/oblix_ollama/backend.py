@@ -18,7 +18,6 @@ from oblix.plugin import (
     StreamChunk,
     Usage,
     connection_error,
-    http_library,
     redact_url,
     require,
     status_error,
@@ -113,8 +112,7 @@ class OllamaBackend(ModelBackend):
     async def start(self) -> None:
         ollama = _import_ollama()
         self._client = ollama.AsyncClient(host=self.host)
-        # the HTTP library the installed client uses raises the transport errors
-        self._http = http_library(self._client._client)
+        self._http = _httpx()  # the HTTP library the ollama client is built on (its dependency)
         try:
             await self._check_model(ollama, self._http)
             await self._learn_loaded()
@@ -193,3 +191,8 @@ class OllamaBackend(ModelBackend):
 
     def describe(self) -> dict[str, Any]:
         return super().describe() | {"endpoint": redact_url(self.host)}
+
+
+def _httpx() -> Any:
+    """httpx, which the ``ollama`` package declares as its HTTP library (``Requires-Dist: httpx``)."""
+    return require("httpx", "ollama", "The Ollama backend")

@@ -107,14 +107,14 @@ class OpenAIBackend(ModelBackend):
                     f"No API key for {self.model_id}: pass api_key=... or set ${self.key_env_var}."
                 )
             key = "not-needed"  # OpenAI-compatible servers often take no key; the client needs one
+        timeout = openai.Timeout(self.timeout, connect=self.connect_timeout)
+        # our own instance of the SDK's public default HTTP client: transport errors raised
+        # mid-stream come from its library, found from its class
+        http_client = openai.DefaultAsyncHttpxClient(timeout=timeout)
+        self._http = http_library(http_client)
         self._client = openai.AsyncOpenAI(
-            api_key=key,
-            base_url=self.endpoint,
-            max_retries=0,
-            timeout=openai.Timeout(self.timeout, connect=self.connect_timeout),
+            api_key=key, base_url=self.endpoint, max_retries=0, timeout=timeout, http_client=http_client
         )
-        # transport errors raised mid-stream come from the SDK's own HTTP library
-        self._http = http_library(self._client._client)
 
     def _params(self, request: GenerationRequest) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -162,12 +162,7 @@ class OpenAIBackend(ModelBackend):
                     for chunk in _chunks(event):
                         yield chunk
             finally:
-                # close the SDK's event generator too, so it is not finalised later by the GC
-                # (possibly in another event loop); then the HTTP response
-                events = getattr(response, "_iterator", None)
-                if events is not None:
-                    await events.aclose()
-                await response.close()
+                await _close_stream(response)
         except ModelError:
             raise
         except openai.APIStatusError as exc:
@@ -210,3 +205,17 @@ def _chunks(event: Any) -> list[StreamChunk]:
     if getattr(event, "usage", None):
         chunks.append(StreamChunk(usage=Usage(event.usage.prompt_tokens, event.usage.completion_tokens)))
     return chunks
+
+
+async def _close_stream(response: Any) -> None:
+    """Close the SDK's event generator, so the GC never finalises it later (possibly in another
+    event loop), then the HTTP response.
+
+    ``AsyncStream`` offers no public way to close its generator: ``_iterator`` is the one
+    private attribute this backend relies on, pinned by ``openai<4`` in pyproject.toml and
+    checked by ``tests/test_openai.py::test_the_sdk_stream_still_keeps_its_event_generator``.
+    """
+    events = getattr(response, "_iterator", None)
+    if events is not None:
+        await events.aclose()
+    await response.close()
