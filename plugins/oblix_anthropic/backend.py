@@ -38,6 +38,8 @@ FALLBACK_MAX_TOKENS = 8192
 BUSY_STATUSES = frozenset({429, 529})
 #: Error types of an ``error`` event in a started stream that are worth another try.
 TRANSIENT_ERROR_TYPES = frozenset({"overloaded_error", "api_error", "rate_limit_error", "timeout_error"})
+#: Request options sent as body fields (``extra_body``), whichever SDK version is installed.
+SAMPLING = ("temperature", "top_p", "top_k")
 #: Retries on one request after a 429/529 whose ``retry-after`` is short enough to wait for.
 BUSY_RETRIES = 2
 
@@ -159,9 +161,9 @@ class AnthropicBackend(ModelBackend):
         }
         if system:
             params["system"] = system
-        if request.temperature is not None:
-            params["temperature"] = min(float(request.temperature), 1.0)
         options = dict(request.options)
+        if request.temperature is not None:
+            options["temperature"] = min(float(request.temperature), 1.0)
         if "stop" in options:
             stop = options.pop("stop")
             options["stop_sequences"] = [stop] if isinstance(stop, str) else stop
@@ -178,7 +180,9 @@ class AnthropicBackend(ModelBackend):
             )
         if cached and "tools" in options:
             options["tools"][-1]["cache_control"] = {"type": "ephemeral"}  # tools precede the system
-        return params | options
+        # sampling parameters go in the body as such: recent SDKs dropped them from create()
+        sampling = {k: options.pop(k) for k in SAMPLING if k in options}
+        return params | options | ({"extra_body": sampling} if sampling else {})
 
     async def _open(self, params: dict[str, Any]) -> Any:
         """Send the request; the answer has started when this returns.
