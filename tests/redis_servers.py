@@ -1,4 +1,5 @@
-"""Real ``redis-server`` processes for the tests: a single server and a 3-master cluster.
+"""Real ``redis-server`` processes for the tests: a single server, and a 3-master cluster
+(optionally with replicas).
 
 Each server listens on a free loopback port with its own data folder. ``kill()`` is a
 SIGKILL (data survives through the append-only file), ``start()`` after it restarts on
@@ -18,9 +19,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+from redis.crc import key_slot
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
@@ -142,10 +145,12 @@ class RedisServer:
 
 
 class RedisClusterServers:
-    """Three ``--cluster-enabled`` masters joined by ``redis-cli --cluster create`` (no replicas)."""
+    """``3 * (1 + replicas)`` ``--cluster-enabled`` nodes joined by ``redis-cli --cluster create``:
+    three masters, each with ``replicas`` replicas (``cluster-node-timeout 2000``)."""
 
-    def __init__(self, folder: Path) -> None:
-        self.nodes = [RedisServer(folder / f"node{i}", cluster=True) for i in range(3)]
+    def __init__(self, folder: Path, replicas: int = 0) -> None:
+        self.replicas = replicas
+        self.nodes = [RedisServer(folder / f"node{i}", cluster=True) for i in range(3 * (1 + replicas))]
 
     @property
     def url(self) -> str:
@@ -161,31 +166,88 @@ class RedisClusterServers:
                 "create",
                 *(f"127.0.0.1:{n.port}" for n in self.nodes),
                 "--cluster-replicas",
-                "0",
+                str(self.replicas),
                 "--cluster-yes",
             ],
             check=True,
             capture_output=True,
             timeout=60,
         )
-        self._wait_ok()
+        self.wait_ok()
         return self
 
-    def _wait_ok(self, timeout: float = 30.0) -> None:
+    def live(self) -> list[RedisServer]:
+        return [n for n in self.nodes if n.process is not None and n.process.poll() is None]
+
+    def _ask(self, *command: str) -> Any:
+        """A command answered by the first live node that answers."""
+        for node in self.live():
+            client = node.client()
+            try:
+                return client.execute_command(*command)
+            except redis.ConnectionError:
+                continue
+            finally:
+                client.close()
+        raise RuntimeError("no live cluster node answers")
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every live node reports ``cluster_state:ok`` and, with replicas, every master
+        has a replica whose link to it is up."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            states = []
-            for node in self.nodes:
-                client = node.client()
-                try:
-                    info = str(client.execute_command("CLUSTER", "INFO"))
-                    states.append("cluster_state:ok" in info)
-                finally:
-                    client.close()
-            if all(states):
+            if all(self._state_ok(n) for n in self.live()) and self._replicas_up():
                 return
             time.sleep(0.1)
-        raise TimeoutError("the redis cluster did not reach cluster_state:ok")
+        raise TimeoutError("the redis cluster did not reach cluster_state:ok with its replicas in sync")
+
+    @staticmethod
+    def _state_ok(node: RedisServer) -> bool:
+        client = node.client()
+        try:
+            return "cluster_state:ok" in str(client.execute_command("CLUSTER", "INFO"))
+        except redis.ConnectionError:
+            return False
+        finally:
+            client.close()
+
+    def _replicas_up(self) -> bool:
+        if not self.replicas:
+            return True
+        for master in self.masters():
+            client = master.client()
+            try:
+                info = client.info("replication")
+            except redis.ConnectionError:
+                return False
+            finally:
+                client.close()
+            online = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+            if sum(1 for v in online if v.get("state") == "online") < self.replicas:
+                return False
+        return True
+
+    def masters(self) -> list[RedisServer]:
+        """The nodes serving slots now (from CLUSTER SLOTS)."""
+        ports = {int(entry[2][1]) for entry in self._ask("CLUSTER", "SLOTS")}
+        return [n for n in self.nodes if n.port in ports]
+
+    def master_for(self, key: str) -> RedisServer:
+        """The node serving ``key``'s slot now."""
+        slot = key_slot(key.encode())
+        for first, last, master, *_ in self._ask("CLUSTER", "SLOTS"):
+            if first <= slot <= last:
+                return next(n for n in self.nodes if n.port == int(master[1]))
+        raise RuntimeError(f"slot {slot} is not served")
+
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        client = master.client()
+        try:
+            info = client.info("replication")
+        finally:
+            client.close()
+        ports = [int(v["port"]) for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+        return next(n for n in self.nodes if n.port in ports)
 
     def stop(self) -> None:
         for node in self.nodes:
