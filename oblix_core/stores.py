@@ -6,7 +6,7 @@ import abc
 import functools
 import inspect
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -118,6 +118,17 @@ class SessionStore(abc.ABC):
         Each summary has ``id``, ``title``, ``created_at``, ``updated_at``,
         ``message_count`` and ``metadata``. Unreadable sessions are skipped.
         """
+
+    def iter_session_ids(self) -> Iterator[str]:
+        """Every stored session's id, read from the sessions themselves, damaged ones included.
+
+        Migration and ``oblix sessions repair`` enumerate with this, so a session the
+        listing misses (a stale listing index, a record too damaged to list) is still
+        copied or reported. This default takes the ids from :meth:`list`; a store whose
+        listing is a separate index, or skips damaged sessions, must override it.
+        """
+        for summary in self.list(limit=2**31 - 1):
+            yield summary["id"]
 
     @abc.abstractmethod
     def delete(self, session_id: str) -> bool:

@@ -187,7 +187,9 @@ def test_migrate_copies_once_and_reports_conflicts(home: Path, tmp_path: Path) -
     run("sessions", "import", str(variant(tmp_path, "second-1", title="Second")))
     target = tmp_path / "target"
     code, out = run("sessions", "migrate", "--to", "file", "--to-option", f"root={target}", "--json")
-    assert (code, json.loads(out)) == (0, {"copied": 2, "skipped": 0, "conflicts": [], "failed": {}})
+    expected = {"copied": 2, "updated": 0, "skipped": 0, "conflicts": [], "failed": {}}
+    expected["conflict_reasons"] = {}
+    assert (code, json.loads(out)) == (0, expected)
     code, out = run("sessions", "migrate", "--to", "file", "--to-option", f"root={target}")
     assert code == 0 and "0 copied, 2 already there (skipped), 0 conflicts, 0 failed" in out
     code, out = run("--store-option", f"root={target}", "sessions", "show", "second-1", "--json")

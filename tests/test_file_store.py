@@ -28,6 +28,7 @@ from oblix_core.errors import (
     SessionNotFoundError,
 )
 from oblix_core.records import Message, SessionRecord, new_session_id, utc_now
+from oblix_core.stores import SessionStore
 from oblix_core.testing import SessionStoreContract
 from oblix_file.index import PENDING, Summary
 from oblix_file.store import INDEX, MESSAGES, META, FileSessionStore, FileStoreError
@@ -37,6 +38,10 @@ class TestFileStoreContract(SessionStoreContract):
     @pytest.fixture
     def store(self, tmp_path: Path) -> FileSessionStore:
         return FileSessionStore(tmp_path / "sessions")
+
+    def damage_session(self, store: SessionStore, session_id: str) -> None:
+        assert isinstance(store, FileSessionStore)
+        (store.root / session_id / META).write_text('{"created_at": "yesterday", "title": 7}')
 
 
 @pytest.fixture

@@ -5,15 +5,18 @@ To add a store to the chain, add its factory to ``FACTORIES`` and its name to ``
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from oblix_core.cli import build_cli
 from oblix_core.migration import ALL_SESSIONS, MigrationSummary, migrate_sessions
 from oblix_core.records import Message, SessionRecord
 from oblix_core.stores import SessionStore
-from oblix_file.store import MESSAGES, FileSessionStore
+from oblix_file.store import MESSAGES, META, FileSessionStore
 from oblix_redis.store import RedisSessionStore
 from tests import redis_servers, s3_server
 from tests.redis_servers import unique_prefix
@@ -112,7 +115,14 @@ def test_second_run_copies_nothing_and_reports_progress(make_store: Callable[[st
     second = migrate_sessions(source, target)
     assert second == MigrationSummary(skipped=len(ids)) and second.total == len(ids)
     assert len(target.load("many").messages) == 40
-    assert second.to_dict() == {"copied": 0, "skipped": 3, "conflicts": [], "failed": {}}
+    assert second.to_dict() == {
+        "copied": 0,
+        "updated": 0,
+        "skipped": 3,
+        "conflicts": [],
+        "conflict_reasons": {},
+        "failed": {},
+    }
 
 
 def test_conflicts_are_reported_never_overwritten(make_store: Callable[[str], SessionStore]) -> None:
@@ -140,3 +150,110 @@ def test_unreadable_source_sessions_are_reported(
     summary = migrate_sessions(source, target)
     assert summary.copied == 2 and list(summary.failed) == ["many"] and "many" in summary.failed["many"]
     assert not target.exists("many")
+
+
+# -- every source session is copied or reported (issue 17 item 4) ------------------------------
+
+
+def test_damaged_source_sessions_are_reported_never_skipped(
+    make_store: Callable[[str], SessionStore],
+) -> None:
+    source, target = make_store("file"), make_store(CHAIN[1])
+    _seed(source)
+    assert isinstance(source, FileSessionStore)
+    (source.root / "many" / META).write_text("{ not json")  # unlisted, and cannot be loaded
+    (source.root / "plain" / META).unlink()  # a log without its header
+    (source.root / "plain" / MESSAGES).write_text('{"role": "user", "content": "orphan"}\n')
+    assert [s["id"] for s in source.list(limit=ALL_SESSIONS)] == ["full-1"]
+    summary = migrate_sessions(source, target)
+    assert summary.copied == 1 and set(summary.failed) == {"many", "plain"}
+    assert META in summary.failed["many"] and META in summary.failed["plain"]
+    assert not target.exists("many") and not target.exists("plain")
+
+
+def test_cli_migrate_exits_1_and_names_a_damaged_session(home: Path, tmp_path: Path) -> None:
+    source = FileSessionStore(home / "sessions")
+    _seed(source)
+    (source.root / "many" / META).write_text('{"created_at": "not a time"}')
+    source.close()
+    to = ["--to", "file", "--to-option", f"root={tmp_path / 't'}", "--json"]
+    result = CliRunner().invoke(build_cli(), ["sessions", "migrate", *to])
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.output)
+    assert report["copied"] == 2 and list(report["failed"]) == ["many"]
+    result = CliRunner().invoke(build_cli(), ["sessions", "repair"])
+    assert result.exit_code == 1 and "damaged: many" in result.output and META in result.output
+    result = CliRunner().invoke(build_cli(), ["sessions", "repair", "--delete", "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)["deleted"] == ["many"]
+    result = CliRunner().invoke(build_cli(), ["sessions", "repair"])
+    assert result.exit_code == 0 and "0 damaged sessions" in result.output
+    assert not (home / "sessions" / "many").exists() and (home / "sessions" / "plain").exists()
+
+
+# -- a migration raced by writers is finished by running it again (issue 17 item 5) -------------
+
+
+def _append_during(source: SessionStore, session_id: str, count: int) -> Callable[..., None]:
+    """A progress callback that appends ``count`` messages once ``session_id`` has been copied."""
+
+    def progress(_done: int, _total: int, copied: str, _outcome: str) -> None:
+        if copied == session_id:
+            source.append_messages(session_id, [Message("user", f"late {i}") for i in range(count)])
+
+    return progress
+
+
+@pytest.mark.parametrize("kind", ["file", "redis", "s3"])
+def test_messages_appended_during_a_migration_are_copied_by_the_next_run(
+    make_store: Callable[[str], SessionStore], kind: str
+) -> None:
+    source, target = make_store("file"), make_store(kind)
+    _seed(source)
+    first = migrate_sessions(source, target, progress=_append_during(source, "many", 475))
+    assert first.copied == 3 and len(target.load("many").messages) == 40
+    second = migrate_sessions(source, target)
+    assert second == MigrationSummary(updated=1, skipped=2)
+    assert len(target.load("many").messages) == 515
+    assert target.load("many").to_dict() == source.load("many").to_dict()
+    assert migrate_sessions(source, target) == MigrationSummary(skipped=3)
+
+
+def test_a_metadata_update_during_a_migration_is_copied_by_the_next_run(
+    make_store: Callable[[str], SessionStore],
+) -> None:
+    source, target = make_store("file"), make_store("file")
+    _seed(source)
+
+    def progress(_done: int, _total: int, copied: str, _outcome: str) -> None:
+        if copied == "full-1":  # a turn going local-only: the mark first, then the private turn
+            source.update_metadata("full-1", {"local_only": True, "n": 5})
+            source.append_messages("full-1", [Message("user", "private")])
+
+    migrate_sessions(source, target, progress=progress)
+    assert migrate_sessions(source, target) == MigrationSummary(updated=1, skipped=2)
+    moved, origin = target.load("full-1").to_dict(), source.load("full-1").to_dict()
+    assert moved.pop("updated_at") >= origin.pop("updated_at")  # the catch-up's own time
+    assert moved == origin
+    assert migrate_sessions(source, target) == MigrationSummary(skipped=3)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda t: t.append_messages("many", [Message("user", "only in the target")]), "messages"),
+        (lambda t: t.update_metadata("many", {"target-only": 1}), "metadata"),
+        (lambda t: t.update_metadata("many", {"status": "reopened"}), "metadata"),
+    ],
+)
+def test_a_real_divergence_is_a_conflict_and_left_alone(
+    make_store: Callable[[str], SessionStore], change: Callable[[SessionStore], None], reason: str
+) -> None:
+    source, target = make_store("file"), make_store("file")
+    _seed(source)
+    migrate_sessions(source, target)
+    source.append_messages("many", [Message("user", "in the source")])
+    change(target)
+    before = target.load("many").to_dict()
+    summary = migrate_sessions(source, target)
+    assert summary.conflicts == ("many",) and reason in summary.conflict_reasons["many"]
+    assert target.load("many").to_dict() == before

@@ -328,3 +328,56 @@ def test_no_credentials_at_all(server: S3Server, monkeypatch: pytest.MonkeyPatch
     store = S3SessionStore(bucket="whatever-bucket", endpoint_url=server.url)
     with pytest.raises(OblixError, match=r"No AWS credentials found .*whatever-bucket.* AWS_ACCESS_KEY_ID"):
         store.load("abc")
+
+
+# -- a writer killed between a create's commit and its index update (issue 17 item 3) -----------
+
+KILLED_CREATOR = textwrap.dedent(
+    """
+    import os, signal, sys
+    from oblix_core.records import Message, SessionRecord
+    from oblix_s3.store import S3SessionStore
+
+    bucket, url, sid = sys.argv[1:4]
+    store = S3SessionStore(bucket=bucket, endpoint_url=url)
+    put = store.objects.put
+
+    def put_then_die(key, body, **kwargs):
+        etag = put(key, body, **kwargs)
+        if key.endswith("/manifest.json"):  # committed; the index update comes next
+            os.kill(os.getpid(), signal.SIGKILL)
+        return etag
+
+    store.objects.put = put_then_die
+    store.create(SessionRecord(id=sid, title="committed", messages=(Message("user", "hi"),)))
+    """
+)
+
+
+def test_a_create_killed_after_its_commit_is_listed_and_migrated(server: S3Server, tmp_path: Path) -> None:
+    from oblix_core.migration import migrate_sessions
+    from oblix_file.store import FileSessionStore
+
+    bucket = new_bucket(server.url)
+    store = S3SessionStore(bucket=bucket, endpoint_url=server.url)
+    other = _new(store)
+    sid = new_session_id()
+    writer = subprocess.run(
+        [sys.executable, "-c", KILLED_CREATOR, bucket, server.url, sid],
+        cwd=ROOT,
+        env={**os.environ, **TEST_ENV},
+        capture_output=True,
+        timeout=120,
+    )
+    assert writer.returncode == -9, writer.stderr.decode()[-2000:]
+    assert store.load(sid).title == "committed"
+    target = FileSessionStore(tmp_path / "target")
+    summary = migrate_sessions(store, target)  # enumerates the manifests, not the listing
+    assert (summary.copied, summary.failed) == (2, {})
+    assert target.load(sid).to_dict() == store.load(sid).to_dict()
+    assert {s["id"] for s in store.list()} == {sid, other}  # the listing converges on read
+    fresh = S3SessionStore(bucket=bucket, endpoint_url=server.url)  # and stays so, for every reader
+    assert {s["id"] for s in fresh.list()} == {sid, other}
+    for s3 in (store, fresh):
+        s3.close()
+    target.close()

@@ -15,6 +15,7 @@ import pytest
 from oblix import OblixClient
 from oblix_core.errors import ConfigError, OblixError, SessionCorruptedError, SessionNotFoundError
 from oblix_core.records import Message, SessionRecord, new_session_id
+from oblix_core.stores import SessionStore
 from oblix_core.testing import ScriptedPlugin, SessionStoreContract
 from oblix_s3 import make_store
 from oblix_s3.layout import INDEX_SHARDS, plan_compaction
@@ -42,6 +43,17 @@ class TestS3StoreContract(SessionStoreContract):
         s3 = S3SessionStore(bucket=bucket, endpoint_url=server.url)
         yield s3
         s3.close()
+
+    def damage_session(self, store: SessionStore, session_id: str) -> None:
+        """A foreign writer's manifest (title not a string), and its listing entry likewise."""
+        assert isinstance(store, S3SessionStore)
+        key = store.keys.manifest(session_id)
+        manifest = json.loads(store.objects.get(key)[0])  # type: ignore[index]
+        store.objects.put(key, json.dumps({**manifest, "title": {"not": "a string"}}).encode())
+        shard = store.keys.shard(store.keys.shard_of(session_id))
+        entries = json.loads(store.objects.get(shard)[0])  # type: ignore[index]
+        entries["sessions"][session_id]["title"] = {"not": "a string"}
+        store.objects.put(shard, json.dumps(entries).encode())
 
 
 class Requests:
@@ -389,3 +401,108 @@ def test_cli_selects_the_s3_store(
         ]
         >= 2
     )
+
+
+# -- listings converge; damaged entries skipped (issue 17 items 3 and 6) -------------------------
+
+
+def _shard_entry(store: S3SessionStore, session_id: str) -> Any:
+    found = store.objects.get(store.keys.shard(store.keys.shard_of(session_id)))
+    return json.loads(found[0])["sessions"].get(session_id) if found else None
+
+
+def test_a_create_whose_index_update_fails_is_still_listed(
+    store: S3SessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: Any, **__: Any) -> None:
+        raise OblixError("index write failed")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store.index, "upsert", broken)
+        sid = _new(store, title="acknowledged")  # acknowledged: the manifest is committed
+    assert _shard_entry(store, sid)["pending"]
+    assert [s["id"] for s in store.list()] == [sid]  # repaired on read
+    assert "pending" not in _shard_entry(store, sid)
+    assert store.list()[0]["title"] == "acknowledged"
+
+
+def test_a_create_whose_listing_entry_cannot_be_written_stores_nothing(
+    server: S3Server, bucket: str, store: S3SessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: Any, **__: Any) -> None:
+        raise OblixError("index write failed")
+
+    monkeypatch.setattr(store.index, "intend", broken)
+    record = SessionRecord(id=new_session_id(), messages=(Message("user", "x"),))
+    with pytest.raises(OblixError, match="Nothing was stored"):
+        store.create(record)
+    assert _objects(server, bucket, "oblix/sessions/") == {}
+
+
+def test_an_uncommitted_create_is_unlisted_then_dropped(
+    store: S3SessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put = store.objects.put
+
+    def no_manifest(key: str, body: bytes, **kwargs: Any) -> str:
+        if key.endswith("/manifest.json"):
+            raise OblixError("connection lost")
+        return put(key, body, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store.objects, "put", no_manifest)
+        with pytest.raises(OblixError):
+            store.create(SessionRecord(id="never-committed"))
+    assert _shard_entry(store, "never-committed")["pending"]
+    assert store.list() == [] and _shard_entry(store, "never-committed")  # young: kept, in case
+    monkeypatch.setattr("oblix_s3.store.PENDING_GRACE", 0.0)
+    assert store.list() == [] and _shard_entry(store, "never-committed") is None
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"title": 1},
+        {"title": ["x"]},
+        {"created_at": None},
+        {"updated_at": 5},
+        {"message_count": "3"},
+        {"message_count": True},
+        {"metadata": []},
+        {"ts": "soon"},
+        {"ts": False},
+    ],
+)
+def test_index_entries_of_the_wrong_shape_are_skipped(store: S3SessionStore, damage: dict[str, Any]) -> None:
+    good, bad = _new(store, title="good"), _new(store, title="bad")
+    key = store.keys.shard(store.keys.shard_of(bad))
+    shard = json.loads(store.objects.get(key)[0])  # type: ignore[index]
+    shard["sessions"][bad].update(damage)
+    store.objects.put(key, json.dumps(shard).encode())
+    assert [s["id"] for s in store.list()] == [good]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"title": 7},
+        {"created_at": "yesterday"},
+        {"updated_at": []},
+        {"metadata": "x"},
+        {"context": 3},
+        {"uid": None},
+        {"id": "someone-else"},
+        {"segments": [{"key": "seg-x.jsonl", "count": -1}]},
+        {"segments": ["seg-x.jsonl"]},
+    ],
+)
+def test_manifests_of_the_wrong_shape_are_reported_as_damaged(
+    store: S3SessionStore, damage: dict[str, Any]
+) -> None:
+    sid = _new(store, title="t")
+    key = store.keys.manifest(sid)
+    manifest = json.loads(store.objects.get(key)[0])  # type: ignore[index]
+    store.objects.put(key, json.dumps({**manifest, **damage}).encode())
+    with pytest.raises(SessionCorruptedError, match=sid):
+        store.load(sid)
+    assert sid in set(store.iter_session_ids())

@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from oblix_core.errors import InvalidSessionIdError, SessionExistsError, SessionNotFoundError
+from oblix_core.errors import (
+    InvalidSessionIdError,
+    SessionCorruptedError,
+    SessionExistsError,
+    SessionNotFoundError,
+)
+from oblix_core.migration import find_damaged
 from oblix_core.records import Message, SessionRecord, new_session_id
 from oblix_core.stores import SessionStore
 
@@ -19,11 +25,54 @@ def _session(**kwargs: Any) -> SessionRecord:
 
 
 class SessionStoreContract:
-    """Subclass this in your tests and provide a ``store`` fixture returning a fresh store."""
+    """Subclass this in your tests and provide a ``store`` fixture returning a fresh store.
+
+    Override :meth:`damage_session` too, to run the damaged-record case.
+    """
 
     @pytest.fixture
     def store(self) -> SessionStore:  # pragma: no cover - always overridden
         raise NotImplementedError("provide a `store` fixture")
+
+    def damage_session(self, store: SessionStore, session_id: str) -> None:
+        """Damage the stored record of ``session_id`` in this store's own way.
+
+        Write what a bug, a foreign writer or a bad restore could leave: e.g. a title
+        that is not valid JSON or not a string, a header that is not an object. Damage
+        it where both ``load`` and the listing read it (for a store whose listing has
+        its own index, damage the session's index entry too).
+        """
+        raise NotImplementedError
+
+    def test_iter_session_ids_enumerates_every_session(self, store: SessionStore) -> None:
+        records = [_session(title=f"s{i}") for i in range(3)]
+        for record in records:
+            store.create(record)
+        assert {r.id for r in records} <= set(store.iter_session_ids())
+        store.delete(records[0].id)
+        assert records[0].id not in set(store.iter_session_ids())
+
+    def test_a_damaged_session_is_isolated(self, store: SessionStore) -> None:
+        good = _session(title="good", messages=(Message("user", "hi"),), metadata={"kind": "x"})
+        bad = _session(title="bad", messages=(Message("user", "hi"),), metadata={"kind": "x"})
+        store.create(good)
+        store.create(bad)
+        try:
+            self.damage_session(store, bad.id)
+        except NotImplementedError:
+            pytest.skip(f"{type(self).__name__} does not implement damage_session()")
+        for listing in (store.list(limit=50), store.list(limit=50, filter_metadata={"kind": "x"})):
+            listed = {s["id"] for s in listing}
+            assert good.id in listed and bad.id not in listed
+        with pytest.raises(SessionCorruptedError):
+            store.load(bad.id)
+        assert store.load(good.id).to_dict() == good.to_dict()
+        assert {good.id, bad.id} <= set(store.iter_session_ids())
+        damaged = find_damaged(store)
+        assert bad.id in damaged and good.id not in damaged
+        assert store.delete(bad.id) is True
+        assert not store.exists(bad.id) and bad.id not in find_damaged(store)
+        assert store.load(good.id).to_dict() == good.to_dict()
 
     def test_create_and_load_round_trip(self, store: SessionStore) -> None:
         record = _session(

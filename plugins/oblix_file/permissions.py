@@ -8,6 +8,7 @@ is tightened last, so a store whose root is already private is not walked again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -44,7 +45,5 @@ def _tighten_folder(folder: Path, depth: int) -> None:
 
 
 def _chmod(path: str, mode: int) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):  # removed meanwhile (a delete, a sweep)
         os.chmod(path, mode)  # not a symlink: checked by the caller
-    except FileNotFoundError:
-        pass  # removed meanwhile (a delete, a sweep)

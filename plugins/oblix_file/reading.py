@@ -9,8 +9,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from oblix_core.errors import SessionCorruptedError, SessionNotFoundError
-from oblix_core.records import Message, SessionRecord, parse_timestamp
+from oblix.plugin import Message, SessionCorruptedError, SessionNotFoundError, SessionRecord, parse_timestamp
 from oblix_file.files import io_error, stamp, tail
 from oblix_file.index import Summary
 
@@ -27,11 +26,46 @@ def latest(*timestamps: str | None) -> str:
     return max((t for t in timestamps if t), key=parse_timestamp)
 
 
+def _timestamp(value: Any) -> bool:
+    """Whether ``value`` is an ISO-8601 timestamp string."""
+    try:
+        parse_timestamp(value)
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return isinstance(value, str)
+
+
+def _meta_problem(meta: Any) -> str | None:
+    """What is wrong with the shape of a parsed ``meta.json`` (``None``: nothing)."""
+    if not isinstance(meta, dict):
+        return "is not a JSON object"
+    if not _timestamp(meta.get("created_at")):
+        return "has no valid created_at"
+    if meta.get("updated_at") is not None and not _timestamp(meta["updated_at"]):
+        return "has an invalid updated_at"
+    if meta.get("title") is not None and not isinstance(meta["title"], str):
+        return "has a title that is not a string"
+    for key in ("context", "metadata"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            return f"has a {key} that is not an object"
+    return None
+
+
+def present(path: Path) -> bool:
+    """Whether the folder ``path`` holds a session (a damaged one too): a meta.json or a log."""
+    return (path / META).exists() or (path / MESSAGES).exists()
+
+
 def read_meta(path: Path) -> dict[str, Any]:
-    """The parsed ``meta.json`` of the session folder ``path``."""
+    """The parsed ``meta.json`` of the session folder ``path``; ``SessionCorruptedError`` if damaged."""
     try:
         meta = json.loads((path / META).read_bytes())
     except (FileNotFoundError, NotADirectoryError):
+        if (path / MESSAGES).exists():
+            raise SessionCorruptedError(
+                f"Session {path.name} has a {MESSAGES} but no {META}. Other sessions are unaffected; "
+                "restore it from a backup, or delete the session (`oblix sessions repair --delete`)."
+            ) from None
         raise missing(path.name) from None
     except OSError as exc:
         raise io_error(f"Cannot read session {path.name}", path / META, exc, outcome="") from exc
@@ -40,9 +74,13 @@ def read_meta(path: Path) -> dict[str, Any]:
             f"Session {path.name} has an unreadable {META}: {exc}. Other sessions are unaffected; "
             f"restore it from a backup or delete the session."
         ) from exc
-    if not isinstance(meta, dict) or "created_at" not in meta:
-        raise SessionCorruptedError(f"Session {path.name} has a malformed {META}.")
-    return meta
+    problem = _meta_problem(meta)
+    if problem is not None:
+        raise SessionCorruptedError(
+            f"Session {path.name}: its {META} {problem}. Other sessions are unaffected; restore it "
+            "from a backup, or delete the session (`oblix sessions repair --delete`)."
+        )
+    return dict(meta)
 
 
 def read_messages(path: Path, last: int | None = None) -> list[Message]:
@@ -60,13 +98,28 @@ def read_messages(path: Path, last: int | None = None) -> list[Message]:
     messages = []
     for number, line in enumerate(lines, 1):
         try:
-            messages.append(Message.from_dict(json.loads(line)))
+            messages.append(parse_message(line))
         except (ValueError, KeyError, TypeError) as exc:
             raise SessionCorruptedError(
                 f"Session {path.name}: line {number} of {MESSAGES} is not a valid message ({exc}). "
                 "Other sessions are unaffected; fix or remove that line."
             ) from exc
     return messages
+
+
+def parse_message(line: bytes) -> Message:
+    """One log line as a message; ``ValueError``/``KeyError``/``TypeError`` if it is not one."""
+    raw = json.loads(line)
+    if not isinstance(raw, dict):
+        raise TypeError("not a JSON object")
+    if not isinstance(raw["role"], str) or not isinstance(raw["content"], str):
+        raise TypeError("role and content must be strings")
+    if "timestamp" in raw and not _timestamp(raw["timestamp"]):
+        raise ValueError(f"invalid timestamp {raw['timestamp']!r}")
+    for key, kind in (("id", str), ("model_id", str), ("metrics", dict)):
+        if raw.get(key) is not None and not isinstance(raw[key], kind):
+            raise TypeError(f"{key} must be a {kind.__name__}")
+    return Message.from_dict(raw)
 
 
 def to_record(path: Path, meta: dict[str, Any], messages: Sequence[Message]) -> SessionRecord:
@@ -93,7 +146,7 @@ def summarise(path: Path) -> Summary:
     count, size, last_line = count_lines(path / MESSAGES)
     last_timestamp = None
     with suppress(ValueError, KeyError, TypeError):  # a damaged line: loading the session reports it
-        last_timestamp = Message.from_dict(json.loads(last_line)).timestamp if last_line else None
+        last_timestamp = parse_message(last_line).timestamp if last_line else None
     return Summary(
         id=path.name,
         title=record.title,

@@ -89,6 +89,7 @@ from oblix_file.reading import (
     latest,
     log_size,
     missing,
+    present,
     read_messages,
     read_meta,
     summarise,
@@ -205,7 +206,7 @@ class FileSessionStore(SessionStore):
     def _locked(self, session_id: str, action: str, timeout: float | None = None) -> Iterator[Path]:
         """Hold the session's writer lock; creates nothing if the session does not exist."""
         path = self._dir(session_id)
-        if not (path / META).exists():
+        if not present(path):
             raise missing(session_id)
         wait = self.lock_timeout if timeout is None else timeout
         lock = filelock.FileLock(path / LOCK, timeout=wait, mode=FILE_MODE)
@@ -217,13 +218,13 @@ class FileSessionStore(SessionStore):
                 f"try again, or remove {path / LOCK} if no Oblix process is running."
             ) from None
         except OSError as exc:
-            if not (path / META).exists():
+            if not present(path):
                 raise missing(session_id) from None
             failed = f"Cannot {action} session {session_id}"
             raise io_error(failed, path / LOCK, exc, outcome=_NOT_STORED) from exc
         deleted_meanwhile = False
         try:
-            if not (path / META).exists():
+            if not present(path):
                 deleted_meanwhile = True
                 raise missing(session_id)
             yield path
@@ -259,7 +260,13 @@ class FileSessionStore(SessionStore):
         return dict(read_meta(self._dir(session_id)).get("metadata") or {})
 
     def exists(self, session_id: str) -> bool:
-        return (self._dir(session_id) / META).exists()
+        return present(self._dir(session_id))
+
+    def iter_session_ids(self) -> Iterator[str]:
+        """Every session folder's id, from the folders (not the index), damaged sessions included."""
+        for path in self._session_dirs():
+            if present(path):
+                yield path.name
 
     # -- the listing --------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
-from oblix_core.errors import OblixError
+from oblix.plugin import OblixError
 from oblix_s3.layout import FORMAT, INDEX_SHARDS, Keys, dumps
 from oblix_s3.objects import ConditionFailed, S3Objects
 
@@ -137,6 +137,36 @@ class ShardedIndex:
 
     def remove(self, session_id: str) -> None:
         self.change(session_id, lambda entries: entries.pop(session_id, None) is not None)
+
+    def intend(self, session_id: str, entry: dict[str, Any]) -> None:
+        """Record a create about to commit: ``entry`` flagged ``pending`` (the time, in seconds).
+
+        An entry already there that is not pending is left alone (a live session keeps
+        its entry; the create will find its manifest taken).
+        """
+
+        def apply(entries: Entries) -> bool:
+            old = entries.get(session_id)
+            if old is not None and not (isinstance(old, dict) and old.get("pending")):
+                return False
+            entries[session_id] = {**entry, "pending": time.time()}
+            return True
+
+        self.change(session_id, apply)
+
+    def settle(self, session_id: str, expected: dict[str, Any], fresh: dict[str, Any] | None) -> None:
+        """Replace the entry ``expected`` by ``fresh`` (``None``: remove it) unless it changed meanwhile."""
+
+        def apply(entries: Entries) -> bool:
+            if entries.get(session_id) != expected:
+                return False
+            if fresh is None:
+                del entries[session_id]
+            else:
+                entries[session_id] = fresh
+            return True
+
+        self.change(session_id, apply)
 
     def replace_all(self, entries: Entries) -> None:
         """Overwrite every shard with ``entries`` (used by ``rebuild_index``)."""

@@ -15,8 +15,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from oblix_core.errors import SessionCorruptedError
-from oblix_core.records import Message, SessionRecord, parse_timestamp, validate_session_id
+from oblix.plugin import Message, SessionCorruptedError, SessionRecord, parse_timestamp, validate_session_id
 
 FORMAT = 1
 INDEX_SHARDS = 16
@@ -93,18 +92,42 @@ def new_manifest(record: SessionRecord, segments: list[dict[str, Any]]) -> dict[
     }
 
 
+def _timestamp(value: Any, optional: bool = False) -> bool:
+    if value is None:
+        return optional
+    try:
+        parse_timestamp(value)
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return isinstance(value, str)
+
+
+def _well_formed(manifest: Any) -> bool:
+    """Whether a parsed manifest has every field a reader uses, with the right types."""
+    return (
+        isinstance(manifest, dict)
+        and _timestamp(manifest.get("created_at"))
+        and _timestamp(manifest.get("updated_at"), optional=True)
+        and _timestamp(manifest.get("last_updated"), optional=True)
+        and (manifest.get("title") is None or isinstance(manifest["title"], str))
+        and all(manifest.get(k) is None or isinstance(manifest[k], dict) for k in ("context", "metadata"))
+        and isinstance(manifest.get("uid"), str)
+        and isinstance(manifest.get("version"), int)
+        and isinstance(manifest.get("segments"), list)
+        and all(
+            isinstance(s, dict)
+            and isinstance(s.get("key"), str)
+            and isinstance(s.get("count"), int)
+            and s["count"] >= 0
+            for s in manifest["segments"]
+        )
+    )
+
+
 def parse_manifest(session_id: str, body: bytes) -> dict[str, Any]:
     try:
         manifest = json.loads(body)
-        ok = (
-            isinstance(manifest, dict)
-            and isinstance(manifest.get("created_at"), str)
-            and isinstance(manifest.get("segments"), list)
-            and all(
-                isinstance(s.get("key"), str) and isinstance(s.get("count"), int)
-                for s in manifest["segments"]
-            )
-        )
+        ok = _well_formed(manifest) and manifest.get("id") == session_id
     except (ValueError, AttributeError):
         ok = False
     if not ok:

@@ -18,7 +18,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from oblix_core.errors import OblixError
+from oblix.plugin import OblixError
 
 #: Error codes meaning "the credentials themselves were rejected".
 _BAD_CREDENTIALS = {
