@@ -14,8 +14,15 @@ import redis
 from redis.crc import key_slot
 
 from oblix_core.client import OblixClient
-from oblix_core.errors import ConfigError, PluginError, SessionExistsError, SessionNotFoundError
+from oblix_core.errors import (
+    ConfigError,
+    PluginError,
+    SessionCorruptedError,
+    SessionExistsError,
+    SessionNotFoundError,
+)
 from oblix_core.records import Message, SessionRecord, new_session_id
+from oblix_core.stores import SessionStore
 from oblix_core.testing import ScriptedPlugin, SessionStoreContract
 from oblix_redis.store import RedisSessionStore
 from tests import redis_servers
@@ -28,12 +35,21 @@ redis_cluster = redis_servers.redis_cluster
 DATA = Path(__file__).parent / "data"
 
 
+def _damage_title(store: RedisSessionStore, session_id: str) -> None:
+    """A title that is not valid JSON, as a foreign writer or a bad restore could leave."""
+    store._client.hset(f"{store.options.prefix}{{{session_id}}}:meta", "title", '{"not json')
+
+
 class TestRedisContract(SessionStoreContract):
     @pytest.fixture
     def store(self, redis_server: RedisServer) -> Iterator[RedisSessionStore]:
         store = RedisSessionStore(url=redis_server.url, prefix=unique_prefix())
         yield store
         store.close()
+
+    def damage_session(self, store: SessionStore, session_id: str) -> None:
+        assert isinstance(store, RedisSessionStore)
+        _damage_title(store, session_id)
 
 
 class TestRedisClusterContract(SessionStoreContract):
@@ -42,6 +58,10 @@ class TestRedisClusterContract(SessionStoreContract):
         store = RedisSessionStore(url=redis_cluster.url, prefix=unique_prefix(), cluster=True)
         yield store
         store.close()
+
+    def damage_session(self, store: SessionStore, session_id: str) -> None:
+        assert isinstance(store, RedisSessionStore)
+        _damage_title(store, session_id)
 
 
 @pytest.fixture
@@ -311,6 +331,20 @@ def test_corrupted_session_is_isolated(redis_server: RedisServer, store: RedisSe
     assert type(info.value).__name__ == "SessionCorruptedError"
     assert store.load(good).title == "good"
     assert {s["id"] for s in store.list()} == {good, bad}
+
+
+def test_a_title_that_is_not_json_is_skipped_by_listings(store: RedisSessionStore) -> None:
+    """Issue 17: one damaged session used to make every listing raise a raw JSONDecodeError."""
+    good = _new(store, title="good", metadata={"k": 1})
+    bad = _new(store, title="bad", metadata={"k": 1})
+    _damage_title(store, bad)
+    for listing in (store.list(), store.list(filter_metadata={"k": 1})):
+        assert [row["id"] for row in listing] == [good]
+    with pytest.raises(SessionCorruptedError, match=f"Session {bad} has a damaged header"):
+        store.load(bad)
+    assert set(store.iter_session_ids()) == {good, bad}  # migration still sees it
+    store._client.hset(f"{store.options.prefix}{{{good}}}:meta", "count", "many")
+    assert store.list() == []  # a damaged count too
 
 
 @pytest.mark.parametrize("wanted", [None, {"tag": "p"}])

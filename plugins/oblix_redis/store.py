@@ -454,12 +454,21 @@ class RedisSessionStore(SessionStore):
         self._index_drop(dead)
         return len(dead)
 
-    def _rescan(self) -> int:
+    def iter_session_ids(self) -> Iterator[str]:
+        """Every session's id, from the sessions' own keys (SCAN of every master: O(keys in the
+        database)), so sessions the listing index misses or damaged ones are included."""
+        found = self._call("enumerate the sessions", lambda: list(self._scan_ids()))
+        yield from dict.fromkeys(found)
+
+    def _scan_ids(self) -> Iterator[str]:
         prefix = self.options.prefix
         pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "{*}:meta"
-        count = 0
         for key in self._client.scan_iter(match=pattern, count=1000):
-            sid = key[len(prefix) + 1 : -len("}:meta")]
+            yield key[len(prefix) + 1 : -len("}:meta")]
+
+    def _rescan(self) -> int:
+        count = 0
+        for sid in self._scan_ids():
             pipe = self._client.pipeline(transaction=False)
             pipe.hmget(self._key(sid, "meta"), ["ver", "score"])
             pipe.hvals(self._key(sid, "tok"))
