@@ -222,17 +222,76 @@ def run(
     )
 
 
+async def flag_client(local: tuple[str, ...], cloud: tuple[str, ...], key: str | None) -> OblixClient:
+    """:func:`ready_client`, or, with ``--local-model``/``--cloud-model``, a client with those
+    models hooked instead of the configured ones (and the agents running)."""
+    if not (local or cloud):
+        if key:
+            raise click.UsageError("--cloud-api-key goes with --cloud-model TYPE:NAME.")
+        return await ready_client()
+    client = make_client()
+    try:
+        await client.hook_model_specs(local, cloud, key)
+        client.hook_default_agents()
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await client.shutdown()
+        raise
+    return client
+
+
+#: Oblix 0.1.2's model flags, shared by ``oblix chat`` and ``oblix server``.
+MODEL_FLAGS = (
+    click.option(
+        "--local-model",
+        "local_models",
+        multiple=True,
+        metavar="TYPE:NAME",
+        help="Hook this local model for this run instead of the configured ones, e.g. ollama:llama2.",
+    ),
+    click.option(
+        "--cloud-model",
+        "cloud_models",
+        multiple=True,
+        metavar="TYPE:NAME",
+        help="Hook this cloud model for this run, e.g. openai:gpt-4o or claude:claude-3-5-sonnet-latest.",
+    ),
+    click.option(
+        "--cloud-api-key",
+        default=None,
+        help="Key for the --cloud-model (else $OPENAI_API_KEY, $ANTHROPIC_API_KEY...); never stored.",
+    ),
+)
+
+
+def model_flags(func: Any) -> Any:
+    """Add ``--local-model``, ``--cloud-model`` and ``--cloud-api-key`` to a command."""
+    for option in reversed(MODEL_FLAGS):
+        func = option(func)
+    return func
+
+
 @click.command()
 @click.option("-c", "--continue", "continue_", is_flag=True, help="Resume the most recent session.")
 @click.option("--session", default=None, help="Resume this session (its id or a unique start of it).")
 @click.option("-m", "--model", default=None, help="Use only this model (id, bare name or alias).")
 @click.option("-s", "--system", default=None, help="System prompt sent with every request (not stored).")
+@model_flags
 @handle_errors
-def chat(continue_: bool, session: str | None, model: str | None, system: str | None) -> None:
+def chat(
+    continue_: bool,
+    session: str | None,
+    model: str | None,
+    system: str | None,
+    local_models: tuple[str, ...],
+    cloud_models: tuple[str, ...],
+    cloud_api_key: str | None,
+) -> None:
     """Interactive chat; /help lists the commands.
 
     Ctrl-C stops an answer (the part shown is stored, marked interrupted); Ctrl-C or
-    Ctrl-D at the prompt ends the chat and prints the session id.
+    Ctrl-D at the prompt ends the chat and prints the session id. --local-model and
+    --cloud-model (Oblix 0.1.2's flags) choose the models for this chat.
     """
     if continue_ and session:
         raise click.UsageError("Give either -c/--continue or --session, not both.")
@@ -241,7 +300,7 @@ def chat(continue_: bool, session: str | None, model: str | None, system: str | 
         from oblix_core.chat import run_chat
 
         async with catch_ctrl_c() as keys:  # Ctrl-C while loading or closing: ignored, no traceback
-            client = await ready_client()
+            client = await flag_client(local_models, cloud_models, cloud_api_key)
             try:
                 options: dict[str, Any] = {}
                 if model:

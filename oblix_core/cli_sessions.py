@@ -1,6 +1,7 @@
 """``oblix sessions ...``: list, search, show, export, import, delete, copy, merge, migrate, repair.
 
-Every command that takes a session id also takes any unique start of one.
+Every command that takes a session id also takes any unique start of one. Oblix 0.1.2's
+``view`` (= ``show``) and ``create [--title]`` work too.
 """
 
 from __future__ import annotations
@@ -81,6 +82,27 @@ def show(session_id: str, last: bool, as_json: bool) -> None:
         _show(client, session_id, last, as_json)
 
 
+@sessions.command()
+@click.argument("session_id")
+@json_option
+@handle_errors
+def view(session_id: str, as_json: bool) -> None:
+    """Show a session and its messages (Oblix 0.1.2's name for `show`)."""
+    with session_client() as client:
+        _show(client, session_id, False, as_json)
+
+
+@sessions.command()
+@click.option("--title", default=None, help="Title of the new session.")
+@json_option
+@handle_errors
+def create(title: str | None, as_json: bool) -> None:
+    """Create an empty session; prints its id."""
+    with session_client() as client:
+        session_id = anyio.run(client.create_session, title)
+    _done(as_json, session_id, session_id)
+
+
 def _show(client: OblixClient, session_id: str, last: bool, as_json: bool) -> None:
     session_id = resolve_session_id(client, session_id)
     if last:
@@ -132,12 +154,20 @@ def export(session_id: str, file_path: str, as_json: bool) -> None:
 
 
 @sessions.command("import")
-@click.argument("file_path", type=click.Path(dir_okay=False))
-@click.option("--new-id", is_flag=True, help="Give the imported session a fresh id.")
+@click.argument("file_paths", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--new-id", is_flag=True, help="Give the imported sessions fresh ids.")
 @json_option
 @handle_errors
-def import_(file_path: str, new_id: bool, as_json: bool) -> None:
-    """Import a session from a JSON file; prints its id."""
+def import_(file_paths: tuple[str, ...], new_id: bool, as_json: bool) -> None:
+    """Import sessions from JSON files (exports, or Oblix 0.1.2's ~/.oblix/sessions/*.json); prints the ids.
+
+    With several files, sessions already stored are skipped and reported, and a file
+    that cannot be imported is reported without stopping the others (exit status 1).
+    """
+    if len(file_paths) > 1:
+        _import_many(file_paths, new_id, as_json)
+        return
+    file_path = file_paths[0]
     try:
         with session_client() as client:
             session_id = anyio.run(client.import_session, file_path, new_id)
@@ -146,6 +176,33 @@ def import_(file_path: str, new_id: bool, as_json: bool) -> None:
             f"The session in {file_path} is already stored; add --new-id to import a copy under a fresh id."
         ) from None
     _done(as_json, session_id, session_id)
+
+
+def _import_many(file_paths: tuple[str, ...], new_id: bool, as_json: bool) -> None:
+    """Import each file; report imported, skipped (already stored) and failed ones."""
+    imported: dict[str, str] = {}
+    skipped: list[str] = []
+    failed: dict[str, str] = {}
+    with session_client() as client:
+        for path in file_paths:
+            try:
+                imported[path] = anyio.run(client.import_session, path, new_id)
+            except SessionExistsError:
+                skipped.append(path)
+            except (OblixError, OSError) as exc:
+                failed[path] = str(exc)
+    if as_json:
+        print_json({"imported": imported, "skipped": skipped, "failed": failed})
+    else:
+        for path, session_id in imported.items():
+            click.echo(f"{session_id}  {path}")
+        for path in skipped:
+            click.echo(f"already stored (add --new-id to import a copy): {path}", err=True)
+        for path, reason in failed.items():
+            click.echo(f"failed: {path}: {reason}", err=True)
+        click.echo(f"{len(imported)} imported, {len(skipped)} skipped, {len(failed)} failed.", err=True)
+    if failed:
+        raise SystemExit(1)
 
 
 @sessions.command()

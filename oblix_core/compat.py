@@ -10,10 +10,13 @@ See ``docs/migrating-from-0.1.2.md``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
+
+from oblix_core.agents import AgentState
+from oblix_core.errors import ConfigError
 
 if TYPE_CHECKING:
     from oblix_core.agents import BaseAgent
@@ -126,11 +129,35 @@ class Compat012:
         if agent is None:
             return None
         check = agent.latest()
-        if check.state == "pending":  # hooked a moment ago: its first sample is on the way
+        if check.state == AgentState.PENDING:  # hooked a moment ago: its first sample is on the way
             check = await anyio.to_thread.run_sync(agent.wait_first, FIRST_SAMPLE_WAIT)
         data = check.to_dict()
         merged = dict(data["metrics"]) | {k: data[k] for k in ("state", "target", "reason", "checked_at")}
         return cast("dict[str, Any]", json.loads(json.dumps(merged, default=str)))
+
+    async def hook_model_specs(
+        self, local: Sequence[str] = (), cloud: Sequence[str] = (), cloud_api_key: str | None = None
+    ) -> list[str]:
+        """Hook ``TYPE:NAME`` models (0.1.2's ``--local-model``/``--cloud-model``); returns their ids.
+
+        ``cloud_api_key`` goes to the cloud models (kept in memory only); without it each
+        backend reads its provider's environment variable (``$OPENAI_API_KEY``,
+        ``$ANTHROPIC_API_KEY``). One key cannot serve cloud models of two providers.
+        """
+        client = self._client()
+        parsed = [(parse_model_spec(s, "--local-model"), False) for s in local]
+        parsed += [(parse_model_spec(s, "--cloud-model"), True) for s in cloud]
+        providers = {kind for (kind, _), is_cloud in parsed if is_cloud}
+        if cloud_api_key and len(providers) != 1:
+            raise ConfigError(
+                "--cloud-api-key needs exactly one cloud provider among the --cloud-model flags (got "
+                f"{', '.join(sorted(providers)) or 'none'}); set each provider's key variable instead."
+            )
+        hooked = []
+        for (kind, name), is_cloud in parsed:
+            key = cloud_api_key if is_cloud else None
+            hooked.append(await client.hook_backend(client.build_backend(kind, name, api_key=key)))
+        return hooked
 
     async def cleanup(self) -> None:
         """Stop the agents, release the models and close the store: :meth:`OblixClient.shutdown`.
@@ -159,3 +186,16 @@ def print_metrics(result: dict[str, Any]) -> None:
         f"{metrics.get('latency_ms')} ms · session {result.get('session_id')}]\n"
     )
     sys.stderr.flush()
+
+
+def parse_model_spec(spec: str, flag: str = "--model") -> tuple[str, str]:
+    """``"TYPE:NAME"`` (0.1.2's ``--local-model``/``--cloud-model``) as ``(type, name)``.
+
+    Only the first colon separates: ``ollama:llama2:latest`` is Ollama's ``llama2:latest``.
+    """
+    kind, sep, name = (spec or "").strip().partition(":")
+    if not sep or not kind or not name:
+        raise ConfigError(
+            f"{flag} wants TYPE:NAME, e.g. ollama:llama2 or claude:claude-3-5-haiku-latest; got {spec!r}."
+        )
+    return kind, name

@@ -14,8 +14,12 @@ from oblix_server.settings import DEFAULT_BODY_LIMIT, KEY_ENV, ServerSettings
 log = logging.getLogger("oblix_server")
 
 
-async def serve(settings: ServerSettings, log_level: str) -> None:
-    """Hook the configured models and agents, then serve until interrupted."""
+async def serve(
+    settings: ServerSettings,
+    log_level: str,
+    specs: tuple[tuple[str, ...], tuple[str, ...], str | None] = ((), (), None),
+) -> None:
+    """Hook the configured models (or ``specs``: local, cloud ``TYPE:NAME`` and key) and agents; serve."""
     try:
         import uvicorn
     except ImportError:
@@ -23,7 +27,10 @@ async def serve(settings: ServerSettings, log_level: str) -> None:
     from oblix_server.app import create_app
     client = make_client()
     try:
-        hooked = await client.hook_configured_models()
+        local, cloud, key = specs
+        hooked = await (
+            client.hook_model_specs(local, cloud, key) if local or cloud else client.hook_configured_models()
+        )
         client.hook_default_agents()
         app = create_app(client, settings)
         click.echo(
@@ -46,6 +53,25 @@ async def serve(settings: ServerSettings, log_level: str) -> None:
 
 
 @click.command()
+@click.option(
+    "--local-model",
+    "local_models",
+    multiple=True,
+    metavar="TYPE:NAME",
+    help="Serve this local model instead of the configured ones (Oblix 0.1.2's flag), e.g. ollama:llama2.",
+)
+@click.option(
+    "--cloud-model",
+    "cloud_models",
+    multiple=True,
+    metavar="TYPE:NAME",
+    help="Serve this cloud model, e.g. openai:gpt-4o or claude:claude-3-5-sonnet-latest.",
+)
+@click.option(
+    "--cloud-api-key",
+    default=None,
+    help="Key for the --cloud-model (else the provider's environment variable); never stored.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option(
@@ -92,6 +118,9 @@ async def serve(settings: ServerSettings, log_level: str) -> None:
 )
 @handle_errors
 def server(
+    local_models: tuple[str, ...],
+    cloud_models: tuple[str, ...],
+    cloud_api_key: str | None,
     host: str,
     port: int,
     api_key: str | None,
@@ -114,4 +143,6 @@ def server(
         store_all=store_all,
     )
     settings.check()
-    asyncio.run(serve(settings, log_level))
+    if cloud_api_key and not cloud_models:
+        raise click.UsageError("--cloud-api-key goes with --cloud-model TYPE:NAME.")
+    asyncio.run(serve(settings, log_level, (local_models, cloud_models, cloud_api_key)))
