@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import logging
 import stat
+import struct
 import subprocess
 import sys
 import textwrap
@@ -312,9 +314,21 @@ async def test_disk_tier_serves_a_later_process(tmp_path: Path, reference: Llama
         await later.aclose()
 
 
+def _cut_short(content: bytes) -> bytes:
+    return content[:-1000]  # e.g. by a full disk
+
+
+def _list_header(content: bytes) -> bytes:
+    """A crafted file: our magic, then a header that is valid JSON but not an object."""
+    (size,) = struct.unpack("<Q", content[8:16])
+    header = json.dumps([{"n_tokens": 1}]).encode()
+    return content[:8] + struct.pack("<Q", len(header)) + header + content[16 + size :]
+
+
 @pytest.mark.anyio
+@pytest.mark.parametrize("damage", [_cut_short, _list_header])
 async def test_a_damaged_disk_state_is_removed_and_ignored(
-    tmp_path: Path, reference: LlamaCppBackend, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, reference: LlamaCppBackend, caplog: pytest.LogCaptureFixture, damage: Any
 ) -> None:
     messages = [*history(8, "F"), ChatMessage("user", "Name a planet.")]
     backend = await astart(kv_cache_dir=tmp_path)
@@ -323,7 +337,7 @@ async def test_a_damaged_disk_state_is_removed_and_ignored(
     finally:
         await backend.aclose()
     (saved,) = tmp_path.rglob(f"*{SUFFIX}")
-    saved.write_bytes(saved.read_bytes()[:-1000])  # cut short, e.g. by a full disk
+    saved.write_bytes(damage(saved.read_bytes()))
     later = await astart(kv_cache_dir=tmp_path)
     try:
         following = turn(messages, text, "And a moon?")

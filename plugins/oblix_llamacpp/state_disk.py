@@ -22,7 +22,7 @@ import os
 import struct
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"OBLIXKV1"
 SUFFIX = ".kvstate"
+#: The largest header a state file may declare (ours are a few hundred bytes).
+MAX_HEADER = 1 << 20
 #: The default ``kv_cache_disk_bytes``.
 DEFAULT_DISK_BYTES = 2 << 30
 _CONTEXT_FIELDS = (
@@ -116,26 +118,41 @@ class DiskStateStore:
         return None
 
     def _read(self, path: Path, expected: Tokens) -> SavedState | None:
+        """The state saved in ``path`` for ``expected``; ``None`` (and the file removed) if it is
+        damaged, foreign or of any other shape: the prompt is then evaluated in full."""
         try:
             with open(path, "rb") as file:
-                if file.read(len(MAGIC)) != MAGIC:
-                    raise ValueError("not a saved prompt state")
-                (header_size,) = struct.unpack("<Q", file.read(8))
-                header = json.loads(file.read(header_size))
-                if header.get("fingerprint") != self.fingerprint:
-                    raise ValueError("saved for another model or context settings")
-                count, size = int(header["n_tokens"]), int(header["state_bytes"])
-                tokens = np.frombuffer(file.read(count * 4), dtype="<i4").astype(np.intc)
-                data = bytearray(file.read(size + 1))
-            if len(data) != size or not np.array_equal(tokens, expected):
-                raise ValueError("truncated, or its tokens do not match its name")
+                return self._parse(file, expected)
         except FileNotFoundError:
             return None  # removed by another process meanwhile
-        except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+        except Exception as exc:  # any malformed shape, whatever it trips over: drop it
             log.warning("Prompt-state cache: ignoring and removing %s (%s)", path.name, exc)
             with contextlib.suppress(OSError):
                 path.unlink()
             return None
+
+    def _parse(self, file: BinaryIO, expected: Tokens) -> SavedState:
+        """Read and check a state file; ``ValueError`` says what is wrong with it."""
+        if file.read(len(MAGIC)) != MAGIC:
+            raise ValueError("not a saved prompt state")
+        (header_size,) = struct.unpack("<Q", file.read(8))
+        if header_size > MAX_HEADER:
+            raise ValueError(f"a header of {header_size} bytes")
+        header = json.loads(file.read(header_size))
+        if not isinstance(header, dict):
+            raise ValueError(f"a header that is a JSON {type(header).__name__}, not an object")
+        if header.get("fingerprint") != self.fingerprint:
+            raise ValueError("saved for another model or context settings")
+        count, size = header.get("n_tokens"), header.get("state_bytes")
+        if type(count) is not int or type(size) is not int or size < 0 or count != len(expected):
+            raise ValueError(f"a header with n_tokens={count!r}, state_bytes={size!r}")
+        raw = file.read(count * 4)
+        data = bytearray(file.read(size + 1))
+        if len(raw) != count * 4 or len(data) != size:
+            raise ValueError("truncated, or longer than its header says")
+        tokens = np.frombuffer(raw, dtype="<i4").astype(np.intc)
+        if not np.array_equal(tokens, expected):
+            raise ValueError("its tokens do not match its name")
         return SavedState(tokens, data)
 
     def put(self, state: SavedState) -> None:
