@@ -16,6 +16,7 @@ from redis.crc import key_slot
 from oblix_core.client import OblixClient
 from oblix_core.errors import (
     ConfigError,
+    OblixError,
     PluginError,
     SessionCorruptedError,
     SessionExistsError,
@@ -122,6 +123,10 @@ async def test_sessions_api_end_to_end(redis_client: OblixClient, tmp_path: Path
     messages = client.load_session(sid)["messages"]
     assert [m["role"] for m in messages] == ["user", "assistant"]
     assert messages[1]["model_id"] and client.list_sessions(limit=1)[0]["message_count"] == 2
+    # the core stored the exchange under its request id: the same key again is a no-op
+    assert isinstance(client.store, RedisSessionStore)
+    client.store.append_messages(sid, [Message("user", "again")], idempotency_key=result["request_id"])
+    assert len(client.load_session(sid)["messages"]) == 2
 
     target = tmp_path / "export.json"
     assert await client.export_session(sid, str(target)) is True
@@ -149,6 +154,11 @@ def test_store_selected_by_name_and_bad_options_are_config_errors(redis_server: 
     store = registry.make_store("redis", url=redis_server.url, prefix=unique_prefix(), ttl="60")
     assert isinstance(store, RedisSessionStore) and store.options.ttl == 60
     store.close()
+    store = registry.make_store("redis", url=redis_server.url, wait_replicas="0", retry_window="2.5")
+    assert isinstance(store, RedisSessionStore)
+    o = store.options
+    assert (o.wait_replicas, o.retry_window, o.wait_timeout) == (0, 2.5, 1000)
+    store.close()
     bad: list[dict[str, object]] = [
         {"url": "http://127.0.0.1:6379"},
         {"prefix": "a{b}"},
@@ -160,6 +170,11 @@ def test_store_selected_by_name_and_bad_options_are_config_errors(redis_server: 
         {"timeout": -1},
         {"url": "unix:///tmp/x.sock", "cluster": True},
         {"url": "redis://127.0.0.1:6379/3", "cluster": True},
+        {"retry_window": -1},
+        {"retry_window": "forever"},
+        {"wait_replicas": 1.5},
+        {"wait_replicas": "-1"},
+        {"wait_timeout": 0},
     ]
     for options in bad:
         with pytest.raises(ConfigError):
@@ -297,6 +312,20 @@ def test_writes_repeated_with_one_idempotency_key_apply_once(store: RedisSession
     contents = [m.content for m in store.load(record.id).messages]
     assert contents[:4] == ["once", "a", "twice", "twice"] and len(contents) == 65
     assert store.list()[0]["message_count"] == 65
+
+
+def test_wait_replicas_without_replicas_refuses_writes(redis_server: RedisServer) -> None:
+    """A single server has no replica: every write is applied but not acknowledged."""
+    store = RedisSessionStore(url=redis_server.url, prefix=unique_prefix(), wait_replicas=1, wait_timeout=20)
+    record = SessionRecord(id=new_session_id(), title="t")
+    for _ in range(2):  # the retry (same key) is refused the same way, and not applied twice
+        with pytest.raises(OblixError, match="only 0 of the 1 replicas") as info:
+            store.create(record, idempotency_key="c")
+        assert "NOT acknowledged" in str(info.value) and "same idempotency_key is safe" in str(info.value)
+    with pytest.raises(OblixError, match="load the session before retrying"):
+        store.append_messages(record.id, [Message("user", "q")])
+    assert [m.content for m in store.load(record.id).messages] == ["q"]
+    store.close()
 
 
 def test_stale_index_entries_are_dropped_and_repaired(
