@@ -37,6 +37,7 @@ from oblix_core.client import OblixClient
 from oblix_core.conversation import ResponseStream
 from oblix_core.errors import (
     ConfigError,
+    ContextWindowExceededError,
     ExchangeNotStoredError,
     InvalidSessionIdError,
     ModelError,
@@ -97,6 +98,7 @@ __all__ = [
     "BaseAgent",
     "ChatMessage",
     "ConfigError",
+    "ContextWindowExceededError",
     "ExchangeNotStoredError",
     "GenerationRequest",
     "HealthStore",

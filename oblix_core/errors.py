@@ -72,6 +72,18 @@ class PermanentModelError(ModelError):
     """A failure that retrying cannot fix (bad key, bad request, missing model)."""
 
 
+class ContextWindowExceededError(PermanentModelError):
+    """The server refused the request as longer than the model's context window.
+
+    ``window`` is the window the server reported (``None`` if it did not say); the
+    executor then trims to it and tries the model once more.
+    """
+
+    def __init__(self, message: str, *, model_id: str | None = None, window: int | None = None) -> None:
+        super().__init__(message, model_id=model_id)
+        self.window = window
+
+
 class ModelTimeoutError(TransientModelError):
     """The model did not produce its first token, or finish, in time."""
 

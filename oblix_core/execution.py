@@ -40,6 +40,7 @@ import attrs
 from oblix_core import secrets
 from oblix_core.errors import (
     ConfigError,
+    ContextWindowExceededError,
     ModelError,
     ModelTimeoutError,
     NoModelAvailableError,
@@ -268,6 +269,7 @@ class Executor:
                 attempts.append(Attempt(model.model_id, secrets.scrub(str(exc)), 0.0))
                 continue
             tries = 0
+            retrimmed = False
             while True:
                 tries += 1
                 answer = _Answer(started=time.monotonic())
@@ -282,6 +284,15 @@ class Executor:
                     retry = not answer.parts and self._retry(error, tries, model)
                     gave_up = isinstance(error, TransientModelError) and not retry
                     self.breaker.record_failure(model.model_id, at_once=gave_up, error=str(error))
+                    if not answer.parts and not retrimmed and _learned_smaller_window(model, error):
+                        retrimmed = True  # the server said how long it can take: fit it and try once more
+                        try:
+                            trimmed = attrs.evolve(
+                                request, messages=trim_to_window(request.messages, model, request.max_tokens)
+                            )
+                        except PermanentModelError:
+                            break
+                        continue
                     if answer.parts:
                         raise StreamInterruptedError(
                             f"{model.model_id} failed after streaming part of its answer: {error}",
@@ -308,6 +319,15 @@ class Executor:
             and tries <= self.settings.max_retries
             and self.breaker.available(model.model_id)
         )
+
+
+def _learned_smaller_window(model: ModelBackend, error: ModelError) -> bool:
+    """Teach ``model`` the window a context-exceeded refusal reported; ``True`` if it shrank."""
+    window = error.window if isinstance(error, ContextWindowExceededError) else None
+    if not window or window >= model.context_window:
+        return False
+    model.learned_context_window = window
+    return True
 
 
 def _elapsed_ms(since: float) -> float:

@@ -174,6 +174,9 @@ class ModelBackend:
         self.is_local = self.default_local if local is None else bool(local)
         #: The window set with ``context_window=``, overriding the backend's own figure.
         self.context_window_override = context_window
+        #: A smaller window the server itself reported (``/models``, or an error saying the
+        #: context was exceeded): it wins over both.
+        self.learned_context_window: int | None = None
         self.started = False
         self.__api_key = api_key
         secrets.remember(api_key)
@@ -205,8 +208,11 @@ class ModelBackend:
 
     @property
     def context_window(self) -> int:
-        """The model's context window in tokens (``context_window=`` wins)."""
-        return self.context_window_override or self.default_context_window
+        """The model's context window in tokens (``context_window=`` wins, unless the server
+        reported a smaller one)."""
+        window = self.context_window_override or self.default_context_window
+        learned = self.learned_context_window
+        return min(window, learned) if learned else window
 
     async def start(self) -> None:
         """Validate and prepare the model (load weights, check it exists). Called once."""

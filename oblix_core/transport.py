@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import importlib
+import re
 import ssl
 import sys
 from types import ModuleType
 from typing import Any
 
-from oblix_core.errors import ConfigError, ModelError, PermanentModelError, TransientModelError
+from oblix_core.errors import (
+    ConfigError,
+    ContextWindowExceededError,
+    ModelError,
+    PermanentModelError,
+    TransientModelError,
+)
 
 #: HTTP statuses worth a retry or a fallback: timeout, conflict, rate limit, server errors.
 #: Every other 4xx is permanent (retrying the same request cannot fix it).
@@ -44,8 +51,44 @@ def http_library(client: Any) -> ModuleType:
     raise TypeError(f"cannot tell the HTTP library of {type(client).__name__}")
 
 
+#: What servers say when a request is longer than the model's window (OpenAI, vLLM,
+#: llama.cpp and llama-cpp-python, Ollama, Anthropic...).
+CONTEXT_EXCEEDED = re.compile(
+    r"context[ _-]?(length|window|size)|maximum context|prompt is too long|too many tokens|exceed_context",
+    re.IGNORECASE,
+)
+#: Where those messages give the window, in the order tried.
+WINDOW_PATTERNS = (
+    re.compile(r"maximum context length is (\d+)", re.IGNORECASE),
+    re.compile(r"context (?:window|length|size) (?:of|is) (\d+)", re.IGNORECASE),
+    re.compile(r"\bn_ctx\W{1,4}(\d+)", re.IGNORECASE),
+    re.compile(r"> ?(\d+) (?:tokens )?maximum", re.IGNORECASE),
+)
+
+
+def context_exceeded(
+    model_id: str, where: str, status: int, detail: str
+) -> ContextWindowExceededError | None:
+    """The error for a refusal that says the context was exceeded (and the window, if given)."""
+    if status not in (400, 413, 422) or not CONTEXT_EXCEEDED.search(detail):
+        return None
+    window = next((int(m.group(1)) for p in WINDOW_PATTERNS if (m := p.search(detail))), None)
+    size = f"the {window}-token context window" if window else "the context window"
+    return ContextWindowExceededError(
+        f"{model_id}: the request is longer than {size} of the model at {where} "
+        f"({detail.strip().rstrip('.')}). Oblix trims the history harder for it from now on; set "
+        "context_window in its [[models]] entry (or a smaller max_tokens), or use a model with a "
+        "larger window.",
+        model_id=model_id,
+        window=window,
+    )
+
+
 def status_error(model_id: str, where: str, status: int, detail: str) -> ModelError:
     """The Oblix error for an HTTP error status from ``where``."""
+    exceeded = context_exceeded(model_id, where, status, detail)
+    if exceeded is not None:
+        return exceeded
     text = f"{model_id}: HTTP {status} from {where}: {detail.strip().rstrip('.')}."
     if status in TRANSIENT_STATUSES:
         return TransientModelError(text, model_id=model_id)

@@ -19,7 +19,11 @@ failures a real endpoint has -- ``mode``:
 :meth:`stop` closes the listening socket, so the port refuses connections (a dead
 server); :meth:`start` listens on the same port again (recovery). ``GET /v1/models``
 answers from ``models_script`` (statuses popped one per request, then ``models_status``),
-so health checks can be made to flap. ``chat_requests``/``models_requests`` count what
+so health checks can be made to flap; ``model_entry`` adds fields to its one model entry (e.g.
+``{"max_model_len": 4096}``). With ``context_limit`` set, a chat request whose messages hold
+more than that many tokens (4 characters each) is refused with HTTP 400 and the message
+llama-cpp-python's server gives ("This model's maximum context length is N tokens...").
+``chat_requests``/``models_requests`` count what
 arrived and ``bodies`` holds the chat requests' JSON. Use it started/stopped by hand or
 as a context manager.
 """
@@ -51,6 +55,8 @@ class LoopbackOpenAI:
         self.answer = answer
         self.models_status = 200
         self.models_script: list[int] = []
+        self.model_entry: dict[str, Any] = {}
+        self.context_limit: int | None = None
         self.chat_requests = 0
         self.models_requests = 0
         self.bodies: list[dict[str, Any]] = []
@@ -119,7 +125,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         status = self.server_owner._count("models") or 200
         if status == 200:
-            self._json(200, {"object": "list", "data": [{"id": "loopback", "object": "model"}]})
+            entry = {"id": "loopback", "object": "model"} | self.server_owner.model_entry
+            self._json(200, {"object": "list", "data": [entry]})
         else:
             self._json(status, {"error": {"message": f"scripted {status}"}})
 
@@ -130,7 +137,14 @@ class _Handler(BaseHTTPRequestHandler):
         owner._count("chat")
         owner.bodies.append(body)
         mode = owner.mode
-        if mode == "blackhole":
+        tokens = sum(len(m.get("content") or "") for m in body.get("messages", [])) // 4
+        if owner.context_limit is not None and tokens > owner.context_limit:
+            message = (
+                f"This model's maximum context length is {owner.context_limit} tokens. However, you "
+                f"requested {tokens} tokens ({tokens} in the messages, None in the completion)."
+            )
+            self._json(400, {"error": {"message": message, "code": "context_length_exceeded"}})
+        elif mode == "blackhole":
             owner._release.wait()
         elif mode == "html":
             self._send(200, "text/html", b"<html><body>Welcome to nginx!</body></html>")

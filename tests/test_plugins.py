@@ -181,7 +181,8 @@ def test_broken_third_party_plugins_are_skipped_and_reported(broken_site: Path, 
     assert "boom at import" in by_name["broken_import"]["reason"]
     assert by_name["broken_register"]["status"] == "failed"
     assert "boom at registration" in by_name["broken_register"]["reason"]
-    assert by_name["typo_hook"]["status"] == "failed" and "oblix_register_modles" in by_name["typo_hook"]["reason"]
+    typo = by_name["typo_hook"]
+    assert typo["status"] == "failed" and "oblix_register_modles" in typo["reason"]
     missing = by_name["needs_missing"]
     assert missing["status"] == "not installed" and missing["install"] == "pip install oblix-missing-demo"
     assert missing["package"] == "oblix-broken" and missing["version"] == "1.0"

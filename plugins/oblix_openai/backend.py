@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import urllib.error
 import urllib.request
 from collections.abc import AsyncGenerator
@@ -24,6 +25,11 @@ from oblix.plugin import (
     status_error,
 )
 
+#: The window assumed for a model on a custom endpoint that does not report one (llama.cpp's
+#: and Ollama's usual default): conservative, so that history never overflows it.
+CUSTOM_ENDPOINT_WINDOW = 2048
+#: Fields of a ``/models`` entry that give the window (vLLM, OpenRouter, LM Studio, llama.cpp...).
+WINDOW_FIELDS = ("context_window", "context_length", "max_model_len", "max_context_length", "n_ctx")
 #: Context windows of well-known OpenAI models (prefix match); others default to 8192.
 KNOWN_WINDOWS = {
     "gpt-4.1": 1_047_576,
@@ -36,6 +42,9 @@ KNOWN_WINDOWS = {
     "o4": 200_000,
     "gpt-5": 400_000,
 }
+
+
+log = logging.getLogger(__name__)
 
 
 def _openai() -> Any:
@@ -86,6 +95,9 @@ class OpenAIBackend(ModelBackend):
         self._client: Any = None
         self._http: Any = None  # the HTTP library module the installed openai uses
         self._usage_supported = True
+        #: Where the window comes from: "configured", "reported by the server", a default.
+        self.window_source = "configured" if self.context_window_override else "default"
+        self._reported_window: int | None = None
 
     @property
     def where(self) -> str:
@@ -93,6 +105,10 @@ class OpenAIBackend(ModelBackend):
 
     @property
     def default_context_window(self) -> int:
+        if self._reported_window:
+            return self._reported_window
+        if self.endpoint:  # a self-hosted server: OpenAI's names say nothing of its window
+            return CUSTOM_ENDPOINT_WINDOW
         for prefix, window in KNOWN_WINDOWS.items():
             if self.model_name.startswith(prefix):
                 return window
@@ -115,6 +131,33 @@ class OpenAIBackend(ModelBackend):
         self._client = openai.AsyncOpenAI(
             api_key=key, base_url=self.endpoint, max_retries=0, timeout=timeout, http_client=http_client
         )
+        if self.endpoint and not self.context_window_override:
+            await self._learn_window()
+
+    async def _learn_window(self) -> None:
+        """Ask a custom endpoint's ``GET /models`` for this model's window (no tokens spent)."""
+        try:
+            with anyio.fail_after(self.first_byte_timeout):
+                page = await self._client.models.list()
+            entries = [m.to_dict() for m in page.data]
+        except Exception as exc:  # an endpoint without /models: keep the conservative default
+            log.debug("%s: no /models listing (%s)", self.model_id, exc)
+            entries = []
+        mine = [e for e in entries if e.get("id") == self.model_name]
+        mine = mine or (entries if len(entries) == 1 else [])
+        window = _reported_window(mine[0]) if mine else None
+        if window:
+            self._reported_window = window
+            self.window_source = "reported by the server"
+        else:
+            default = CUSTOM_ENDPOINT_WINDOW
+            self.window_source = f"default for custom endpoints ({default}); set context_window"
+            log.info(
+                "%s: the server does not report a context window; assuming %d tokens (set context_window "
+                "in its [[models]] entry for more)",
+                self.model_id,
+                CUSTOM_ENDPOINT_WINDOW,
+            )
 
     def _params(self, request: GenerationRequest) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -177,7 +220,10 @@ class OpenAIBackend(ModelBackend):
             self._client = None
 
     def describe(self) -> dict[str, Any]:
-        return super().describe() | {"endpoint": redact_url(self.endpoint or "https://api.openai.com/v1")}
+        return super().describe() | {
+            "endpoint": redact_url(self.endpoint or "https://api.openai.com/v1"),
+            "context_window_source": self.window_source,
+        }
 
     def health_check(self, timeout: float) -> tuple[bool, str]:
         """``GET /models`` (no tokens spent): any answer but a 429 or a 5xx means it serves."""
@@ -190,6 +236,17 @@ class OpenAIBackend(ModelBackend):
             return exc.code < 500 and exc.code != 429, f"GET /models: HTTP {exc.code}"
         except OSError as exc:
             return False, f"GET /models: {describe_cause(exc)}"
+
+
+def _reported_window(entry: dict[str, Any]) -> int | None:
+    """The context window a ``/models`` entry reports, if any (top level or under ``meta``)."""
+    meta = entry.get("meta")
+    for where in (entry, meta if isinstance(meta, dict) else {}):
+        for name in (*WINDOW_FIELDS, "n_ctx_train"):
+            value = where.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 16:
+                return value
+    return None
 
 
 def _chunks(event: Any) -> list[StreamChunk]:
