@@ -18,6 +18,8 @@ Sections:
 * session stores: :class:`SessionStore`, :class:`SessionRecord`, :class:`Message`,
   :class:`HealthStore`, :func:`matches_metadata`, :func:`validate_session_id`,
   :func:`parse_timestamp`, :func:`utc_now`, :func:`write_atomically`;
+* usage ledgers (``SessionStore.usage_ledger()``): :class:`UsageLedger`, :class:`UsageRecord`,
+  :class:`UsageTotals`, :class:`SqliteUsageLedger`, :func:`group_key`, :func:`total_by`;
 * routing and middleware: :class:`RouteRequest`, :class:`RoutingPlan`, :class:`Request`,
   :func:`new_request_id`, :func:`session_is_local_only`;
 * secrets: :func:`redact_url`, :func:`scrub_secrets`, :func:`remember_secret`;
@@ -74,6 +76,8 @@ from oblix_core.secrets import remember as remember_secret
 from oblix_core.secrets import scrub as scrub_secrets
 from oblix_core.stores import SessionStore
 from oblix_core.transport import connection_error, describe_cause, http_library, require, status_error
+from oblix_core.usage import UsageLedger, UsageRecord, UsageTotals, group_key, total_by
+from oblix_core.usage_sqlite import SqliteUsageLedger
 from oblix_core.validation import parse_flag
 
 
@@ -124,14 +128,19 @@ __all__ = [
     "SessionNotFoundError",
     "SessionRecord",
     "SessionStore",
+    "SqliteUsageLedger",
     "StreamChunk",
     "StreamInterruptedError",
     "Target",
     "TransientModelError",
     "Usage",
+    "UsageLedger",
+    "UsageRecord",
+    "UsageTotals",
     "command_client",
     "connection_error",
     "describe_cause",
+    "group_key",
     "handle_errors",
     "hookimpl",
     "http_library",
@@ -146,6 +155,7 @@ __all__ = [
     "scrub_secrets",
     "session_is_local_only",
     "status_error",
+    "total_by",
     "utc_now",
     "validate_session_id",
     "write_atomically",

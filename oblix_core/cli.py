@@ -118,7 +118,7 @@ def plugins(as_json: bool) -> None:
 
 def build_cli() -> click.Group:
     """A root group with the built-in commands and every plugin's commands (the hook runs once)."""
-    from oblix_core import cli_run, cli_sessions
+    from oblix_core import cli_run, cli_sessions, cli_usage
 
     pm = build_plugin_manager()
     group = _Oblix(
@@ -133,6 +133,7 @@ def build_cli() -> click.Group:
     group.add_command(cli_sessions.sessions)
     for command in (cli_run.run, cli_run.chat, cli_run.models, cli_run.agents):
         group.add_command(command)
+    group.add_command(cli_usage.usage)
     for impl in reversed(pm.hook.oblix_register_commands.get_hookimpls()):
         try:
             impl.function(cli=group)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from oblix_core.records import ROLES, validate_session_id
 from oblix_core.requests import Request
 from oblix_core.sessions_api import SessionsAPI
 from oblix_core.stores import SessionStore
+from oblix_core.usage import Pricing, UsageLedger, parse_since, reference_model, usage_report
+from oblix_core.usage_sqlite import ledger_for
 from oblix_core.validation import check_json, check_text
 
 log = logging.getLogger(__name__)
@@ -116,6 +119,9 @@ class OblixClient(SessionsAPI, Compat012):
                 settings, CircuitBreaker.for_home(settings, self.home, self.store.shared_health())
             ),
             preference=preference or self.config.preference,
+            pricing=Pricing.from_entries(self.config.models),
+            ledger=ledger_for(self.store, self.home),
+            budgets=self.config.budgets,
         )
         self._current_session_id: str | None = None
 
@@ -415,6 +421,34 @@ class OblixClient(SessionsAPI, Compat012):
             print_metrics(result)
         return result
 
+    # -- usage --------------------------------------------------------------------------
+
+    @property
+    def usage_ledger(self) -> UsageLedger:
+        """Where answered requests are recorded (the store's own ledger, else SQLite in home)."""
+        assert self.engine.ledger is not None
+        return self.engine.ledger
+
+    def usage(
+        self, since: str | date = "7d", by: str | None = None, versus: str | None = None
+    ) -> dict[str, Any]:
+        """Requests, tokens, cost, local share and savings since ``since`` (``7d``, ``2w``, a date).
+
+        ``by``: ``model``, ``day`` or ``session`` rows besides the total. ``versus``: the
+        reference cloud model for ``saved_usd`` (default: the first hooked or configured
+        cloud model, else ``openai:gpt-4o-mini``). Blocking: reads the ledger.
+        """
+        start = since if isinstance(since, date) else parse_since(since)
+        known = [(m.model_id, m.is_local) for m in self.models]
+        for entry in self.config.models:
+            try:
+                local = entry.get("local", self.registry.model_class(entry["type"]).default_local)
+            except ConfigError:
+                continue  # its plugin is not installed
+            known.append((f"{entry['type']}:{entry['name']}", bool(local)))
+        reference = reference_model(known, versus)
+        return usage_report(self.usage_ledger, start, by, reference, self.engine.pricing)
+
     # -- lifetime -----------------------------------------------------------------------
 
     async def shutdown(self) -> None:
@@ -425,6 +459,8 @@ class OblixClient(SessionsAPI, Compat012):
         self.engine.models.clear()
         for model in models:
             await model.aclose()
+        if self.engine.ledger is not None:
+            await anyio.to_thread.run_sync(self.engine.ledger.close)
         await anyio.to_thread.run_sync(self.store.close)
 
     async def __aenter__(self) -> OblixClient:

@@ -31,6 +31,10 @@ holds ``sessions/`` for the file store and ``config.toml``::
     [aliases]                         # short names for model ids (CLI --model, chat)
     fast = "llama_cpp:gemma-3-270m"
 
+    [budgets]                         # USD; when spent, cloud models are unavailable
+    daily_usd = 1.0                   # (oblix_core.budgets); [[models]] take price_in/price_out
+    monthly_usd = 20.0
+
 Oblix never writes API keys into this file; it only reads what the user put there.
 """
 
@@ -45,6 +49,7 @@ from typing import Any
 import attrs
 import platformdirs
 
+from oblix_core.budgets import BudgetSettings
 from oblix_core.errors import ConfigError
 from oblix_core.execution import ExecutionSettings
 from oblix_core.routing import PREFERENCES
@@ -72,6 +77,8 @@ class Config:
     agent_options: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     #: ``[aliases]``: short names for model ids, usable wherever a model id is taken.
     aliases: dict[str, str] = attrs.field(factory=dict)
+    #: ``[budgets]``: daily and monthly spending limits (see :mod:`oblix_core.budgets`).
+    budgets: BudgetSettings = attrs.field(factory=BudgetSettings)
     path: Path | None = None
 
 
@@ -99,13 +106,14 @@ def load_config(home: Path | None = None) -> Config:
         agents_enabled=tuple(agents.get("enabled", [])),
         agent_options={k: v for k, v in agents.items() if isinstance(v, dict)},
         aliases=dict(data.get("aliases", {})),
+        budgets=BudgetSettings.from_dict(data.get("budgets", {})),
         path=path,
     )
 
 
 def model_arguments(entry: dict[str, Any]) -> dict[str, Any]:
     """``hook_model`` keyword arguments for a ``[[models]]`` entry (``api_key_env`` resolved)."""
-    options = {k: v for k, v in entry.items() if k not in {"type", "name", "api_key_env"}}
+    options = {k: v for k, v in entry.items() if k not in {"type", "name", "api_key_env", *PRICE_KEYS}}
     env = entry.get("api_key_env")
     if env:
         options["api_key"] = os.environ.get(str(env))
@@ -189,6 +197,9 @@ def _text(expect: str = "a non-empty string") -> Key:
 
 
 _TABLE = Key("a table", lambda v: isinstance(v, dict))
+_USD = Key("a number of USD >= 0", lambda v: _is_number(v) and v >= 0)
+#: ``[[models]]`` prices, USD per million tokens (kept by Oblix, not passed to the backend).
+PRICE_KEYS = ("price_in", "price_out")
 _BOOL = Key("true or false", lambda v: isinstance(v, bool))
 _ANY = Key("any value", lambda v: True)
 
@@ -214,12 +225,15 @@ SCHEMA: dict[str, Section] = {
             "api_key": _text(),
             "local": _BOOL,
             "context_window": _integer(16),
+            "price_in": _USD,
+            "price_out": _USD,
         },
         other=_ANY,  # backend options: each backend checks its own
         array=True,
         required=("type", "name"),
     ),
     "aliases": Section(other=_text('a model id, e.g. "llama_cpp:gemma-3-270m"')),
+    "budgets": Section({"daily_usd": _USD, "monthly_usd": _USD}),
 }
 
 

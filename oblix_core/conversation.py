@@ -12,6 +12,7 @@ import attrs
 
 from oblix_core import privacy
 from oblix_core.agents import current_checks
+from oblix_core.budgets import BudgetGuard
 from oblix_core.engine import Engine, notify
 from oblix_core.errors import ExchangeNotStoredError, NoModelAvailableError, StreamInterruptedError
 from oblix_core.execution import Attempting, Done
@@ -20,6 +21,7 @@ from oblix_core.records import Message, SessionRecord, new_session_id, utc_now
 from oblix_core.requests import Request
 from oblix_core.routing import RouteRequest, RoutingPlan, screen
 from oblix_core.stores import keyed
+from oblix_core.usage import answer_record
 
 #: Tokens of history read for a request when no model is hooked (routing then fails anyway).
 DEFAULT_HISTORY_BUDGET = 4096
@@ -46,6 +48,7 @@ class ResponseStream:
         self._started_at = utc_now()
         self._answering: str | None = None  # the model being tried now
         self._stored = False
+        self._budget: BudgetGuard | None = None
 
     @property
     def request_id(self) -> str:
@@ -179,6 +182,8 @@ class ResponseStream:
             fallback=request.fallback,
             agents=agents,
         )
+        if self._budget is not None:
+            plan = await self._budget.screen(plan)
         self.routing_decision = plan.decision() | {
             "selected": None,
             "local_only": {"active": request.local_only, "reason": request.local_only_reason},
@@ -190,7 +195,12 @@ class ResponseStream:
         started_at, started = self._started_at, time.monotonic()
         hooks = self._engine.hooks
         try:
-            self._apply_session(await self._session())
+            session = await self._session()
+            self._apply_session(session)
+            engine = self._engine
+            budget = self._budget = BudgetGuard(
+                engine.budgets, engine.ledger, self.request.session_id, session.metadata
+            )
             private = (self.request.local_only, self.request.local_only_reason)
             hooks.oblix_request_start(request=self.request)
             if private[0]:  # middleware may make a request local-only, never the reverse
@@ -200,6 +210,7 @@ class ResponseStream:
             async with aclosing(self._execute(plan, started_at)) as events:
                 async for event in events:
                     if isinstance(event, Attempting):
+                        await budget.admit(event.model)
                         self._answering = event.model.model_id
                     elif isinstance(event, Done):
                         done = event
@@ -209,9 +220,18 @@ class ResponseStream:
             metrics = done.metrics | {"total_latency_ms": round((time.monotonic() - started) * 1000, 2)}
             if done.tool_calls:
                 metrics["tool_calls"] = [dict(c) for c in done.tool_calls]
+            metrics["cost_usd"] = engine.pricing.cost(
+                done.model.model_id, done.model.is_local, metrics["input_tokens"], metrics["output_tokens"]
+            )
+            usage = answer_record(
+                self.request, done.model.model_id, done.model.is_local, metrics, plan.rule, plan.reason
+            )
+            await budget.finish(usage)
             await self._persist(started_at, done.text, done.model.model_id, metrics)
             self.result = self._result(done, metrics, plan, checks)
         except BaseException as exc:
+            if self._budget is not None:
+                self._budget.release()
             if isinstance(exc, NoModelAvailableError) and self.routing_decision is not None:
                 self.routing_decision["attempts"] = list(exc.attempts)
             if isinstance(exc, Exception):

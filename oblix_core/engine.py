@@ -8,9 +8,11 @@ from typing import Any
 import attrs
 
 from oblix_core.agents import AgentCheck, BaseAgent
+from oblix_core.budgets import BudgetSettings
 from oblix_core.execution import Executor
 from oblix_core.models import ModelBackend
 from oblix_core.stores import SessionStore
+from oblix_core.usage import Pricing, UsageLedger
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,10 @@ class Engine:
     preference: str
     models: dict[str, ModelBackend] = attrs.field(factory=dict)
     agents: dict[str, BaseAgent] = attrs.field(factory=dict)
+    #: Usage: prices, the ledger answers are recorded in (``None``: not recorded), budgets.
+    pricing: Pricing = attrs.field(factory=Pricing)
+    ledger: UsageLedger | None = None
+    budgets: BudgetSettings = attrs.field(factory=BudgetSettings)
 
     def model_snapshot(self) -> list[ModelBackend]:
         return list(self.models.values())

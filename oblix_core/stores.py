@@ -16,6 +16,7 @@ from oblix_core.records import Message, SessionRecord
 
 if TYPE_CHECKING:
     from oblix_core.health import HealthStore
+    from oblix_core.usage import UsageLedger
 
 
 class SessionStore(abc.ABC):
@@ -151,6 +152,15 @@ class SessionStore(abc.ABC):
 
         ``None`` (the default) keeps health in ``$OBLIX_HOME/health.json``, shared by the
         processes of one machine. See :mod:`oblix_core.health`.
+        """
+        return None
+
+    def usage_ledger(self) -> UsageLedger | None:
+        """The usage ledger kept in this store's own backend, shared by every Oblix instance
+        using the store (see :mod:`oblix_core.usage`).
+
+        ``None`` (the default) keeps usage in ``$OBLIX_HOME/usage.sqlite3``, one machine's.
+        The client calls it once and closes the ledger before the store.
         """
         return None
 

@@ -64,6 +64,7 @@ from oblix.plugin import (
     SessionNotFoundError,
     SessionRecord,
     SessionStore,
+    UsageLedger,
     matches_metadata,
     parse_timestamp,
     utc_now,
@@ -82,6 +83,7 @@ from oblix_file.files import (
     write_file,
 )
 from oblix_file.index import INDEX, PENDING, SessionIndex, Summary, remove_legacy_index
+from oblix_file.ledger import file_ledger
 from oblix_file.permissions import make_private
 from oblix_file.reading import (
     MESSAGES,
@@ -520,6 +522,10 @@ class FileSessionStore(SessionStore):
     def close(self) -> None:
         """Close the index connections of every thread."""
         self._index.close()
+
+    def usage_ledger(self) -> UsageLedger:
+        """The usage ledger in ``<root>/.usage.sqlite3`` (see :mod:`oblix_file.ledger`)."""
+        return file_ledger(self.root)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "root": str(self.root)}

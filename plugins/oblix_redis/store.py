@@ -57,6 +57,7 @@ from oblix.plugin import (
 )
 from oblix_redis.failover import REDIS_ERRORS, node_of, ride_through, slot_node, transient
 from oblix_redis.health import RedisHealthStore
+from oblix_redis.ledger import RedisUsageLedger
 from oblix_redis.options import RedisOptions, url_secrets
 from oblix_redis.pending import PendingIndex, Update
 
@@ -483,6 +484,10 @@ class RedisSessionStore(SessionStore):
     def _key(self, session_id: str, suffix: str) -> str:
         """One key of a session already known to the index (no id validation)."""
         return f"{self.options.prefix}{{{session_id}}}:{suffix}"
+
+    def usage_ledger(self) -> RedisUsageLedger:
+        """The usage ledger in this Redis, shared by every host (see :mod:`oblix_redis.ledger`)."""
+        return RedisUsageLedger(self._client, self.options.prefix)
 
     def shared_health(self) -> RedisHealthStore:
         """Model health shared through this Redis by every Oblix instance using it."""
