@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -104,7 +105,10 @@ def model_toml(type_: str, name: str, **options: Any) -> str:
 
 
 class OblixServer:
-    """``oblix server`` in its own process on a free loopback port; output goes to ``log_path``."""
+    """``oblix server`` in its own process on a free loopback port; output goes to ``log_path``.
+
+    ``nofile`` lowers the process's descriptor limit (``ulimit -n``).
+    """
 
     def __init__(
         self,
@@ -114,8 +118,10 @@ class OblixServer:
         api_key: str | None = None,
         agents: bool = False,
         env: dict[str, str] | None = None,
+        nofile: int | None = None,
     ) -> None:
         self.home = home
+        self.nofile = nofile
         self.args = args
         self.api_key = api_key
         self.port = free_port()
@@ -146,7 +152,13 @@ class OblixServer:
             args += ["--api-key", self.api_key]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT
+                args,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=ROOT,
+                preexec_fn=self._limit_descriptors if self.nofile else None,
             )
         try:
             wait_for_http(f"{self.root}/health", timeout=timeout, process=self.process)
@@ -154,6 +166,16 @@ class OblixServer:
             self.stop()
             raise RuntimeError(f"oblix server did not start: {exc}\n{self.log()}") from None
         return self
+
+    def _limit_descriptors(self) -> None:
+        """In the child: lower the descriptor limit (``ulimit -n``) to ``nofile``."""
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+
+    def open_descriptors(self) -> int:
+        """How many file descriptors the server process holds now (Linux ``/proc``)."""
+        assert self.process is not None
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

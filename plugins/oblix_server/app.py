@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from oblix_core.client import OblixClient
+from oblix.plugin import OblixClient
 from oblix_server.calls import AUTO
 from oblix_server.completions import chat_completions
 from oblix_server.errors import APIError, internal
@@ -56,20 +56,20 @@ async def get_model(request: Request) -> Response:
     model_id = request.path_params["model_id"]
     if model_id == AUTO:
         return JSONResponse(_auto_entry(state))
-    model = state.client.engine.models.get(model_id)
+    model = state.client.find_model(model_id)
     if model is None:
         raise APIError(404, f"The model {model_id!r} does not exist on this server.", code="model_not_found")
     return JSONResponse(_model_entry(state, model))
 
 
 def _serving(state: ServerState) -> list[dict[str, Any]]:
-    breaker = state.client.executor.breaker
+    health = state.client.model_health()
     return [
         {
             "id": m.model_id,
             "locality": "local" if m.is_local else "cloud",
-            "available": m.started and breaker.available(m.model_id),
-            "busy": bool(getattr(m, "busy", False)),
+            "available": health[m.model_id]["available"],
+            "busy": health[m.model_id]["busy"],
         }
         for m in state.client.models
     ]

@@ -10,19 +10,19 @@ Sessions over HTTP:
 * No header: stateless; the request's earlier messages are the history and nothing is
   stored, unless the server runs with ``--store-all`` (then as ``new``).
 
-``X-Oblix-Local-Only: true`` keeps the request (and its session, from then on) local.
+``X-Oblix-Local-Only: true`` keeps the request (and its session, from then on) local. The
+value is read by ``parse_flag``: ``1 true t yes y on`` / ``0 false f no n off`` (any case);
+anything else is refused with 400 before anything is sent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import attrs
+from starlette.datastructures import Headers
 
-from oblix_core import privacy
-from oblix_core.client import OblixClient
-from oblix_core.errors import OblixError
+from oblix.plugin import OblixClient, OblixError, parse_flag, session_is_local_only
 from oblix_server.errors import APIError, from_oblix
 from oblix_server.schema import ChatRequest
 
@@ -47,15 +47,25 @@ class Call:
         return bool(self.options.get("store", True))
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+def local_only_header(headers: Headers) -> bool:
+    """Whether the request asks to stay local; a value that is not a clear yes or no is a 400.
+
+    Every ``X-Oblix-Local-Only`` header counts (one saying yes is enough): a repeated
+    header, or a word like ``enabled``, is never read as "not local-only".
+    """
+    name = f"The {LOCAL_ONLY_HEADER} header"
+    try:
+        return any([parse_flag(value, name) for value in headers.getlist(LOCAL_ONLY_HEADER)])
+    except OblixError as exc:
+        message = f"{exc} Nothing was sent."
+        raise APIError(400, message, code="invalid_header", param=LOCAL_ONLY_HEADER) from None
 
 
 def _forced_model(client: OblixClient, chat: ChatRequest) -> str | None:
     if chat.model == AUTO:
         return None
-    if chat.model not in client.engine.models:
-        hooked = ", ".join([AUTO, *client.engine.models])
+    if client.find_model(chat.model) is None:
+        hooked = ", ".join([AUTO, *(m.model_id for m in client.models)])
         raise APIError(
             404,
             f"The model {chat.model!r} does not exist on this server. Use one of: {hooked}.",
@@ -70,7 +80,8 @@ def _refuse_tools(client: OblixClient, chat: ChatRequest, forced: str | None) ->
     uses_tools = chat.tools or any(m.role == "tool" or m.tool_calls for m in chat.messages)
     if not uses_tools:
         return
-    models = [client.engine.models[forced]] if forced else client.models
+    found = client.find_model(forced) if forced else None
+    models = [found] if found else client.models
     if any(m.supports_tools for m in models):
         return
     hooked = ", ".join(m.model_id for m in models) or "none"
@@ -83,7 +94,7 @@ def _refuse_tools(client: OblixClient, chat: ChatRequest, forced: str | None) ->
     )
 
 
-def build_call(client: OblixClient, chat: ChatRequest, headers: Mapping[str, str], store_all: bool) -> Call:
+def build_call(client: OblixClient, chat: ChatRequest, headers: Headers, store_all: bool) -> Call:
     """Check the request against the hooked models and sessions rules; raises :class:`APIError`."""
     model = _forced_model(client, chat)
     _refuse_tools(client, chat, model)
@@ -94,7 +105,7 @@ def build_call(client: OblixClient, chat: ChatRequest, headers: Mapping[str, str
     rest = chat.messages[leading:]  # not empty: the schema requires a last user message
     earlier = [m.to_dict() for m in rest[:-1]]
     session = (headers.get(SESSION_HEADER) or "").strip() or None
-    options: dict[str, Any] = {"system": system, "local_only": _truthy(headers.get(LOCAL_ONLY_HEADER))}
+    options: dict[str, Any] = {"system": system, "local_only": local_only_header(headers)}
     if model:
         options["model"] = model
     options.update(chat.model_options())
@@ -130,9 +141,10 @@ async def check_privacy(client: OblixClient, call: Call) -> None:
             metadata = await client.aget_session_metadata(call.session_id)
         except OblixError as exc:
             raise from_oblix(exc) from None
-        local_only = local_only or privacy.session_is_local_only(metadata)
+        local_only = local_only or session_is_local_only(metadata)
     forced = call.options.get("model")
-    if local_only and forced and not client.engine.models[forced].is_local:
+    model = client.find_model(forced) if forced else None
+    if local_only and model is not None and not model.is_local:
         raise APIError(
             422,
             f"{forced} is a cloud model but this request is local-only (its session or the "

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import click
 
-from oblix_core.cli_common import handle_errors, make_client
-from oblix_core.errors import ConfigError
+from oblix.plugin import ConfigError, command_client, handle_errors
+from oblix_server.connection_options import connection_options
 from oblix_server.settings import DEFAULT_BODY_LIMIT, KEY_ENV, ServerSettings
 
 log = logging.getLogger("oblix_server")
@@ -25,7 +26,9 @@ async def serve(
     except ImportError:
         raise ConfigError("oblix server needs its extra: pip install 'oblix[server]'.") from None
     from oblix_server.app import create_app
-    client = make_client()
+    from oblix_server.connections import uvicorn_options
+
+    client = command_client()
     try:
         local, cloud, key = specs
         hooked = await (
@@ -46,6 +49,7 @@ async def serve(
             log_level=log_level,
             lifespan="off",
             timeout_graceful_shutdown=5,
+            **uvicorn_options(settings),
         )
         await uvicorn.Server(config).serve()
     finally:
@@ -116,6 +120,7 @@ async def serve(
     default="info",
     show_default=True,
 )
+@connection_options
 @handle_errors
 def server(
     local_models: tuple[str, ...],
@@ -130,6 +135,7 @@ def server(
     max_body_bytes: int,
     store_all: bool,
     log_level: str,
+    **connection_limits: Any,
 ) -> None:
     """Serve the configured models as an OpenAI-compatible API (/v1/chat/completions)."""
     settings = ServerSettings(
@@ -141,6 +147,7 @@ def server(
         queue_timeout=queue_timeout,
         max_body_bytes=max_body_bytes,
         store_all=store_all,
+        **connection_limits,
     )
     settings.check()
     if cloud_api_key and not cloud_models:

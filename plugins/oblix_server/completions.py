@@ -21,9 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from oblix_core.conversation import ResponseStream
-from oblix_core.errors import OblixError
-from oblix_server import shapes
+import oblix_server.shapes as shapes
+from oblix.plugin import OblixError, ResponseStream
 from oblix_server.calls import SESSION_HEADER, Call, build_call, check_privacy
 from oblix_server.errors import APIError, from_oblix, internal
 from oblix_server.limits import read_body

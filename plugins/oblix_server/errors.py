@@ -14,14 +14,14 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-from oblix_core import secrets
-from oblix_core.errors import (
+from oblix.plugin import (
     ExchangeNotStoredError,
     InvalidSessionIdError,
     NoModelAvailableError,
     OblixError,
     SessionNotFoundError,
     StreamInterruptedError,
+    scrub_secrets,
 )
 
 #: OpenAI's error ``type`` for each status the server uses.
@@ -30,6 +30,7 @@ _TYPES = {
     401: "authentication_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
@@ -53,7 +54,7 @@ class APIError(Exception):
     ) -> None:
         super().__init__(message)
         self.status = status
-        self.message = secrets.scrub(message)
+        self.message = scrub_secrets(message)
         self.code = code
         self.param = param
         self.headers = headers or {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from oblix_core.requests import new_request_id
+from oblix.plugin import new_request_id
 from oblix_server.errors import APIError
 from oblix_server.settings import ServerSettings
 
@@ -28,6 +28,8 @@ def is_authorized(settings: ServerSettings, headers: Headers) -> bool:
 
 class Guard:
     """Adds ``X-Oblix-Request-Id`` to every response and refuses requests without the key (401).
+
+    A request without the key is refused before its body is read, and its connection closed.
 
     The id is put in ``scope["state"]["request_id"]``; the chat endpoint uses it as the
     Oblix request id. Keys are compared in constant time and never logged.
@@ -60,7 +62,7 @@ class Guard:
                 if missing
                 else "Incorrect API key provided.",
                 code="missing_api_key" if missing else "invalid_api_key",
-                headers={"WWW-Authenticate": "Bearer"},
+                headers={"WWW-Authenticate": "Bearer", "Connection": "close"},  # body never read
             )
             await error.response()(scope, receive, send_with_id)
             return

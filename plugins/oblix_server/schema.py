@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from oblix_core.models import ChatMessage
+from oblix.plugin import ChatMessage
 from oblix_server.errors import APIError
 
 #: The longest answer a request may ask for (the core's own limit too).

@@ -8,7 +8,7 @@ import socket
 
 import attrs
 
-from oblix_core.errors import ConfigError
+from oblix.plugin import ConfigError
 
 #: Default largest request body, in bytes (4 MiB).
 DEFAULT_BODY_LIMIT = 4 * 1024 * 1024
@@ -41,9 +41,20 @@ class ServerSettings:
     queue_timeout: float = 30.0
     max_body_bytes: int = DEFAULT_BODY_LIMIT
     store_all: bool = False
+    #: Connection limits (``oblix_server.connections``): open connections at most, seconds to
+    #: send the request headers, seconds (plus 1 s per ``body_min_rate`` bytes) to send the
+    #: body, and seconds an idle keep-alive connection stays open.
+    max_connections: int = 512
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    body_min_rate: int = 1024
+    keep_alive_timeout: float = 5.0
 
     def check(self) -> None:
         """Refuse settings that would expose the models and sessions to the network unprotected."""
+        for name, value in self.connection_limits().items():
+            if not value > 0:
+                raise ConfigError(f"The server setting {name} must be above 0, got {value!r}.")
         if self.api_key is not None and len(self.api_key) < 8:
             raise ConfigError("The server API key is too short: use at least 8 characters.")
         if self.api_key is None and not is_loopback(self.host):
@@ -52,6 +63,11 @@ class ServerSettings:
                 "machine could use your models and read your sessions. Pass --api-key (or set "
                 f"${KEY_ENV}), or bind to 127.0.0.1."
             )
+
+    def connection_limits(self) -> dict[str, float]:
+        """The connection limits by name (what the log lines and the docs quote)."""
+        names = ("max_connections", "header_timeout", "body_timeout", "body_min_rate", "keep_alive_timeout")
+        return {name: getattr(self, name) for name in names}
 
     def key_matches(self, offered: str) -> bool:
         """Constant-time comparison of an offered key with the configured one."""

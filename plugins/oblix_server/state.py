@@ -6,7 +6,7 @@ import time
 
 import attrs
 
-from oblix_core.client import OblixClient
+from oblix.plugin import OblixClient
 from oblix_server.limits import ConcurrencyLimiter
 from oblix_server.settings import ServerSettings
 
