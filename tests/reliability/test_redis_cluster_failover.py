@@ -107,11 +107,19 @@ def test_index_master_down_acknowledges_committed_appends(cluster: RedisClusterS
     while cluster.master_for(f"{store.options.prefix}{{{sid}}}:meta") is index_master:
         sid = new_session_id()
     store.create(SessionRecord(id=sid, title="elsewhere"))
+    there = new_session_id()
+    while cluster.master_for(f"{store.options.prefix}{{{there}}}:meta") is not index_master:
+        there = new_session_id()
+    store.create(SessionRecord(id=there))
+    impatient = RedisSessionStore(url=cluster.url, prefix=store.options.prefix, cluster="1", retry_window=0.2)
     index_master.kill()
     try:
         for n in range(5):  # within cluster-node-timeout: the session's master serves, the index's does not
             store.append_messages(sid, [Message("user", f"q{n}"), Message("assistant", f"a{n}")])
         assert len(store._pending) >= 1  # queued, not reported
+        with pytest.raises(OblixError, match=f"node 127.0.0.1:{index_master.port} ") as info:
+            impatient.load(there)  # the error names the node that failed, and what to do
+        assert "CLUSTER INFO" in str(info.value) and "can simply be retried" in str(info.value)
     finally:
         deadline = time.monotonic() + 30
         while index_master in cluster.masters():
@@ -123,6 +131,7 @@ def test_index_master_down_acknowledges_committed_appends(cluster: RedisClusterS
     row = store.list()[0]  # the queued index updates are replayed first
     assert (row["id"], row["message_count"]) == (sid, 10) and len(store._pending) == 0
     store.close()
+    impatient.close()
 
 
 def test_wait_replicas_refuses_a_write_no_replica_acknowledges(cluster: RedisClusterServers) -> None:
