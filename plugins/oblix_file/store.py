@@ -39,6 +39,12 @@ Guarantees:
   or from a copy scanned into memory).
 - Staging and temp files left by killed writers are removed after ``temp_grace``
   seconds; operations on a missing session create nothing on disk.
+- Private to the user whatever the umask: folders ``0700``, files ``0600`` (the index
+  too); a store with looser modes is tightened when opened (:mod:`oblix_file.permissions`).
+- A damaged session (``meta.json`` unparsable or of the wrong shape, a log without its
+  ``meta.json``, a message line of the wrong types) is skipped by listings and raises
+  :class:`~oblix_core.errors.SessionCorruptedError` when loaded; :meth:`iter_session_ids`
+  still yields it, so migration and ``oblix sessions repair`` report it.
 """
 
 from __future__ import annotations
