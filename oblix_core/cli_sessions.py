@@ -6,11 +6,13 @@ Every command that takes a session id also takes any unique start of one. Oblix 
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import anyio
 import click
 
+from oblix_core import cli_io
 from oblix_core.cli_common import (
     handle_errors,
     parse_pairs,
@@ -142,24 +144,31 @@ def _done(as_json: bool, session_id: str, text: str) -> None:
 
 @sessions.command()
 @click.argument("session_id")
-@click.argument("file_path", type=click.Path(dir_okay=False))
+@click.argument("file_path", type=click.Path(dir_okay=False, allow_dash=True))
 @json_option
 @handle_errors
 def export(session_id: str, file_path: str, as_json: bool) -> None:
-    """Export a session to a JSON file."""
+    """Export a session to a JSON file; `-` (or a pipe, /dev/stdout) writes it to stdout."""
+    if file_path == cli_io.STDIO and as_json:
+        raise click.UsageError("--json cannot go with `-`: the export itself is the JSON on stdout.")
     with session_client() as client:
         session_id = resolve_session_id(client, session_id)
-        anyio.run(client.export_session, session_id, file_path)
+        streamed = cli_io.export_session(client, session_id, file_path)
+    if streamed and not as_json:
+        click.echo(f"Exported {session_id}", err=True)
+        return
     _done(as_json, session_id, f"Exported {session_id} to {file_path}")
 
 
 @sessions.command("import")
-@click.argument("file_paths", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("file_paths", nargs=-1, required=True, type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--new-id", is_flag=True, help="Give the imported sessions fresh ids.")
 @json_option
 @handle_errors
 def import_(file_paths: tuple[str, ...], new_id: bool, as_json: bool) -> None:
     """Import sessions from JSON files (exports, or Oblix 0.1.2's ~/.oblix/sessions/*.json); prints the ids.
+
+    `-` reads one session from stdin (oblix sessions import - < s.json).
 
     With several files, sessions already stored are skipped and reported, and a file
     that cannot be imported is reported without stopping the others (exit status 1).
@@ -170,7 +179,7 @@ def import_(file_paths: tuple[str, ...], new_id: bool, as_json: bool) -> None:
     file_path = file_paths[0]
     try:
         with session_client() as client:
-            session_id = anyio.run(client.import_session, file_path, new_id)
+            session_id = cli_io.import_session(client, file_path, new_id)
     except SessionExistsError:
         raise OblixError(
             f"The session in {file_path} is already stored; add --new-id to import a copy under a fresh id."
@@ -186,7 +195,7 @@ def _import_many(file_paths: tuple[str, ...], new_id: bool, as_json: bool) -> No
     with session_client() as client:
         for path in file_paths:
             try:
-                imported[path] = anyio.run(client.import_session, path, new_id)
+                imported[path] = cli_io.import_session(client, path, new_id)
             except SessionExistsError:
                 skipped.append(path)
             except (OblixError, OSError) as exc:
@@ -207,12 +216,18 @@ def _import_many(file_paths: tuple[str, ...], new_id: bool, as_json: bool) -> No
 
 @sessions.command()
 @click.argument("session_id")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask before deleting by a start of the id.")
 @json_option
 @handle_errors
-def delete(session_id: str, as_json: bool) -> None:
-    """Delete a session."""
+def delete(session_id: str, yes: bool, as_json: bool) -> None:
+    """Delete a session (a start of its id asks for confirmation on a terminal; -y skips it)."""
     with session_client() as client:
-        session_id = resolve_session_id(client, session_id)
+        given, session_id = session_id, resolve_session_id(client, session_id)
+        if given != session_id and not yes and sys.stdin.isatty():
+            title = client.store.load_recent(session_id, 0).title
+            if not click.confirm(f"Delete session {session_id} ({title or 'untitled'})?", err=True):
+                click.echo(f"Kept {session_id}.", err=True)
+                raise SystemExit(1)
         deleted = client.delete_session(session_id)
     if not deleted:
         raise OblixError(f"No session {session_id}; `oblix sessions list` shows the sessions.")

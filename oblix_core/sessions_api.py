@@ -181,8 +181,7 @@ class SessionsAPI:
     async def export_session(self, session_id: str, file_path: str) -> bool:
         """Write the session to ``file_path`` as JSON (the reference shape + ``format_version``)."""
         path = self._export_target(file_path)
-        record = await self._call(self.store.load, validate_session_id(session_id))
-        data = session_io.dumps(record).encode("utf-8")
+        data = (await self.export_session_json(session_id)).encode("utf-8")
         try:
             await anyio.Path(path.parent).mkdir(mode=0o700, parents=True, exist_ok=True)
             await anyio.to_thread.run_sync(lambda: write_atomically(path, data, mode=0o600))  # private
@@ -198,7 +197,18 @@ class SessionsAPI:
             text = await anyio.Path(file_path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError, TypeError, ValueError) as exc:
             raise OblixError(f"Cannot read session file {file_path!r}: {exc}.") from None
-        record = session_io.loads(text, str(file_path))
+        return await self.import_session_json(text, new_id, use_immediately, source=str(file_path))
+
+    async def export_session_json(self, session_id: str) -> str:
+        """The session's export document as JSON text (what :meth:`export_session` writes)."""
+        record = await self._call(self.store.load, validate_session_id(session_id))
+        return session_io.dumps(record)
+
+    async def import_session_json(
+        self, text: str, new_id: bool = False, use_immediately: bool = False, *, source: str = "<text>"
+    ) -> str:
+        """Import a session from its export JSON ``text`` (read from ``source``, for messages)."""
+        record = session_io.loads(text, source)
         if new_id:
             record = session_io.with_new_id(record)
         try:
