@@ -71,7 +71,8 @@ def parse_pairs(pairs: Sequence[str], flag: str) -> dict[str, Any]:
     """``KEY=VALUE`` pairs as a dict, values parsed with :func:`parse_scalar`.
 
     ``local_only`` is a flag wherever it is given (``--filter local_only=yes``): read by
-    :func:`~oblix_core.validation.parse_flag`, an unclear value is refused, never guessed.
+    :func:`~oblix_core.validation.parse_flag`, an unclear value is refused, never guessed
+    (a quoted JSON string, ``local_only='"true"'``, stays the string).
     """
     result: dict[str, Any] = {}
     for pair in pairs:
@@ -79,7 +80,7 @@ def parse_pairs(pairs: Sequence[str], flag: str) -> dict[str, Any]:
         if not sep or not key.strip():
             raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint=flag)
         result[key.strip()] = parse_scalar(value)
-        if key.strip() == "local_only":
+        if key.strip() == "local_only" and not value.strip().startswith('"'):
             try:
                 result["local_only"] = parse_flag(result["local_only"], "local_only")
             except OblixError as exc:

@@ -88,7 +88,7 @@ def tree(root: Path) -> set[str]:
 def test_filter_values_are_json_scalars(home: Path, tmp_path: Path) -> None:
     run("sessions", "import", str(variant(tmp_path, "private-1", metadata={"local_only": True, "n": 3})))
     run("sessions", "import", str(variant(tmp_path, "stringy-1", metadata={"local_only": "true"})))
-    for value, expected in (("true", ["private-1"]), ('"true"', ["stringy-1"]), ("TRUE", [])):
+    for value, expected in (("true", ["private-1"]), ('"true"', ["stringy-1"]), ("TRUE", ["private-1"])):
         code, out = run("sessions", "list", "--json", "--filter", f"local_only={value}")
         assert code == 0 and [s["id"] for s in json.loads(out)] == expected, value
     code, out = run("sessions", "list", "--json", "--filter", "n=3")

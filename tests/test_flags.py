@@ -40,6 +40,7 @@ def test_cli_pairs_read_booleans_in_any_case_and_local_only_as_a_flag() -> None:
     parsed = parse_pairs(["a=True", "b=FALSE", 'c="True"', "d=yes", "local_only=y"], "--filter")
     assert parsed == {"a": True, "b": False, "c": "True", "d": "yes", "local_only": True}
     assert parse_pairs(["local_only=off"], "--filter") == {"local_only": False}
+    assert parse_pairs(['local_only="true"'], "--filter") == {"local_only": "true"}  # asked for the string
     with pytest.raises(click.BadParameter, match="local_only must be true or false"):
         parse_pairs(["local_only=enabled"], "--filter")
 
