@@ -1,6 +1,6 @@
 """``oblix server``: an OpenAI-compatible HTTP server (extra ``oblix[server]``).
 
-Registers the ``server`` command. Without starlette and uvicorn the plugin is skipped
+Registers the ``server`` command. Without starlette, uvicorn and prometheus_client the plugin is skipped
 (``oblix plugins`` says what to install) and ``oblix server`` names the extra.
 """
 
@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from oblix.plugin import hookimpl, needs
 
-needs("starlette", "uvicorn", install="pip install 'oblix[server]'")
+needs("starlette", "uvicorn", "prometheus_client", install="pip install 'oblix[server]'")
 
 if TYPE_CHECKING:
     import click

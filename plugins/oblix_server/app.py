@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from oblix.plugin import OblixClient
+from oblix_server import ui, usage_api
 from oblix_server.calls import AUTO
 from oblix_server.completions import chat_completions
 from oblix_server.errors import APIError, internal
@@ -106,7 +107,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         message = (
             f"No such endpoint: {request.method} {request.url.path}. Oblix serves /v1/chat/completions, "
         )
-        message += "/v1/models and /health."
+        message += "/v1/models, /v1/oblix/*, /metrics, /ui and /health."
     else:
         message = f"{exc.detail} ({request.method} {request.url.path})."
     return APIError(exc.status_code, message, code="http_error").response(dict(exc.headers or {}))
@@ -125,6 +126,8 @@ def create_app(client: OblixClient, settings: ServerSettings) -> Starlette:
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
+        *usage_api.routes(),
+        *ui.routes(),
     ]
     app = Starlette(
         routes=routes,
@@ -132,4 +135,5 @@ def create_app(client: OblixClient, settings: ServerSettings) -> Starlette:
         exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _unexpected},
     )
     app.state.oblix = ServerState.create(client, settings)
+    usage_api.install_observer(app, client)
     return app

@@ -8,9 +8,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from oblix.plugin import new_request_id
 from oblix_server.errors import APIError
 from oblix_server.settings import ServerSettings
+from oblix_server.ui import UI_PATHS
 
 #: Paths served without a key (a health probe sees only the status, not the details).
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", *UI_PATHS})  # the dashboard's files hold no data
 
 
 def offered_key(headers: Headers) -> str | None:
