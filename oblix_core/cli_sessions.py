@@ -17,9 +17,9 @@ from oblix_core.cli_common import (
     handle_errors,
     parse_pairs,
     print_json,
-    print_table,
     session_client,
 )
+from oblix_core.cli_format import print_sessions
 from oblix_core.client import OblixClient
 from oblix_core.errors import OblixError, SessionExistsError
 from oblix_core.sessions_api import resolve_session_id
@@ -51,8 +51,7 @@ def list_(limit: int, filters: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         print_json(found)
         return
-    rows = [(s["id"], s["title"], s["updated_at"], s["message_count"], s["metadata"]) for s in found]
-    print_table("Sessions", ["id", "title", "updated", "messages", "metadata"], rows)
+    print_sessions("Sessions", found)
 
 
 @sessions.command()
@@ -69,19 +68,22 @@ def search(text: str, limit: int, as_json: bool) -> None:
     if as_json:
         print_json(found)
         return
-    rows = [(s["id"], s["title"], s["updated_at"], s["snippet"]) for s in found]
-    print_table(f"Sessions containing {text!r}", ["id", "title", "updated", "match"], rows)
+    print_sessions(f"Sessions containing {text!r}", found, snippets=True)
 
 
 @sessions.command()
-@click.argument("session_id")
+@click.argument("session_id", required=False)
 @click.option("--last", is_flag=True, help="Only the last answer.")
 @json_option
 @handle_errors
-def show(session_id: str, last: bool, as_json: bool) -> None:
-    """Show a session and its messages (or, with --last, its last answer)."""
+def show(session_id: str | None, last: bool, as_json: bool) -> None:
+    """Show a session and its messages (or, with --last, its last answer).
+
+    Without SESSION_ID: the most recently updated session (`oblix sessions show --last`
+    prints the latest answer).
+    """
     with session_client() as client:
-        _show(client, session_id, last, as_json)
+        _show(client, session_id or _latest(client), last, as_json)
 
 
 @sessions.command()
@@ -103,6 +105,14 @@ def create(title: str | None, as_json: bool) -> None:
     with session_client() as client:
         session_id = anyio.run(client.create_session, title)
     _done(as_json, session_id, session_id)
+
+
+def _latest(client: OblixClient) -> str:
+    """The most recently updated session's id."""
+    found = client.list_sessions(limit=1)
+    if not found:
+        raise OblixError("There is no session yet; `oblix run PROMPT` starts one.")
+    return str(found[0]["id"])
 
 
 def _show(client: OblixClient, session_id: str, last: bool, as_json: bool) -> None:

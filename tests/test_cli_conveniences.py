@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,94 @@ def test_the_sdk_still_refuses_to_replace_a_device(home: Path, tmp_path: Path) -
     with pytest.raises(OblixError, match="not a regular file"):
         anyio.run(client.export_session, REF_ID, str(fifo))
     client.store.close()
+
+
+# -- item 9: sessions list at 80 columns, delete confirmation --------------------------------
+
+
+def test_relative_times_titles_and_metadata_text() -> None:
+    from datetime import UTC, datetime
+
+    from oblix_core.cli_format import cut_title, metadata_text, relative_time
+
+    now = datetime(2024, 5, 10, 12, 0, tzinfo=UTC)
+    assert relative_time("2024-05-10T11:59:30Z", now) == "just now"
+    assert relative_time("2024-05-10T11:55:00+00:00", now) == "5m ago"
+    assert relative_time("2024-05-10T09:00:00Z", now) == "3h ago"
+    assert relative_time("2024-05-08T12:00:00Z", now) == "2d ago"
+    assert relative_time("2024-03-01T12:00:00Z", now) == "2024-03-01"
+    assert (
+        cut_title("Planning the garden for the spring and the summer", 30) == "Planning the garden for the…"
+    )
+    assert cut_title("short", 30) == "short"
+    assert cut_title("line\nbreaks   collapse", 30) == "line breaks collapse"
+    assert metadata_text({"category": "demo", "local_only": True, "n": 3}) == (
+        "category=demo local_only=true n=3"
+    )
+
+
+@pytest.mark.parametrize("columns", ["80", "100"])
+def test_sessions_list_fits_80_to_100_columns(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, columns: str
+) -> None:
+    doc = json.loads((DATA / "reference_session.json").read_text())
+    doc["title"] = "A long title about troubleshooting a laptop that will not start after an update"
+    (tmp_path / "s.json").write_text(json.dumps(doc))
+    assert oblix("sessions", "import", str(tmp_path / "s.json")).exit_code == 0
+    monkeypatch.setenv("COLUMNS", columns)
+    listed = oblix("sessions", "list")
+    assert listed.exit_code == 0, listed.output
+    lines = listed.stdout.splitlines()
+    assert all(len(line) <= int(columns) for line in lines)
+    row = next(line for line in lines if REF_ID in line)  # the id whole, on one line
+    assert re.search(r"\d{4}-\d\d-\d\d |\d[mhd] ago", row)  # the time on the id's line, whole
+    assert "category=technical_support" in listed.stdout.replace("\n", "").replace("│", "").replace(" ", "")
+    assert "…" in listed.stdout and "T10:" not in listed.stdout  # title cut; no ISO timestamps
+
+
+def test_show_without_an_id_shows_the_latest_session(cli_home: Path) -> None:  # noqa: F811
+    none_yet = oblix("sessions", "show", "--last")
+    assert none_yet.exit_code == 1 and "no session yet" in none_yet.output
+    session_of(oblix("run", "-m", "echo", "first"))
+    latest = session_of(oblix("run", "-m", "echo", "second"))
+    shown = oblix("sessions", "show", "--last")
+    assert (shown.exit_code, shown.stdout) == (0, "echo: second\n")
+    whole = oblix("sessions", "show", "--json")
+    assert json.loads(whole.stdout)["id"] == latest
+
+
+def test_deleting_by_a_start_of_the_id_asks_on_a_terminal(home: Path, plugin_site: Path) -> None:  # noqa: F811
+    import pexpect
+
+    _imported(home)
+
+    def delete(*args: str) -> pexpect.spawn:
+        return pexpect.spawn(
+            sys.executable,
+            ["-m", "oblix_core", "sessions", "delete", *args],
+            env=cli_plugin.environ(plugin_site, home),
+            encoding="utf-8",
+            timeout=60,
+        )
+
+    child = delete(REF_ID[:6])
+    child.expect(rf"Delete session {REF_ID} \(Technical Support")
+    child.sendline("n")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 1 and oblix("sessions", "show", REF_ID).exit_code == 0
+    child = delete(REF_ID[:6])
+    child.expect("Delete session")
+    child.sendline("y")
+    child.expect(f"Deleted {REF_ID}")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    _imported(home)
+    child = delete(REF_ID[:6], "-y")  # -y: no question
+    child.expect(f"Deleted {REF_ID}")
+    child.expect(pexpect.EOF)
+    _imported(home)
+    child = delete(REF_ID)  # the whole id: no question
+    child.expect(f"Deleted {REF_ID}")
+    child.expect(pexpect.EOF)
