@@ -13,13 +13,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from oblix.plugin import OblixClient
-from oblix_server import ui, usage_api
 from oblix_server.calls import AUTO
 from oblix_server.completions import chat_completions
 from oblix_server.errors import APIError, internal
 from oblix_server.guard import Guard, is_authorized
 from oblix_server.settings import ServerSettings
 from oblix_server.state import ServerState
+from oblix_server.ui import routes as ui_routes
+from oblix_server.usage_api import install_observer
+from oblix_server.usage_api import routes as oblix_routes
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +128,8 @@ def create_app(client: OblixClient, settings: ServerSettings) -> Starlette:
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
-        *usage_api.routes(),
-        *ui.routes(),
+        *oblix_routes(),
+        *ui_routes(),
     ]
     app = Starlette(
         routes=routes,
@@ -135,5 +137,5 @@ def create_app(client: OblixClient, settings: ServerSettings) -> Starlette:
         exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _unexpected},
     )
     app.state.oblix = ServerState.create(client, settings)
-    usage_api.install_observer(app, client)
+    install_observer(app, client)
     return app
