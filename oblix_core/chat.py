@@ -176,6 +176,8 @@ async def run_chat(
     async with catch_ctrl_c() as keys:
         await chat.loop(keys, first_prompt)
     last_session = chat.session_id or chat.previous
+    if chat.session_id is None and chat.previous:  # /new, then nothing asked
+        _print("The new session stored nothing; the session before it:")
     if last_session:
         _print(f"Chat ended. Session: {last_session}")
     else:

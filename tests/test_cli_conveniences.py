@@ -182,3 +182,93 @@ def test_deleting_by_a_start_of_the_id_asks_on_a_terminal(home: Path, plugin_sit
     child = delete(REF_ID)  # the whole id: no question
     child.expect(f"Deleted {REF_ID}")
     child.expect(pexpect.EOF)
+
+
+BLOCKED_RUN = """
+import sys
+
+class Missing:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"ollama", "anthropic"}:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, Missing())
+sys.argv = ["oblix", *sys.argv[1:]]
+from oblix_core.cli import main
+main()
+"""
+
+
+def test_models_lists_only_backends_whose_packages_import(home: Path, plugin_site: Path) -> None:  # noqa: F811
+    cli_plugin.configure(home, "echo")
+    env = cli_plugin.environ(plugin_site, home)
+
+    def blocked(*args: str) -> subprocess.CompletedProcess[str]:
+        run = [sys.executable, "-c", BLOCKED_RUN, *args]
+        return subprocess.run(run, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+    listed = blocked("models", "--json")
+    assert listed.returncode == 0, listed.stderr
+    backends = json.loads(listed.stdout)["backends"]
+    assert "scripted" in backends and "openai" in backends
+    assert not {"ollama", "claude", "anthropic"} & set(backends)
+    table = blocked("models")
+    installed = table.stdout.split("Backends installed:")[1]
+    assert "openai" in installed and "ollama" not in installed and "claude" not in installed
+    plugins = json.loads(blocked("plugins", "--json").stdout)
+    ollama = next(p for p in plugins if p["name"] == "ollama")
+    assert ollama["status"] == "not installed" and ollama["install"] == "pip install 'oblix[ollama]'"
+
+
+def test_the_redis_store_names_its_options_when_given_an_unknown_one(home: Path) -> None:
+    pytest.importorskip("redis")
+    result = oblix("--store", "redis", "--store-option", "urll=redis://127.0.0.1:1/0", "sessions", "list")
+    assert result.exit_code == 1
+    assert "unknown option(s)" in result.output.lower() and "urll" in result.output
+    for name in (
+        "url",
+        "prefix",
+        "cluster",
+        "ttl",
+        "timeout",
+        "retry_window",
+        "wait_replicas",
+        "wait_timeout",
+    ):
+        assert name in result.output.split("Accepted:")[1]
+
+
+def test_ctrl_d_after_new_prints_the_new_sessions_id(home: Path, plugin_site: Path) -> None:  # noqa: F811
+    from tests.test_chat_pty import finish, spawn
+
+    cli_plugin.configure(home, "echo")
+    chat = spawn(plugin_site, home, "chat")
+    chat.expect("you> ")
+    chat.sendline("first")
+    chat.expect("echo: first")
+    chat.expect("you> ")
+    chat.sendline("/new")
+    chat.expect("New session")
+    chat.expect("you> ")
+    chat.sendline("second")
+    chat.expect("echo: second")
+    chat.expect("you> ")
+    chat.sendeof()
+    chat.expect(r"Chat ended\. Session: (\S+)")
+    ended = chat.match.group(1)
+    status, _ = finish(chat)
+    assert status == 0
+    latest = json.loads(cli_plugin.oblix(plugin_site, home, "sessions", "list", "--json").stdout)
+    assert ended == latest[0]["id"] and latest[0]["message_count"] == 2 and len(latest) == 2
+    chat = spawn(plugin_site, home, "chat", "-c")
+    chat.expect("Type /help")
+    chat.expect("ai> echo: second")  # the resumed session's last turns, then the prompt
+    chat.expect("you> ")
+    chat.sendline("/new")
+    chat.expect("New session")
+    chat.expect("you> ")
+    chat.sendeof()
+    chat.expect("The new session stored nothing; the session before it:")
+    chat.expect(rf"Chat ended\. Session: {ended}")
+    assert finish(chat)[0] == 0

@@ -22,8 +22,10 @@ __all__ = ["make_redis_store"]
 def make_redis_store(**options: Any) -> RedisSessionStore:
     """A :class:`~oblix_redis.store.RedisSessionStore` (options: url, prefix, cluster, ttl, timeout,
     retry_window, wait_replicas, wait_timeout)."""
+    from oblix_redis.options import check_option_names
     from oblix_redis.store import RedisSessionStore  # the library loads only when a store is made
 
+    check_option_names(options)
     return RedisSessionStore(**options)
 
 

@@ -143,3 +143,14 @@ class RedisOptions:
             int(_as_number(wait_replicas, "wait_replicas", 0, whole=True)),
             int(_as_number(wait_timeout, "wait_timeout", 1, whole=True)),
         )
+
+
+def check_option_names(options: dict[str, Any]) -> None:
+    """Raise a :class:`ConfigError` naming every accepted option when one of ``options`` is not one."""
+    accepted = sorted(attrs.fields_dict(RedisOptions))
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"Unknown option(s) for the 'redis' session store: {', '.join(unknown)}. "
+            f"Accepted: {', '.join(accepted)}."
+        )
