@@ -86,6 +86,13 @@ def _history(raw: Any, store: bool) -> tuple[ChatMessage, ...] | None:
     return messages
 
 
+async def _warm(model: ModelBackend) -> None:
+    try:
+        await model.prepare()
+    except OblixError as exc:
+        log.warning("%s could not be prepared: %s", model.model_id, exc)
+
+
 class OblixClient(SessionsAPI, Compat012):
     """The Oblix SDK entry point.
 
@@ -148,6 +155,16 @@ class OblixClient(SessionsAPI, Compat012):
     def models(self) -> list[ModelBackend]:
         """Hooked models, in the order they were hooked."""
         return self.engine.model_snapshot()
+
+    async def warm_up(self) -> None:
+        """Make every hooked model ready now (load in-process weights), e.g. before serving.
+
+        Models otherwise load on first use; a model that cannot load is left to fail its
+        first request (and so to fall back) rather than failing here.
+        """
+        async with anyio.create_task_group() as tg:
+            for model in self.models:
+                tg.start_soon(_warm, model)
 
     def find_model(self, model_id: str) -> ModelBackend | None:
         """The hooked model with this id (``"<type>:<name>"``), or ``None``."""

@@ -262,10 +262,11 @@ class Executor:
         attempts: list[Attempt] = []
         for model in self.breaker.order(candidates):
             try:
+                await model.prepare()
                 trimmed = attrs.evolve(
                     request, messages=trim_to_window(request.messages, model, request.max_tokens)
                 )
-            except PermanentModelError as exc:
+            except (PermanentModelError, ConfigError) as exc:  # cannot load, or the prompt cannot fit
                 attempts.append(Attempt(model.model_id, secrets.scrub(str(exc)), 0.0))
                 continue
             tries = 0

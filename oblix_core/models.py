@@ -215,8 +215,18 @@ class ModelBackend:
         return min(window, learned) if learned else window
 
     async def start(self) -> None:
-        """Validate and prepare the model (load weights, check it exists). Called once."""
+        """Validate the model cheaply (it exists, its files or keys are there). Called once, when
+        hooked; heavy work (loading weights) belongs in :meth:`prepare`."""
         self.started = True
+
+    async def prepare(self) -> None:
+        """Make the model ready to answer (e.g. load its weights); quick once it is.
+
+        The executor awaits it before counting a request's tokens for this model, so an
+        in-process model is loaded only when a request is about to use it (``oblix run -m
+        cloud`` never loads the local model). :attr:`warming` is true while it runs. The
+        default does nothing.
+        """
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[StreamChunk, None]:
         """Generate, yielding chunks as they are produced (see the class docstring).

@@ -68,6 +68,7 @@ def start(**options: Any) -> LlamaCppBackend:
 async def astart(**options: Any) -> LlamaCppBackend:
     backend = LlamaCppBackend("gemma-3-270m", n_ctx=4096, seed=7, **options)
     await backend.start()
+    await backend.prepare()  # loaded now: the cache's counters exist from the start
     return backend
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,7 +18,6 @@ from oblix_core.errors import ConfigError, OblixError, SessionCorruptedError, Se
 from oblix_core.records import Message, SessionRecord, new_session_id
 from oblix_core.stores import SessionStore
 from oblix_core.testing import ScriptedPlugin, SessionStoreContract
-from oblix_s3 import make_store
 from oblix_s3.layout import INDEX_SHARDS, plan_compaction
 from oblix_s3.store import S3SessionStore
 from tests.conftest import FAST
@@ -271,10 +271,19 @@ def test_options_are_validated() -> None:
     assert S3SessionStore(bucket="b-b-b", max_segments="4").max_segments == 4  # type: ignore[arg-type]
 
 
-def test_missing_boto3_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "boto3", None)
-    with pytest.raises(ConfigError, match=re.escape("pip install 'oblix[s3]'")):
-        make_store(bucket="anything")
+def test_missing_boto3_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['boto3'] = None\n"  # as if boto3 were not installed
+        "from oblix_core.errors import OblixError\n"
+        "from oblix_core.plugins import Registry\n"
+        "try:\n"
+        "    Registry.load().make_store('s3', bucket='anything')\n"
+        "except OblixError as exc:\n"
+        "    print('ERROR', exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ERROR") and "pip install 'oblix[s3]'" in out.stdout
 
 
 def test_missing_bucket_is_a_clear_error(server: S3Server) -> None:

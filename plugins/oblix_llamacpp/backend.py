@@ -30,7 +30,6 @@ from oblix.plugin import (
     ConfigError,
     GenerationRequest,
     ModelBackend,
-    OblixError,
     PermanentModelError,
     StreamChunk,
     Usage,
@@ -157,13 +156,16 @@ class LlamaCppBackend(ModelBackend):
         self._worker: threading.Thread | None = None
         self._busy = threading.Event()  # set while a generation runs
         self.gpu_offload: bool | None = None  # known once started
+        self._options: dict[str, Any] = {}
+        self._load_lock = threading.Lock()
+        self._loading = False
 
     @property
     def default_context_window(self) -> int:
         return self.n_ctx
 
     async def start(self) -> None:
-        llama_cpp = _import_llama()
+        """Check the model file (the packaged one is unpacked once per machine); nothing loads yet."""
         if self.model_path is None:
             self.model_path = await anyio.to_thread.run_sync(packaged_model_path)
         elif not self.model_path.is_file():
@@ -183,6 +185,44 @@ class LlamaCppBackend(ModelBackend):
             options["seed"] = self.seed
         if self.chat_format and not plain:
             options["chat_format"] = self.chat_format
+        self._options = options
+
+    @property
+    def warming(self) -> bool:
+        """Whether the weights are being loaded for a request (it will answer, later)."""
+        return self._loading
+
+    async def prepare(self) -> None:
+        """Load the weights on first use (``oblix run -m cloud`` never pays for them)."""
+        if self._llama is None:
+            await anyio.to_thread.run_sync(self._load_once)
+
+    def _load_once(self) -> None:
+        """Load the model unless another caller did (any thread, any event loop)."""
+        with self._load_lock:
+            if self._llama is not None:
+                return
+            self._loading = True
+            try:
+                llama = self._load()
+            except (ValueError, RuntimeError, OSError) as exc:
+                raise PermanentModelError(
+                    f"llama.cpp could not load {self.model_path}: {exc}", model_id=self.model_id
+                ) from exc
+            finally:
+                self._loading = False
+            has_template = "tokenizer.chat_template" in (llama.metadata or {})
+            if self.chat_format in PLAIN_FORMATS or (self.chat_format is None and not has_template):
+                self._plain = PLAIN_FORMATS[self.chat_format or "vicuna"]
+            self._llama = llama
+            self._worker = threading.Thread(
+                target=self._serve, name=f"oblix-llama-{self.model_name}", daemon=True
+            )
+            self._worker.start()
+
+    def _import_checked(self) -> Any:
+        """llama_cpp, imported (it loads the native library); warns if GPU layers cannot apply."""
+        llama_cpp = _import_llama()
         self.gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())
         if self.n_gpu_layers and not self.gpu_offload:
             log.warning(
@@ -191,20 +231,11 @@ class LlamaCppBackend(ModelBackend):
                 self.model_id,
                 self.n_gpu_layers,
             )
-        try:
-            self._llama = await anyio.to_thread.run_sync(self._load, llama_cpp, options)
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise OblixError(f"llama.cpp could not load {self.model_path}: {exc}") from exc
-        self._worker = threading.Thread(
-            target=self._serve, name=f"oblix-llama-{self.model_name}", daemon=True
-        )
-        self._worker.start()
-        has_template = "tokenizer.chat_template" in (self._llama.metadata or {})
-        if plain or (self.chat_format is None and not has_template):
-            self._plain = PLAIN_FORMATS[self.chat_format or "vicuna"]
+        return llama_cpp
 
-    def _load(self, llama_cpp: Any, options: dict[str, Any]) -> Any:
+    def _load(self) -> Any:
         """Construct the ``Llama``; quiet unless ``verbose`` (llama.cpp logs context setup to fd 2)."""
+        llama_cpp, options = self._import_checked(), self._options
         try:
             from llama_cpp._utils import suppress_stdout_stderr
         except ImportError:  # pragma: no cover - a future llama-cpp-python without it
@@ -327,6 +358,7 @@ class LlamaCppBackend(ModelBackend):
                 call_soon_threadsafe(job.token, job.send.close)
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[StreamChunk, None]:
+        await self.prepare()
         send, receive = anyio.create_memory_object_stream[object](math.inf)
         job = _Job(request, send, anyio.lowlevel.current_token(), threading.Event())
         self._jobs.put(job)

@@ -35,6 +35,7 @@ async def serve(
             client.hook_model_specs(local, cloud, key) if local or cloud else client.hook_configured_models()
         )
         client.hook_default_agents()
+        await client.warm_up()  # a server loads its in-process models before the first request
         app = create_app(client, settings)
         click.echo(
             f"Oblix server on http://{settings.host}:{settings.port}/v1"
