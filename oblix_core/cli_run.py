@@ -336,14 +336,24 @@ def _backend_options(client: OblixClient) -> list[dict[str, Any]]:
 
 @click.command()
 @click.option("--options", "show_options", is_flag=True, help="List each backend's options instead.")
+@click.option(
+    "--reset-health",
+    "reset",
+    is_flag=False,
+    flag_value="*",
+    default=None,
+    metavar="[MODEL]",
+    help="Put a cooling model (or, without MODEL, every model) back in service now.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @handle_errors
-def models(show_options: bool, as_json: bool) -> None:
-    """Configured models (or the defaults) and what each backend sees.
+def models(show_options: bool, reset: str | None, as_json: bool) -> None:
+    """Configured models (or the defaults), their health and what each backend sees.
 
-    With --options: the options each backend takes, in config.toml [[models]] entries
-    (model options) and with `oblix run -o KEY VALUE` (request options; * means any
-    option is passed to the model).
+    Health: ready, warming (loading), or cooling (why, and when it returns); a model
+    you fixed can be put back at once with --reset-health [MODEL]. With --options: the
+    options each backend takes, in config.toml [[models]] entries (model options) and
+    with `oblix run -o KEY VALUE` (request options; * means any option is passed).
     """
 
     async def main() -> tuple[list[dict[str, Any]], list[str], list[dict[str, Any]]]:
@@ -351,8 +361,13 @@ def models(show_options: bool, as_json: bool) -> None:
         try:
             if not show_options:
                 await hook_models(client)
+            if reset is not None:
+                target = None if reset == "*" else resolve_model(client, reset)
+                for model_id in client.reset_model_health(target):
+                    click.echo(f"{model_id}: health reset, in service", err=True)
+            health = client.model_health(refresh=True)
             return (
-                [m.describe() for m in client.models],
+                [m.describe() | {"health": health[m.model_id]} for m in client.models],
                 sorted(client.registry.models),
                 _backend_options(client),
             )
@@ -380,13 +395,24 @@ def models(show_options: bool, as_json: bool) -> None:
             "local" if m["local"] else "cloud",
             m["context_window"],
             m.get("endpoint") or m.get("path", ""),
+            _health_text(m["health"]),
         )
         for m in hooked
     ]
-    print_table("Models", ["model", "kind", "context", "where"], model_rows)
+    print_table("Models", ["model", "kind", "context", "where", "health"], model_rows)
     click.echo(f"Backends installed: {', '.join(types) or 'none'}")
     if not hooked:
         click.echo(NO_MODEL_HINT, err=True)
+
+
+def _health_text(health: dict[str, Any]) -> str:
+    """One model's health for the table: ready, warming, or cooling with why and when it returns."""
+    if health["status"] != "cooling":
+        return str(health["status"])
+    return (
+        f"cooling since {health['since_s']:g}s ({health['reason']}); returns {health['returns']}, "
+        f"~{health['seconds_left_estimate']:g}s (--reset-health to clear)"
+    )
 
 
 @click.command()

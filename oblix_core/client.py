@@ -170,15 +170,20 @@ class OblixClient(SessionsAPI, Compat012):
         """The hooked model with this id (``"<type>:<name>"``), or ``None``."""
         return self.engine.models.get(model_id)
 
-    def model_health(self) -> dict[str, dict[str, Any]]:
-        """Each hooked model's health in this process, by id.
+    def model_health(self, refresh: bool = False) -> dict[str, dict[str, Any]]:
+        """Each hooked model's health, by id.
 
         ``status`` is ``"ready"``, ``"warming"`` (loading; it will answer, later),
         ``"cooling"`` (taken out of service after failures: ``reason``, ``returns`` and
         ``seconds_left_estimate`` say why and when it comes back) or ``"not started"``.
-        ``available`` says whether routing would try it now.
+        ``available`` says whether routing would try it now. ``refresh=True`` first reads
+        what other processes recorded (``$OBLIX_HOME/health.json``, or the store's shared
+        health) instead of this process's view only.
         """
         breaker = self.executor.breaker
+        if refresh:
+            breaker.watch(self.models)
+            breaker.sync()
         health: dict[str, dict[str, Any]] = {}
         for model in self.models:
             cooling = breaker.describe(model.model_id)
@@ -196,13 +201,18 @@ class OblixClient(SessionsAPI, Compat012):
         return health
 
     def reset_model_health(self, model_id: str | None = None) -> list[str]:
-        """Put a cooling model (or every model) back in service now; returns the ids reset."""
+        """Put a cooling model (or every model) back in service now, for every process that
+        shares this health (the record is rewritten); returns the ids reset."""
         if model_id is not None and model_id not in self.engine.models:
             hooked = ", ".join(self.engine.models) or "none"
             raise OblixError(f"No hooked model {model_id} (hooked: {hooked}); `oblix models` lists them.")
+        breaker = self.executor.breaker
+        breaker.watch(self.models)
+        breaker.sync()
         ids = [model_id] if model_id is not None else list(self.engine.models)
         for one in ids:
-            self.executor.breaker.reset(one)
+            breaker.reset(one)
+        breaker.flush()
         return ids
 
     @property

@@ -305,7 +305,9 @@ def screen(
         raise ModelCoolingDownError(
             f"{forced} is cooling down: it failed {forced_health['since_s']:g}s ago "
             f"({forced_health['reason']}); it returns {forced_health['returns']}. Nothing was sent. "
-            "Pass fallback=True (oblix run --fallback) to let another model answer, or try later."
+            "Pass fallback=True (oblix run --fallback) to let another model answer, or try later; "
+            f"if you fixed it, clear its health now: oblix models --reset-health {forced} "
+            "(client.reset_model_health())."
         )
     chosen, notes = _skip_cooling(fitting, entries), list(plan.notes)
     if chosen and all(entries[m.model_id]["health"] for m in chosen):
