@@ -70,6 +70,7 @@ from oblix_core.records import (
     validate_session_id,
 )
 from oblix_core.requests import Request, new_request_id
+from oblix_core.routing import PREFERENCES as ROUTING_PREFERENCES
 from oblix_core.routing import RouteRequest, RoutingPlan
 from oblix_core.secrets import redact_url
 from oblix_core.secrets import remember as remember_secret
@@ -97,6 +98,7 @@ def handle_errors(func: Any) -> Any:
 
 
 __all__ = [
+    "ROUTING_PREFERENCES",
     "AgentCheck",
     "AgentState",
     "BaseAgent",

@@ -27,7 +27,7 @@ from oblix_core.console import catch_ctrl_c, print_answer
 from oblix_core.conversation import ResponseStream
 from oblix_core.errors import OblixError
 from oblix_core.explain import explain
-from oblix_core.routing import NO_MODEL_HINT
+from oblix_core.routing import NO_MODEL_HINT, PREFERENCES
 from oblix_core.sessions_api import resolve_session_id
 
 #: Exit status of a command stopped with Ctrl-C (128 + SIGINT), as shells expect.
@@ -52,6 +52,29 @@ class RunArgs:
     explain: bool = False
     #: With ``model``: other models may answer if it cannot.
     fallback: bool = False
+    #: ``local-first``/``cloud-first`` for this request (``None``: the configured one).
+    preference: str | None = None
+
+
+#: What to use instead of ``-o KEY VALUE`` for each routing option (each names a real flag).
+ROUTING_FLAGS = {
+    "model": "use -m/--model",
+    "local_only": "use --local-only",
+    "preference": "use --preference",
+    "fallback": "use --fallback (with -m)",
+    "system": "use -s/--system",
+    "history": "continue a stored conversation with -c/--continue or --session",
+    "store": "oblix run always stores the exchange (the SDK takes store=False)",
+}
+
+
+#: ``--preference`` for ``run``, ``chat`` and ``server``.
+preference_option = click.option(
+    "--preference",
+    type=click.Choice(PREFERENCES),
+    default=None,
+    help="Routing preference for this run, overriding config.toml (default local-first).",
+)
 
 
 def model_options(pairs: tuple[tuple[str, str], ...], temperature: Any, max_tokens: Any) -> dict[str, Any]:
@@ -59,9 +82,9 @@ def model_options(pairs: tuple[tuple[str, str], ...], temperature: Any, max_toke
     options: dict[str, Any] = {}
     for key, value in pairs:
         if key in ROUTING_OPTIONS:
-            flag = {"model": "-m/--model", "system": "-s/--system", "local_only": "--local-only"}
-            hint = flag.get(key, "its own flag")
-            raise click.BadParameter(f"{key} is not a model option; use {hint}.", param_hint="-o/--option")
+            raise click.BadParameter(
+                f"{key} is not a model option; {ROUTING_FLAGS[key]}.", param_hint="-o/--option"
+            )
         options[key] = parse_scalar(value)
     if temperature is not None:
         options["temperature"] = temperature
@@ -98,6 +121,8 @@ async def _prepare(client: OblixClient, args: RunArgs) -> ResponseStream:
     options = dict(args.options)
     temperature, max_tokens = options.pop("temperature", None), options.pop("max_tokens", None)
     routing: dict[str, Any] = {"local_only": args.local_only}
+    if args.preference:
+        routing["preference"] = args.preference
     if model:
         routing["model"] = model
         routing["fallback"] = args.fallback
@@ -170,6 +195,7 @@ def _say_interrupted(response: ResponseStream | None, stored: bool) -> None:
     "--explain", is_flag=True, help="Print why each model was chosen or skipped, and the attempts (stderr)."
 )
 @click.option("--fallback", is_flag=True, help="With -m: let other models answer if that one cannot.")
+@preference_option
 @handle_errors
 def run(
     prompt: str | None,
@@ -185,6 +211,7 @@ def run(
     as_json: bool,
     explain: bool,
     fallback: bool,
+    preference: str | None,
 ) -> None:
     """Answer PROMPT (streamed) and store it in a session.
 
@@ -207,6 +234,7 @@ def run(
         as_json=as_json,
         explain=explain,
         fallback=fallback,
+        preference=preference,
     )
     result = anyio.run(_run, args)
     if result is None:
@@ -276,6 +304,7 @@ def model_flags(func: Any) -> Any:
 @click.option("--session", default=None, help="Resume this session (its id or a unique start of it).")
 @click.option("-m", "--model", default=None, help="Use only this model (id, bare name or alias).")
 @click.option("-s", "--system", default=None, help="System prompt sent with every request (not stored).")
+@preference_option
 @model_flags
 @handle_errors
 def chat(
@@ -283,6 +312,7 @@ def chat(
     session: str | None,
     model: str | None,
     system: str | None,
+    preference: str | None,
     local_models: tuple[str, ...],
     cloud_models: tuple[str, ...],
     cloud_api_key: str | None,
@@ -307,6 +337,8 @@ def chat(
                     options["model"] = resolve_model(client, model)
                 if system:
                     options["system"] = system
+                if preference:
+                    options["preference"] = preference
                 session_id = session
                 if continue_:
                     session_id = await anyio.to_thread.run_sync(most_recent_session, client)

@@ -22,6 +22,7 @@ from oblix_core.models import ChatMessage, ModelBackend, ModelType
 from oblix_core.plugins import Registry, build_plugin_manager
 from oblix_core.records import ROLES, validate_session_id
 from oblix_core.requests import Request
+from oblix_core.routing import PREFERENCES
 from oblix_core.sessions_api import SessionsAPI
 from oblix_core.stores import SessionStore
 from oblix_core.usage import Pricing, UsageLedger, parse_since, reference_model, usage_report
@@ -147,7 +148,14 @@ class OblixClient(SessionsAPI, Compat012):
 
     @property
     def preference(self) -> str:
+        """The routing preference of requests that do not set one (``local-first``, ``cloud-first``)."""
         return self.engine.preference
+
+    @preference.setter
+    def preference(self, value: str) -> None:
+        if value not in PREFERENCES:
+            raise ConfigError(f"Unknown routing preference {value!r}; use one of {', '.join(PREFERENCES)}.")
+        self.engine.preference = value
 
     # -- models and agents -------------------------------------------------------------
 

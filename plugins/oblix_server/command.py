@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from oblix.plugin import ConfigError, command_client, handle_errors
+from oblix.plugin import ROUTING_PREFERENCES, ConfigError, command_client, handle_errors
 from oblix_server.connection_options import connection_options
 from oblix_server.settings import DEFAULT_BODY_LIMIT, KEY_ENV, ServerSettings
 
@@ -19,6 +19,7 @@ async def serve(
     settings: ServerSettings,
     log_level: str,
     specs: tuple[tuple[str, ...], tuple[str, ...], str | None] = ((), (), None),
+    preference: str | None = None,
 ) -> None:
     """Hook the configured models (or ``specs``: local, cloud ``TYPE:NAME`` and key) and agents; serve."""
     try:
@@ -30,6 +31,8 @@ async def serve(
 
     client = command_client()
     try:
+        if preference:
+            client.preference = preference
         local, cloud, key = specs
         hooked = await (
             client.hook_model_specs(local, cloud, key) if local or cloud else client.hook_configured_models()
@@ -76,6 +79,12 @@ async def serve(
     "--cloud-api-key",
     default=None,
     help="Key for the --cloud-model (else the provider's environment variable); never stored.",
+)
+@click.option(
+    "--preference",
+    type=click.Choice(ROUTING_PREFERENCES),
+    default=None,
+    help="Routing preference of requests that name no model, overriding config.toml.",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
@@ -127,6 +136,7 @@ def server(
     local_models: tuple[str, ...],
     cloud_models: tuple[str, ...],
     cloud_api_key: str | None,
+    preference: str | None,
     host: str,
     port: int,
     api_key: str | None,
@@ -153,4 +163,4 @@ def server(
     settings.check()
     if cloud_api_key and not cloud_models:
         raise click.UsageError("--cloud-api-key goes with --cloud-model TYPE:NAME.")
-    asyncio.run(serve(settings, log_level, (local_models, cloud_models, cloud_api_key)))
+    asyncio.run(serve(settings, log_level, (local_models, cloud_models, cloud_api_key), preference))
