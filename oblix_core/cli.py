@@ -118,7 +118,7 @@ def plugins(as_json: bool) -> None:
 
 def build_cli() -> click.Group:
     """A root group with the built-in commands and every plugin's commands (the hook runs once)."""
-    from oblix_core import cli_run, cli_sessions, cli_usage
+    from oblix_core import cli_config, cli_run, cli_sessions, cli_templates, cli_usage
 
     pm = build_plugin_manager()
     group = _Oblix(
@@ -131,8 +131,10 @@ def build_cli() -> click.Group:
     )
     group.add_command(plugins)
     group.add_command(cli_sessions.sessions)
-    for command in (cli_run.run, cli_run.chat, cli_run.models, cli_run.agents):
+    for command in (cli_run.run, cli_run.chat, cli_config.models_group(cli_run.models), cli_run.agents):
         group.add_command(command)
+    group.add_command(cli_templates.templates)
+    group.add_command(cli_config.aliases)
     group.add_command(cli_usage.usage)
     for impl in reversed(pm.hook.oblix_register_commands.get_hookimpls()):
         try:

@@ -68,3 +68,16 @@ def print_sessions(title: str, found: Sequence[dict[str, Any]], snippets: bool =
             text.append("\n" + below, style="dim")
         table.add_row(s["id"], relative_time(s["updated_at"]), str(s["message_count"]), text)
     console.print(table)
+
+
+def usage_line(metrics: dict[str, Any]) -> str:
+    """``Token usage: 12 input, 40 output`` (+ prompt-cache reads, cost, "estimated")."""
+    parts = [f"{metrics.get('input_tokens', 0)} input", f"{metrics.get('output_tokens', 0)} output"]
+    cached = metrics.get("cache_read_input_tokens")
+    if cached:
+        parts.append(f"{cached} read from the prompt cache")
+    cost = metrics.get("cost_usd")
+    line = "Token usage: " + ", ".join(parts)
+    if metrics.get("tokens_estimated"):
+        line += " (estimated: the model reported none)"
+    return line + (f"; cost ${cost:.6f}" if isinstance(cost, int | float) else "")

@@ -22,6 +22,9 @@ from oblix_core.cli_common import (
     ready_client,
     resolve_model,
 )
+from oblix_core.cli_config import default_model
+from oblix_core.cli_format import usage_line
+from oblix_core.cli_templates import use_template
 from oblix_core.client import ROUTING_OPTIONS, OblixClient
 from oblix_core.console import catch_ctrl_c, print_answer
 from oblix_core.conversation import ResponseStream
@@ -116,7 +119,7 @@ async def _prepare(client: OblixClient, args: RunArgs) -> ResponseStream:
         session_id = await anyio.to_thread.run_sync(most_recent_session, client)
     elif args.session is not None:  # an empty --session "" is an error, not a new session
         session_id = await anyio.to_thread.run_sync(resolve_session_id, client, args.session)
-    model = resolve_model(client, args.model) if args.model else None
+    model = resolve_model(client, args.model) if args.model else default_model(client)
     _check_request_options(client, model, args.options)
     options = dict(args.options)
     temperature, max_tokens = options.pop("temperature", None), options.pop("max_tokens", None)
@@ -125,7 +128,7 @@ async def _prepare(client: OblixClient, args: RunArgs) -> ResponseStream:
         routing["preference"] = args.preference
     if model:
         routing["model"] = model
-        routing["fallback"] = args.fallback
+        routing["fallback"] = args.fallback or not args.model  # a default model: others may answer
     if args.system:
         routing["system"] = args.system
     return client.stream(
@@ -196,6 +199,12 @@ def _say_interrupted(response: ResponseStream | None, stored: bool) -> None:
 )
 @click.option("--fallback", is_flag=True, help="With -m: let other models answer if that one cannot.")
 @preference_option
+@click.option("-u", "--usage", is_flag=True, help="Print the token usage (stderr).")
+@click.option("-t", "--template", default=None, help="Use the saved prompt template NAME (oblix templates).")
+@click.option(
+    "-p", "--param", "params", type=(str, str), multiple=True, metavar="NAME VALUE",
+    help="A parameter of the template ($NAME), repeatable.",
+)  # fmt: skip
 @handle_errors
 def run(
     prompt: str | None,
@@ -212,6 +221,9 @@ def run(
     explain: bool,
     fallback: bool,
     preference: str | None,
+    usage: bool,
+    template: str | None,
+    params: tuple[tuple[str, str], ...],
 ) -> None:
     """Answer PROMPT (streamed) and store it in a session.
 
@@ -222,13 +234,16 @@ def run(
     """
     if continue_ and session:
         raise click.UsageError("Give either -c/--continue or --session, not both.")
+    template_options: dict[str, Any] = {}
+    if template or params:
+        prompt, system, model, template_options = use_template(template, params, prompt, system, model)
     args = RunArgs(
         prompt=read_prompt(prompt),
         session=session,
         continue_=continue_,
         model=model,
         system=system,
-        options=model_options(option_pairs, temperature, max_tokens),
+        options=template_options | model_options(option_pairs, temperature, max_tokens),
         local_only=local_only,
         stream=not no_stream,
         as_json=as_json,
@@ -239,6 +254,8 @@ def run(
     result = anyio.run(_run, args)
     if result is None:
         raise SystemExit(EXIT_INTERRUPTED)
+    if usage:
+        click.echo(usage_line(result["metrics"]), err=True)
     if as_json:
         print_json(result)
         return
@@ -335,6 +352,8 @@ def chat(
                 options: dict[str, Any] = {}
                 if model:
                     options["model"] = resolve_model(client, model)
+                elif not (local_models or cloud_models) and (default := default_model(client)):
+                    options.update(model=default, fallback=True)
                 if system:
                     options["system"] = system
                 if preference:

@@ -5,6 +5,7 @@ holds ``sessions/`` for the file store and ``config.toml``::
 
     [routing]
     preference = "local-first"        # or "cloud-first"
+    default_model = "fast"            # tried first by oblix run/chat without -m (oblix models default)
 
     [sessions]
     store = "file"                    # or "redis", "s3", a plugin's store
@@ -69,6 +70,8 @@ class Config:
     """The parsed ``config.toml`` (all sections optional)."""
 
     preference: str = "local-first"
+    #: ``[routing] default_model``: tried first by ``oblix run``/``chat`` without ``-m``.
+    default_model: str | None = None
     store: str = "file"
     store_options: dict[str, Any] = attrs.field(factory=dict)
     execution: ExecutionSettings = attrs.field(factory=ExecutionSettings)
@@ -99,6 +102,7 @@ def load_config(home: Path | None = None) -> Config:
     routing, sessions, agents = data.get("routing", {}), data.get("sessions", {}), data.get("agents", {})
     return Config(
         preference=routing.get("preference", "local-first"),
+        default_model=routing.get("default_model"),
         store=sessions.get("store", "file"),
         store_options=dict(sessions.get("options", {})),
         execution=ExecutionSettings.from_dict(data.get("execution", {})),
@@ -205,7 +209,12 @@ _ANY = Key("any value", lambda v: True)
 
 #: Every table of ``config.toml``; another table, key, type or range is an error.
 SCHEMA: dict[str, Section] = {
-    "routing": Section({"preference": Key(f"one of {', '.join(PREFERENCES)}", lambda v: v in PREFERENCES)}),
+    "routing": Section(
+        {
+            "preference": Key(f"one of {', '.join(PREFERENCES)}", lambda v: v in PREFERENCES),
+            "default_model": _text("a model id, bare name or alias"),
+        }
+    ),
     "sessions": Section({"store": _text("a store name (file, redis, s3...)"), "options": _TABLE}),
     "execution": Section(_execution_keys()),
     "agents": Section(
@@ -225,6 +234,7 @@ SCHEMA: dict[str, Section] = {
             "api_key": _text(),
             "local": _BOOL,
             "context_window": _integer(16),
+            "defaults": _TABLE,
             "price_in": _USD,
             "price_out": _USD,
         },

@@ -263,9 +263,8 @@ class Executor:
         for model in self.breaker.order(candidates):
             try:
                 await model.prepare()
-                trimmed = attrs.evolve(
-                    request, messages=trim_to_window(request.messages, model, request.max_tokens)
-                )
+                own = model.with_defaults(request)  # the model's generation defaults, where unset
+                trimmed = attrs.evolve(own, messages=trim_to_window(own.messages, model, own.max_tokens))
             except (PermanentModelError, ConfigError) as exc:  # cannot load, or the prompt cannot fit
                 attempts.append(Attempt(model.model_id, secrets.scrub(str(exc)), 0.0))
                 continue
@@ -289,7 +288,7 @@ class Executor:
                         retrimmed = True  # the server said how long it can take: fit it and try once more
                         try:
                             trimmed = attrs.evolve(
-                                request, messages=trim_to_window(request.messages, model, request.max_tokens)
+                                own, messages=trim_to_window(own.messages, model, own.max_tokens)
                             )
                         except PermanentModelError:
                             break

@@ -10,7 +10,7 @@ import os
 import socket
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
@@ -88,6 +88,11 @@ class StreamChunk:
     tool_calls: tuple[dict[str, Any], ...] | None = None
 
 
+R = TypeVar("R", bound=GenerationRequest)
+#: Generation options that are fields of the request rather than entries of its ``options``.
+_SAMPLING = frozenset({"temperature", "max_tokens"})
+
+
 def _declared_options(cls: type) -> set[str]:
     """Keyword parameters accepted by the ``__init__`` of ``cls`` and its bases."""
     names: set[str] = set()
@@ -157,6 +162,7 @@ class ModelBackend:
         api_key: str | None = None,
         local: bool | None = None,
         context_window: int | None = None,
+        defaults: dict[str, Any] | None = None,
         **options: Any,
     ) -> None:
         if options:
@@ -174,6 +180,8 @@ class ModelBackend:
         self.is_local = self.default_local if local is None else bool(local)
         #: The window set with ``context_window=``, overriding the backend's own figure.
         self.context_window_override = context_window
+        #: Generation options used when a request sets none (``defaults`` of ``[[models]]``).
+        self.generation_defaults = self._checked_defaults(defaults)
         #: A smaller window the server itself reported (``/models``, or an error saying the
         #: context was exceeded): it wins over both.
         self.learned_context_window: int | None = None
@@ -184,6 +192,33 @@ class ModelBackend:
         self.in_flight = 0
         #: Tokens per second of the last answer, set by the executor (``None`` before one).
         self.last_tokens_per_second: float | None = None
+
+    def _checked_defaults(self, defaults: Any) -> dict[str, Any]:
+        if defaults is None:
+            return {}
+        if not isinstance(defaults, dict) or not all(isinstance(k, str) for k in defaults):
+            raise ConfigError(f"defaults must be a table of generation options, got {defaults!r}.")
+        known = None if self.request_options is None else {"temperature", "max_tokens"} | self.request_options
+        unknown = sorted(set(defaults) - known) if known is not None else []
+        if unknown:
+            raise ConfigError(
+                f"defaults: {', '.join(unknown)} not an option of {self.model_type} models "
+                f"(options: {', '.join(sorted(known or ()))})."
+            )
+        return dict(defaults)
+
+    def with_defaults(self, request: R) -> R:
+        """``request`` with this model's :attr:`generation_defaults` where it sets none."""
+        defaults = self.generation_defaults
+        if not defaults:
+            return request
+        changes: dict[str, Any] = {"options": {k: v for k, v in defaults.items() if k not in _SAMPLING}}
+        changes["options"].update(request.options)
+        if request.temperature is None and "temperature" in defaults:
+            changes["temperature"] = defaults["temperature"]
+        if request.max_tokens is None and "max_tokens" in defaults:
+            changes["max_tokens"] = defaults["max_tokens"]
+        return attrs.evolve(request, **changes)
 
     @classmethod
     def accepted_options(cls) -> list[str]:

@@ -272,3 +272,137 @@ def test_ctrl_d_after_new_prints_the_new_sessions_id(home: Path, plugin_site: Pa
     chat.expect("The new session stored nothing; the session before it:")
     chat.expect(rf"Chat ended\. Session: {ended}")
     assert finish(chat)[0] == 0
+
+
+# -- item 8: llm's daily conveniences ---------------------------------------------------------
+
+
+def test_run_u_prints_the_token_usage_on_stderr(cli_home: Path) -> None:  # noqa: F811
+    plain = oblix("run", "-m", "echo", "hello there")
+    assert "Token usage" not in plain.stderr
+    used = oblix("run", "-m", "echo", "-u", "hello there")
+    assert used.exit_code == 0, used.output
+    assert used.stdout == "echo: hello there\n"  # stdout keeps only the answer
+    line = next(x for x in used.stderr.splitlines() if x.startswith("Token usage: "))
+    metrics = json.loads(oblix("run", "-m", "echo", "--json", "hello there").stdout)["metrics"]
+    assert f"{metrics['input_tokens']} input, {metrics['output_tokens']} output" in line
+
+
+def test_aliases_and_the_default_model_are_written_to_config_keeping_comments(cli_home: Path) -> None:  # noqa: F811
+    config = cli_home / "config.toml"
+    config.write_text("# my models, hand-written\n" + config.read_text())
+    done = oblix("aliases", "set", "quick", "scripted:echo")
+    assert done.exit_code == 0, done.output
+    assert oblix("aliases", "list", "--json").stdout.strip() == json.dumps(
+        {"quick": "scripted:echo"}, indent=2
+    )
+    assert session_of(oblix("run", "-m", "quick", "via alias"))
+    assert calls()[-1].messages[-1].content == "via alias"
+    done = oblix("models", "default", "quick")
+    assert done.exit_code == 0, done.output
+    assert oblix("models", "default").stdout.strip() == "quick"
+    answered = oblix("run", "--json", "no -m given")  # the default goes first (slow would too)
+    assert json.loads(answered.stdout)["model_id"] == "scripted:echo"
+    decision = json.loads(answered.stdout)["routing_decision"]
+    assert decision["candidates"][0] == "scripted:echo" and len(decision["candidates"]) == 2  # fallback
+    assert json.loads(oblix("run", "--json", "-m", "slow", "x").stdout)["model_id"] == "scripted:slow"
+    text = config.read_text()
+    assert text.startswith("# my models, hand-written\n") and 'default_model = "quick"' in text
+    assert oblix("models", "default", "--clear").exit_code == 0
+    assert "default_model" not in config.read_text()
+    assert oblix("aliases", "remove", "quick").exit_code == 0
+    gone = oblix("run", "-m", "quick", "x")
+    assert gone.exit_code == 1 and "quick" in gone.output
+    bad = oblix("aliases", "set", "a:b", "scripted:echo")
+    assert bad.exit_code == 2 and "NAME" in bad.output
+
+
+def test_a_default_model_that_is_gone_names_the_commands_that_fix_it(cli_home: Path) -> None:  # noqa: F811
+    assert oblix("models", "default", "nosuch").exit_code == 0  # a note, not an error: it may come later
+    failed = oblix("run", "hello")
+    assert failed.exit_code == 1 and "default model nosuch" in failed.output
+    assert "oblix models default --clear" in failed.output and "--model" not in failed.output
+
+
+def test_invalid_config_changes_are_refused_and_leave_the_file_alone(cli_home: Path) -> None:  # noqa: F811
+    config = cli_home / "config.toml"
+    before = config.read_text()
+    refused = oblix("aliases", "set", "empty", " ")
+    assert refused.exit_code == 1 and "[aliases]" in refused.output
+    assert config.read_text() == before
+
+
+def test_generation_defaults_per_model_apply_when_a_request_sets_none(cli_home: Path) -> None:  # noqa: F811
+    assert oblix("models", "options", "set", "echo", "temperature", "0.3").exit_code == 0
+    assert oblix("models", "options", "set", "scripted:echo", "stop", '["END"]').exit_code == 0
+    assert oblix("models", "options", "set", "echo", "max_tokens", "64").exit_code == 0
+    shown = json.loads(oblix("models", "options", "show", "--json").stdout)
+    assert shown["scripted:echo"] == {"temperature": 0.3, "stop": ["END"], "max_tokens": 64}
+    assert shown["scripted:slow"] == {}
+    assert oblix("run", "-m", "echo", "defaults apply").exit_code == 0
+    request = calls()[-1]
+    assert (request.temperature, request.max_tokens, request.options) == (0.3, 64, {"stop": ["END"]})
+    assert (
+        oblix("run", "-m", "echo", "--temperature", "0.9", "-o", "stop", "X", "request wins").exit_code == 0
+    )
+    request = calls()[-1]
+    assert (request.temperature, request.max_tokens, request.options) == (0.9, 64, {"stop": "X"})
+    assert oblix("models", "options", "clear", "echo", "stop").exit_code == 0
+    assert oblix("models", "options", "clear", "echo").exit_code == 0
+    assert "defaults" not in (cli_home / "config.toml").read_text()
+    missing = oblix("models", "options", "set", "nosuch", "temperature", "1")
+    assert missing.exit_code == 1 and "scripted:echo" in missing.output
+    (cli_home / "config.toml").write_text(
+        '[[models]]\ntype = "scripted"\nname = "echo"\ndefaults = { temperature = 0.1 }\n'
+    )
+    assert oblix("run", "-m", "echo", "from the file").exit_code == 0
+    assert calls()[-1].temperature == 0.1
+
+
+def test_options_set_writes_out_the_embedded_defaults_first(home: Path) -> None:
+    done = oblix("models", "options", "set", "gemma-3-270m", "temperature", "0.5")
+    assert done.exit_code == 0, done.output
+    assert "now lists the default models" in done.stderr
+    text = (home / "config.toml").read_text()
+    assert 'type = "llama_cpp"' in text and 'name = "gemma-3-270m"' in text and "temperature = 0.5" in text
+
+
+def test_a_backend_refuses_defaults_it_cannot_take() -> None:
+    from oblix_core.errors import ConfigError
+    from oblix_core.models import ModelBackend
+
+    class Strict(ModelBackend):
+        model_type = "strict"
+        request_options = frozenset({"top_p"})
+
+    assert Strict("m", defaults={"top_p": 0.5, "temperature": 1}).generation_defaults["top_p"] == 0.5
+    with pytest.raises(ConfigError, match="seed not an option of strict"):
+        Strict("m", defaults={"seed": 1})
+
+
+def test_templates_save_list_show_and_run(cli_home: Path) -> None:  # noqa: F811
+    saved = oblix("templates", "save", "sum", "Summarise in $words words: $input", "-p", "words", "20")
+    assert saved.exit_code == 0 and "parameters: words" in saved.output
+    assert oblix(
+        "templates", "save", "fr", "-s", "Answer in $lang.", "-m", "echo", "-o", "temperature", "0.4"
+    )
+    listed = oblix("templates", "list", "--json")
+    assert set(json.loads(listed.stdout)) == {"sum", "fr"}
+    shown = oblix("templates", "show", "sum")
+    assert 'prompt = "Summarise in $words words: $input"' in shown.stdout and "words = 20" in shown.stdout
+    ran = oblix("run", "-m", "echo", "-t", "sum", "the text")
+    assert ran.stdout == "echo: Summarise in 20 words: the text\n"
+    ran = oblix("run", "-m", "echo", "-t", "sum", "-p", "words", "5", stdin="piped text")
+    assert ran.stdout == "echo: Summarise in 5 words: piped text\n"
+    ran = oblix("run", "-t", "fr", "-p", "lang", "French", "Hello")  # the template's model and options
+    assert ran.exit_code == 0 and ran.stdout == "echo: Hello\n"
+    request = calls()[-1]
+    assert request.messages[0].content == "Answer in French." and request.temperature == 0.4
+    missing = oblix("run", "-t", "fr", "Hello")
+    assert missing.exit_code == 1 and "-p lang VALUE" in missing.output
+    assert oblix("run", "-p", "a", "b", "x").exit_code == 2
+    assert "No template nosuch" in oblix("run", "-t", "nosuch", "x").output
+    assert oblix("templates", "delete", "fr").exit_code == 0
+    assert "fr" not in json.loads(oblix("templates", "list", "--json").stdout)
+    stray = oblix("templates", "save", "bad", "costs $ 5")
+    assert stray.exit_code == 1 and "$$" in stray.output
