@@ -176,21 +176,7 @@ async def hook_models(client: OblixClient, cloud_only: bool = False) -> list[str
 
 def resolve_model(client: OblixClient, name: str) -> str:
     """A hooked model id from an id, an ``[aliases]`` name or a bare, unambiguous model name."""
-    target = client.config.aliases.get(name, name)
-    hooked = [m.model_id for m in client.models]
-    if target in hooked:
-        return target
-    matches = [m.model_id for m in client.models if m.model_name == target]
-    if len(matches) == 1:
-        return matches[0]
-    listed = ", ".join(hooked) or "none"
-    if matches:
-        raise OblixError(f"--model {name} is ambiguous: {', '.join(matches)}. Give the full id.")
-    alias = f" (alias of {target})" if target != name else ""
-    raise OblixError(
-        f"--model {name}{alias} is not one of the available models ({listed}). Add it to "
-        "config.toml as a [[models]] entry, or see `oblix models`."
-    )
+    return client.resolve_model(name, what="--model")
 
 
 def most_recent_session(client: SessionsAPI) -> str:

@@ -174,6 +174,25 @@ class OblixClient(SessionsAPI, Compat012):
             for model in self.models:
                 tg.start_soon(_warm, model)
 
+    def resolve_model(self, name: str, *, what: str = "Model") -> str:
+        """The hooked model's id for an id, an ``[aliases]`` name or a bare, unambiguous model
+        name (``"fast"``, ``"gemma-3-270m"`` -> ``"llama_cpp:gemma-3-270m"``); ``what`` names
+        the value in the error (``--model`` for the CLI)."""
+        target = self.config.aliases.get(name, name)
+        hooked = [m.model_id for m in self.models]
+        if target in hooked:
+            return target
+        matches = [m.model_id for m in self.models if m.model_name == target]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise OblixError(f"{what} {name} is ambiguous: {', '.join(matches)}. Give the full id.")
+        alias = f" (alias of {target})" if target != name else ""
+        raise OblixError(
+            f"{what} {name}{alias} is not one of the available models ({', '.join(hooked) or 'none'}). "
+            "Add it to config.toml as a [[models]] entry, or see `oblix models`."
+        )
+
     def find_model(self, model_id: str) -> ModelBackend | None:
         """The hooked model with this id (``"<type>:<name>"``), or ``None``."""
         return self.engine.models.get(model_id)

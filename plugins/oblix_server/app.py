@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from oblix.plugin import OblixClient
+from oblix.plugin import OblixClient, OblixError
 from oblix_server.calls import AUTO
 from oblix_server.completions import chat_completions
 from oblix_server.errors import APIError, internal
@@ -48,9 +48,28 @@ def _auto_entry(state: ServerState) -> dict[str, Any]:
     }
 
 
+def _alias_entries(state: ServerState) -> list[dict[str, Any]]:
+    """``[aliases]`` names whose target is hooked: usable as a ``model`` like the ids."""
+    entries = []
+    for alias in sorted(state.client.config.aliases):
+        model = _resolved(state, alias)
+        if model is not None and alias != model.model_id:
+            entries.append(_model_entry(state, model) | {"id": alias, "alias_of": model.model_id})
+    return entries
+
+
+def _resolved(state: ServerState, name: str) -> Any:
+    """The hooked model ``name`` means (an id, an alias or a bare name), or ``None``."""
+    try:
+        return state.client.find_model(state.client.resolve_model(name))
+    except OblixError:
+        return None
+
+
 async def list_models(request: Request) -> Response:
     state: ServerState = request.app.state.oblix
-    data = [_auto_entry(state), *(_model_entry(state, m) for m in state.client.models)]
+    models = [_model_entry(state, m) for m in state.client.models]
+    data = [_auto_entry(state), *models, *_alias_entries(state)]
     return JSONResponse({"object": "list", "data": data})
 
 
@@ -59,10 +78,13 @@ async def get_model(request: Request) -> Response:
     model_id = request.path_params["model_id"]
     if model_id == AUTO:
         return JSONResponse(_auto_entry(state))
-    model = state.client.find_model(model_id)
+    model = _resolved(state, model_id)
     if model is None:
         raise APIError(404, f"The model {model_id!r} does not exist on this server.", code="model_not_found")
-    return JSONResponse(_model_entry(state, model))
+    entry = _model_entry(state, model)
+    if model_id != model.model_id:
+        entry |= {"id": model_id, "alias_of": model.model_id}
+    return JSONResponse(entry)
 
 
 def _serving(state: ServerState) -> list[dict[str, Any]]:

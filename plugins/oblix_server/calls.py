@@ -62,17 +62,19 @@ def local_only_header(headers: Headers) -> bool:
 
 
 def _forced_model(client: OblixClient, chat: ChatRequest) -> str | None:
+    """The hooked model the request names (an id, an alias or a bare name), or ``None`` for auto."""
     if chat.model == AUTO:
         return None
-    if client.find_model(chat.model) is None:
-        hooked = ", ".join([AUTO, *(m.model_id for m in client.models)])
+    try:
+        return client.resolve_model(chat.model)
+    except OblixError:
+        hooked = ", ".join([AUTO, *(m.model_id for m in client.models), *client.config.aliases])
         raise APIError(
             404,
             f"The model {chat.model!r} does not exist on this server. Use one of: {hooked}.",
             code="model_not_found",
             param="model",
-        )
-    return chat.model
+        ) from None
 
 
 def _refuse_tools(client: OblixClient, chat: ChatRequest, forced: str | None) -> None:
