@@ -30,11 +30,12 @@ from oblix_core.usage import (
 from oblix_core.usage_sqlite import SqliteUsageLedger
 from oblix_file.ledger import LEDGER
 from oblix_redis.store import RedisSessionStore
-from tests import redis_servers
+from tests import redis_servers, s3_server
 from tests.conftest import FAST
 from tests.redis_servers import RedisServer, unique_prefix
 
 redis_server = redis_servers.redis_server
+s3_bucket = s3_server.s3_bucket  # a fresh bucket on moto's S3 server
 
 LOCAL, CLOUD = "scripted:tiny", "scripted:gpt-4o-mini"
 
@@ -54,12 +55,19 @@ def _record(n: int, **changes: Any) -> UsageRecord:
     return UsageRecord(**(fields | changes))
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "s3"])
 def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UsageLedger]:
     if request.param == "sqlite":
         made: UsageLedger = SqliteUsageLedger(tmp_path / "usage.sqlite3")
         yield made
         made.close()
+        return
+    if request.param == "s3":
+        s3 = s3_server.s3_store(request.getfixturevalue("s3_bucket"))
+        made = s3.usage_ledger()
+        yield made
+        made.close()
+        s3.close()
         return
     server: RedisServer = request.getfixturevalue("redis_server")
     store = RedisSessionStore(url=server.url, prefix=unique_prefix())
@@ -68,7 +76,7 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UsageLedg
 
 
 class TestLedger:
-    """What every ledger does (the SQLite one of the file store, the Redis one)."""
+    """What every ledger does (the SQLite one of the file store, the Redis one, the S3 one)."""
 
     def test_totals_by_group_match_the_records(self, ledger: UsageLedger) -> None:
         records = [_record(n) for n in range(1, 8)]
@@ -248,20 +256,26 @@ async def test_the_file_store_ledger_tells_the_truth_of_a_mixed_workload(home: P
 
 
 @pytest.mark.anyio
-async def test_hosts_on_one_redis_share_the_ledger(redis_server: RedisServer, tmp_path: Path) -> None:
-    prefix = unique_prefix()
-    options = {"url": redis_server.url, "prefix": prefix}
+@pytest.mark.parametrize("kind", ["redis", "s3"])
+async def test_hosts_on_one_store_share_the_ledger(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    options: dict[str, Any]
+    if kind == "redis":
+        options = {"url": request.getfixturevalue("redis_server").url, "prefix": unique_prefix()}
+    else:
+        options = request.getfixturevalue("s3_bucket") | {"prefix": unique_prefix()}
     results = []
-    for host in ("host-a", "host-b"):  # two clients, two homes: only Redis is shared
+    for host in ("host-a", "host-b"):  # two clients, two homes: only the store is shared
         async with OblixClient(
             home=tmp_path / host,
-            session_store="redis",
+            session_store=kind,
             store_options=options,
             plugins=[ScriptedPlugin()],
             execution=FAST,
         ) as client:
             results += await _workload(client)
-    async with OblixClient(home=tmp_path / "c", session_store="redis", store_options=options) as reader:
+    async with OblixClient(home=tmp_path / "c", session_store=kind, store_options=options) as reader:
         report = reader.usage(by="model", versus="gpt-4o-mini")
         assert report["total"]["requests"] == 16
         assert report["total"]["cost_usd"] == pytest.approx(sum(r["metrics"]["cost_usd"] for r in results))

@@ -5,6 +5,7 @@ Layout under ``<prefix>``::
     sessions/<id>/manifest.json     header, context, metadata, ordered segment list
     sessions/<id>/seg-<uuid>.jsonl  immutable: appended messages, one JSON object a line
     index/<nn>.json                 listing index, 16 shards by a hash of the session id
+    usage/<YYYY-MM-DD>.json         the usage ledger, one object per UTC day (oblix_s3.ledger)
 """
 
 from __future__ import annotations

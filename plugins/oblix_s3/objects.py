@@ -191,12 +191,13 @@ class S3Objects:
             with self._errors("delete", batch[0]["Key"]):
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
 
-    def list_keys(self, prefix: str) -> list[str]:
-        """Every key under ``prefix`` (paginated listing)."""
+    def list_keys(self, prefix: str, start_after: str = "") -> list[str]:
+        """Every key under ``prefix`` (paginated listing), only those after ``start_after`` if given."""
         keys: list[str] = []
+        extra = {"StartAfter": start_after} if start_after else {}
         with self._errors("list", prefix):
             paginator = self.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, **extra):
                 keys.extend(str(item["Key"]) for item in page.get("Contents", ()))
         return keys
 

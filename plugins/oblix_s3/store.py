@@ -57,6 +57,7 @@ from oblix.plugin import (
 )
 from oblix_s3.index import MAX_CONFLICTS, ShardedIndex, backoff
 from oblix_s3.layout import Keys, dumps
+from oblix_s3.ledger import S3UsageLedger
 from oblix_s3.objects import ConditionFailed, S3Objects, public_endpoint
 
 log = logging.getLogger(__name__)
@@ -507,6 +508,11 @@ class S3SessionStore(SessionStore):
         if pool is not None:
             pool.shutdown(wait=True)
         self.objects.close()
+
+    def usage_ledger(self) -> S3UsageLedger:
+        """The usage ledger in this bucket: one object per UTC day under ``<prefix>usage/``,
+        shared by every host using the store (see :mod:`oblix_s3.ledger`)."""
+        return S3UsageLedger(self.objects, self.prefix, self._executor)
 
     def describe(self) -> dict[str, Any]:
         return {
