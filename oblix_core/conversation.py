@@ -116,8 +116,11 @@ class ResponseStream:
             now = utc_now()
             metadata = {privacy.KEY: True} if request.local_only else {}
             history = tuple(Message(m.role, m.content) for m in request.history or ())
+            new_id = new_session_id()
+            if request.store:  # the store must be reachable before a model spends time on an answer
+                await anyio.to_thread.run_sync(self._engine.store.exists, new_id)
             self._new_session = SessionRecord(
-                id=new_session_id(),
+                id=new_id,
                 title=request.prompt.strip().splitlines()[0][:60],
                 created_at=now,
                 updated_at=now,

@@ -337,7 +337,7 @@ class CircuitBreaker:
         try:
             stored = self.store.load()
         except Exception as exc:  # health must never break a request
-            log.warning("cannot read model health from %s: %s", self.store.name, exc)
+            log.debug("cannot read model health from %s: %s", self.store.name, exc)  # quiet: never the cause
             return
         with self._lock:
             for model_id, model in self._models.items():
@@ -384,7 +384,7 @@ class CircuitBreaker:
             try:
                 self.store.save(key, record)
             except Exception as exc:
-                log.warning("cannot save model health (%s) to %s: %s", key, self.store.name, exc)
+                log.debug("cannot save model health (%s) to %s: %s", key, self.store.name, exc)
             finally:
                 self._saves.task_done()
 
