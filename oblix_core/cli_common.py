@@ -138,15 +138,21 @@ def session_client() -> Iterator[OblixClient]:
         client.store.close()
 
 
-async def ready_client() -> OblixClient:
-    """A client with the configured (or default) models hooked and the agents running.
-
-    A default model that cannot load (its extra is not installed) is skipped with a
-    one-line notice on stderr.
+async def ready_client(
+    specs: tuple[tuple[str, ...], tuple[str, ...], str | None] = ((), (), None),
+) -> OblixClient:
+    """A client with the configured (or default) models hooked and the agents running; with
+    ``specs`` (``--local-model``/``--cloud-model`` ``TYPE:NAME`` lists and a key) those models
+    instead. A default model that cannot load (its extra is not installed) is skipped with
+    a one-line notice on stderr.
     """
     client = make_client()
+    local, cloud, key = specs
     try:
-        await hook_models(client)
+        if local or cloud:
+            await client.hook_model_specs(local, cloud, key)
+        else:
+            await hook_models(client)
         client.hook_default_agents()
     except BaseException:
         with anyio.CancelScope(shield=True):

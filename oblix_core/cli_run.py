@@ -270,19 +270,9 @@ def run(
 async def flag_client(local: tuple[str, ...], cloud: tuple[str, ...], key: str | None) -> OblixClient:
     """:func:`ready_client`, or, with ``--local-model``/``--cloud-model``, a client with those
     models hooked instead of the configured ones (and the agents running)."""
-    if not (local or cloud):
-        if key:
-            raise click.UsageError("--cloud-api-key goes with --cloud-model TYPE:NAME.")
-        return await ready_client()
-    client = make_client()
-    try:
-        await client.hook_model_specs(local, cloud, key)
-        client.hook_default_agents()
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await client.shutdown()
-        raise
-    return client
+    if key and not (local or cloud):
+        raise click.UsageError("--cloud-api-key goes with --cloud-model TYPE:NAME.")
+    return await ready_client((local, cloud, key))
 
 
 #: Oblix 0.1.2's model flags, shared by ``oblix chat`` and ``oblix server``.
