@@ -221,3 +221,29 @@ def test_strict_mode_makes_a_failing_plugin_an_error(broken_site: Path, home: Pa
     assert strict.returncode == 1
     assert "boom at import" in strict.stderr
 
+
+@pytest.mark.parametrize(
+    ("hidden", "lookup", "extra"),
+    [
+        ("redis", "make_store('redis')", "redis"),
+        ("boto3", "make_store('s3', bucket='b')", "s3"),
+        ("openai", "model_class('openai')", "openai"),
+        ("ollama", "model_class('ollama')", "ollama"),
+        ("anthropic", "model_class('claude')", "anthropic"),
+        ("llama_cpp", "model_class('llama_cpp')", "llama-cpp"),
+    ],
+)
+def test_a_missing_optional_package_names_its_extra(hidden: str, lookup: str, extra: str) -> None:
+    code = (
+        f"import sys; sys.modules[{hidden!r}] = None\n"  # as if the package were not installed
+        "from oblix_core.errors import OblixError\n"
+        "from oblix_core.plugins import Registry\n"
+        "try:\n"
+        f"    Registry.load().{lookup}\n"
+        "except OblixError as exc:\n"
+        "    print('ERROR', exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ERROR") and f"pip install 'oblix[{extra}]'" in out.stdout
+

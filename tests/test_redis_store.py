@@ -4,8 +4,6 @@ the sessions API end to end through ``OblixClient``, the index, its repair and i
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -183,21 +181,6 @@ def test_store_selected_by_name_and_bad_options_are_config_errors(redis_server: 
         registry.make_store("redis", colour="blue")
     with pytest.raises(PluginError):
         registry.make_store("no-such-store")
-
-
-def test_missing_redis_py_is_an_error_naming_the_extra(tmp_path: Path) -> None:
-    code = (
-        "import sys; sys.modules['redis'] = None\n"  # as if redis-py were not installed
-        "from oblix_core.errors import OblixError\n"
-        "from oblix_core.plugins import Registry\n"
-        "try:\n"
-        "    Registry.load().make_store('redis')\n"
-        "except OblixError as exc:\n"
-        "    print('ERROR', exc)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("ERROR") and "pip install 'oblix[redis]'" in out.stdout
 
 
 # -- keys, atomic operations and their costs -------------------------------------------
