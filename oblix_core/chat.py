@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
+from oblix_core import chat_input
 from oblix_core.console import CtrlC, catch_ctrl_c, cli_message, print_answer
 from oblix_core.errors import OblixError, StreamInterruptedError
 from oblix_core.explain import explain
@@ -36,6 +38,8 @@ HELP = """Commands:
   /models       hooked models
   /status       agents' latest checks and the current session
   /why          why the last prompt went to its model: candidates, skips, attempts
+  !multi        a prompt of several lines, ended by a line !end
+  !edit         write the prompt in $VISUAL/$EDITOR
   /help         this text
   /exit         leave the chat (also Ctrl-D, or Ctrl-C at the prompt)
 Ctrl-C while an answer is written stops it and keeps the part shown."""
@@ -185,6 +189,10 @@ async def run_chat(
     return chat.last | {"session_id": last_session}
 
 
+class _CtrlCAtPrompt(Exception):
+    """Ctrl-C while a ``!multi`` block is typed: the chat ends, as with Ctrl-C at the prompt."""
+
+
 @attrs.define
 class _Chat:
     """The state of one chat: the client, the current session and the last result."""
@@ -212,7 +220,12 @@ class _Chat:
                 if prompt is None:
                     return
             prompt = prompt.strip()
-            if prompt.startswith("/"):
+            if chat_input.command(prompt):
+                try:
+                    prompt = (await self._long_prompt(keys, prompt) or "").strip()
+                except _CtrlCAtPrompt:
+                    return
+            if prompt.startswith("/") and "\n" not in prompt:
                 command, _, argument = prompt.partition(" ")
                 if command in ("/exit", "/quit"):
                     return
@@ -230,6 +243,30 @@ class _Chat:
                 pass
         _print()
         return None
+
+    async def _long_prompt(self, keys: CtrlC, line: str) -> str | None:
+        """``!multi`` (lines up to ``!end``) or ``!edit`` (the editor); ``None``: nothing to send."""
+
+        async def more(text: str) -> str | None:
+            with keys.cancels() as scope:
+                try:
+                    return await _read(self.read_line, text)
+                except EOFError:
+                    return None
+            if scope.cancelled_caught:  # its input() still waits in its thread: end, as at the prompt
+                _print()
+                raise _CtrlCAtPrompt
+            return None
+
+        word, rest = chat_input.command(line) or ("", "")
+        if word == chat_input.MULTI:
+            _print(f"Type the prompt; a line {chat_input.END} sends it, Ctrl-D drops it.")
+            return await chat_input.read_multi(more, rest)
+        try:
+            return await chat_input.edit(rest)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            _print(f"[error] the editor ({' '.join(chat_input.editor())}) failed: {exc}; set $EDITOR.")
+            return None
 
     async def _answer(self, keys: CtrlC, prompt: str) -> None:
         """Stream one answer; Ctrl-C stops it and stores the part shown."""

@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -406,3 +407,56 @@ def test_templates_save_list_show_and_run(cli_home: Path) -> None:  # noqa: F811
     assert "fr" not in json.loads(oblix("templates", "list", "--json").stdout)
     stray = oblix("templates", "save", "bad", "costs $ 5")
     assert stray.exit_code == 1 and "$$" in stray.output
+
+
+def test_chat_multi_line_prompts_and_the_editor(home: Path, plugin_site: Path, tmp_path: Path) -> None:  # noqa: F811
+    from tests.test_chat_pty import finish
+
+    cli_plugin.configure(home, "echo")
+    editor = tmp_path / "editor.sh"
+    editor.write_text('#!/bin/sh\nprintf "written in the editor" >> "$1"\n')
+    editor.chmod(0o755)
+    env = cli_plugin.environ(plugin_site, home, EDITOR=str(editor), VISUAL="")
+    chat = pexpect_spawn(env, "chat")
+    chat.expect("you> ")
+    chat.sendline("!multi first line")
+    chat.expect("a line !end sends it")
+    chat.expect(r"\.\.\. ")
+    chat.sendline("second line")
+    chat.expect(r"\.\.\. ")
+    chat.sendline("/not a command")
+    chat.expect(r"\.\.\. ")
+    chat.sendline("!end")
+    chat.expect("echo: first line\r\nsecond line\r\n/not a command")
+    chat.expect("you> ")
+    chat.sendline("!multi")
+    chat.expect(r"\.\.\. ")
+    chat.sendline("never sent")
+    chat.expect(r"\.\.\. ")
+    chat.sendeof()  # Ctrl-D drops the block, back at the prompt
+    chat.expect("you> ")
+    chat.sendline("!edit")
+    chat.expect("echo: written in the editor")
+    chat.expect("you> ")
+    chat.sendline("!multi")
+    chat.expect(r"\.\.\. ")
+    chat.sendintr()  # Ctrl-C ends the chat, as at the prompt
+    chat.expect(r"Chat ended\. Session: (\S+)")
+    session_id = chat.match.group(1)
+    assert finish(chat)[0] == 0
+    shown = json.loads(cli_plugin.oblix(plugin_site, home, "sessions", "show", session_id, "--json").stdout)
+    asked = [m["content"] for m in shown["messages"] if m["role"] == "user"]
+    assert asked == ["first line\nsecond line\n/not a command", "written in the editor"]
+
+
+def pexpect_spawn(env: dict[str, str], *args: str) -> Any:
+    import pexpect
+
+    return pexpect.spawn(
+        sys.executable,
+        ["-m", "oblix_core", *args],
+        env=env,
+        encoding="utf-8",
+        timeout=30,
+        dimensions=(40, 200),
+    )
