@@ -15,7 +15,7 @@ Sections:
   :func:`require`, :func:`http_library`, :func:`status_error`, :func:`connection_error`,
   :func:`describe_cause`;
 * agents: :class:`BaseAgent`, :class:`AgentCheck`, :class:`AgentState`, :class:`Target`;
-* session stores: :class:`SessionStore`, :class:`SessionRecord`, :class:`Message`,
+* session stores: :class:`SessionStore`, :class:`SessionRecord`, :class:`Message`, :class:`SessionChanges`,
   :class:`HealthStore`, :func:`matches_metadata`, :func:`validate_session_id`,
   :func:`parse_timestamp`, :func:`utc_now`, :func:`write_atomically`;
 * usage ledgers (``SessionStore.usage_ledger()``): :class:`UsageLedger`, :class:`UsageRecord`,
@@ -75,7 +75,7 @@ from oblix_core.routing import RouteRequest, RoutingPlan
 from oblix_core.secrets import redact_url
 from oblix_core.secrets import remember as remember_secret
 from oblix_core.secrets import scrub as scrub_secrets
-from oblix_core.stores import SessionStore
+from oblix_core.stores import SessionChanges, SessionStore
 from oblix_core.transport import connection_error, describe_cause, http_library, require, status_error
 from oblix_core.usage import UsageLedger, UsageRecord, UsageTotals, group_key, total_by
 from oblix_core.usage_sqlite import SqliteUsageLedger
@@ -124,6 +124,7 @@ __all__ = [
     "ResponseStream",
     "RouteRequest",
     "RoutingPlan",
+    "SessionChanges",
     "SessionCorruptedError",
     "SessionError",
     "SessionExistsError",

@@ -16,7 +16,8 @@ from oblix_core.budgets import BudgetGuard
 from oblix_core.engine import Engine, notify
 from oblix_core.errors import ExchangeNotStoredError, NoModelAvailableError, StreamInterruptedError
 from oblix_core.execution import Attempting, Done
-from oblix_core.history import read_tail, session_messages
+from oblix_core.history import session_messages
+from oblix_core.models import ChatMessage
 from oblix_core.records import Message, SessionRecord, new_session_id, utc_now
 from oblix_core.requests import Request
 from oblix_core.routing import RouteRequest, RoutingPlan, screen
@@ -49,6 +50,7 @@ class ResponseStream:
         self._answering: str | None = None  # the model being tried now
         self._stored = False
         self._budget: BudgetGuard | None = None
+        self._history: tuple[ChatMessage, ...] | None = None  # the session's, as chat messages
 
     @property
     def request_id(self) -> str:
@@ -130,7 +132,8 @@ class ResponseStream:
             return self._new_session
         budget = max((m.context_window for m in self._engine.models.values()), default=DEFAULT_HISTORY_BUDGET)
         store = self._engine.store
-        session = await anyio.to_thread.run_sync(read_tail, store, request.session_id, budget)
+        read = self._engine.history.read
+        session, self._history = await anyio.to_thread.run_sync(read, store, request.session_id, budget)
         if request.local_only and not privacy.session_is_local_only(session.metadata):
             # mark the session before any model runs: once private, always private
             await anyio.to_thread.run_sync(store.update_metadata, session.id, {privacy.KEY: True})
@@ -153,7 +156,7 @@ class ResponseStream:
             framing = session_messages(attrs.evolve(session, messages=()), request.prompt, request.system)
             request.messages = [*framing[:-1], *request.history, framing[-1]]
         else:
-            request.messages = session_messages(session, request.prompt, request.system)
+            request.messages = session_messages(session, request.prompt, request.system, self._history)
 
     async def _plan(self) -> tuple[RoutingPlan, list[Any]]:
         """Agents' readings (a bounded fresh sample if pending), the policy, privacy, screening."""
@@ -247,7 +250,9 @@ class ResponseStream:
     ) -> AsyncGenerator[str | Attempting | Done, None]:
         """The executor's events; an interrupted answer is stored as such before re-raising."""
         try:
-            async with aclosing(self._engine.executor.run(plan.candidates, self.request)) as events:
+            async with aclosing(
+                self._engine.executor.run(plan.candidates, self.request, plan.fits)
+            ) as events:
                 async for event in events:
                     yield event
         except StreamInterruptedError as exc:

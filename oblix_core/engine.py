@@ -13,6 +13,7 @@ from oblix_core.execution import Executor
 from oblix_core.models import ModelBackend
 from oblix_core.stores import SessionStore
 from oblix_core.usage import Pricing, UsageLedger
+from oblix_core.warm import WarmHistory
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ class Engine:
     pricing: Pricing = attrs.field(factory=Pricing)
     ledger: UsageLedger | None = None
     budgets: BudgetSettings = attrs.field(factory=BudgetSettings)
+    #: Each active session's recent history, kept warm between requests.
+    history: WarmHistory = attrs.field(factory=WarmHistory)
 
     def model_snapshot(self) -> list[ModelBackend]:
         return list(self.models.values())

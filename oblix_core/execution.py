@@ -30,9 +30,9 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import attrs
@@ -49,9 +49,11 @@ from oblix_core.errors import (
     TransientModelError,
 )
 from oblix_core.health import CircuitBreaker
-from oblix_core.history import trim_to_window
+from oblix_core.history import Fit, trim_to_window
 from oblix_core.models import ModelBackend, StreamChunk, Usage
 from oblix_core.requests import Request
+
+R = TypeVar("R", bound=Request)
 
 
 def _positive_or_none(_instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
@@ -255,16 +257,17 @@ class Executor:
             raise TransientModelError(f"{model.model_id} returned an empty answer.", model_id=model.model_id)
 
     async def run(
-        self, candidates: Sequence[ModelBackend], request: Request
+        self, candidates: Sequence[ModelBackend], request: Request, fits: Mapping[str, Fit] | None = None
     ) -> AsyncGenerator[str | Attempting | Done, None]:
         """Yield :class:`Attempting` before each try, answer text as it streams, then one
-        :class:`Done`. See the module docs."""
+        :class:`Done`. With a screened plan's ``fits`` the candidates run as planned, each
+        with its planned messages (see :func:`_planned`); without, cooling ones go last."""
         attempts: list[Attempt] = []
-        for model in self.breaker.order(candidates):
+        for model in candidates if fits is not None else self.breaker.order(candidates):
             try:
                 await model.prepare()
                 own = model.with_defaults(request)  # the model's generation defaults, where unset
-                trimmed = attrs.evolve(own, messages=trim_to_window(own.messages, model, own.max_tokens))
+                trimmed = _planned(model, own, (fits or {}).get(model.model_id))
             except (PermanentModelError, ConfigError) as exc:  # cannot load, or the prompt cannot fit
                 attempts.append(Attempt(model.model_id, secrets.scrub(str(exc)), 0.0))
                 continue
@@ -305,7 +308,7 @@ class Executor:
                     break
                 self.breaker.record_success(model.model_id)
                 attempts.append(Attempt(model.model_id, None, _elapsed_ms(answer.started)))
-                metrics = _metrics(model, trimmed, answer, attempts)
+                metrics = _metrics(model, trimmed, answer, attempts, (fits or {}).get(model.model_id))
                 model.last_tokens_per_second = metrics["tokens_per_second"]
                 yield Done(model, answer.text, metrics, tuple(attempts), tuple(answer.tool_calls))
                 return
@@ -319,6 +322,14 @@ class Executor:
             and tries <= self.settings.max_retries
             and self.breaker.available(model.model_id)
         )
+
+
+def _planned(model: ModelBackend, request: R, fit: Fit | None) -> R:
+    """``request`` with the messages planned for ``model``, trimmed again only if the plan no
+    longer holds for it; raises :class:`PermanentModelError` if the prompt cannot fit."""
+    if fit is not None and fit.holds_for(model, request.max_tokens):
+        return attrs.evolve(request, messages=fit.messages)
+    return attrs.evolve(request, messages=trim_to_window(request.messages, model, request.max_tokens))
 
 
 def _learned_smaller_window(model: ModelBackend, error: ModelError) -> bool:
@@ -345,14 +356,15 @@ def _no_model(attempts: list[Attempt]) -> NoModelAvailableError:
 
 
 def _metrics(
-    model: ModelBackend, request: Request, answer: _Answer, attempts: list[Attempt]
+    model: ModelBackend, request: Request, answer: _Answer, attempts: list[Attempt], fit: Fit | None
 ) -> dict[str, Any]:
     usage = answer.usage
     input_tokens = usage.input_tokens if usage and usage.input_tokens is not None else None
     output_tokens = usage.output_tokens if usage and usage.output_tokens is not None else None
     estimated = input_tokens is None or output_tokens is None
     if input_tokens is None:
-        input_tokens = model.count_message_tokens(request.messages)
+        messages = request.messages
+        input_tokens = fit.input_tokens(model, messages) if fit else model.count_message_tokens(messages)
     if output_tokens is None:
         output_tokens = model.count_tokens(answer.text)
     ended = time.monotonic()

@@ -8,7 +8,7 @@ import functools
 import inspect
 import os
 import socket
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Hashable, Sequence
 from contextlib import aclosing
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
@@ -28,6 +28,10 @@ class ModelType(enum.StrEnum):
     #: Anthropic's Claude (the ``oblix[anthropic]`` extra); one of Oblix 0.1.2's model types.
     CLAUDE = "claude"
     CUSTOM = "custom"
+
+
+#: The :attr:`ModelBackend.tokenizer_key` of the default estimate (4 characters a token).
+ESTIMATED_TOKENS = "oblix:4-chars-a-token"
 
 
 @attrs.frozen
@@ -301,6 +305,21 @@ class ModelBackend:
     def count_message_tokens(self, messages: Sequence[ChatMessage]) -> int:
         """Tokens that ``messages`` take in a prompt, including a small per-message overhead."""
         return sum(self.count_tokens(m.content) + 4 for m in messages)
+
+    @property
+    def tokenizer_key(self) -> Hashable | None:
+        """What this model's token counts depend on: models with equal keys count alike, so
+        the request path counts each message once per key (and caches it). ``None``: the
+        counts are not cached. The default is the 4-characters estimate's key when
+        neither count method is overridden; a backend with a real tokenizer overrides it.
+        """
+        cls = type(self)
+        if (
+            cls.count_tokens is ModelBackend.count_tokens
+            and cls.count_message_tokens is ModelBackend.count_message_tokens
+        ):
+            return ESTIMATED_TOKENS
+        return None
 
     async def aclose(self) -> None:
         """Release the model (unload weights, close HTTP clients)."""

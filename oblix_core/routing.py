@@ -51,9 +51,9 @@ from oblix_core.agents import (
     AgentState,
     Target,
 )
-from oblix_core.errors import ConfigError, NoModelAvailableError, PermanentModelError
+from oblix_core.errors import ConfigError, NoModelAvailableError
 from oblix_core.health import CircuitBreaker, ModelCoolingDownError
-from oblix_core.history import DEFAULT_ANSWER_RESERVE, trim_to_window
+from oblix_core.history import Fit, fit_to_window
 from oblix_core.hookspecs import hookimpl
 from oblix_core.models import ChatMessage, ModelBackend
 
@@ -88,6 +88,9 @@ class RoutingPlan:
     models: tuple[dict[str, Any], ...] = ()
     agents: tuple[dict[str, Any], ...] = ()
     notes: tuple[str, ...] = ()
+    #: Set by :func:`screen`: each candidate's messages trimmed to its window (counted once),
+    #: which the executor sends as planned.
+    fits: dict[str, Fit] = attrs.field(factory=dict, eq=False, repr=False)
 
     def decision(self) -> dict[str, Any]:
         """The ``routing_decision`` of a result (JSON-safe; stable keys).
@@ -258,24 +261,8 @@ def context_fit(
     model: ModelBackend, messages: Sequence[ChatMessage], max_tokens: int | None
 ) -> tuple[dict[str, Any], str | None]:
     """How ``messages`` plus the answer fit ``model``'s window, and why it cannot take them (or None)."""
-    window = model.context_window
-    reserve = max_tokens if max_tokens else min(DEFAULT_ANSWER_RESERVE, window // 4)
-    history = [m for m in messages[:-1] if m.role != "system"]
-    fit: dict[str, Any] = {
-        "window": window,
-        "needed": model.count_message_tokens(messages) + reserve,
-        "fits": True,
-        "history_messages": len(history),
-        "history_sent": len(history),
-    }
-    fit["fits"] = fit["needed"] <= window
-    try:
-        kept = trim_to_window(messages, model, max_tokens)
-    except PermanentModelError as exc:
-        fit["history_sent"] = 0
-        return fit, str(exc)
-    fit["history_sent"] = len([m for m in kept[:-1] if m.role != "system"])
-    return fit, None
+    fit = fit_to_window(messages, model, max_tokens)
+    return fit.describe(), fit.problem
 
 
 def screen(
@@ -295,7 +282,7 @@ def screen(
     ``fallback`` is false, and :class:`NoModelAvailableError` when no candidate's window
     can hold the prompt.
     """
-    entries, fitting = _fit_all(plan.candidates, messages, max_tokens, breaker)
+    entries, fitting, fits = _fit_all(plan.candidates, messages, max_tokens, breaker)
     if plan.candidates and not fitting:
         raise NoModelAvailableError(
             "No candidate can hold this request: " + "; ".join(f"{m}: {e['why']}" for m, e in entries.items())
@@ -332,6 +319,7 @@ def screen(
         models=tuple(entries.values()),
         agents=tuple(agents),
         notes=tuple(notes),
+        fits={m.model_id: fits[m.model_id] for m in chosen},
     )
 
 
@@ -340,18 +328,19 @@ def _fit_all(
     messages: Sequence[ChatMessage],
     max_tokens: int | None,
     breaker: CircuitBreaker,
-) -> tuple[dict[str, dict[str, Any]], list[ModelBackend]]:
-    """An entry per candidate, and the candidates whose window can hold the request."""
+) -> tuple[dict[str, dict[str, Any]], list[ModelBackend], dict[str, Fit]]:
+    """An entry per candidate, the candidates whose window can hold the request, and their fits."""
     entries: dict[str, dict[str, Any]] = {}
     fitting: list[ModelBackend] = []
+    fits: dict[str, Fit] = {}
     for model in candidates:
-        fit, problem = context_fit(model, messages, max_tokens)
-        entry = entries[model.model_id] = _entry(model, breaker, fit)
-        if problem:
-            entry.update(status="skipped", why=f"context: {problem}")
+        fit = fits[model.model_id] = fit_to_window(messages, model, max_tokens)
+        entry = entries[model.model_id] = _entry(model, breaker, fit.describe())
+        if fit.problem:
+            entry.update(status="skipped", why=f"context: {fit.problem}")
         else:
             fitting.append(model)
-    return entries, fitting
+    return entries, fitting, fits
 
 
 def _skip_cooling(fitting: list[ModelBackend], entries: dict[str, dict[str, Any]]) -> list[ModelBackend]:

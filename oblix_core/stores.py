@@ -6,7 +6,7 @@ import abc
 import functools
 import inspect
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -17,6 +17,24 @@ from oblix_core.records import Message, SessionRecord
 if TYPE_CHECKING:
     from oblix_core.health import HealthStore
     from oblix_core.usage import UsageLedger
+
+
+@attrs.frozen
+class SessionChanges:
+    """What :meth:`SessionStore.load_changes` read: the messages after a cursor, or a fresh tail.
+
+    ``cursor`` is opaque: the position just after the last message read, passed back
+    next time. ``continues``: ``messages`` are exactly those appended after the cursor
+    given (else they are the session's last ``max_messages`` messages, replacing what
+    the caller held: a reader that lost its place starts again). ``header``: the session
+    without messages (title, timestamps, context, metadata) when it may have changed
+    since the cursor (always when not ``continues``), else ``None``.
+    """
+
+    cursor: Hashable
+    messages: tuple[Message, ...]
+    continues: bool
+    header: SessionRecord | None
 
 
 class SessionStore(abc.ABC):
@@ -67,6 +85,23 @@ class SessionStore(abc.ABC):
         if len(record.messages) <= max_messages:
             return record
         return attrs.evolve(record, messages=record.messages[len(record.messages) - max_messages :])
+
+    def load_changes(
+        self, session_id: str, cursor: Hashable | None, max_messages: int
+    ) -> SessionChanges | None:
+        """What changed since ``cursor`` (``None``: nothing read yet), cheaply; ``None`` if this
+        store cannot tell (the default: the request path then reads the tail every time).
+
+        The client keeps each active session's recent history in memory and asks this
+        on every request, so another process's (or host's) append is seen at the cost of
+        a stamp check: a store answers from a cheap stamp (a log's size, a counter, an
+        ETag) and reads only the messages after the cursor. With ``cursor=None``, or
+        when the cursor no longer applies (the session was replaced), or when more than
+        ``max_messages`` messages were appended since, it returns the last
+        ``max_messages`` messages with ``continues=False``. The same consistency as
+        :meth:`load`: the header is at least as new as the messages.
+        """
+        return None
 
     @abc.abstractmethod
     def append_messages(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import attrs
 import pytest
 
 from oblix_core.errors import (
@@ -194,3 +195,30 @@ class SessionStoreContract:
         assert store.list(limit=50, filter_metadata={"tag": "to-delete"}) == []
         with pytest.raises(SessionNotFoundError):
             store.load(record.id)
+
+    def test_load_changes_follows_appends(self, store: SessionStore) -> None:
+        """A store that tells changes (``load_changes``) agrees with ``load_recent`` throughout."""
+        record = _session(title="t", messages=tuple(Message("user", f"m{i}") for i in range(5)))
+        store.create(record)
+        first = store.load_changes(record.id, None, 3)
+        if first is None:
+            pytest.skip("this store does not tell changes (the request path reads the tail)")
+        assert not first.continues and first.header is not None and first.header.title == "t"
+        assert [m.content for m in first.messages] == ["m2", "m3", "m4"]
+        same = store.load_changes(record.id, first.cursor, 10)
+        assert same is not None and same.continues and same.messages == () and same.header is None
+        store.append_messages(record.id, [Message("assistant", "m5"), Message("user", "m6")])
+        store.update_metadata(record.id, {"k": 1})
+        later = store.load_changes(record.id, same.cursor, 10)
+        assert later is not None and later.continues and [m.content for m in later.messages] == ["m5", "m6"]
+        assert later.header is not None and later.header.metadata == {"k": 1}
+        store.append_messages(record.id, [Message("user", f"x{i}") for i in range(5)])
+        many = store.load_changes(record.id, later.cursor, 2)  # more than asked: a fresh tail
+        assert many is not None and not many.continues and [m.content for m in many.messages] == ["x3", "x4"]
+        store.delete(record.id)
+        store.create(attrs.evolve(record, messages=(Message("user", "new"),)))
+        again = store.load_changes(record.id, many.cursor, 10)  # replaced: read afresh
+        assert again is not None and [m.content for m in again.messages] == ["new"] and not again.continues
+        store.delete(record.id)
+        with pytest.raises(SessionNotFoundError):
+            store.load_changes(record.id, again.cursor, 10)

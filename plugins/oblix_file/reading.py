@@ -95,13 +95,19 @@ def read_messages(path: Path, last: int | None = None) -> list[Message]:
     lines.pop()  # the text after the last newline: empty, or a torn unacknowledged append
     if last is not None:
         lines = lines[max(0, len(lines) - last) :]
+    return parse_lines(path, lines)
+
+
+def parse_lines(path: Path, lines: Sequence[bytes], where: str = "line") -> list[Message]:
+    """Log lines of the session folder ``path`` as messages; ``SessionCorruptedError`` names
+    the first bad one (``where`` says what its number counts)."""
     messages = []
     for number, line in enumerate(lines, 1):
         try:
             messages.append(parse_message(line))
         except (ValueError, KeyError, TypeError) as exc:
             raise SessionCorruptedError(
-                f"Session {path.name}: line {number} of {MESSAGES} is not a valid message ({exc}). "
+                f"Session {path.name}: {where} {number} of {MESSAGES} is not a valid message ({exc}). "
                 "Other sessions are unaffected; fix or remove that line."
             ) from exc
     return messages

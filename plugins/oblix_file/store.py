@@ -56,7 +56,7 @@ import shutil
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ import filelock
 from oblix.plugin import (
     Message,
     OblixError,
+    SessionChanges,
     SessionExistsError,
     SessionNotFoundError,
     SessionRecord,
@@ -76,6 +77,7 @@ from oblix.plugin import (
     utc_now,
     validate_session_id,
 )
+from oblix_file.changes import load_changes
 from oblix_file.files import (
     DIR_MODE,
     FILE_MODE,
@@ -263,6 +265,10 @@ class FileSessionStore(SessionStore):
         path = self._dir(session_id)
         messages = read_messages(path, last=max(0, max_messages))
         return to_record(path, read_meta(path), messages)
+
+    def load_changes(self, session_id: str, cursor: Hashable | None, max_messages: int) -> SessionChanges:
+        """Messages appended since ``cursor`` (see :mod:`oblix_file.changes`: a stat and a small read)."""
+        return load_changes(self._dir(session_id), cursor, max_messages)
 
     def get_metadata(self, session_id: str) -> dict[str, Any]:
         return dict(read_meta(self._dir(session_id)).get("metadata") or {})

@@ -17,7 +17,7 @@ import logging
 import math
 import queue
 import threading
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -371,6 +371,13 @@ class LlamaCppBackend(ModelBackend):
                     yield item
         finally:
             job.stop.set()
+
+    @property
+    def tokenizer_key(self) -> Hashable | None:
+        """The loaded model's tokenizer (and prompt format); the estimate's key before it loads."""
+        if self._llama is None:
+            return super().tokenizer_key
+        return ("llama_cpp", self.model_id, id(self._llama), self._plain is not None)
 
     def count_message_tokens(self, messages: Sequence[ChatMessage]) -> int:
         if self._plain is not None and self._llama is not None:

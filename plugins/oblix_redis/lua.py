@@ -254,6 +254,35 @@ end
 return {meta, redis.call('HGETALL', base .. 'md'), texts}
 """
 
+# What changed since a cursor (the warm history's refresh), one consistent snapshot.
+# ARGV[1] nonce and [2] created_at of the session read (its identity), [3] its count then,
+# [4] the most messages to return, [5] its metadata version then. Returns {1, head, texts}
+# (only the messages appended since; + meta and md hashes when the metadata changed), or
+# {0, head, texts, meta, md} with the last ARGV[4] messages; head: nonce, created_at,
+# count, ver. {} if the session does not exist.
+CHANGES = """
+local base, CHUNK = KEYS[1], 100
+local head = redis.call('HMGET', base .. 'meta', 'nonce', 'created_at', 'count', 'ver')
+if not head[3] then return {} end
+local n = tonumber(ARGV[4])
+if (head[1] or '') == ARGV[1] and head[2] == ARGV[2] then
+  local new = tonumber(head[3]) - tonumber(ARGV[3])
+  if new >= 0 and new <= n and new <= redis.call('LLEN', base .. 'msgs') then
+    local texts = {}
+    if new > 0 then texts = redis.call('LRANGE', base .. 'msgs', -new, -1) end
+    if (head[4] or '') == ARGV[5] then return {1, head, texts} end
+    return {1, head, texts, redis.call('HGETALL', base .. 'meta'), redis.call('HGETALL', base .. 'md')}
+  end
+end
+local texts = {}
+if n > 0 then
+  local loose = redis.call('LLEN', base .. 'msgs')
+  if n > loose then texts = redis.call('LRANGE', base .. 'chunks', -math.ceil((n - loose) / CHUNK), -1) end
+  for _, text in ipairs(redis.call('LRANGE', base .. 'msgs', -n, -1)) do texts[#texts + 1] = text end
+end
+return {0, head, texts, redis.call('HGETALL', base .. 'meta'), redis.call('HGETALL', base .. 'md')}
+"""
+
 # KEYS: <ix>updated, then the filter's <ix>md:<token> sets. ARGV[1] how many of the newest
 # matches to skip, ARGV[2] how many to return. Returns id, score, id, score... newest first.
 # A broad filter walks the sorted set from the newest, testing membership (about

@@ -31,7 +31,7 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -47,6 +47,7 @@ import oblix_redis.lua as lua
 from oblix.plugin import (
     Message,
     OblixError,
+    SessionChanges,
     SessionExistsError,
     SessionNotFoundError,
     SessionRecord,
@@ -116,6 +117,7 @@ class RedisSessionStore(SessionStore):
             "touch": lua.INDEX_TOUCH,
             "drop": lua.INDEX_DROP,
             "read": lua.READ,
+            "changes": lua.CHANGES,
             "page": lua.FILTER_PAGE,
         }
         self._scripts: dict[str, Script] = {k: self._client.register_script(v) for k, v in source.items()}
@@ -343,6 +345,28 @@ class RedisSessionStore(SessionStore):
 
     def load_recent(self, session_id: str, max_messages: int) -> SessionRecord:
         return self._read(session_id, max(0, max_messages))
+
+    def load_changes(self, session_id: str, cursor: Hashable | None, max_messages: int) -> SessionChanges:
+        """What changed since ``cursor``: one script comparing the session's message counter
+        and metadata version, returning only the messages appended since (one round trip)."""
+        base, most = self._base(session_id), max(0, max_messages)
+        known = cursor if isinstance(cursor, tuple) and len(cursor) == 4 else ("", "", 0, "")
+        args = [known[0], known[1], known[2], most, known[3]]
+        doing = f"load session {session_id}"
+        result = self._call(doing, lambda: self._scripts["changes"](keys=[base], args=args), base)
+        if not result:
+            raise SessionNotFoundError(f"Session {session_id} does not exist.")
+        head = result[1]
+        new_cursor = (head[0] or "", head[1], int(head[2]), head[3] or "")
+        messages = codec.decode_messages(session_id, result[2])
+        header = None
+        if len(result) > 3:
+            header = codec.decode_record(session_id, _pairs(result[3]), _pairs(result[4]), ())
+        if result[0] == 1:
+            return SessionChanges(new_cursor, tuple(messages), True, header)
+        return SessionChanges(
+            new_cursor, tuple(messages[len(messages) - most :] if most else ()), False, header
+        )
 
     def get_metadata(self, session_id: str) -> dict[str, Any]:
         keys = self._keys(session_id)

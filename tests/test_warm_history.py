@@ -1,0 +1,128 @@
+"""Warm history: a session's tail kept in memory between requests, refreshed from the store.
+
+Another process is played by a second store object on the same folder (it shares no
+memory with the client): its appends, metadata changes, deletes and re-creates must
+show on the client's next request exactly as a cold read would show them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from oblix import OblixClient
+from oblix_core.errors import SessionNotFoundError
+from oblix_core.history import MAX_CACHED_COUNTS, fit_to_window, trim_to_window
+from oblix_core.models import ChatMessage
+from oblix_core.records import Message, SessionRecord, new_session_id
+from oblix_core.testing import ScriptedPlugin
+from oblix_core.warm import WarmHistory
+from oblix_file.store import FileSessionStore
+
+
+def _sent(scripted: ScriptedPlugin, name: str = "local") -> list[tuple[str, str]]:
+    return [(m.role, m.content) for m in scripted.calls[name][-1].messages]
+
+
+async def _cold(home: Path, session_id: str, prompt: str) -> list[tuple[str, str]]:
+    """What a fresh client (nothing warm) sends for ``prompt``, with store=False."""
+    scripted = ScriptedPlugin()
+    async with OblixClient(home=home, plugins=[scripted]) as client:
+        await client.hook_model("scripted", "local", context_window=256)
+        await client.execute(prompt, session_id=session_id, stream=False, store=False)
+    return _sent(scripted)
+
+
+@pytest.mark.anyio
+async def test_another_writers_changes_show_on_the_next_request(home: Path, scripted: ScriptedPlugin) -> None:
+    other = FileSessionStore(home / "sessions")
+    record = SessionRecord(id=new_session_id(), messages=tuple(Message("user", f"m{i}") for i in range(300)))
+    other.create(record)
+    async with OblixClient(home=home, plugins=[scripted]) as client:
+        await client.hook_model("scripted", "local", context_window=256)
+        await client.hook_model("scripted", "cloud", local=False, context_window=256)
+        await client.execute("first", session_id=record.id, stream=False, store=False)
+        assert _sent(scripted) == await _cold(home, record.id, "first")
+        other.append_messages(record.id, [Message("assistant", "from elsewhere")])
+        await client.execute("second", session_id=record.id, stream=False)
+        sent = _sent(scripted)
+        assert sent[-2:] == [("assistant", "from elsewhere"), ("user", "second")]
+        await client.execute("probe", session_id=record.id, stream=False, store=False)
+        assert _sent(scripted) == await _cold(home, record.id, "probe")
+        other.update_metadata(record.id, {"local_only": True})  # another process made it private
+        result = await client.execute("third", session_id=record.id, stream=False, preference="cloud-first")
+        assert result["model_id"] == "scripted:local"
+        assert _sent(scripted)[-3:-1] == [("user", "second"), ("assistant", "echo: second")]
+        other.delete(record.id)
+        with pytest.raises(SessionNotFoundError):
+            await client.execute("fourth", session_id=record.id, stream=False)
+        other.create(SessionRecord(id=record.id, messages=(Message("user", "reborn"),)))
+        await client.execute("fifth", session_id=record.id, stream=False)
+        assert _sent(scripted) == [("user", "reborn"), ("user", "fifth")]
+    other.close()
+
+
+@pytest.mark.anyio
+async def test_warm_and_cold_send_the_same_messages_as_a_session_grows(
+    home: Path, scripted: ScriptedPlugin
+) -> None:
+    async with OblixClient(home=home, plugins=[scripted]) as client:
+        await client.hook_model("scripted", "local", context_window=128)
+        result = await client.execute("hello", stream=False)
+        session_id = result["session_id"]
+        for i in range(60):  # the tail outgrows the window and is cut back while warm
+            await client.execute(f"turn {i} " + "x" * (i % 7), session_id=session_id, stream=False)
+            warm = _sent(scripted)
+        assert len(warm) < 60
+        scripted_cold = ScriptedPlugin()
+        async with OblixClient(home=home, plugins=[scripted_cold]) as cold:
+            await cold.hook_model("scripted", "local", context_window=128)
+            await cold.execute("probe", session_id=session_id, stream=False, store=False)
+        await client.execute("probe", session_id=session_id, stream=False, store=False)
+        assert _sent(scripted) == _sent(scripted_cold)
+
+
+def test_the_warm_history_is_bounded_and_falls_back_for_stores_that_cannot_tell(tmp_path: Path) -> None:
+    store = FileSessionStore(tmp_path)
+    warm = WarmHistory(capacity=2)
+    ids = []
+    for i in range(3):
+        record = SessionRecord(id=new_session_id(), messages=(Message("user", f"s{i}"),))
+        store.create(record)
+        ids.append(record.id)
+        session, chat = warm.read(store, record.id, 100)
+        assert [m.content for m in session.messages] == [f"s{i}"] and chat == (ChatMessage("user", f"s{i}"),)
+    assert list(warm._tails) == ids[1:]
+
+    class Plain(FileSessionStore):
+        def load_changes(self, session_id: str, cursor: object, max_messages: int) -> None:  # type: ignore[override]
+            return None
+
+    session, chat = WarmHistory().read(Plain(tmp_path), ids[0], 100)
+    assert chat is None and [m.content for m in session.messages] == ["s0"]
+
+
+def test_a_fit_counts_each_message_once_and_trims_as_before() -> None:
+    from oblix_core.testing.scripted import ScriptedBackend
+
+    class Counting(ScriptedBackend):
+        counted = 0
+
+        def count_message_tokens(self, messages):  # type: ignore[no-untyped-def]
+            type(self).counted += len(messages)
+            return super().count_message_tokens(messages)
+
+        @property
+        def tokenizer_key(self) -> str:
+            return "counting"
+
+    model = Counting("m", context_window=64)
+    messages = [ChatMessage("system", "be brief"), *(ChatMessage("user", f"q{i} " * 3) for i in range(40))]
+    fit = fit_to_window(messages, model, None)
+    assert fit.messages == trim_to_window(messages, model, None) and fit.history_sent < fit.history_messages
+    assert fit.sent_tokens == model.count_message_tokens(fit.messages)
+    Counting.counted = 0
+    fit_to_window(messages, model, None)
+    assert Counting.counted == 2  # the system message and the prompt; history came from the cache
+    assert MAX_CACHED_COUNTS > 1000
