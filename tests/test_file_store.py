@@ -610,3 +610,52 @@ def test_a_metadata_update_the_index_cannot_flag_is_refused_unchanged(
     monkeypatch.undo()
     assert store.get_metadata(sid) == {"state": "open"}
     assert [s["metadata"] for s in store.list()] == [{"state": "open"}]
+
+
+@pytest.mark.parametrize(
+    ("damage", "line"),
+    [
+        (lambda lines: lines.__setitem__(150, lines[150][:-1]), 151),  # a line cut short
+        (lambda lines: lines.__setitem__(7, lines[7] + b',{"role":"user","content":"x"}'), 8),  # two objects
+        (lambda lines: lines.__setitem__(3, lines[3].replace(b'"user"', b"5")), 4),  # a wrong type
+    ],
+)
+def test_a_load_parsed_in_one_go_still_names_the_bad_line(
+    store: FileSessionStore, damage: Any, line: int
+) -> None:
+    """Loads parse the log in few JSON calls; a damaged line is still found and named."""
+    sid = _new(store, title="long")
+    store.append_messages(sid, [Message("user", f"m{i}") for i in range(300)])
+    assert [m.content for m in store.load(sid).messages] == [f"m{i}" for i in range(300)]
+    lines = (store.root / sid / MESSAGES).read_bytes().split(b"\n")
+    damage(lines)
+    (store.root / sid / MESSAGES).write_bytes(b"\n".join(lines))
+    with pytest.raises(SessionCorruptedError, match=f"line {line} of"):
+        store.load(sid)
+
+
+def test_two_damaged_lines_that_parse_together_are_not_taken_for_messages(store: FileSessionStore) -> None:
+    sid = _new(store, title="t")
+    store.append_messages(sid, [Message("user", "a"), Message("user", "b"), Message("user", "c")])
+    lines = (store.root / sid / MESSAGES).read_bytes().split(b"\n")
+    lines[0] = lines[0][:-1] + b', "x": '  # only valid JSON joined with the next line
+    (store.root / sid / MESSAGES).write_bytes(b"\n".join(lines))
+    with pytest.raises(SessionCorruptedError, match="line 1 of"):
+        store.load(sid)
+
+
+def test_a_writer_holding_the_lock_through_filelock_makes_an_append_wait(store: FileSessionStore) -> None:
+    """Appends take the session lock with one flock when it is free; held by a writer that
+    took it through filelock (an older Oblix, or a metadata update), the append waits."""
+    import filelock
+
+    sid = _new(store, title="t")
+    held = filelock.FileLock(store.root / sid / ".lock")
+    held.acquire()
+    done = threading.Event()
+    writer = threading.Thread(target=lambda: (store.append_messages(sid, [Message("user", "x")]), done.set()))
+    writer.start()
+    assert not done.wait(0.3)
+    held.release()
+    writer.join(10)
+    assert done.is_set() and [m.content for m in store.load(sid).messages] == ["x"]

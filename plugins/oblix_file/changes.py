@@ -18,7 +18,7 @@ import attrs
 
 from oblix.plugin import Message, SessionChanges
 from oblix_file.files import io_error, stamp
-from oblix_file.reading import MESSAGES, META, parse_lines, read_meta, to_record
+from oblix_file.reading import MESSAGES, META, parse_block, read_meta, to_record
 
 #: Bytes of a cursor's last line kept to recognise it (a message line starts with its id).
 HEAD = 64
@@ -76,17 +76,16 @@ def _changes(
     """Messages of ``data`` (read from ``start``), the cursor after them, and whether ``meta.json``
     changed from ``meta_stamp`` (its stamp is taken after the messages were read)."""
     end = data.rfind(b"\n") + 1
-    lines = data[:end].split(b"\n")[:-1] if end else []
-    messages = parse_lines(path, lines, where)
+    messages = parse_block(path, data[:end], where)
+    last = data[data.rfind(b"\n", 0, end - 1) + 1 : end - 1] if end else b""
     try:
         new_stamp = stamp(os.stat(path / META))
     except FileNotFoundError:
         new_stamp = ""  # read_meta says what is wrong
     except OSError as exc:
         raise io_error(f"Cannot read session {path.name}", path / META, exc, outcome="") from exc
-    if lines:
-        line_at = start + end - len(lines[-1]) - 1
-        cursor = LogCursor(inode, start + end, line_at, lines[-1][:HEAD], new_stamp)
+    if end:
+        cursor = LogCursor(inode, start + end, start + end - len(last) - 1, last[:HEAD], new_stamp)
     else:
         cursor = LogCursor(inode, start + end, -1, b"", new_stamp)
     return messages, cursor, new_stamp != meta_stamp

@@ -9,6 +9,11 @@ from pathlib import Path
 
 from oblix.plugin import SessionError
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
 #: Conversations are private to the user: session folders ``0700``, files ``0600``.
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -159,3 +164,34 @@ def tail(path: Path, lines: int) -> bytes:
 def stamp(stat: os.stat_result) -> str:
     """A fingerprint of a file version: a replaced or rewritten file gets a new one."""
     return f"{stat.st_ino}:{stat.st_mtime_ns}:{stat.st_size}"
+
+
+def try_flock(path: Path) -> int | None:
+    """The lock file ``path`` opened and locked (``flock``, exclusive) if it is free now.
+
+    This is the lock ``filelock`` takes on the same file (so the two exclude each other,
+    across threads and processes), in two system calls. ``None`` when it is held by
+    someone else, or cannot be taken this way (no ``flock``, no such folder): the caller
+    then waits for it through ``filelock``, with its timeout and fallbacks.
+    """
+    if fcntl is None:  # pragma: no cover - Windows
+        return None
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), FILE_MODE)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def release_flock(fd: int) -> None:
+    """Release a lock taken by :func:`try_flock`."""
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -6,10 +6,18 @@ import json
 import os
 from collections.abc import Sequence
 from contextlib import suppress
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from oblix.plugin import Message, SessionCorruptedError, SessionNotFoundError, SessionRecord, parse_timestamp
+from oblix.plugin import (
+    Message,
+    SessionCorruptedError,
+    SessionNotFoundError,
+    SessionRecord,
+    parse_timestamp,
+    utc_now,
+)
 from oblix_file.files import io_error, stamp, tail
 from oblix_file.index import Summary
 
@@ -91,16 +99,28 @@ def read_messages(path: Path, last: int | None = None) -> list[Message]:
         return []
     except OSError as exc:
         raise io_error(f"Cannot read session {path.name}", path / MESSAGES, exc, outcome="") from exc
+    if last is None:  # the text after the last newline: empty, or a torn unacknowledged append
+        return parse_block(path, data[: data.rfind(b"\n") + 1])
     lines = data.split(b"\n")
-    lines.pop()  # the text after the last newline: empty, or a torn unacknowledged append
-    if last is not None:
-        lines = lines[max(0, len(lines) - last) :]
-    return parse_lines(path, lines)
+    lines.pop()
+    return parse_lines(path, lines[max(0, len(lines) - last) :])
+
+
+def parse_block(path: Path, block: bytes, where: str = "line") -> list[Message]:
+    """Complete log lines (``block`` ends with a newline) as messages, as :func:`parse_lines`."""
+    try:
+        return _parse_block(block)
+    except (ValueError, KeyError, TypeError):
+        return parse_lines(path, block.split(b"\n")[:-1], where)  # names the bad line
 
 
 def parse_lines(path: Path, lines: Sequence[bytes], where: str = "line") -> list[Message]:
     """Log lines of the session folder ``path`` as messages; ``SessionCorruptedError`` names
     the first bad one (``where`` says what its number counts)."""
+    try:
+        return _parse_all(lines)
+    except (ValueError, KeyError, TypeError):
+        pass  # some line is bad: the line by line parse below names it
     messages = []
     for number, line in enumerate(lines, 1):
         try:
@@ -110,6 +130,69 @@ def parse_lines(path: Path, lines: Sequence[bytes], where: str = "line") -> list
                 f"Session {path.name}: {where} {number} of {MESSAGES} is not a valid message ({exc}). "
                 "Other sessions are unaffected; fix or remove that line."
             ) from exc
+    return messages
+
+
+def _parse_all(lines: Sequence[bytes]) -> list[Message]:
+    return _parse_block(b"".join(line + b"\n" for line in lines))
+
+
+#: Checks a timestamp as parse_timestamp does (Python 3.11 reads the ``Z`` itself).
+from_iso = datetime.fromisoformat
+#: Bytes of log parsed in one JSON call: big enough that the per-call cost vanishes, small
+#: enough that the parsed dicts die before the next piece (fewer live objects for the GC).
+PIECE = 1 << 16
+
+
+def _parse_block(block: bytes) -> list[Message]:
+    """Every line of ``block``, in a few JSON parses (the cost is per byte, not per line),
+    checked as :func:`parse_message` checks one; raises on the first problem without
+    saying where.
+
+    Each line must hold one object: every line starts with ``{`` and ends with ``}``
+    (no line holds a raw newline, so each ``}\\n{`` is a boundary), and the parse yields
+    one object per line.
+    """
+    messages: list[Message] = []
+    start, size = 0, len(block)
+    while start < size:
+        end = block.find(b"\n", start + PIECE) + 1 or size
+        piece = block[start:end]
+        lines = piece.count(b"\n")
+        if piece[:1] != b"{" or piece[-2:] != b"}\n" or piece.count(b"}\n{") != lines - 1:
+            raise ValueError("not one JSON object per line")
+        items = json.loads(b"[" + piece[:-1].replace(b"\n", b",") + b"]")
+        if len(items) != lines:
+            raise ValueError("not one JSON object per line")
+        messages += _messages(items)
+        start = end
+    return messages
+
+
+def _messages(items: list[Any]) -> list[Message]:
+    """Parsed log lines as messages, checked as :func:`parse_message` checks one."""
+    messages = []
+    for raw in items:
+        role, content, stamp = raw["role"], raw["content"], raw.get("timestamp")
+        model_id, metrics, mid = raw.get("model_id"), raw.get("metrics"), raw.get("id")
+        if not (
+            type(role) is str
+            and type(content) is str
+            and (mid is None or type(mid) is str)
+            and (model_id is None or type(model_id) is str)
+            and (metrics is None or type(metrics) is dict)
+        ):
+            raise TypeError("a field of the wrong type")
+        if stamp is None or not isinstance(stamp, str):
+            if "timestamp" in raw:
+                raise ValueError("invalid timestamp")
+            stamp = utc_now()
+        else:
+            from_iso(stamp)
+        if mid:
+            messages.append(Message(role, content, mid, stamp, model_id, metrics))
+        else:  # a fresh id, as Message.from_dict gives
+            messages.append(Message(role, content, timestamp=stamp, model_id=model_id, metrics=metrics))
     return messages
 
 

@@ -86,8 +86,10 @@ from oblix_file.files import (
     append_complete,
     fsync_dir,
     io_error,
+    release_flock,
     remove_quietly,
     stamp,
+    try_flock,
     write_file,
 )
 from oblix_file.index import INDEX, PENDING, SessionIndex, Summary, remove_legacy_index
@@ -218,6 +220,15 @@ class FileSessionStore(SessionStore):
         path = self._dir(session_id)
         if not present(path):
             raise missing(session_id)
+        quick = try_flock(path / LOCK)  # the same lock, at once when it is free
+        if quick is not None:
+            try:
+                if not present(path):  # deleted meanwhile (the lock went with the folder)
+                    raise missing(session_id)
+                yield path
+            finally:
+                release_flock(quick)
+            return
         wait = self.lock_timeout if timeout is None else timeout
         lock = filelock.FileLock(path / LOCK, timeout=wait, mode=FILE_MODE)
         try:
