@@ -207,12 +207,21 @@ class BudgetGuard:
     async def finish(self, record: UsageRecord | None) -> None:
         """Record the answer's usage (a failure is logged), then release the gate."""
         try:
-            if record is not None and self.ledger is not None:
-                await anyio.to_thread.run_sync(self.ledger.record, record)
-        except Exception as exc:
-            log.warning("request %s: its usage was not recorded: %s", record and record.request_id, exc)
+            await anyio.to_thread.run_sync(self.record, record)
         finally:
             self.release()
+
+    def record(self, record: UsageRecord | None) -> None:
+        """Record the answer's usage now, blocking (a failure is logged); the gate stays held.
+
+        The request path calls it in the worker thread that stores the exchange, then
+        :meth:`release`.
+        """
+        try:
+            if record is not None and self.ledger is not None:
+                self.ledger.record(record)
+        except Exception as exc:
+            log.warning("request %s: its usage was not recorded: %s", record and record.request_id, exc)
 
     def release(self) -> None:
         held, self._held = self._held, None

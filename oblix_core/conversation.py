@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -22,7 +23,7 @@ from oblix_core.records import Message, SessionRecord, new_session_id, utc_now
 from oblix_core.requests import Request
 from oblix_core.routing import RouteRequest, RoutingPlan, screen
 from oblix_core.stores import keyed
-from oblix_core.usage import answer_record
+from oblix_core.usage import UsageRecord, answer_record
 
 #: Tokens of history read for a request when no model is hooked (routing then fails anyway).
 DEFAULT_HISTORY_BUDGET = 4096
@@ -132,11 +133,12 @@ class ResponseStream:
             return self._new_session
         budget = max((m.context_window for m in self._engine.models.values()), default=DEFAULT_HISTORY_BUDGET)
         store = self._engine.store
-        read = self._engine.history.read
-        session, self._history = await anyio.to_thread.run_sync(read, store, request.session_id, budget)
+        read = functools.partial(self._engine.history.read, store, request.session_id, budget)
+        session, self._history = await anyio.to_thread.run_sync(read) if store.blocking else read()
         if request.local_only and not privacy.session_is_local_only(session.metadata):
             # mark the session before any model runs: once private, always private
-            await anyio.to_thread.run_sync(store.update_metadata, session.id, {privacy.KEY: True})
+            mark = functools.partial(store.update_metadata, session.id, {privacy.KEY: True})
+            await anyio.to_thread.run_sync(mark) if store.blocking else mark()
         return session
 
     def _apply_session(self, session: SessionRecord) -> None:
@@ -232,8 +234,8 @@ class ResponseStream:
             usage = answer_record(
                 self.request, done.model.model_id, done.model.is_local, metrics, plan.rule, plan.reason
             )
-            await budget.finish(usage)
-            await self._persist(started_at, done.text, done.model.model_id, metrics)
+            await self._persist(started_at, done.text, done.model.model_id, metrics, usage)
+            budget.release()
             self.result = self._result(done, metrics, plan, checks)
         except BaseException as exc:
             if self._budget is not None:
@@ -282,33 +284,56 @@ class ResponseStream:
         }
 
     async def _persist(
-        self, started_at: str, text: str, model_id: str | None, metrics: dict[str, Any]
+        self,
+        started_at: str,
+        text: str,
+        model_id: str | None,
+        metrics: dict[str, Any],
+        usage: UsageRecord | None = None,
     ) -> None:
-        """Store the exchange; if that fails, say so (the answer exists, the session lacks it)."""
-        request = self.request
+        """Record the answer's ``usage`` and store the exchange, in one worker-thread hop; if
+        storing fails, say so (the answer exists, the session lacks it)."""
+        request, budget = self.request, self._budget
         assert request.session_id is not None
-        if not request.store:
+        write = self._writer(started_at, text, model_id, metrics) if request.store else None
+        if write is None and (usage is None or budget is None):
             return
+
+        def persist() -> bool:
+            if usage is not None and budget is not None:
+                budget.record(usage)  # first: an answer that is not stored still counts
+            if write is None:
+                return False
+            try:
+                write()
+            except Exception as exc:  # whatever the store raised, the caller learns it was not stored
+                raise ExchangeNotStoredError(
+                    f"The answer from {model_id} was produced but NOT stored in session "
+                    f"{request.session_id}: {exc}",
+                    answer=text,
+                ) from exc
+            return True
+
+        blocking = usage is not None or self._engine.store.blocking
+        self._stored = await anyio.to_thread.run_sync(persist) if blocking else persist()
+        if self._stored and self._new_session is not None and self._new_session.id == request.session_id:
+            self._new_session = None
+
+    def _writer(
+        self, started_at: str, text: str, model_id: str | None, metrics: dict[str, Any]
+    ) -> Callable[[], None]:
+        """The store write of this exchange: the new session created with it, or an append."""
+        request, store, new = self.request, self._engine.store, self._new_session
         messages = [
             Message("user", request.prompt, timestamp=started_at),
             Message("assistant", text, model_id=model_id, metrics=metrics),
         ]
-        store = self._engine.store
-        try:
-            if self._new_session is not None and self._new_session.id == request.session_id:
-                record = attrs.evolve(self._new_session, messages=(*self._new_session.messages, *messages))
-                await anyio.to_thread.run_sync(keyed(store.create, request.request_id), record)
-                self._new_session = None
-            else:
-                append = keyed(store.append_messages, request.request_id)
-                await anyio.to_thread.run_sync(append, request.session_id, messages)
-            self._stored = True
-        except Exception as exc:  # whatever the store raised, the caller learns it was not stored
-            raise ExchangeNotStoredError(
-                f"The answer from {model_id} was produced but NOT stored in session "
-                f"{request.session_id}: {exc}",
-                answer=text,
-            ) from exc
+        if new is not None and new.id == request.session_id:
+            record = attrs.evolve(new, messages=(*new.messages, *messages))
+            return functools.partial(keyed(store.create, request.request_id), record)
+        return functools.partial(
+            keyed(store.append_messages, request.request_id), request.session_id, messages
+        )
 
 
 def _tool_capable(plan: RoutingPlan) -> RoutingPlan:

@@ -43,7 +43,8 @@ class SessionStore(abc.ABC):
     Methods are synchronous and may block. Which thread calls them: the client's async
     methods (``execute``, ``stream``, ``create_session``, ``export_session``...) and the
     async counterparts of the sync sessions API (``aload_session``...) call them from
-    worker threads, never on the event loop; the sync methods of the reference API
+    worker threads, never on the event loop (unless the store says it never blocks:
+    :attr:`blocking`); the sync methods of the reference API
     (``load_session``, ``list_sessions``...) call them in the caller's own thread.
     Implementations must be safe to call from several threads at once, and appends
     from several processes must never lose a message.
@@ -54,6 +55,10 @@ class SessionStore(abc.ABC):
 
     #: The name this store is registered under (``file``, ``redis``, ``s3``...).
     name: str = ""
+    #: Whether the methods may block (I/O). A store whose methods return at once (memory)
+    #: sets it false: the request path then calls them on the event loop, without a
+    #: worker-thread round trip.
+    blocking: bool = True
 
     @abc.abstractmethod
     def create(self, session: SessionRecord, *, idempotency_key: str | None = None) -> None:
@@ -210,11 +215,17 @@ class SessionStore(abc.ABC):
 def keyed(write: Callable[..., None], idempotency_key: str) -> Callable[..., None]:
     """``write`` (a store's ``create`` or ``append_messages``) with ``idempotency_key`` bound,
     or unchanged for a store written before the keyword existed."""
-    try:
-        accepts = "idempotency_key" in inspect.signature(write).parameters
-    except (TypeError, ValueError):
-        accepts = False
+    accepts = _accepts_key(getattr(write, "__func__", write))
     return functools.partial(write, idempotency_key=idempotency_key) if accepts else write
+
+
+@functools.lru_cache(maxsize=256)
+def _accepts_key(write: Callable[..., None]) -> bool:
+    """Whether ``write`` takes ``idempotency_key`` (asked once per store method)."""
+    try:
+        return "idempotency_key" in inspect.signature(write).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _snippet(text: str, needle: str, context: int = 40) -> str | None:

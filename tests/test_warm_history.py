@@ -126,3 +126,34 @@ def test_a_fit_counts_each_message_once_and_trims_as_before() -> None:
     fit_to_window(messages, model, None)
     assert Counting.counted == 2  # the system message and the prompt; history came from the cache
     assert MAX_CACHED_COUNTS > 1000
+
+
+@pytest.mark.anyio
+async def test_a_store_that_never_blocks_is_called_on_the_event_loop(
+    home: Path, scripted: ScriptedPlugin
+) -> None:
+    import threading
+
+    threads: list[int] = []
+
+    class Quick(FileSessionStore):  # pretends it never blocks, and notes where it is called
+        blocking = False
+
+        def load_changes(self, session_id: str, cursor: object, max_messages: int):  # type: ignore[no-untyped-def]
+            threads.append(threading.get_ident())
+            return super().load_changes(session_id, cursor, max_messages)
+
+        def append_messages(self, session_id, messages, *, idempotency_key=None):  # type: ignore[no-untyped-def]
+            threads.append(threading.get_ident())
+            super().append_messages(session_id, messages, idempotency_key=idempotency_key)
+
+    store = Quick(home / "quick")
+    record = SessionRecord(id=new_session_id())
+    store.create(record)
+    async with OblixClient(home=home, session_store=store, plugins=[scripted]) as client:
+        await client.hook_model("scripted", "local")
+        result = await client.execute("hi", session_id=record.id, stream=False)
+        # the usage ledger blocks: the exchange is stored in the ledger's worker thread
+        assert threads[0] == threading.get_ident() and threads[1] != threading.get_ident()
+        assert client.usage(since="1d")["total"]["requests"] == 1
+    assert [m.content for m in store.load(record.id).messages] == ["hi", result["response"]]

@@ -1,0 +1,228 @@
+"""Orchestration cost per call: Oblix beside LiteLLM's Router, side by side in one run.
+
+Both sides orchestrate instant models, so what is measured is the orchestration itself:
+
+* LiteLLM: ``Router.acompletion`` with ``mock_response`` (no network), two deployments,
+  fallbacks from the first to the second, ``num_retries=2``, a 10-message history.
+* Oblix: ``client.execute(stream=False)`` with two instant models (the scripted test
+  backend), the first forced with ``fallback=True``, two agents (cached verdicts), retries
+  on (the default ``max_retries=2``), usage recorded and budgets checked as always, and a
+  session in an in-memory store (a new session every 20 calls, so histories stay short).
+
+Calls alternate in blocks (same machine conditions for both); the table gives medians
+per call and the ratio LiteLLM / Oblix (higher: Oblix cheaper). Also counted: Oblix's
+worker-thread round trips per call (``anyio.to_thread.run_sync``).
+
+Run: ``.venv/bin/pip install litellm`` (benchmark only; not in the test extra), then
+``.venv/bin/python -m benchmarks.peers_bench [--calls 400]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from benchmarks._table import print_table
+from oblix_core.agents import AgentCheck, BaseAgent
+from oblix_core.client import OblixClient
+from oblix_core.errors import SessionExistsError, SessionNotFoundError
+from oblix_core.records import Message, SessionRecord
+from oblix_core.stores import SessionChanges, SessionStore
+from oblix_core.testing import ScriptedPlugin
+
+HISTORY = [
+    {"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}: a short chat message"}
+    for i in range(10)
+]
+PROMPT = "What next?"
+
+
+class MemoryStore(SessionStore):
+    """Sessions in a dict (for the benchmark: no durability), with change cursors."""
+
+    name = "memory"
+    blocking = False  # a dict: called on the event loop
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, SessionRecord] = {}
+        self._lock = threading.Lock()
+
+    def create(self, session: SessionRecord, *, idempotency_key: str | None = None) -> None:
+        with self._lock:
+            if session.id in self._sessions:
+                raise SessionExistsError(session.id)
+            self._sessions[session.id] = session
+
+    def _get(self, session_id: str) -> SessionRecord:
+        try:
+            return self._sessions[session_id]
+        except KeyError:
+            raise SessionNotFoundError(f"Session {session_id} does not exist.") from None
+
+    def load(self, session_id: str) -> SessionRecord:
+        return self._get(session_id)
+
+    def load_changes(self, session_id: str, cursor: Hashable | None, max_messages: int) -> SessionChanges:
+        record = self._get(session_id)
+        count = len(record.messages)
+        if isinstance(cursor, int) and cursor <= count and count - cursor <= max_messages:
+            return SessionChanges(count, record.messages[cursor:], True, None)
+        tail = record.messages[max(0, count - max_messages) :]
+        return SessionChanges(count, tail, False, SessionRecord(record.id, record.title, record.created_at))
+
+    def append_messages(
+        self, session_id: str, messages: Sequence[Message], *, idempotency_key: str | None = None
+    ) -> None:
+        with self._lock:
+            record = self._get(session_id)
+            self._sessions[session_id] = SessionRecord(
+                record.id, record.title, record.created_at, None, (*record.messages, *messages)
+            )
+
+    def get_metadata(self, session_id: str) -> dict[str, Any]:
+        return dict(self._get(session_id).metadata)
+
+    def update_metadata(self, session_id: str, metadata: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def list(self, limit: int = 50, filter_metadata: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        return []
+
+    def delete(self, session_id: str) -> bool:
+        return self._sessions.pop(session_id, None) is not None
+
+
+class SteadyAgent(BaseAgent):
+    """An agent with a fixed, cached verdict (its sampling is not on the request path)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name=name, interval=60)
+
+    def sample(self) -> AgentCheck:
+        return AgentCheck(self.name, "AVAILABLE", None, reason="steady")
+
+
+def _count_hops() -> list[int]:
+    """Count ``anyio.to_thread.run_sync`` calls (every module calls it through the module)."""
+    hops = [0]
+    original = anyio.to_thread.run_sync
+
+    async def counting(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        hops[0] += 1
+        return await original(func, *args, **kwargs)
+
+    anyio.to_thread.run_sync = counting  # type: ignore[assignment]
+    return hops
+
+
+async def _oblix(home: Path) -> tuple[Callable[[], Awaitable[object]], OblixClient]:
+    client = OblixClient(home=home, session_store=MemoryStore(), plugins=[ScriptedPlugin()])
+    await client.hook_model("scripted", "primary")
+    await client.hook_model("scripted", "backup")
+    for name in ("resources", "network"):
+        agent = SteadyAgent(name)
+        client.hook_agent(agent)
+        agent.refresh()
+    calls = [0]
+    session = [""]
+
+    async def call() -> object:
+        if calls[0] % 20 == 0:
+            session[0] = await client.create_session(title="bench")
+        calls[0] += 1
+        return await client.execute(
+            PROMPT, session_id=session[0], stream=False, model="scripted:primary", fallback=True
+        )
+
+    return call, client
+
+
+def _litellm() -> Callable[[], Awaitable[object]]:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network fetch at import
+    from litellm import Router
+
+    deployment = {"api_key": "sk-benchmark", "mock_response": "Hi there"}
+    router = Router(
+        model_list=[
+            {"model_name": "primary", "litellm_params": {"model": "openai/gpt-4o-mini", **deployment}},
+            {"model_name": "backup", "litellm_params": {"model": "openai/gpt-4o", **deployment}},
+        ],
+        fallbacks=[{"primary": ["backup"]}],
+        num_retries=2,
+    )
+    messages = [*HISTORY, {"role": "user", "content": PROMPT}]
+
+    async def call() -> object:
+        return await router.acompletion(model="primary", messages=messages, mock_response="Hi there")
+
+    return call
+
+
+async def _timed(call: Callable[[], Awaitable[object]], n: int) -> list[float]:
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter()
+        await call()
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+async def profile(calls: int) -> None:
+    import cProfile
+    import pstats
+
+    with tempfile.TemporaryDirectory() as tmp:
+        oblix, client = await _oblix(Path(tmp))
+        await _timed(oblix, 20)
+        profiler = cProfile.Profile()
+        profiler.enable()
+        await _timed(oblix, calls)
+        profiler.disable()
+        await client.shutdown()
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(35)
+
+
+async def main(calls: int, rounds: int) -> None:
+    hops = _count_hops()
+    with tempfile.TemporaryDirectory() as tmp:
+        oblix, client = await _oblix(Path(tmp))
+        litellm = _litellm()
+        await _timed(oblix, 20)  # warm both
+        await _timed(litellm, 20)
+        before = hops[0]
+        await _timed(oblix, 20)
+        per_call_hops = (hops[0] - before) / 20
+        times: dict[str, list[float]] = {"oblix": [], "litellm": []}
+        for _ in range(rounds):
+            times["oblix"] += await _timed(oblix, calls // rounds)
+            times["litellm"] += await _timed(litellm, calls // rounds)
+        await client.shutdown()
+    ours, theirs = (statistics.median(times[k]) * 1000 for k in ("oblix", "litellm"))
+    print_table(
+        f"Orchestration per call, instant models (median ms of {calls} calls, {rounds} interleaved blocks)",
+        ["path", "ms per call", "LiteLLM / this", "worker-thread hops per call"],
+        [
+            ("LiteLLM Router.acompletion (mock_response)", theirs, 1.0, "-"),
+            ("Oblix execute (in-memory session)", ours, theirs / ours, per_call_hops),
+        ],
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=400)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--profile", action="store_true", help="profile Oblix's calls instead")
+    args = parser.parse_args()
+    asyncio.run(profile(args.calls) if args.profile else main(args.calls, args.rounds))
