@@ -378,6 +378,7 @@ def _metrics(
         else None,
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
+        "cached_input_tokens": usage.cached_input_tokens if usage else None,
         "tokens_estimated": estimated,
         "finish_reason": answer.finish,
         "history_messages_sent": len(request.messages),

@@ -76,6 +76,9 @@ class Usage:
 
     input_tokens: int | None = None
     output_tokens: int | None = None
+    #: Of ``input_tokens``, those read from the provider's prompt cache (OpenAI's
+    #: ``prompt_tokens_details.cached_tokens``, Anthropic's ``cache_read_input_tokens``).
+    cached_input_tokens: int | None = None
 
 
 @attrs.frozen

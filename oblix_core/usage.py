@@ -302,7 +302,7 @@ def answer_record(
         output_tokens=int(metrics.get("output_tokens") or 0),
         cost_usd=float(metrics.get("cost_usd") or 0.0),
         session_id=request.session_id if request.store else None,
-        cached_tokens=int(metrics.get("cached_tokens") or 0),
+        cached_tokens=int(metrics.get("cached_input_tokens") or 0),
         latency_ms=float(metrics.get("total_latency_ms") or metrics.get("latency_ms") or 0.0),
         rule=rule,
         reason=reason[:500],

@@ -23,6 +23,10 @@ so health checks can be made to flap; ``model_entry`` adds fields to its one mod
 ``{"max_model_len": 4096}``). With ``context_limit`` set, a chat request whose messages hold
 more than that many tokens (4 characters each) is refused with HTTP 400 and the message
 llama-cpp-python's server gives ("This model's maximum context length is N tokens...").
+With ``report_usage`` set, a request asking for ``stream_options.include_usage`` gets a
+last usage chunk (``prompt_tokens``: the messages' characters / 4, ``completion_tokens``:
+the answer's words), with ``prompt_tokens_details.cached_tokens`` when ``cached_tokens``
+is set (as OpenAI reports a prompt-cache hit).
 ``chat_requests``/``models_requests`` count what
 arrived and ``bodies`` holds the chat requests' JSON. Use it started/stopped by hand or
 as a context manager.
@@ -57,6 +61,8 @@ class LoopbackOpenAI:
         self.models_script: list[int] = []
         self.model_entry: dict[str, Any] = {}
         self.context_limit: int | None = None
+        self.report_usage = False
+        self.cached_tokens: int | None = None
         self.chat_requests = 0
         self.models_requests = 0
         self.bodies: list[dict[str, Any]] = []
@@ -156,9 +162,11 @@ class _Handler(BaseHTTPRequestHandler):
         elif mode == "tool" and not any(m.get("role") == "tool" for m in body.get("messages", [])):
             self._tool_call(body.get("model", "loopback"), body["tools"][0]["function"]["name"])
         else:
-            self._stream(body.get("model", "loopback"), mode)
+            self._stream(body.get("model", "loopback"), mode, tokens, body.get("stream_options") or {})
 
-    def _stream(self, model: str, mode: str) -> None:
+    def _stream(
+        self, model: str, mode: str, prompt_tokens: int = 0, options: dict[str, Any] | None = None
+    ) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Connection", "close")
@@ -173,9 +181,18 @@ class _Handler(BaseHTTPRequestHandler):
                 return
         if mode != "truncated":
             self._event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}, model)
+            if self.server_owner.report_usage and (options or {}).get("include_usage"):
+                self._event({"choices": [], "usage": self._usage(prompt_tokens, len(words))}, model)
             self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
         self.close_connection = True
+
+    def _usage(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+        usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+        usage["total_tokens"] = prompt_tokens + completion_tokens
+        if self.server_owner.cached_tokens is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.server_owner.cached_tokens}
+        return usage
 
     def _tool_call(self, model: str, name: str) -> None:
         self.send_response(200)

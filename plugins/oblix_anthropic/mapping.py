@@ -206,7 +206,7 @@ class EventReader:
             "cache_creation_input_tokens": self.cache_creation,
         }
         return StreamChunk(
-            usage=Usage(prompt or None, self.output_tokens),
+            usage=Usage(prompt or None, self.output_tokens, self.cache_read),
             finish_reason=STOP_REASONS.get(self.stop_reason or "", "stop"),
             info=info,
         )

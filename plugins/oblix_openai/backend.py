@@ -260,7 +260,10 @@ def _chunks(event: Any) -> list[StreamChunk]:
         if text or deltas or choice.finish_reason:
             chunks.append(StreamChunk(text or "", finish_reason=choice.finish_reason, tool_calls=deltas))
     if getattr(event, "usage", None):
-        chunks.append(StreamChunk(usage=Usage(event.usage.prompt_tokens, event.usage.completion_tokens)))
+        details = getattr(event.usage, "prompt_tokens_details", None)
+        cached = getattr(details, "cached_tokens", None)
+        usage = Usage(event.usage.prompt_tokens, event.usage.completion_tokens, cached)
+        chunks.append(StreamChunk(usage=usage))
     return chunks
 
 
