@@ -9,8 +9,10 @@ Unlike the session index this file is not a cache: it is the only copy of the le
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,6 +58,17 @@ _SUMS = (
 _GROUP = {"model": "model_id", "day": "day", "session": "COALESCE(session_id, '(no session)')"}
 
 
+def _private(path: Path) -> None:
+    """Create ``path`` 0600 before SQLite opens it (SQLite gives its -wal and -shm files the
+    database's mode), and tighten it and those files where an older Oblix left them readable."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (str(path), f"{path}-wal", f"{path}-shm"):
+        with contextlib.suppress(OSError):  # missing, or another user's
+            found = os.lstat(name)
+            if stat.S_ISREG(found.st_mode) and stat.S_IMODE(found.st_mode) & 0o077:
+                os.chmod(name, 0o600)
+
+
 class SqliteUsageLedger(UsageLedger):
     """The ledger in the SQLite file ``path`` (see the module docstring)."""
 
@@ -70,7 +83,7 @@ class SqliteUsageLedger(UsageLedger):
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        _private(self.path)
         db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")

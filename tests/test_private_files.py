@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ import pytest
 from oblix_core.client import OblixClient
 from oblix_core.health import JsonFile
 from oblix_core.records import Message, SessionRecord
+from oblix_core.usage import UsageRecord
+from oblix_core.usage_sqlite import SqliteUsageLedger
 from oblix_file.store import FileSessionStore
 
 
@@ -60,6 +63,46 @@ def test_a_new_store_is_private_whatever_the_umask(tmp_path: Path) -> None:
         assert _loose(tmp_path / "sessions") == []
     finally:
         store.close()
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_the_usage_ledgers_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    store = FileSessionStore(tmp_path / "sessions")
+    ledgers = [store.usage_ledger(), SqliteUsageLedger(tmp_path / "home" / "usage.sqlite3")]
+    try:
+        for ledger in ledgers:  # the file store's <root>/.usage.sqlite3, $OBLIX_HOME/usage.sqlite3
+            ledger.record(UsageRecord("r1", "scripted:x", True, 1, 1, 0.0))
+            assert ledger.totals(date(2000, 1, 1))[0].requests == 1
+            path = ledger.path  # type: ignore[attr-defined]
+            names = {p.name for p in path.parent.iterdir()}
+            assert {path.name, f"{path.name}-wal", f"{path.name}-shm"} <= names  # open: WAL files exist
+        assert _loose(tmp_path / "sessions") == []
+        home = tmp_path / "home"
+        assert {p.name: _mode(p) for p in home.iterdir()} == {
+            "usage.sqlite3": 0o600,
+            "usage.sqlite3-wal": 0o600,
+            "usage.sqlite3-shm": 0o600,
+        }
+    finally:
+        for ledger in ledgers:
+            ledger.close()
+        store.close()
+
+
+def test_a_loose_home_ledger_is_tightened_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "usage.sqlite3"
+    first = SqliteUsageLedger(path)
+    first.record(UsageRecord("r1", "scripted:x", True, 1, 1, 0.0))
+    first.close()
+    for name in ("usage.sqlite3", "usage.sqlite3-wal"):  # as an older Oblix left them
+        (tmp_path / name).touch()
+        os.chmod(tmp_path / name, 0o644)
+    ledger = SqliteUsageLedger(path)
+    try:
+        assert ledger.spent() == 0.0  # opened
+        assert _mode(path) == 0o600 and _mode(tmp_path / "usage.sqlite3-wal") == 0o600
+    finally:
+        ledger.close()
 
 
 def test_an_existing_store_is_tightened_on_open(tmp_path: Path) -> None:
