@@ -173,11 +173,6 @@ def utf8_safe(text: str) -> str:
     return text
 
 
-def _remaining(deadline: float) -> float | None:
-    left = deadline - time.monotonic()
-    return None if math.isinf(left) else max(left, 0.0)
-
-
 def _as_model_error(model: ModelBackend, exc: Exception) -> ModelError:
     """``exc`` as a ModelError with every known secret scrubbed from its text."""
     if isinstance(exc, ModelError):
@@ -200,9 +195,10 @@ class Executor:
         self.breaker = breaker
 
     async def _chunks(self, model: ModelBackend, request: Request) -> AsyncGenerator[StreamChunk, None]:
-        """The model's stream with first-token and total timeouts applied to each wait."""
+        """The model's stream with first-token and total timeouts applied to each wait
+        (a cancel scope around each wait only: never across a ``yield``)."""
         s = self.settings
-        start = time.monotonic()
+        start = anyio.current_time()  # the event loop's clock, which deadlines are in
         total_deadline = start + s.total_timeout if s.total_timeout else math.inf
         first_deadline = start + s.first_token_timeout if s.first_token_timeout else math.inf
         first = True
@@ -210,12 +206,14 @@ class Executor:
             iterator = chunks.__aiter__()
             while True:
                 deadline = min(first_deadline, total_deadline) if first else total_deadline
-                try:
-                    with anyio.fail_after(_remaining(deadline)):
+                with anyio.CancelScope(deadline=deadline) as scope:
+                    try:
                         chunk = await iterator.__anext__()
-                except StopAsyncIteration:
-                    return
-                except TimeoutError:
+                    except StopAsyncIteration:
+                        return
+                    except TimeoutError:  # the backend's own
+                        scope.cancel()
+                if scope.cancelled_caught or scope.cancel_called:
                     what = "its first token" if first else "its answer"
                     raise ModelTimeoutError(
                         f"{model.model_id} did not produce {what} in time "
