@@ -16,7 +16,7 @@ from oblix_core.compat import Compat012, print_metrics
 from oblix_core.config import Config, default_model_entries, load_config, model_arguments, oblix_home
 from oblix_core.conversation import ResponseStream
 from oblix_core.engine import Engine
-from oblix_core.errors import ConfigError, OblixError
+from oblix_core.errors import ConfigError, OblixError, PluginError
 from oblix_core.execution import CircuitBreaker, ExecutionSettings, Executor
 from oblix_core.models import ChatMessage, ModelBackend, ModelType
 from oblix_core.plugins import Registry, build_plugin_manager
@@ -318,14 +318,14 @@ class OblixClient(SessionsAPI, Compat012):
         configured = list(self.config.models)
         entries = configured or default_model_entries(self.registry.models)
         if cloud_only:
-            entries = [
-                e for e in entries if not e.get("local", self.registry.model_class(e["type"]).default_local)
-            ]
+            backends = self.registry.models
+            local = {name for name, cls in backends.items() if cls.default_local}
+            entries = [e for e in entries if not e.get("local", e["type"] in local)]
         hooked = []
         for entry in entries:
             try:
                 hooked.append(await self.hook_backend(self.build_backend(**model_arguments(entry))))
-            except ConfigError as exc:
+            except (ConfigError, PluginError) as exc:  # e.g. the cloud default's extra is not installed
                 if configured:
                     raise
                 log.warning("skipping the default model %s:%s: %s", entry["type"], entry["name"], exc)

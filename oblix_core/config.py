@@ -137,7 +137,7 @@ def default_model_entries(registered: Iterable[str]) -> list[dict[str, Any]]:
     """``[[models]]`` entries used when the config file lists none."""
     available = set(registered)
     entries = [DEFAULT_LOCAL_MODEL] if DEFAULT_LOCAL_MODEL["type"] in available else []
-    if os.environ.get("OPENAI_API_KEY") and DEFAULT_CLOUD_MODEL["type"] in available:
+    if os.environ.get("OPENAI_API_KEY"):  # tried even without its extra: hooking it says what to install
         entries.append(DEFAULT_CLOUD_MODEL)
     return [dict(e) for e in entries]
 
