@@ -73,7 +73,7 @@ def print_sessions(title: str, found: Sequence[dict[str, Any]], snippets: bool =
 def usage_line(metrics: dict[str, Any]) -> str:
     """``Token usage: 12 input, 40 output`` (+ prompt-cache reads, cost, "estimated")."""
     parts = [f"{metrics.get('input_tokens', 0)} input", f"{metrics.get('output_tokens', 0)} output"]
-    cached = metrics.get("cache_read_input_tokens")
+    cached = metrics.get("cached_input_tokens") or metrics.get("cache_read_input_tokens")
     if cached:
         parts.append(f"{cached} read from the prompt cache")
     cost = metrics.get("cost_usd")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from oblix import ModelType, OblixClient
+from oblix_core.cli_format import usage_line
 from tests.anthropic_double import AnthropicDouble
 from tests.conftest import FAST
 from tests.openai_loopback import LoopbackOpenAI
@@ -40,6 +41,9 @@ async def test_openai_cached_tokens_reach_the_metrics_and_the_ledger(home: Path)
     assert recorded == {cached["request_id"]: 16, plain["request_id"]: 0}
     assert report["total"]["cached_tokens"] == 16
     assert [row["cached_tokens"] for row in report["rows"]] == [16]
+    assert usage_line(cached["metrics"]).startswith(
+        "Token usage: 50 input, 3 output, 16 read from the prompt cache;"
+    )
 
 
 @pytest.mark.anyio
