@@ -156,7 +156,7 @@ async def measure_latency(home: Path, rounds: int, threads: int) -> tuple[Latenc
                     "oblix server (HTTP, SSE)": lambda: http_run(http, server.base_url, "auto"),
                     "llama_cpp.server (HTTP, SSE)": lambda: http_run(http, llama.url, "gemma"),
                 }
-                results = await interleaved(paths, rounds)
+                results = await interleaved(paths, rounds) if rounds else {}
                 rates = {
                     "oblix server": await rate(lambda: http_run(http, server.base_url, "auto", 1), 4),
                     "llama_cpp.server": await rate(lambda: http_run(http, llama.url, "gemma", 1), 4),
@@ -199,21 +199,22 @@ async def measure_instant(home: Path) -> list[tuple[str, float]]:
 def report(
     results: Latencies, rates: dict[str, float], instant: list[tuple[str, float]], threads: int
 ) -> None:
-    base = results["in-process OblixClient.stream"]
     rows = []
     for name, by_clients in results.items():
+        base = results["in-process OblixClient.stream"]
         for clients, samples in by_clients.items():
             ttfb, total = median_ms(samples, 0), median_ms(samples, 1)
             added_ttfb = ttfb - median_ms(base[clients], 0)
             added_total = total - median_ms(base[clients], 1)
             rows.append((name, clients, ttfb, total, f"{added_ttfb:+.1f}", f"{added_total:+.1f}",
                          f"{total / median_ms(base[clients], 1):.3f}"))  # fmt: skip
-    print_table(
-        f"Gemma 3 270M Q4_K_M, greedy, {NEW_TOKENS} new tokens, {threads} threads; medians "
-        "(16 clients: one burst, each request's own times)",
-        ["path", "clients", "TTFB ms", "total ms", "TTFB added ms", "total added ms", "total ratio"],
-        rows,
-    )
+    if rows:
+        print_table(
+            f"Gemma 3 270M Q4_K_M, greedy, {NEW_TOKENS} new tokens, {threads} threads; medians "
+            "(16 clients: one burst, each request's own times)",
+            ["path", "clients", "TTFB ms", "total ms", "TTFB added ms", "total added ms", "total ratio"],
+            rows,
+        )
     ours, peer = rates["oblix server"], rates["llama_cpp.server"]
     print_table(
         "One-token answers from the real model, 4 concurrent clients, requests/s (higher is better)",
@@ -230,7 +231,7 @@ def report(
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="latency rounds (0: only the rates)")
     parser.add_argument("--threads", type=int, default=psutil.cpu_count(logical=False) or 1)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -128,6 +128,23 @@ async def test_interleaved_sessions_resume_from_saved_states(
 
 
 @pytest.mark.anyio
+async def test_an_identical_prompt_decodes_nothing_and_answers_the_same(
+    cached: LlamaCppBackend, reference: LlamaCppBackend
+) -> None:
+    """A one-token answer leaves the context ending exactly at its prompt, with that prompt's
+    logits: the same prompt again samples at once (what llama_cpp.server does), same answer."""
+    messages = [*history(3, "same"), ChatMessage("user", "Yes or no?")]
+    first, _ = await answer(cached, messages, max_tokens=1)
+    again, use = await answer(cached, messages, max_tokens=1)
+    assert use["source"] == "live" and use["tokens_evaluated"] == 0 and use["tokens_reused"] > 100
+    assert first == again == await fresh(reference, messages, max_tokens=1)
+    longer, use = await answer(cached, messages, max_tokens=12)  # still nothing to evaluate
+    assert use["tokens_evaluated"] == 0 and longer == await fresh(reference, messages)
+    text, use = await answer(cached, messages, max_tokens=12)  # its answer was decoded: evaluate again
+    assert use["tokens_evaluated"] > 0 and text == longer
+
+
+@pytest.mark.anyio
 async def test_trimmed_history_is_not_resumed_from_a_stale_state(
     cached: LlamaCppBackend, reference: LlamaCppBackend
 ) -> None:

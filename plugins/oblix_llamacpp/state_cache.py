@@ -173,6 +173,8 @@ class PromptStateCache:
         # from-scratch evaluation: llama-cpp-python's n_batch chunks, llama.cpp's n_ubatch ubatches
         self._grid = int(min(llama.n_batch, getattr(llama.context_params, "n_ubatch", llama.n_batch)))
         self._frontier = 0  # the live context's first tokens evaluated as from scratch
+        #: The prompt whose last batch was the context's last decode (its logits are current).
+        self._decoded: np.ndarray | None = None
         self._states: collections.OrderedDict[bytes, SavedState] = collections.OrderedDict()
         self._bytes = 0
         self._pending: list[SavedState] = []  # saved, not yet written to disk
@@ -204,6 +206,10 @@ class PromptStateCache:
         tokens = np.asarray(prompt, dtype=np.intc)
         n = len(tokens)
         boundary = save_point(n)
+        if self._holds_exactly(tokens):  # evaluated already, nothing decoded since: sample at once
+            use = CacheUse("live", tokens_reused=n)
+            self._counters.add(use)
+            return use
         live = llama.input_ids[: llama.n_tokens]
         reuse = aligned(min(common_prefix(live, tokens), self._frontier, boundary))
         if not self._can_keep(reuse, llama.n_tokens, self._pos_min()):
@@ -221,15 +227,33 @@ class PromptStateCache:
         llama.n_tokens = reuse
         llama._requires_eval = True
         self._frontier = 0  # until the evaluation below completes
+        self._decoded = None
         save = self.saving and boundary >= MIN_SAVE_TOKENS and boundary > reuse
         for start, stop in self._batches(reuse, n, boundary):
             llama.eval(tokens[start:stop].tolist())
             if save and stop == boundary:
                 self._save(tokens[:boundary], use)
         self._frontier = boundary
+        self._decoded = tokens
         use.tokens_evaluated = n - reuse
         self._counters.add(use)
         return use
+
+    def _holds_exactly(self, tokens: np.ndarray) -> bool:
+        """Whether the context holds exactly ``tokens`` and its logits are those this cache's
+        evaluation of them left (a one-token answer decodes nothing after its prompt).
+
+        llama-cpp-python's ``generate`` then samples at once (its exact-prompt hit), and
+        the answer is the one a fresh evaluation gives: the same logits.
+        """
+        llama, decoded = self._llama, self._decoded
+        return (
+            decoded is not None
+            and llama.n_tokens == len(tokens) == len(decoded)
+            and not llama._requires_eval
+            and common_prefix(decoded, tokens) == len(tokens)
+            and common_prefix(llama.input_ids[: llama.n_tokens], tokens) == len(tokens)
+        )
 
     def _batches(self, start: int, stop: int, boundary: int) -> Iterator[tuple[int, int]]:
         """Evaluation batches: split where a from-scratch evaluation splits, and at ``boundary``."""
