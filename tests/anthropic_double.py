@@ -41,6 +41,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.support.net import free_port
+
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -51,12 +53,6 @@ ERROR_TYPES = {
     500: "api_error",
     529: "overloaded_error",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class AnthropicDouble:
@@ -75,7 +71,7 @@ class AnthropicDouble:
         self.api_key = api_key
         self.answer = answer
         self.min_cache_tokens = min_cache_tokens
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.script: list[tuple[int, dict[str, str]]] = []
         self.models_status = 200
         self.bodies: list[dict[str, Any]] = []

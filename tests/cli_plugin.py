@@ -9,9 +9,6 @@ doubles, not models; the CLI, the store and the signal handling around them are 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 MODULE = '''
@@ -44,25 +41,3 @@ def install(site: Path) -> Path:
 def configure(home: Path, *names: str, extra: str = "") -> None:
     """A ``config.toml`` in ``home`` hooking the scripted models ``names`` (``echo``, ``slow``)."""
     (home / "config.toml").write_text("".join(CONFIG.format(name=n) for n in names) + extra)
-
-
-def environ(site: Path, home: Path, **extra: str) -> dict[str, str]:
-    """The environment of an ``oblix`` subprocess using the plugin and ``home``."""
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    path = os.pathsep.join(p for p in (str(site), env.get("PYTHONPATH", "")) if p)
-    return env | {"PYTHONPATH": path, "OBLIX_HOME": str(home), "COLUMNS": "200"} | extra
-
-
-def oblix(
-    site: Path, home: Path, *args: str, stdin: str | None = None, **extra: str
-) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m oblix_core ARGS`` with the plugin, without a terminal."""
-    return subprocess.run(
-        [sys.executable, "-m", "oblix_core", *args],
-        input=stdin if stdin is not None else "",
-        env=environ(site, home, **extra),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )

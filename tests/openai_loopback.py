@@ -41,11 +41,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support.net import free_port
 
 
 class LoopbackOpenAI:
@@ -55,7 +51,7 @@ class LoopbackOpenAI:
         self, mode: str = "ok", port: int | None = None, answer: str = "Hello from loopback"
     ) -> None:
         self.mode = mode
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.answer = answer
         self.models_status = 200
         self.models_script: list[int] = []

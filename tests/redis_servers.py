@@ -11,9 +11,7 @@ the same port. Bind the fixtures in a test module to use them::
 
 from __future__ import annotations
 
-import random
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -25,27 +23,10 @@ import pytest
 import redis
 from redis.crc import key_slot
 
+from tests.support.net import free_port
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(with_bus: bool = False) -> int:
-    """A free loopback port (and, ``with_bus``, its cluster bus port + 10000 free too)."""
-    for _ in range(200):
-        port = random.randint(20000, 29999) if with_bus else random.randint(30000, 55000)
-        if _port_free(port) and (not with_bus or _port_free(port + 10000)):
-            return port
-    raise RuntimeError("no free loopback port found")
 
 
 class _PortTaken(RuntimeError):

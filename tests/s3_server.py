@@ -33,7 +33,7 @@ from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
 
-from tests.servers import free_port, wait_for_http
+from tests.support.net import free_port, wait_for_http
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Credentials the tests put in the environment (moto accepts any unless auth is on).

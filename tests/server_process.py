@@ -22,7 +22,6 @@ import resource
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ import httpx
 from oblix_core import hookimpl
 from oblix_core.models import GenerationRequest, ModelBackend, StreamChunk
 from oblix_core.testing import ScriptedPlugin
-from tests.servers import free_port, wait_for_http
+from tests.support.net import free_port, wait_for_http
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -285,16 +284,6 @@ class Cloud:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
-
-
-def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
-    """Poll ``check`` until it is true or ``timeout`` s passed; whether it became true."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(interval)
-    return check()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -13,32 +13,23 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from click.testing import CliRunner
 
 from oblix import ModelType, OblixClient
 from oblix.agents import ConnectivityAgent, ResourceMonitor
 from oblix_core.agents import AgentCheck, AgentState, BaseAgent, Target
-from oblix_core.cli import build_cli
 from oblix_core.errors import ConfigError, NoModelAvailableError
 from oblix_core.testing import ScriptedPlugin
 from tests.conftest import FAST
-from tests.servers import free_port
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
-
+from tests.support import commands
+from tests.support.net import free_port
+from tests.support.waiting import wait_until
 
 # -- ResourceMonitor -------------------------------------------------------------------
 
@@ -90,13 +81,13 @@ def test_cpu_burners_drive_it_to_constrained_and_back() -> None:
         burners = [ctx.Process(target=_burn, args=(8.0,)) for _ in range(os.cpu_count() or 2)]
         for p in burners:
             p.start()
-        wait_for(lambda: monitor.latest().state in (AgentState.CONSTRAINED, AgentState.CRITICAL))
+        assert wait_until(lambda: monitor.latest().state in (AgentState.CONSTRAINED, AgentState.CRITICAL))
         check = monitor.latest()
         assert check.target == Target.CLOUD and "CPU" in check.reason
         for p in burners:
             p.terminate()
             p.join()
-        wait_for(lambda: monitor.latest().state == AgentState.AVAILABLE)
+        assert wait_until(lambda: monitor.latest().state == AgentState.AVAILABLE)
     finally:
         monitor.stop()
 
@@ -215,11 +206,11 @@ def test_server_stop_and_restart_within_one_interval(tcp: TcpServer) -> None:
     )
     agent.start()
     try:
-        wait_for(lambda: agent.latest().state == AgentState.OPTIMAL)
+        assert wait_until(lambda: agent.latest().state == AgentState.OPTIMAL)
         tcp.stop()
-        wait_for(lambda: agent.latest().state == AgentState.DISCONNECTED, timeout=2.0)
+        assert wait_until(lambda: agent.latest().state == AgentState.DISCONNECTED, timeout=2.0)
         tcp.start()
-        wait_for(lambda: agent.latest().state == AgentState.OPTIMAL, timeout=2.0)
+        assert wait_until(lambda: agent.latest().state == AgentState.OPTIMAL, timeout=2.0)
     finally:
         agent.stop()
 
@@ -274,7 +265,8 @@ async def test_cloud_endpoint_down_is_answered_locally(home: Path, scripted: Scr
     await client.hook_model("scripted", "local")
     agent = ConnectivityAgent(check_interval=60)
     client.hook_agent(agent)
-    wait_for(lambda: agent.latest().state == AgentState.DISCONNECTED)  # probes the hooked OpenAI endpoint
+    # the agent probes the hooked OpenAI endpoint
+    assert wait_until(lambda: agent.latest().state == AgentState.DISCONNECTED)
     result = await client.execute("hi", stream=False)
     assert result["model_id"] == "scripted:local"
     assert result["routing_decision"]["rule"] == "disconnected"
@@ -290,7 +282,7 @@ async def test_constrained_resources_go_to_the_cloud(home: Path, scripted: Scrip
     await client.hook_model("scripted", "cloud", local=False)
     monitor = ResourceMonitor(custom_thresholds={"memory_threshold": 0.1}, interval=60, smoothing=1)
     client.hook_agent(monitor)
-    wait_for(lambda: monitor.latest().state == AgentState.CONSTRAINED)
+    assert wait_until(lambda: monitor.latest().state == AgentState.CONSTRAINED)
     result = await client.execute("hi", stream=False)
     assert (
         result["model_id"] == "scripted:cloud" and result["routing_decision"]["rule"] == "local-constrained"
@@ -312,7 +304,7 @@ async def test_local_only_session_with_only_a_cloud_model(home: Path, scripted: 
 
 def test_agents_cli_json(home: Path) -> None:
     (home / "config.toml").write_text('[agents]\nenabled = ["resource_monitor"]\n')
-    result = CliRunner().invoke(build_cli(), ["agents", "--json"])
+    result = commands.invoke("agents", "--json")
     assert result.exit_code == 0, result.output
     checks = json.loads(result.output)
     assert [c["agent"] for c in checks] == ["resource_monitor"]
@@ -423,7 +415,7 @@ async def test_first_request_takes_a_fresh_sample_or_says_it_had_none(
     assert any("slow had no reading" in note for note in decision["notes"])
     assert none["model_id"] == "scripted:local"  # routed without it, and said so
     readings = home / "agent-readings.json"
-    wait_for(lambda: readings.exists() and "slow" in json.loads(readings.read_text()))
+    assert wait_until(lambda: readings.exists() and "slow" in json.loads(readings.read_text()))
     later = await decide(2.0)  # the reading that came too late was saved for the next command
     assert later["routing_decision"]["agents"][0]["source"] == "persisted"
 
@@ -442,7 +434,7 @@ async def test_other_programs_burning_cpu_send_requests_to_the_cloud(
         p.start()
     try:
         client.hook_agent(monitor)
-        wait_for(lambda: monitor.latest().state in (AgentState.CONSTRAINED, AgentState.CRITICAL))
+        assert wait_until(lambda: monitor.latest().state in (AgentState.CONSTRAINED, AgentState.CRITICAL))
         result = await client.execute("hi", stream=False)
     finally:
         for p in burners:

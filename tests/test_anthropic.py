@@ -32,7 +32,7 @@ from oblix_anthropic.mapping import OPENING, conversation
 from oblix_core.testing import ModelBackendContract, ScriptedPlugin
 from tests.anthropic_double import AnthropicDouble
 from tests.conftest import FAST
-from tests.servers import free_port
+from tests.support.net import free_port
 
 SECRET = "sk-ant-oblix-test-SECRET-4242"
 SONNET = "claude-3-5-sonnet-20241022"

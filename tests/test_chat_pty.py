@@ -17,6 +17,7 @@ import pexpect
 import pytest
 
 from tests import cli_plugin
+from tests.support import commands
 
 INTERRUPTED = {"interrupted": True, "reason": "cancelled by the user"}
 
@@ -33,7 +34,7 @@ def slow_home(home: Path) -> Path:
 
 
 def spawn(site: Path, home: Path, *args: str) -> pexpect.spawn:
-    env = cli_plugin.environ(site, home)
+    env = commands.environ(site, home)
     return pexpect.spawn(
         sys.executable,
         ["-m", "oblix_core", *args],
@@ -54,7 +55,7 @@ def finish(child: pexpect.spawn) -> tuple[int | None, str]:
 
 
 def stored(site: Path, home: Path, session_id: str) -> list[dict[str, object]]:
-    shown = cli_plugin.oblix(site, home, "sessions", "show", session_id, "--json")
+    shown = commands.oblix(site, home, "sessions", "show", session_id, "--json")
     assert shown.returncode == 0, shown.stderr
     return list(json.loads(shown.stdout)["messages"])
 
@@ -125,7 +126,7 @@ def test_ctrl_c_at_the_first_prompt_stores_nothing(site: Path, slow_home: Path) 
     chat.sendintr()
     status, rest = finish(chat)
     assert status == 0 and "Chat ended. Nothing was stored." in rest
-    listed = cli_plugin.oblix(site, slow_home, "sessions", "list", "--json")
+    listed = commands.oblix(site, slow_home, "sessions", "list", "--json")
     assert json.loads(listed.stdout) == []
 
 
@@ -143,7 +144,7 @@ def test_run_ctrl_c_exits_130_and_says_what_was_stored(site: Path, slow_home: Pa
 
 
 def test_run_ctrl_c_before_any_answer_stores_nothing(site: Path, slow_home: Path) -> None:
-    env = cli_plugin.environ(site, slow_home, OBLIX_TEST_DELAY="5")  # first word after 5 s
+    env = commands.environ(site, slow_home, OBLIX_TEST_DELAY="5")  # first word after 5 s
     run = pexpect.spawn(
         sys.executable, ["-m", "oblix_core", "run", "hello"], env=env, encoding="utf-8", timeout=30
     )
@@ -151,13 +152,13 @@ def test_run_ctrl_c_before_any_answer_stores_nothing(site: Path, slow_home: Path
     run.sendintr()
     status, rest = finish(run)
     assert status == 130 and "Traceback" not in rest and "nothing was stored" in rest
-    listed = cli_plugin.oblix(site, slow_home, "sessions", "list", "--json")
+    listed = commands.oblix(site, slow_home, "sessions", "list", "--json")
     assert json.loads(listed.stdout) == []
 
 
 @pytest.mark.llama
 def test_chat_ctrl_c_with_the_packaged_model(home: Path) -> None:
-    env = {k: v for k, v in cli_plugin.environ(Path("."), home).items() if k != "PYTHONPATH"}
+    env = {k: v for k, v in commands.environ(Path("."), home).items() if k != "PYTHONPATH"}
     chat = pexpect.spawn(
         sys.executable,
         ["-m", "oblix_core", "chat"],

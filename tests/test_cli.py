@@ -9,17 +9,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from oblix_core import __version__
-from oblix_core.cli import build_cli
+from tests.support import commands
 
 DATA = Path(__file__).parent / "data"
 REF_ID = "5f3e9a7b-6c1d-4d8e-9e7a-9b8c7d6e5f4a"
 
 
 def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(build_cli(), list(args))
+    result = commands.invoke(*args)
     return result.exit_code, result.output
 
 

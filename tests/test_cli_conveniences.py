@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests import cli_plugin
+from tests.support import commands
 from tests.test_cli_run import calls, cli_home, oblix, plugin_site, session_of  # noqa: F401
 
 DATA = Path(__file__).parent / "data"
@@ -59,12 +60,12 @@ def test_export_to_dev_stdout_and_a_fifo_in_a_real_process(
     tmp_path: Path,
 ) -> None:
     _imported(home)
-    piped = cli_plugin.oblix(plugin_site, home, "sessions", "export", REF_ID, "/dev/stdout")
+    piped = commands.oblix(plugin_site, home, "sessions", "export", REF_ID, "/dev/stdout")
     assert piped.returncode == 0, piped.stderr
     assert json.loads(piped.stdout)["id"] == REF_ID
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    env = cli_plugin.environ(plugin_site, home)
+    env = commands.environ(plugin_site, home)
     writer = subprocess.Popen(
         [sys.executable, "-m", "oblix_core", "sessions", "export", REF_ID, str(fifo)],
         env=env,
@@ -75,7 +76,7 @@ def test_export_to_dev_stdout_and_a_fifo_in_a_real_process(
         assert json.loads(reader.read())["id"] == REF_ID
     assert writer.wait(timeout=60) == 0, writer.stderr.read() if writer.stderr else ""
     assert fifo.exists() and not fifo.is_file()  # the pipe is still a pipe, not replaced by a file
-    restored = cli_plugin.oblix(plugin_site, home, "sessions", "import", "-", "--new-id", stdin=piped.stdout)
+    restored = commands.oblix(plugin_site, home, "sessions", "import", "-", "--new-id", stdin=piped.stdout)
     assert restored.returncode == 0, restored.stderr
 
 
@@ -157,7 +158,7 @@ def test_deleting_by_a_start_of_the_id_asks_on_a_terminal(home: Path, plugin_sit
         return pexpect.spawn(
             sys.executable,
             ["-m", "oblix_core", "sessions", "delete", *args],
-            env=cli_plugin.environ(plugin_site, home),
+            env=commands.environ(plugin_site, home),
             encoding="utf-8",
             timeout=60,
         )
@@ -203,7 +204,7 @@ main()
 
 def test_models_lists_only_backends_whose_packages_import(home: Path, plugin_site: Path) -> None:  # noqa: F811
     cli_plugin.configure(home, "echo")
-    env = cli_plugin.environ(plugin_site, home)
+    env = commands.environ(plugin_site, home)
 
     def blocked(*args: str) -> subprocess.CompletedProcess[str]:
         run = [sys.executable, "-c", BLOCKED_RUN, *args]
@@ -260,7 +261,7 @@ def test_ctrl_d_after_new_prints_the_new_sessions_id(home: Path, plugin_site: Pa
     ended = chat.match.group(1)
     status, _ = finish(chat)
     assert status == 0
-    latest = json.loads(cli_plugin.oblix(plugin_site, home, "sessions", "list", "--json").stdout)
+    latest = json.loads(commands.oblix(plugin_site, home, "sessions", "list", "--json").stdout)
     assert ended == latest[0]["id"] and latest[0]["message_count"] == 2 and len(latest) == 2
     chat = spawn(plugin_site, home, "chat", "-c")
     chat.expect("Type /help")
@@ -416,7 +417,7 @@ def test_chat_multi_line_prompts_and_the_editor(home: Path, plugin_site: Path, t
     editor = tmp_path / "editor.sh"
     editor.write_text('#!/bin/sh\nprintf "written in the editor" >> "$1"\n')
     editor.chmod(0o755)
-    env = cli_plugin.environ(plugin_site, home, EDITOR=str(editor), VISUAL="")
+    env = commands.environ(plugin_site, home, EDITOR=str(editor), VISUAL="")
     chat = pexpect_spawn(env, "chat")
     chat.expect("you> ")
     chat.sendline("!multi first line")
@@ -444,7 +445,7 @@ def test_chat_multi_line_prompts_and_the_editor(home: Path, plugin_site: Path, t
     chat.expect(r"Chat ended\. Session: (\S+)")
     session_id = chat.match.group(1)
     assert finish(chat)[0] == 0
-    shown = json.loads(cli_plugin.oblix(plugin_site, home, "sessions", "show", session_id, "--json").stdout)
+    shown = json.loads(commands.oblix(plugin_site, home, "sessions", "show", session_id, "--json").stdout)
     asked = [m["content"] for m in shown["messages"] if m["role"] == "user"]
     assert asked == ["first line\nsecond line\n/not a command", "written in the editor"]
 

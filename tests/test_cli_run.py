@@ -12,14 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from oblix_core.cli import build_cli
 from oblix_core.cli_common import resolve_model
 from oblix_core.client import OblixClient
 from oblix_core.errors import OblixError
 from oblix_core.testing import ScriptedPlugin
 from tests import cli_plugin
+from tests.support import commands
 
 
 @pytest.fixture(scope="session")
@@ -37,8 +37,7 @@ def cli_home(home: Path, plugin_site: Path, monkeypatch: pytest.MonkeyPatch) -> 
     yield home
 
 
-def oblix(*args: str, stdin: str = "") -> Result:
-    return CliRunner().invoke(build_cli(), list(args), input=stdin)
+oblix = commands.invoke
 
 
 def calls() -> list[object]:

@@ -20,17 +20,16 @@ from typing import Any
 
 import httpx
 import pytest
-from click.testing import CliRunner, Result
 
 from oblix import Oblix, OblixClient
 from oblix.plugin import AgentCheck, AgentState, BaseAgent, ConfigError
-from oblix_core.cli import build_cli
 from oblix_core.compat import parse_model_spec
 from oblix_core.testing import ScriptedPlugin
 from tests import cli_plugin
 from tests.anthropic_double import AnthropicDouble
 from tests.conftest import FAST
 from tests.server_process import OblixServer
+from tests.support import commands
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-ant-compat-SECRET-0042"
@@ -82,8 +81,7 @@ def cli_home(home: Path, plugin_site: Path, monkeypatch: pytest.MonkeyPatch, dou
     return home
 
 
-def oblix(*args: str, stdin: str = "") -> Result:
-    return CliRunner().invoke(build_cli(), list(args), input=stdin)
+oblix = commands.invoke
 
 
 def no_key_on_disk(home: Path) -> None:

@@ -25,7 +25,7 @@ import pytest
 from tests.openai_loopback import LoopbackOpenAI
 from tests.redis_servers import RedisServer
 from tests.s3_server import TEST_ENV, S3Server, new_bucket
-from tests.servers import free_port, wait_for_http
+from tests.support.net import free_port, wait_for_http
 
 ROOT = Path(__file__).resolve().parent.parent
 

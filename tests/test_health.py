@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from oblix_openai import OpenAIBackend
 from oblix_redis.health import RedisHealthStore
 from tests import redis_servers
 from tests.openai_loopback import LoopbackOpenAI
+from tests.support.waiting import wait_until
 
 redis_server = redis_servers.redis_server
 
@@ -29,13 +30,6 @@ class InProcess(ModelBackend):
     """A backend with no endpoint (like llama.cpp): no health check, never persisted."""
 
     model_type = "inprocess"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -87,9 +81,9 @@ def test_only_consecutive_passing_checks_return_a_model(server: LoopbackOpenAI) 
     server.models_script = [200, 200, 500, 200, 429, 200, 200]  # then 200s
     breaker = breaker_for(None, model, cooldown=0.01, probe_interval=0.05, recovery_checks=3)
     breaker.record_failure("openai:m", at_once=True, error="boom")
-    wait_until(lambda: server.models_requests >= 5)
+    assert wait_until(lambda: server.models_requests >= 5)
     assert not breaker.available("openai:m")  # two passes, a failure, a pass, a 429: still out
-    wait_until(lambda: breaker.available("openai:m"))
+    assert wait_until(lambda: breaker.available("openai:m"))
     assert server.models_requests == 8 and server.chat_requests == 0  # 3 passes after the 429
     assert breaker.health("openai:m").cooling is False  # type: ignore[union-attr]
 
@@ -99,7 +93,7 @@ def test_a_dead_endpoint_stays_out(server: LoopbackOpenAI) -> None:
     server.stop()
     breaker = breaker_for(None, model, probe_interval=0.05)
     breaker.record_failure("openai:m", at_once=True)
-    wait_until(lambda: "failed" in ((breaker.describe("openai:m") or {}).get("last_check") or ""))
+    assert wait_until(lambda: "failed" in ((breaker.describe("openai:m") or {}).get("last_check") or ""))
     time.sleep(0.3)
     assert not breaker.available("openai:m")
     assert "connection refused" in breaker.describe("openai:m")["last_check"]  # type: ignore[index]

@@ -20,6 +20,7 @@ from oblix_file.store import MESSAGES, META, FileSessionStore
 from oblix_redis.store import RedisSessionStore
 from tests import redis_servers, s3_server
 from tests.redis_servers import unique_prefix
+from tests.support import commands
 
 redis_server = redis_servers.redis_server  # session fixture: a real redis-server
 s3_bucket = s3_server.s3_bucket  # a fresh bucket on moto's S3 server
@@ -177,7 +178,7 @@ def test_cli_migrate_exits_1_and_names_a_damaged_session(home: Path, tmp_path: P
     (source.root / "many" / META).write_text('{"created_at": "not a time"}')
     source.close()
     to = ["--to", "file", "--to-option", f"root={tmp_path / 't'}", "--json"]
-    result = CliRunner().invoke(build_cli(), ["sessions", "migrate", *to])
+    result = commands.invoke("sessions", "migrate", *to)
     assert result.exit_code == 1, result.output
     report = json.loads(result.output)
     assert report["copied"] == 2 and list(report["failed"]) == ["many"]

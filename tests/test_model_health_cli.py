@@ -4,15 +4,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.openai_loopback import LoopbackOpenAI
+from tests.support import commands
 
 
 @pytest.fixture
@@ -29,16 +28,7 @@ def endpoint(tmp_path: Path) -> Iterator[tuple[LoopbackOpenAI, Path]]:
 
 
 def oblix(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"OBLIX_HOME": str(home), "OPENAI_API_KEY": "sk-health-test", "COLUMNS": "250"}
-    return subprocess.run(
-        [sys.executable, "-m", "oblix_core", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    return commands.oblix(None, home, *args, OPENAI_API_KEY="sk-health-test", COLUMNS="250")
 
 
 def health(home: Path) -> dict[str, object]:

@@ -20,7 +20,7 @@ from oblix_core.testing import ModelBackendContract, ScriptedPlugin
 from oblix_ollama import OllamaBackend
 from tests.conftest import FAST
 from tests.ollama_double import OllamaDouble
-from tests.servers import free_port
+from tests.support.net import free_port
 
 
 @pytest.fixture

@@ -26,7 +26,8 @@ from oblix_core.testing import ModelBackendContract, ScriptedPlugin
 from oblix_llamacpp.packaged import packaged_model_path
 from oblix_openai import OpenAIBackend
 from tests.conftest import FAST
-from tests.servers import LlamaServer, free_port
+from tests.servers import LlamaServer
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.llama
 SECRET = "sk-oblix-test-SECRET-4242"

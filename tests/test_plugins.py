@@ -16,6 +16,7 @@ from oblix_core import hookimpl, hookspecs
 from oblix_core.client import OblixClient
 from oblix_core.errors import PluginError
 from oblix_core.plugins import build_plugin_manager, plugin_infos
+from tests.support import commands
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,22 +97,15 @@ def third_party_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
-def _oblix(site: Path, home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = os.environ | {"PYTHONPATH": str(site), "OBLIX_HOME": str(home)} | env
-    return subprocess.run(
-        [sys.executable, "-m", "oblix_core", *args], env=environ, capture_output=True, text=True, check=False
-    )
-
-
 def test_third_party_plugin_is_discovered(third_party_site: Path, home: Path) -> None:
-    listed = _oblix(third_party_site, home, "plugins", "--json")
+    listed = commands.oblix(third_party_site, home, "plugins", "--json")
     assert listed.returncode == 0, listed.stderr
     hello = next(p for p in json.loads(listed.stdout) if p["name"] == "hello")
     assert hello["package"] == "oblix-hello" and hello["version"] == "0.3.1"
     assert hello["hooks"] == ["oblix_register_commands", "oblix_register_models"]
-    said = _oblix(third_party_site, home, "hello")
+    said = commands.oblix(third_party_site, home, "hello")
     assert said.stdout.strip() == "hello from oblix-hello"
-    disabled = _oblix(third_party_site, home, "plugins", "--json", OBLIX_DISABLE_PLUGINS="hello")
+    disabled = commands.oblix(third_party_site, home, "plugins", "--json", OBLIX_DISABLE_PLUGINS="hello")
     assert "hello" not in {p["name"] for p in json.loads(disabled.stdout)}
 
 
@@ -173,7 +167,7 @@ def broken_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_broken_third_party_plugins_are_skipped_and_reported(broken_site: Path, home: Path) -> None:
-    listed = _oblix(broken_site, home, "plugins", "--json")
+    listed = commands.oblix(broken_site, home, "plugins", "--json")
     assert listed.returncode == 0, listed.stderr
     by_name = {p["name"]: p for p in json.loads(listed.stdout)}
     assert by_name["file"]["status"] == "loaded"
@@ -186,9 +180,9 @@ def test_broken_third_party_plugins_are_skipped_and_reported(broken_site: Path, 
     missing = by_name["needs_missing"]
     assert missing["status"] == "not installed" and missing["install"] == "pip install oblix-missing-demo"
     assert missing["package"] == "oblix-broken" and missing["version"] == "1.0"
-    table = _oblix(broken_site, home, "plugins", COLUMNS="250")
+    table = commands.oblix(broken_site, home, "plugins", COLUMNS="250")
     assert "not installed: pip install oblix-missing-demo" in " ".join(table.stdout.split())
-    sessions = _oblix(broken_site, home, "sessions", "list")
+    sessions = commands.oblix(broken_site, home, "sessions", "list")
     assert sessions.returncode == 0, sessions.stderr
 
 
@@ -217,7 +211,7 @@ def test_the_sdk_works_beside_broken_plugins(broken_site: Path, home: Path) -> N
 
 
 def test_strict_mode_makes_a_failing_plugin_an_error(broken_site: Path, home: Path) -> None:
-    strict = _oblix(broken_site, home, "sessions", "list", OBLIX_STRICT_PLUGINS="1")
+    strict = commands.oblix(broken_site, home, "sessions", "list", OBLIX_STRICT_PLUGINS="1")
     assert strict.returncode == 1
     assert "boom at import" in strict.stderr
 

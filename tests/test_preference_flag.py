@@ -13,6 +13,7 @@ from oblix_core.cli import build_cli
 from oblix_core.cli_run import ROUTING_FLAGS, model_options
 from oblix_core.client import ROUTING_OPTIONS
 from tests import cli_plugin
+from tests.support import commands
 
 TWO_MODELS = (
     '[[models]]\ntype = "scripted"\nname = "near"\n'
@@ -34,14 +35,14 @@ def test_preference_flag_steers_routing(site: Path, tmp_path: Path) -> None:
     home.mkdir()
     (home / "config.toml").write_text(TWO_MODELS)
     no_agents = {"OBLIX_DISABLE_PLUGINS": "system"}  # no connectivity verdict: the preference decides
-    default = cli_plugin.oblix(site, home, "run", "--json", "hi", **no_agents)
+    default = commands.oblix(site, home, "run", "--json", "hi", **no_agents)
     assert default.returncode == 0, default.stderr
     assert json.loads(default.stdout)["model_id"] == "scripted:near"
-    cloud = cli_plugin.oblix(site, home, "run", "--preference", "cloud-first", "--json", "hi", **no_agents)
+    cloud = commands.oblix(site, home, "run", "--preference", "cloud-first", "--json", "hi", **no_agents)
     assert cloud.returncode == 0, cloud.stderr
     result = json.loads(cloud.stdout)
     assert result["model_id"] == "scripted:far" and "cloud-first" in result["routing_decision"]["reason"]
-    bad = cli_plugin.oblix(site, home, "run", "--preference", "sideways", "hi")
+    bad = commands.oblix(site, home, "run", "--preference", "sideways", "hi")
     assert bad.returncode == 2 and "local-first" in bad.stderr
 
 

@@ -19,6 +19,7 @@ from oblix_core.records import Message, SessionRecord, new_session_id
 from oblix_redis.store import RedisSessionStore
 from tests import redis_servers
 from tests.redis_servers import RedisClusterServers, RedisServer, unique_prefix
+from tests.support.waiting import wait_until
 
 redis_server = redis_servers.redis_server  # session fixtures: real servers
 redis_cluster = redis_servers.redis_cluster
@@ -107,7 +108,7 @@ def test_server_killed_and_restarted_mid_run(own_server: RedisServer) -> None:
     thread = threading.Thread(target=writer)
     thread.start()
     try:
-        _wait(lambda: len(acked) >= 50)
+        assert wait_until(lambda: len(acked) >= 50, 30)
         own_server.kill()
         for operation in (lambda: impatient.load(sid), impatient.list, lambda: impatient.exists(sid)):
             with pytest.raises(OblixError, match="unreachable") as info:
@@ -119,7 +120,7 @@ def test_server_killed_and_restarted_mid_run(own_server: RedisServer) -> None:
             impatient.append_messages(sid, [Message("user", "unsure")])  # no key: no promise
         during = len(acked)
         own_server.start()  # same port, same data folder
-        _wait(lambda: len(acked) >= during + 50)
+        assert wait_until(lambda: len(acked) >= during + 50, 30)
     finally:
         stop.set()
         thread.join(30)
@@ -131,13 +132,6 @@ def test_server_killed_and_restarted_mid_run(own_server: RedisServer) -> None:
     assert (summary["id"], summary["title"], summary["message_count"]) == (sid, "survives", len(contents))
     store.close()
     impatient.close()
-
-
-def _wait(condition: object, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_ttl_expiry_on_a_real_server(redis_server: RedisServer) -> None:

@@ -20,7 +20,7 @@ from oblix_s3.layout import INDEX_SHARDS, plan_compaction
 from oblix_s3.store import S3SessionStore
 from tests.conftest import FAST
 from tests.s3_server import S3Server, aws_env_fixture, new_bucket, server_fixture  # noqa: F401 - fixtures `aws_env`, `server`
-from tests.servers import free_port
+from tests.support.net import free_port
 
 
 @pytest.fixture

@@ -21,7 +21,8 @@ import openai
 import pytest
 
 from oblix_core.client import OblixClient
-from tests.server_process import ROOT, Cloud, OblixServer, model_toml, wait_until, write_plugin_dist
+from tests.server_process import ROOT, Cloud, OblixServer, model_toml, write_plugin_dist
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")

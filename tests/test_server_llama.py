@@ -12,7 +12,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.server_process import OblixServer, wait_until
+from tests.server_process import OblixServer
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.llama
 MODEL = "llama_cpp:gemma-3-270m"

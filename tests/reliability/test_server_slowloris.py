@@ -19,7 +19,8 @@ import httpx
 import openai
 import pytest
 
-from tests.server_process import OblixServer, model_toml, wait_until, write_plugin_dist
+from tests.server_process import OblixServer, model_toml, write_plugin_dist
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.reliability
 
