@@ -98,6 +98,8 @@ def _costs(model: ModelBackend, history: Sequence[ChatMessage], key: Hashable | 
     """Each message's tokens (:func:`message_tokens`, its cache read inline: the hot loop)."""
     if key is None:
         return [model.count_message_tokens([m]) for m in history]
+    if key == ESTIMATED_TOKENS:  # ModelBackend's own counts, as arithmetic: no lookup needed
+        return [(len(m.content) + 3) // 4 + 4 for m in history]
     get = _COUNTS.get
     costs = [get((key, m.role, m.content)) if m.tool_calls is None else None for m in history]
     for i, cost in enumerate(costs):
