@@ -224,7 +224,6 @@ def test_models_lists_only_backends_whose_packages_import(home: Path, plugin_sit
 
 
 def test_the_redis_store_names_its_options_when_given_an_unknown_one(home: Path) -> None:
-    pytest.importorskip("redis")
     result = oblix("--store", "redis", "--store-option", "urll=redis://127.0.0.1:1/0", "sessions", "list")
     assert result.exit_code == 1
     assert "unknown option(s)" in result.output.lower() and "urll" in result.output
