@@ -62,6 +62,7 @@ from oblix_core.loading import MissingDependency, needs
 from oblix_core.models import ChatMessage, GenerationRequest, ModelBackend, ModelType, StreamChunk, Usage
 from oblix_core.privacy import session_is_local_only
 from oblix_core.records import (
+    LOCAL_ONLY_KEY,
     Message,
     SessionRecord,
     matches_metadata,
@@ -98,6 +99,7 @@ def handle_errors(func: Any) -> Any:
 
 
 __all__ = [
+    "LOCAL_ONLY_KEY",
     "ROUTING_PREFERENCES",
     "AgentCheck",
     "AgentState",

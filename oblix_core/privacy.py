@@ -20,14 +20,11 @@ from typing import Any
 import attrs
 
 from oblix_core.errors import NoModelAvailableError
+from oblix_core.records import LOCAL_ONLY_KEY as KEY
+from oblix_core.records import session_is_local_only
 from oblix_core.routing import RoutingPlan
 
-KEY = "local_only"
-
-
-def session_is_local_only(metadata: dict[str, Any]) -> bool:
-    """Whether session metadata makes its session local-only (fails closed; see module docs)."""
-    return KEY in metadata and metadata[KEY] is not False
+__all__ = ["KEY", "any_local_only", "enforce", "session_is_local_only"]
 
 
 def any_local_only(metadatas: Iterable[dict[str, Any]]) -> bool:

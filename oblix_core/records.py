@@ -130,9 +130,27 @@ class SessionRecord:
         }
 
 
+#: The session metadata key that makes a session local-only (see :mod:`oblix_core.privacy`).
+LOCAL_ONLY_KEY = "local_only"
+
+
+def session_is_local_only(metadata: dict[str, Any]) -> bool:
+    """Whether session metadata makes its session local-only: the key with any value but
+    ``false`` (fails closed: ``"yes"``, ``1``, ``null`` all count)."""
+    return LOCAL_ONLY_KEY in metadata and metadata[LOCAL_ONLY_KEY] is not False
+
+
 def matches_metadata(metadata: dict[str, Any], wanted: dict[str, Any] | None) -> bool:
     """True if every key of ``wanted`` is in ``metadata`` with an equal JSON value.
 
-    Booleans never equal numbers (``{"flag": 1}`` does not match a stored ``true``).
+    Booleans never equal numbers (``{"flag": 1}`` does not match a stored ``true``), with
+    one exception: ``{"local_only": true/false}`` asks whether the session *is* local-only,
+    as routing reads it (a stored ``"yes"`` is local-only; an absent key is not).
     """
-    return not wanted or all(k in metadata and json_equal(metadata[k], v) for k, v in wanted.items())
+    return not wanted or all(_matches(metadata, k, v) for k, v in wanted.items())
+
+
+def _matches(metadata: dict[str, Any], key: str, wanted: Any) -> bool:
+    if key == LOCAL_ONLY_KEY and isinstance(wanted, bool):
+        return session_is_local_only(metadata) is wanted
+    return key in metadata and json_equal(metadata[key], wanted)

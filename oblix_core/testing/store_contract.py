@@ -187,6 +187,18 @@ class SessionStoreContract:
         assert store.list(limit=50, filter_metadata={"category": "nope"}) == []
         assert store.list(limit=0) == []
 
+    def test_a_local_only_filter_means_what_routing_means(self, store: SessionStore) -> None:
+        marks: dict[str, Any] = {"yes": "yes", "true": True, "null": None, "false": False, "absent": ...}
+        ids = {}
+        for name, value in marks.items():
+            metadata = {"group": "privacy-filter"} | ({} if value is ... else {"local_only": value})
+            record = _session(title=name, metadata=metadata)
+            store.create(record)
+            ids[record.id] = name
+        for wanted, expected in ((True, {"yes", "true", "null"}), (False, {"false", "absent"})):
+            found = store.list(limit=50, filter_metadata={"group": "privacy-filter", "local_only": wanted})
+            assert {ids[s["id"]] for s in found if s["id"] in ids} == expected
+
     def test_delete(self, store: SessionStore) -> None:
         record = _session(metadata={"tag": "to-delete"})
         store.create(record)

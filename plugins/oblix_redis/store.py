@@ -45,6 +45,7 @@ from redis.retry import Retry
 import oblix_redis.codec as codec
 import oblix_redis.lua as lua
 from oblix.plugin import (
+    LOCAL_ONLY_KEY,
     Message,
     OblixError,
     SessionChanges,
@@ -391,7 +392,11 @@ class RedisSessionStore(SessionStore):
     def _candidates(self, wanted: dict[str, Any] | None, size: int) -> Iterator[list[tuple[str, float]]]:
         """Pages of (id, score), newest first: the whole index, or the filter's intersection."""
         updated = self._ix + "updated"
-        sets = [self._ix + "md:" + codec.token(k, v) for k, v in (wanted or {}).items()]
+        sets = [  # local_only=true/false means "is the session local-only": matched on the rows
+            self._ix + "md:" + codec.token(k, v)
+            for k, v in (wanted or {}).items()
+            if not (k == LOCAL_ONLY_KEY and isinstance(v, bool))
+        ]
         start = 0
         while True:
             if sets:  # filtered on the server; only this page of the matches comes back
