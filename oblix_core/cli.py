@@ -82,6 +82,7 @@ def plugins(as_json: bool) -> None:
     """Plugins (loaded, not installed, failed) and session stores (where the one in use keeps its data)."""
     pm = build_plugin_manager()
     Registry.load(pm)  # registration failures are skipped and reported too
+    register_commands(pm, click.Group())  # and so are those of command plugins
     infos = plugin_infos(pm)
     stores = _store_rows(pm)
     skipped = list(pm.skipped.values())
@@ -136,12 +137,17 @@ def build_cli() -> click.Group:
     group.add_command(cli_templates.templates)
     group.add_command(cli_config.aliases)
     group.add_command(cli_usage.usage)
+    register_commands(pm, group)
+    return group
+
+
+def register_commands(pm: OblixPluginManager, group: click.Group) -> None:
+    """Each plugin's ``oblix_register_commands``, on its own: one that raises is skipped."""
     for impl in reversed(pm.hook.oblix_register_commands.get_hookimpls()):
         try:
             impl.function(cli=group)
         except Exception as exc:  # a failing plugin loses its commands, not the command line
             pm.skip(impl.plugin_name, exc)
-    return group
 
 
 class _Oblix(click.Group):

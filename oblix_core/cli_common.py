@@ -14,6 +14,7 @@ import attrs
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from oblix_core.config import load_config
 from oblix_core.console import cli_message
@@ -43,12 +44,13 @@ def print_json(data: Any) -> None:
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A rich table; the first column (ids) is never truncated or wrapped."""
+    """A rich table; the first column (ids) is never truncated or wrapped. Cells are plain
+    text: brackets in them (``[INST]``, ``oblix[redis]``) are shown, never read as markup."""
     table = Table(title=title)
     for i, column in enumerate(columns):
         table.add_column(column, no_wrap=i == 0, min_width=None, overflow="fold")
     for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
+        table.add_row(*(Text("" if v is None else str(v)) for v in row))
     console.print(table)
 
 

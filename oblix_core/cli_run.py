@@ -403,7 +403,7 @@ def models(show_options: bool, reset: str | None, as_json: bool) -> None:
             if not show_options:
                 await hook_models(client)
             if reset is not None:
-                target = None if reset == "*" else resolve_model(client, reset)
+                target = None if reset == "*" else client.resolve_model(reset, what="--reset-health")
                 for model_id in client.reset_model_health(target):
                     click.echo(f"{model_id}: health reset, in service", err=True)
             health = client.model_health(refresh=True)
@@ -466,13 +466,14 @@ def agents(watch: bool, as_json: bool) -> None:
     """The monitoring agents' current checks."""
     from rich.live import Live
     from rich.table import Table
+    from rich.text import Text
 
     def render(checks: list[Any]) -> Any:
         table = Table(title="Agents")
         for column in ("agent", "state", "target", "reason"):
             table.add_column(column)
         for c in checks:
-            table.add_row(c.agent, c.state, c.target or "-", c.reason)
+            table.add_row(*(Text(str(v)) for v in (c.agent, c.state, c.target or "-", c.reason)))
         return table
 
     async def main() -> None:

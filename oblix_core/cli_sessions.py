@@ -83,7 +83,7 @@ def show(session_id: str | None, last: bool, as_json: bool) -> None:
     prints the latest answer).
     """
     with session_client() as client:
-        _show(client, session_id or _latest(client), last, as_json)
+        _show(client, session_id or _latest(client, answered=last), last, as_json)
 
 
 @sessions.command()
@@ -107,12 +107,22 @@ def create(title: str | None, as_json: bool) -> None:
     _done(as_json, session_id, session_id)
 
 
-def _latest(client: OblixClient) -> str:
-    """The most recently updated session's id."""
-    found = client.list_sessions(limit=1)
+#: Sessions looked at, newest first, for the latest answer (``show --last`` without an id).
+LATEST_SCAN = 50
+
+
+def _latest(client: OblixClient, answered: bool = False) -> str:
+    """The most recently updated session's id; with ``answered``, the newest that has an answer."""
+    found = client.list_sessions(limit=LATEST_SCAN if answered else 1)
     if not found:
         raise OblixError("There is no session yet; `oblix run PROMPT` starts one.")
-    return str(found[0]["id"])
+    if not answered:
+        return str(found[0]["id"])
+    for summary in found:
+        recent = client.store.load_recent(summary["id"], 2) if summary["message_count"] else None
+        if recent is not None and any(m.role == "assistant" for m in recent.messages):
+            return str(summary["id"])
+    raise OblixError(f"None of the {len(found)} most recent sessions has an answer yet.")
 
 
 def _show(client: OblixClient, session_id: str, last: bool, as_json: bool) -> None:
@@ -352,7 +362,9 @@ def repair(delete_them: bool, as_json: bool) -> None:
     if as_json:
         print_json({"damaged": damaged, "deleted": deleted})
     else:
-        click.echo(f"{len(damaged)} damaged sessions" + (f", {len(deleted)} deleted." if delete_them else "."))
+        click.echo(
+            f"{len(damaged)} damaged sessions" + (f", {len(deleted)} deleted." if delete_them else ".")
+        )
         for session_id, reason in damaged.items():
             click.echo(f"  {'deleted' if session_id in deleted else 'damaged'}: {session_id}: {reason}")
     if len(deleted) < len(damaged):

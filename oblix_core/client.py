@@ -490,17 +490,18 @@ class OblixClient(SessionsAPI, Compat012):
 
         ``by``: ``model``, ``day`` or ``session`` rows besides the total. ``versus``: the
         reference cloud model for ``saved_usd`` (default: the first hooked or configured
-        cloud model, else ``openai:gpt-4o-mini``). Blocking: reads the ledger.
+        cloud model with a known price, else ``openai:gpt-4o-mini``). Blocking: reads the ledger.
         """
         start = since if isinstance(since, date) else parse_since(since)
         known = [(m.model_id, m.is_local) for m in self.models]
         for entry in self.config.models:
             try:
                 local = entry.get("local", self.registry.model_class(entry["type"]).default_local)
-            except ConfigError:
+            except OblixError:
                 continue  # its plugin is not installed
             known.append((f"{entry['type']}:{entry['name']}", bool(local)))
-        reference = reference_model(known, versus)
+        priced = [(m, local) for m, local in known if self.engine.pricing.price(m, local=False) is not None]
+        reference = reference_model(priced, versus)
         return usage_report(self.usage_ledger, start, by, reference, self.engine.pricing)
 
     # -- lifetime -----------------------------------------------------------------------

@@ -38,12 +38,13 @@ def update_config(change: Callable[[tomlkit.TOMLDocument], object], home: Path |
     """
     path = config_path(home)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(str(path.with_name(f".{path.name}.lock")), timeout=LOCK_TIMEOUT)
+    lock_file = str(path.with_name(f".{path.name}.lock"))
+    lock = filelock.FileLock(lock_file, timeout=LOCK_TIMEOUT, mode=0o600)
     try:
         with lock:
             try:
                 old = path.read_text(encoding="utf-8")
-                mode = stat.S_IMODE(os.stat(path).st_mode)
+                mode = stat.S_IMODE(os.stat(path).st_mode) & 0o600 or 0o600  # never others' to read
             except FileNotFoundError:
                 old, mode = "", 0o600
             try:

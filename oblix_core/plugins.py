@@ -57,6 +57,8 @@ FIRST_PARTY: dict[str, tuple[str, tuple[str, ...]]] = {
 #: embedded default store.
 ESSENTIAL = frozenset({"file"})
 STRICT_ENV = "OBLIX_STRICT_PLUGINS"
+#: Failures already logged by this process (plugins load once per client and per command).
+_WARNED: set[tuple[str, str]] = set()
 
 
 @attrs.frozen
@@ -125,7 +127,8 @@ class OblixPluginManager(pluggy.PluginManager):
             install = exc.install if isinstance(exc, MissingDependency) else f"pip install 'oblix[{extra}]'"
         elif strict():
             raise PluginError(f"Plugin {name!r} ({module}) failed: {exc}") from exc
-        else:
+        elif (name, str(exc)) not in _WARNED:  # once per process, however often plugins load
+            _WARNED.add((name, str(exc)))
             log.warning("plugin %r (%s) skipped: %s: %s", name, module, type(exc).__name__, exc)
         self.skipped[name] = SkippedPlugin(
             name=name,

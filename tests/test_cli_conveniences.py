@@ -147,6 +147,10 @@ def test_show_without_an_id_shows_the_latest_session(cli_home: Path) -> None:  #
     assert (shown.exit_code, shown.stdout) == (0, "echo: second\n")
     whole = oblix("sessions", "show", "--json")
     assert json.loads(whole.stdout)["id"] == latest
+    empty = oblix("sessions", "create", "--title", "nothing asked yet", "--json")
+    assert empty.exit_code == 0
+    still = oblix("sessions", "show", "--last")  # the newest session has no answer: the newest answer
+    assert (still.exit_code, still.stdout) == (0, "echo: second\n")
 
 
 def test_deleting_by_a_start_of_the_id_asks_on_a_terminal(home: Path, plugin_site: Path) -> None:  # noqa: F811

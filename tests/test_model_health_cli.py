@@ -58,6 +58,8 @@ def test_a_cooling_endpoint_is_shown_and_reset(endpoint: tuple[LoopbackOpenAI, P
     answered = oblix(home, "run", "-m", "openai:loop", "hi")
     assert answered.returncode == 0, answered.stderr
     assert "back again" in answered.stdout
+    unknown = oblix(home, "models", "--reset-health", "nosuch")
+    assert unknown.returncode == 1 and "--reset-health nosuch is not one of" in unknown.stderr
     every = oblix(home, "models", "--reset-health", "--json")  # without MODEL: every model
     assert every.returncode == 0 and "openai:loop: health reset" in every.stderr
     assert json.loads(every.stdout)["models"][0]["health"]["status"] == "ready"

@@ -142,9 +142,15 @@ BROKEN_PLUGINS = {
         "def oblix_register_modles(register):\n"
         "    pass\n"
     ),
+    "broken_command": (
+        "from oblix.plugin import hookimpl\n"
+        "@hookimpl\n"
+        "def oblix_register_commands(cli):\n"
+        "    raise KeyError('boom at [/command] registration')\n"
+    ),
     "needs_missing": (
         "from oblix.plugin import hookimpl, needs\n"
-        "needs('no_such_package_for_oblix', install=\"pip install oblix-missing-demo\")\n"
+        "needs('no_such_package_for_oblix', install=\"pip install 'oblix-missing-demo[fast]'\")\n"
         "@hookimpl\n"
         "def oblix_register_models(register):\n"
         "    raise AssertionError('never reached')\n"
@@ -177,13 +183,19 @@ def test_broken_third_party_plugins_are_skipped_and_reported(broken_site: Path, 
     assert "boom at registration" in by_name["broken_register"]["reason"]
     typo = by_name["typo_hook"]
     assert typo["status"] == "failed" and "oblix_register_modles" in typo["reason"]
+    command = by_name["broken_command"]
+    assert command["status"] == "failed" and "boom at [/command] registration" in command["reason"]
     missing = by_name["needs_missing"]
-    assert missing["status"] == "not installed" and missing["install"] == "pip install oblix-missing-demo"
+    install = "pip install 'oblix-missing-demo[fast]'"
+    assert missing["status"] == "not installed" and missing["install"] == install
     assert missing["package"] == "oblix-broken" and missing["version"] == "1.0"
-    table = commands.oblix(broken_site, home, "plugins", COLUMNS="250")
-    assert "not installed: pip install oblix-missing-demo" in " ".join(table.stdout.split())
+    table = commands.oblix(broken_site, home, "plugins", COLUMNS="250")  # brackets shown, not markup
+    assert table.returncode == 0, table.stderr
+    shown = " ".join(table.stdout.split())
+    assert f"not installed: {install}" in shown and "boom at [/command] registration" in shown
     sessions = commands.oblix(broken_site, home, "sessions", "list")
     assert sessions.returncode == 0, sessions.stderr
+    assert sessions.stderr.count("boom at import") == 1  # logged once, however often plugins load
 
 
 def test_the_sdk_works_beside_broken_plugins(broken_site: Path, home: Path) -> None:
@@ -206,7 +218,7 @@ def test_the_sdk_works_beside_broken_plugins(broken_site: Path, home: Path) -> N
     assert done.returncode == 0, done.stderr
     title, error = done.stdout.splitlines()
     assert title == "works"
-    assert error.startswith("PluginError") and "pip install oblix-missing-demo" in error
+    assert error.startswith("PluginError") and "pip install 'oblix-missing-demo[fast]'" in error
     assert "boom at import" in done.stderr  # logged, not raised
 
 

@@ -144,3 +144,20 @@ def test_health_files_are_private(tmp_path: Path) -> None:
     health.update({"model|http://x": {"failures": 1}})
     assert _mode(tmp_path / "health.json") == 0o600
     assert _mode(tmp_path / "health.json.lock") == 0o600
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_config_written_by_commands_is_private(tmp_path: Path) -> None:
+    from oblix_core.config_write import update_config
+
+    home = tmp_path / "home"
+    home.mkdir()
+    loose = home / "config.toml"
+    loose.write_text('[aliases]\nold = "llama_cpp:gemma-3-270m"\n')
+    loose.chmod(0o666)  # left world-writable by hand or by an older tool
+    update_config(lambda doc: doc["aliases"].update(fast="llama_cpp:gemma-3-270m"), home)
+    assert _mode(loose) == 0o600
+    assert _mode(home / ".config.toml.lock") == 0o600
+    fresh = tmp_path / "fresh"
+    update_config(lambda doc: doc.update(aliases={"x": "openai:m"}), fresh)
+    assert _mode(fresh / "config.toml") == 0o600

@@ -281,3 +281,21 @@ async def test_hosts_on_one_store_share_the_ledger(
         assert report["total"]["cost_usd"] == pytest.approx(sum(r["metrics"]["cost_usd"] for r in results))
         recent = reader.usage_ledger.recent(100)
         assert {r.request_id for r in recent} == {r["request_id"] for r in results}
+
+
+def test_an_unpriced_configured_cloud_model_does_not_break_the_report(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        '[[models]]\ntype = "openai"\nname = "self-hosted"\nendpoint = "http://127.0.0.1:9/v1"\n'
+        '[[models]]\ntype = "no-such-backend"\nname = "x"\n'
+    )
+    client = OblixClient(home=home)
+    try:
+        report = client.usage()  # the reference falls back to a priced model
+        assert report["versus"] == "openai:gpt-4o-mini" and report["total"]["requests"] == 0
+        with pytest.raises(OblixError, match="No price is known"):
+            client.usage(versus="openai:self-hosted")  # asked for by name: say so
+    finally:
+        client.usage_ledger.close()
+        client.store.close()
