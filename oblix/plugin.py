@@ -77,7 +77,14 @@ from oblix_core.secrets import redact_url
 from oblix_core.secrets import remember as remember_secret
 from oblix_core.secrets import scrub as scrub_secrets
 from oblix_core.stores import SessionChanges, SessionStore
-from oblix_core.transport import connection_error, describe_cause, http_library, require, status_error
+from oblix_core.transport import (
+    connection_error,
+    describe_cause,
+    http_library,
+    require,
+    seconds_option,
+    status_error,
+)
 from oblix_core.usage import UsageLedger, UsageRecord, UsageTotals, group_key, total_by
 from oblix_core.usage_sqlite import SqliteUsageLedger
 from oblix_core.validation import parse_flag
@@ -158,6 +165,7 @@ __all__ = [
     "remember_secret",
     "require",
     "scrub_secrets",
+    "seconds_option",
     "session_is_local_only",
     "status_error",
     "total_by",

@@ -29,6 +29,15 @@ _HINTS = {
 }
 
 
+def seconds_option(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """A backend's option in seconds, as a float; a clear ConfigError if it is not one."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or value < 0 or (value == 0 and not allow_zero):
+        bound = "a number of seconds >= 0" if allow_zero else "a positive number of seconds"
+        raise ConfigError(f"{name} must be {bound}, got {value!r}.")
+    return float(value)
+
+
 def require(module: str, extra: str, what: str) -> ModuleType:
     """Import ``module``, or raise a ConfigError saying which Oblix extra installs it."""
     try:

@@ -25,6 +25,7 @@ from oblix.plugin import (
     http_library,
     redact_url,
     require,
+    seconds_option,
     status_error,
 )
 from oblix_anthropic.mapping import EventReader, conversation, mark_cache, tool_choice, tools
@@ -93,29 +94,16 @@ class AnthropicBackend(ModelBackend):
         if isinstance(endpoint, str) and endpoint.rstrip("/").endswith("/v1"):
             endpoint = endpoint.rstrip("/")[: -len("/v1")]  # the SDK adds /v1/messages itself
         super().__init__(model_name, endpoint=endpoint, **kwargs)
-        for name, value in (
-            ("timeout", timeout),
-            ("connect_timeout", connect_timeout),
-            ("first_byte_timeout", first_byte_timeout),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}.")
         if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
             raise ConfigError(f"max_tokens must be a positive integer, got {max_tokens!r}.")
         if max_tokens is not None and max_tokens < 1:
             raise ConfigError(f"max_tokens must be a positive integer, got {max_tokens!r}.")
-        if (
-            isinstance(max_retry_wait, bool)
-            or not isinstance(max_retry_wait, int | float)
-            or max_retry_wait < 0
-        ):
-            raise ConfigError(f"max_retry_wait must be a number of seconds, got {max_retry_wait!r}.")
-        self.timeout = float(timeout)
-        self.connect_timeout = float(connect_timeout)
-        self.first_byte_timeout = float(first_byte_timeout)
+        self.timeout = seconds_option("timeout", timeout)
+        self.connect_timeout = seconds_option("connect_timeout", connect_timeout)
+        self.first_byte_timeout = seconds_option("first_byte_timeout", first_byte_timeout)
         self.default_max_tokens = max_tokens or _default_max_tokens(model_name)
         self.prompt_cache = bool(prompt_cache)
-        self.max_retry_wait = float(max_retry_wait)
+        self.max_retry_wait = seconds_option("max_retry_wait", max_retry_wait, allow_zero=True)
         self._client: Any = None
         self._http: Any = None  # the HTTP library module the installed SDK uses
 

@@ -22,6 +22,7 @@ from oblix.plugin import (
     http_library,
     redact_url,
     require,
+    seconds_option,
     status_error,
 )
 
@@ -82,16 +83,9 @@ class OpenAIBackend(ModelBackend):
         **kwargs: Any,
     ) -> None:
         super().__init__(model_name, **kwargs)
-        for name, value in (
-            ("timeout", timeout),
-            ("connect_timeout", connect_timeout),
-            ("first_byte_timeout", first_byte_timeout),
-        ):
-            if not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}.")
-        self.timeout = float(timeout)
-        self.connect_timeout = float(connect_timeout)
-        self.first_byte_timeout = float(first_byte_timeout)
+        self.timeout = seconds_option("timeout", timeout)
+        self.connect_timeout = seconds_option("connect_timeout", connect_timeout)
+        self.first_byte_timeout = seconds_option("first_byte_timeout", first_byte_timeout)
         self._client: Any = None
         self._http: Any = None  # the HTTP library module the installed openai uses
         self._usage_supported = True
