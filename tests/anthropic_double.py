@@ -38,10 +38,10 @@ import json
 import socket
 import struct
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.support.net import free_port
+from tests.support.net import LoopbackHTTPServer, free_port
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -55,8 +55,10 @@ ERROR_TYPES = {
 }
 
 
-class AnthropicDouble:
+class AnthropicDouble(LoopbackHTTPServer):
     """See the module docstring. Start and stop by hand or use as a context manager."""
+
+    owner_attribute = "double"
 
     def __init__(
         self,
@@ -67,6 +69,7 @@ class AnthropicDouble:
         min_cache_tokens: int = 1024,
         port: int | None = None,
     ) -> None:
+        super().__init__()
         self.mode = mode
         self.api_key = api_key
         self.answer = answer
@@ -79,39 +82,11 @@ class AnthropicDouble:
         self.models_requests = 0
         self.cache: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._release = threading.Event()
 
     @property
     def url(self) -> str:
         """The API base URL (the SDK adds ``/v1/messages``)."""
         return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> AnthropicDouble:
-        self._release.clear()
-        owner = self
-
-        class Handler(_Handler):
-            double = owner
-
-        ThreadingHTTPServer.allow_reuse_address = True
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self._release.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> AnthropicDouble:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def next_scripted(self) -> tuple[int, dict[str, str]] | None:
         with self._lock:
@@ -355,3 +330,6 @@ class _Answer:
         payload = json.dumps({"type": name} | data)
         self.handler.wfile.write(f"event: {name}\ndata: {payload}\n\n".encode())
         self.handler.wfile.flush()
+
+
+AnthropicDouble.handler = _Handler

@@ -38,18 +38,21 @@ import json
 import socket
 import struct
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.support.net import free_port
+from tests.support.net import LoopbackHTTPServer, free_port
 
 
-class LoopbackOpenAI:
+class LoopbackOpenAI(LoopbackHTTPServer):
     """See the module docstring."""
+
+    owner_attribute = "server_owner"
 
     def __init__(
         self, mode: str = "ok", port: int | None = None, answer: str = "Hello from loopback"
     ) -> None:
+        super().__init__()
         self.mode = mode
         self.port = port or free_port()
         self.answer = answer
@@ -63,38 +66,10 @@ class LoopbackOpenAI:
         self.models_requests = 0
         self.bodies: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._release = threading.Event()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> LoopbackOpenAI:
-        self._release.clear()
-        owner = self
-
-        class Handler(_Handler):
-            server_owner = owner
-
-        ThreadingHTTPServer.allow_reuse_address = True
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def __enter__(self) -> LoopbackOpenAI:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self._release.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
     def _count(self, what: str) -> int | None:
         with self._lock:
@@ -210,3 +185,6 @@ class _Handler(BaseHTTPRequestHandler):
         event = {"id": "chatcmpl-loopback", "object": "chat.completion.chunk", "created": 0, "model": model}
         self.wfile.write(b"data: " + json.dumps(event | payload).encode() + b"\n\n")
         self.wfile.flush()
+
+
+LoopbackOpenAI.handler = _Handler

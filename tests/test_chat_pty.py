@@ -34,15 +34,7 @@ def slow_home(home: Path) -> Path:
 
 
 def spawn(site: Path, home: Path, *args: str) -> pexpect.spawn:
-    env = commands.environ(site, home)
-    return pexpect.spawn(
-        sys.executable,
-        ["-m", "oblix_core", *args],
-        env=env,
-        encoding="utf-8",
-        timeout=30,
-        dimensions=(40, 200),
-    )
+    return commands.spawn(commands.environ(site, home), *args)
 
 
 def finish(child: pexpect.spawn) -> tuple[int | None, str]:

@@ -16,7 +16,6 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -159,13 +158,7 @@ def test_deleting_by_a_start_of_the_id_asks_on_a_terminal(home: Path, plugin_sit
     _imported(home)
 
     def delete(*args: str) -> pexpect.spawn:
-        return pexpect.spawn(
-            sys.executable,
-            ["-m", "oblix_core", "sessions", "delete", *args],
-            env=commands.environ(plugin_site, home),
-            encoding="utf-8",
-            timeout=60,
-        )
+        return commands.spawn(commands.environ(plugin_site, home), "sessions", "delete", *args, timeout=60)
 
     child = delete(REF_ID[:6])
     child.expect(rf"Delete session {REF_ID} \(Technical Support")
@@ -421,7 +414,7 @@ def test_chat_multi_line_prompts_and_the_editor(home: Path, plugin_site: Path, t
     editor.write_text('#!/bin/sh\nprintf "written in the editor" >> "$1"\n')
     editor.chmod(0o755)
     env = commands.environ(plugin_site, home, EDITOR=str(editor), VISUAL="")
-    chat = pexpect_spawn(env, "chat")
+    chat = commands.spawn(env, "chat")
     chat.expect("you> ")
     chat.sendline("!multi first line")
     chat.expect("a line !end sends it")
@@ -451,16 +444,3 @@ def test_chat_multi_line_prompts_and_the_editor(home: Path, plugin_site: Path, t
     shown = json.loads(commands.oblix(plugin_site, home, "sessions", "show", session_id, "--json").stdout)
     asked = [m["content"] for m in shown["messages"] if m["role"] == "user"]
     assert asked == ["first line\nsecond line\n/not a command", "written in the editor"]
-
-
-def pexpect_spawn(env: dict[str, str], *args: str) -> Any:
-    import pexpect
-
-    return pexpect.spawn(
-        sys.executable,
-        ["-m", "oblix_core", *args],
-        env=env,
-        encoding="utf-8",
-        timeout=30,
-        dimensions=(40, 200),
-    )

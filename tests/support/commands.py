@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from click.testing import CliRunner, Result
 
@@ -23,6 +24,20 @@ def environ(site: Path | None, home: Path, **extra: str) -> dict[str, str]:
     paths = [str(site)] if site is not None else []
     path = os.pathsep.join(p for p in (*paths, env.get("PYTHONPATH", "")) if p)
     return env | {"PYTHONPATH": path, "OBLIX_HOME": str(home), "COLUMNS": "200"} | extra
+
+
+def spawn(env: dict[str, str], *args: str, timeout: float = 30) -> Any:
+    """``python -m oblix_core ARGS`` on a pseudo-terminal (a ``pexpect.spawn``), 40 x 200."""
+    import pexpect
+
+    return pexpect.spawn(
+        sys.executable,
+        ["-m", "oblix_core", *args],
+        env=env,
+        encoding="utf-8",
+        timeout=timeout,
+        dimensions=(40, 200),
+    )
 
 
 def oblix(

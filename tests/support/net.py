@@ -5,8 +5,11 @@ from __future__ import annotations
 import random
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 
 
 def _port_free(port: int) -> bool:
@@ -46,3 +49,40 @@ def wait_for_http(url: str, timeout: float = 60.0, process: subprocess.Popen[byt
                 return
             time.sleep(0.1)
     raise TimeoutError(f"{url} did not come up in {timeout}s")
+
+
+class LoopbackHTTPServer:
+    """A threaded HTTP server on 127.0.0.1 for a test double: start/stop by hand or as a
+    context manager. Subclasses set ``handler`` (a ``BaseHTTPRequestHandler`` class) and
+    ``owner_attribute`` (the handler's attribute that points back to the double), and set
+    ``port`` before starting. ``_release`` is set on stop, for handlers that hang on purpose."""
+
+    handler: type[BaseHTTPRequestHandler]
+    owner_attribute = "owner"
+    port: int
+
+    def __init__(self) -> None:
+        self._server: ThreadingHTTPServer | None = None
+        self._release = threading.Event()
+
+    def start(self) -> Self:
+        self._release.clear()
+        handler = type("Handler", (self.handler,), {self.owner_attribute: self})
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._release.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
