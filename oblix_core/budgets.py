@@ -204,18 +204,11 @@ class BudgetGuard:
             self.release()
             raise exceeded(budget, (model,))
 
-    async def finish(self, record: UsageRecord | None) -> None:
-        """Record the answer's usage (a failure is logged), then release the gate."""
-        try:
-            await anyio.to_thread.run_sync(self.record, record)
-        finally:
-            self.release()
-
     def record(self, record: UsageRecord | None) -> None:
-        """Record the answer's usage now, blocking (a failure is logged); the gate stays held.
+        """Record the answer's usage now (a failure is logged); the gate stays held.
 
-        The request path calls it in the worker thread that stores the exchange, then
-        :meth:`release`.
+        The request path calls it (in the worker thread that stores the exchange if the
+        ledger blocks), then :meth:`release`.
         """
         try:
             if record is not None and self.ledger is not None:

@@ -291,17 +291,23 @@ class ResponseStream:
         metrics: dict[str, Any],
         usage: UsageRecord | None = None,
     ) -> None:
-        """Record the answer's ``usage`` and store the exchange, in one worker-thread hop; if
-        storing fails, say so (the answer exists, the session lacks it)."""
+        """Record the answer's ``usage`` and store the exchange (one worker-thread hop for the
+        blocking I/O, none if nothing blocks); if storing fails, say so (the answer exists,
+        the session lacks it)."""
         request, budget = self.request, self._budget
         assert request.session_id is not None
+        record = budget.record if budget is not None and usage is not None else None
+        ledger = self._engine.ledger
+        if record is not None and not (ledger is not None and ledger.blocking):
+            record(usage)  # first: an answer that is not stored still counts
+            record = None
         write = self._writer(started_at, text, model_id, metrics) if request.store else None
-        if write is None and (usage is None or budget is None):
+        if write is None and record is None:
             return
 
         def persist() -> bool:
-            if usage is not None and budget is not None:
-                budget.record(usage)  # first: an answer that is not stored still counts
+            if record is not None:
+                record(usage)
             if write is None:
                 return False
             try:
@@ -314,7 +320,7 @@ class ResponseStream:
                 ) from exc
             return True
 
-        blocking = usage is not None or self._engine.store.blocking
+        blocking = record is not None or (write is not None and self._engine.store.blocking)
         self._stored = await anyio.to_thread.run_sync(persist) if blocking else persist()
         if self._stored and self._new_session is not None and self._new_session.id == request.session_id:
             self._new_session = None

@@ -194,10 +194,19 @@ class UsageLedger(abc.ABC):
     """
 
     name: str = ""
+    #: Whether :meth:`record` may block (I/O). The client wraps a blocking ledger in
+    #: :class:`~oblix_core.usage_writer.WriteBehindLedger`, so requests never wait for it.
+    blocking: bool = True
 
     @abc.abstractmethod
     def record(self, record: UsageRecord) -> None:
         """Add one record (a record repeated with the same ``request_id`` may count once)."""
+
+    def record_many(self, records: Sequence[UsageRecord]) -> None:
+        """Add several records; ledgers that can write them in one go (a transaction, a
+        pipeline) override this."""
+        for record in records:
+            self.record(record)
 
     @abc.abstractmethod
     def totals(self, since: date, by: str | None = None) -> list[UsageTotals]:

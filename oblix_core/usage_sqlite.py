@@ -14,13 +14,14 @@ import os
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from oblix_core.usage import UsageLedger, UsageRecord, UsageTotals
+from oblix_core.usage_writer import write_behind
 
 if TYPE_CHECKING:
     from oblix_core.stores import SessionStore
@@ -55,7 +56,31 @@ _SUMS = (
     "COUNT(*), COALESCE(SUM(local), 0), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), "
     "COALESCE(SUM(cached_tokens), 0), COALESCE(SUM(cost_usd), 0), COALESCE(SUM(latency_ms), 0)"
 )
+_INSERT = (
+    "INSERT OR IGNORE INTO usage (request_id, ts, day, session_id, model_id, local, input_tokens, "
+    "output_tokens, cached_tokens, latency_ms, cost_usd, rule, reason, tokens_estimated) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 _GROUP = {"model": "model_id", "day": "day", "session": "COALESCE(session_id, '(no session)')"}
+
+
+def _row(record: UsageRecord) -> tuple[object, ...]:
+    return (
+        record.request_id,
+        record.timestamp,
+        record.day,
+        record.session_id,
+        record.model_id,
+        int(record.local),
+        record.input_tokens,
+        record.output_tokens,
+        record.cached_tokens,
+        record.latency_ms,
+        record.cost_usd,
+        record.rule,
+        record.reason,
+        int(record.tokens_estimated),
+    )
 
 
 def _private(path: Path) -> None:
@@ -102,29 +127,18 @@ class SqliteUsageLedger(UsageLedger):
         yield db
 
     def record(self, record: UsageRecord) -> None:
-        row = (
-            record.request_id,
-            record.timestamp,
-            record.day,
-            record.session_id,
-            record.model_id,
-            int(record.local),
-            record.input_tokens,
-            record.output_tokens,
-            record.cached_tokens,
-            record.latency_ms,
-            record.cost_usd,
-            record.rule,
-            record.reason,
-            int(record.tokens_estimated),
-        )
+        self.record_many((record,))
+
+    def record_many(self, records: Sequence[UsageRecord]) -> None:
+        rows = [_row(record) for record in records]
         with self._db() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO usage (request_id, ts, day, session_id, model_id, local, "
-                "input_tokens, output_tokens, cached_tokens, latency_ms, cost_usd, rule, reason, "
-                "tokens_estimated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                row,
-            )
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(_INSERT, rows)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def totals(self, since: date, by: str | None = None) -> list[UsageTotals]:
         group = _GROUP.get(by or "", "'total'")
@@ -180,6 +194,7 @@ class SqliteUsageLedger(UsageLedger):
 
 
 def ledger_for(store: SessionStore, home: Path) -> UsageLedger:
-    """The store's own ledger, else the SQLite ledger ``<home>/usage.sqlite3``."""
+    """The store's own ledger, else the SQLite ledger ``<home>/usage.sqlite3``; written behind
+    the request path (:mod:`oblix_core.usage_writer`)."""
     own = store.usage_ledger()
-    return own if own is not None else SqliteUsageLedger(Path(home) / "usage.sqlite3")
+    return write_behind(own if own is not None else SqliteUsageLedger(Path(home) / "usage.sqlite3"))

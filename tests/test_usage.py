@@ -28,6 +28,7 @@ from oblix_core.usage import (
     total_by,
 )
 from oblix_core.usage_sqlite import SqliteUsageLedger
+from oblix_core.usage_writer import WriteBehindLedger
 from oblix_file.ledger import LEDGER
 from oblix_redis.store import RedisSessionStore
 from tests import redis_servers, s3_server
@@ -55,10 +56,12 @@ def _record(n: int, **changes: Any) -> UsageRecord:
     return UsageRecord(**(fields | changes))
 
 
-@pytest.fixture(params=["sqlite", "redis", "s3"])
+@pytest.fixture(params=["sqlite", "sqlite-write-behind", "redis", "s3"])
 def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UsageLedger]:
-    if request.param == "sqlite":
+    if request.param.startswith("sqlite"):
         made: UsageLedger = SqliteUsageLedger(tmp_path / "usage.sqlite3")
+        if request.param == "sqlite-write-behind":  # what clients use: the same answers
+            made = WriteBehindLedger(made)
         yield made
         made.close()
         return
