@@ -11,6 +11,7 @@ import threading
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -128,7 +129,7 @@ async def test_answers_are_counted_without_a_worker_thread_hop(tmp_path: Path) -
         hops = []
         original = anyio.to_thread.run_sync
 
-        async def counting(func, *args, **kwargs):  # type: ignore[no-untyped-def]
+        async def counting(func: Any, *args: Any, **kwargs: Any) -> Any:
             hops.append(func)
             return await original(func, *args, **kwargs)
 
