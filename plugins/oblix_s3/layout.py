@@ -16,6 +16,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
+
 from oblix.plugin import Message, SessionCorruptedError, SessionRecord, parse_timestamp, validate_session_id
 
 FORMAT = 1
@@ -169,6 +171,42 @@ def later(current: str | None, *stamps: str) -> str:
     """The latest of ``current`` and ``stamps`` (timestamps in any ISO-8601 form)."""
     candidates = [s for s in (current, *stamps) if s]
     return max(candidates, key=parse_timestamp)
+
+
+@attrs.frozen
+class ManifestCursor:
+    """Where a reader of a session stopped (``load_changes``' cursor).
+
+    ``etag``: the manifest read (asked again with ``If-None-Match``: 304 means nothing
+    changed). ``uid``: the session's incarnation (a replaced session has a new one).
+    ``count``: messages up to the cursor; a message's position never moves (appends add
+    at the end, compaction merges segments in place). ``header``: :func:`header_digest`.
+    """
+
+    uid: str
+    etag: str
+    count: int
+    header: str
+
+
+def header_digest(manifest: dict[str, Any]) -> str:
+    """A digest of what the session's header holds (title, timestamps, context, metadata)."""
+    fields = [manifest.get(k) for k in ("title", "created_at", "updated_at", "context", "metadata")]
+    text = json.dumps(fields, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def segments_from(segments: list[dict[str, Any]], position: int) -> tuple[list[dict[str, Any]], int]:
+    """The segments holding the messages from ``position`` (0-based) on, and how many
+    messages of the first of them come before ``position`` (a compaction may have merged
+    messages already read with new ones)."""
+    start = 0
+    for at, segment in enumerate(segments):
+        count = int(segment["count"])
+        if start + count > position:
+            return segments[at:], position - start
+        start += count
+    return [], 0
 
 
 def tail_segments(segments: list[dict[str, Any]], wanted: int) -> list[dict[str, Any]]:
