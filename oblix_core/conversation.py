@@ -215,15 +215,20 @@ class ResponseStream:
                 self.request.local_only, self.request.local_only_reason = private
             plan, checks = await self._plan()
             done: Done | None = None
-            async with aclosing(self._execute(plan, started_at)) as events:
-                async for event in events:
-                    if isinstance(event, Attempting):
-                        await budget.admit(event.model)
-                        self._answering = event.model.model_id
-                    elif isinstance(event, Done):
-                        done = event
-                    else:
-                        yield event
+            try:
+                async with aclosing(engine.executor.run(plan.candidates, self.request, plan.fits)) as events:
+                    async for event in events:
+                        if isinstance(event, Attempting):
+                            await budget.admit(event.model)
+                            self._answering = event.model.model_id
+                        elif isinstance(event, Done):
+                            done = event
+                        else:
+                            yield event
+            except StreamInterruptedError as exc:  # store what was said, marked, then re-raise
+                marks = {"interrupted": True, "error": str(exc)}
+                await self._persist(started_at, exc.partial, exc.model_id, marks)
+                raise
             assert done is not None
             metrics = done.metrics | {"total_latency_ms": round((time.monotonic() - started) * 1000, 2)}
             if done.tool_calls:
@@ -246,21 +251,6 @@ class ResponseStream:
                 notify(hooks.oblix_request_error, request=self.request, error=exc)
             raise
         notify(hooks.oblix_request_end, request=self.request, result=self.result)
-
-    async def _execute(
-        self, plan: RoutingPlan, started_at: str
-    ) -> AsyncGenerator[str | Attempting | Done, None]:
-        """The executor's events; an interrupted answer is stored as such before re-raising."""
-        try:
-            async with aclosing(
-                self._engine.executor.run(plan.candidates, self.request, plan.fits)
-            ) as events:
-                async for event in events:
-                    yield event
-        except StreamInterruptedError as exc:
-            marks = {"interrupted": True, "error": str(exc)}
-            await self._persist(started_at, exc.partial, exc.model_id, marks)
-            raise
 
     def _result(
         self, done: Done, metrics: dict[str, Any], plan: RoutingPlan, checks: list[Any]

@@ -194,23 +194,35 @@ class Executor:
         self.settings = settings
         self.breaker = breaker
 
-    async def _chunks(self, model: ModelBackend, request: Request) -> AsyncGenerator[StreamChunk, None]:
-        """The model's stream with first-token and total timeouts applied to each wait
-        (a cancel scope around each wait only: never across a ``yield``)."""
+    async def attempt(
+        self, model: ModelBackend, request: Request, answer: _Answer
+    ) -> AsyncGenerator[str, None]:
+        """One try of ``model``: yield its text; raise unless the answer ends positively.
+
+        The first-token and total timeouts apply to each wait for the model's next chunk (a
+        cancel scope around each wait only: never across a ``yield``).
+        """
+        if request.local_only and not model.is_local:
+            raise PermanentModelError(
+                f"{model.model_id} is not local and this request is local-only; it was not started.",
+                model_id=model.model_id,
+            )
         s = self.settings
         start = anyio.current_time()  # the event loop's clock, which deadlines are in
         total_deadline = start + s.total_timeout if s.total_timeout else math.inf
-        first_deadline = start + s.first_token_timeout if s.first_token_timeout else math.inf
-        first = True
+        first_deadline = (
+            min(start + s.first_token_timeout, total_deadline) if s.first_token_timeout else total_deadline
+        )
+        first = True  # no text yet
+        held = ""  # a high surrogate that may pair with the next chunk's first character
         async with aclosing(model.stream(request)) as chunks:
             iterator = chunks.__aiter__()
             while True:
-                deadline = min(first_deadline, total_deadline) if first else total_deadline
-                with anyio.CancelScope(deadline=deadline) as scope:
+                with anyio.CancelScope(deadline=first_deadline if first else total_deadline) as scope:
                     try:
                         chunk = await iterator.__anext__()
                     except StopAsyncIteration:
-                        return
+                        break
                     except TimeoutError:  # the backend's own
                         scope.cancel()
                 if scope.cancelled_caught or scope.cancel_called:
@@ -221,20 +233,6 @@ class Executor:
                         model_id=model.model_id,
                     ) from None
                 first = first and not chunk.text
-                yield chunk
-
-    async def attempt(
-        self, model: ModelBackend, request: Request, answer: _Answer
-    ) -> AsyncGenerator[str, None]:
-        """One try of ``model``: yield its text; raise unless the answer ends positively."""
-        if request.local_only and not model.is_local:
-            raise PermanentModelError(
-                f"{model.model_id} is not local and this request is local-only; it was not started.",
-                model_id=model.model_id,
-            )
-        held = ""  # a high surrogate that may pair with the next chunk's first character
-        async with aclosing(self._chunks(model, request)) as chunks:
-            async for chunk in chunks:
                 answer.add(chunk)
                 text = held + chunk.text
                 held = text[-1] if text and "\ud800" <= text[-1] <= "\udbff" else ""

@@ -238,9 +238,9 @@ class ModelBackend:
         secrets.remember(key)
         return key or None
 
-    @property
+    @functools.cached_property
     def model_id(self) -> str:
-        """``"<type>:<name>"``, e.g. ``"openai:gpt-4o-mini"``."""
+        """``"<type>:<name>"``, e.g. ``"openai:gpt-4o-mini"`` (read on every routing step: kept)."""
         return f"{self.model_type}:{self.model_name}"
 
     @property

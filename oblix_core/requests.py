@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
-
 import attrs
 
 from oblix_core.models import ChatMessage, GenerationRequest
+from oblix_core.records import random_hex
 
 
 def new_request_id() -> str:
-    return f"req_{uuid.uuid4().hex}"
+    return f"req_{random_hex()}"
 
 
 @attrs.define

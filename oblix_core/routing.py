@@ -38,7 +38,7 @@ The ``routing_decision`` of a result records all of it; its keys are listed in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import attrs
@@ -330,12 +330,18 @@ def _fit_all(
     max_tokens: int | None,
     breaker: CircuitBreaker,
 ) -> tuple[dict[str, dict[str, Any]], list[ModelBackend], dict[str, Fit]]:
-    """An entry per candidate, the candidates whose window can hold the request, and their fits."""
+    """An entry per candidate, the candidates whose window can hold the request, and their fits
+    (computed once for models that count alike: same tokenizer key and window)."""
     entries: dict[str, dict[str, Any]] = {}
     fitting: list[ModelBackend] = []
     fits: dict[str, Fit] = {}
+    alike: dict[tuple[Hashable, int], Fit] = {}
     for model in candidates:
-        fit = fits[model.model_id] = fit_to_window(messages, model, max_tokens)
+        key = (model.tokenizer_key, model.context_window)
+        fit = alike.get(key) if key[0] is not None else None
+        if fit is None or fit.problem is not None:  # a problem names its model: counted anew
+            fit = alike[key] = fit_to_window(messages, model, max_tokens)
+        fits[model.model_id] = fit
         entry = entries[model.model_id] = _entry(model, breaker, fit.describe())
         if fit.problem:
             entry.update(status="skipped", why=f"context: {fit.problem}")
