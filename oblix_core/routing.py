@@ -330,17 +330,22 @@ def _fit_all(
     max_tokens: int | None,
     breaker: CircuitBreaker,
 ) -> tuple[dict[str, dict[str, Any]], list[ModelBackend], dict[str, Fit]]:
-    """An entry per candidate, the candidates whose window can hold the request, and their fits
-    (computed once for models that count alike: same tokenizer key and window)."""
+    """An entry per candidate, the candidates whose window can hold the request, and their fits.
+
+    Each model's answer reserve is the request's ``max_tokens``, else the model's own
+    default (its ``defaults``), as the executor will send it; a fit is computed once for
+    models that count alike (same tokenizer key, window and reserve).
+    """
     entries: dict[str, dict[str, Any]] = {}
     fitting: list[ModelBackend] = []
     fits: dict[str, Fit] = {}
-    alike: dict[tuple[Hashable, int], Fit] = {}
+    alike: dict[tuple[Hashable, int, int | None], Fit] = {}
     for model in candidates:
-        key = (model.tokenizer_key, model.context_window)
+        answer = max_tokens if max_tokens is not None else model.generation_defaults.get("max_tokens")
+        key = (model.tokenizer_key, model.context_window, answer)
         fit = alike.get(key) if key[0] is not None else None
         if fit is None or fit.problem is not None:  # a problem names its model: counted anew
-            fit = alike[key] = fit_to_window(messages, model, max_tokens)
+            fit = alike[key] = fit_to_window(messages, model, answer)
         fits[model.model_id] = fit
         entry = entries[model.model_id] = _entry(model, breaker, fit.describe())
         if fit.problem:

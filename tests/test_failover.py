@@ -377,3 +377,25 @@ async def test_the_packaged_model_busy_is_oblix_busy_not_machine_busy(
     if reading.state == "AVAILABLE":  # on a machine that other programs leave alone
         assert meanwhile["routing_decision"]["rule"] == "local-busy"
     await client.shutdown()
+
+
+@pytest.mark.anyio
+async def test_the_plan_reserves_each_models_default_max_tokens_as_the_executor_sends_it(
+    home: Path, scripted: ScriptedPlugin
+) -> None:
+    """A model's ``defaults`` max_tokens is its answer reserve in screening too: the history
+    the decision reports is the history the model got (no second trim in the executor)."""
+    client = OblixClient(home=home, plugins=[scripted], execution=FAST)
+    await client.hook_model("scripted", "roomy", context_window=1024, defaults={"max_tokens": 600})
+    history = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i} " * 10} for i in range(60)
+    ]
+    result = await client.execute("last question", stream=False, history=history, store=False)
+    got = scripted.calls["roomy"][-1]
+    assert got.max_tokens == 600
+    fit = _entry(result, "scripted:roomy")["context"]
+    assert fit["history_sent"] == len(got.messages) - 1 and fit["needed"] > 1024
+    model = next(m for m in client.models if m.model_id == "scripted:roomy")
+    assert model.count_message_tokens(got.messages) + 600 <= 1024
+    assert model.count_message_tokens(got.messages) + 600 > 1024 - 60  # the space was used
+    await client.shutdown()
