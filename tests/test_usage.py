@@ -82,7 +82,7 @@ class TestLedger:
     """What every ledger does (the SQLite one of the file store, the Redis one, the S3 one)."""
 
     def test_totals_by_group_match_the_records(self, ledger: UsageLedger) -> None:
-        records = [_record(n) for n in range(1, 8)]
+        records = [_record(n) for n in range(1, 8)] + [_record(8, session_id=None)]  # "(no session)"
         for record in records:
             ledger.record(record)
         today = date.fromisoformat(records[0].day)

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from datetime import date
 from typing import Any
 
-from oblix.plugin import UsageLedger, UsageRecord, UsageTotals
+from oblix.plugin import UsageLedger, UsageRecord, UsageTotals, group_key
 
 _RECORD = """
 if redis.call('SET', KEYS[4], '1', 'NX', 'EX', 86400) == false then return 0 end
@@ -57,7 +57,8 @@ def _amounts(record: UsageRecord) -> list[tuple[str, Any]]:
         repr(float(record.cost_usd)),
         repr(float(record.latency_ms)),
     )
-    prefixes = ["t", f"m|{record.model_id}"] + ([f"s|{record.session_id}"] if record.session_id else [])
+    # a session id never holds "(" or " ": the group of requests without a session cannot clash
+    prefixes = ["t", f"m|{record.model_id}", f"s|{group_key(record, 'session')}"]
     return [(f"{p}|{m}", v) for p in prefixes for m, v in zip(_METRICS, values, strict=True)]
 
 
