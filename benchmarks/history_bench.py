@@ -3,13 +3,15 @@
 ``execute`` on sessions of 10, 2,000 and 10,000 stored messages of short turns (a few
 characters each, so that some 700 of them fit the 4,096-token window: the worst case
 for per-message work) with an instant model (the scripted test backend), on the file
-store and on the Redis store (a private ``redis-server`` on loopback), beside the cost
-of loading the whole session (what reading "everything, then trimming" would pay).
+store, on the Redis store (a private ``redis-server`` on loopback) and on the S3 store
+(moto's S3 server, ``tests.s3_server``, in a process of its own on loopback), beside
+the cost of loading the whole session (what reading "everything, then trimming" would
+pay).
 Sizes are measured interleaved, round by round, so that a busy machine slows them all
 alike. The goal: ``execute`` at 2,000 messages within 1.3x of ``execute`` at 10, and
 10,000 within 1.5x.
 
-Run: ``.venv/bin/python -m benchmarks.history_bench [--repeat 40] [--stores file,redis]
+Run: ``.venv/bin/python -m benchmarks.history_bench [--repeat 40] [--stores file,redis,s3]
 [--profile 2000]`` (``--profile N`` prints a cProfile of ``execute`` at N messages on
 the file store instead of the table).
 """
@@ -18,12 +20,13 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import ExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 
 import anyio
@@ -42,6 +45,19 @@ def _session(size: int) -> SessionRecord:
     return SessionRecord(id=new_session_id(), title=f"{size} messages", messages=messages)
 
 
+@contextmanager
+def _s3_server() -> Iterator[dict[str, str]]:
+    """Store options for a fresh bucket on a moto S3 server process (test credentials)."""
+    from tests.s3_server import TEST_ENV, S3Process, new_bucket
+
+    os.environ.update(TEST_ENV)
+    server = S3Process().start()
+    try:
+        yield {"bucket": new_bucket(server.url), "endpoint_url": server.url}
+    finally:
+        server.stop()
+
+
 @asynccontextmanager
 async def _client(store: str, home: Path) -> AsyncIterator[OblixClient]:
     with ExitStack() as stack:
@@ -51,6 +67,11 @@ async def _client(store: str, home: Path) -> AsyncIterator[OblixClient]:
             url = stack.enter_context(private_server())
             client = OblixClient(
                 home=home, session_store="redis", store_options={"url": url}, plugins=[ScriptedPlugin()]
+            )
+        elif store == "s3":
+            options = stack.enter_context(_s3_server())
+            client = OblixClient(
+                home=home, session_store="s3", store_options=options, plugins=[ScriptedPlugin()]
             )
         else:
             client = OblixClient(home=home, plugins=[ScriptedPlugin()])
@@ -126,7 +147,7 @@ async def main(repeat: int, stores: list[str], profile: int | None) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=40)
-    parser.add_argument("--stores", default="file,redis")
+    parser.add_argument("--stores", default="file,redis,s3")
     parser.add_argument("--profile", type=int, default=None)
     args = parser.parse_args()
     anyio.run(main, args.repeat, args.stores.split(","), args.profile)

@@ -121,6 +121,44 @@ def test_nothing_changed_costs_one_conditional_get_and_a_change_reads_only_new_s
     assert sent[1][1] == f"{sid}/{newest}"  # the new segment only, not the older two
 
 
+def test_reading_back_this_stores_own_append_is_one_conditional_get(reader: S3SessionStore) -> None:
+    sid = _create(reader, 2)
+    cursor = reader.load_changes(sid, None, 10).cursor
+    counter = Requests(reader)
+    reader.append_messages(sid, [Message("user", "q"), Message("assistant", "a")])
+    counter.take()
+    later = reader.load_changes(sid, cursor, 10)
+    assert later.continues and _contents(later) == ["q", "a"] and later.header is None
+    assert counter.take() == [("GET", f"{sid}/manifest.json", 304)]  # the segment came from memory
+    assert reader.load_changes(sid, later.cursor, 10).messages == ()
+    assert counter.take() == [("GET", f"{sid}/manifest.json", 304)]
+
+
+def test_own_appends_and_compactions_read_back_exactly(
+    reader: S3SessionStore, writer: S3SessionStore
+) -> None:
+    sid = _create(reader, 1)
+    changes = reader.load_changes(sid, None, 100)
+    seen = _contents(changes)
+    for i in range(40):  # max_segments=4: the reader's own compactions merge what it read
+        store = writer if i % 5 == 4 else reader
+        store.append_messages(sid, [Message("user", f"q{i}"), Message("assistant", f"a{i}")])
+        changes = reader.load_changes(sid, changes.cursor, 100)
+        assert changes.continues
+        seen += _contents(changes)
+        assert seen == [m.content for m in writer.load(sid).messages]
+
+
+def test_compacting_segments_this_store_wrote_reads_none_back(reader: S3SessionStore) -> None:
+    sid = _create(reader, 1)
+    counter = Requests(reader)
+    for i in range(30):  # max_segments=4: many compactions
+        reader.append_messages(sid, [Message("user", f"q{i}")])
+    sent = counter.take()
+    assert [r for r in sent if r[0] == "GET"] == [] and any(r[0] == "POST" for r in sent)  # deletes
+    assert [m.content for m in reader.load(sid).messages] == ["m0"] + [f"q{i}" for i in range(30)]
+
+
 def test_the_first_read_fetches_the_manifest_and_the_tail_segments(
     reader: S3SessionStore, writer: S3SessionStore
 ) -> None:
