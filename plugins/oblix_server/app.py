@@ -15,7 +15,8 @@ from starlette.routing import Route
 from oblix.plugin import OblixClient, OblixError
 from oblix_server.calls import AUTO
 from oblix_server.completions import chat_completions
-from oblix_server.errors import APIError, internal
+from oblix_server.errors import APIError
+from oblix_server.front import ServerApp, unexpected
 from oblix_server.guard import Guard, is_authorized
 from oblix_server.settings import ServerSettings
 from oblix_server.state import ServerState
@@ -138,13 +139,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    request_id = request.scope.get("state", {}).get("request_id", "?")
-    log.error("request %s failed: %s: %s", request_id, type(exc).__name__, exc)
-    return internal(request_id).response({"X-Oblix-Request-Id": request_id})
+    assert isinstance(exc, Exception)
+    return unexpected(request.scope.get("state", {}).get("request_id", "?"), exc)
 
 
-def create_app(client: OblixClient, settings: ServerSettings) -> Starlette:
-    """The server app for a client whose models are already hooked."""
+def create_app(client: OblixClient, settings: ServerSettings) -> ServerApp:
+    """The server app for a client whose models are already hooked (see :mod:`oblix_server.front`)."""
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
@@ -160,4 +160,4 @@ def create_app(client: OblixClient, settings: ServerSettings) -> Starlette:
     )
     app.state.oblix = ServerState.create(client, settings)
     install_observer(app, client)
-    return app
+    return ServerApp(app, settings)

@@ -2,62 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from typing import Any
 
 import click
 
-from oblix.plugin import ROUTING_PREFERENCES, ConfigError, command_client, handle_errors
+from oblix.plugin import ROUTING_PREFERENCES, ConfigError, handle_errors
 from oblix_server.connection_options import connection_options
-from oblix_server.settings import DEFAULT_BODY_LIMIT, KEY_ENV, ServerSettings
-
-log = logging.getLogger("oblix_server")
-
-
-async def serve(
-    settings: ServerSettings,
-    log_level: str,
-    specs: tuple[tuple[str, ...], tuple[str, ...], str | None] = ((), (), None),
-    preference: str | None = None,
-) -> None:
-    """Hook the configured models (or ``specs``: local, cloud ``TYPE:NAME`` and key) and agents; serve."""
-    try:
-        import uvicorn
-    except ImportError:
-        raise ConfigError("oblix server needs its extra: pip install 'oblix[server]'.") from None
-    from oblix_server.app import create_app
-    from oblix_server.connections import uvicorn_options
-
-    client = command_client()
-    try:
-        if preference:
-            client.preference = preference
-        local, cloud, key = specs
-        hooked = await (
-            client.hook_model_specs(local, cloud, key) if local or cloud else client.hook_configured_models()
-        )
-        client.hook_default_agents()
-        await client.warm_up()  # a server loads its in-process models before the first request
-        app = create_app(client, settings)
-        click.echo(
-            f"Oblix server on http://{settings.host}:{settings.port}/v1"
-            f" · models: {', '.join(hooked) or 'none'} · store: {client.store.name}"
-            f" · API key: {'required' if settings.api_key else 'off'}",
-            err=True,
-        )
-        config = uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_level=log_level,
-            lifespan="off",
-            timeout_graceful_shutdown=5,
-            **uvicorn_options(settings),
-        )
-        await uvicorn.Server(config).serve()
-    finally:
-        await client.shutdown()
+from oblix_server.serving import Launch
+from oblix_server.settings import DEFAULT_BODY_LIMIT, HTTP_IMPLEMENTATIONS, KEY_ENV, LOOPS, ServerSettings
 
 
 @click.command()
@@ -130,6 +82,27 @@ async def serve(
     default="info",
     show_default=True,
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Server processes sharing the port and the store; limits apply to each.",
+)
+@click.option(
+    "--http",
+    type=click.Choice(HTTP_IMPLEMENTATIONS),
+    default="auto",
+    show_default=True,
+    help="HTTP/1.1 parser: httptools (C; auto when installed) or h11 (pure Python).",
+)
+@click.option(
+    "--loop",
+    type=click.Choice(LOOPS),
+    default="auto",
+    show_default=True,
+    help="Event loop: uvloop (auto when installed) or asyncio's own.",
+)
 @connection_options
 @handle_errors
 def server(
@@ -146,6 +119,9 @@ def server(
     max_body_bytes: int,
     store_all: bool,
     log_level: str,
+    workers: int,
+    http: str,
+    loop: str,
     **connection_limits: Any,
 ) -> None:
     """Serve the configured models as an OpenAI-compatible API (/v1/chat/completions)."""
@@ -163,4 +139,15 @@ def server(
     settings.check()
     if cloud_api_key and not cloud_models:
         raise click.UsageError("--cloud-api-key goes with --cloud-model TYPE:NAME.")
-    asyncio.run(serve(settings, log_level, (local_models, cloud_models, cloud_api_key), preference))
+    launch = Launch(
+        settings, log_level, local_models, cloud_models, cloud_api_key, preference, http, loop, workers
+    )
+    try:
+        from oblix_server.serving import run
+        from oblix_server.workers import Supervisor
+    except ImportError:
+        raise ConfigError("oblix server needs its extra: pip install 'oblix[server]'.") from None
+    if workers > 1:
+        Supervisor(launch).run()
+    else:
+        run(launch)

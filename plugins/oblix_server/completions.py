@@ -18,12 +18,13 @@ from typing import Any
 
 import anyio
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 import oblix_server.shapes as shapes
 from oblix.plugin import OblixError, ResponseStream
 from oblix_server.calls import SESSION_HEADER, Call, build_call, check_privacy
+from oblix_server.disconnect import CancelOnDisconnect
 from oblix_server.errors import APIError, from_oblix, internal
 from oblix_server.limits import read_body
 from oblix_server.schema import ChatRequest, parse_chat_request
@@ -39,36 +40,11 @@ class _Disconnected(Exception):
     """The client went away before the answer started."""
 
 
-async def _until_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
 async def _unless_disconnected(func: Callable[[], Awaitable[Any]], receive: Receive) -> Any:
     """``await func()``, cancelled as soon as the client disconnects (then :class:`_Disconnected`)."""
-    outcome: dict[str, Any] = {}
-
-    async def main() -> None:
-        try:
-            outcome["value"] = await func()
-        except Exception as exc:  # re-raised below, outside the task group
-            outcome["error"] = exc
-        finally:
-            tg.cancel_scope.cancel()
-
-    async def watch() -> None:
-        await _until_disconnect(receive)
-        outcome["disconnected"] = True
-        tg.cancel_scope.cancel()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(main)
-        tg.start_soon(watch)
-    if "error" in outcome:
-        raise outcome["error"]
-    if "value" not in outcome:
-        raise _Disconnected
-    return outcome["value"]
+    with CancelOnDisconnect(receive):
+        return await func()
+    raise _Disconnected  # the watcher cancelled the block
 
 
 async def _close(stream: ResponseStream) -> None:
@@ -211,8 +187,9 @@ async def _tool_call_events(result: dict[str, Any], include_usage: bool) -> Asyn
     yield shapes.sse("[DONE]")
 
 
-class _SSEResponse(StreamingResponse):
-    """An SSE response that always closes the model's stream and frees its slot, however it ends."""
+class _SSEResponse(Response):
+    """An SSE response that stops when the client leaves, and always closes the model's stream and
+    frees its slot, however it ends."""
 
     media_type = "text/event-stream"
 
@@ -223,14 +200,20 @@ class _SSEResponse(StreamingResponse):
         state: ServerState,
         headers: dict[str, str],
     ) -> None:
-        super().__init__(events, headers=headers)
+        self.status_code = 200
+        self.background = None
+        self.init_headers(headers)
         self._events = events
         self._stream = stream
         self._state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            with CancelOnDisconnect(receive):
+                async for event in self._events:
+                    await send({"type": "http.response.body", "body": event, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
                 await self._events.aclose()  # type: ignore[attr-defined]

@@ -3,8 +3,9 @@
 uvicorn closes idle keep-alive connections but never a connection that has not finished
 its request, so a client that sends its headers (or body) slowly, or never, holds a file
 descriptor for ever; a few hundred of them exhaust the descriptor limit and the server
-stops accepting anyone (slowloris). :class:`GuardedH11Protocol`, a subclass of uvicorn's
-h11 protocol, gives every connection a phase and a deadline:
+stops accepting anyone (slowloris). :class:`GuardedProtocol`, mixed into uvicorn's httptools
+protocol (:mod:`oblix_server.connections_httptools`, the default) or its h11 protocol
+(:class:`GuardedH11Protocol`, ``--http h11``), gives every connection a phase and a deadline:
 
 * **headers** (from connect, or from the end of the previous response, until the request
   headers are complete): ``header_timeout`` s, then a 408 (if part of a request came) and
@@ -30,11 +31,12 @@ import json
 import logging
 import resource
 from collections import Counter
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from oblix.plugin import ConfigError
 from oblix_server.settings import ServerSettings
 
 log = logging.getLogger("oblix_server")
@@ -97,14 +99,14 @@ class ConnectionTable:
     def __init__(self, settings: ServerSettings, limit: int) -> None:
         self.settings = settings
         self.limit = limit
-        self.open: set[GuardedH11Protocol] = set()
+        self.open: set[GuardedProtocol] = set()
         #: Connections in the headers phase, in the order they entered it (a dict keeps order).
-        self.waiting: dict[GuardedH11Protocol, None] = {}
+        self.waiting: dict[GuardedProtocol, None] = {}
         self.closed: Counter[str] = Counter()
         self._pending: Counter[str] = Counter()
         self._flush: asyncio.TimerHandle | None = None
 
-    def admit(self, protocol: GuardedH11Protocol) -> bool:
+    def admit(self, protocol: GuardedProtocol) -> bool:
         """Whether ``protocol`` may open: under the limit, or after closing the longest waiter."""
         if len(self.open) >= self.limit:
             if not self.waiting:
@@ -117,11 +119,11 @@ class ConnectionTable:
         self.open.add(protocol)
         return True
 
-    def remove(self, protocol: GuardedH11Protocol) -> None:
+    def remove(self, protocol: GuardedProtocol) -> None:
         self.open.discard(protocol)
         self.waiting.pop(protocol, None)
 
-    def set_waiting(self, protocol: GuardedH11Protocol, waiting: bool) -> None:
+    def set_waiting(self, protocol: GuardedProtocol, waiting: bool) -> None:
         self.waiting.pop(protocol, None)
         if waiting and protocol in self.open:
             self.waiting[protocol] = None
@@ -145,13 +147,17 @@ class ConnectionTable:
         self._flush = asyncio.get_running_loop().call_later(LOG_INTERVAL, self.flush)
 
 
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a phase and a deadline per connection (see the module docs).
+class GuardedProtocol:
+    """A phase and a deadline per connection (see the module docs), over one of uvicorn's protocols.
 
-    A subclass made by :func:`protocol_class` carries the server's :class:`ConnectionTable`.
+    Mixed in before :class:`H11Protocol` or :class:`HttpToolsProtocol`; a subclass says which
+    phase its request is in (:meth:`_request_phase`). A subclass made by
+    :func:`protocol_class` carries the server's :class:`ConnectionTable`.
     """
 
     table: ClassVar[ConnectionTable]
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -161,17 +167,21 @@ class GuardedH11Protocol(H11Protocol):
         self._received = 0
         self._timer: asyncio.TimerHandle | None = None
 
+    def _request_phase(self) -> str:
+        """``headers`` (waiting for a request's headers), ``body`` (receiving its body) or ``busy``."""
+        raise NotImplementedError
+
     # -- the asyncio protocol ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self.table.admit(self):
             self._refused = True
             message = "The server has too many open connections; retry in a moment."
-            assert isinstance(transport, asyncio.Transport)
-            transport.write(_raw_response(503, "Service Unavailable", message, "too_many_connections", True))
-            transport.close()
+            writer = cast(asyncio.WriteTransport, transport)  # uvloop's are not asyncio's classes
+            writer.write(_raw_response(503, "Service Unavailable", message, "too_many_connections", True))
+            writer.close()
             return
-        super().connection_made(transport)  # type: ignore[arg-type]
+        super().connection_made(transport)  # type: ignore[misc]
         self._update_phase()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -179,15 +189,15 @@ class GuardedH11Protocol(H11Protocol):
             return
         self._cancel_timer()
         self.table.remove(self)
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # type: ignore[misc]
 
     def data_received(self, data: bytes) -> None:
         self._received += len(data)
-        super().data_received(data)
+        super().data_received(data)  # type: ignore[misc]
         self._update_phase()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        super().on_response_complete()  # type: ignore[misc]
         self._update_phase()
 
     def shutdown(self) -> None:
@@ -196,15 +206,14 @@ class GuardedH11Protocol(H11Protocol):
             self.table.note("shutdown")
             self.hang_up(None)
             return
-        super().shutdown()
+        super().shutdown()  # type: ignore[misc]
 
     # -- phases and deadlines -----------------------------------------------------------------
 
     def _update_phase(self) -> None:
         if self.transport.is_closing():
             return
-        state = self.conn.their_state
-        phase = "headers" if state is h11.IDLE else "body" if state is h11.SEND_BODY else "busy"
+        phase = self._request_phase()
         if phase == self._phase:
             return
         self._phase = phase
@@ -260,15 +269,39 @@ class GuardedH11Protocol(H11Protocol):
             self.transport.abort()
 
 
-def protocol_class(settings: ServerSettings) -> tuple[type[GuardedH11Protocol], ConnectionTable]:
+class GuardedH11Protocol(GuardedProtocol, H11Protocol):
+    """uvicorn's pure-Python h11 protocol, guarded; the phase is h11's state of the client."""
+
+    def _request_phase(self) -> str:
+        state = self.conn.their_state
+        return "headers" if state is h11.IDLE else "body" if state is h11.SEND_BODY else "busy"
+
+
+def guarded_class(http: str) -> type[GuardedProtocol]:
+    """The guarded protocol for ``http`` (one of :data:`HTTP_IMPLEMENTATIONS`)."""
+    if http in ("auto", "httptools"):
+        try:
+            from oblix_server.connections_httptools import GuardedHttpToolsProtocol
+        except ImportError:
+            if http == "httptools":
+                raise ConfigError("--http httptools needs httptools: pip install 'oblix[server]'.") from None
+        else:
+            return GuardedHttpToolsProtocol
+    return GuardedH11Protocol
+
+
+def protocol_class(
+    settings: ServerSettings, http: str = "auto"
+) -> tuple[type[GuardedProtocol], ConnectionTable]:
     """A protocol class for ``uvicorn.Config(http=...)`` bound to a new table, and the table."""
     table = ConnectionTable(settings, connection_limit(settings.max_connections))
-    return type("OblixH11Protocol", (GuardedH11Protocol,), {"table": table}), table
+    base = guarded_class(http)
+    return type(f"Oblix{base.__name__.removeprefix('Guarded')}", (base,), {"table": table}), table
 
 
-def uvicorn_options(settings: ServerSettings) -> dict[str, Any]:
+def uvicorn_options(settings: ServerSettings, http: str = "auto") -> dict[str, Any]:
     """The ``uvicorn.Config`` arguments that put these limits in place."""
-    protocol, table = protocol_class(settings)
+    protocol, table = protocol_class(settings, http)
     if table.limit < settings.max_connections:
         log.warning(
             "oblix server: at most %d open connections (--max-connections %d lowered to stay within "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from oblix.plugin import new_request_id
@@ -54,17 +55,23 @@ class Guard:
                     headers["X-Oblix-Request-Id"] = request_id
             await send(message)
 
-        headers = Headers(scope=scope)
-        if scope["path"] not in OPEN_PATHS and not is_authorized(self.settings, headers):
-            missing = offered_key(headers) is None
-            error = APIError(
-                401,
-                "Missing API key: send it as 'Authorization: Bearer <key>' (the openai client's api_key)."
-                if missing
-                else "Incorrect API key provided.",
-                code="missing_api_key" if missing else "invalid_api_key",
-                headers={"WWW-Authenticate": "Bearer", "Connection": "close"},  # body never read
-            )
-            await error.response()(scope, receive, send_with_id)
+        error = None if scope["path"] in OPEN_PATHS else refusal(self.settings, Headers(scope=scope))
+        if error is not None:
+            await error(scope, receive, send_with_id)
             return
         await self.app(scope, receive, send_with_id)
+
+
+def refusal(settings: ServerSettings, headers: Headers) -> Response | None:
+    """The 401 for a request without the key (its connection closed: the body is never read)."""
+    if is_authorized(settings, headers):
+        return None
+    missing = offered_key(headers) is None
+    return APIError(
+        401,
+        "Missing API key: send it as 'Authorization: Bearer <key>' (the openai client's api_key)."
+        if missing
+        else "Incorrect API key provided.",
+        code="missing_api_key" if missing else "invalid_api_key",
+        headers={"WWW-Authenticate": "Bearer", "Connection": "close"},  # body never read
+    ).response()

@@ -14,6 +14,10 @@ from oblix.plugin import ConfigError
 DEFAULT_BODY_LIMIT = 4 * 1024 * 1024
 #: Environment variable that may hold the API key (``--api-key`` wins).
 KEY_ENV = "OBLIX_SERVER_API_KEY"
+#: The HTTP/1.1 implementations ``oblix server --http`` offers; ``auto`` is httptools when installed.
+HTTP_IMPLEMENTATIONS = ("auto", "httptools", "h11")
+#: Event loops ``oblix server --loop`` offers; ``auto`` is uvloop when installed.
+LOOPS = ("auto", "uvloop", "asyncio")
 
 
 def is_loopback(host: str) -> bool:

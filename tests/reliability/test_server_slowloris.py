@@ -36,6 +36,16 @@ def plugin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_plugin_dist(tmp_path_factory.mktemp("plugin"))
 
 
+#: The server's HTTP stacks: the default (httptools on uvloop, where installed) and the pure-Python one.
+STACKS = {"default": (), "h11-asyncio": ("--http", "h11", "--loop", "asyncio")}
+
+
+@pytest.fixture(params=list(STACKS))
+def stack(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """``oblix server`` options choosing one HTTP stack; every deadline test runs on each."""
+    return STACKS[request.param]
+
+
 def server(home: Path, plugin_dir: Path, *args: str, delay: float = 0.0, **kwargs: object) -> OblixServer:
     (home / "config.toml").write_text(model_toml("paced", "local", tokens=3, delay=delay))
     return OblixServer(home, *args, plugin_dir=plugin_dir, api_key=KEY, **kwargs)  # type: ignore[arg-type]
@@ -185,8 +195,10 @@ def test_slowloris_does_not_starve_a_normal_client(tmp_path: Path, plugin_dir: P
     assert "to make room for new ones" in log
 
 
-def test_headers_that_never_finish_get_408_and_are_closed(tmp_path: Path, plugin_dir: Path) -> None:
-    with server(tmp_path, plugin_dir, "--header-timeout", "1") as srv:
+def test_headers_that_never_finish_get_408_and_are_closed(
+    tmp_path: Path, plugin_dir: Path, stack: tuple[str, ...]
+) -> None:
+    with server(tmp_path, plugin_dir, *stack, "--header-timeout", "1") as srv:
         partial = read_until_closed(connect(srv, PARTIAL))
         assert partial.startswith(b"HTTP/1.1 408 ") and b"connection: close" in partial
         assert json.loads(partial.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_timeout"
@@ -194,8 +206,8 @@ def test_headers_that_never_finish_get_408_and_are_closed(tmp_path: Path, plugin
     assert "did not send complete request headers within 1 s" in srv.log()
 
 
-def test_a_body_sent_too_slowly_is_cut_off(tmp_path: Path, plugin_dir: Path) -> None:
-    with server(tmp_path, plugin_dir, "--body-timeout", "1", "--body-min-rate", "100") as srv:
+def test_a_body_sent_too_slowly_is_cut_off(tmp_path: Path, plugin_dir: Path, stack: tuple[str, ...]) -> None:
+    with server(tmp_path, plugin_dir, *stack, "--body-timeout", "1", "--body-min-rate", "100") as srv:
         sock = connect(srv, request_head(100_000) + b'{"model": "auto", ')
         assert read_until_closed(sock) == b""  # the app saw a disconnect; nobody to answer
         assert srv.health()["status"] == "ok"
@@ -203,16 +215,20 @@ def test_a_body_sent_too_slowly_is_cut_off(tmp_path: Path, plugin_dir: Path) -> 
     assert "whose request body arrived too slowly" in log and "Traceback" not in log
 
 
-def test_unauthenticated_requests_are_refused_before_the_body(tmp_path: Path, plugin_dir: Path) -> None:
-    with server(tmp_path, plugin_dir) as srv:
+def test_unauthenticated_requests_are_refused_before_the_body(
+    tmp_path: Path, plugin_dir: Path, stack: tuple[str, ...]
+) -> None:
+    with server(tmp_path, plugin_dir, *stack) as srv:
         answer = dribble_until_closed(connect(srv, request_head(1_000_000, key=None)))
         assert answer.startswith(b"HTTP/1.1 401 ") and b"missing_api_key" in answer
         answer = dribble_until_closed(connect(srv, request_head(1_000_000, key="sk-wrong-key-000")))
         assert answer.startswith(b"HTTP/1.1 401 ") and b"invalid_api_key" in answer
 
 
-def test_shutdown_does_not_wait_for_a_slow_body(tmp_path: Path, plugin_dir: Path) -> None:
-    srv = server(tmp_path, plugin_dir).start()
+def test_shutdown_does_not_wait_for_a_slow_body(
+    tmp_path: Path, plugin_dir: Path, stack: tuple[str, ...]
+) -> None:
+    srv = server(tmp_path, plugin_dir, *stack).start()
     try:
         sock = connect(srv, request_head(1000) + b"{")
         assert wait_until(lambda: srv.open_descriptors() > 0, timeout=5)
@@ -226,8 +242,8 @@ def test_shutdown_does_not_wait_for_a_slow_body(tmp_path: Path, plugin_dir: Path
 
 
 @pytest.fixture
-def busy_server(tmp_path: Path, plugin_dir: Path) -> Iterator[OblixServer]:
-    with server(tmp_path, plugin_dir, "--max-connections", "2", delay=0.5) as srv:
+def busy_server(tmp_path: Path, plugin_dir: Path, stack: tuple[str, ...]) -> Iterator[OblixServer]:
+    with server(tmp_path, plugin_dir, *stack, "--max-connections", "2", delay=0.5) as srv:
         yield srv
 
 
