@@ -68,7 +68,7 @@ async def serve(
     except ImportError:
         raise ConfigError("oblix server needs its extra: pip install 'oblix[server]'.") from None
     from oblix_server.app import create_app
-    from oblix_server.connections import uvicorn_options
+    from oblix_server.protocols import uvicorn_options
 
     settings = launch.settings
     client = command_client()
