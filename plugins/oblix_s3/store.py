@@ -61,6 +61,7 @@ from oblix.plugin import (
     matches_metadata,
     utc_now,
 )
+from oblix_s3.entries import PENDING_GRACE, SUMMARY, int_option, key_prefix, well_formed_entry
 from oblix_s3.index import MAX_CONFLICTS, ShardedIndex, backoff
 from oblix_s3.layout import Keys, ManifestCursor, dumps
 from oblix_s3.ledger import S3UsageLedger
@@ -78,29 +79,6 @@ _WRITTEN_BYTES = 4 << 20
 _SEGMENT_RETRIES = 5
 
 
-_SUMMARY = ("title", "created_at", "updated_at", "message_count", "metadata")
-
-
-#: Seconds after which a pending create whose manifest never appeared is dropped.
-PENDING_GRACE = 3600.0
-
-
-def _well_formed(entry: object) -> bool:
-    """Whether an index entry has what a listing needs, with the right types (else skipped)."""
-    return (
-        isinstance(entry, dict)
-        and all(k in entry for k in (*_SUMMARY, "ts"))
-        and (entry["title"] is None or isinstance(entry["title"], str))
-        and isinstance(entry["created_at"], str)
-        and isinstance(entry["updated_at"], str)
-        and isinstance(entry["message_count"], int)
-        and not isinstance(entry["message_count"], bool)
-        and isinstance(entry["metadata"], dict)
-        and isinstance(entry["ts"], int | float)
-        and not isinstance(entry["ts"], bool)
-    )
-
-
 class _Abandon(Exception):
     """A compaction whose segments were already replaced by another writer."""
 
@@ -109,23 +87,6 @@ class _SegmentGone(Exception):
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.name = name
-
-
-def _int_option(name: str, value: object, minimum: int) -> int:
-    try:
-        number = int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        number = minimum - 1
-    if number < minimum or isinstance(value, bool):
-        raise ConfigError(f"The s3 store option {name!r} must be an integer >= {minimum}, got {value!r}.")
-    return number
-
-
-def _prefix(value: object) -> str:
-    if not isinstance(value, str) or ".." in value.split("/"):
-        raise ConfigError(f"The s3 store option 'prefix' must be a key prefix like 'oblix/', got {value!r}.")
-    value = value.lstrip("/")
-    return value if not value or value.endswith("/") else value + "/"
 
 
 class S3SessionStore(SessionStore):
@@ -160,17 +121,17 @@ class S3SessionStore(SessionStore):
                 "--store-option bucket=my-bucket."
             )
         self.bucket = bucket
-        self.prefix = _prefix(prefix)
+        self.prefix = key_prefix(prefix)
         self.endpoint_url = endpoint_url or None
         self.region = region or None
-        self.max_segments = _int_option("max_segments", max_segments, 2)
-        self.workers = _int_option("workers", workers, 1)
+        self.max_segments = int_option("max_segments", max_segments, 2)
+        self.workers = int_option("workers", workers, 1)
         self.keys = Keys(self.prefix)
         self.objects = S3Objects(
             bucket,
             endpoint_url=self.endpoint_url,
             region=self.region,
-            max_attempts=_int_option("max_attempts", max_attempts, 1),
+            max_attempts=int_option("max_attempts", max_attempts, 1),
             timeout=float(timeout),
             pool_size=max(10, self.workers * 2),
         )
@@ -445,10 +406,10 @@ class S3SessionStore(SessionStore):
         chosen = [
             (sid, e)
             for sid, e in entries.items()
-            if _well_formed(e) and matches_metadata(e["metadata"], filter_metadata)
+            if well_formed_entry(e) and matches_metadata(e["metadata"], filter_metadata)
         ]
         newest = heapq.nlargest(limit, chosen, key=lambda item: float(item[1]["ts"]))
-        return [{"id": sid, **{k: e[k] for k in _SUMMARY}} for sid, e in newest]
+        return [{"id": sid, **{k: e[k] for k in SUMMARY}} for sid, e in newest]
 
     def _settle(self, session_id: str, entry: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
         """The listing entry of a pending create, checked against its manifest (and stored)."""
