@@ -4,9 +4,10 @@
   with its own ``$OBLIX_HOME`` and ``config.toml``.
 * This module is also an Oblix plugin, loaded by those processes through an entry point
   (:func:`write_plugin_dist` puts a ``.dist-info`` on their ``PYTHONPATH``). It registers
-  two *test double* model types: ``scripted`` (the core's scripted backend: answers at
-  once with an echo) and ``paced`` (:class:`PacedBackend`: a fixed number of tokens at a
-  set pace, reporting whether it is generating).
+  three *test double* model types: ``scripted`` (the core's scripted backend: answers at
+  once with an echo), ``paced`` (:class:`PacedBackend`: a fixed number of tokens at a
+  set pace, reporting whether it is generating) and ``pid`` (:class:`PidBackend`: names the
+  process that answered).
 * ``python -m tests.server_process cloud --port N`` runs :func:`cloud_app`, a protocol
   double of an OpenAI-compatible endpoint (a test double, not OpenAI) that streams
   ``cloud t0 t1 ...`` at a set pace and counts the requests it receives (``GET /stats``),
@@ -76,12 +77,30 @@ class PacedBackend(ModelBackend):
             self.active -= 1
 
 
+class PidBackend(ModelBackend):
+    """A test double model that says which process answered: ``[<messages received>] pid <pid>``.
+
+    With ``oblix server --workers N`` it tells the workers apart.
+    """
+
+    model_type = "pid"
+    end_is_complete = True
+
+    def __init__(self, model_name: str, **kwargs: Any) -> None:
+        kwargs.setdefault("local", True)
+        super().__init__(model_name, **kwargs)
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[StreamChunk, None]:
+        yield StreamChunk(f"[{len(request.messages)}] pid {os.getpid()}")
+
+
 _scripted = ScriptedPlugin()
 
 
 @hookimpl
 def oblix_register_models(register: Callable[[str, Any], None]) -> None:
     register("paced", PacedBackend)
+    register("pid", PidBackend)
     _scripted.oblix_register_models(register)
 
 
