@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 
 from oblix import ModelType, OblixClient
@@ -341,7 +342,8 @@ async def test_the_packaged_model_busy_is_oblix_busy_not_machine_busy(
     from oblix.agents import ResourceMonitor
 
     cloud = servers()
-    client = OblixClient(home=home, execution=FAST)
+    patient = attrs.evolve(FAST, first_token_timeout=60, total_timeout=120)  # 300 tokens on a loaded CPU
+    client = OblixClient(home=home, execution=patient)
     await client.hook_model(ModelType.LLAMA_CPP, "gemma-3-270m")
     await client.hook_model(ModelType.OPENAI, "cloud", endpoint=cloud.url, **QUICK)
     monitor = ResourceMonitor(interval=60, smoothing=1)
@@ -350,13 +352,16 @@ async def test_the_packaged_model_busy_is_oblix_busy_not_machine_busy(
     results: dict[str, Any] = {}
 
     async def long_answer() -> None:
-        results["long"] = await client.execute(
-            "Count from 1 to 300, separated by commas: 1, 2, 3, 4,", stream=False, max_tokens=300
+        results["long"] = await client.execute(  # on the local model whatever a busy machine says
+            "Count from 1 to 300, separated by commas: 1, 2, 3, 4,",
+            stream=False,
+            max_tokens=300,
+            model=local.model_id,
         )
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(long_answer)
-        while not local.busy:
+        while not local.busy and "long" not in results:
             await anyio.sleep(0.01)
         await anyio.to_thread.run_sync(monitor.measure)  # start a span inside the generation
         await anyio.sleep(0.5)
