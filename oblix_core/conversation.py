@@ -167,7 +167,7 @@ class ResponseStream:
         checks, agents = await current_checks(list(engine.agents.values()), breaker.readings)
         models = engine.model_snapshot()
         breaker.watch(models)
-        if breaker.shares_health:  # in-process models only: no store I/O on the request path
+        if breaker.shares_health and breaker.stale():  # read only when another process wrote
             await anyio.to_thread.run_sync(breaker.sync)
         route = RouteRequest(
             preference=request.preference or engine.preference,

@@ -28,11 +28,12 @@ import abc
 import atexit
 import json
 import logging
+import os
 import queue
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -117,6 +118,11 @@ class HealthStore(abc.ABC):
     def save(self, key: str, record: dict[str, Any]) -> None:
         """Replace one record."""
 
+    def version(self) -> Hashable | None:
+        """A stamp that changes whenever the records may have, read without blocking I/O (a
+        file's ``stat``), or ``None`` when the store cannot tell: then every request loads."""
+        return None
+
 
 class JsonFile:
     """A small JSON object in a file: read whole, one key replaced atomically under a lock."""
@@ -161,6 +167,15 @@ class FileHealthStore(HealthStore):
     def save(self, key: str, record: dict[str, Any]) -> None:
         self.file.update({key: record})
 
+    def version(self) -> Hashable | None:
+        try:
+            found = os.stat(self.file.path)
+        except FileNotFoundError:
+            return "missing"
+        except OSError:
+            return None
+        return (found.st_ino, found.st_mtime_ns, found.st_size)  # every update replaces the file
+
 
 def _key(model_id: str, endpoint: str | None) -> str:
     return f"{model_id}|{endpoint or ''}"
@@ -198,6 +213,7 @@ class CircuitBreaker:
         self.readings = readings
         self._health: dict[str, ModelHealth] = {}
         self._models: dict[str, ModelBackend] = {}
+        self._synced: Hashable | None = None  # the store's version last synced
         self._lock = threading.RLock()
         self._checker: threading.Thread | None = None
         self._wake = threading.Event()
@@ -319,6 +335,8 @@ class CircuitBreaker:
     def watch(self, models: Sequence[ModelBackend]) -> None:
         """Told the hooked models (their endpoints and health checks) before each routing."""
         with self._lock:
+            if self._models.keys() != {m.model_id for m in models}:
+                self._synced = None  # other models: their shared records are not read yet
             self._models = {m.model_id: m for m in models}
             for model in models:
                 record = self._health.get(model.model_id)
@@ -330,11 +348,20 @@ class CircuitBreaker:
         """Whether any watched model's health is shared through the store (models with an endpoint)."""
         return self.store is not None and any(model_endpoint(m) for m in self._models.values())
 
+    def stale(self) -> bool:
+        """Whether the shared store may hold records :meth:`sync` has not taken yet (cheap:
+        the store's :meth:`~HealthStore.version`, no I/O that can block)."""
+        if self.store is None:
+            return False
+        version = self.store.version()
+        return version is None or version != self._synced
+
     def sync(self) -> None:
         """Take newer records of this process's shared models from the store."""
         if self.store is None:
             return
         try:
+            version = self.store.version()  # first: a change during the load is seen next time
             stored = self.store.load()
         except Exception as exc:  # health must never break a request
             log.debug("cannot read model health from %s: %s", self.store.name, exc)  # quiet: never the cause
@@ -347,6 +374,7 @@ class CircuitBreaker:
                 if theirs is not None and (mine is None or theirs.updated_at > mine.updated_at):
                     theirs.endpoint = endpoint
                     self._health[model_id] = theirs
+            self._synced = version
         if self.cooling_down():
             self._start_checker()
 

@@ -190,6 +190,27 @@ async def test_two_clients_share_cooldowns_through_oblix_home(
         await client.shutdown()
 
 
+@pytest.mark.anyio
+async def test_a_client_that_routed_before_sees_a_cooldown_set_since(
+    home: Path, servers: Callable[..., LoopbackOpenAI]
+) -> None:
+    """The shared health is read again only when it changed (its file's stamp), but always then."""
+    broken, backup = servers("500"), servers()
+    first, second = await _client(home), await _client(home)
+    for client in (first, second):
+        await client.hook_model(ModelType.OPENAI, "backup", endpoint=backup.url, **QUICK)
+        await client.hook_model(ModelType.OPENAI, "broken", endpoint=broken.url, **QUICK)
+    await second.execute("hi", stream=False, model="openai:backup")  # routed once: health read
+    await first.execute("hi", stream=False, model="openai:broken", fallback=True)
+    assert first.executor.breaker.flush()
+    sent = broken.chat_requests
+    result = await second.execute("hi", stream=False, model="openai:broken", fallback=True)
+    assert result["model_id"] == "openai:backup" and broken.chat_requests == sent
+    assert _entry(result, "openai:broken")["status"] == "skipped"
+    for client in (first, second):
+        await client.shutdown()
+
+
 def _config(home: Path, *servers: tuple[str, LoopbackOpenAI]) -> None:
     lines = ["[agents]\nenabled = []\n[execution]\nbackoff_initial = 0.001\n"]
     for name, server in servers:

@@ -162,3 +162,37 @@ def test_redis_shares_cooldowns_between_instances(
     assert host_a.flush()
     host_b.sync()
     assert host_b.available("openai:m")
+
+
+def test_the_shared_file_is_read_again_only_when_another_writer_changed_it(
+    tmp_path: Path, server: LoopbackOpenAI
+) -> None:
+    """Requests ask :meth:`CircuitBreaker.stale` (a ``stat``) before paying for a read."""
+    path = tmp_path / HEALTH_FILE
+    host_a = breaker_for(FileHealthStore(path), OpenAIBackend("m", endpoint=server.url))
+    host_b = breaker_for(FileHealthStore(path), OpenAIBackend("m", endpoint=server.url))
+    assert host_b.stale()  # nothing read yet
+    host_b.sync()
+    assert not host_b.stale()  # no file yet, still none
+    host_a.record_failure("openai:m", at_once=True, error="HTTP 503")
+    assert host_a.flush()
+    assert host_b.stale()
+    host_b.sync()
+    assert not host_b.stale() and not host_b.available("openai:m")
+    host_b.watch([OpenAIBackend("m", endpoint=server.url), OpenAIBackend("n", endpoint=server.url)])
+    assert host_b.stale()  # another model: its shared record was never read
+    host_a.record_success("openai:m")
+    assert host_a.flush()
+    host_b.sync()
+    assert host_b.available("openai:m") and not host_b.stale()
+
+
+def test_a_store_that_cannot_tell_is_read_every_time(
+    redis_server: redis_servers.RedisServer, server: LoopbackOpenAI
+) -> None:
+    breaker = breaker_for(
+        RedisHealthStore(redis_server.client(), f"t{time.monotonic_ns()}:"),
+        OpenAIBackend("m", endpoint=server.url),
+    )
+    breaker.sync()
+    assert breaker.stale()
