@@ -40,9 +40,9 @@ class _Disconnected(Exception):
     """The client went away before the answer started."""
 
 
-async def _unless_disconnected(func: Callable[[], Awaitable[Any]], receive: Receive) -> Any:
+async def _unless_disconnected(func: Callable[[], Awaitable[Any]], request: Request) -> Any:
     """``await func()``, cancelled as soon as the client disconnects (then :class:`_Disconnected`)."""
-    with CancelOnDisconnect(receive):
+    with CancelOnDisconnect(request.scope, request.receive):
         return await func()
     raise _Disconnected  # the watcher cancelled the block
 
@@ -110,7 +110,7 @@ async def chat_completions(request: Request) -> Response:
 
 async def _answer_whole(request: Request, call: Call, stream: ResponseStream) -> Response:
     try:
-        result = await _unless_disconnected(stream.collect, request.receive)
+        result = await _unless_disconnected(stream.collect, request)
     except _Disconnected:
         await _close(stream)
         return Response(status_code=499)  # nobody reads it; the generation was cancelled
@@ -129,7 +129,7 @@ async def _start_stream(
 ) -> Response:
     """Wait for the first token (or a failure), then hand the rest to an SSE response."""
     try:
-        first = await _unless_disconnected(stream.__anext__, request.receive)
+        first = await _unless_disconnected(stream.__anext__, request)
     except _Disconnected:
         await _close(stream)
         return Response(status_code=499)
@@ -210,7 +210,7 @@ class _SSEResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            with CancelOnDisconnect(receive):
+            with CancelOnDisconnect(scope, receive):
                 async for event in self._events:
                     await send({"type": "http.response.body", "body": event, "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})

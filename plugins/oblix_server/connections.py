@@ -31,11 +31,13 @@ import json
 import logging
 import resource
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, ClassVar, cast
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from oblix_server.disconnect import DISCONNECT_HOOK
 from oblix_server.settings import ServerSettings
 
 log = logging.getLogger("oblix_server")
@@ -75,6 +77,10 @@ def connection_limit(configured: int) -> int:
     if soft == resource.RLIM_INFINITY:
         return configured
     return max(1, min(configured, soft - IN_PASSING - OWN_DESCRIPTORS))
+
+
+def _nothing() -> None:
+    pass
 
 
 def _raw_response(status: int, reason: str, message: str, code: str, retry: bool = False) -> bytes:
@@ -165,6 +171,8 @@ class GuardedProtocol:
         self._phase_start = 0.0
         self._received = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._lost = False
+        self._on_lost: list[Callable[[], None]] = []
 
     def _request_phase(self) -> str:
         """``headers`` (waiting for a request's headers), ``body`` (receiving its body) or ``busy``."""
@@ -189,15 +197,41 @@ class GuardedProtocol:
         self._cancel_timer()
         self.table.remove(self)
         super().connection_lost(exc)  # type: ignore[misc]
+        self._lost = True
+        for callback in self._on_lost:
+            callback()
+        self._on_lost.clear()
 
     def data_received(self, data: bytes) -> None:
         self._received += len(data)
         super().data_received(data)  # type: ignore[misc]
         self._update_phase()
+        self._offer_disconnect_hook()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # type: ignore[misc]
         self._update_phase()
+        self._offer_disconnect_hook()
+
+    # -- the disconnect hook ---------------------------------------------------------------
+
+    def _offer_disconnect_hook(self) -> None:
+        """Put :data:`DISCONNECT_HOOK` in the scope of a request just read (its task has not run yet)."""
+        cycle = getattr(self, "cycle", None)
+        if cycle is not None and not cycle.response_complete:
+            cycle.scope.setdefault("extensions", {})[DISCONNECT_HOOK] = self._when_lost
+
+    def _when_lost(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` when this connection is lost (now, if it is); a function that withdraws it."""
+        if self._lost:
+            callback()
+            return _nothing
+        self._on_lost.append(callback)
+        return lambda: self._withdraw(callback)
+
+    def _withdraw(self, callback: Callable[[], None]) -> None:
+        if callback in self._on_lost:
+            self._on_lost.remove(callback)
 
     def shutdown(self) -> None:
         """Graceful shutdown: a body still arriving is not waited for (the app sees a disconnect)."""

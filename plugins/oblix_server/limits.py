@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 
 from oblix_server.errors import APIError
 
@@ -77,25 +77,31 @@ async def read_body(request: Request, limit: int) -> bytes:
     A 413 closes the connection (the rest of the body is not read); a client that left,
     or was cut off for sending too slowly, is a 408 that nobody reads.
     """
-    too_large = APIError(
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    parts: list[bytes] = []
+    size = 0
+    more = True
+    while more:  # the ASGI messages themselves: Request.stream() adds a generator per request
+        message = await request.receive()
+        if message["type"] != "http.request":  # http.disconnect
+            left = "The connection closed before the whole body arrived."
+            raise APIError(408, left, code="request_timeout")
+        part: bytes = message.get("body", b"")
+        size += len(part)
+        if size > limit:
+            raise _too_large(limit)
+        parts.append(part)
+        more = message.get("more_body", False)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(
         413,
         f"The request body is larger than the server's limit of {limit} bytes; send a shorter "
         "conversation (or raise --max-body-bytes).",
         code="request_too_large",
         headers={"Connection": "close"},
     )
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
-    parts: list[bytes] = []
-    size = 0
-    try:
-        async for part in request.stream():
-            size += len(part)
-            if size > limit:
-                raise too_large
-            parts.append(part)
-    except ClientDisconnect:
-        message = "The connection closed before the whole body arrived."
-        raise APIError(408, message, code="request_timeout") from None
-    return b"".join(parts)

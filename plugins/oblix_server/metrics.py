@@ -68,6 +68,7 @@ class Observer:
         self.readings: deque[dict[str, Any]] = deque(maxlen=int(READING_SPAN / READING_INTERVAL) * 4)
         self._last_reading = 0.0
         self._lock = threading.Lock()
+        self._by_answer: dict[tuple[str, str, bool], tuple[Any, ...]] = {}
         self.registry = CollectorRegistry()
         self._metrics()
         self.registry.register(_HealthCollector(client))
@@ -119,13 +120,29 @@ class Observer:
             }
         )
         self.sample_readings()
-        self.requests.labels(model, route, "local" if local else "cloud").inc()
-        self.tokens.labels(model, "input").inc(metrics.get("input_tokens") or 0)
-        self.tokens.labels(model, "output").inc(metrics.get("output_tokens") or 0)
-        self.cost.labels(model).inc(metrics.get("cost_usd") or 0.0)
-        self.latency.labels(model, route).observe((metrics.get("total_latency_ms") or 0) / 1000)
+        requests, tokens_in, tokens_out, cost, latency, first_token = self._series(model, route, local)
+        requests.inc()
+        tokens_in.inc(metrics.get("input_tokens") or 0)
+        tokens_out.inc(metrics.get("output_tokens") or 0)
+        cost.inc(metrics.get("cost_usd") or 0.0)
+        latency.observe((metrics.get("total_latency_ms") or 0) / 1000)
         if metrics.get("time_to_first_token_ms") is not None:
-            self.first_token.labels(model).observe(metrics["time_to_first_token_ms"] / 1000)
+            first_token.observe(metrics["time_to_first_token_ms"] / 1000)
+
+    def _series(self, model: str, route: str, local: bool) -> tuple[Any, ...]:
+        """The labelled series one answer updates, made once per (model, route, locality)."""
+        key = (model, route, local)
+        series = self._by_answer.get(key)
+        if series is None:
+            series = self._by_answer[key] = (
+                self.requests.labels(model, route, "local" if local else "cloud"),
+                self.tokens.labels(model, "input"),
+                self.tokens.labels(model, "output"),
+                self.cost.labels(model),
+                self.latency.labels(model, route),
+                self.first_token.labels(model),
+            )
+        return series
 
     @hookimpl
     def oblix_request_error(self, request: Any, error: BaseException) -> None:
@@ -144,6 +161,8 @@ class Observer:
     def sample_readings(self, force: bool = False) -> None:
         """Keep the agents' latest readings (at most every :data:`READING_INTERVAL` s)."""
         now = time.time()
+        if not force and now - self._last_reading < READING_INTERVAL:  # the usual case, without the lock
+            return
         with self._lock:
             if not force and now - self._last_reading < READING_INTERVAL:
                 return
