@@ -83,6 +83,42 @@ def _nothing() -> None:
     pass
 
 
+class CoalescedWrites:
+    """A response's view of the transport: what it writes in one turn of the event loop goes
+    out in one ``send()``.
+
+    uvicorn writes the status line and headers, then each body part, each with its own
+    ``send()``, and each ``send()`` wakes the client; an answer that is ready at once
+    (a whole answer, or the events of a stream that arrive together) is thus one write.
+    The parts are sent at the loop's next turn, or before the transport closes.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._parts:
+            self._loop.call_soon(self.flush)
+        self._parts.append(data)
+
+    def flush(self) -> None:
+        if not self._parts:
+            return
+        data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+        self._parts.clear()
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 def _raw_response(status: int, reason: str, message: str, code: str, retry: bool = False) -> bytes:
     """A whole HTTP/1.1 response (OpenAI-style JSON error, ``Connection: close``), as bytes."""
     kind = "service_unavailable" if status == 503 else "invalid_request_error"
@@ -206,20 +242,29 @@ class GuardedProtocol:
         self._received += len(data)
         super().data_received(data)  # type: ignore[misc]
         self._update_phase()
-        self._offer_disconnect_hook()
+        self._prepare_cycle()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # type: ignore[misc]
         self._update_phase()
-        self._offer_disconnect_hook()
+        self._prepare_cycle()
 
-    # -- the disconnect hook ---------------------------------------------------------------
+    # -- each request: coalesced writes, the disconnect hook ----------------------------------
 
-    def _offer_disconnect_hook(self) -> None:
-        """Put :data:`DISCONNECT_HOOK` in the scope of a request just read (its task has not run yet)."""
+    def _prepare_cycle(self) -> None:
+        """For a request just read (its task has not run yet): its response's writes coalesced,
+        and :data:`DISCONNECT_HOOK` in its scope."""
         cycle = getattr(self, "cycle", None)
-        if cycle is not None and not cycle.response_complete:
-            cycle.scope.setdefault("extensions", {})[DISCONNECT_HOOK] = self._when_lost
+        if cycle is None or cycle.response_complete or isinstance(cycle.transport, CoalescedWrites):
+            return
+        cycle.transport = CoalescedWrites(self.transport, self.loop)
+        cycle.scope.setdefault("extensions", {})[DISCONNECT_HOOK] = self._when_lost
+
+    def _flush(self) -> None:
+        """Send what the current response wrote this turn, before the transport itself is closed."""
+        cycle = getattr(self, "cycle", None)
+        if cycle is not None and isinstance(cycle.transport, CoalescedWrites):
+            cycle.transport.flush()
 
     def _when_lost(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` when this connection is lost (now, if it is); a function that withdraws it."""
@@ -239,6 +284,7 @@ class GuardedProtocol:
             self.table.note("shutdown")
             self.hang_up(None)
             return
+        self._flush()
         super().shutdown()  # type: ignore[misc]
 
     # -- phases and deadlines -----------------------------------------------------------------
@@ -295,6 +341,7 @@ class GuardedProtocol:
         self._cancel_timer()
         if self.transport.is_closing():
             return
+        self._flush()
         if response is not None:
             self.transport.write(response)
         self.transport.close()

@@ -8,7 +8,6 @@ without it).
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -31,7 +30,6 @@ class GuardedHttpToolsProtocol(GuardedProtocol, HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
         self._in_body = True
-        self.cycle.transport = _OneSend(self.transport)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -43,36 +41,3 @@ class GuardedHttpToolsProtocol(GuardedProtocol, HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             return "busy"
         return "headers"
-
-
-class _OneSend:
-    """A response's view of the transport: the head is held until the first body write.
-
-    uvicorn writes the status line and headers, then each body part, each with its own
-    ``send()``; holding the head makes a whole answer one ``send()`` (and one wake-up of
-    the client) instead of two. Every response of this server sends its first body part
-    right after its head.
-    """
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
-        self._head: bytes | None = None
-        self._started = False
-
-    def write(self, data: bytes) -> None:
-        if not self._started:
-            self._started = True
-            self._head = data
-            return
-        if self._head is not None:
-            data, self._head = self._head + data, None
-        self._transport.write(data)
-
-    def close(self) -> None:
-        if self._head is not None:
-            self._transport.write(self._head)
-            self._head = None
-        self._transport.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
