@@ -10,7 +10,10 @@ In one run, each path in turn (never two models loaded at once on this 2-core ma
   - ``python -m llama_cpp.server`` on the same GGUF (alpaca prompt format, same threads).
 * requests/s, 16 concurrent clients for ``SECONDS`` s each:
   - with an instant backend (the scripted test double, which echoes at once): in-process
-    ``collect()`` versus ``oblix server`` (whole and streamed answers);
+    ``collect()`` versus ``oblix server`` (one process; whole and streamed answers), driven
+    by a lean load generator and by ``httpx``, and ``oblix server --workers 2``; the paths
+    take turns over ``INSTANT_ROUNDS`` rounds, each ratio against its own round's
+    in-process rate (``--instant-only`` runs just these);
   - one-token answers from the real model: ``oblix server`` versus ``llama_cpp.server``.
 
 Agents are off on every path (they sample the CPU in a thread, which would add noise).
@@ -31,7 +34,9 @@ import anyio
 import httpx
 import psutil
 
+from benchmarks import http_load
 from benchmarks._table import print_table
+from benchmarks.http_load import post_request
 from oblix import ModelType, OblixClient
 from oblix_core.execution import ExecutionSettings
 from oblix_core.testing import ScriptedPlugin
@@ -46,6 +51,7 @@ SETTLE = 1.5
 #: 16 clients queue on one model: no first-token timeout on any path.
 PATIENT = ExecutionSettings(first_token_timeout=None, total_timeout=None)
 PATIENT_TOML = "[execution]\nfirst_token_timeout = 3600\ntotal_timeout = 3600\n\n"
+CHAT = "/v1/chat/completions"
 Sample = tuple[float, float]  # (time to first text, total), seconds
 
 
@@ -166,18 +172,35 @@ async def measure_latency(home: Path, rounds: int, threads: int) -> tuple[Latenc
     return results, rates
 
 
-async def measure_instant(home: Path) -> list[tuple[str, float]]:
-    """Requests/s with the scripted backend: in-process versus through the server."""
-    async with OblixClient(home=home / "instant-inprocess", plugins=[ScriptedPlugin()]) as client:
-        await client.hook_model("scripted", "echo")
-        inproc = await rate(lambda: client.stream("hi", store=False).collect())
+#: Rounds of the instant-backend rates: each path once per round, in turn.
+INSTANT_ROUNDS = 3
+Rates = dict[str, list[float]]
+
+
+async def measure_instant(home: Path, rounds: int = INSTANT_ROUNDS) -> Rates:
+    """Requests/s with the scripted backend: in-process versus through the server, rounds interleaved.
+
+    Two load generators drive the server, each with 16 keep-alive connections: the lean
+    one (:mod:`benchmarks.http_load`: raw asyncio streams replaying one pre-encoded
+    request, a few percent of a core) and ``httpx.AsyncClient`` (an HTTP client
+    library, which takes about as much CPU as the server on this 2-core machine).
+    """
     (home / "instant").mkdir()
     (home / "instant" / "config.toml").write_text(model_toml("scripted", "echo"))
     plugin_dir = write_plugin_dist(home / "plugin")
     body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
-    with OblixServer(home / "instant", "--log-level", "warning", plugin_dir=plugin_dir) as server:
-        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64)) as http:
-            url = f"{server.base_url}/chat/completions"
+    quiet = ("--log-level", "warning")
+    rates: Rates = {}
+    async with (
+        OblixClient(home=home / "instant-inprocess", plugins=[ScriptedPlugin()]) as client,
+        httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64)) as http,
+    ):
+        await client.hook_model("scripted", "echo")
+        with (
+            OblixServer(home / "instant", *quiet, plugin_dir=plugin_dir) as one,
+            OblixServer(home / "instant", *quiet, "--workers", "2", plugin_dir=plugin_dir) as two,
+        ):
+            url = f"{one.base_url}/chat/completions"
 
             async def whole() -> None:
                 (await http.post(url, json=body)).raise_for_status()
@@ -187,18 +210,31 @@ async def measure_instant(home: Path) -> list[tuple[str, float]]:
                     async for _ in response.aiter_lines():
                         pass
 
-            served = await rate(whole)
-            served_stream = await rate(streamed)
-    return [
-        ("in-process OblixClient (collect)", inproc),
-        ("oblix server, whole answers", served),
-        ("oblix server, streamed answers", served_stream),
-    ]
+            def lean(server: OblixServer, stream: bool) -> Callable[[], Awaitable[float]]:
+                request = post_request("127.0.0.1", server.port, CHAT, body | {"stream": stream}, {})
+                return lambda: http_load.rate("127.0.0.1", server.port, request, 16, SECONDS)
+
+            paths: dict[str, Callable[[], Awaitable[float]]] = {
+                "in-process OblixClient (collect)": lambda: rate(
+                    lambda: client.stream("hi", store=False).collect()
+                ),
+                "oblix server, whole answers (lean generator)": lean(one, False),
+                "oblix server, streamed answers (lean generator)": lean(one, True),
+                "oblix server, whole answers (httpx)": lambda: rate(whole),
+                "oblix server, streamed answers (httpx)": lambda: rate(streamed),
+                "oblix server --workers 2, whole answers (lean generator)": lean(two, False),
+            }
+            for name, path in paths.items():  # warm up: first connections, caches, the ledger
+                rates[name] = []
+                await path()
+            for _ in range(rounds):
+                for name, path in paths.items():
+                    await anyio.sleep(SETTLE)
+                    rates[name].append(await path())
+    return rates
 
 
-def report(
-    results: Latencies, rates: dict[str, float], instant: list[tuple[str, float]], threads: int
-) -> None:
+def report(results: Latencies, rates: dict[str, float], instant: Rates, threads: int) -> None:
     rows = []
     for name, by_clients in results.items():
         base = results["in-process OblixClient.stream"]
@@ -215,17 +251,25 @@ def report(
             ["path", "clients", "TTFB ms", "total ms", "TTFB added ms", "total added ms", "total ratio"],
             rows,
         )
-    ours, peer = rates["oblix server"], rates["llama_cpp.server"]
+    if rates:
+        ours, peer = rates["oblix server"], rates["llama_cpp.server"]
+        print_table(
+            "One-token answers from the real model, 4 concurrent clients, requests/s (higher is better)",
+            ["server", "requests/s", "ratio"],
+            [("llama_cpp.server", peer, "1.000"), ("oblix server", ours, f"{ours / peer:.3f}")],
+        )
+    base = instant["in-process OblixClient (collect)"]
+    rows = []
+    for name, values in instant.items():
+        ratios = [value / inproc for value, inproc in zip(values, base, strict=True)]
+        rows.append((name, statistics.median(values), f"{statistics.median(ratios):.3f}",
+                     f"{min(ratios):.3f}-{max(ratios):.3f}"))  # fmt: skip
     print_table(
-        "One-token answers from the real model, 4 concurrent clients, requests/s (higher is better)",
-        ["server", "requests/s", "ratio"],
-        [("llama_cpp.server", peer, "1.000"), ("oblix server", ours, f"{ours / peer:.3f}")],
-    )
-    base_rate = instant[0][1]
-    print_table(
-        f"Instant backend (scripted test double), 16 concurrent clients, {SECONDS:g} s, requests/s",
-        ["path", "requests/s", "ratio"],
-        [(name, value, f"{value / base_rate:.3f}") for name, value in instant],
+        f"Instant backend (scripted test double), 16 concurrent clients, {SECONDS:g} s per path, "
+        f"{len(base)} interleaved rounds, requests/s (medians; each ratio against the in-process "
+        "rate of its own round)",
+        ["path", "requests/s", "ratio", "ratio range"],
+        rows,
     )
 
 
@@ -233,11 +277,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5, help="latency rounds (0: only the rates)")
     parser.add_argument("--threads", type=int, default=psutil.cpu_count(logical=False) or 1)
+    parser.add_argument("--instant-only", action="store_true", help="only the instant-backend rates")
+    parser.add_argument("--instant-rounds", type=int, default=INSTANT_ROUNDS)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        results, rates = anyio.run(measure_latency, home, args.rounds, args.threads)
-        instant = anyio.run(measure_instant, home)
+        results: Latencies = {}
+        rates: dict[str, float] = {}
+        if not args.instant_only:
+            results, rates = anyio.run(measure_latency, home, args.rounds, args.threads)
+        instant = anyio.run(measure_instant, home, args.instant_rounds)
     report(results, rates, instant, args.threads)
 
 
