@@ -276,3 +276,22 @@ def test_public_bind_without_key_is_refused(home: Path) -> None:
     assert (
         "Refusing to listen on 0.0.0.0 without an API key" in done.stderr and "Traceback" not in done.stderr
     )
+
+
+def test_sigterm_shuts_the_client_down_before_the_process_exits(home: Path, plugin_dir: Path) -> None:
+    """uvicorn re-raises the SIGTERM it shut down on: the process must exit through Python
+    (status 143, ``client.shutdown()`` run: usage written, models and store closed), not be
+    killed by the signal's default action (status -15)."""
+    import signal
+
+    config(home, model_toml("paced", "local", tokens=1))
+    server = OblixServer(home, plugin_dir=plugin_dir).start()
+    assert server.process is not None
+    process = server.process
+    answer = api(server).chat.completions.create(model="auto", messages=user("hello"))
+    assert answer.choices[0].message.content
+    os.killpg(process.pid, signal.SIGTERM)
+    assert process.wait(30) == 128 + signal.SIGTERM, server.log()
+    assert "Traceback" not in server.log()
+    usage = OblixClient(home=home).usage(since="1d")
+    assert usage["total"]["requests"] == 1

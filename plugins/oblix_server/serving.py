@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -50,9 +52,25 @@ def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 def run(
     launch: Launch, sockets: list[socket.socket] | None = None, on_ready: Callable[[], None] | None = None
 ) -> None:
-    """Serve in this process until SIGINT or SIGTERM (see :func:`serve`)."""
-    with asyncio.Runner(loop_factory=loop_factory(launch.loop)) as runner:
-        runner.run(serve(launch, sockets, on_ready))
+    """Serve in this process until SIGINT or SIGTERM (see :func:`serve`).
+
+    uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the
+    handler it found: with the default one the process would die there, before the
+    client shuts down (queued usage records, open models and stores). Here that second
+    SIGTERM exits through Python instead (status 143), running ``client.shutdown()``.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main else None
+    try:
+        with asyncio.Runner(loop_factory=loop_factory(launch.loop)) as runner:
+            runner.run(serve(launch, sockets, on_ready))
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 async def serve(
