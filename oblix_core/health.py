@@ -153,6 +153,10 @@ class JsonFile:
         self.last_write = time.monotonic()
 
 
+#: A health file changed this recently (seconds) is read again on every request.
+RACY_SECONDS = 2.0
+
+
 class FileHealthStore(HealthStore):
     """``$OBLIX_HOME/health.json``: shared by the processes of one machine."""
 
@@ -168,13 +172,18 @@ class FileHealthStore(HealthStore):
         self.file.update({key: record})
 
     def version(self) -> Hashable | None:
+        """The file's inode, mtime and size (every update replaces the file); ``None`` while
+        the mtime is within :data:`RACY_SECONDS` of now, since a coarse clock (or an inode
+        handed back) could give a later update the same stamp: git's "racy" rule."""
         try:
             found = os.stat(self.file.path)
         except FileNotFoundError:
             return "missing"
         except OSError:
             return None
-        return (found.st_ino, found.st_mtime_ns, found.st_size)  # every update replaces the file
+        if abs(time.time_ns() - found.st_mtime_ns) < RACY_SECONDS * 1e9:
+            return None
+        return (found.st_ino, found.st_mtime_ns, found.st_size)
 
 
 def _key(model_id: str, endpoint: str | None) -> str:
@@ -335,8 +344,8 @@ class CircuitBreaker:
     def watch(self, models: Sequence[ModelBackend]) -> None:
         """Told the hooked models (their endpoints and health checks) before each routing."""
         with self._lock:
-            if self._models.keys() != {m.model_id for m in models}:
-                self._synced = None  # other models: their shared records are not read yet
+            if [id(m) for m in self._models.values()] != [id(m) for m in models]:
+                self._synced = None  # other models (or endpoints): their shared records are not read yet
             self._models = {m.model_id: m for m in models}
             for model in models:
                 record = self._health.get(model.model_id)

@@ -307,7 +307,8 @@ class ModelBackend:
 
     def count_message_tokens(self, messages: Sequence[ChatMessage]) -> int:
         """Tokens that ``messages`` take in a prompt, including a small per-message overhead."""
-        if type(self).count_tokens is ModelBackend.count_tokens:  # the estimate, as arithmetic
+        if type(self).count_tokens is ModelBackend.count_tokens and "count_tokens" not in self.__dict__:
+            # the estimate, as arithmetic
             return sum((len(m.content) + 3) // 4 for m in messages) + 4 * len(messages)
         count = self.count_tokens
         return sum(count(m.content) + 4 for m in messages)

@@ -2,20 +2,24 @@
 
 Every client's ledger is wrapped in a :class:`WriteBehindLedger`. An answered request
 queues its record; one background thread per ledger writes what is queued, in batches
-(:meth:`~oblix_core.usage.UsageLedger.record_many`: one SQLite transaction, one Redis
-pipeline...), so no request waits for the ledger's I/O and a burst of requests costs a
-few writes. Reads (``totals``, ``spent``, ``recent``: reports and budgets) first wait
-until everything queued before them is written, so this process always reads its own
-records. Another process sees a record once it is written, normally within a
+(:meth:`~oblix_core.usage.UsageLedger.record_many`: one SQLite transaction...), so no
+request waits for the ledger's I/O and a burst of requests costs a few writes. A batch
+that fails is written again record by record, so one bad record loses only itself.
+
+Reads (``totals``, ``spent``, ``recent``: reports and budgets) first wait until every
+record queued before them is written — by any client of this process on the same
+ledger (:meth:`~oblix_core.usage.UsageLedger.identity`) — so a process always reads its
+own answers. Another process sees a record once it is written, normally within a
 millisecond. ``close()`` and the interpreter's normal exit write what is left; a
 process killed outright (``SIGKILL``, power loss) can lose the records of its last
-instants.
+instants. A forked child starts with an empty queue of its own.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Sequence
@@ -33,6 +37,12 @@ BATCH = 500
 EXIT_WAIT = 10.0
 
 _LIVE: weakref.WeakSet[WriteBehindLedger] = weakref.WeakSet()
+_LIVE_LOCK = threading.Lock()
+
+
+def _live() -> list[WriteBehindLedger]:
+    with _LIVE_LOCK:
+        return list(_LIVE)
 
 
 class WriteBehindLedger(UsageLedger):
@@ -43,16 +53,27 @@ class WriteBehindLedger(UsageLedger):
     def __init__(self, ledger: UsageLedger) -> None:
         self.ledger = ledger
         self.name = ledger.name
-        self._queued: list[UsageRecord] = []
-        self._writing = 0  # records taken by the writer and not yet written
+        self._identity = ledger.identity()
+        self._fresh_state()
+        with _LIVE_LOCK:
+            _LIVE.add(self)
+
+    def _fresh_state(self, closed: bool = False) -> None:
         self._changed = threading.Condition()
+        self._queued: list[UsageRecord] = []
+        self._accepted = 0  # records taken by record() so far
+        self._done = 0  # of those, written (or failed and logged)
         self._writer: threading.Thread | None = None
-        _LIVE.add(self)
+        self._closed = closed
 
     def record(self, record: UsageRecord) -> None:
         """Queue ``record``; the writer thread writes it shortly (see the module docstring)."""
         with self._changed:
+            if self._closed:  # after close(): written here, never beside close()
+                self._write([record])
+                return
             self._queued.append(record)
+            self._accepted += 1
             if self._writer is None:
                 self._writer = threading.Thread(target=self._write_queued, name="oblix-usage", daemon=True)
                 self._writer.start()
@@ -66,33 +87,58 @@ class WriteBehindLedger(UsageLedger):
     def _write_queued(self) -> None:
         while True:
             with self._changed:
-                if not self._queued and not self._changed.wait_for(lambda: self._queued, IDLE_SECONDS):
-                    self._writer = None
+                if not self._changed.wait_for(lambda: self._queued or self._closed, IDLE_SECONDS) or (
+                    not self._queued
+                ):
+                    self._writer = None  # idle for a while, or closed with nothing left
+                    self._changed.notify_all()
                     return
                 batch, self._queued = self._queued[:BATCH], self._queued[BATCH:]
-                self._writing = len(batch)
             self._write(batch)
             with self._changed:
-                self._writing = 0
+                self._done += len(batch)
                 self._changed.notify_all()
 
     def _write(self, batch: Sequence[UsageRecord]) -> None:
         try:
             self.ledger.record_many(batch)
-        except Exception as exc:  # the answers exist; the ledger misses them: say which
-            ids = ", ".join(r.request_id for r in batch[:5]) + (" ..." if len(batch) > 5 else "")
-            log.warning("%d usage record(s) were not recorded (requests %s): %s", len(batch), ids, exc)
+            return
+        except Exception as exc:
+            if len(batch) == 1:
+                self._lost(batch, exc)
+                return
+        for record in batch:  # one by one: a bad record loses only itself
+            try:
+                self.ledger.record(record)
+            except Exception as exc:
+                self._lost([record], exc)
 
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every record queued so far is written; ``False`` if ``timeout`` passed first."""
+    @staticmethod
+    def _lost(records: Sequence[UsageRecord], exc: Exception) -> None:
+        """The answers exist; the ledger misses them: say which."""
+        ids = ", ".join(r.request_id for r in records)
+        log.warning("usage record(s) not recorded (requests %s): %s", ids, exc)
+
+    def _flush_own(self, timeout: float | None) -> bool:
         with self._changed:
+            target = self._accepted  # what was queued before this call, not what comes later
             if self._writer is not None and self._writer.is_alive():
-                return self._changed.wait_for(lambda: not self._queued and not self._writing, timeout)
+                return self._changed.wait_for(lambda: self._done >= target, timeout)
             self._writer = None
-            batch, self._queued = self._queued, []  # no writer thread: write here
+            batch, self._queued = self._queued, []  # no writer thread (interpreter exit): write here
         if batch:
             self._write(batch)
+            with self._changed:
+                self._done += len(batch)
         return True
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every record queued so far on this ledger, by any client of this process,
+        is written; ``False`` if ``timeout`` passed first."""
+        done = True
+        for ledger in [w for w in _live() if w._identity == self._identity]:
+            done = ledger._flush_own(timeout) and done
+        return done
 
     def totals(self, since: date, by: str | None = None) -> list[UsageTotals]:
         self.flush()
@@ -107,15 +153,22 @@ class WriteBehindLedger(UsageLedger):
         return self.ledger.recent(limit)
 
     def identity(self) -> str:
-        return self.ledger.identity()
+        return self._identity
 
     def close(self) -> None:
-        """Write what is queued, then close the ledger."""
-        self.flush()
-        self.ledger.close()
+        """Write what is queued, then close the ledger (a record after this is written at once)."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+            writer = self._writer
+        if writer is not None:
+            writer.join()
+        self._flush_own(None)
+        with self._changed:
+            self.ledger.close()
 
     def __repr__(self) -> str:
-        return f"<WriteBehindLedger {self.ledger.identity()} queued={len(self._queued)}>"
+        return f"<WriteBehindLedger {self._identity} queued={len(self._queued)}>"
 
 
 def write_behind(ledger: UsageLedger) -> UsageLedger:
@@ -123,8 +176,21 @@ def write_behind(ledger: UsageLedger) -> UsageLedger:
     return ledger if not ledger.blocking else WriteBehindLedger(ledger)
 
 
+def _forget_in_child() -> None:
+    """In a forked child: the parent's writer threads do not exist here, and the parent
+    writes the records it queued; each ledger starts afresh."""
+    global _LIVE_LOCK
+    _LIVE_LOCK = threading.Lock()
+    for ledger in list(_LIVE):
+        ledger._fresh_state(ledger._closed)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
+
+
 @atexit.register
 def _write_all_on_exit() -> None:
-    for ledger in list(_LIVE):
-        if not ledger.flush(EXIT_WAIT):
+    for ledger in _live():
+        if not ledger._flush_own(EXIT_WAIT):
             log.warning("usage records still queued at exit were not written: %r", ledger)

@@ -167,8 +167,16 @@ def test_redis_shares_cooldowns_between_instances(
 def test_the_shared_file_is_read_again_only_when_another_writer_changed_it(
     tmp_path: Path, server: LoopbackOpenAI
 ) -> None:
-    """Requests ask :meth:`CircuitBreaker.stale` (a ``stat``) before paying for a read."""
+    """Requests ask :meth:`CircuitBreaker.stale` (a ``stat``) before paying for a read; a file
+    changed within the last seconds is read every time (a coarse clock could repeat its stamp)."""
+    import os
+
     path = tmp_path / HEALTH_FILE
+
+    def settled() -> None:  # as if the last write were a minute old
+        moment = time.time_ns() - 60 * 10**9
+        os.utime(path, ns=(moment, moment))
+
     host_a = breaker_for(FileHealthStore(path), OpenAIBackend("m", endpoint=server.url))
     host_b = breaker_for(FileHealthStore(path), OpenAIBackend("m", endpoint=server.url))
     assert host_b.stale()  # nothing read yet
@@ -178,11 +186,15 @@ def test_the_shared_file_is_read_again_only_when_another_writer_changed_it(
     assert host_a.flush()
     assert host_b.stale()
     host_b.sync()
-    assert not host_b.stale() and not host_b.available("openai:m")
+    assert host_b.stale() and not host_b.available("openai:m")  # just written: racy
+    settled()
+    host_b.sync()
+    assert not host_b.stale()
     host_b.watch([OpenAIBackend("m", endpoint=server.url), OpenAIBackend("n", endpoint=server.url)])
     assert host_b.stale()  # another model: its shared record was never read
     host_a.record_success("openai:m")
     assert host_a.flush()
+    settled()
     host_b.sync()
     assert host_b.available("openai:m") and not host_b.stale()
 
