@@ -222,6 +222,7 @@ class CircuitBreaker:
         self.readings = readings
         self._health: dict[str, ModelHealth] = {}
         self._models: dict[str, ModelBackend] = {}
+        self._endpoints: dict[str, str | None] = {}  # of the watched models, by id
         self._synced: Hashable | None = None  # the store's version last synced
         self._lock = threading.RLock()
         self._checker: threading.Thread | None = None
@@ -344,18 +345,20 @@ class CircuitBreaker:
     def watch(self, models: Sequence[ModelBackend]) -> None:
         """Told the hooked models (their endpoints and health checks) before each routing."""
         with self._lock:
-            if [id(m) for m in self._models.values()] != [id(m) for m in models]:
-                self._synced = None  # other models (or endpoints): their shared records are not read yet
+            if [id(m) for m in self._models.values()] == [id(m) for m in models]:
+                return  # the same models as last time (every request): nothing to learn
+            self._synced = None  # other models (or endpoints): their shared records are not read yet
             self._models = {m.model_id: m for m in models}
+            self._endpoints = {m.model_id: model_endpoint(m) for m in models}
             for model in models:
                 record = self._health.get(model.model_id)
                 if record is not None:
-                    record.endpoint = model_endpoint(model)
+                    record.endpoint = self._endpoints[model.model_id]
 
     @property
     def shares_health(self) -> bool:
         """Whether any watched model's health is shared through the store (models with an endpoint)."""
-        return self.store is not None and any(model_endpoint(m) for m in self._models.values())
+        return self.store is not None and any(self._endpoints.values())
 
     def stale(self) -> bool:
         """Whether the shared store may hold records :meth:`sync` has not taken yet (cheap:
@@ -376,8 +379,7 @@ class CircuitBreaker:
             log.debug("cannot read model health from %s: %s", self.store.name, exc)  # quiet: never the cause
             return
         with self._lock:
-            for model_id, model in self._models.items():
-                endpoint = model_endpoint(model)
+            for model_id, endpoint in self._endpoints.items():
                 theirs = ModelHealth.from_dict(stored.get(_key(model_id, endpoint))) if endpoint else None
                 mine = self._health.get(model_id)
                 if theirs is not None and (mine is None or theirs.updated_at > mine.updated_at):
@@ -390,8 +392,7 @@ class CircuitBreaker:
     def _record(self, model_id: str) -> ModelHealth:
         record = self._health.get(model_id)
         if record is None:
-            model = self._models.get(model_id)
-            record = self._health[model_id] = ModelHealth(model_endpoint(model) if model else None)
+            record = self._health[model_id] = ModelHealth(self._endpoints.get(model_id))
         record.updated_at = time.time()
         return record
 
