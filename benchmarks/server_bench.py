@@ -36,7 +36,6 @@ import psutil
 
 from benchmarks import http_load
 from benchmarks._table import print_table
-from benchmarks.http_load import post_request
 from oblix import ModelType, OblixClient
 from oblix_core.execution import ExecutionSettings
 from oblix_core.testing import ScriptedPlugin
@@ -211,7 +210,8 @@ async def measure_instant(home: Path, rounds: int = INSTANT_ROUNDS) -> Rates:
                         pass
 
             def lean(server: OblixServer, stream: bool) -> Callable[[], Awaitable[float]]:
-                request = post_request("127.0.0.1", server.port, CHAT, body | {"stream": stream}, {})
+                payload = body | {"stream": stream}
+                request = http_load.post_request("127.0.0.1", server.port, CHAT, payload, {})
                 return lambda: http_load.rate("127.0.0.1", server.port, request, 16, SECONDS)
 
             paths: dict[str, Callable[[], Awaitable[float]]] = {

@@ -16,7 +16,7 @@ from oblix.plugin import OblixClient, OblixError
 from oblix_server.calls import AUTO
 from oblix_server.completions import chat_completions
 from oblix_server.errors import APIError
-from oblix_server.front import ServerApp, unexpected
+from oblix_server.front import CHAT_PATH, ServerApp, log_unexpected, unexpected_response
 from oblix_server.guard import Guard, is_authorized
 from oblix_server.settings import ServerSettings
 from oblix_server.state import ServerState
@@ -139,14 +139,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, Exception)
-    return unexpected(request.scope.get("state", {}).get("request_id", "?"), exc)
+    request_id = request.scope.get("state", {}).get("request_id", "?")
+    log_unexpected(request_id, exc)
+    return unexpected_response(request_id)
 
 
 def create_app(client: OblixClient, settings: ServerSettings) -> ServerApp:
     """The server app for a client whose models are already hooked (see :mod:`oblix_server.front`)."""
     routes = [
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route(CHAT_PATH, chat_completions, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
         Route("/health", health, methods=["GET"]),

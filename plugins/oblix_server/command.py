@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from oblix.plugin import ROUTING_PREFERENCES, ConfigError, handle_errors
+from oblix.plugin import ROUTING_PREFERENCES, handle_errors
 from oblix_server.connection_options import connection_options
 from oblix_server.serving import Launch
 from oblix_server.settings import DEFAULT_BODY_LIMIT, HTTP_IMPLEMENTATIONS, KEY_ENV, LOOPS, ServerSettings
@@ -142,11 +142,9 @@ def server(
     launch = Launch(
         settings, log_level, local_models, cloud_models, cloud_api_key, preference, http, loop, workers
     )
-    try:
-        from oblix_server.serving import run
-        from oblix_server.workers import Supervisor
-    except ImportError:
-        raise ConfigError("oblix server needs its extra: pip install 'oblix[server]'.") from None
+    from oblix_server.serving import run  # imported here: the CLI starts without uvicorn
+    from oblix_server.workers import Supervisor
+
     if workers > 1:
         Supervisor(launch).run()
     else:

@@ -13,7 +13,6 @@ to the Starlette app unchanged.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
@@ -23,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 
 from oblix.plugin import new_request_id
 from oblix_server.completions import chat_completions
-from oblix_server.errors import APIError, internal
+from oblix_server.errors import internal
 from oblix_server.guard import refusal
 from oblix_server.settings import ServerSettings
 
@@ -39,11 +38,6 @@ class ServerApp:
     def __init__(self, app: Starlette, settings: ServerSettings) -> None:
         self.app = app
         self.settings = settings
-
-    @property
-    def state(self) -> Any:
-        """The Starlette app's state (``state.oblix``: the :class:`~oblix_server.state.ServerState`)."""
-        return self.app.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -61,21 +55,24 @@ class ServerApp:
             response = refusal(self.settings, Headers(scope=scope)) or await chat_completions(
                 Request(scope, receive)
             )
-        except APIError as exc:
-            response = exc.response()
-        except Exception as exc:
-            await unexpected(request_id, exc)(scope, receive, send)
+        except Exception as exc:  # chat_completions answers its own APIErrors
+            log_unexpected(request_id, exc)
+            await unexpected_response(request_id)(scope, receive, send)
             raise
         if not any(name == _REQUEST_ID for name, _ in response.raw_headers):
             response.raw_headers.append((_REQUEST_ID, request_id.encode()))
         try:
             await response(scope, receive, send)
         except Exception as exc:  # after the response started: uvicorn closes the connection
-            unexpected(request_id, exc)
+            log_unexpected(request_id, exc)
             raise
 
 
-def unexpected(request_id: str, exc: Exception) -> Response:
-    """Log an unexpected failure in one line; the 500 the client gets (never a stack trace)."""
+def log_unexpected(request_id: str, exc: Exception) -> None:
+    """Log an unexpected failure in one line."""
     log.error("request %s failed: %s: %s", request_id, type(exc).__name__, exc)
+
+
+def unexpected_response(request_id: str) -> Response:
+    """The 500 the client gets for an unexpected failure (never a stack trace)."""
     return internal(request_id).response({"X-Oblix-Request-Id": request_id})

@@ -81,10 +81,8 @@ async def serve(
     ``sockets``: listen on these (a worker's share of the parent's socket) instead of
     binding ``host:port``; ``on_ready`` is called once the server accepts connections.
     """
-    try:
-        import uvicorn
-    except ImportError:
-        raise ConfigError("oblix server needs its extra: pip install 'oblix[server]'.") from None
+    import uvicorn  # the plugin loads only with its extra (needs() in oblix_server/__init__)
+
     from oblix_server.app import create_app
     from oblix_server.protocols import uvicorn_options
 

@@ -15,7 +15,6 @@ with its error), restarts a worker that dies later, and on SIGINT or SIGTERM sto
 from __future__ import annotations
 
 import multiprocessing
-import os
 import signal
 import socket
 import threading
@@ -35,7 +34,6 @@ STOP_TIMEOUT = 30.0
 CHECK_INTERVAL = 0.5
 
 _spawn = multiprocessing.get_context("spawn")
-multiprocessing.allow_connection_pickling()
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -52,7 +50,7 @@ def _worker(launch: Launch, sock: socket.socket, ready: Connection) -> None:
     try:
         run(launch, [sock], on_ready=lambda: ready.send("ready"))
     except Exception as exc:
-        ready.send(f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc))
+        ready.send(str(exc) or type(exc).__name__)
         raise SystemExit(1) from None
 
 
@@ -66,7 +64,6 @@ class Worker:
         )
         self.process.start()
         child_end.close()
-        self.listening = False
 
     def poll(self) -> str | None:
         """``None`` while starting; ``"ready"``, or the error that stopped it."""
@@ -75,13 +72,12 @@ class Worker:
                 message: str = self.ready.recv()
             except EOFError:
                 message = ""
-            self.listening = message == "ready"
             return message or f"the worker exited with code {self.process.exitcode}"
         return None
 
     def stop(self) -> None:
-        if self.process.is_alive() and self.process.pid is not None:
-            os.kill(self.process.pid, signal.SIGTERM)
+        if self.process.is_alive():
+            self.process.terminate()  # SIGTERM
 
 
 class Supervisor:
