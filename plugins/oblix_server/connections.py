@@ -143,7 +143,6 @@ class ConnectionTable:
         self.open: set[GuardedProtocol] = set()
         #: Connections in the headers phase, in the order they entered it (a dict keeps order).
         self.waiting: dict[GuardedProtocol, None] = {}
-        self.closed: Counter[str] = Counter()
         self._pending: Counter[str] = Counter()
         self._flush: asyncio.TimerHandle | None = None
 
@@ -171,7 +170,6 @@ class ConnectionTable:
 
     def note(self, kind: str) -> None:
         """Count one closed or refused connection; log now if nothing was logged lately."""
-        self.closed[kind] += 1
         self._pending[kind] += 1
         if self._flush is None:
             self.flush()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import anyio
 from starlette.requests import Request
@@ -61,14 +59,6 @@ class ConcurrencyLimiter:
 
     def release(self) -> None:
         self._slots.release()
-
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        await self.acquire()
-        try:
-            yield
-        finally:
-            self.release()
 
 
 async def read_body(request: Request, limit: int) -> bytes:
