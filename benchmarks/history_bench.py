@@ -33,7 +33,7 @@ import anyio
 
 from benchmarks._table import median_ms, print_table
 from oblix_core.client import OblixClient
-from oblix_core.records import Message, SessionRecord, new_session_id
+from oblix_core.sessions.records import Message, SessionRecord, new_session_id
 from oblix_core.testing import ScriptedPlugin
 
 SIZES = (10, 2_000, 10_000)

@@ -26,7 +26,7 @@ import anyio
 
 from benchmarks._table import print_table
 from oblix import ModelType, OblixClient
-from oblix_core.models import ChatMessage
+from oblix_core.models.backend import ChatMessage
 from oblix_llamacpp.packaged import packaged_model_path
 from oblix_llamacpp.prompts import vicuna
 from tests.servers import LlamaServer

@@ -29,7 +29,7 @@ import anyio
 import psutil
 
 from benchmarks._table import print_table
-from oblix_core.models import ChatMessage, GenerationRequest
+from oblix_core.models.backend import ChatMessage, GenerationRequest
 from oblix_llamacpp import LlamaCppBackend
 from oblix_llamacpp.options import default_threads
 from oblix_llamacpp.prompts import vicuna

@@ -37,8 +37,8 @@ from benchmarks._table import print_table
 from oblix_core.agents import AgentCheck, BaseAgent
 from oblix_core.client import OblixClient
 from oblix_core.errors import SessionExistsError, SessionNotFoundError
-from oblix_core.records import Message, SessionRecord
-from oblix_core.stores import SessionChanges, SessionStore
+from oblix_core.sessions.records import Message, SessionRecord
+from oblix_core.sessions.store import SessionChanges, SessionStore
 from oblix_core.testing import ScriptedPlugin
 
 HISTORY = [

@@ -32,7 +32,7 @@ import redis
 import redis.connection
 
 from benchmarks._table import median_ms, p99_ms, print_table, time_calls
-from oblix_core.records import Message, SessionRecord, new_session_id
+from oblix_core.sessions.records import Message, SessionRecord, new_session_id
 from oblix_redis.store import RedisSessionStore
 
 TEXT = "A typical chat message of moderate length, about a hundred characters long, give or take a few."

@@ -30,7 +30,7 @@ from typing import Any
 import boto3
 
 from benchmarks._table import median_ms, p99_ms, print_table, time_calls
-from oblix_core.records import Message, SessionRecord, new_session_id
+from oblix_core.sessions.records import Message, SessionRecord, new_session_id
 from oblix_s3.store import S3SessionStore
 from tests.s3_server import TEST_ENV, S3Process
 

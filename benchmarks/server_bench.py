@@ -37,7 +37,7 @@ import psutil
 from benchmarks import http_load
 from benchmarks._table import print_table
 from oblix import ModelType, OblixClient
-from oblix_core.execution import ExecutionSettings
+from oblix_core.request.execution import ExecutionSettings
 from oblix_core.testing import ScriptedPlugin
 from oblix_llamacpp.packaged import packaged_model_path
 from tests.server_process import OblixServer, model_toml, write_plugin_dist

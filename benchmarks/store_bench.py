@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._table import median_ms, print_table, time_calls
-from oblix_core.records import Message, SessionRecord, new_session_id
+from oblix_core.sessions.records import Message, SessionRecord, new_session_id
 from oblix_file.store import MESSAGES, META, FileSessionStore
 
 TEXT = "A typical chat message of moderate length, about a hundred characters long, give or take a few."

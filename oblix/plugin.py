@@ -36,7 +36,6 @@ from typing import Any
 
 from oblix_core.agents import AgentCheck, AgentState, BaseAgent, Target
 from oblix_core.client import OblixClient
-from oblix_core.conversation import ResponseStream
 from oblix_core.errors import (
     ConfigError,
     ContextWindowExceededError,
@@ -56,12 +55,34 @@ from oblix_core.errors import (
     TransientModelError,
 )
 from oblix_core.fileio import write_atomically
-from oblix_core.health import HealthStore
-from oblix_core.hookspecs import hookimpl
-from oblix_core.loading import MissingDependency, needs
-from oblix_core.models import ChatMessage, GenerationRequest, ModelBackend, ModelType, StreamChunk, Usage
-from oblix_core.privacy import session_is_local_only
-from oblix_core.records import (
+from oblix_core.models.backend import (
+    ChatMessage,
+    GenerationRequest,
+    ModelBackend,
+    ModelType,
+    StreamChunk,
+    Usage,
+)
+from oblix_core.models.health import HealthStore
+from oblix_core.models.transport import (
+    connection_error,
+    describe_cause,
+    http_library,
+    require,
+    seconds_option,
+    status_error,
+)
+from oblix_core.plugins.dependencies import MissingDependency, needs
+from oblix_core.plugins.hookspecs import hookimpl
+from oblix_core.request.context import Request, new_request_id
+from oblix_core.request.conversation import ResponseStream
+from oblix_core.request.privacy import session_is_local_only
+from oblix_core.request.routing import PREFERENCES as ROUTING_PREFERENCES
+from oblix_core.request.routing import RouteRequest, RoutingPlan
+from oblix_core.secrets import redact_url
+from oblix_core.secrets import remember as remember_secret
+from oblix_core.secrets import scrub as scrub_secrets
+from oblix_core.sessions.records import (
     LOCAL_ONLY_KEY,
     Message,
     SessionRecord,
@@ -70,37 +91,23 @@ from oblix_core.records import (
     utc_now,
     validate_session_id,
 )
-from oblix_core.requests import Request, new_request_id
-from oblix_core.routing import PREFERENCES as ROUTING_PREFERENCES
-from oblix_core.routing import RouteRequest, RoutingPlan
-from oblix_core.secrets import redact_url
-from oblix_core.secrets import remember as remember_secret
-from oblix_core.secrets import scrub as scrub_secrets
-from oblix_core.stores import SessionChanges, SessionStore
-from oblix_core.transport import (
-    connection_error,
-    describe_cause,
-    http_library,
-    require,
-    seconds_option,
-    status_error,
-)
-from oblix_core.usage import UsageLedger, UsageRecord, UsageTotals, group_key, total_by
-from oblix_core.usage_sqlite import SqliteUsageLedger
+from oblix_core.sessions.store import SessionChanges, SessionStore
+from oblix_core.usage.ledger import UsageLedger, UsageRecord, UsageTotals, group_key, total_by
+from oblix_core.usage.sqlite import SqliteUsageLedger
 from oblix_core.validation import parse_flag
 
 
 def command_client() -> OblixClient:
     """For ``oblix_register_commands`` plugins: a client on the store the ``oblix`` group chose
     (``--store``/``--store-option``, else ``config.toml``)."""
-    from oblix_core.cli_common import make_client
+    from oblix_core.cli.common import make_client
 
     return make_client()
 
 
 def handle_errors(func: Any) -> Any:
     """For command plugins: turn an :class:`OblixError` into a one-line message and exit status 1."""
-    from oblix_core.cli_common import handle_errors as wrap
+    from oblix_core.cli.common import handle_errors as wrap
 
     return wrap(func)
 

@@ -24,9 +24,9 @@ _LAZY = {
     "Target": "oblix_core.agents",
     "OblixClient": "oblix_core.client",
     "OblixError": "oblix_core.errors",
-    "hookimpl": "oblix_core.hookspecs",
-    "ModelBackend": "oblix_core.models",
-    "ModelType": "oblix_core.models",
+    "hookimpl": "oblix_core.plugins.hookspecs",
+    "ModelBackend": "oblix_core.models.backend",
+    "ModelType": "oblix_core.models.backend",
 }
 
 __all__ = [*sorted(_LAZY), "__version__"]

@@ -1,5 +1,5 @@
 """``python -m oblix_core`` runs the ``oblix`` command line."""
 
-from oblix_core.cli import main
+from oblix_core.cli.main import main
 
 main()

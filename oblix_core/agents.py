@@ -25,7 +25,7 @@ import attrs
 from oblix_core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from oblix_core.models import ModelBackend
+    from oblix_core.models.backend import ModelBackend
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ async def current_checks(
 
     ``source`` is ``"background"`` (the agent's cached check), ``"fresh"`` (a first
     sample waited for, within :data:`FRESH_SAMPLE_BUDGET` in all), ``"persisted"`` (the
-    last reading saved in ``readings``, a :class:`~oblix_core.health.JsonFile`, younger
+    last reading saved in ``readings``, a :class:`~oblix_core.models.health.JsonFile`, younger
     than :data:`PERSISTED_MAX_AGE`) or ``"none"`` (still ``PENDING``: routed without it).
     """
     deadline = time.monotonic() + FRESH_SAMPLE_BUDGET

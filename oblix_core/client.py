@@ -13,20 +13,20 @@ import anyio
 
 from oblix_core.agents import AgentCheck, BaseAgent
 from oblix_core.compat import Compat012, print_metrics
-from oblix_core.config import Config, default_model_entries, load_config, model_arguments, oblix_home
-from oblix_core.conversation import ResponseStream
-from oblix_core.engine import Engine
+from oblix_core.config.settings import Config, default_model_entries, load_config, model_arguments, oblix_home
 from oblix_core.errors import ConfigError, OblixError, PluginError
-from oblix_core.execution import CircuitBreaker, ExecutionSettings, Executor
-from oblix_core.models import ChatMessage, ModelBackend, ModelType
-from oblix_core.plugins import Registry, build_plugin_manager
-from oblix_core.records import ROLES, validate_session_id
-from oblix_core.requests import Request
-from oblix_core.routing import PREFERENCES
-from oblix_core.sessions_api import SessionsAPI
-from oblix_core.stores import SessionStore
-from oblix_core.usage import Pricing, UsageLedger, parse_since, reference_model, usage_report
-from oblix_core.usage_sqlite import ledger_for
+from oblix_core.models.backend import ChatMessage, ModelBackend, ModelType
+from oblix_core.plugins.registry import Registry, build_plugin_manager
+from oblix_core.request.context import Request
+from oblix_core.request.conversation import ResponseStream
+from oblix_core.request.engine import Engine
+from oblix_core.request.execution import CircuitBreaker, ExecutionSettings, Executor
+from oblix_core.request.routing import PREFERENCES
+from oblix_core.sessions.api import SessionsAPI
+from oblix_core.sessions.records import ROLES, validate_session_id
+from oblix_core.sessions.store import SessionStore
+from oblix_core.usage.ledger import Pricing, UsageLedger, parse_since, reference_model, usage_report
+from oblix_core.usage.sqlite import ledger_for
 from oblix_core.validation import check_json, check_text
 
 log = logging.getLogger(__name__)
@@ -462,13 +462,13 @@ class OblixClient(SessionsAPI, Compat012):
         """
         display_metrics = bool(options.pop("display_metrics", False))  # Oblix 0.1.2's flag
         if chat:
-            from oblix_core.chat import run_chat
+            from oblix_core.terminal.chat import run_chat
 
             return await run_chat(self, prompt, session_id=session_id, stream=stream, **options)
         response = self.stream(prompt, temperature, max_tokens, request_id, session_id, **options)
         if not stream:
             return await response.collect()
-        from oblix_core.console import print_answer
+        from oblix_core.terminal.console import print_answer
 
         result = await print_answer(response)
         if display_metrics:

@@ -97,7 +97,7 @@ class Compat012:
         ``read_line`` replaces ``input`` (for tests and other front ends). 0.1.2's name
         for ``execute(prompt, chat=True)`` without a first prompt.
         """
-        from oblix_core.chat import run_chat
+        from oblix_core.terminal.chat import run_chat
 
         result = await run_chat(self._client(), None, session_id=session_id, read_line=read_line)
         session = result.get("session_id")

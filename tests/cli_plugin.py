@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-MODULE = '''
+MODULE = """
 import os
 from oblix_core.testing import ScriptedPlugin, Step
 
 _DELAY = float(os.environ.get("OBLIX_TEST_DELAY", "0.05"))
 _SLOW = Step(tuple(f"word{i} " for i in range(400)), delay=_DELAY)
 plugin = ScriptedPlugin({"slow": [_SLOW] * 50})
-'''
+"""
 
 CONFIG = """
 [[models]]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from oblix_core.client import OblixClient
-from oblix_core.execution import ExecutionSettings
+from oblix_core.request.execution import ExecutionSettings
 from oblix_core.testing import ScriptedPlugin
 
 FAST = ExecutionSettings(backoff_initial=0.001, backoff_max=0.002, first_token_timeout=5, total_timeout=10)

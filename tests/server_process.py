@@ -31,7 +31,7 @@ import anyio
 import httpx
 
 from oblix_core import hookimpl
-from oblix_core.models import GenerationRequest, ModelBackend, StreamChunk
+from oblix_core.models.backend import GenerationRequest, ModelBackend, StreamChunk
 from oblix_core.testing import ScriptedPlugin
 from tests.support.net import free_port, wait_for_http
 

@@ -14,8 +14,8 @@ from typing import Any
 import anyio
 import pytest
 
-from oblix_core.budgets import BudgetExceededError
 from oblix_core.client import OblixClient
+from oblix_core.request.budgets import BudgetExceededError
 from oblix_core.testing import ScriptedPlugin
 from tests import redis_servers
 from tests.conftest import FAST
@@ -119,7 +119,7 @@ async def test_concurrent_requests_overspend_by_at_most_one(home: Path, tmp_path
 _HOST = textwrap.dedent(
     """
     import json, sys, anyio
-    from oblix_core.budgets import BudgetExceededError
+    from oblix_core.request.budgets import BudgetExceededError
     from oblix_core.client import OblixClient
     from oblix_core.testing import ScriptedPlugin
 

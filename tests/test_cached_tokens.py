@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from oblix import ModelType, OblixClient
-from oblix_core.cli_format import usage_line
+from oblix_core.cli.tables import usage_line
 from tests.anthropic_double import AnthropicDouble
 from tests.conftest import FAST
 from tests.openai_loopback import LoopbackOpenAI

@@ -100,7 +100,7 @@ def test_the_sdk_still_refuses_to_replace_a_device(home: Path, tmp_path: Path) -
 def test_relative_times_titles_and_metadata_text() -> None:
     from datetime import UTC, datetime
 
-    from oblix_core.cli_format import cut_title, metadata_text, relative_time
+    from oblix_core.cli.tables import cut_title, metadata_text, relative_time
 
     now = datetime(2024, 5, 10, 12, 0, tzinfo=UTC)
     assert relative_time("2024-05-10T11:59:30Z", now) == "just now"
@@ -194,7 +194,7 @@ class Missing:
 
 sys.meta_path.insert(0, Missing())
 sys.argv = ["oblix", *sys.argv[1:]]
-from oblix_core.cli import main
+from oblix_core.cli.main import main
 main()
 """
 
@@ -367,7 +367,7 @@ def test_options_set_writes_out_the_embedded_defaults_first(home: Path) -> None:
 
 def test_a_backend_refuses_defaults_it_cannot_take() -> None:
     from oblix_core.errors import ConfigError
-    from oblix_core.models import ModelBackend
+    from oblix_core.models.backend import ModelBackend
 
     class Strict(ModelBackend):
         model_type = "strict"

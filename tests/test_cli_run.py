@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import Result
 
-from oblix_core.cli_common import resolve_model
+from oblix_core.cli.common import resolve_model
 from oblix_core.client import OblixClient
 from oblix_core.errors import OblixError
 from oblix_core.testing import ScriptedPlugin
@@ -196,7 +196,7 @@ def test_chat_resumes_a_session_by_prefix_showing_its_last_turns(cli_home: Path)
 
 
 def test_messages_never_repeat_the_model_id_nor_double_full_stops() -> None:
-    from oblix_core.cli_common import cli_message
+    from oblix_core.cli.common import cli_message
     from oblix_core.errors import NoModelAvailableError
 
     error = NoModelAvailableError(

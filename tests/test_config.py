@@ -7,9 +7,9 @@ from pathlib import Path
 import attrs
 import pytest
 
-from oblix_core.config import SCHEMA, load_config
+from oblix_core.config.settings import SCHEMA, load_config
 from oblix_core.errors import ConfigError
-from oblix_core.execution import ExecutionSettings
+from oblix_core.request.execution import ExecutionSettings
 
 FULL = """
 [routing]

@@ -11,8 +11,8 @@ import pytest
 
 from oblix import ModelType, OblixClient
 from oblix_core.errors import ContextWindowExceededError
-from oblix_core.records import Message
-from oblix_core.transport import context_exceeded
+from oblix_core.models.transport import context_exceeded
+from oblix_core.sessions.records import Message
 from oblix_llamacpp.packaged import packaged_model_path
 from oblix_openai.backend import CUSTOM_ENDPOINT_WINDOW
 from tests.openai_loopback import LoopbackOpenAI

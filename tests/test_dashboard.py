@@ -16,7 +16,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from oblix_core.usage import PRICES
+from oblix_core.usage.ledger import PRICES
 from tests.server_process import OblixServer, model_toml, write_plugin_dist
 
 KEY = "sk-oblix-dashboard-test-41c9"

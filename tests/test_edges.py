@@ -19,9 +19,9 @@ import pytest
 from oblix_core import hookimpl
 from oblix_core.client import OblixClient
 from oblix_core.errors import NoModelAvailableError, OblixError, SessionError, StreamInterruptedError
-from oblix_core.execution import ExecutionSettings
-from oblix_core.records import Message, SessionRecord
-from oblix_core.routing import RoutingPlan
+from oblix_core.request.execution import ExecutionSettings
+from oblix_core.request.routing import RoutingPlan
+from oblix_core.sessions.records import Message, SessionRecord
 from oblix_core.testing import ScriptedPlugin, Step
 from tests.conftest import FAST
 from tests.openai_loopback import LoopbackOpenAI
@@ -366,7 +366,7 @@ def test_transport_failures_are_named_by_their_real_cause() -> None:
     import socket
     import ssl
 
-    from oblix_core.transport import describe_cause
+    from oblix_core.models.transport import describe_cause
 
     def chained(inner: BaseException) -> BaseException:
         outer = OSError("all attempts to connect failed")

@@ -16,9 +16,9 @@ import pytest
 from oblix_core import hookimpl
 from oblix_core.client import OblixClient
 from oblix_core.errors import NoModelAvailableError, OblixError, StreamInterruptedError
-from oblix_core.execution import ExecutionSettings
-from oblix_core.models import ChatMessage
-from oblix_core.requests import Request
+from oblix_core.models.backend import ChatMessage
+from oblix_core.request.context import Request
+from oblix_core.request.execution import ExecutionSettings
 from oblix_core.testing import ScriptedPlugin, Step
 
 RESULT_KEYS = {

@@ -22,8 +22,8 @@ import attrs
 import pytest
 
 from oblix import ModelType, OblixClient
-from oblix_core.execution import ExecutionSettings
-from oblix_core.health import ModelCoolingDownError
+from oblix_core.models.health import ModelCoolingDownError
+from oblix_core.request.execution import ExecutionSettings
 from oblix_core.testing import ScriptedPlugin, Step
 from tests.conftest import FAST
 from tests.openai_loopback import LoopbackOpenAI
@@ -339,7 +339,7 @@ async def test_a_busy_local_model_sends_concurrent_requests_to_an_idle_one(
 async def test_chat_why_explains_the_last_prompt(
     home: Path, scripted: ScriptedPlugin, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from oblix_core.chat import run_chat
+    from oblix_core.terminal.chat import run_chat
 
     client = OblixClient(home=home, plugins=[scripted], execution=FAST)
     await client.hook_model("scripted", "a")

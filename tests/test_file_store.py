@@ -27,8 +27,8 @@ from oblix_core.errors import (
     SessionExistsError,
     SessionNotFoundError,
 )
-from oblix_core.records import Message, SessionRecord, new_session_id, utc_now
-from oblix_core.stores import SessionStore
+from oblix_core.sessions.records import Message, SessionRecord, new_session_id, utc_now
+from oblix_core.sessions.store import SessionStore
 from oblix_core.testing import SessionStoreContract
 from oblix_file.index import PENDING, Summary
 from oblix_file.store import INDEX, MESSAGES, META, FileSessionStore, FileStoreError
@@ -133,7 +133,7 @@ WRITER = textwrap.dedent(
     """
     import sys
     from oblix_file.store import FileSessionStore
-    from oblix_core.records import Message
+    from oblix_core.sessions.records import Message
     store = FileSessionStore(sys.argv[1])
     sid, tag, count = sys.argv[2], sys.argv[3], int(sys.argv[4])
     for i in range(count):
@@ -478,7 +478,7 @@ def test_contains_path(store: FileSessionStore, tmp_path: Path) -> None:
 PROBE = textwrap.dedent(
     """
     import json, sys
-    from oblix_core.records import Message, SessionRecord
+    from oblix_core.sessions.records import Message, SessionRecord
     from oblix_file.store import FileSessionStore
     root, sid = sys.argv[1], sys.argv[2]
     out = {}

@@ -11,7 +11,7 @@ import click
 import pytest
 
 from oblix.plugin import ConfigError, OblixError, parse_flag
-from oblix_core.cli_common import parse_pairs
+from oblix_core.cli.common import parse_pairs
 
 CLEAR_YES = ["1", "true", "TRUE", "True", "t", "yes", "Y", "y", "on", " on ", True, 1]
 CLEAR_NO = ["0", "false", "False", "f", "no", "N", "off", " OFF", False, 0]

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from oblix_core.health import HEALTH_FILE, CircuitBreaker, FileHealthStore, HealthStore, ModelHealth
-from oblix_core.models import ModelBackend
+from oblix_core.models.backend import ModelBackend
+from oblix_core.models.health import HEALTH_FILE, CircuitBreaker, FileHealthStore, HealthStore, ModelHealth
 from oblix_openai import OpenAIBackend
 from oblix_redis.health import RedisHealthStore
 from tests import redis_servers

@@ -26,7 +26,7 @@ import pytest
 from benchmarks.llama_cache_bench import history as made_up_history
 from oblix import OblixClient
 from oblix_core.errors import ConfigError
-from oblix_core.models import ChatMessage, GenerationRequest
+from oblix_core.models.backend import ChatMessage, GenerationRequest
 from oblix_llamacpp import LlamaCppBackend
 from oblix_llamacpp.options import default_threads
 from oblix_llamacpp.packaged import packaged_model_path
@@ -296,7 +296,7 @@ async def test_disk_tier_serves_a_later_process(tmp_path: Path, reference: Llama
     script = textwrap.dedent(
         f"""
         import anyio, json, sys
-        from oblix_core.models import ChatMessage, GenerationRequest
+        from oblix_core.models.backend import ChatMessage, GenerationRequest
         from oblix_llamacpp import LlamaCppBackend
         messages = tuple(ChatMessage(**m) for m in json.loads(sys.argv[1]))
         async def main():

@@ -11,7 +11,7 @@ import pytest
 
 from oblix import ModelType, OblixClient
 from oblix_core.errors import ConfigError
-from oblix_core.models import ChatMessage, GenerationRequest
+from oblix_core.models.backend import ChatMessage, GenerationRequest
 from oblix_core.testing import ModelBackendContract
 from oblix_llamacpp import LlamaCppBackend
 from oblix_llamacpp.packaged import packaged_model_path

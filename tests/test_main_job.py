@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from oblix_core.chat import run_chat
 from oblix_core.client import OblixClient
-from oblix_core.config import load_config
+from oblix_core.config.settings import load_config
 from oblix_core.errors import ConfigError
+from oblix_core.terminal.chat import run_chat
 from oblix_core.testing import ScriptedPlugin
 
 pytestmark = pytest.mark.llama

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from oblix_core.cli import build_cli
-from oblix_core.migration import ALL_SESSIONS, MigrationSummary, migrate_sessions
-from oblix_core.records import Message, SessionRecord
-from oblix_core.stores import SessionStore
+from oblix_core.cli.main import build_cli
+from oblix_core.sessions.migration import ALL_SESSIONS, MigrationSummary, migrate_sessions
+from oblix_core.sessions.records import Message, SessionRecord
+from oblix_core.sessions.store import SessionStore
 from oblix_file.store import MESSAGES, META, FileSessionStore
 from oblix_redis.store import RedisSessionStore
 from tests import redis_servers, s3_server

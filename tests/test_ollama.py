@@ -15,7 +15,7 @@ import pytest
 
 from oblix import ModelType, OblixClient
 from oblix_core.errors import ConfigError, OblixError, PermanentModelError, TransientModelError
-from oblix_core.models import ChatMessage, GenerationRequest
+from oblix_core.models.backend import ChatMessage, GenerationRequest
 from oblix_core.testing import ModelBackendContract, ScriptedPlugin
 from oblix_ollama import OllamaBackend
 from tests.conftest import FAST

@@ -21,7 +21,7 @@ from oblix_core.errors import (
     StreamInterruptedError,
     TransientModelError,
 )
-from oblix_core.models import ChatMessage, GenerationRequest
+from oblix_core.models.backend import ChatMessage, GenerationRequest
 from oblix_core.testing import ModelBackendContract, ScriptedPlugin
 from oblix_llamacpp.packaged import packaged_model_path
 from oblix_openai import OpenAIBackend

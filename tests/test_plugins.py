@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from oblix_core import hookimpl, hookspecs
+from oblix_core import hookimpl
 from oblix_core.client import OblixClient
 from oblix_core.errors import PluginError
-from oblix_core.plugins import build_plugin_manager, plugin_infos
+from oblix_core.plugins import hookspecs
+from oblix_core.plugins.registry import build_plugin_manager, plugin_infos
 from tests.support import commands
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,10 +138,7 @@ BROKEN_PLUGINS = {
         "    raise ValueError('boom at registration')\n"
     ),
     "typo_hook": (
-        "from oblix.plugin import hookimpl\n"
-        "@hookimpl\n"
-        "def oblix_register_modles(register):\n"
-        "    pass\n"
+        "from oblix.plugin import hookimpl\n@hookimpl\ndef oblix_register_modles(register):\n    pass\n"
     ),
     "broken_command": (
         "from oblix.plugin import hookimpl\n"
@@ -243,7 +241,7 @@ def test_a_missing_optional_package_names_its_extra(hidden: str, lookup: str, ex
     code = (
         f"import sys; sys.modules[{hidden!r}] = None\n"  # as if the package were not installed
         "from oblix_core.errors import OblixError\n"
-        "from oblix_core.plugins import Registry\n"
+        "from oblix_core.plugins.registry import Registry\n"
         "try:\n"
         f"    Registry.load().{lookup}\n"
         "except OblixError as exc:\n"
@@ -252,4 +250,3 @@ def test_a_missing_optional_package_names_its_extra(hidden: str, lookup: str, ex
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ERROR") and f"pip install 'oblix[{extra}]'" in out.stdout
-

@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 import pytest
 
-from oblix_core.cli import build_cli
-from oblix_core.cli_run import ROUTING_FLAGS, model_options
+from oblix_core.cli.main import build_cli
+from oblix_core.cli.run import ROUTING_FLAGS, model_options
 from oblix_core.client import ROUTING_OPTIONS
 from tests import cli_plugin
 from tests.support import commands

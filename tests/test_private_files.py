@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from oblix_core.client import OblixClient
-from oblix_core.health import JsonFile
-from oblix_core.records import Message, SessionRecord
-from oblix_core.usage import UsageRecord
-from oblix_core.usage_sqlite import SqliteUsageLedger
+from oblix_core.models.health import JsonFile
+from oblix_core.sessions.records import Message, SessionRecord
+from oblix_core.usage.ledger import UsageRecord
+from oblix_core.usage.sqlite import SqliteUsageLedger
 from oblix_file.store import FileSessionStore
 
 
@@ -148,7 +148,7 @@ def test_health_files_are_private(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("open_umask")
 def test_config_written_by_commands_is_private(tmp_path: Path) -> None:
-    from oblix_core.config_write import update_config
+    from oblix_core.config.write import update_config
 
     home = tmp_path / "home"
     home.mkdir()

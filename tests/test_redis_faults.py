@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from oblix_core.errors import OblixError, SessionNotFoundError
-from oblix_core.records import Message, SessionRecord, new_session_id
+from oblix_core.sessions.records import Message, SessionRecord, new_session_id
 from oblix_redis.store import RedisSessionStore
 from tests import redis_servers
 from tests.redis_servers import RedisClusterServers, RedisServer, unique_prefix
@@ -30,7 +30,7 @@ WRITER = textwrap.dedent(
     """
     import sys
     from oblix_redis.store import RedisSessionStore
-    from oblix_core.records import Message
+    from oblix_core.sessions.records import Message
     url, prefix, cluster, sid, tag, count = sys.argv[1:7]
     store = RedisSessionStore(url=url, prefix=prefix, cluster=cluster)
     store.exists(sid)  # connected

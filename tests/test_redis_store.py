@@ -20,8 +20,8 @@ from oblix_core.errors import (
     SessionExistsError,
     SessionNotFoundError,
 )
-from oblix_core.records import Message, SessionRecord, new_session_id
-from oblix_core.stores import SessionStore
+from oblix_core.sessions.records import Message, SessionRecord, new_session_id
+from oblix_core.sessions.store import SessionStore
 from oblix_core.testing import ScriptedPlugin, SessionStoreContract
 from oblix_redis.store import RedisSessionStore
 from tests import redis_servers
@@ -146,7 +146,7 @@ async def test_sessions_api_end_to_end(redis_client: OblixClient, tmp_path: Path
 
 
 def test_store_selected_by_name_and_bad_options_are_config_errors(redis_server: RedisServer) -> None:
-    from oblix_core.plugins import Registry
+    from oblix_core.plugins.registry import Registry
 
     registry = Registry.load()
     store = registry.make_store("redis", url=redis_server.url, prefix=unique_prefix(), ttl="60")

@@ -1,5 +1,5 @@
 """Edges of the request-path changes of issue 20 (found by a red-team pass): the write-behind usage ledger
-(``oblix_core.usage_writer``), ids from a random pool, shared health read only when it
+(``oblix_core.usage.writer``), ids from a random pool, shared health read only when it
 changed (``HealthStore.version``), and the shared window fits.
 
 Real components only: the SQLite ledger on real files (another connection holding SQLite's
@@ -25,15 +25,15 @@ from typing import Any
 import anyio
 import pytest
 
-from oblix_core.budgets import BudgetExceededError
 from oblix_core.client import OblixClient
-from oblix_core.health import HEALTH_FILE, CircuitBreaker, FileHealthStore, ModelHealth
-from oblix_core.records import new_message_id, new_session_id
-from oblix_core.requests import new_request_id
+from oblix_core.models.health import HEALTH_FILE, CircuitBreaker, FileHealthStore, ModelHealth
+from oblix_core.request.budgets import BudgetExceededError
+from oblix_core.request.context import new_request_id
+from oblix_core.sessions.records import new_message_id, new_session_id
 from oblix_core.testing import ScriptedPlugin
-from oblix_core.usage import UsageRecord
-from oblix_core.usage_sqlite import SqliteUsageLedger
-from oblix_core.usage_writer import WriteBehindLedger
+from oblix_core.usage.ledger import UsageRecord
+from oblix_core.usage.sqlite import SqliteUsageLedger
+from oblix_core.usage.writer import WriteBehindLedger
 from tests.conftest import FAST
 
 SINCE = date(2000, 1, 1)

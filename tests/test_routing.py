@@ -13,9 +13,9 @@ from oblix_core import hookimpl
 from oblix_core.agents import AgentCheck, AgentState, BaseAgent, Target
 from oblix_core.client import OblixClient
 from oblix_core.errors import NoModelAvailableError
-from oblix_core.health import CircuitBreaker, ModelCoolingDownError
-from oblix_core.models import ChatMessage, GenerationRequest, ModelBackend, StreamChunk
-from oblix_core.routing import RouteRequest, RoutingPlan, default_policy, screen
+from oblix_core.models.backend import ChatMessage, GenerationRequest, ModelBackend, StreamChunk
+from oblix_core.models.health import CircuitBreaker, ModelCoolingDownError
+from oblix_core.request.routing import RouteRequest, RoutingPlan, default_policy, screen
 from oblix_core.testing import ScriptedPlugin
 
 

@@ -15,8 +15,8 @@ import pytest
 
 from oblix import OblixClient
 from oblix_core.errors import SessionNotFoundError
-from oblix_core.records import Message, SessionRecord, new_session_id
-from oblix_core.stores import SessionChanges
+from oblix_core.sessions.records import Message, SessionRecord, new_session_id
+from oblix_core.sessions.store import SessionChanges
 from oblix_core.testing import ScriptedPlugin
 from oblix_s3.layout import ManifestCursor, segments_from
 from oblix_s3.store import S3SessionStore

@@ -23,7 +23,7 @@ import boto3
 import pytest
 
 from oblix_core.errors import OblixError, SessionNotFoundError
-from oblix_core.records import Message, SessionRecord, new_session_id
+from oblix_core.sessions.records import Message, SessionRecord, new_session_id
 from oblix_s3.store import S3SessionStore
 from tests.s3_server import ROOT, TEST_ENV, S3Process, S3Server, aws_env_fixture, new_bucket, server_fixture  # noqa: F401 - fixtures `aws_env`, `server`
 
@@ -41,7 +41,7 @@ def _new(store: S3SessionStore) -> str:
 WRITER = textwrap.dedent(
     """
     import json, os, sys, time
-    from oblix_core.records import Message
+    from oblix_core.sessions.records import Message
     from oblix_s3.store import S3SessionStore
 
     bucket, url, sid, n, go = sys.argv[1:6]
@@ -335,7 +335,7 @@ def test_no_credentials_at_all(server: S3Server, monkeypatch: pytest.MonkeyPatch
 KILLED_CREATOR = textwrap.dedent(
     """
     import os, signal, sys
-    from oblix_core.records import Message, SessionRecord
+    from oblix_core.sessions.records import Message, SessionRecord
     from oblix_s3.store import S3SessionStore
 
     bucket, url, sid = sys.argv[1:4]
@@ -355,7 +355,7 @@ KILLED_CREATOR = textwrap.dedent(
 
 
 def test_a_create_killed_after_its_commit_is_listed_and_migrated(server: S3Server, tmp_path: Path) -> None:
-    from oblix_core.migration import migrate_sessions
+    from oblix_core.sessions.migration import migrate_sessions
     from oblix_file.store import FileSessionStore
 
     bucket = new_bucket(server.url)

@@ -16,7 +16,7 @@ import boto3
 import pytest
 
 from oblix_core.errors import OblixError
-from oblix_core.usage import UsageRecord
+from oblix_core.usage.ledger import UsageRecord
 from oblix_s3.ledger import S3UsageLedger
 from oblix_s3.store import S3SessionStore
 from tests import s3_server

@@ -13,8 +13,8 @@ import pytest
 
 from oblix import OblixClient
 from oblix_core.errors import ConfigError, OblixError, SessionCorruptedError, SessionNotFoundError
-from oblix_core.records import Message, SessionRecord, new_session_id
-from oblix_core.stores import SessionStore
+from oblix_core.sessions.records import Message, SessionRecord, new_session_id
+from oblix_core.sessions.store import SessionStore
 from oblix_core.testing import ScriptedPlugin, SessionStoreContract
 from oblix_s3.layout import INDEX_SHARDS, plan_compaction
 from oblix_s3.store import S3SessionStore
@@ -362,7 +362,7 @@ def test_cli_selects_the_s3_store(
 ) -> None:
     from click.testing import CliRunner
 
-    from oblix_core.cli import build_cli
+    from oblix_core.cli.main import build_cli
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "cli-secret-never-shown-42")
     monkeypatch.setenv("COLUMNS", "250")

@@ -16,7 +16,7 @@ from oblix_core.errors import (
     SessionExistsError,
     SessionNotFoundError,
 )
-from oblix_core.session_io import FORMAT_VERSION
+from oblix_core.sessions.transfer import FORMAT_VERSION
 
 DATA = Path(__file__).parent / "data"
 

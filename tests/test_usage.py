@@ -18,7 +18,7 @@ import pytest
 from oblix_core.client import OblixClient
 from oblix_core.errors import ConfigError, OblixError
 from oblix_core.testing import ScriptedPlugin
-from oblix_core.usage import (
+from oblix_core.usage.ledger import (
     PRICES,
     Pricing,
     UsageLedger,
@@ -27,8 +27,8 @@ from oblix_core.usage import (
     table_price,
     total_by,
 )
-from oblix_core.usage_sqlite import SqliteUsageLedger
-from oblix_core.usage_writer import WriteBehindLedger
+from oblix_core.usage.sqlite import SqliteUsageLedger
+from oblix_core.usage.writer import WriteBehindLedger
 from oblix_file.ledger import LEDGER
 from oblix_redis.store import RedisSessionStore
 from tests import redis_servers, s3_server

@@ -1,4 +1,4 @@
-"""Usage records written behind the request path (``oblix_core.usage_writer``), on the real
+"""Usage records written behind the request path (``oblix_core.usage.writer``), on the real
 SQLite ledger: ``record`` never waits for the ledger, reads see every record queued before
 them, bursts are written in batches, failures are logged, and a normal exit writes the rest."""
 
@@ -17,9 +17,9 @@ import pytest
 
 from oblix_core.client import OblixClient
 from oblix_core.testing import ScriptedPlugin
-from oblix_core.usage import UsageRecord
-from oblix_core.usage_sqlite import SqliteUsageLedger
-from oblix_core.usage_writer import WriteBehindLedger, write_behind
+from oblix_core.usage.ledger import UsageRecord
+from oblix_core.usage.sqlite import SqliteUsageLedger
+from oblix_core.usage.writer import WriteBehindLedger, write_behind
 
 SINCE = date(2000, 1, 1)
 
@@ -82,7 +82,7 @@ def test_a_failing_ledger_is_logged_with_the_request_ids(
             raise OSError("disk full")
 
     ledger = WriteBehindLedger(Broken(tmp_path / "usage.sqlite3"))
-    with caplog.at_level(logging.WARNING, logger="oblix_core.usage_writer"):
+    with caplog.at_level(logging.WARNING, logger="oblix_core.usage.writer"):
         ledger.record(_record(7))
         assert ledger.flush(10)
     assert "req_7" in caplog.text and "disk full" in caplog.text and "not recorded" in caplog.text
@@ -93,9 +93,9 @@ def test_a_normal_exit_writes_what_is_queued(tmp_path: Path) -> None:
     path = tmp_path / "usage.sqlite3"
     script = f"""
 import threading
-from oblix_core.usage import UsageRecord
-from oblix_core.usage_sqlite import SqliteUsageLedger
-from oblix_core.usage_writer import WriteBehindLedger
+from oblix_core.usage.ledger import UsageRecord
+from oblix_core.usage.sqlite import SqliteUsageLedger
+from oblix_core.usage.writer import WriteBehindLedger
 
 class Slow(SqliteUsageLedger):
     def record_many(self, records):

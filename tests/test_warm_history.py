@@ -13,11 +13,11 @@ import pytest
 
 from oblix import OblixClient
 from oblix_core.errors import SessionNotFoundError
-from oblix_core.history import MAX_CACHED_COUNTS, fit_to_window, trim_to_window
-from oblix_core.models import ChatMessage
-from oblix_core.records import Message, SessionRecord, new_session_id
+from oblix_core.models.backend import ChatMessage
+from oblix_core.request.history import MAX_CACHED_COUNTS, fit_to_window, trim_to_window
+from oblix_core.request.warm import WarmHistory
+from oblix_core.sessions.records import Message, SessionRecord, new_session_id
 from oblix_core.testing import ScriptedPlugin
-from oblix_core.warm import WarmHistory
 from oblix_file.store import FileSessionStore
 
 

@@ -1,4 +1,4 @@
-"""The contract every :class:`~oblix_core.models.ModelBackend` must satisfy."""
+"""The contract every :class:`~oblix_core.models.backend.ModelBackend` must satisfy."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from contextlib import aclosing
 import anyio
 import pytest
 
-from oblix_core.models import ChatMessage, GenerationRequest, ModelBackend, StreamChunk
+from oblix_core.models.backend import ChatMessage, GenerationRequest, ModelBackend, StreamChunk
 
 
 def _request(text: str = "What is the capital of France?", max_tokens: int = 16) -> GenerationRequest:

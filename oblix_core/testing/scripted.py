@@ -17,8 +17,8 @@ import anyio
 import attrs
 
 from oblix_core.errors import PermanentModelError, TransientModelError
-from oblix_core.hookspecs import hookimpl
-from oblix_core.models import GenerationRequest, ModelBackend, StreamChunk, Usage
+from oblix_core.models.backend import GenerationRequest, ModelBackend, StreamChunk, Usage
+from oblix_core.plugins.hookspecs import hookimpl
 
 
 @attrs.frozen

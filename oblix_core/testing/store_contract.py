@@ -1,4 +1,4 @@
-"""The contract every :class:`~oblix_core.stores.SessionStore` must satisfy."""
+"""The contract every :class:`~oblix_core.sessions.store.SessionStore` must satisfy."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from oblix_core.errors import (
     SessionExistsError,
     SessionNotFoundError,
 )
-from oblix_core.migration import find_damaged
-from oblix_core.records import Message, SessionRecord, new_session_id
-from oblix_core.stores import SessionStore
+from oblix_core.sessions.migration import find_damaged
+from oblix_core.sessions.records import Message, SessionRecord, new_session_id
+from oblix_core.sessions.store import SessionStore
 
 BAD_IDS = ["../escape", "/etc/passwd", "a/b", "a\x00b", "", "..", ".hidden", "a" * 200, "x\\y"]
 

@@ -1,7 +1,7 @@
 """Model health shared through Redis, so Oblix instances on several hosts share cooldowns.
 
 One hash, ``<prefix>{#health}``, holds one JSON record per model and endpoint (fields
-``"<model_id>|<endpoint>"``, see :mod:`oblix_core.health`); a single hash tag keeps it in
+``"<model_id>|<endpoint>"``, see :mod:`oblix_core.models.health`); a single hash tag keeps it in
 one slot on Redis Cluster. Each save is one ``HSET`` (the newest record wins when
 instances merge), each load one ``HGETALL``: a handful of small records.
 

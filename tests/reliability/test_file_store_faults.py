@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from oblix_core.errors import SessionNotFoundError
-from oblix_core.records import Message, SessionRecord, new_session_id
+from oblix_core.sessions.records import Message, SessionRecord, new_session_id
 from oblix_file.index import PENDING
 from oblix_file.store import INDEX, MESSAGES, META, FileSessionStore, FileStoreError
 
@@ -34,7 +34,7 @@ KILL_TRIALS = 60
 WRITER = textwrap.dedent(
     """
     import sys
-    from oblix_core.records import Message, SessionRecord
+    from oblix_core.sessions.records import Message, SessionRecord
     from oblix_file.store import FileSessionStore
     store = FileSessionStore(sys.argv[1])
     sid, tag = sys.argv[2], sys.argv[3]

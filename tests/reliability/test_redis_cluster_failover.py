@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from oblix_core.errors import OblixError
-from oblix_core.records import Message, SessionRecord, new_session_id
+from oblix_core.sessions.records import Message, SessionRecord, new_session_id
 from oblix_redis.store import RedisSessionStore
 from tests.redis_servers import RedisClusterServers, RedisServer, unique_prefix
 
@@ -39,7 +39,7 @@ WRITER = textwrap.dedent(
     """
     import json, os, sys, time
     from oblix_core.errors import OblixError
-    from oblix_core.records import Message
+    from oblix_core.sessions.records import Message
     from oblix_redis.store import RedisSessionStore
     url, prefix, tag, sids, out, stop, wait = sys.argv[1:8]
     sids = sids.split(",")

@@ -10,7 +10,7 @@ from typing import Any
 
 from click.testing import CliRunner, Result
 
-from oblix_core.cli import build_cli
+from oblix_core.cli.main import build_cli
 
 
 def invoke(*args: str, stdin: str = "") -> Result:

@@ -1,0 +1,231 @@
+"""Budgets that steer routing: when one is spent, cloud models are unavailable.
+
+``[budgets]`` in ``config.toml`` sets ``daily_usd`` and ``monthly_usd`` (UTC days and
+months, every request); a session's metadata ``budget_usd`` limits what that session
+spends in all. Spending is read from the usage ledger (:mod:`oblix_core.usage.ledger`), so a
+shared store (Redis) shares budgets between hosts.
+
+When a budget covering a request is spent, screening drops the cloud candidates and
+``routing_decision`` names the budget; a request only the cloud could answer fails with
+:class:`BudgetExceededError`. Concurrency: before a cloud model starts on a request a
+budget covers, the request takes this process's gate for that ledger (held until its
+usage is recorded) and reads the ledger again, so within a process budget-covered cloud
+requests run one at a time, and a budget is overspent by at most one in-flight request
+per process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import anyio
+import attrs
+
+from oblix_core.errors import ConfigError, NoModelAvailableError
+from oblix_core.models.backend import ModelBackend
+from oblix_core.request.routing import RoutingPlan
+from oblix_core.usage.ledger import UsageLedger, UsageRecord
+
+log = logging.getLogger(__name__)
+
+#: Session metadata key of a session's own budget (USD, for the session's whole life).
+SESSION_KEY = "budget_usd"
+#: How often a request waiting for the gate looks again (seconds).
+_GATE_POLL = 0.01
+_GATES: dict[str, threading.Lock] = {}
+_GATES_LOCK = threading.Lock()
+
+
+def _amount(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(f"{where} must be a number of USD >= 0, got {value!r}.")
+    return float(value)
+
+
+@attrs.frozen
+class BudgetSettings:
+    """``[budgets]``: ``daily_usd`` and ``monthly_usd`` (``None``: no limit)."""
+
+    daily_usd: float | None = None
+    monthly_usd: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BudgetSettings:
+        return cls(
+            _amount(data.get("daily_usd"), "daily_usd"), _amount(data.get("monthly_usd"), "monthly_usd")
+        )
+
+
+@attrs.frozen
+class Budget:
+    """A spent budget: which, its limit, what was spent and when it resets."""
+
+    name: str
+    limit: float
+    spent: float
+    resets: str
+
+    def describe(self) -> str:
+        return f"the {self.name} budget of ${self.limit:g} is spent (${self.spent:.6g} used; {self.resets})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+class BudgetExceededError(NoModelAvailableError):
+    """A request only cloud models could answer, while a budget covering it is spent.
+
+    ``budget`` (a :class:`Budget`) says which budget, how much was spent and when it resets.
+    """
+
+    def __init__(self, message: str, budget: Budget) -> None:
+        super().__init__(message)
+        self.budget = budget
+
+
+def session_budget(metadata: dict[str, Any] | None) -> float | None:
+    """The session's ``budget_usd`` (a number >= 0), else ``None``."""
+    value = (metadata or {}).get(SESSION_KEY)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return None
+    return float(value)
+
+
+def spent_budget(
+    settings: BudgetSettings,
+    ledger: UsageLedger,
+    session_id: str | None,
+    session_limit: float | None,
+    today: date | None = None,
+) -> Budget | None:
+    """The first spent budget covering a request (blocking: reads the ledger), or ``None``."""
+    today = today or datetime.now(UTC).date()
+    if settings.daily_usd is not None:
+        spent = ledger.spent(since=today)
+        if spent >= settings.daily_usd:
+            tomorrow = today + timedelta(days=1)
+            return Budget("daily", settings.daily_usd, spent, f"resets at {tomorrow.isoformat()}T00:00:00Z")
+    if settings.monthly_usd is not None:
+        spent = ledger.spent(since=today.replace(day=1))
+        if spent >= settings.monthly_usd:
+            following = (today.replace(day=28) + timedelta(days=4)).replace(day=1)
+            return Budget(
+                "monthly", settings.monthly_usd, spent, f"resets at {following.isoformat()}T00:00:00Z"
+            )
+    if session_limit is not None and session_id is not None:
+        spent = ledger.spent(session_id=session_id)
+        if spent >= session_limit:
+            resets = f"never resets: raise {SESSION_KEY} in the session's metadata"
+            return Budget(f"session {session_id}", session_limit, spent, resets)
+    return None
+
+
+def _gate(identity: str) -> threading.Lock:
+    with _GATES_LOCK:
+        return _GATES.setdefault(identity, threading.Lock())
+
+
+class BudgetGuard:
+    """One request's budgets: screening, the gate before a cloud model, recording usage."""
+
+    def __init__(
+        self,
+        settings: BudgetSettings,
+        ledger: UsageLedger | None,
+        session_id: str | None,
+        metadata: dict[str, Any] | None,
+    ) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.session_id = session_id
+        self.session_limit = session_budget(metadata)
+        limits = (settings.daily_usd, settings.monthly_usd, self.session_limit)
+        self.active = ledger is not None and any(v is not None for v in limits)
+        self._held: threading.Lock | None = None
+
+    async def spent(self) -> Budget | None:
+        """The spent budget covering this request; a ledger that cannot be read counts as spent."""
+        if not self.active or self.ledger is None:
+            return None
+        try:
+            return await anyio.to_thread.run_sync(
+                spent_budget, self.settings, self.ledger, self.session_id, self.session_limit
+            )
+        except Exception as exc:  # fail closed: the spending is unknown
+            log.warning("cannot read the usage ledger for budgets: %s", exc)
+            return Budget("unknown", 0.0, 0.0, f"the usage ledger cannot be read ({exc})")
+
+    async def screen(self, plan: RoutingPlan) -> RoutingPlan:
+        """``plan`` without cloud candidates when a budget is spent (explained in its decision)."""
+        if not self.active or all(m.is_local for m in plan.candidates):
+            return plan
+        budget = await self.spent()
+        if budget is None:
+            return plan
+        kept = tuple(m for m in plan.candidates if m.is_local)
+        if not kept:
+            raise exceeded(budget, plan.candidates)
+        why = f"budget: {budget.describe()}"
+        entries = tuple(
+            (e | {"status": "skipped", "position": None, "why": why})
+            if e.get("status") == "candidate" and not e.get("local")
+            else e
+            for e in plan.models
+        )
+        for position, model in enumerate(kept, 1):
+            entries = tuple(
+                e | {"position": position} if e["model_id"] == model.model_id else e for e in entries
+            )
+        return attrs.evolve(
+            plan,
+            candidates=kept,
+            reason=f"{plan.reason}; cloud models skipped: {budget.describe()}",
+            models=entries,
+            notes=(*plan.notes, f"cloud models unavailable: {budget.describe()}"),
+        )
+
+    async def admit(self, model: ModelBackend) -> None:
+        """Before ``model`` starts: for a cloud model under a budget, take the gate and re-read
+        the ledger; raises :class:`BudgetExceededError` if the budget was spent meanwhile."""
+        if model.is_local or not self.active or self._held is not None or self.ledger is None:
+            return
+        gate = _gate(self.ledger.identity())
+        while not gate.acquire(blocking=False):
+            await anyio.sleep(_GATE_POLL)
+        self._held = gate
+        budget = await self.spent()
+        if budget is not None:
+            self.release()
+            raise exceeded(budget, (model,))
+
+    def record(self, record: UsageRecord | None) -> None:
+        """Record the answer's usage now (a failure is logged); the gate stays held.
+
+        The request path calls it (in the worker thread that stores the exchange if the
+        ledger blocks), then :meth:`release`.
+        """
+        try:
+            if record is not None and self.ledger is not None:
+                self.ledger.record(record)
+        except Exception as exc:
+            log.warning("request %s: its usage was not recorded: %s", record and record.request_id, exc)
+
+    def release(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.release()
+
+
+def exceeded(budget: Budget, models: Sequence[ModelBackend]) -> BudgetExceededError:
+    names = ", ".join(m.model_id for m in models)
+    return BudgetExceededError(
+        f"Only cloud models ({names}) could answer this request, but {budget.describe()}. Nothing was "
+        "sent. Hook a local model, raise the budget, or wait until it resets.",
+        budget,
+    )

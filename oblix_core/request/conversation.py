@@ -1,0 +1,347 @@
+"""One request end to end: history, middleware, routing, execution, persistence."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
+from typing import Any
+
+import anyio
+import attrs
+
+from oblix_core.agents import current_checks
+from oblix_core.errors import ExchangeNotStoredError, NoModelAvailableError, StreamInterruptedError
+from oblix_core.models.backend import ChatMessage
+from oblix_core.request import privacy
+from oblix_core.request.budgets import BudgetGuard
+from oblix_core.request.context import Request
+from oblix_core.request.engine import Engine, notify
+from oblix_core.request.execution import Attempting, Done
+from oblix_core.request.history import session_messages
+from oblix_core.request.routing import RouteRequest, RoutingPlan, screen
+from oblix_core.sessions.records import Message, SessionRecord, new_session_id, utc_now
+from oblix_core.sessions.store import keyed
+from oblix_core.usage.ledger import UsageRecord, answer_record
+
+#: Tokens of history read for a request when no model is hooked (routing then fails anyway).
+DEFAULT_HISTORY_BUDGET = 4096
+
+
+class ResponseStream:
+    """An async iterator over the answer's text chunks, for programs.
+
+    ``async for chunk in client.stream("Hi", session_id=sid): ...``; after the loop,
+    :attr:`result` holds the same dict ``execute`` returns. Leaving the loop early (or
+    cancelling) stops the model promptly; an unfinished answer is not stored.
+    """
+
+    def __init__(self, engine: Engine, request: Request) -> None:
+        self._engine = engine
+        self.request = request
+        self._agen: AsyncGenerator[str, None] | None = None
+        self._new_session: SessionRecord | None = None
+        self.result: dict[str, Any] | None = None
+        #: The ``routing_decision`` once the request is routed (attempts added when it ends,
+        #: also when it fails): what ``oblix run --explain`` and chat ``/why`` print.
+        self.routing_decision: dict[str, Any] | None = None
+        self._delivered: list[str] = []
+        self._started_at = utc_now()
+        self._answering: str | None = None  # the model being tried now
+        self._stored = False
+        self._budget: BudgetGuard | None = None
+        self._history: tuple[ChatMessage, ...] | None = None  # the session's, as chat messages
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def answering_model_id(self) -> str | None:
+        """The model being tried now; once text has arrived, the model that answers."""
+        return self._answering
+
+    def __aiter__(self) -> ResponseStream:
+        return self
+
+    async def __anext__(self) -> str:
+        if self._agen is None:
+            self._agen = self._run()
+        text = await self._agen.__anext__()
+        self._delivered.append(text)
+        return text
+
+    @property
+    def delivered(self) -> str:
+        """The answer text handed to the caller so far."""
+        return "".join(self._delivered)
+
+    async def store_interrupted(self, reason: str) -> bool:
+        """Store the prompt and the part of the answer delivered so far, marked interrupted.
+
+        For a caller that stops reading on purpose (the CLI on Ctrl-C), after it closed
+        the stream: the core itself stores partials only when a model fails. The
+        assistant message has ``metrics={"interrupted": True, "reason": reason}`` and the
+        answering model's id. Returns ``False``, storing
+        nothing, when no text was delivered, the exchange is already stored, or the
+        request stores nothing.
+        """
+        request = self.request
+        if self._stored or not self._delivered or request.session_id is None or not request.store:
+            return False
+        marks = {"interrupted": True, "reason": reason}
+        await self._persist(self._started_at, self.delivered, self._answering, marks)
+        return True
+
+    async def aclose(self) -> None:
+        if self._agen is not None:
+            await self._agen.aclose()
+
+    async def __aenter__(self) -> ResponseStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def collect(self) -> dict[str, Any]:
+        """Consume the whole answer and return the result dict."""
+        async with self:
+            async for _ in self:
+                pass
+        assert self.result is not None
+        return self.result
+
+    async def _session(self) -> SessionRecord:
+        """The session's recent history; a new session (stored only once answered) if none given."""
+        request = self.request
+        if request.session_id is None:
+            now = utc_now()
+            metadata = {privacy.KEY: True} if request.local_only else {}
+            history = tuple(Message(m.role, m.content) for m in request.history or ())
+            new_id = new_session_id()
+            if request.store:  # the store must be reachable before a model spends time on an answer
+                await anyio.to_thread.run_sync(self._engine.store.exists, new_id)
+            self._new_session = SessionRecord(
+                id=new_id,
+                title=request.prompt.strip().splitlines()[0][:60],
+                created_at=now,
+                updated_at=now,
+                messages=history,
+                metadata=metadata,
+            )
+            return self._new_session
+        budget = max((m.context_window for m in self._engine.models.values()), default=DEFAULT_HISTORY_BUDGET)
+        store = self._engine.store
+        read = functools.partial(self._engine.history.read, store, request.session_id, budget)
+        session, self._history = await anyio.to_thread.run_sync(read) if store.blocking else read()
+        if request.local_only and not privacy.session_is_local_only(session.metadata):
+            # mark the session before any model runs: once private, always private
+            mark = functools.partial(store.update_metadata, session.id, {privacy.KEY: True})
+            await anyio.to_thread.run_sync(mark) if store.blocking else mark()
+        return session
+
+    def _apply_session(self, session: SessionRecord) -> None:
+        request = self.request
+        request.session_id = session.id
+        if not request.local_only and privacy.session_is_local_only(session.metadata):
+            value = session.metadata[privacy.KEY]
+            request.local_only = True
+            request.local_only_reason = (
+                f"session {session.id} is local-only (metadata local_only={value!r}; a session that "
+                "ever held a local-only turn stays local-only)"
+            )
+        elif request.local_only and not request.local_only_reason:
+            request.local_only_reason = "requested with local_only=True"
+        if request.history is not None and self._new_session is not None:
+            # the caller's own messages, as given (tool calls and results included)
+            framing = session_messages(attrs.evolve(session, messages=()), request.prompt, request.system)
+            request.messages = [*framing[:-1], *request.history, framing[-1]]
+        else:
+            request.messages = session_messages(session, request.prompt, request.system, self._history)
+
+    async def _plan(self) -> tuple[RoutingPlan, list[Any]]:
+        """Agents' readings (a bounded fresh sample if pending), the policy, privacy, screening."""
+        engine, request = self._engine, self.request
+        breaker = engine.executor.breaker
+        checks, agents = await current_checks(list(engine.agents.values()), breaker.readings)
+        models = engine.model_snapshot()
+        breaker.watch(models)
+        if breaker.shares_health and breaker.stale():  # read only when another process wrote
+            await anyio.to_thread.run_sync(breaker.sync)
+        route = RouteRequest(
+            preference=request.preference or engine.preference,
+            local_only=request.local_only,
+            local_only_reason=request.local_only_reason,
+            model=request.model,
+            fallback=request.fallback,
+        )
+        plan: RoutingPlan = engine.hooks.oblix_route(request=route, models=models, checks=checks)
+        plan = privacy.enforce(plan, request.local_only, request.local_only_reason)
+        if request.options.get("tools"):
+            plan = _tool_capable(plan)
+        plan = screen(
+            plan,
+            models,
+            request.messages,
+            request.max_tokens,
+            breaker,
+            forced=request.model,
+            fallback=request.fallback,
+            agents=agents,
+        )
+        if self._budget is not None:
+            plan = await self._budget.screen(plan)
+        self.routing_decision = plan.decision() | {
+            "selected": None,
+            "local_only": {"active": request.local_only, "reason": request.local_only_reason},
+            "attempts": [],
+        }
+        return plan, checks
+
+    async def _run(self) -> AsyncGenerator[str, None]:
+        started_at, started = self._started_at, time.monotonic()
+        hooks = self._engine.hooks
+        try:
+            session = await self._session()
+            self._apply_session(session)
+            engine = self._engine
+            budget = self._budget = BudgetGuard(
+                engine.budgets, engine.ledger, self.request.session_id, session.metadata
+            )
+            private = (self.request.local_only, self.request.local_only_reason)
+            hooks.oblix_request_start(request=self.request)
+            if private[0]:  # middleware may make a request local-only, never the reverse
+                self.request.local_only, self.request.local_only_reason = private
+            plan, checks = await self._plan()
+            done: Done | None = None
+            try:
+                async with aclosing(engine.executor.run(plan.candidates, self.request, plan.fits)) as events:
+                    async for event in events:
+                        if isinstance(event, Attempting):
+                            await budget.admit(event.model)
+                            self._answering = event.model.model_id
+                        elif isinstance(event, Done):
+                            done = event
+                        else:
+                            yield event
+            except StreamInterruptedError as exc:  # store what was said, marked, then re-raise
+                marks = {"interrupted": True, "error": str(exc)}
+                await self._persist(started_at, exc.partial, exc.model_id, marks)
+                raise
+            assert done is not None
+            metrics = done.metrics | {"total_latency_ms": round((time.monotonic() - started) * 1000, 2)}
+            if done.tool_calls:
+                metrics["tool_calls"] = [dict(c) for c in done.tool_calls]
+            metrics["cost_usd"] = engine.pricing.cost(
+                done.model.model_id, done.model.is_local, metrics["input_tokens"], metrics["output_tokens"]
+            )
+            usage = answer_record(
+                self.request, done.model.model_id, done.model.is_local, metrics, plan.rule, plan.reason
+            )
+            await self._persist(started_at, done.text, done.model.model_id, metrics, usage)
+            budget.release()
+            self.result = self._result(done, metrics, plan, checks)
+        except BaseException as exc:
+            if self._budget is not None:
+                self._budget.release()
+            if isinstance(exc, NoModelAvailableError) and self.routing_decision is not None:
+                self.routing_decision["attempts"] = list(exc.attempts)
+            if isinstance(exc, Exception):
+                notify(hooks.oblix_request_error, request=self.request, error=exc)
+            raise
+        notify(hooks.oblix_request_end, request=self.request, result=self.result)
+
+    def _result(
+        self, done: Done, metrics: dict[str, Any], plan: RoutingPlan, checks: list[Any]
+    ) -> dict[str, Any]:
+        request = self.request
+        decision = (self.routing_decision or plan.decision()) | {
+            "selected": done.model.model_id,
+            "local_only": {"active": request.local_only, "reason": request.local_only_reason},
+            "attempts": [a.to_dict() for a in done.attempts],
+        }
+        self.routing_decision = decision
+        extra = {"tool_calls": [dict(c) for c in done.tool_calls]} if done.tool_calls else {}
+        return extra | {
+            "response": done.text,
+            "model_id": done.model.model_id,
+            "session_id": request.session_id,
+            "request_id": request.request_id,
+            "metrics": metrics,
+            "agent_checks": {c.agent: c.to_dict() for c in checks},
+            "routing_decision": decision,
+        }
+
+    async def _persist(
+        self,
+        started_at: str,
+        text: str,
+        model_id: str | None,
+        metrics: dict[str, Any],
+        usage: UsageRecord | None = None,
+    ) -> None:
+        """Record the answer's ``usage`` and store the exchange (one worker-thread hop for the
+        blocking I/O, none if nothing blocks); if storing fails, say so (the answer exists,
+        the session lacks it)."""
+        request, budget = self.request, self._budget
+        assert request.session_id is not None
+        record = budget.record if budget is not None and usage is not None else None
+        ledger = self._engine.ledger
+        if record is not None and not (ledger is not None and ledger.blocking):
+            record(usage)  # first: an answer that is not stored still counts
+            record = None
+        write = self._writer(started_at, text, model_id, metrics) if request.store else None
+        if write is None and record is None:
+            return
+
+        def persist() -> bool:
+            if record is not None:
+                record(usage)
+            if write is None:
+                return False
+            try:
+                write()
+            except Exception as exc:  # whatever the store raised, the caller learns it was not stored
+                raise ExchangeNotStoredError(
+                    f"The answer from {model_id} was produced but NOT stored in session "
+                    f"{request.session_id}: {exc}",
+                    answer=text,
+                ) from exc
+            return True
+
+        blocking = record is not None or (write is not None and self._engine.store.blocking)
+        self._stored = await anyio.to_thread.run_sync(persist) if blocking else persist()
+        if self._stored and self._new_session is not None and self._new_session.id == request.session_id:
+            self._new_session = None
+
+    def _writer(
+        self, started_at: str, text: str, model_id: str | None, metrics: dict[str, Any]
+    ) -> Callable[[], None]:
+        """The store write of this exchange: the new session created with it, or an append."""
+        request, store, new = self.request, self._engine.store, self._new_session
+        messages = [
+            Message("user", request.prompt, timestamp=started_at),
+            Message("assistant", text, model_id=model_id, metrics=metrics),
+        ]
+        if new is not None and new.id == request.session_id:
+            record = attrs.evolve(new, messages=(*new.messages, *messages))
+            return functools.partial(keyed(store.create, request.request_id), record)
+        return functools.partial(
+            keyed(store.append_messages, request.request_id), request.session_id, messages
+        )
+
+
+def _tool_capable(plan: RoutingPlan) -> RoutingPlan:
+    """``plan`` with only the models that can call tools (a request with tools needs one)."""
+    capable = tuple(m for m in plan.candidates if m.supports_tools)
+    if not capable:
+        raise NoModelAvailableError(
+            "This request has tools but no candidate model can call tools ("
+            + ", ".join(m.model_id for m in plan.candidates)
+            + "); nothing was sent. Hook an OpenAI-compatible model, or send it without tools."
+        )
+    if len(capable) == len(plan.candidates):
+        return plan
+    dropped = ", ".join(m.model_id for m in plan.candidates if not m.supports_tools)
+    return attrs.evolve(plan, candidates=capable, reason=f"{plan.reason}; without tool support: {dropped}")

@@ -1,0 +1,383 @@
+"""The executor: run routed candidates with streaming, timeouts, retries, fallback and cooldown.
+
+Failure semantics, per candidate in routing order:
+
+* An answer is complete only on a positive end of stream (a chunk with a
+  ``finish_reason``) with some text. A stream that just stops, or an empty answer, is
+  a :class:`TransientModelError`.
+* Before the first token, a :class:`TransientModelError` (timeouts included) is retried
+  on the same model up to ``max_retries`` times with exponential backoff and jitter,
+  unless the model could not be reached at all (``unreachable``: refused, DNS, TLS,
+  connect or first-byte timeout), which goes to the next candidate at once; any other
+  error goes to the next candidate at once.
+* After the first token has been delivered, a failure is not retried or sent elsewhere
+  (the caller has already seen part of this model's answer): it raises
+  :class:`StreamInterruptedError` carrying the partial text and the real cause.
+* Each failed attempt counts against the model's health (:mod:`oblix_core.models.health`): a
+  model is cooled down at once when it is unreachable or when a transient failure used
+  up its retries, and after ``failure_threshold`` consecutive failures of any kind. A
+  cooling model is skipped (tried once, without retries, only if every candidate is
+  cooling down) until background health checks return it; a success resets it.
+* Each candidate receives the history trimmed for its own context window, so failing
+  over to a model with a smaller window never sends it more than it can hold.
+* A local-only request never starts a non-local backend, whatever the candidates are.
+
+Every error text is scrubbed of known secrets before it is raised or recorded.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from contextlib import aclosing
+from typing import Any, TypeVar
+
+import anyio
+import attrs
+
+from oblix_core import secrets
+from oblix_core.errors import (
+    ConfigError,
+    ContextWindowExceededError,
+    ModelError,
+    ModelTimeoutError,
+    NoModelAvailableError,
+    PermanentModelError,
+    StreamInterruptedError,
+    TransientModelError,
+)
+from oblix_core.models.backend import ModelBackend, StreamChunk, Usage
+from oblix_core.models.health import CircuitBreaker
+from oblix_core.request.context import Request
+from oblix_core.request.history import Fit, trim_to_window
+
+R = TypeVar("R", bound=Request)
+
+
+def _positive_or_none(_instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value <= 0):
+        raise ValueError(f"{attribute.name} must be a positive number of seconds or none, got {value!r}")
+
+
+@attrs.frozen
+class ExecutionSettings:
+    """Retry, timeout and cooldown settings (config file section ``[execution]``)."""
+
+    max_retries: int = attrs.field(default=2, validator=attrs.validators.ge(0))
+    backoff_initial: float = attrs.field(default=0.25, validator=attrs.validators.ge(0))
+    backoff_max: float = attrs.field(default=4.0, validator=attrs.validators.ge(0))
+    first_token_timeout: float | None = attrs.field(default=120.0, validator=_positive_or_none)
+    total_timeout: float | None = attrs.field(default=900.0, validator=_positive_or_none)
+    failure_threshold: int = attrs.field(default=3, validator=attrs.validators.ge(1))
+    cooldown: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
+    #: Consecutive passing health checks that return a cooled-down model to service.
+    recovery_checks: int = attrs.field(default=2, validator=attrs.validators.ge(1))
+    #: Seconds between health checks of a cooled-down model.
+    probe_interval: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExecutionSettings:
+        unknown = set(data) - {f.name for f in attrs.fields(cls)}
+        if unknown:
+            raise ConfigError(f"Unknown [execution] settings: {', '.join(sorted(unknown))}.")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"Invalid [execution] settings: {exc}") from exc
+
+    def backoff(self, attempt: int) -> float:
+        """Delay before retry number ``attempt`` (1-based): exponential, with jitter."""
+        return min(self.backoff_max, self.backoff_initial * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+
+@attrs.frozen
+class Attempt:
+    """One try of one model: its error (``None`` on success) and how long it took."""
+
+    model_id: str
+    error: str | None
+    elapsed_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_id": self.model_id, "error": self.error, "elapsed_ms": self.elapsed_ms}
+
+
+@attrs.frozen
+class Attempting:
+    """The executor's event before each try of a model: who is about to answer."""
+
+    model: ModelBackend
+
+
+@attrs.frozen
+class Done:
+    """The executor's last event: the model that answered, its text, metrics and attempts.
+
+    ``tool_calls`` holds the tool calls the model made (OpenAI's shape), if any.
+    """
+
+    model: ModelBackend
+    text: str
+    metrics: dict[str, Any]
+    attempts: tuple[Attempt, ...]
+    tool_calls: tuple[dict[str, Any], ...] = ()
+
+
+@attrs.define
+class _Answer:
+    """What one attempt has produced so far."""
+
+    started: float
+    parts: list[str] = attrs.field(factory=list)
+    first_at: float | None = None
+    usage: Usage | None = None
+    finish: str | None = None
+    info: dict[str, Any] = attrs.field(factory=dict)
+    calls: dict[int, dict[str, Any]] = attrs.field(factory=dict)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """The tool calls streamed so far, their deltas joined (OpenAI's message shape)."""
+        return [self.calls[i] for i in sorted(self.calls)]
+
+    def add(self, chunk: StreamChunk) -> None:
+        """Take in everything but the text of ``chunk``."""
+        self.usage = chunk.usage or self.usage
+        self.finish = chunk.finish_reason or self.finish
+        self.info.update(chunk.info or {})
+        for delta in chunk.tool_calls or ():
+            call = self.calls.setdefault(
+                int(delta.get("index", len(self.calls))),
+                {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+            )
+            call["id"] = delta.get("id") or call["id"]
+            call["type"] = delta.get("type") or call["type"]
+            function = delta.get("function") or {}
+            call["function"]["name"] += function.get("name") or ""
+            call["function"]["arguments"] += function.get("arguments") or ""
+
+
+def utf8_safe(text: str) -> str:
+    """``text`` that UTF-8 can store: surrogate pairs split across chunks are joined, lone
+    surrogates (half an emoji from a server that split one) become U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def _as_model_error(model: ModelBackend, exc: Exception) -> ModelError:
+    """``exc`` as a ModelError with every known secret scrubbed from its text."""
+    if isinstance(exc, ModelError):
+        error: ModelError = exc
+    else:
+        error = PermanentModelError(
+            f"{model.model_id} failed unexpectedly: {type(exc).__name__}: {exc}", model_id=model.model_id
+        )
+    clean = secrets.scrub(str(error))
+    if clean != str(error):
+        error.args = (clean,)
+    return error
+
+
+class Executor:
+    """Runs one request over ordered candidates. Stateless per request except the breaker."""
+
+    def __init__(self, settings: ExecutionSettings, breaker: CircuitBreaker) -> None:
+        self.settings = settings
+        self.breaker = breaker
+
+    async def attempt(
+        self, model: ModelBackend, request: Request, answer: _Answer
+    ) -> AsyncGenerator[str, None]:
+        """One try of ``model``: yield its text; raise unless the answer ends positively.
+
+        The first-token and total timeouts apply to each wait for the model's next chunk (a
+        cancel scope around each wait only: never across a ``yield``).
+        """
+        if request.local_only and not model.is_local:
+            raise PermanentModelError(
+                f"{model.model_id} is not local and this request is local-only; it was not started.",
+                model_id=model.model_id,
+            )
+        s = self.settings
+        start = anyio.current_time()  # the event loop's clock, which deadlines are in
+        total_deadline = start + s.total_timeout if s.total_timeout else math.inf
+        first_deadline = (
+            min(start + s.first_token_timeout, total_deadline) if s.first_token_timeout else total_deadline
+        )
+        first = True  # no text yet
+        held = ""  # a high surrogate that may pair with the next chunk's first character
+        async with aclosing(model.stream(request)) as chunks:
+            iterator = chunks.__aiter__()
+            while True:
+                with anyio.CancelScope(deadline=first_deadline if first else total_deadline) as scope:
+                    try:
+                        chunk = await iterator.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:  # the backend's own
+                        scope.cancel()
+                if scope.cancelled_caught or scope.cancel_called:
+                    what = "its first token" if first else "its answer"
+                    raise ModelTimeoutError(
+                        f"{model.model_id} did not produce {what} in time "
+                        f"(first_token_timeout={s.first_token_timeout}s, total_timeout={s.total_timeout}s).",
+                        model_id=model.model_id,
+                    ) from None
+                first = first and not chunk.text
+                answer.add(chunk)
+                text = held + chunk.text
+                held = text[-1] if text and "\ud800" <= text[-1] <= "\udbff" else ""
+                text = utf8_safe(text[: len(text) - len(held)])
+                if text:
+                    answer.first_at = answer.first_at or time.monotonic()
+                    answer.parts.append(text)
+                    yield text
+        if held:
+            answer.parts.append(utf8_safe(held))
+            yield answer.parts[-1]
+        if answer.finish is None:
+            raise TransientModelError(
+                f"{model.model_id}: the answer stream ended without a finish reason (truncated).",
+                model_id=model.model_id,
+            )
+        if not answer.text.strip() and not answer.calls:
+            raise TransientModelError(f"{model.model_id} returned an empty answer.", model_id=model.model_id)
+
+    async def run(
+        self, candidates: Sequence[ModelBackend], request: Request, fits: Mapping[str, Fit] | None = None
+    ) -> AsyncGenerator[str | Attempting | Done, None]:
+        """Yield :class:`Attempting` before each try, answer text as it streams, then one
+        :class:`Done`. With a screened plan's ``fits`` the candidates run as planned, each
+        with its planned messages (see :func:`_planned`); without, cooling ones go last."""
+        attempts: list[Attempt] = []
+        for model in candidates if fits is not None else self.breaker.order(candidates):
+            try:
+                await model.prepare()
+                own = model.with_defaults(request)  # the model's generation defaults, where unset
+                trimmed = _planned(model, own, (fits or {}).get(model.model_id))
+            except (PermanentModelError, ConfigError) as exc:  # cannot load, or the prompt cannot fit
+                attempts.append(Attempt(model.model_id, secrets.scrub(str(exc)), 0.0))
+                continue
+            tries = 0
+            retrimmed = False
+            while True:
+                tries += 1
+                answer = _Answer(started=time.monotonic())
+                yield Attempting(model)
+                try:
+                    async with aclosing(self.attempt(model, trimmed, answer)) as texts:
+                        async for text in texts:
+                            yield text
+                except Exception as exc:
+                    error = _as_model_error(model, exc)
+                    attempts.append(Attempt(model.model_id, str(error), _elapsed_ms(answer.started)))
+                    retry = not answer.parts and self._retry(error, tries, model)
+                    gave_up = isinstance(error, TransientModelError) and not retry
+                    self.breaker.record_failure(model.model_id, at_once=gave_up, error=str(error))
+                    if not answer.parts and not retrimmed and _learned_smaller_window(model, error):
+                        retrimmed = True  # the server said how long it can take: fit it and try once more
+                        try:
+                            trimmed = attrs.evolve(
+                                own, messages=trim_to_window(own.messages, model, own.max_tokens)
+                            )
+                        except PermanentModelError:
+                            break
+                        continue
+                    if answer.parts:
+                        raise StreamInterruptedError(
+                            f"{model.model_id} failed after streaming part of its answer: {error}",
+                            model_id=model.model_id,
+                            partial=answer.text,
+                        ) from None
+                    if retry:
+                        await anyio.sleep(self.settings.backoff(tries))
+                        continue
+                    break
+                self.breaker.record_success(model.model_id)
+                attempts.append(Attempt(model.model_id, None, _elapsed_ms(answer.started)))
+                metrics = _metrics(model, trimmed, answer, attempts, (fits or {}).get(model.model_id))
+                model.last_tokens_per_second = metrics["tokens_per_second"]
+                yield Done(model, answer.text, metrics, tuple(attempts), tuple(answer.tool_calls))
+                return
+        raise _no_model(attempts)
+
+    def _retry(self, error: ModelError, tries: int, model: ModelBackend) -> bool:
+        """Whether to try ``model`` again on this request."""
+        return (
+            isinstance(error, TransientModelError)
+            and not error.unreachable
+            and tries <= self.settings.max_retries
+            and self.breaker.available(model.model_id)
+        )
+
+
+def _planned(model: ModelBackend, request: R, fit: Fit | None) -> R:
+    """``request`` with the messages planned for ``model``, trimmed again only if the plan no
+    longer holds for it; raises :class:`PermanentModelError` if the prompt cannot fit."""
+    if fit is not None and fit.holds_for(model, request.max_tokens):
+        return attrs.evolve(request, messages=fit.messages)
+    return attrs.evolve(request, messages=trim_to_window(request.messages, model, request.max_tokens))
+
+
+def _learned_smaller_window(model: ModelBackend, error: ModelError) -> bool:
+    """Teach ``model`` the window a context-exceeded refusal reported; ``True`` if it shrank."""
+    window = error.window if isinstance(error, ContextWindowExceededError) else None
+    if not window or window >= model.context_window:
+        return False
+    model.learned_context_window = window
+    return True
+
+
+def _elapsed_ms(since: float) -> float:
+    return round((time.monotonic() - since) * 1000, 2)
+
+
+def _no_model(attempts: list[Attempt]) -> NoModelAvailableError:
+    errors = {a.model_id: a.error for a in attempts if a.error}
+    detail = "; ".join(e if e.startswith(f"{m}:") else f"{m}: {e}" for m, e in errors.items())
+    return NoModelAvailableError(
+        f"No model could answer ({detail or 'no candidate'}).",
+        errors=dict(errors),
+        attempts=[a.to_dict() for a in attempts],
+    )
+
+
+def _metrics(
+    model: ModelBackend, request: Request, answer: _Answer, attempts: list[Attempt], fit: Fit | None
+) -> dict[str, Any]:
+    usage = answer.usage
+    input_tokens = usage.input_tokens if usage and usage.input_tokens is not None else None
+    output_tokens = usage.output_tokens if usage and usage.output_tokens is not None else None
+    estimated = input_tokens is None or output_tokens is None
+    if input_tokens is None:
+        messages = request.messages
+        input_tokens = fit.input_tokens(model, messages) if fit else model.count_message_tokens(messages)
+    if output_tokens is None:
+        output_tokens = model.count_tokens(answer.text)
+    ended = time.monotonic()
+    generating = ended - (answer.first_at or answer.started)
+    first_at = answer.first_at
+    return {
+        "latency_ms": round((ended - answer.started) * 1000, 2),
+        "time_to_first_token_ms": round((first_at - answer.started) * 1000, 2) if first_at else None,
+        "tokens_per_second": round(output_tokens / generating, 2)
+        if generating > 0 and output_tokens
+        else None,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cached_input_tokens": usage.cached_input_tokens if usage else None,
+        "tokens_estimated": estimated,
+        "finish_reason": answer.finish,
+        "history_messages_sent": len(request.messages),
+        "attempts": [a.to_dict() for a in attempts],
+        **answer.info,
+    }

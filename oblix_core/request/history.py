@@ -1,0 +1,207 @@
+"""Turning a session into model messages, trimmed to a model's context window by tokens."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Hashable, Sequence
+
+import attrs
+
+from oblix_core.errors import PermanentModelError
+from oblix_core.models.backend import ESTIMATED_TOKENS, ChatMessage, ModelBackend
+from oblix_core.sessions.records import Message, SessionRecord
+from oblix_core.sessions.store import SessionStore
+
+#: Tokens kept free for the answer when the request does not set ``max_tokens``.
+DEFAULT_ANSWER_RESERVE = 512
+
+
+#: Messages read in the first page of history.
+FIRST_PAGE = 64
+#: How far the estimate of the history read must exceed the budget (estimates run low).
+MARGIN = 1.25
+
+
+def estimated_tokens(messages: Sequence[Message]) -> int:
+    """A cheap token estimate (4 characters a token, 4 tokens of overhead per message)."""
+    return sum(len(m.content) // 4 + 4 for m in messages)
+
+
+def read_tail(store: SessionStore, session_id: str, budget_tokens: int) -> SessionRecord:
+    """The session with as much recent history as ``budget_tokens`` can use.
+
+    Reads a first page from the end of the session; if its estimated tokens do not
+    cover the budget (with :data:`MARGIN`), reads again as many messages as the
+    first page's average size says are needed (at least twice as many). A request
+    thus reads about what the largest window can hold, however long the session is.
+    Runs in a worker thread (the store may block).
+    """
+    size, wanted = FIRST_PAGE, MARGIN * budget_tokens
+    while True:
+        record = store.load_recent(session_id, size)
+        estimate = estimated_tokens(record.messages)
+        if len(record.messages) < size or estimate >= wanted:
+            return record
+        per_message = max(1.0, estimate / len(record.messages))
+        size = max(2 * size, math.ceil(wanted / per_message * 1.1))
+
+
+def session_messages(
+    session: SessionRecord,
+    prompt: str,
+    system: str | None = None,
+    history: Sequence[ChatMessage] | None = None,
+) -> list[ChatMessage]:
+    """The conversation plus the new prompt, after an optional system prompt.
+
+    A non-empty session context becomes a system message too. ``history``: the
+    session's messages already as chat messages (the warm history keeps them so).
+    """
+    messages = [ChatMessage("system", system)] if system else []
+    if session.context:
+        context = json.dumps(session.context, ensure_ascii=False, sort_keys=True)
+        messages.append(ChatMessage("system", f"Conversation context: {context}"))
+    if history is None:
+        history = chat_messages(session.messages)
+    messages.extend(history)
+    messages.append(ChatMessage("user", prompt))
+    return messages
+
+
+def chat_messages(messages: Sequence[Message]) -> tuple[ChatMessage, ...]:
+    """Stored messages as chat messages."""
+    return tuple(ChatMessage(m.role, m.content) for m in messages)
+
+
+#: Token counts of single messages, by (tokenizer key, role, content): a message is counted
+#: once per tokenizer however many requests send it. Cleared whole when full.
+_COUNTS: dict[tuple[Hashable, str, str], int] = {}
+MAX_CACHED_COUNTS = 200_000
+
+
+def message_tokens(model: ModelBackend, message: ChatMessage, key: Hashable | None) -> int:
+    """``model.count_message_tokens([message])``, cached under the model's tokenizer ``key``."""
+    if key is None or message.tool_calls or message.tool_call_id is not None:
+        return model.count_message_tokens([message])
+    entry = (key, message.role, message.content)
+    count = _COUNTS.get(entry)
+    if count is None:
+        count = model.count_message_tokens([message])
+        if len(_COUNTS) >= MAX_CACHED_COUNTS:
+            _COUNTS.clear()
+        _COUNTS[entry] = count
+    return count
+
+
+def _costs(model: ModelBackend, history: Sequence[ChatMessage], key: Hashable | None) -> list[int]:
+    """Each message's tokens (:func:`message_tokens`, its cache read inline: the hot loop)."""
+    if key is None:
+        return [model.count_message_tokens([m]) for m in history]
+    if key == ESTIMATED_TOKENS:  # ModelBackend's own counts, as arithmetic: no lookup needed
+        return [(len(m.content) + 3) // 4 + 4 for m in history]
+    get = _COUNTS.get
+    costs = [get((key, m.role, m.content)) if m.tool_calls is None else None for m in history]
+    for i, cost in enumerate(costs):
+        if cost is None:
+            costs[i] = message_tokens(model, history[i], key)
+    return costs  # type: ignore[return-value]  # every None was filled
+
+
+def answer_reserve(window: int, max_tokens: int | None) -> int:
+    """Tokens kept free for the answer: ``max_tokens``, or a quarter of the window up to 512."""
+    return max_tokens if max_tokens else min(DEFAULT_ANSWER_RESERVE, window // 4)
+
+
+@attrs.frozen
+class Fit:
+    """How a request's messages fit one model's window: counted once, used by routing and
+    the executor alike (see :func:`fit_to_window`)."""
+
+    #: The messages to send: system messages, as much recent history as fits, the prompt.
+    messages: tuple[ChatMessage, ...]
+    window: int
+    #: Tokens of every message given plus the answer reserve.
+    needed: int
+    history_messages: int
+    history_sent: int
+    max_tokens: int | None
+    #: The model's tokenizer key when counted (``None``: counts not cacheable).
+    tokenizer: Hashable | None
+    #: Tokens of ``messages`` as counted message by message.
+    sent_tokens: int = 0
+    #: Why the model cannot take the request (the prompt alone is too long), or ``None``.
+    problem: str | None = None
+
+    def describe(self) -> dict[str, object]:
+        """The ``context`` entry of a routing decision."""
+        return {
+            "window": self.window,
+            "needed": self.needed,
+            "fits": self.needed <= self.window,
+            "history_messages": self.history_messages,
+            "history_sent": self.history_sent,
+        }
+
+    def input_tokens(self, model: ModelBackend, messages: Sequence[ChatMessage]) -> int:
+        """``model.count_message_tokens(messages)``, known already when ``messages`` are this fit's
+        and the model's counts add up message by message (the default estimate)."""
+        if messages is self.messages and self.tokenizer == ESTIMATED_TOKENS:
+            return self.sent_tokens
+        return model.count_message_tokens(messages)
+
+    def holds_for(self, model: ModelBackend, max_tokens: int | None) -> bool:
+        """Whether this fit is still ``model``'s (same tokenizer, window and answer reserve)."""
+        return (
+            self.problem is None
+            and self.tokenizer is not None
+            and self.max_tokens == max_tokens
+            and self.window == model.context_window
+            and self.tokenizer == model.tokenizer_key
+        )
+
+
+def fit_to_window(messages: Sequence[ChatMessage], model: ModelBackend, max_tokens: int | None) -> Fit:
+    """Keep system messages and the last (prompt) message, then as much recent history as fits.
+
+    The budget is the model's context window minus the tokens reserved for the answer
+    (``max_tokens``, or a quarter of the window up to 512). History is dropped whole
+    messages at a time, oldest first. Each message is counted once (cached per
+    tokenizer). If even the prompt does not fit, the fit says why (``problem``), so that
+    a model with a larger window can be tried.
+    """
+    window, key = model.context_window, model.tokenizer_key
+    reserve = answer_reserve(window, max_tokens)
+    if not messages:
+        return Fit((), window, reserve, 0, 0, max_tokens, key)
+    prompt = messages[-1]
+    system = [m for m in messages[:-1] if m.role == "system"]
+    history = [m for m in messages[:-1] if m.role != "system"]
+    fixed = model.count_message_tokens([*system, prompt])
+    costs = _costs(model, history, key)
+    needed = fixed + sum(costs) + reserve
+    budget = window - reserve - fixed
+    if budget < 0:
+        problem = (
+            f"The prompt needs {fixed} tokens plus {reserve} for the answer, more than the "
+            f"{window}-token context window of {model.model_id}. Shorten it or lower max_tokens."
+        )
+        return Fit((), window, needed, len(history), 0, max_tokens, key, problem=problem)
+    first = len(history)
+    while first > 0 and costs[first - 1] <= budget:
+        first -= 1
+        budget -= costs[first]
+    kept = (*system, *history[first:], prompt)
+    sent = needed - reserve - sum(costs[:first])
+    return Fit(kept, window, needed, len(history), len(history) - first, max_tokens, key, sent)
+
+
+def trim_to_window(
+    messages: Sequence[ChatMessage], model: ModelBackend, max_tokens: int | None
+) -> tuple[ChatMessage, ...]:
+    """:func:`fit_to_window`'s messages; raises :class:`PermanentModelError` if even the
+    prompt does not fit, so that a model with a larger window can be tried."""
+    fit = fit_to_window(messages, model, max_tokens)
+    if fit.problem is not None:
+        raise PermanentModelError(fit.problem, model_id=model.model_id)
+    return fit.messages

@@ -1,0 +1,319 @@
+"""The usage ledger: what each answered request used and cost, and what the cloud would have cost.
+
+Every answered request records one :class:`UsageRecord` in the session store's own
+ledger (:meth:`SessionStore.usage_ledger`; a store without one gets the SQLite ledger in
+``$OBLIX_HOME/usage.sqlite3``). ``oblix usage``, ``GET /v1/oblix/usage``, the dashboard
+and budgets (:mod:`oblix_core.request.budgets`) read it through :class:`UsageLedger`.
+
+Prices are USD per million tokens: ``price_in``/``price_out`` of a ``[[models]]`` entry,
+else :data:`PRICES` (cloud models), else 0 for local models. Days are UTC dates.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Iterable, Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import attrs
+
+from oblix_core.errors import OblixError
+from oblix_core.sessions.records import utc_now
+
+log = logging.getLogger(__name__)
+
+#: When :data:`PRICES` was read from the providers' public price pages (docs/usage.md).
+PRICES_AS_OF = "2025-06-01"
+#: USD per million tokens (input, output) of well-known cloud models, by model name (a
+#: dated name like ``gpt-4o-mini-2024-07-18`` takes the longest key it starts with).
+#: Sources: https://openai.com/api/pricing and https://www.anthropic.com/pricing#api.
+PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4.1": (2.00, 8.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1-nano": (0.10, 0.40),
+    "gpt-4-turbo": (10.00, 30.00),
+    "gpt-3.5-turbo": (0.50, 1.50),
+    "o1": (15.00, 60.00),
+    "o3": (2.00, 8.00),
+    "o3-mini": (1.10, 4.40),
+    "o4-mini": (1.10, 4.40),
+    "claude-opus-4": (15.00, 75.00),
+    "claude-sonnet-4": (3.00, 15.00),
+    "claude-3-7-sonnet": (3.00, 15.00),
+    "claude-3-5-sonnet": (3.00, 15.00),
+    "claude-3-5-haiku": (0.80, 4.00),
+    "claude-3-opus": (15.00, 75.00),
+    "claude-3-haiku": (0.25, 1.25),
+}
+
+#: The groupings ``oblix usage --by`` offers.
+GROUPINGS = ("model", "day", "session")
+#: The reference cloud model when none is configured or hooked.
+DEFAULT_VERSUS = "openai:gpt-4o-mini"
+
+
+def table_price(model_name: str) -> tuple[float, float] | None:
+    """The built-in price of a cloud model name (exact, else the longest matching prefix)."""
+    if model_name in PRICES:
+        return PRICES[model_name]
+    keys = [k for k in PRICES if model_name.startswith(k + "-")]
+    return PRICES[max(keys, key=len)] if keys else None
+
+
+@attrs.define
+class Pricing:
+    """Prices by model id: configured overrides, the built-in table, 0 for local models."""
+
+    overrides: dict[str, tuple[float, float]] = attrs.field(factory=dict)
+
+    @classmethod
+    def from_entries(cls, entries: Iterable[dict[str, Any]]) -> Pricing:
+        """Overrides from ``[[models]]`` entries with ``price_in`` and/or ``price_out``."""
+        overrides = {}
+        for entry in entries:
+            if "price_in" in entry or "price_out" in entry:
+                model_id = f"{entry['type']}:{entry['name']}"
+                known = table_price(str(entry["name"])) or (0.0, 0.0)
+                overrides[model_id] = (
+                    float(entry.get("price_in", known[0])),
+                    float(entry.get("price_out", known[1])),
+                )
+        return cls(overrides)
+
+    def price(self, model_id: str, local: bool) -> tuple[float, float] | None:
+        """(input, output) USD per million tokens; ``None`` for a cloud model without a price."""
+        if model_id in self.overrides:
+            return self.overrides[model_id]
+        if local:
+            return (0.0, 0.0)
+        return table_price(model_id.split(":", 1)[-1])
+
+    def cost(self, model_id: str, local: bool, input_tokens: int, output_tokens: int) -> float:
+        """The cost in USD (0 for a cloud model without a price, with a warning)."""
+        price = self.price(model_id, local)
+        if price is None:
+            log.warning(
+                "no price for cloud model %s: its cost counts as 0; set price_in/price_out on its "
+                "[[models]] entry",
+                model_id,
+            )
+            return 0.0
+        return round((input_tokens * price[0] + output_tokens * price[1]) / 1e6, 10)
+
+
+@attrs.frozen
+class UsageRecord:
+    """One answered request in the ledger."""
+
+    request_id: str
+    model_id: str
+    local: bool
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    timestamp: str = attrs.field(factory=utc_now)
+    session_id: str | None = None
+    cached_tokens: int = 0
+    latency_ms: float = 0.0
+    rule: str = ""
+    reason: str = ""
+    tokens_estimated: bool = False
+
+    @property
+    def day(self) -> str:
+        """The UTC date of the record, ``YYYY-MM-DD``."""
+        return self.timestamp[:10]
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UsageRecord:
+        names = {f.name for f in attrs.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@attrs.define
+class UsageTotals:
+    """Sums over records: one group of ``oblix usage --by`` (``key`` names it)."""
+
+    key: str = "total"
+    requests: int = 0
+    local_requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0  # the sum; see the report's avg_latency_ms
+
+    def add(self, record: UsageRecord) -> None:
+        self.requests += 1
+        self.local_requests += int(record.local)
+        self.input_tokens += record.input_tokens
+        self.output_tokens += record.output_tokens
+        self.cached_tokens += record.cached_tokens
+        self.cost_usd += record.cost_usd
+        self.latency_ms += record.latency_ms
+
+    def merge(self, other: UsageTotals) -> None:
+        for field in attrs.fields(UsageTotals):
+            if field.name != "key":
+                setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
+
+def group_key(record: UsageRecord, by: str | None) -> str:
+    """The group a record falls in for ``by`` (``None``: ``"total"``)."""
+    if by == "model":
+        return record.model_id
+    if by == "day":
+        return record.day
+    if by == "session":
+        return record.session_id or "(no session)"
+    return "total"
+
+
+def total_by(records: Iterable[UsageRecord], by: str | None) -> list[UsageTotals]:
+    """Records summed per group (for ledgers that keep records, and for tests)."""
+    groups: dict[str, UsageTotals] = {}
+    for record in records:
+        key = group_key(record, by)
+        groups.setdefault(key, UsageTotals(key)).add(record)
+    return sorted(groups.values(), key=lambda t: t.key)
+
+
+class UsageLedger(abc.ABC):
+    """Where usage records are kept; shared by every Oblix instance using the same store.
+
+    Methods are synchronous and may block (the core calls them from worker threads) and
+    must be safe from several threads. ``since`` is a UTC date: records of that day and
+    later count.
+    """
+
+    name: str = ""
+    #: Whether :meth:`record` may block (I/O). The client wraps a blocking ledger in
+    #: :class:`~oblix_core.usage.writer.WriteBehindLedger`, so requests never wait for it.
+    blocking: bool = True
+
+    @abc.abstractmethod
+    def record(self, record: UsageRecord) -> None:
+        """Add one record (a record repeated with the same ``request_id`` may count once)."""
+
+    def record_many(self, records: Sequence[UsageRecord]) -> None:
+        """Add several records; ledgers that can write them in one go (a transaction, a
+        pipeline) override this."""
+        for record in records:
+            self.record(record)
+
+    @abc.abstractmethod
+    def totals(self, since: date, by: str | None = None) -> list[UsageTotals]:
+        """Sums since ``since``, one row per group of ``by`` (``model``, ``day``, ``session``;
+        ``None``: a single ``total`` row, present even when empty), sorted by key."""
+
+    @abc.abstractmethod
+    def spent(self, since: date | None = None, session_id: str | None = None) -> float:
+        """USD spent since ``since`` (``None``: ever), by one session when ``session_id`` is given."""
+
+    @abc.abstractmethod
+    def recent(self, limit: int = 50) -> list[UsageRecord]:
+        """The latest records, newest first (at least the last ``limit`` the ledger keeps)."""
+
+    def identity(self) -> str:
+        """Names the shared ledger (the same for every instance on the same data)."""
+        return f"{self.name}:{id(self)}"
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections or handles."""
+
+
+def parse_since(text: str, today: date | None = None) -> date:
+    """``7d`` (the last 7 days, today included), ``2w``, ``3m`` (30-day months) or ``YYYY-MM-DD``."""
+    today = today or datetime.now(UTC).date()
+    value = text.strip().lower()
+    units = {"d": 1, "w": 7, "m": 30}
+    if value[-1:] in units and value[:-1].isdigit() and int(value[:-1]) > 0:
+        return today - timedelta(days=int(value[:-1]) * units[value[-1]] - 1)
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise OblixError(f"--since takes 7d, 2w, 3m or a date like 2025-01-31, got {text!r}.") from None
+
+
+def _row(totals: UsageTotals, versus: tuple[float, float]) -> dict[str, Any]:
+    versus_cost = (totals.input_tokens * versus[0] + totals.output_tokens * versus[1]) / 1e6
+    requests = totals.requests
+    return {
+        "key": totals.key,
+        "requests": requests,
+        "local_requests": totals.local_requests,
+        "cloud_requests": requests - totals.local_requests,
+        "local_share": round(totals.local_requests / requests, 4) if requests else 0.0,
+        "input_tokens": totals.input_tokens,
+        "output_tokens": totals.output_tokens,
+        "cached_tokens": totals.cached_tokens,
+        "cost_usd": round(totals.cost_usd, 10),
+        "versus_cost_usd": round(versus_cost, 10),
+        "saved_usd": round(versus_cost - totals.cost_usd, 10),
+        "avg_latency_ms": round(totals.latency_ms / requests, 2) if requests else None,
+    }
+
+
+def usage_report(
+    ledger: UsageLedger, since: date, by: str | None, versus: str, pricing: Pricing
+) -> dict[str, Any]:
+    """What ``oblix usage --json`` and ``GET /v1/oblix/usage`` return.
+
+    ``versus`` is the reference cloud model: ``saved_usd`` is what the same tokens would
+    have cost on it, less what they cost.
+    """
+    if by is not None and by not in GROUPINGS:
+        raise OblixError(f"by must be one of {', '.join(GROUPINGS)}, got {by!r}.")
+    price = pricing.price(versus, local=False)
+    if price is None:
+        raise OblixError(
+            f"No price is known for the reference model {versus!r}: pick another (--versus) or set "
+            "price_in/price_out on its [[models]] entry."
+        )
+    total = UsageTotals()
+    rows = ledger.totals(since, by) if by else []
+    for row in rows or ledger.totals(since, None):
+        total.merge(row)
+    return {
+        "since": since.isoformat(),
+        "by": by,
+        "versus": versus,
+        "versus_price_per_million": {"input": price[0], "output": price[1]},
+        "prices_as_of": PRICES_AS_OF,
+        "total": _row(total, price) | {"key": "total"},
+        "rows": [_row(r, price) for r in rows],
+    }
+
+
+def reference_model(models: Sequence[tuple[str, bool]], versus: str | None) -> str:
+    """The reference cloud model: ``versus``, else the first cloud one of ``(id, local)``."""
+    if versus:
+        return versus if ":" in versus else f"openai:{versus}"
+    return next((model_id for model_id, local in models if not local), DEFAULT_VERSUS)
+
+
+def answer_record(
+    request: Any, model_id: str, local: bool, metrics: dict[str, Any], rule: str, reason: str
+) -> UsageRecord:
+    """The ledger record of an answered request (``request``: the core's Request)."""
+    return UsageRecord(
+        request_id=request.request_id,
+        model_id=model_id,
+        local=local,
+        input_tokens=int(metrics.get("input_tokens") or 0),
+        output_tokens=int(metrics.get("output_tokens") or 0),
+        cost_usd=float(metrics.get("cost_usd") or 0.0),
+        session_id=request.session_id if request.store else None,
+        cached_tokens=int(metrics.get("cached_input_tokens") or 0),
+        latency_ms=float(metrics.get("total_latency_ms") or metrics.get("latency_ms") or 0.0),
+        rule=rule,
+        reason=reason[:500],
+        tokens_estimated=bool(metrics.get("tokens_estimated")),
+    )

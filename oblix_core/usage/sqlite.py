@@ -1,0 +1,200 @@
+"""A usage ledger in one SQLite file: the file store's ``<root>/.usage.sqlite3``, and the
+fallback ``$OBLIX_HOME/usage.sqlite3`` for stores without a ledger of their own.
+
+One row per answered request (the request id is the key, so a repeated record counts
+once), indexed by day and by session: totals over months are one indexed ``GROUP BY``.
+WAL mode; several processes on one machine write it at once (SQLite's own locking).
+Unlike the session index this file is not a cache: it is the only copy of the ledger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import stat
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from oblix_core.usage.ledger import UsageLedger, UsageRecord, UsageTotals
+from oblix_core.usage.writer import write_behind
+
+if TYPE_CHECKING:
+    from oblix_core.sessions.store import SessionStore
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage (
+    request_id TEXT PRIMARY KEY,
+    ts TEXT NOT NULL,
+    day TEXT NOT NULL,
+    session_id TEXT,
+    model_id TEXT NOT NULL,
+    local INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL,
+    latency_ms REAL NOT NULL,
+    cost_usd REAL NOT NULL,
+    rule TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    tokens_estimated INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_day ON usage (day);
+CREATE INDEX IF NOT EXISTS usage_session ON usage (session_id, day);
+CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
+"""
+
+_COLUMNS = (
+    "request_id, ts, session_id, model_id, local, input_tokens, output_tokens, cached_tokens, "
+    "latency_ms, cost_usd, rule, reason, tokens_estimated"
+)
+_SUMS = (
+    "COUNT(*), COALESCE(SUM(local), 0), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), "
+    "COALESCE(SUM(cached_tokens), 0), COALESCE(SUM(cost_usd), 0), COALESCE(SUM(latency_ms), 0)"
+)
+_INSERT = (
+    "INSERT OR IGNORE INTO usage (request_id, ts, day, session_id, model_id, local, input_tokens, "
+    "output_tokens, cached_tokens, latency_ms, cost_usd, rule, reason, tokens_estimated) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_GROUP = {"model": "model_id", "day": "day", "session": "COALESCE(session_id, '(no session)')"}
+
+
+def _row(record: UsageRecord) -> tuple[object, ...]:
+    return (
+        record.request_id,
+        record.timestamp,
+        record.day,
+        record.session_id,
+        record.model_id,
+        int(record.local),
+        record.input_tokens,
+        record.output_tokens,
+        record.cached_tokens,
+        record.latency_ms,
+        record.cost_usd,
+        record.rule,
+        record.reason,
+        int(record.tokens_estimated),
+    )
+
+
+def _private(path: Path) -> None:
+    """Create ``path`` 0600 before SQLite opens it (SQLite gives its -wal and -shm files the
+    database's mode), and tighten it and those files where an older Oblix left them readable."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (str(path), f"{path}-wal", f"{path}-shm"):
+        with contextlib.suppress(OSError):  # missing, or another user's
+            found = os.lstat(name)
+            if stat.S_ISREG(found.st_mode) and stat.S_IMODE(found.st_mode) & 0o077:
+                os.chmod(name, 0o600)
+
+
+class SqliteUsageLedger(UsageLedger):
+    """The ledger in the SQLite file ``path`` (see the module docstring)."""
+
+    name = "sqlite"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list[sqlite3.Connection] = []
+        self._ready = False
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _private(self.path)
+        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        with self._lock:
+            if not self._ready:
+                db.executescript(_SCHEMA)
+                self._ready = True
+            self._all.append(db)
+        return db
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._connect()
+        yield db
+
+    def record(self, record: UsageRecord) -> None:
+        self.record_many((record,))
+
+    def record_many(self, records: Sequence[UsageRecord]) -> None:
+        rows = [_row(record) for record in records]
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(_INSERT, rows)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def totals(self, since: date, by: str | None = None) -> list[UsageTotals]:
+        group = _GROUP.get(by or "", "'total'")
+        sql = f"SELECT {group}, {_SUMS} FROM usage WHERE day >= ? GROUP BY 1 ORDER BY 1"
+        if by is None:
+            sql = f"SELECT 'total', {_SUMS} FROM usage WHERE day >= ?"
+        with self._db() as db:
+            rows = db.execute(sql, (since.isoformat(),)).fetchall()
+        return [UsageTotals(str(r[0]), *r[1:]) for r in rows]
+
+    def spent(self, since: date | None = None, session_id: str | None = None) -> float:
+        sql, args = (
+            "SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE day >= ?",
+            [(since or date.min).isoformat()],
+        )
+        if session_id is not None:
+            sql += " AND session_id = ?"
+            args.append(session_id)
+        with self._db() as db:
+            return float(db.execute(sql, args).fetchone()[0])
+
+    def recent(self, limit: int = 50) -> list[UsageRecord]:
+        with self._db() as db:
+            rows = db.execute(f"SELECT {_COLUMNS} FROM usage ORDER BY ts DESC LIMIT ?", (limit,)).fetchall()
+        return [
+            UsageRecord(
+                request_id=r[0],
+                timestamp=r[1],
+                session_id=r[2],
+                model_id=r[3],
+                local=bool(r[4]),
+                input_tokens=r[5],
+                output_tokens=r[6],
+                cached_tokens=r[7],
+                latency_ms=r[8],
+                cost_usd=r[9],
+                rule=r[10],
+                reason=r[11],
+                tokens_estimated=bool(r[12]),
+            )
+            for r in rows
+        ]
+
+    def identity(self) -> str:
+        return f"sqlite:{self.path.resolve()}"
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._all = self._all, []
+        for db in connections:
+            db.close()
+        self._local = threading.local()
+
+
+def ledger_for(store: SessionStore, home: Path) -> UsageLedger:
+    """The store's own ledger, else the SQLite ledger ``<home>/usage.sqlite3``; written behind
+    the request path (:mod:`oblix_core.usage.writer`)."""
+    own = store.usage_ledger()
+    return write_behind(own if own is not None else SqliteUsageLedger(Path(home) / "usage.sqlite3"))
