@@ -137,7 +137,7 @@ def test_no_import_cycle_at_any_depth() -> None:
 #: everything that implements or calls it; ``plugins.registry`` loads plugins and sits high.
 LAYERS: dict[str, int] = {
     "errors": 0,
-    "oblix_core": 1, "secrets": 1, "fileio": 1, "validation": 1,
+    "oblix_core": 1, "secrets": 1, "fileio": 1, "validation": 1, "fields": 1,
     "agents": 2, "models": 2, "plugins.hookspecs": 2, "plugins.dependencies": 2,
     "sessions": 3,
     "usage": 4, "documents": 4,

@@ -1,14 +1,18 @@
-"""``config.toml``: every table, key, type and range checked by one schema; errors name file, table, key."""
+"""``config.toml``: every table, key, type and range checked once, by the settings classes;
+errors name the file, table and key."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import attrs
 import pytest
 
-from oblix_core.config.settings import SCHEMA, load_config
+from oblix_core.config.settings import TABLES, load_config
 from oblix_core.errors import ConfigError
+from oblix_core.fields import rule_of
+from oblix_core.request.budgets import BudgetSettings
 from oblix_core.request.execution import ExecutionSettings
 
 FULL = """
@@ -113,8 +117,39 @@ def test_each_mistake_names_the_file_table_and_key(home: Path, text: str, messag
     assert message in str(caught.value)
 
 
-def test_the_schema_covers_every_execution_setting() -> None:
-    assert set(SCHEMA["execution"].keys) == {f.name for f in attrs.fields(ExecutionSettings)}
+@pytest.mark.parametrize("table", sorted(n for n, t in TABLES.items() if t.settings is not None))
+def test_every_setting_of_every_table_says_what_it_must_be(table: str) -> None:
+    settings = TABLES[table].settings
+    assert settings is not None
+    assert all(rule_of(f) is not None for f in attrs.fields(settings)), table
+
+
+def test_settings_classes_check_their_own_values_in_python_too() -> None:
+    with pytest.raises(ConfigError, match="max_retries must be an integer >= 0, got -1"):
+        ExecutionSettings(max_retries=-1)
+    with pytest.raises(ValueError, match="total_timeout must be a number of seconds > 0"):
+        ExecutionSettings(total_timeout=0)
+    with pytest.raises(ConfigError, match="daily_usd must be a number of USD >= 0, got True"):
+        BudgetSettings(daily_usd=True)
+    assert ExecutionSettings(first_token_timeout=None).first_token_timeout is None
+    assert BudgetSettings(daily_usd=2).daily_usd == 2.0
+
+
+def test_a_bad_budget_names_the_file_table_and_key(home: Path) -> None:
+    path = write(home, "[budgets]\ndaily_usd = -1\n")
+    with pytest.raises(
+        ConfigError, match=re.escape(f"{path}: [budgets] daily_usd must be a number of USD >= 0")
+    ):
+        load_config(home)
+
+
+def test_a_failed_change_leaves_the_file_as_it_was(home: Path) -> None:
+    from oblix_core.config.write import update_config
+
+    path = write(home, FULL)
+    with pytest.raises(ConfigError, match="max_retries must be an integer >= 0"):
+        update_config(lambda doc: doc["execution"].__setitem__("max_retries", -3), home)
+    assert path.read_text() == FULL
 
 
 def test_an_unreadable_file_is_a_config_error(home: Path) -> None:
@@ -133,3 +168,14 @@ def test_an_unknown_agent_table_is_named_when_agents_are_hooked(home: Path) -> N
             client.hook_default_agents()
     finally:
         client.store.close()
+
+
+def test_oblix_server_options_take_their_defaults_from_server_settings() -> None:
+    pytest.importorskip("uvicorn")
+    from oblix_server.command import server
+    from oblix_server.settings import ServerSettings
+
+    defaults = ServerSettings()
+    options = {p.name: p.default for p in server.params if p.name in attrs.fields_dict(ServerSettings)}
+    assert set(options) == set(attrs.fields_dict(ServerSettings))
+    assert options == {name: getattr(defaults, name) for name in options}

@@ -43,13 +43,14 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import attrs
 import platformdirs
 
+from oblix_core import fields
 from oblix_core.errors import ConfigError
 from oblix_core.request.budgets import BudgetSettings
 from oblix_core.request.execution import ExecutionSettings
@@ -88,8 +89,8 @@ class Config:
 def load_config(home: Path | None = None) -> Config:
     """Read ``config.toml`` from ``home`` (default :func:`oblix_home`); missing file = defaults.
 
-    Every table, key, type and range is checked against :data:`SCHEMA`;
-    a :class:`ConfigError` names the file, the table and the key.
+    Every table, key, type and range is checked once, by the settings classes of
+    :data:`TABLES`; a :class:`ConfigError` names the file, the table and the key.
     """
     path = (home or oblix_home()) / CONFIG_FILE
     try:
@@ -98,19 +99,23 @@ def load_config(home: Path | None = None) -> Config:
         return Config()
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"Cannot read {path}: {exc}. Fix the file or remove it.") from exc
-    validate(data, path)
-    routing, sessions, agents = data.get("routing", {}), data.get("sessions", {}), data.get("agents", {})
+    parsed = parse(data, path)
+    routing = parsed.get("routing", Parsed(RoutingSection()))
+    sessions = parsed.get("sessions", Parsed(SessionsSection()))
+    agents = parsed.get("agents", Parsed(AgentsSection()))
+    execution = parsed.get("execution", Parsed(ExecutionSettings()))
+    budgets = parsed.get("budgets", Parsed(BudgetSettings()))
     return Config(
-        preference=routing.get("preference", "local-first"),
-        default_model=routing.get("default_model"),
-        store=sessions.get("store", "file"),
-        store_options=dict(sessions.get("options", {})),
-        execution=ExecutionSettings.from_dict(data.get("execution", {})),
+        preference=routing.settings.preference,
+        default_model=routing.settings.default_model,
+        store=sessions.settings.store,
+        store_options=dict(sessions.settings.options),
+        execution=execution.settings,
         models=tuple(data.get("models", [])),
-        agents_enabled=tuple(agents.get("enabled", [])),
-        agent_options={k: v for k, v in agents.items() if isinstance(v, dict)},
-        aliases=dict(data.get("aliases", {})),
-        budgets=BudgetSettings.from_dict(data.get("budgets", {})),
+        agents_enabled=tuple(agents.settings.enabled),
+        agent_options=dict(agents.others),
+        aliases=dict(parsed["aliases"].others) if "aliases" in parsed else {},
+        budgets=budgets.settings,
         path=path,
     )
 
@@ -142,138 +147,132 @@ def default_model_entries(registered: Iterable[str]) -> list[dict[str, Any]]:
     return [dict(e) for e in entries]
 
 
-# -- the schema of config.toml ---------------------------------------------------------------
+# -- the tables of config.toml ----------------------------------------------------------------
 
-
-@attrs.frozen
-class Key:
-    """What one key must hold: ``expect`` (for the message) and the ``test`` of a value."""
-
-    expect: str
-    test: Callable[[Any], bool]
-
-
-@attrs.frozen
-class Section:
-    """A table (or, with ``array``, an array of tables) and its keys.
-
-    ``other`` checks keys not listed in ``keys`` (``None``: they are errors).
-    """
-
-    keys: dict[str, Key] = attrs.field(factory=dict)
-    other: Key | None = None
-    array: bool = False
-    required: tuple[str, ...] = ()
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _integer(minimum: int) -> Key:
-    return Key(
-        f"an integer >= {minimum}",
-        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum,
-    )
-
-
-def _seconds(bound: float, strict: bool) -> Key:
-    op = ">" if strict else ">="
-    return Key(
-        f"a number of seconds {op} {bound:g}",
-        lambda v: _is_number(v) and (v > bound if strict else v >= bound),
-    )
-
-
-def _execution_keys() -> dict[str, Key]:
-    """One key per :class:`ExecutionSettings` field: its type and its validator's bound."""
-    keys = {}
-    for field in attrs.fields(ExecutionSettings):
-        bound = getattr(field.validator, "bound", 0)
-        strict = getattr(field.validator, "compare_op", ">") == ">"  # _positive_or_none: > 0
-        integer = str(field.type).startswith("int")
-        keys[field.name] = _integer(int(bound)) if integer else _seconds(bound, strict)
-    return keys
-
-
-def _text(expect: str = "a non-empty string") -> Key:
-    return Key(expect, lambda v: isinstance(v, str) and bool(v.strip()))
-
-
-_TABLE = Key("a table", lambda v: isinstance(v, dict))
-_USD = Key("a number of USD >= 0", lambda v: _is_number(v) and v >= 0)
 #: ``[[models]]`` prices, USD per million tokens (kept by Oblix, not passed to the backend).
 PRICE_KEYS = ("price_in", "price_out")
-_BOOL = Key("true or false", lambda v: isinstance(v, bool))
-_ANY = Key("any value", lambda v: True)
+
+
+@attrs.frozen
+class RoutingSection:
+    """``[routing]``."""
+
+    preference: str = attrs.field(default="local-first", validator=fields.one_of(PREFERENCES))
+    default_model: str | None = attrs.field(
+        default=None, validator=fields.text("a model id, bare name or alias").or_none()
+    )
+
+
+@attrs.frozen
+class SessionsSection:
+    """``[sessions]``: the store and its factory's options."""
+
+    store: str = attrs.field(default="file", validator=fields.text("a store name (file, redis, s3...)"))
+    options: dict[str, Any] = attrs.field(factory=dict, validator=fields.TABLE)
+
+
+@attrs.frozen
+class AgentsSection:
+    """``[agents]``: which agents are enabled; other keys are the agents' option tables."""
+
+    enabled: list[str] = attrs.field(factory=list, validator=fields.names("a list of agent names"))
+
+
+def _text_or_none(expect: str = "a non-empty string") -> fields.Rule:
+    return fields.text(expect).or_none()
+
+
+@attrs.frozen
+class ModelEntry:
+    """One ``[[models]]`` table: the keys Oblix reads; other keys are the backend's options."""
+
+    type: str = attrs.field(validator=fields.text("a model type (llama_cpp, openai, ollama...)"))
+    name: str = attrs.field(validator=fields.text("a model name"))
+    endpoint: str | None = attrs.field(default=None, validator=_text_or_none("a URL"))
+    api_key_env: str | None = attrs.field(
+        default=None, validator=_text_or_none("the name of an environment variable")
+    )
+    api_key: str | None = attrs.field(default=None, validator=_text_or_none(), repr=False)
+    local: bool | None = attrs.field(default=None, validator=fields.BOOL.or_none())
+    context_window: int | None = attrs.field(default=None, validator=fields.integer(16).or_none())
+    defaults: dict[str, Any] | None = attrs.field(default=None, validator=fields.TABLE.or_none())
+    price_in: float | None = attrs.field(default=None, validator=fields.USD.or_none())
+    price_out: float | None = attrs.field(default=None, validator=fields.USD.or_none())
+
+
+@attrs.frozen
+class Table:
+    """How one table of ``config.toml`` is read: the settings class of its keys, the rule for
+    keys that class does not name (``None``: they are errors), and whether it is an array."""
+
+    settings: type | None
+    other: fields.Rule | None = None
+    array: bool = False
+
 
 #: Every table of ``config.toml``; another table, key, type or range is an error.
-SCHEMA: dict[str, Section] = {
-    "routing": Section(
-        {
-            "preference": Key(f"one of {', '.join(PREFERENCES)}", lambda v: v in PREFERENCES),
-            "default_model": _text("a model id, bare name or alias"),
-        }
-    ),
-    "sessions": Section({"store": _text("a store name (file, redis, s3...)"), "options": _TABLE}),
-    "execution": Section(_execution_keys()),
-    "agents": Section(
-        {
-            "enabled": Key(
-                "a list of agent names", lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v)
-            )
-        },
-        other=Key("a table of that agent's options", lambda v: isinstance(v, dict)),
-    ),
-    "models": Section(
-        {
-            "type": _text("a model type (llama_cpp, openai, ollama...)"),
-            "name": _text("a model name"),
-            "endpoint": _text("a URL"),
-            "api_key_env": _text("the name of an environment variable"),
-            "api_key": _text(),
-            "local": _BOOL,
-            "context_window": _integer(16),
-            "defaults": _TABLE,
-            "price_in": _USD,
-            "price_out": _USD,
-        },
-        other=_ANY,  # backend options: each backend checks its own
-        array=True,
-        required=("type", "name"),
-    ),
-    "aliases": Section(other=_text('a model id, e.g. "llama_cpp:gemma-3-270m"')),
-    "budgets": Section({"daily_usd": _USD, "monthly_usd": _USD}),
+TABLES: dict[str, Table] = {
+    "routing": Table(RoutingSection),
+    "sessions": Table(SessionsSection),
+    "execution": Table(ExecutionSettings),
+    "agents": Table(AgentsSection, other=fields.Rule("a table of that agent's options", fields.TABLE.test)),
+    "models": Table(ModelEntry, other=fields.ANY, array=True),  # backend options: each backend checks its own
+    "aliases": Table(None, other=fields.text('a model id, e.g. "llama_cpp:gemma-3-270m"')),
+    "budgets": Table(BudgetSettings),
 }
 
 
-def _check_table(table: dict[str, Any], section: Section, where: str, path: Path) -> None:
-    for key in section.required:
-        if key not in table:
+@attrs.frozen
+class Parsed:
+    """One table read: its settings object and the keys its ``other`` rule took."""
+
+    settings: Any
+    others: dict[str, Any] = attrs.field(factory=dict)
+
+
+def _structure(values: dict[str, Any], table: Table, where: str, path: Path) -> Parsed:
+    """``values`` as ``table``'s settings class (which validates them) plus the other keys."""
+    known = attrs.fields_dict(table.settings) if table.settings else {}
+    for key, field in known.items():
+        if field.default is attrs.NOTHING and key not in values:
             raise ConfigError(f"{path}: {where} needs a {key!r} key.")
-    for key, value in table.items():
-        rule = section.keys.get(key, section.other)
-        if rule is None:
-            known = ", ".join(section.keys)
-            raise ConfigError(f"{path}: {where} has an unknown key {key!r} (known keys: {known}).")
-        if not rule.test(value):
-            raise ConfigError(f"{path}: {where} {key} must be {rule.expect}, got {value!r}.")
+    others = {k: v for k, v in values.items() if k not in known}
+    try:
+        for key, value in others.items():
+            if table.other is None:
+                names = ", ".join(known)
+                raise ConfigError(f"{path}: {where} has an unknown key {key!r} (known keys: {names}).")
+            table.other.check(key, value)
+        settings = (
+            table.settings(**{k: v for k, v in values.items() if k in known}) if table.settings else None
+        )
+    except fields.InvalidSetting as exc:
+        raise ConfigError(f"{path}: {where} {exc.key} must be {exc.expect}, got {exc.value!r}.") from None
+    return Parsed(settings, others)
 
 
-def validate(data: dict[str, Any], path: Path) -> None:
-    """Check ``data`` (a parsed ``config.toml``) against :data:`SCHEMA`; raise :class:`ConfigError`."""
+def parse(data: dict[str, Any], path: Path) -> dict[str, Parsed]:
+    """Every table of ``data`` (a parsed ``config.toml``) read and checked; ``[[models]]`` entries
+    are checked and kept as the file wrote them. Raises :class:`ConfigError` naming the table and key."""
+    parsed: dict[str, Parsed] = {}
     for name, value in data.items():
-        section = SCHEMA.get(name)
-        if section is None:
+        table = TABLES.get(name)
+        if table is None:
             raise ConfigError(
-                f"{path}: unknown table [{name}] (known tables: {', '.join(SCHEMA)}). Check its spelling."
+                f"{path}: unknown table [{name}] (known tables: {', '.join(TABLES)}). Check its spelling."
             )
-        if section.array:
+        if table.array:
             if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
                 raise ConfigError(f"{path}: {name} must be written as [[{name}]] tables.")
-            for i, table in enumerate(value, 1):
-                _check_table(table, section, f"[[{name}]] entry {i}", path)
+            for i, entry in enumerate(value, 1):
+                _structure(entry, table, f"[[{name}]] entry {i}", path)
         elif not isinstance(value, dict):
             raise ConfigError(f"{path}: {name} must be a table, written [{name}].")
         else:
-            _check_table(value, section, f"[{name}]", path)
+            parsed[name] = _structure(value, table, f"[{name}]", path)
+    return parsed
+
+
+def validate(data: dict[str, Any], path: Path) -> None:
+    """Check ``data`` (a parsed ``config.toml``) as :func:`load_config` does; raise :class:`ConfigError`."""
+    parse(data, path)

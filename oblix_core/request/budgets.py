@@ -25,7 +25,8 @@ from typing import Any
 import anyio
 import attrs
 
-from oblix_core.errors import ConfigError, NoModelAvailableError
+from oblix_core import fields
+from oblix_core.errors import NoModelAvailableError
 from oblix_core.models.backend import ModelBackend
 from oblix_core.request.routing import RoutingPlan
 from oblix_core.usage.ledger import UsageLedger, UsageRecord
@@ -40,26 +41,22 @@ _GATES: dict[str, threading.Lock] = {}
 _GATES_LOCK = threading.Lock()
 
 
-def _amount(value: Any, where: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ConfigError(f"{where} must be a number of USD >= 0, got {value!r}.")
-    return float(value)
+def _usd(value: Any) -> Any:
+    """A number as a float (what the checks compare); anything else as given, for the rule to refuse."""
+    return float(value) if fields.is_number(value) else value
 
 
 @attrs.frozen
 class BudgetSettings:
     """``[budgets]``: ``daily_usd`` and ``monthly_usd`` (``None``: no limit)."""
 
-    daily_usd: float | None = None
-    monthly_usd: float | None = None
+    daily_usd: float | None = attrs.field(default=None, converter=_usd, validator=fields.USD.or_none())
+    monthly_usd: float | None = attrs.field(default=None, converter=_usd, validator=fields.USD.or_none())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BudgetSettings:
-        return cls(
-            _amount(data.get("daily_usd"), "daily_usd"), _amount(data.get("monthly_usd"), "monthly_usd")
-        )
+        """Settings from a mapping (``[budgets]``); a bad value is a ConfigError naming the key."""
+        return cls(data.get("daily_usd"), data.get("monthly_usd"))
 
 
 @attrs.frozen

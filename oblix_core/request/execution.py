@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 import anyio
 import attrs
 
-from oblix_core import secrets
+from oblix_core import fields, secrets
 from oblix_core.errors import (
     ConfigError,
     ContextWindowExceededError,
@@ -56,36 +56,37 @@ from oblix_core.request.history import Fit, trim_to_window
 R = TypeVar("R", bound=Request)
 
 
-def _positive_or_none(_instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value <= 0):
-        raise ValueError(f"{attribute.name} must be a positive number of seconds or none, got {value!r}")
-
-
 @attrs.frozen
 class ExecutionSettings:
-    """Retry, timeout and cooldown settings (config file section ``[execution]``)."""
+    """Retry, timeout and cooldown settings (config file section ``[execution]``).
 
-    max_retries: int = attrs.field(default=2, validator=attrs.validators.ge(0))
-    backoff_initial: float = attrs.field(default=0.25, validator=attrs.validators.ge(0))
-    backoff_max: float = attrs.field(default=4.0, validator=attrs.validators.ge(0))
-    first_token_timeout: float | None = attrs.field(default=120.0, validator=_positive_or_none)
-    total_timeout: float | None = attrs.field(default=900.0, validator=_positive_or_none)
-    failure_threshold: int = attrs.field(default=3, validator=attrs.validators.ge(1))
-    cooldown: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
+    Each field's :class:`~oblix_core.fields.Rule` checks it (in Python and from the config
+    file alike); a bad value raises :class:`~oblix_core.fields.InvalidSetting` (a ConfigError).
+    """
+
+    max_retries: int = attrs.field(default=2, validator=fields.integer(0))
+    backoff_initial: float = attrs.field(default=0.25, validator=fields.seconds(0))
+    backoff_max: float = attrs.field(default=4.0, validator=fields.seconds(0))
+    first_token_timeout: float | None = attrs.field(
+        default=120.0, validator=fields.seconds(0, strict=True).or_none()
+    )
+    total_timeout: float | None = attrs.field(
+        default=900.0, validator=fields.seconds(0, strict=True).or_none()
+    )
+    failure_threshold: int = attrs.field(default=3, validator=fields.integer(1))
+    cooldown: float = attrs.field(default=30.0, validator=fields.seconds(0))
     #: Consecutive passing health checks that return a cooled-down model to service.
-    recovery_checks: int = attrs.field(default=2, validator=attrs.validators.ge(1))
+    recovery_checks: int = attrs.field(default=2, validator=fields.integer(1))
     #: Seconds between health checks of a cooled-down model.
-    probe_interval: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
+    probe_interval: float = attrs.field(default=5.0, validator=fields.seconds(0, strict=True))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExecutionSettings:
+        """Settings from a mapping (``[execution]``); an unknown key or a bad value is a ConfigError."""
         unknown = set(data) - {f.name for f in attrs.fields(cls)}
         if unknown:
             raise ConfigError(f"Unknown [execution] settings: {', '.join(sorted(unknown))}.")
-        try:
-            return cls(**data)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"Invalid [execution] settings: {exc}") from exc
+        return cls(**data)
 
     def backoff(self, attempt: int) -> float:
         """Delay before retry number ``attempt`` (1-based): exponential, with jitter."""

@@ -9,7 +9,10 @@ import click
 from oblix.plugin import ROUTING_PREFERENCES, handle_errors
 from oblix_server.connection_options import connection_options
 from oblix_server.serving import Launch
-from oblix_server.settings import DEFAULT_BODY_LIMIT, HTTP_IMPLEMENTATIONS, KEY_ENV, LOOPS, ServerSettings
+from oblix_server.settings import HTTP_IMPLEMENTATIONS, KEY_ENV, LOOPS, ServerSettings
+
+#: The options' defaults are the settings' own (one place says what the server starts with).
+_DEFAULTS = ServerSettings()
 
 
 @click.command()
@@ -38,8 +41,8 @@ from oblix_server.settings import DEFAULT_BODY_LIMIT, HTTP_IMPLEMENTATIONS, KEY_
     default=None,
     help="Routing preference of requests that name no model, overriding config.toml.",
 )
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--host", default=_DEFAULTS.host, show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=_DEFAULTS.port, show_default=True)
 @click.option(
     "--api-key",
     envvar=KEY_ENV,
@@ -50,32 +53,37 @@ from oblix_server.settings import DEFAULT_BODY_LIMIT, HTTP_IMPLEMENTATIONS, KEY_
 @click.option(
     "--max-concurrency",
     type=click.IntRange(1),
-    default=16,
+    default=_DEFAULTS.max_concurrency,
     show_default=True,
     help="Requests answered at once; more wait in the queue.",
 )
 @click.option(
     "--queue-size",
     type=click.IntRange(0),
-    default=64,
+    default=_DEFAULTS.queue_size,
     show_default=True,
     help="Requests that may wait for a slot; beyond it, 429.",
 )
 @click.option(
     "--queue-timeout",
     type=click.FloatRange(0),
-    default=30.0,
+    default=_DEFAULTS.queue_timeout,
     show_default=True,
     help="Seconds a request may wait for a slot before a 429.",
 )
 @click.option(
     "--max-body-bytes",
     type=click.IntRange(1024),
-    default=DEFAULT_BODY_LIMIT,
+    default=_DEFAULTS.max_body_bytes,
     show_default=True,
     help="Largest request body; larger ones get 413.",
 )
-@click.option("--store-all", is_flag=True, help="Store requests without X-Oblix-Session-Id in new sessions.")
+@click.option(
+    "--store-all",
+    is_flag=True,
+    default=_DEFAULTS.store_all,
+    help="Store requests without X-Oblix-Session-Id in new sessions.",
+)
 @click.option(
     "--log-level",
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
