@@ -16,7 +16,8 @@ Sections:
   :func:`describe_cause`;
 * agents: :class:`BaseAgent`, :class:`AgentCheck`, :class:`AgentState`, :class:`Target`;
 * session stores: :class:`SessionStore`, :class:`SessionRecord`, :class:`Message`, :class:`SessionChanges`,
-  :class:`HealthStore`, :func:`matches_metadata`, :func:`validate_session_id`,
+  :class:`HealthStore`, :class:`IdempotencyRecords` (with :class:`KeyedRecord`,
+  :class:`FileIdempotencyRecords`, :func:`key_digest`), :func:`matches_metadata`, :func:`validate_session_id`,
   :func:`parse_timestamp`, :func:`utc_now`, :func:`write_atomically`;
 * usage ledgers (``SessionStore.usage_ledger()``): :class:`UsageLedger`, :class:`UsageRecord`,
   :class:`UsageTotals`, :class:`SqliteUsageLedger`, :func:`group_key`, :func:`total_by`;
@@ -82,6 +83,12 @@ from oblix_core.request.routing import RouteRequest, RoutingPlan
 from oblix_core.secrets import redact_url
 from oblix_core.secrets import remember as remember_secret
 from oblix_core.secrets import scrub as scrub_secrets
+from oblix_core.sessions.idempotency import (
+    FileIdempotencyRecords,
+    IdempotencyRecords,
+    KeyedRecord,
+    key_digest,
+)
 from oblix_core.sessions.records import (
     LOCAL_ONLY_KEY,
     Message,
@@ -122,9 +129,12 @@ __all__ = [
     "ConfigError",
     "ContextWindowExceededError",
     "ExchangeNotStoredError",
+    "FileIdempotencyRecords",
     "GenerationRequest",
     "HealthStore",
+    "IdempotencyRecords",
     "InvalidSessionIdError",
+    "KeyedRecord",
     "Message",
     "MissingDependency",
     "ModelBackend",
@@ -163,6 +173,7 @@ __all__ = [
     "handle_errors",
     "hookimpl",
     "http_library",
+    "key_digest",
     "matches_metadata",
     "needs",
     "new_request_id",

@@ -116,3 +116,19 @@ class NoModelAvailableError(OblixError):
         super().__init__(message)
         self.errors = errors or {}
         self.attempts = attempts or []
+
+
+class IdempotencyKeyMismatchError(OblixError):
+    """An idempotency key was first used for another request (the server answers 422)."""
+
+    def __init__(self, message: str, *, fields: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+
+class IdempotencyInFlightError(OblixError):
+    """The first request with this idempotency key is still running (the server answers 409)."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -16,6 +16,7 @@ from oblix_core.sessions.records import Message, SessionRecord
 
 if TYPE_CHECKING:
     from oblix_core.models.health import HealthStore
+    from oblix_core.sessions.idempotency import IdempotencyRecords
     from oblix_core.usage.ledger import UsageLedger
 
 
@@ -201,6 +202,16 @@ class SessionStore(abc.ABC):
 
         ``None`` (the default) keeps usage in ``$OBLIX_HOME/usage.sqlite3``, one machine's.
         The client calls it once and closes the ledger before the store.
+        """
+        return None
+
+    def idempotency_records(self) -> IdempotencyRecords | None:
+        """Where results of requests sent with an idempotency key are kept, shared by every
+        Oblix instance using the store (see :mod:`oblix_core.sessions.idempotency`).
+
+        ``None`` (the default) keeps them in ``$OBLIX_HOME/idempotency/``, shared by the
+        processes of one machine. The client calls it once and closes the records before
+        the store.
         """
         return None
 

@@ -64,6 +64,7 @@ from typing import Any
 import filelock
 
 from oblix.plugin import (
+    FileIdempotencyRecords,
     Message,
     OblixError,
     SessionChanges,
@@ -549,6 +550,10 @@ class FileSessionStore(SessionStore):
     def usage_ledger(self) -> UsageLedger:
         """The usage ledger in ``<root>/.usage.sqlite3`` (see :mod:`oblix_file.ledger`)."""
         return file_ledger(self.root)
+
+    def idempotency_records(self) -> FileIdempotencyRecords:
+        """Results of requests sent with an idempotency key, in ``<root>/.idempotency/``."""
+        return FileIdempotencyRecords(self.root / ".idempotency")
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "root": str(self.root)}

@@ -57,8 +57,10 @@ from oblix.plugin import (
     utc_now,
     validate_session_id,
 )
+from oblix_redis.append import MISSING, single_append_script
 from oblix_redis.failover import REDIS_ERRORS, node_of, ride_through, slot_node, transient
 from oblix_redis.health import RedisHealthStore
+from oblix_redis.idempotency import RedisIdempotencyRecords
 from oblix_redis.ledger import RedisUsageLedger
 from oblix_redis.options import RedisOptions, url_secrets
 from oblix_redis.pending import PendingIndex, Update
@@ -111,7 +113,9 @@ class RedisSessionStore(SessionStore):
         single = not self.options.cluster
         source = {
             "create": lua.SINGLE_CREATE if single else lua.SESSION_CREATE,
-            "append": lua.SINGLE_APPEND if single else lua.SESSION_APPEND,
+            "append": single_append_script(self.options.prefix, self._ix, self.options.ttl or 0)
+            if single
+            else lua.SESSION_APPEND,
             "update": lua.SINGLE_UPDATE if single else lua.SESSION_UPDATE,
             "delete": lua.SINGLE_DELETE if single else lua.SESSION_DELETE,
             "sync": lua.INDEX_SYNC,
@@ -227,8 +231,11 @@ class RedisSessionStore(SessionStore):
         return f"{self.options.prefix}{{{validate_session_id(session_id)}}}:"
 
     def _write(self, script: str, session_id: str, args: Sequence[str]) -> Any:
-        """One session script; with ``wait_replicas``, followed by WAIT on the same connection."""
-        keys, argv = [self._base(session_id)], [self._ix, session_id, self._ttl, *args]
+        """One session script (index prefix, id and TTL first); see :meth:`_run_write`."""
+        return self._run_write(script, [self._base(session_id)], [self._ix, session_id, self._ttl, *args])
+
+    def _run_write(self, script: str, keys: list[str], argv: Sequence[str]) -> Any:
+        """One write script; with ``wait_replicas``, followed by WAIT on the same connection."""
         wanted = self.options.wait_replicas
         if not wanted:
             return self._scripts[script](keys=keys, args=argv)
@@ -287,8 +294,12 @@ class RedisSessionStore(SessionStore):
     def append_messages(
         self, session_id: str, messages: Sequence[Message], *, idempotency_key: str | None = None
     ) -> None:
-        """Append ``messages``; a call repeated with the same ``idempotency_key`` is applied once."""
-        validate_session_id(session_id)
+        """Append ``messages``; a call repeated with the same ``idempotency_key`` is applied once.
+
+        One round trip: on a single server the lean script of :mod:`oblix_redis.append`
+        (index update included); on a cluster the session's script, then the index's.
+        """
+        base = self._base(session_id)  # validates the id
         if not messages:
             return
         newest = messages[0].timestamp
@@ -296,16 +307,15 @@ class RedisSessionStore(SessionStore):
             newest = max((codec.score_value(m.timestamp), m.timestamp) for m in messages)[1]
         args = [_nonce(idempotency_key), codec.score(newest), newest]
         args += [codec.encode_message(m) for m in messages]
-        result = self._call(
-            f"append to session {session_id}",
-            lambda: self._write("append", session_id, args),
-            self._base(session_id),
-            _write_note(idempotency_key),
-        )
-        if result[0] == -1:
+        doing, note = f"append to session {session_id}", _write_note(idempotency_key)
+        if not self.options.cluster:
+            if self._call(doing, lambda: self._run_write("append", [base], args), base, note) == MISSING:
+                raise SessionNotFoundError(f"Session {session_id} does not exist.")
+            return
+        result = self._call(doing, lambda: self._write("append", session_id, args), base, note)
+        if result[0] == MISSING:
             raise SessionNotFoundError(f"Session {session_id} does not exist.")
-        if self.options.cluster:
-            self._index(("touch", [self._ix, session_id, result[1]]))
+        self._index(("touch", [self._ix, session_id, result[1]]))
 
     def update_metadata(self, session_id: str, metadata: dict[str, Any]) -> None:
         validate_session_id(session_id)
@@ -517,6 +527,10 @@ class RedisSessionStore(SessionStore):
     def usage_ledger(self) -> RedisUsageLedger:
         """The usage ledger in this Redis, shared by every host (see :mod:`oblix_redis.ledger`)."""
         return RedisUsageLedger(self._client, self.options.prefix)
+
+    def idempotency_records(self) -> RedisIdempotencyRecords:
+        """Results of requests sent with an idempotency key (see :mod:`oblix_redis.idempotency`)."""
+        return RedisIdempotencyRecords(self._client, self.options.prefix)
 
     def shared_health(self) -> RedisHealthStore:
         """Model health shared through this Redis by every Oblix instance using it."""

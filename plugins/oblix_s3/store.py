@@ -62,6 +62,7 @@ from oblix.plugin import (
     utc_now,
 )
 from oblix_s3.entries import PENDING_GRACE, SUMMARY, int_option, key_prefix, well_formed_entry
+from oblix_s3.idempotency import S3IdempotencyRecords
 from oblix_s3.index import MAX_CONFLICTS, ShardedIndex, backoff
 from oblix_s3.layout import Keys, ManifestCursor, dumps
 from oblix_s3.ledger import S3UsageLedger
@@ -579,6 +580,11 @@ class S3SessionStore(SessionStore):
         """The usage ledger in this bucket: one object per UTC day under ``<prefix>usage/``,
         shared by every host using the store (see :mod:`oblix_s3.ledger`)."""
         return S3UsageLedger(self.objects, self.prefix, self._executor)
+
+    def idempotency_records(self) -> S3IdempotencyRecords:
+        """Results of requests sent with an idempotency key, under ``<prefix>idempotency/``
+        (see :mod:`oblix_s3.idempotency`)."""
+        return S3IdempotencyRecords(self.objects, self.prefix)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,173 @@
+"""A retried request is answered once: ``execute(..., idempotency_key=...)`` and the server's
+``Idempotency-Key`` header.
+
+The contract (Stripe's, and the IETF httpapi draft "The Idempotency-Key HTTP Header
+Field"): the first request with a key runs as usual and its result is kept under the key
+for ``ttl`` (24 h by default) in the session store's :class:`IdempotencyRecords`, so every
+worker and server on that store sees it. A repeat with the same key and the same request
+gets the first result back without calling a model, storing or counting usage again; with
+another request it fails with :class:`IdempotencyKeyMismatchError` naming what differs;
+while the first still runs, the repeat waits up to ``wait`` seconds, then fails with
+:class:`IdempotencyInFlightError` (the server's 409 with ``Retry-After``).
+
+The request id (and so the store's own idempotency key for the append, and the usage
+ledger's request-id marker) and the stored messages' ids are derived from the key, so a
+process that died after storing the exchange but before recording the result leaves a
+trace: the request that takes over its expired claim finds the exchange in the session and
+answers from it instead of generating again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+
+from oblix_core.errors import IdempotencyInFlightError, IdempotencyKeyMismatchError, OblixError
+from oblix_core.sessions.idempotency import DEFAULT_TTL_S, IdempotencyRecords, KeyedRecord
+from oblix_core.sessions.records import Message, random_hex
+
+#: A claim's lease: a running request renews it as its answer streams; a claim whose lease
+#: passed belongs to a process that died, and a retry may take it over.
+LEASE_S = 120.0
+#: How long a repeat waits for the first request with its key before the 409.
+DEFAULT_WAIT_S = 30.0
+MAX_KEY_LENGTH = 255
+
+
+def check_key(key: object) -> str:
+    if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        raise OblixError(
+            f"Invalid idempotency key {key!r}: use 1-{MAX_KEY_LENGTH} printable characters, "
+            "e.g. a UUID made once per logical request and sent again with each retry."
+        )
+    return key
+
+
+def request_id_for(key: str) -> str:
+    """The request id of every try of the request with ``key`` (so the store and the ledger
+    see one request however often it is sent)."""
+    return (
+        "req_"
+        + hashlib.sha256(b"oblix-idempotency\0" + key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    )
+
+
+def message_ids(request_id: str) -> tuple[str, str]:
+    """The ids of the user and assistant messages an idempotent request stores."""
+    digest = hashlib.sha256(request_id.encode()).hexdigest()
+    return f"msg_{digest[:32]}", f"msg_{digest[32:]}"
+
+
+def fingerprint(fields: dict[str, Any]) -> dict[str, str]:
+    """Per-field digests of a request, so a mismatch can name the fields that differ."""
+    return {
+        name: hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:24]
+        for name, value in fields.items()
+    }
+
+
+class Claim:
+    """One request's hold on its idempotency key: :meth:`begin` first, then exactly one of
+    :meth:`complete` or :meth:`release`."""
+
+    def __init__(
+        self,
+        records: IdempotencyRecords,
+        key: str,
+        fields: dict[str, Any],
+        *,
+        ttl: float = DEFAULT_TTL_S,
+        wait: float = DEFAULT_WAIT_S,
+    ) -> None:
+        self.records, self.key, self.ttl, self.wait = records, key, ttl, wait
+        self.fingerprint = fingerprint(fields)
+        self.owner = random_hex()
+        self.taken_over = False
+        self._renewed = 0.0
+
+    def _running(self) -> KeyedRecord:
+        now = time.time()
+        return KeyedRecord("running", self.fingerprint, self.owner, now + LEASE_S, now + self.ttl)
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if not self.records.blocking:
+            return fn(*args, **kwargs)
+        return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+    async def begin(self) -> dict[str, Any] | None:
+        """Claim the key: ``None`` when this request should run, else the first result to replay.
+
+        Raises :class:`IdempotencyKeyMismatchError` or, after waiting, :class:`IdempotencyInFlightError`.
+        """
+        deadline, pause = time.monotonic() + self.wait, 0.05
+        while True:
+            found = await self._call(self.records.claim, self.key, self._running())
+            if found is None:
+                self._renewed = time.monotonic()
+                return None
+            self._check_same(found)
+            if found.state == "done":
+                return dict(found.result or {})
+            if found.lease_until <= time.time():  # its process died: take the claim over
+                if await self._call(self.records.replace, self.key, self._running(), owner=found.owner):
+                    self.taken_over, self._renewed = True, time.monotonic()
+                    return None
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise IdempotencyInFlightError(
+                    f"A request with idempotency key {self.key!r} is still running; retry after it "
+                    "ends (its result is then replayed).",
+                    retry_after=max(1.0, min(found.lease_until - time.time(), 5.0)),
+                )
+            await anyio.sleep(min(pause, left))
+            pause = min(pause * 2, 0.5)
+
+    def _check_same(self, found: KeyedRecord) -> None:
+        differ = tuple(
+            sorted(
+                k
+                for k in {*found.fingerprint, *self.fingerprint}
+                if found.fingerprint.get(k) != self.fingerprint.get(k)
+            )
+        )
+        if differ:
+            raise IdempotencyKeyMismatchError(
+                f"Idempotency key {self.key!r} was first used for a different request (it differs in: "
+                f"{', '.join(differ)}). Use a new key for a new request.",
+                fields=differ,
+            )
+
+    async def renew(self) -> None:
+        """Extend the lease while the answer streams (at most every ``LEASE_S / 4`` seconds)."""
+        if time.monotonic() - self._renewed < LEASE_S / 4:
+            return
+        self._renewed = time.monotonic()
+        await self._call(self.records.replace, self.key, self._running(), owner=self.owner)
+
+    async def complete(self, result: dict[str, Any]) -> None:
+        now = time.time()
+        done = KeyedRecord("done", self.fingerprint, self.owner, now, now + self.ttl, result)
+        await self._call(self.records.replace, self.key, done, owner=self.owner)
+
+    async def release(self) -> None:
+        """Let a retry run the request again (this one failed before an answer was stored)."""
+        await self._call(self.records.release, self.key, owner=self.owner)
+
+
+def replayed(result: dict[str, Any]) -> dict[str, Any]:
+    """A stored result as a replay returns it: the same answer, marked ``replayed``."""
+    metrics = dict(result.get("metrics") or {})
+    metrics["replayed"] = True
+    return result | {"metrics": metrics}
+
+
+def stored_answer(messages: tuple[Message, ...], request_id: str) -> Message | None:
+    """The assistant message a try of ``request_id`` stored (found by its derived id), if any."""
+    _, answer_id = message_ids(request_id)
+    return next((m for m in reversed(messages) if m.id == answer_id), None)
