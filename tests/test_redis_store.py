@@ -233,6 +233,7 @@ def test_one_round_trip_per_append_and_load_and_no_keys_or_scan(
         _new(store, metadata={"category": "y" if n % 3 else "x", "n": n})
     store.append_messages(sid, [Message("user", "warm")])  # scripts are loaded now
     store.load(sid)
+    store.list(limit=5, filter_metadata={"category": "x"})  # its script too, even on a fresh server
     store.append_messages(sid, [Message("user", f"m{i}") for i in range(3000)])
     for operation in (
         lambda: store.append_messages(sid, [Message("user", "q"), Message("assistant", "a")]),
@@ -421,3 +422,31 @@ def test_long_histories_are_stored_in_chunks(redis_server: RedisServer, store: R
         store.load(sid)
     assert type(info.value).__name__ == "SessionCorruptedError"
     assert len(store.load_recent(sid, 50).messages) == 50  # the tail is still readable
+
+
+@pytest.mark.parametrize("odd", ['q"\\]]=é\n:', "plain:"])
+def test_the_lean_append_script_keeps_index_ttl_and_nonces(redis_server: RedisServer, odd: str) -> None:
+    """The single-server append script has the prefix and TTL written into its text: any prefix
+    (quotes, backslashes, Lua brackets, non-ASCII) works, and the append still updates the
+    listing index, refreshes the TTL of every key, applies a retried write once and refuses a
+    missing session."""
+    prefix = unique_prefix() + odd
+    store = RedisSessionStore(url=redis_server.url, prefix=prefix, ttl=500)
+    raw = redis_server.client()
+    try:
+        older, newer = _new(store), _new(store)
+        assert [s["id"] for s in store.list()] == [newer, older]
+        store.append_messages(older, [Message("user", "late")], idempotency_key="k1")
+        store.append_messages(older, [Message("user", "late")], idempotency_key="k1")  # a retry
+        assert [s["id"] for s in store.list()] == [older, newer]  # the append moved it up
+        assert [m.content for m in store.load(older).messages] == ["late"]
+        assert store.list()[0]["message_count"] == 1
+        meta = f"{prefix}{{{older}}}:meta"
+        raw.expire(meta, 5)
+        store.append_messages(older, [Message("assistant", "again")])
+        assert 400 < raw.ttl(meta) <= 500 and 400 < raw.ttl(f"{prefix}{{{older}}}:msgs") <= 500
+        with pytest.raises(SessionNotFoundError):
+            store.append_messages(new_session_id(), [Message("user", "x")])
+        assert not raw.keys(f"{prefix}{{#index}}:of:*x*")  # nothing indexed for the missing one
+    finally:
+        store.close()
