@@ -22,14 +22,19 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
+import attrs
 
 from oblix_core.errors import IdempotencyInFlightError, IdempotencyKeyMismatchError, OblixError
 from oblix_core.sessions.idempotency import DEFAULT_TTL_S, IdempotencyRecords, KeyedRecord
-from oblix_core.sessions.records import Message, random_hex
+from oblix_core.sessions.records import Message, SessionRecord, random_hex
+
+if TYPE_CHECKING:
+    from oblix_core.request.context import Request
 
 #: A claim's lease: a running request renews it as its answer streams; a claim whose lease
 #: passed belongs to a process that died, and a retry may take it over.
@@ -82,9 +87,10 @@ class Claim:
         fields: dict[str, Any],
         *,
         ttl: float = DEFAULT_TTL_S,
-        wait: float = DEFAULT_WAIT_S,
+        wait: float | None = None,
     ) -> None:
-        self.records, self.key, self.ttl, self.wait = records, key, ttl, wait
+        self.records, self.key, self.ttl = records, key, ttl
+        self.wait = DEFAULT_WAIT_S if wait is None else wait
         self.fingerprint = fingerprint(fields)
         self.owner = random_hex()
         self.taken_over = False
@@ -171,3 +177,81 @@ def stored_answer(messages: tuple[Message, ...], request_id: str) -> Message | N
     """The assistant message a try of ``request_id`` stored (found by its derived id), if any."""
     _, answer_id = message_ids(request_id)
     return next((m for m in reversed(messages) if m.id == answer_id), None)
+
+
+def session_id_for(request_id: str) -> str:
+    """The id of the new session an idempotent request without ``session_id`` creates, so
+    that a retry finds the session the first try stored."""
+    return str(uuid.UUID(hashlib.sha256(request_id.encode() + b"/session").hexdigest()[:32], version=4))
+
+
+def request_fields(request: Request) -> dict[str, Any]:
+    """What makes two tries the same request (compared field by field)."""
+    return {
+        "prompt": request.prompt,
+        "session_id": request.session_id,
+        "model": request.model,
+        "system": request.system,
+        "options": request.options,
+        "temperature": request.temperature,
+        "max_tokens": request.max_tokens,
+        "local_only": request.local_only,
+        "preference": request.preference,
+        "fallback": request.fallback,
+        "store": request.store,
+        "history": [attrs.asdict(m) for m in request.history or ()],
+    }
+
+
+class Once:
+    """One idempotent request on the request path: claim, replay, renew, complete or release."""
+
+    def __init__(self, claim: Claim, request: Request) -> None:
+        self.claim, self.request = claim, request
+        #: The result to return instead of running (a replay), else ``None``.
+        self.replay: dict[str, Any] | None = None
+
+    @classmethod
+    async def start(
+        cls, records: IdempotencyRecords | None, request: Request, fields: dict[str, Any]
+    ) -> Once | None:
+        """``None`` for a request without a key; else claimed, or holding the replay."""
+        if request.idempotency_key is None or records is None:
+            return None
+        once = cls(Claim(records, request.idempotency_key, fields), request)
+        first = await once.claim.begin()
+        if first is not None:
+            once.replay = replayed(first)
+        return once
+
+    async def recover(self, session: SessionRecord) -> bool:
+        """After taking over a dead process's claim: the exchange it stored, if any, is the
+        answer (``True`` when one was found and is now the replay)."""
+        if not self.claim.taken_over or self.replay is not None:
+            return False
+        answer = stored_answer(session.messages, self.request.request_id)
+        if answer is None:
+            return False
+        result = {
+            "response": answer.content,
+            "model_id": answer.model_id,
+            "session_id": session.id,
+            "request_id": self.request.request_id,
+            "metrics": dict(answer.metrics or {}),
+            "agent_checks": {},
+            "routing_decision": {"rule": "replay", "reason": "answered by an earlier try of this request"},
+        }
+        await self.claim.complete(result)
+        self.replay = replayed(result)
+        return True
+
+    async def renew(self) -> None:
+        await self.claim.renew()
+
+    async def finish(self, result: dict[str, Any] | None, stored: bool) -> None:
+        """Keep the result under the key; or, when the request failed and stored nothing, let a
+        retry run it again."""
+        if result is not None:
+            await self.claim.complete(result)
+        elif not stored:
+            await self.claim.release()
