@@ -16,6 +16,7 @@ from oblix_core.compat import Compat012, print_metrics
 from oblix_core.config.settings import Config, default_model_entries, load_config, model_arguments, oblix_home
 from oblix_core.errors import ConfigError, OblixError, PluginError
 from oblix_core.models.backend import ChatMessage, ModelBackend, ModelType
+from oblix_core.plugins.contract import check_methods
 from oblix_core.plugins.registry import Registry, build_plugin_manager
 from oblix_core.request.context import Request
 from oblix_core.request.conversation import ResponseStream
@@ -282,12 +283,13 @@ class OblixClient(SessionsAPI, Compat012):
         if not isinstance(model_name, str) or not model_name:
             raise ConfigError("model_name must be a non-empty string.")
         check_text(model_name, "model_name", ConfigError)
-        return self.registry.model_class(type_name)(model_name, endpoint=endpoint, api_key=api_key, **options)
+        return self.registry.make_model(type_name, model_name, endpoint=endpoint, api_key=api_key, **options)
 
     async def hook_backend(self, backend: ModelBackend) -> str:
         """Hook a backend instance you built yourself (started here unless it already is)."""
         if not isinstance(backend, ModelBackend):
             raise ConfigError(f"hook_backend needs a ModelBackend instance, got {backend!r}.")
+        check_methods("Model backend", backend.model_id, backend, ("generate",), ModelBackend)
         if backend.model_id in self.engine.models:
             raise ConfigError(f"Model {backend.model_id} is already hooked.")
         if not backend.started:
@@ -358,11 +360,7 @@ class OblixClient(SessionsAPI, Compat012):
         for name in self.config.agents_enabled or sorted(self.registry.agents):
             if name in self.engine.agents:
                 continue
-            cls = self.registry.agent_class(name)
-            try:
-                agent = cls(**self.config.agent_options.get(name, {}))
-            except TypeError as exc:
-                raise ConfigError(f"Invalid options for agent {name!r}: {exc}.") from exc
+            agent = self.registry.make_agent(name, **self.config.agent_options.get(name, {}))
             self.hook_agent(agent)
             hooked.append(agent.name)
         return hooked

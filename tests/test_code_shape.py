@@ -138,7 +138,7 @@ def test_no_import_cycle_at_any_depth() -> None:
 LAYERS: dict[str, int] = {
     "errors": 0,
     "oblix_core": 1, "secrets": 1, "fileio": 1, "validation": 1, "fields": 1,
-    "agents": 2, "models": 2, "plugins.hookspecs": 2, "plugins.dependencies": 2,
+    "agents": 2, "models": 2, "plugins.hookspecs": 2, "plugins.dependencies": 2, "plugins.contract": 2,
     "sessions": 3,
     "usage": 4, "documents": 4,
     "request": 5,

@@ -146,6 +146,31 @@ BROKEN_PLUGINS = {
         "def oblix_register_commands(cli):\n"
         "    raise KeyError('boom at [/command] registration')\n"
     ),
+    "typo_argument": (
+        "from oblix.plugin import hookimpl\n@hookimpl\ndef oblix_register_agents(registr):\n    pass\n"
+    ),
+    "clash_store": (
+        "from oblix.plugin import hookimpl\n"
+        "@hookimpl\n"
+        "def oblix_register_session_stores(register):\n"
+        "    register('file', lambda **options: None)\n"
+    ),
+    "no_generate": (
+        "from oblix.plugin import hookimpl, ModelBackend\n"
+        "class Silent(ModelBackend):\n"
+        "    model_type = 'silent'\n"
+        "@hookimpl\n"
+        "def oblix_register_models(register):\n"
+        "    register('silent', Silent)\n"
+    ),
+    "fragile_store": (
+        "from oblix.plugin import hookimpl\n"
+        "def fragile(root=None):\n"
+        "    return len(root)  # a bug inside the constructor: TypeError\n"
+        "@hookimpl\n"
+        "def oblix_register_session_stores(register):\n"
+        "    register('fragile', fragile)\n"
+    ),
     "needs_missing": (
         "from oblix.plugin import hookimpl, needs\n"
         "needs('no_such_package_for_oblix', install=\"pip install 'oblix-missing-demo[fast]'\")\n"
@@ -250,3 +275,123 @@ def test_a_missing_optional_package_names_its_extra(hidden: str, lookup: str, ex
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ERROR") and f"pip install 'oblix[{extra}]'" in out.stdout
+
+
+def test_each_kind_of_plugin_failure_is_listed_with_what_to_fix(broken_site: Path, home: Path) -> None:
+    listed = commands.oblix(broken_site, home, "plugins", "--json")
+    assert listed.returncode == 0, listed.stderr
+    by_name = {p["name"]: p for p in json.loads(listed.stdout)}
+    typo = by_name["typo_argument"]  # pluggy's validation, at registration with pluggy
+    assert typo["status"] == "failed" and "'registr'" in typo["reason"]
+    assert "oblix_register_agents(register)" in typo["reason"] and "\n" not in typo["reason"]
+    clash = by_name["clash_store"]  # the first-party store keeps its name; both plugins are named
+    assert clash["status"] == "failed" and "'file'" in clash["reason"]
+    assert "clash_store" in clash["reason"] and "plugin 'file'" in clash["reason"]
+    assert by_name["file"]["status"] == "loaded"
+    silent = by_name["no_generate"]  # checked at the door
+    assert silent["status"] == "failed" and "generate()" in silent["reason"]
+    assert by_name["fragile_store"]["status"] == "loaded"  # a factory is checked when it builds one
+    for command in (("sessions", "list"), ("models",), ("plugins",)):
+        done = commands.oblix(broken_site, home, *command)
+        assert done.returncode == 0, (command, done.stderr)
+    assert done.stderr.count("{'registr'}") == 1  # logged once per process
+
+
+def test_a_constructor_error_names_the_plugin_not_the_options(broken_site: Path, home: Path) -> None:
+    done = commands.oblix(broken_site, home, "--store", "fragile", "sessions", "list")
+    assert done.returncode == 1
+    assert "session store 'fragile' (plugin 'fragile_store') failed to start: TypeError" in done.stderr
+    assert "option" not in done.stderr.split("failed to start")[1].split(".")[0]
+
+
+def test_strict_mode_shows_the_whole_traceback(broken_site: Path, home: Path) -> None:
+    strict = commands.oblix(broken_site, home, "plugins", OBLIX_STRICT_PLUGINS="1")
+    assert strict.returncode == 1
+    assert "Traceback (most recent call last)" in strict.stderr
+
+
+def test_an_unknown_store_says_no_plugin_provides_it(home: Path) -> None:
+    with pytest.raises(PluginError, match="not installed, no plugin provides session store 'fancy'"):
+        OblixClient(home=home, session_store="fancy")
+    with pytest.raises(PluginError, match="Did you mean 'file'"):
+        OblixClient(home=home, session_store="fiel")
+
+
+def test_the_callers_own_plugin_with_a_misnamed_argument_is_explained() -> None:
+    class Typo:
+        @hookimpl
+        def oblix_register_agents(self, registr):  # type: ignore[no-untyped-def]
+            pass
+
+    with pytest.raises(PluginError, match=r"\{'registr'\}.*oblix_register_agents\(register\)"):
+        build_plugin_manager([Typo()])
+
+
+def test_plugins_passed_as_objects_are_named_by_their_class() -> None:
+    class Quiet:
+        @hookimpl
+        def oblix_register_models(self, register):  # type: ignore[no-untyped-def]
+            pass
+
+    names = {i.name for i in plugin_infos(build_plugin_manager([Quiet(), Quiet()]))}
+    qualname = f"{__name__}.{Quiet.__qualname__}"
+    assert {qualname, f"{qualname}#2"} <= names
+    assert not any(n.isdigit() for n in names)
+
+
+@pytest.mark.parametrize(
+    ("kind", "source", "method"),
+    [
+        ("models", "class Part(ModelBackend):\n    model_type = 'x'\n", "generate()"),
+        ("agents", "class Part(BaseAgent):\n    pass\n", "sample()"),
+        (
+            "session_stores",
+            "class Part(SessionStore):\n    def create(self, session, *, idempotency_key=None): ...\n",
+            "append_messages()",
+        ),
+    ],
+)
+def test_a_part_missing_a_required_method_is_refused_at_registration(
+    home: Path, kind: str, source: str, method: str
+) -> None:
+    scope: dict[str, object] = {}
+    exec("from oblix.plugin import BaseAgent, ModelBackend, SessionStore\n" + source, scope)
+
+    class Plugin:
+        @hookimpl
+        def oblix_register_models(self, register):  # type: ignore[no-untyped-def]
+            if kind == "models":
+                register("x", scope["Part"])
+
+        @hookimpl
+        def oblix_register_agents(self, register):  # type: ignore[no-untyped-def]
+            if kind == "agents":
+                register("x", scope["Part"])
+
+        @hookimpl
+        def oblix_register_session_stores(self, register):  # type: ignore[no-untyped-def]
+            if kind == "session_stores":
+                register("x", scope["Part"])
+
+    with pytest.raises(PluginError, match=re.escape(method)):
+        OblixClient(home=home, plugins=[Plugin()])
+
+
+def test_check_methods_is_the_helper_for_any_kind_of_part() -> None:
+    from oblix_core.plugins.contract import check_methods, missing_methods
+
+    class Embedder:
+        def embed(self, texts: list[str]) -> list[list[float]]:
+            raise NotImplementedError
+
+    class Mine(Embedder):
+        pass
+
+    class Done(Embedder):
+        def embed(self, texts: list[str]) -> list[list[float]]:
+            return [[0.0] for _ in texts]
+
+    assert missing_methods(Mine, ["embed", "dimension"], base=Embedder) == ["embed", "dimension"]
+    assert missing_methods(Done(), ["embed"], base=Embedder) == []
+    with pytest.raises(PluginError, match=r"Embedder 'mine' .* does not implement embed\(\)"):
+        check_methods("Embedder", "mine", Mine, ["embed"], base=Embedder)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import logging
 import os
@@ -15,9 +16,10 @@ import attrs
 import pluggy
 
 from oblix_core.agents import BaseAgent
-from oblix_core.errors import ConfigError, PluginError
+from oblix_core.errors import ConfigError, OblixError, PluginError
 from oblix_core.models.backend import ModelBackend
 from oblix_core.plugins import hookspecs
+from oblix_core.plugins.contract import check_methods, required_methods
 from oblix_core.plugins.dependencies import MissingDependency
 from oblix_core.sessions.store import SessionStore
 
@@ -126,17 +128,20 @@ class OblixPluginManager(pluggy.PluginManager):
             extra = FIRST_PARTY.get(name, (None,))[0]
             install = exc.install if isinstance(exc, MissingDependency) else f"pip install 'oblix[{extra}]'"
         elif strict():
-            raise PluginError(f"Plugin {name!r} ({module}) failed: {exc}") from exc
+            log.error(
+                "plugin %r (%s) failed (%s=1: the traceback follows)", name, module, STRICT_ENV, exc_info=exc
+            )
+            raise PluginError(f"Plugin {name!r} ({module}) failed: {_one_line(exc)}") from exc
         elif (name, str(exc)) not in _WARNED:  # once per process, however often plugins load
             _WARNED.add((name, str(exc)))
-            log.warning("plugin %r (%s) skipped: %s: %s", name, module, type(exc).__name__, exc)
+            log.warning("plugin %r (%s) skipped: %s", name, module, _reason(exc))
         self.skipped[name] = SkippedPlugin(
             name=name,
             module=module,
             package=dist.metadata["Name"] if dist else None,
             version=dist.version if dist else None,
             status="not installed" if missing else "failed",
-            reason=str(exc) if missing else f"{type(exc).__name__}: {exc}",
+            reason=str(exc) if missing else _reason(exc),
             install=install,
         )
 
@@ -152,7 +157,46 @@ class OblixPluginManager(pluggy.PluginManager):
 
 
 def _module_name(plugin: object) -> str:
-    return plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__qualname__
+    if isinstance(plugin, ModuleType):
+        return plugin.__name__
+    cls = plugin if isinstance(plugin, type) else type(plugin)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line (a pluggy error spans several)."""
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or "(no message)"
+
+
+def _reason(exc: BaseException) -> str:
+    """What ``oblix plugins`` says of a failure: our own errors as they are, others with their type."""
+    text = _one_line(exc)
+    return text if isinstance(exc, PluginError) else f"{type(exc).__name__}: {text}"
+
+
+def _validation_error(name: str, exc: pluggy.PluginValidationError) -> PluginError:
+    """Pluggy's refusal of a hookimpl, as one line that names the hook, the argument and the fix."""
+    text = str(exc)
+    hook = re.search(r"for hook '(\w+)'", text)
+    args = re.search(r"Argument\(s\) (\{.*?\})", text)
+    spec = getattr(hookspecs, hook.group(1), None) if hook else None
+    if hook and args and spec is not None:
+        wanted = f"{hook.group(1)}({', '.join(inspect.signature(spec).parameters)})"
+        return PluginError(
+            f"Plugin {name!r}: its {hook.group(1)} takes argument(s) {args.group(1)} that the hook does "
+            f"not pass; the hook is {wanted} (docs/hooks.md): rename the argument(s)."
+        )
+    return PluginError(f"Plugin {name!r} was refused by pluggy: {_one_line(exc)}")
+
+
+def _plugin_name(pm: pluggy.PluginManager, plugin: object) -> str:
+    """A readable name for a plugin passed as an object: its module or class, never its id()."""
+    base = _module_name(plugin)
+    name, n = base, 1
+    while pm.has_plugin(name):
+        n += 1
+        name = f"{base}#{n}"
+    return name
 
 
 def _check_hooks(pm: OblixPluginManager) -> None:
@@ -197,13 +241,30 @@ def build_plugin_manager(extra_plugins: Iterable[object] = ()) -> OblixPluginMan
         except Exception as exc:
             pm.skip(ep.name, exc, module=ep.value, dist=ep.dist)
             continue
-        pm.register(plugin, name=ep.name)
-        if ep.dist is not None:
-            pm.distributions[ep.name] = ep.dist
+        _register_entry_point(pm, ep, plugin)
     for plugin in extra_plugins:
-        pm.register(plugin)
+        name = _plugin_name(pm, plugin)
+        try:
+            pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:  # the caller's own plugin: say what to fix
+            raise _validation_error(name, exc) from None
     _check_hooks(pm)
     return pm
+
+
+def _register_entry_point(pm: OblixPluginManager, ep: EntryPoint, plugin: object) -> None:
+    """Register an entry point's plugin with pluggy; a refusal (a hookimpl whose arguments do
+    not match the hookspec, the same module twice) skips it and says why."""
+    try:
+        pm.register(plugin, name=ep.name)
+    except pluggy.PluginValidationError as exc:
+        pm.skip(ep.name, _validation_error(ep.name, exc), module=ep.value, dist=ep.dist)
+        return
+    except ValueError as exc:  # pluggy: this plugin object is already registered under another name
+        pm.skip(ep.name, PluginError(f"Plugin {ep.name!r}: {exc}"), module=ep.value, dist=ep.dist)
+        return
+    if ep.dist is not None:
+        pm.distributions[ep.name] = ep.dist
 
 
 def plugin_infos(pm: OblixPluginManager) -> list[PluginInfo]:
@@ -226,21 +287,61 @@ def plugin_infos(pm: OblixPluginManager) -> list[PluginInfo]:
     return infos
 
 
-def _collector(
-    kind: str, base: type | None, into: dict[str, Any], added: list[tuple[dict[str, Any], str]]
-) -> Callable[[str, Any], None]:
-    def register(name: str, obj: Any) -> None:
-        name = str(name)
-        if base is not None and not (isinstance(obj, type) and issubclass(obj, base)):
-            raise PluginError(f"{kind} {name!r} must be a subclass of {base.__name__}, got {obj!r}.")
-        if base is None and not callable(obj):
-            raise PluginError(f"{kind} {name!r} must be callable, got {obj!r}.")
-        if name in into and into[name] is not obj:
-            raise PluginError(f"Two plugins register the {kind.lower()} {name!r}; disable one.")
-        into[name] = obj
-        added.append((into, name))
+#: What each kind of part must implement (checked when it is registered).
+REQUIRED: dict[str, tuple[type, tuple[str, ...]]] = {
+    "Model backend": (ModelBackend, ("generate",)),
+    "Agent": (BaseAgent, required_methods(BaseAgent)),
+    "Session store": (SessionStore, required_methods(SessionStore)),
+}
 
-    return register
+
+def _check_part(kind: str, name: str, obj: Any) -> None:
+    """Refuse ``obj`` unless it is the right kind of part with every required method."""
+    base, required = REQUIRED[kind]
+    if kind == "Session store":  # a factory: a class is checked now, a function when it has built one
+        if not callable(obj):
+            raise PluginError(f"{kind} {name!r} must be callable (a class or a factory), got {obj!r}.")
+        if isinstance(obj, type) and issubclass(obj, SessionStore):
+            check_methods(kind, name, obj, required, base)
+        return
+    if not (isinstance(obj, type) and issubclass(obj, base)):
+        raise PluginError(f"{kind} {name!r} must be a subclass of {base.__name__}, got {obj!r}.")
+    check_methods(kind, name, obj, required, base)
+
+
+@attrs.define
+class _Collector:
+    """The ``register`` callback handed to one plugin's registration hook for one kind of part."""
+
+    kind: str
+    plugin: str
+    into: dict[str, Any]
+    owners: dict[tuple[str, str], str]
+    added: list[tuple[dict[str, Any], str]]
+
+    def __call__(self, name: str, obj: Any) -> None:
+        name = str(name)
+        _check_part(self.kind, name, obj)
+        owner = self.owners.get((self.kind, name))
+        if name in self.into and self.into[name] is not obj and owner != self.plugin:
+            raise PluginError(
+                f"Plugin {self.plugin!r} registers the {self.kind.lower()} {name!r}, which plugin "
+                f"{owner!r} already registers; keep one: {DISABLE_ENV}={self.plugin} (or {owner})."
+            )
+        self.into[name] = obj
+        self.owners[(self.kind, name)] = self.plugin
+        self.added.append((self.into, name))
+
+
+def _first_party_first(pm: OblixPluginManager, impls: Iterable[pluggy.HookImpl]) -> list[pluggy.HookImpl]:
+    """``impls`` in registration order, Oblix's own plugins first: a name another plugin also
+    registers stays with the first-party plugin, and the other plugin is the one reported."""
+
+    def rank(impl: pluggy.HookImpl) -> int:
+        dist = pm.distributions.get(impl.plugin_name)
+        return 0 if dist is not None and dist.metadata["Name"] == "oblix" else 1
+
+    return sorted(impls, key=rank)
 
 
 @attrs.define
@@ -251,27 +352,29 @@ class Registry:
     models: dict[str, type[ModelBackend]] = attrs.field(factory=dict)
     agents: dict[str, type[BaseAgent]] = attrs.field(factory=dict)
     stores: dict[str, Callable[..., SessionStore]] = attrs.field(factory=dict)
+    #: (kind, name) -> the plugin that registered it (for messages).
+    owners: dict[tuple[str, str], str] = attrs.field(factory=dict)
 
     @classmethod
     def load(cls, pm: OblixPluginManager | None = None) -> Registry:
-        """Run the registration hooks, each plugin on its own: one that raises is skipped
-        (recorded in ``pm.skipped``) and what it registered is dropped; the caller's own
-        plugins (not from entry points) raise."""
+        """Run the registration hooks, each plugin on its own: one that raises, registers a part
+        without a required method or a name another plugin has, is skipped (recorded in
+        ``pm.skipped``) and what it registered is dropped; the caller's own plugins raise."""
         pm = pm or build_plugin_manager()
         reg = cls(pm)
         hooks = (
-            (pm.hook.oblix_register_models, "Model backend", ModelBackend, reg.models),
-            (pm.hook.oblix_register_agents, "Agent", BaseAgent, reg.agents),
-            (pm.hook.oblix_register_session_stores, "Session store", None, reg.stores),
+            (pm.hook.oblix_register_models, "Model backend", reg.models),
+            (pm.hook.oblix_register_agents, "Agent", reg.agents),
+            (pm.hook.oblix_register_session_stores, "Session store", reg.stores),
         )
         by_plugin: dict[str, list[tuple[dict[str, Any], str]]] = {}
-        for caller, kind, base, table in hooks:
-            for impl in reversed(caller.get_hookimpls()):  # pluggy's order: last registered first
+        for caller, kind, table in hooks:
+            for impl in _first_party_first(pm, reversed(caller.get_hookimpls())):
                 if impl.plugin_name in pm.skipped:
                     continue
                 added = by_plugin.setdefault(impl.plugin_name, [])
                 try:
-                    impl.function(register=_collector(kind, base, table, added))
+                    impl.function(register=_Collector(kind, impl.plugin_name, table, reg.owners, added))
                 except Exception as exc:
                     if impl.plugin_name not in pm.distributions:
                         raise
@@ -280,29 +383,59 @@ class Registry:
                     pm.skip(impl.plugin_name, exc)
         return reg
 
+    def owner(self, kind: str, name: str) -> str:
+        """The plugin that registered ``name`` (``"?"`` if none did)."""
+        return self.owners.get((kind, name), "?")
+
     def make_store(self, name: str, **options: Any) -> SessionStore:
+        """Build the session store ``name`` with ``options`` (checked against its factory's signature).
+
+        A wrong option is a :class:`ConfigError` naming it; the factory failing for another
+        reason is a :class:`PluginError` naming the plugin (see :meth:`construct`).
+        """
         factory = self._lookup(self.stores, name, "session store")
-        try:
-            params = list(inspect.signature(factory).parameters.values())
-        except (TypeError, ValueError):  # a factory without a signature: let it judge
-            params = []
-        accepted = {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-        open_ended = not params or any(p.kind == p.VAR_KEYWORD for p in params)
-        unknown = [] if open_ended else sorted(set(options) - accepted)
-        if unknown:
-            raise ConfigError(
-                f"Unknown option(s) for the {name!r} session store: {', '.join(unknown)}. "
-                f"Accepted: {', '.join(sorted(accepted)) or 'none'}."
+        _check_options(factory, options, f"the {name!r} session store")
+        store = self.construct("Session store", name, factory, **options)
+        if not isinstance(store, SessionStore):
+            raise PluginError(
+                f"The session store factory {name!r} (plugin {self.owner('Session store', name)!r}) "
+                f"returned {type(store).__name__}, not a SessionStore."
             )
+        check_methods("Session store", name, store, REQUIRED["Session store"][1], SessionStore)
+        return store
+
+    def make_model(self, model_type: str, model_name: str, **options: Any) -> ModelBackend:
+        """Build a backend of ``model_type`` (``cls(model_name, **options)``), failures explained."""
+        cls = self.model_class(model_type)
+        return self.construct("Model backend", model_type, cls, model_name, **options)
+
+    def make_agent(self, name: str, **options: Any) -> BaseAgent:
+        """Build the agent ``name`` with ``options`` (checked against its signature), failures explained."""
+        cls = self.agent_class(name)
+        _check_options(cls, options, f"the {name!r} agent")
+        return self.construct("Agent", name, cls, **options)
+
+    def construct(self, kind: str, name: str, factory: Callable[..., Any], *args: Any, **options: Any) -> Any:
+        """``factory(*args, **options)``; an error that is not an :class:`OblixError` (a bug in the
+        plugin, a missing file) becomes a :class:`PluginError` naming the part and its plugin."""
         try:
-            return factory(**options)
-        except TypeError as exc:
-            found = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
-            problem = f"unknown option {found.group(1)!r}" if found else str(exc)
-            raise ConfigError(
-                f"Invalid options for the {name!r} session store: {problem}. See its documentation "
-                "(docs/) for the options it takes."
-            ) from None
+            return factory(*args, **options)
+        except OblixError:
+            raise
+        except Exception as exc:
+            if strict():
+                log.error(
+                    "%s %r failed to start (%s=1: the traceback follows)",
+                    kind,
+                    name,
+                    STRICT_ENV,
+                    exc_info=exc,
+                )
+            raise PluginError(
+                f"The {kind.lower()} {name!r} (plugin {self.owner(kind, name)!r}) failed to start: "
+                f"{type(exc).__name__}: {_one_line(exc)}. Check its options; if they are right, report it "
+                f"to the plugin's author ({STRICT_ENV}=1 shows the traceback)."
+            ) from exc
 
     def model_class(self, model_type: str) -> type[ModelBackend]:
         return self._lookup(self.models, model_type, "model backend")
@@ -320,7 +453,36 @@ class Registry:
         hint = self.pm.missing_hint(name)
         if hint:
             raise PluginError(f"No {kind} named {name!r}: {hint} Registered: {known}.")
+        close = difflib.get_close_matches(name, list(table), n=3)
+        meant = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise PluginError(
-            f"No {kind} named {name!r} (registered: {known}). Install the plugin that provides it, "
-            f"and check {LOAD_ENV} / {DISABLE_ENV} (`oblix plugins` lists what loaded and what did not)."
+            f"No {kind} named {name!r}: not installed, no plugin provides {kind} {name!r} "
+            f"(registered: {known}).{meant} Install the plugin that provides it, and check "
+            f"{LOAD_ENV} / {DISABLE_ENV} (`oblix plugins` lists what loaded and what did not)."
         )
+
+
+def _check_options(factory: Callable[..., Any], options: dict[str, Any], what: str) -> None:
+    """Refuse ``options`` that ``factory``'s signature does not take, or that leave a required one out."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a factory without a signature: let it judge
+        return
+    params = list(signature.parameters.values())
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return
+    accepted = {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        close = {u: difflib.get_close_matches(u, list(accepted), n=1) for u in unknown}
+        meant = "".join(f" ({u}: did you mean {c[0]!r}?)" for u, c in close.items() if c)
+        raise ConfigError(
+            f"Unknown option(s) for {what}: {', '.join(unknown)}.{meant} "
+            f"Accepted: {', '.join(sorted(accepted)) or 'none'}."
+        )
+    try:
+        signature.bind(**options)
+    except TypeError as exc:
+        raise ConfigError(
+            f"Options for {what}: {exc}. See its documentation for the options it takes."
+        ) from None
