@@ -11,7 +11,9 @@ Sections:
 
 * hooks: :data:`hookimpl`, :func:`needs` (declare an optional dependency);
 * model backends: :class:`ModelBackend`, :class:`ModelType`, :class:`GenerationRequest`,
-  :class:`ChatMessage`, :class:`StreamChunk`, :class:`Usage`, and the HTTP helpers
+  :class:`ChatMessage`, :class:`StreamChunk`, :class:`Usage` (build it from an endpoint's counts
+  with :func:`provider_usage`, which drops invalid ones; :func:`usage_info` carries the note),
+  and the HTTP helpers
   :func:`require`, :func:`http_library`, :func:`status_error`, :func:`connection_error`,
   :func:`describe_cause`;
 * agents: :class:`BaseAgent`, :class:`AgentCheck`, :class:`AgentState`, :class:`Target`;
@@ -99,6 +101,7 @@ from oblix_core.sessions.records import (
     validate_session_id,
 )
 from oblix_core.sessions.store import SessionChanges, SessionStore
+from oblix_core.usage.counts import MAX_TOKEN_COUNT, provider_usage, token_count, usage_info
 from oblix_core.usage.ledger import UsageLedger, UsageRecord, UsageTotals, group_key, total_by
 from oblix_core.usage.sqlite import SqliteUsageLedger
 from oblix_core.validation import parse_flag
@@ -121,6 +124,7 @@ def handle_errors(func: Any) -> Any:
 
 __all__ = [
     "LOCAL_ONLY_KEY",
+    "MAX_TOKEN_COUNT",
     "ROUTING_PREFERENCES",
     "AgentCheck",
     "AgentState",
@@ -179,6 +183,7 @@ __all__ = [
     "new_request_id",
     "parse_flag",
     "parse_timestamp",
+    "provider_usage",
     "redact_url",
     "remember_secret",
     "require",
@@ -186,7 +191,9 @@ __all__ = [
     "seconds_option",
     "session_is_local_only",
     "status_error",
+    "token_count",
     "total_by",
+    "usage_info",
     "utc_now",
     "validate_session_id",
     "write_atomically",

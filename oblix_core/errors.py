@@ -60,12 +60,22 @@ class TransientModelError(ModelError):
 
     ``unreachable`` marks failures to reach the model at all (connection refused, DNS,
     TLS, connect or first-byte timeout): those are not retried on the same request (the
-    next candidate is tried at once) and cool the model down immediately.
+    next candidate is tried at once) and cool the model down immediately. ``retry_after``
+    is the wait the server asked for (``Retry-After``): the executor's next try of the same
+    model waits at least that long (its one retry budget covers every retry of a request).
     """
 
-    def __init__(self, message: str, *, model_id: str | None = None, unreachable: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        model_id: str | None = None,
+        unreachable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message, model_id=model_id)
         self.unreachable = unreachable
+        self.retry_after = retry_after
 
 
 class PermanentModelError(ModelError):

@@ -254,12 +254,23 @@ async def test_wrong_key_is_permanent_and_never_shown(double: AnthropicDouble, h
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("status", [429, 529])
-async def test_busy_waits_for_a_short_retry_after(
-    claude: AnthropicBackend, double: AnthropicDouble, status: int
+async def test_busy_with_a_short_retry_after_is_one_call_the_executor_retries(
+    double: AnthropicDouble, home: Path, status: int
 ) -> None:
     double.script = [(status, {"retry-after": "0.2"})]
-    chunks = await collect(claude, ask(ChatMessage("user", "hi")))
-    assert chunks[-1].finish_reason == "stop" and len(double.bodies) == 2
+    backend = AnthropicBackend(SONNET, endpoint=double.url, api_key=SECRET)
+    await backend.start()
+    try:
+        with pytest.raises(TransientModelError) as info:  # the backend itself sends once
+            await collect(backend, ask(ChatMessage("user", "hi")))
+    finally:
+        await backend.aclose()
+    assert info.value.retry_after == pytest.approx(0.2) and len(double.bodies) == 1
+    double.script = [(status, {"retry-after": "0.2"})]
+    async with OblixClient(home=home, execution=FAST) as client:
+        await client.hook_model(ModelType.CLAUDE, SONNET, endpoint=double.url, api_key=SECRET)
+        result = await client.execute("hi", stream=False)
+    assert result["response"] == double.answer and len(double.bodies) == 3
 
 
 @pytest.mark.anyio

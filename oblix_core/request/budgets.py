@@ -11,13 +11,13 @@ When a budget covering a request is spent, screening drops the cloud candidates 
 budget covers, the request takes this process's gate for that ledger (held until its
 usage is recorded) and reads the ledger again, so within a process budget-covered cloud
 requests run one at a time, and a budget is overspent by at most one in-flight request
-per process.
+per process — plus any whose reader stalled: the gate's waits are bounded
+(``gate_wait``, ``gate_stall``; see :mod:`oblix_core.usage.gate`).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -29,16 +29,13 @@ from oblix_core import fields
 from oblix_core.errors import NoModelAvailableError
 from oblix_core.models.backend import ModelBackend
 from oblix_core.request.routing import RoutingPlan
+from oblix_core.usage.gate import BudgetGate, gate_for
 from oblix_core.usage.ledger import UsageLedger, UsageRecord
 
 log = logging.getLogger(__name__)
 
 #: Session metadata key of a session's own budget (USD, for the session's whole life).
 SESSION_KEY = "budget_usd"
-#: How often a request waiting for the gate looks again (seconds).
-_GATE_POLL = 0.01
-_GATES: dict[str, threading.Lock] = {}
-_GATES_LOCK = threading.Lock()
 
 
 def _usd(value: Any) -> Any:
@@ -52,11 +49,15 @@ class BudgetSettings:
 
     daily_usd: float | None = attrs.field(default=None, converter=_usd, validator=fields.USD.or_none())
     monthly_usd: float | None = attrs.field(default=None, converter=_usd, validator=fields.USD.or_none())
+    #: Seconds a budgeted cloud request waits for the gate before it fails (oblix_core.usage.gate).
+    gate_wait: float = attrs.field(default=120.0, validator=fields.seconds(0, strict=True))
+    #: Seconds the gate's holder may wait for a stalled reader before the next request goes ahead.
+    gate_stall: float = attrs.field(default=10.0, validator=fields.seconds(0, strict=True))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BudgetSettings:
         """Settings from a mapping (``[budgets]``); a bad value is a ConfigError naming the key."""
-        return cls(data.get("daily_usd"), data.get("monthly_usd"))
+        return cls(**{f.name: data[f.name] for f in attrs.fields(cls) if f.name in data})
 
 
 @attrs.frozen
@@ -123,11 +124,6 @@ def spent_budget(
     return None
 
 
-def _gate(identity: str) -> threading.Lock:
-    with _GATES_LOCK:
-        return _GATES.setdefault(identity, threading.Lock())
-
-
 class BudgetGuard:
     """One request's budgets: screening, the gate before a cloud model, recording usage."""
 
@@ -144,7 +140,7 @@ class BudgetGuard:
         self.session_limit = session_budget(metadata)
         limits = (settings.daily_usd, settings.monthly_usd, self.session_limit)
         self.active = ledger is not None and any(v is not None for v in limits)
-        self._held: threading.Lock | None = None
+        self._held: BudgetGate | None = None
 
     async def spent(self) -> Budget | None:
         """The spent budget covering this request; a ledger that cannot be read counts as spent."""
@@ -192,9 +188,8 @@ class BudgetGuard:
         the ledger; raises :class:`BudgetExceededError` if the budget was spent meanwhile."""
         if model.is_local or not self.active or self._held is not None or self.ledger is None:
             return
-        gate = _gate(self.ledger.identity())
-        while not gate.acquire(blocking=False):
-            await anyio.sleep(_GATE_POLL)
+        gate = gate_for(self.ledger.identity())
+        await gate.acquire(self, self.settings.gate_wait, self.settings.gate_stall)
         self._held = gate
         budget = await self.spent()
         if budget is not None:
@@ -213,10 +208,15 @@ class BudgetGuard:
         except Exception as exc:
             log.warning("request %s: its usage was not recorded: %s", record and record.request_id, exc)
 
+    def reader(self, waiting: bool) -> None:
+        """The request handed text to its reader (``waiting``), or the reader asked for more."""
+        if self._held is not None:
+            self._held.reader(self, waiting)
+
     def release(self) -> None:
         held, self._held = self._held, None
         if held is not None:
-            held.release()
+            held.release(self)
 
 
 def exceeded(budget: Budget, models: Sequence[ModelBackend]) -> BudgetExceededError:

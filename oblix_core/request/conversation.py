@@ -24,6 +24,7 @@ from oblix_core.request.routing import RouteRequest, RoutingPlan, screen
 from oblix_core.sessions.records import Message, SessionRecord, new_session_id, utc_now
 from oblix_core.sessions.store import keyed
 from oblix_core.usage.ledger import UsageRecord, answer_record
+from oblix_core.usage.spending import Spending
 
 #: Tokens of history read for a request when no model is hooked (routing then fails anyway).
 DEFAULT_HISTORY_BUDGET = 4096
@@ -216,7 +217,11 @@ class ResponseStream:
             plan, checks = await self._plan()
             done: Done | None = None
             try:
-                async with aclosing(engine.executor.run(plan.candidates, self.request, plan.fits)) as events:
+                spending = Spending(
+                    budget.record, engine.pricing, self.request, plan.rule, plan.reason, budget.reader
+                )
+                run = engine.executor.run(plan.candidates, self.request, plan.fits, spending)
+                async with aclosing(run) as events:
                     async for event in events:
                         if isinstance(event, Attempting):
                             await budget.admit(event.model)

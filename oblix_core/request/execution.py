@@ -27,6 +27,7 @@ Every error text is scrubbed of known secrets before it is raised or recorded.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -49,11 +50,18 @@ from oblix_core.errors import (
     TransientModelError,
 )
 from oblix_core.models.backend import ModelBackend, StreamChunk, Usage
-from oblix_core.models.health import CircuitBreaker
+from oblix_core.models.health import CircuitBreaker, JsonFile
 from oblix_core.request.context import Request
 from oblix_core.request.history import Fit, trim_to_window
+from oblix_core.request.routing import RoutingPlan, screen
+from oblix_core.usage.counts import USAGE_ERROR, checked_usage
+from oblix_core.usage.spending import Spending
 
 R = TypeVar("R", bound=Request)
+#: The default answer cap: 1,000,000 characters (about 250,000 tokens, beyond every model's
+#: output limit today).
+DEFAULT_MAX_ANSWER_CHARS = 1_000_000
+log = logging.getLogger(__name__)
 
 
 @attrs.frozen
@@ -79,6 +87,9 @@ class ExecutionSettings:
     recovery_checks: int = attrs.field(default=2, validator=fields.integer(1))
     #: Seconds between health checks of a cooled-down model.
     probe_interval: float = attrs.field(default=5.0, validator=fields.seconds(0, strict=True))
+    #: The most characters one answer may have (text and tool-call arguments together): an
+    #: answer that grows past it fails (an endless upstream stream stops there).
+    max_answer_chars: int = attrs.field(default=DEFAULT_MAX_ANSWER_CHARS, validator=fields.integer(1))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExecutionSettings:
@@ -137,6 +148,8 @@ class _Answer:
     finish: str | None = None
     info: dict[str, Any] = attrs.field(factory=dict)
     calls: dict[int, dict[str, Any]] = attrs.field(factory=dict)
+    #: Characters of text and tool-call arguments taken in so far (the answer cap counts them).
+    size: int = 0
 
     @property
     def text(self) -> str:
@@ -152,6 +165,7 @@ class _Answer:
         self.usage = chunk.usage or self.usage
         self.finish = chunk.finish_reason or self.finish
         self.info.update(chunk.info or {})
+        self.size += _size(chunk)
         for delta in chunk.tool_calls or ():
             call = self.calls.setdefault(
                 int(delta.get("index", len(self.calls))),
@@ -162,6 +176,15 @@ class _Answer:
             function = delta.get("function") or {}
             call["function"]["name"] += function.get("name") or ""
             call["function"]["arguments"] += function.get("arguments") or ""
+
+
+def _size(chunk: StreamChunk) -> int:
+    """Characters ``chunk`` adds to an answer: its text, tool names and arguments."""
+    size = len(chunk.text)
+    for delta in chunk.tool_calls or ():
+        function = delta.get("function") or {}
+        size += len(function.get("arguments") or "") + len(function.get("name") or "")
+    return size
 
 
 def utf8_safe(text: str) -> str:
@@ -194,6 +217,26 @@ class Executor:
     def __init__(self, settings: ExecutionSettings, breaker: CircuitBreaker) -> None:
         self.settings = settings
         self.breaker = breaker
+
+    @property
+    def readings(self) -> JsonFile | None:
+        """Where the agents' last readings are kept between processes (``None``: nowhere)."""
+        return self.breaker.readings
+
+    async def watch(self, models: Sequence[ModelBackend]) -> None:
+        """Before each routing: learn the hooked ``models`` and take the health other processes
+        recorded for them (read in a worker thread, and only when the shared store changed)."""
+        breaker = self.breaker
+        breaker.watch(models)
+        if breaker.shares_health and breaker.stale():
+            await anyio.to_thread.run_sync(breaker.sync)
+
+    def screen(
+        self, plan: RoutingPlan, models: Sequence[ModelBackend], request: Request, **kw: Any
+    ) -> RoutingPlan:
+        """``plan`` screened against the models' health and windows (:func:`routing.screen`,
+        which also computes each candidate's fit once): what :meth:`run` then runs as planned."""
+        return screen(plan, models, request.messages, request.max_tokens, self.breaker, **kw)
 
     async def attempt(
         self, model: ModelBackend, request: Request, answer: _Answer
@@ -234,6 +277,7 @@ class Executor:
                         model_id=model.model_id,
                     ) from None
                 first = first and not chunk.text
+                _check_size(model, answer, chunk, s.max_answer_chars)
                 answer.add(chunk)
                 text = held + chunk.text
                 held = text[-1] if text and "\ud800" <= text[-1] <= "\udbff" else ""
@@ -254,13 +298,23 @@ class Executor:
             raise TransientModelError(f"{model.model_id} returned an empty answer.", model_id=model.model_id)
 
     async def run(
-        self, candidates: Sequence[ModelBackend], request: Request, fits: Mapping[str, Fit] | None = None
+        self,
+        candidates: Sequence[ModelBackend],
+        request: Request,
+        fits: Mapping[str, Fit] | None = None,
+        spending: Spending | None = None,
     ) -> AsyncGenerator[str | Attempting | Done, None]:
         """Yield :class:`Attempting` before each try, answer text as it streams, then one
-        :class:`Done`. With a screened plan's ``fits`` the candidates run as planned, each
-        with its planned messages (see :func:`_planned`); without, cooling ones go last."""
+        :class:`Done`. The candidates run in the order given: a screened plan's (see
+        :meth:`screen`), which already skips cooling models; with its ``fits`` each sends
+        its planned messages (see :func:`_planned`).
+
+        ``spending`` (:mod:`oblix_core.usage.spending`) is told when the reader is handed text
+        and when a cloud model produced part of an answer that ends without a :class:`Done`:
+        interrupted by a failure, or abandoned because the reader stopped (closed or
+        cancelled the stream)."""
         attempts: list[Attempt] = []
-        for model in candidates if fits is not None else self.breaker.order(candidates):
+        for model in candidates:
             try:
                 await model.prepare()
                 own = model.with_defaults(request)  # the model's generation defaults, where unset
@@ -277,9 +331,13 @@ class Executor:
                 try:
                     async with aclosing(self.attempt(model, trimmed, answer)) as texts:
                         async for text in texts:
+                            _reader(spending, True)
                             yield text
+                            _reader(spending, False)
                 except Exception as exc:
                     error = _as_model_error(model, exc)
+                    if answer.parts:  # no other try follows: what it produced is spent
+                        _report(spending, model, trimmed, answer, attempts, f"interrupted: {error}")
                     attempts.append(Attempt(model.model_id, str(error), _elapsed_ms(answer.started)))
                     retry = not answer.parts and self._retry(error, tries, model)
                     gave_up = isinstance(error, TransientModelError) and not retry
@@ -300,9 +358,14 @@ class Executor:
                             partial=answer.text,
                         ) from None
                     if retry:
-                        await anyio.sleep(self.settings.backoff(tries))
+                        await anyio.sleep(max(self.settings.backoff(tries), _asked_wait(error)))
                         continue
                     break
+                except BaseException:  # the consumer closed the stream or was cancelled
+                    if answer.parts or answer.calls:
+                        why = "abandoned: the reader stopped before the end of the answer"
+                        _report(spending, model, trimmed, answer, attempts, why)
+                    raise
                 self.breaker.record_success(model.model_id)
                 attempts.append(Attempt(model.model_id, None, _elapsed_ms(answer.started)))
                 metrics = _metrics(model, trimmed, answer, attempts, (fits or {}).get(model.model_id))
@@ -319,6 +382,47 @@ class Executor:
             and tries <= self.settings.max_retries
             and self.breaker.available(model.model_id)
         )
+
+
+def _check_size(model: ModelBackend, answer: _Answer, chunk: StreamChunk, cap: int) -> None:
+    """Raise :class:`PermanentModelError` if ``chunk`` would take the answer past ``cap`` characters."""
+    if answer.size + _size(chunk) > cap:
+        raise PermanentModelError(
+            f"{model.model_id}: the answer grew past max_answer_chars={cap} characters and was stopped "
+            "(raise [execution] max_answer_chars for longer answers).",
+            model_id=model.model_id,
+        )
+
+
+def _asked_wait(error: ModelError) -> float:
+    """The wait the server asked for (``Retry-After``) before the next try, capped at 60 s."""
+    wait = getattr(error, "retry_after", None)
+    return min(float(wait), 60.0) if isinstance(wait, int | float) and wait > 0 else 0.0
+
+
+def _reader(spending: Spending | None, waiting: bool) -> None:
+    if spending is not None:
+        spending.reader(waiting)
+
+
+def _report(
+    spending: Spending | None,
+    model: ModelBackend,
+    request: Request,
+    answer: _Answer,
+    attempts: list[Attempt],
+    why: str,
+) -> None:
+    """Tell ``spending`` what a cloud model's unfinished answer used (tokens estimated where the
+    model gave no count); never raises: the answer's own outcome goes on."""
+    if spending is None or model.is_local:
+        return
+    try:
+        metrics = _metrics(model, request, answer, attempts, None)
+        metrics["tokens_estimated"] = metrics["tokens_estimated"] or answer.finish is None
+        spending.spent(model, metrics, why)
+    except Exception as exc:
+        log.warning("%s: the usage of an unfinished answer was not recorded: %s", model.model_id, exc)
 
 
 def _planned(model: ModelBackend, request: R, fit: Fit | None) -> R:
@@ -355,7 +459,7 @@ def _no_model(attempts: list[Attempt]) -> NoModelAvailableError:
 def _metrics(
     model: ModelBackend, request: Request, answer: _Answer, attempts: list[Attempt], fit: Fit | None
 ) -> dict[str, Any]:
-    usage = answer.usage
+    usage, problem = checked_usage(answer.usage)  # whatever the backend: no invalid count counts
     input_tokens = usage.input_tokens if usage and usage.input_tokens is not None else None
     output_tokens = usage.output_tokens if usage and usage.output_tokens is not None else None
     estimated = input_tokens is None or output_tokens is None
@@ -381,4 +485,10 @@ def _metrics(
         "history_messages_sent": len(request.messages),
         "attempts": [a.to_dict() for a in attempts],
         **answer.info,
-    }
+    } | _usage_error(answer.info.get(USAGE_ERROR), problem)
+
+
+def _usage_error(*notes: str | None) -> dict[str, Any]:
+    """The metrics entry naming invalid counts (none when every count was valid)."""
+    text = "; ".join(dict.fromkeys(str(n) for n in notes if n))
+    return {USAGE_ERROR: text} if text else {}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -21,6 +22,7 @@ import attrs
 
 from oblix_core.errors import OblixError
 from oblix_core.sessions.records import utc_now
+from oblix_core.usage.counts import USAGE_ERROR, token_count
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +124,10 @@ class UsageRecord:
     rule: str = ""
     reason: str = ""
     tokens_estimated: bool = False
+    #: What was wrong with this answer or its counts ("" when nothing was): an endpoint's
+    #: invalid counts, or an answer interrupted or abandoned before its end (its tokens are
+    #: then estimated from what was streamed).
+    error: str = ""
 
     @property
     def day(self) -> str:
@@ -299,21 +305,52 @@ def reference_model(models: Sequence[tuple[str, bool]], versus: str | None) -> s
     return next((model_id for model_id, local in models if not local), DEFAULT_VERSUS)
 
 
+def _amount(value: Any) -> float:
+    """A finite, non-negative float (anything else counts as 0)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    number = float(value)
+    return number if math.isfinite(number) and number >= 0 else 0.0
+
+
 def answer_record(
-    request: Any, model_id: str, local: bool, metrics: dict[str, Any], rule: str, reason: str
+    request: Any,
+    model_id: str,
+    local: bool,
+    metrics: dict[str, Any],
+    rule: str,
+    reason: str,
+    error: str = "",
 ) -> UsageRecord:
-    """The ledger record of an answered request (``request``: the core's Request)."""
+    """The ledger record of an answer (``request``: the core's Request); ``error`` says what
+    went wrong with it (interrupted, abandoned), besides any invalid counts in ``metrics``.
+
+    Counts are checked again (:func:`~oblix_core.usage.counts.token_count`): an invalid one is
+    recorded as 0 and named in ``error``, never as a negative or failing record.
+    """
+    counts = {}
+    invalid = False
+    problems = [error] if error else []
+    if metrics.get(USAGE_ERROR):
+        problems.append(str(metrics[USAGE_ERROR]))
+    for name in ("input_tokens", "output_tokens", "cached_input_tokens"):
+        value = metrics.get(name)
+        counts[name] = token_count(value)
+        if value is not None and counts[name] is None:
+            invalid = True
+            problems.append(f"{name}={value!r:.40} is not a token count")
     return UsageRecord(
         request_id=request.request_id,
         model_id=model_id,
         local=local,
-        input_tokens=int(metrics.get("input_tokens") or 0),
-        output_tokens=int(metrics.get("output_tokens") or 0),
-        cost_usd=float(metrics.get("cost_usd") or 0.0),
+        input_tokens=counts["input_tokens"] or 0,
+        output_tokens=counts["output_tokens"] or 0,
+        cost_usd=_amount(metrics.get("cost_usd")),
         session_id=request.session_id if request.store else None,
-        cached_tokens=int(metrics.get("cached_input_tokens") or 0),
-        latency_ms=float(metrics.get("total_latency_ms") or metrics.get("latency_ms") or 0.0),
+        cached_tokens=min(counts["cached_input_tokens"] or 0, counts["input_tokens"] or 0),
+        latency_ms=_amount(metrics.get("total_latency_ms") or metrics.get("latency_ms")),
         rule=rule,
         reason=reason[:500],
-        tokens_estimated=bool(metrics.get("tokens_estimated")),
+        tokens_estimated=bool(metrics.get("tokens_estimated")) or invalid,
+        error="; ".join(problems)[:500],
     )

@@ -41,8 +41,6 @@ BUSY_STATUSES = frozenset({429, 529})
 TRANSIENT_ERROR_TYPES = frozenset({"overloaded_error", "api_error", "rate_limit_error", "timeout_error"})
 #: Request options sent as body fields (``extra_body``), whichever SDK version is installed.
 SAMPLING = ("temperature", "top_p", "top_k")
-#: Retries on one request after a 429/529 whose ``retry-after`` is short enough to wait for.
-BUSY_RETRIES = 2
 
 
 def _anthropic() -> Any:
@@ -60,7 +58,10 @@ class AnthropicBackend(ModelBackend):
     answer limit sent when a request gives none: 4096 for Claude 3, else 8192),
     ``prompt_cache`` (mark the stable prefix for Anthropic's prompt cache, default on)
     and ``max_retry_wait`` (the longest ``retry-after`` worth waiting for on a 429/529,
-    default 20 s; a longer one moves the request to the next model at once).
+    default 20 s; a longer one moves the request to the next model at once). The SDK's own
+    retries are off and this backend sends each request once: the executor's retries
+    (``[execution] max_retries``, waiting at least the ``retry-after`` asked for) are the
+    only ones, so a request makes at most ``1 + max_retries`` calls to Claude.
 
     Request options: ``top_p``, ``top_k``, ``stop`` (or ``stop_sequences``),
     ``metadata``, and OpenAI-shaped ``tools``/``tool_choice``, mapped to Claude's
@@ -173,27 +174,29 @@ class AnthropicBackend(ModelBackend):
         return params | options | ({"extra_body": sampling} if sampling else {})
 
     async def _open(self, params: dict[str, Any]) -> Any:
-        """Send the request; the answer has started when this returns.
+        """Send the request once; the answer has started when this returns.
 
-        A 429 or 529 whose ``retry-after`` is at most ``max_retry_wait`` is waited out and
-        sent again (twice at most); a longer one moves on to the next model at once.
+        A 429 or 529 with a ``retry-after`` of at most ``max_retry_wait`` is a
+        :class:`TransientModelError` carrying that wait (the executor's retry waits it out);
+        a longer one moves on to the next model at once.
         """
         anthropic = _anthropic()
-        for retry in range(BUSY_RETRIES + 1):
-            try:
-                with anyio.fail_after(self.first_byte_timeout):
-                    return await self._client.messages.create(**params)
-            except TimeoutError:
-                cause = TimeoutError(f"no response in {self.first_byte_timeout}s")
-                raise connection_error(self.model_id, self.where, cause, started=False) from None
-            except anthropic.APIStatusError as exc:
-                wait = retry_after(exc.response.headers) if exc.status_code in BUSY_STATUSES else None
-                if wait is None or retry == BUSY_RETRIES:
-                    raise
-                if wait > self.max_retry_wait:
-                    raise self._busy(exc, wait) from None
-                await anyio.sleep(wait)
-        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+        try:
+            with anyio.fail_after(self.first_byte_timeout):
+                return await self._client.messages.create(**params)
+        except TimeoutError:
+            cause = TimeoutError(f"no response in {self.first_byte_timeout}s")
+            raise connection_error(self.model_id, self.where, cause, started=False) from None
+        except anthropic.APIStatusError as exc:
+            wait = retry_after(exc.response.headers) if exc.status_code in BUSY_STATUSES else None
+            if wait is None:
+                raise
+            if wait > self.max_retry_wait:
+                raise self._busy(exc, wait) from None
+            error = self._status_error(exc)
+            if isinstance(error, TransientModelError):
+                error.retry_after = wait
+            raise error from None
 
     def _busy(self, exc: Any, wait: float) -> TransientModelError:
         """A 429/529 asking for a longer wait than is worth it: cool the model, try the next."""

@@ -20,7 +20,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from oblix.plugin import ChatMessage, PermanentModelError, StreamChunk, Usage
+from oblix.plugin import ChatMessage, PermanentModelError, StreamChunk, Usage, token_count, usage_info
 
 #: Claude's stop reasons as the finish reasons Oblix (and OpenAI) use.
 STOP_REASONS = {
@@ -156,12 +156,16 @@ class EventReader:
         self.cache_creation = 0
         self.stop_reason: str | None = None
         self._tool_index: dict[int, int] = {}
+        #: Counts the API reported that are not token counts (dropped, so estimated instead).
+        self.invalid: list[str] = []
 
     def read(self, event: Any) -> list[StreamChunk]:
         """The chunks for one event (often none)."""
         kind = getattr(event, "type", None)
         if kind == "message_start":
             self._usage(event.message.usage)
+            if self.input_tokens:  # known before any text: an abandoned answer still counts it
+                return [StreamChunk(usage=Usage(self._prompt(), None, self.cache_read or None))]
         elif kind == "content_block_start":
             return self._block_start(event.index, event.content_block)
         elif kind == "content_block_delta":
@@ -176,10 +180,22 @@ class EventReader:
     def _usage(self, usage: Any) -> None:
         if usage is None:
             return
-        self.input_tokens = getattr(usage, "input_tokens", None) or self.input_tokens
-        self.output_tokens = getattr(usage, "output_tokens", None) or self.output_tokens
-        self.cache_read = getattr(usage, "cache_read_input_tokens", None) or self.cache_read
-        self.cache_creation = getattr(usage, "cache_creation_input_tokens", None) or self.cache_creation
+        self.input_tokens = self._count(usage, "input_tokens") or self.input_tokens
+        self.output_tokens = self._count(usage, "output_tokens") or self.output_tokens
+        self.cache_read = self._count(usage, "cache_read_input_tokens") or self.cache_read
+        self.cache_creation = self._count(usage, "cache_creation_input_tokens") or self.cache_creation
+
+    def _count(self, usage: Any, name: str) -> int | None:
+        """A reported count, checked (:func:`oblix.plugin.token_count`); an invalid one is noted."""
+        value = getattr(usage, name, None)
+        count = token_count(value)
+        if value is not None and count is None:
+            self.invalid.append(f"{name}={value!r:.40} is not a token count")
+        return count
+
+    def _prompt(self) -> int | None:
+        """Input tokens in all (cache reads and writes included), ``None`` if unknown or absurd."""
+        return token_count(self.input_tokens + self.cache_read + self.cache_creation) or None
 
     def _block_start(self, index: int, block: Any) -> list[StreamChunk]:
         if block.type == "text":
@@ -200,13 +216,12 @@ class EventReader:
         return []
 
     def _last(self) -> StreamChunk:
-        prompt = self.input_tokens + self.cache_read + self.cache_creation
         info = {
             "cache_read_input_tokens": self.cache_read,
             "cache_creation_input_tokens": self.cache_creation,
-        }
+        } | (usage_info("; ".join(self.invalid)) or {})
         return StreamChunk(
-            usage=Usage(prompt or None, self.output_tokens, self.cache_read),
+            usage=Usage(self._prompt(), self.output_tokens, self.cache_read),
             finish_reason=STOP_REASONS.get(self.stop_reason or "", "stop"),
             info=info,
         )

@@ -16,11 +16,12 @@ from oblix.plugin import (
     ModelError,
     OblixError,
     StreamChunk,
-    Usage,
     connection_error,
+    provider_usage,
     redact_url,
     require,
     status_error,
+    usage_info,
 )
 
 HOST_ENV = "OLLAMA_HOST"
@@ -171,9 +172,9 @@ class OllamaBackend(ModelBackend):
                 if text:
                     yield StreamChunk(text)
                 if part.done:
+                    usage, note = provider_usage(part.prompt_eval_count, part.eval_count)
                     yield StreamChunk(
-                        usage=Usage(part.prompt_eval_count, part.eval_count),
-                        finish_reason=part.done_reason or "stop",
+                        usage=usage, finish_reason=part.done_reason or "stop", info=usage_info(note)
                     )
         except ModelError:
             raise

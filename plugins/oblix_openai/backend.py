@@ -16,14 +16,15 @@ from oblix.plugin import (
     ModelBackend,
     ModelError,
     StreamChunk,
-    Usage,
     connection_error,
     describe_cause,
     http_library,
+    provider_usage,
     redact_url,
     require,
     seconds_option,
     status_error,
+    usage_info,
 )
 
 #: The window assumed for a model on a custom endpoint that does not report one (llama.cpp's
@@ -256,8 +257,12 @@ def _chunks(event: Any) -> list[StreamChunk]:
     if getattr(event, "usage", None):
         details = getattr(event.usage, "prompt_tokens_details", None)
         cached = getattr(details, "cached_tokens", None)
-        usage = Usage(event.usage.prompt_tokens, event.usage.completion_tokens, cached)
-        chunks.append(StreamChunk(usage=usage))
+        # checked: an endpoint's "100", [1], -10000000 or 1e30 is dropped (and estimated), never counted
+        reported = event.usage
+        usage, note = provider_usage(
+            getattr(reported, "prompt_tokens", None), getattr(reported, "completion_tokens", None), cached
+        )
+        chunks.append(StreamChunk(usage=usage, info=usage_info(note)))
     return chunks
 
 
