@@ -127,6 +127,7 @@ def test_sessions_list_fits_80_to_100_columns(
     (tmp_path / "s.json").write_text(json.dumps(doc))
     assert oblix("sessions", "import", str(tmp_path / "s.json")).exit_code == 0
     monkeypatch.setenv("COLUMNS", columns)
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # the terminal's table (a pipe's: tests/test_pipes.py)
     listed = oblix("sessions", "list")
     assert listed.exit_code == 0, listed.output
     lines = listed.stdout.splitlines()

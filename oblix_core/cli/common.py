@@ -13,9 +13,8 @@ import anyio
 import attrs
 import click
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
+from oblix_core.cli.tables import print_table as print_table  # the commands import it from here
 from oblix_core.config.settings import load_config
 from oblix_core.errors import OblixError
 from oblix_core.terminal.console import cli_message
@@ -41,17 +40,6 @@ class CliState:
 
 def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
-
-
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A rich table; the first column (ids) is never truncated or wrapped. Cells are plain
-    text: brackets in them (``[INST]``, ``oblix[redis]``) are shown, never read as markup."""
-    table = Table(title=title)
-    for i, column in enumerate(columns):
-        table.add_column(column, no_wrap=i == 0, min_width=None, overflow="fold")
-    for row in rows:
-        table.add_row(*(Text("" if v is None else str(v)) for v in row))
-    console.print(table)
 
 
 def parse_scalar(text: str) -> Any:
@@ -209,7 +197,3 @@ def read_prompt(prompt: str | None) -> str:
     if prompt is None:
         return piped
     return f"{prompt}\n\n{piped}" if piped.strip() else prompt
-
-
-def stdout_is_terminal() -> bool:
-    return sys.stdout.isatty()

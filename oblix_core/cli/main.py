@@ -18,9 +18,9 @@ from oblix_core.cli.common import (
     make_client,  # noqa: F401 - re-exported: plugins' commands import it from here
     parse_pairs,
     print_json,
-    print_table,
     session_client,
 )
+from oblix_core.cli.tables import Column, print_table
 from oblix_core.errors import OblixError
 from oblix_core.plugins.registry import OblixPluginManager, Registry, build_plugin_manager, plugin_infos
 
@@ -75,6 +75,22 @@ def cli(ctx: click.Context, store: str | None, store_options: tuple[str, ...]) -
     ctx.obj = CliState(store=store, store_options=parse_pairs(store_options, "--store-option"))
 
 
+#: ``oblix plugins``' tables; on a narrow terminal hooks and packages go first, names stay whole.
+PLUGIN_COLUMNS = [
+    Column("name", keep=100),
+    Column("package", keep=30),
+    Column("version", keep=60),
+    Column("status", keep=80, wraps=True),
+    Column("hooks", keep=40, wraps=True),
+]
+STORE_COLUMNS = [
+    Column("store", keep=100),
+    Column("plugin", keep=50),
+    Column("in use", keep=80),
+    Column("where", keep=60, wraps=True),
+]
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @handle_errors
@@ -95,7 +111,7 @@ def plugins(as_json: bool) -> None:
         return
     print_table(
         "Oblix plugins",
-        ["name", "package", "version", "status", "hooks"],
+        PLUGIN_COLUMNS,
         [(i.name, i.package or i.module, i.version or "-", "loaded", ", ".join(i.hooks)) for i in infos]
         + [
             (s.name, s.package or s.module, s.version or "-", f"{s.status}: {s.install or s.reason}", "")
@@ -104,7 +120,7 @@ def plugins(as_json: bool) -> None:
     )
     print_table(
         "Session stores",
-        ["store", "plugin", "in use", "where"],
+        STORE_COLUMNS,
         [
             (
                 r["store"],
@@ -114,6 +130,7 @@ def plugins(as_json: bool) -> None:
             )
             for r in stores
         ],
+        blank=True,
     )
 
 

@@ -17,13 +17,12 @@ from oblix_core.cli.common import (
     most_recent_session,
     parse_scalar,
     print_json,
-    print_table,
     read_prompt,
     ready_client,
     resolve_model,
 )
 from oblix_core.cli.config import default_model
-from oblix_core.cli.tables import usage_line
+from oblix_core.cli.tables import Column, print_table, terminal_table, usage_line
 from oblix_core.cli.templates import use_template
 from oblix_core.client import ROUTING_OPTIONS, OblixClient
 from oblix_core.errors import OblixError
@@ -423,9 +422,7 @@ def models(show_options: bool, reset: str | None, as_json: bool) -> None:
         rows = [
             (o["backend"], ", ".join(o["model_options"]), ", ".join(o["request_options"])) for o in options
         ]
-        print_table(
-            "Backend options", ["backend", "model options (config.toml)", "request options (-o)"], rows
-        )
+        print_table("Backend options", OPTION_COLUMNS, rows)
         return
     if as_json:
         print_json({"models": hooked, "backends": types})
@@ -440,10 +437,32 @@ def models(show_options: bool, reset: str | None, as_json: bool) -> None:
         )
         for m in hooked
     ]
-    print_table("Models", ["model", "kind", "context", "where", "health"], model_rows)
+    print_table("Models", MODEL_COLUMNS, model_rows)
     click.echo(f"Backends installed: {', '.join(types) or 'none'}")
     if not hooked:
         click.echo(NO_MODEL_HINT, err=True)
+
+
+#: The tables of ``oblix models`` and ``oblix agents``: on a narrow terminal the least useful
+#: columns go first; ids and numbers are never split.
+MODEL_COLUMNS = [
+    Column("model", keep=100),
+    Column("kind", keep=70),
+    Column("context", keep=50, right=True),
+    Column("where", keep=30, wraps=True),
+    Column("health", keep=80, wraps=True),
+]
+OPTION_COLUMNS = [
+    Column("backend", keep=100),
+    Column("model options (config.toml)", keep=60, wraps=True),
+    Column("request options (-o)", keep=50, wraps=True),
+]
+AGENT_COLUMNS = [
+    Column("agent", keep=100),
+    Column("state", keep=90),
+    Column("target", keep=50),
+    Column("reason", keep=70, wraps=True),
+]
 
 
 def _health_text(health: dict[str, Any]) -> str:
@@ -465,16 +484,12 @@ def _health_text(health: dict[str, Any]) -> str:
 def agents(watch: bool, as_json: bool) -> None:
     """The monitoring agents' current checks."""
     from rich.live import Live
-    from rich.table import Table
-    from rich.text import Text
+
+    def rows(checks: list[Any]) -> list[tuple[Any, ...]]:
+        return [(c.agent, c.state, c.target or "-", c.reason) for c in checks]
 
     def render(checks: list[Any]) -> Any:
-        table = Table(title="Agents")
-        for column in ("agent", "state", "target", "reason"):
-            table.add_column(column)
-        for c in checks:
-            table.add_row(*(Text(str(v)) for v in (c.agent, c.state, c.target or "-", c.reason)))
-        return table
+        return terminal_table("Agents", AGENT_COLUMNS, rows(checks), console.width)
 
     async def main() -> None:
         client = make_client()
@@ -488,7 +503,7 @@ def agents(watch: bool, as_json: bool) -> None:
                 print_json([{k: v for k, v in c.to_dict().items() if k != "checked_at"} for c in checks])
                 return
             if not watch:
-                console.print(render(checks))
+                print_table("Agents", AGENT_COLUMNS, rows(checks))
                 return
             with Live(render(checks), console=console, refresh_per_second=2) as live:
                 while True:

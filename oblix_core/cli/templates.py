@@ -8,8 +8,8 @@ from typing import Any
 import click
 import tomlkit
 
-from oblix_core.cli.common import handle_errors, parse_scalar, print_json, print_table
-from oblix_core.cli.tables import cut_title
+from oblix_core.cli.common import handle_errors, parse_scalar, print_json
+from oblix_core.cli.tables import Column, cut_title, print_table
 from oblix_core.config.settings import oblix_home
 from oblix_core.config.templates import (
     Template,
@@ -105,7 +105,12 @@ def list_(as_json: bool) -> None:
     rows = [
         (t.name, cut_title(t.prompt or f"(system) {t.system}", 50), ", ".join(t.parameters())) for t in found
     ]
-    print_table("Templates", ["name", "prompt", "parameters"], rows)
+    columns = [
+        Column("name", keep=100),
+        Column("prompt", keep=60, wraps=True),
+        Column("parameters", keep=80, wraps=True),
+    ]
+    print_table("Templates", columns, rows)
 
 
 @templates.command("show")

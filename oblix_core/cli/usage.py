@@ -6,7 +6,8 @@ from typing import Any
 
 import click
 
-from oblix_core.cli.common import handle_errors, make_client, print_json, print_table
+from oblix_core.cli.common import handle_errors, make_client, print_json
+from oblix_core.cli.tables import Column, print_table
 from oblix_core.usage.ledger import GROUPINGS
 
 
@@ -25,6 +26,19 @@ def _cells(row: dict[str, Any]) -> list[Any]:
         _usd(row["saved_usd"]),
         row["avg_latency_ms"],
     ]
+
+
+#: The table's columns; a narrow terminal loses the least useful first (numbers are never split).
+COLUMNS = [
+    Column("group", keep=100),
+    Column("requests", keep=90, right=True),
+    Column("local", keep=80, right=True),
+    Column("tokens in", keep=40, right=True),
+    Column("tokens out", keep=40, right=True),
+    Column("cost", keep=70, right=True),
+    Column("saved", keep=60, right=True),
+    Column("avg ms", keep=30, right=True),
+]
 
 
 @click.command()
@@ -51,8 +65,7 @@ def usage(since: str, by: str | None, versus: str | None, as_json: bool) -> None
     if as_json:
         print_json(report)
         return
-    columns = ["group", "requests", "local", "tokens in", "tokens out", "cost", "saved", "avg ms"]
     rows = [_cells(r) for r in report["rows"]] + [_cells(report["total"])]
     title = f"Usage since {report['since']} (saved: versus {report['versus']}"
     title += f"; prices of {report['prices_as_of']})"
-    print_table(title, columns, rows)
+    print_table(title, COLUMNS, rows)
