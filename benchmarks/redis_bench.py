@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -31,6 +32,8 @@ from typing import Any
 import redis
 import redis.connection
 
+import oblix_redis.codec as codec
+import oblix_redis.lua as lua
 from benchmarks._table import median_ms, p99_ms, print_table, time_calls
 from oblix_core.sessions.records import Message, SessionRecord, new_session_id
 from oblix_redis.store import RedisSessionStore
@@ -104,6 +107,21 @@ def grow(store: RedisSessionStore, raw: redis.Redis, sid: str, key: str, size: i
         raw.rpush(key, *(json.dumps(m.to_dict()) for m in batch))
 
 
+def generic_append(store: RedisSessionStore, raw: redis.Redis, sid: str) -> Callable[[], object]:
+    """One append as last round's store made it: the generic ``SINGLE_APPEND`` script, with
+    the index prefix, id and TTL as arguments and a two-element reply (same server work)."""
+    script = raw.register_script(lua.SINGLE_APPEND)
+    keys = [f"{store.options.prefix}{{{sid}}}:"]
+
+    def append() -> object:
+        message = Message("user", TEXT)
+        stamp = message.timestamp
+        args = [store._ix, sid, "0", os.urandom(8).hex(), codec.score(stamp), stamp]
+        return script(keys=keys, args=[*args, codec.encode_message(message)])
+
+    return append
+
+
 def bench_messages(store: RedisSessionStore, raw: redis.Redis, repeat: int) -> list[tuple[object, ...]]:
     rows = []
     sid, key = new_session_id(), f"raw:{new_session_id()}"
@@ -122,6 +140,10 @@ def bench_messages(store: RedisSessionStore, raw: redis.Redis, repeat: int) -> l
             lambda: store.append_messages(sid, one), lambda: raw.rpush(key, line), repeat
         )
         rows.append(row(f"append 1 message (session of {size:,}+)", oblix, peer, trips))
+    generic = generic_append(store, raw, sid)
+    trips = (round_trips(generic), round_trips(lambda: raw.rpush(key, line)))
+    before, peer = interleaved(generic, lambda: raw.rpush(key, line), repeat)
+    rows.append(row("  same, last round's generic script", before, peer, trips))
     for size in (1_000, 10_000):
         sid, key = new_session_id(), f"raw:{new_session_id()}"
         store.create(SessionRecord(id=sid))
@@ -192,7 +214,8 @@ def main() -> None:
         rows = bench_messages(store, raw, args.repeat) + bench_list(store, raw, args.sessions)
         version = raw.info("server")["redis_version"]
     print_table(
-        f"Redis session store vs raw redis-py (Redis {version}, loopback; ms; ratio = Oblix / raw median)",
+        f"Redis session store vs raw redis-py (Redis {version}, loopback; ms; ratio = Oblix / raw median; "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())})",
         ["operation", "oblix med", "oblix p99", "raw med", "raw p99", "ratio", "trips", "raw trips"],
         rows,
     )

@@ -450,3 +450,16 @@ def test_the_lean_append_script_keeps_index_ttl_and_nonces(redis_server: RedisSe
         assert not raw.keys(f"{prefix}{{#index}}:of:*x*")  # nothing indexed for the missing one
     finally:
         store.close()
+
+
+def test_writes_reload_their_scripts_after_a_script_flush(
+    redis_server: RedisServer, store: RedisSessionStore
+) -> None:
+    """Scripts run by EVALSHA; a server that forgot them (restart, SCRIPT FLUSH) gets them again."""
+    sid = _new(store)
+    store.append_messages(sid, [Message("user", "one")])
+    redis_server.client().script_flush()
+    store.append_messages(sid, [Message("user", "two")])
+    store.update_metadata(sid, {"k": "v"})
+    assert [m.content for m in store.load(sid).messages] == ["one", "two"]
+    assert store.get_metadata(sid) == {"k": "v"}

@@ -15,6 +15,12 @@ and a two-element reply, cost 2.09-2.23x a raw ``RPUSH`` round trip; this one is
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
+
 import oblix_redis.lua as lua
 
 #: Replies of the append script.
@@ -44,3 +50,13 @@ local r = append(session_keys(KEYS[1]), A)
 if r[1] == 1 then index_touch(IX, A[2], r[2]) end
 return r[1]"""
     )
+
+
+def run_script(script: Script, client: Any, keys: Sequence[str], args: Sequence[str]) -> Any:
+    """``script(keys, args)`` as one ``EVALSHA``, without ``Script.__call__``'s per-call imports
+    and copies (about 9 us of a 60 us round trip here); an unknown script is loaded, then run."""
+    try:
+        return client.evalsha(script.sha, len(keys), *keys, *args)
+    except NoScriptError:  # a restarted or flushed server, or a new node
+        script.sha = client.script_load(script.script)
+        return client.evalsha(script.sha, len(keys), *keys, *args)

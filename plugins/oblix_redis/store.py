@@ -57,7 +57,7 @@ from oblix.plugin import (
     utc_now,
     validate_session_id,
 )
-from oblix_redis.append import MISSING, single_append_script
+from oblix_redis.append import MISSING, run_script, single_append_script
 from oblix_redis.failover import REDIS_ERRORS, node_of, ride_through, slot_node, transient
 from oblix_redis.health import RedisHealthStore
 from oblix_redis.idempotency import RedisIdempotencyRecords
@@ -238,7 +238,7 @@ class RedisSessionStore(SessionStore):
         """One write script; with ``wait_replicas``, followed by WAIT on the same connection."""
         wanted = self.options.wait_replicas
         if not wanted:
-            return self._scripts[script](keys=keys, args=argv)
+            return run_script(self._scripts[script], self._client, keys, argv)
         client = self._client
         if self.options.cluster:  # the connection must be the master's that runs the script
             client = client.get_redis_connection(client.get_node_from_key(keys[0]))
