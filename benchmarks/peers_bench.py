@@ -9,6 +9,11 @@ Both sides orchestrate instant models, so what is measured is the orchestration 
   on (the default ``max_retries=2``), usage recorded and budgets checked as always, and a
   session in an in-memory store (a new session every 20 calls, so histories stay short).
 
+With ``--auto``, Oblix is called as most users call it: ``execute()`` with automatic
+routing (no ``model=``) between a local and a cloud instant model, the real
+``ResourceMonitor`` and ``ConnectivityAgent`` hooked (sampling in the background), fallback
+on; LiteLLM as above.
+
 Calls alternate in blocks (same machine conditions for both); the table gives medians
 per call and the ratio LiteLLM / Oblix (higher: Oblix cheaper). Also counted: Oblix's
 worker-thread round trips per call (``anyio.to_thread.run_sync``).
@@ -126,14 +131,22 @@ def _count_hops() -> list[int]:
     return hops
 
 
-async def _oblix(home: Path) -> tuple[Callable[[], Awaitable[object]], OblixClient]:
+async def _oblix(home: Path, auto: bool = False) -> tuple[Callable[[], Awaitable[object]], OblixClient]:
     client = OblixClient(home=home, session_store=MemoryStore(), plugins=[ScriptedPlugin()])
-    await client.hook_model("scripted", "primary")
-    await client.hook_model("scripted", "backup")
-    for name in ("resources", "network"):
-        agent = SteadyAgent(name)
-        client.hook_agent(agent)
-        agent.refresh()
+    if auto:
+        from oblix.agents import ConnectivityAgent, ResourceMonitor
+
+        await client.hook_model("scripted", "local", local=True)
+        await client.hook_model("scripted", "cloud", local=False)
+        for agent in (ResourceMonitor(), ConnectivityAgent()):
+            client.hook_agent(agent)
+            agent.refresh()
+    else:
+        await client.hook_model("scripted", "primary")
+        await client.hook_model("scripted", "backup")
+        for agent in (SteadyAgent("resources"), SteadyAgent("network")):
+            client.hook_agent(agent)
+            agent.refresh()
     calls = [0]
     session = [""]
 
@@ -141,6 +154,8 @@ async def _oblix(home: Path) -> tuple[Callable[[], Awaitable[object]], OblixClie
         if calls[0] % 20 == 0:
             session[0] = await client.create_session(title="bench")
         calls[0] += 1
+        if auto:
+            return await client.execute(PROMPT, session_id=session[0], stream=False, fallback=True)
         return await client.execute(
             PROMPT, session_id=session[0], stream=False, model="scripted:primary", fallback=True
         )
@@ -178,12 +193,12 @@ async def _timed(call: Callable[[], Awaitable[object]], n: int) -> list[float]:
     return samples
 
 
-async def profile(calls: int) -> None:
+async def profile(calls: int, auto: bool = False) -> None:
     import cProfile
     import pstats
 
     with tempfile.TemporaryDirectory() as tmp:
-        oblix, client = await _oblix(Path(tmp))
+        oblix, client = await _oblix(Path(tmp), auto)
         await _timed(oblix, 20)
         profiler = cProfile.Profile()
         profiler.enable()
@@ -193,10 +208,11 @@ async def profile(calls: int) -> None:
     pstats.Stats(profiler).sort_stats("tottime").print_stats(35)
 
 
-async def main(calls: int, rounds: int) -> None:
+async def main(calls: int, rounds: int, auto: bool = False) -> None:
     hops = _count_hops()
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        oblix, client = await _oblix(Path(tmp))
+        oblix, client = await _oblix(Path(tmp), auto)
         litellm = _litellm()
         await _timed(oblix, 20)  # warm both
         await _timed(litellm, 20)
@@ -209,8 +225,10 @@ async def main(calls: int, rounds: int) -> None:
             times["litellm"] += await _timed(litellm, calls // rounds)
         await client.shutdown()
     ours, theirs = (statistics.median(times[k]) * 1000 for k in ("oblix", "litellm"))
+    mode = "automatic routing, real agents" if auto else "named model with fallback"
     print_table(
-        f"Orchestration per call, instant models (median ms of {calls} calls, {rounds} interleaved blocks)",
+        f"Orchestration per call, {mode}, instant models (median ms of {calls} calls, "
+        f"{rounds} interleaved blocks; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f})",
         ["path", "ms per call", "LiteLLM / this", "worker-thread hops per call"],
         [
             ("LiteLLM Router.acompletion (mock_response)", theirs, 1.0, "-"),
@@ -224,5 +242,6 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--profile", action="store_true", help="profile Oblix's calls instead")
+    parser.add_argument("--auto", action="store_true", help="automatic routing with the real agents")
     args = parser.parse_args()
-    asyncio.run(profile(args.calls) if args.profile else main(args.calls, args.rounds))
+    asyncio.run(profile(args.calls, args.auto) if args.profile else main(args.calls, args.rounds, args.auto))
