@@ -58,12 +58,27 @@ class Template:
                     names.append(name)
         return names
 
+    def check_parameters(self, given: dict[str, Any], flag: str) -> None:
+        """Refuse values for parameters the template does not have (a typo would otherwise be
+        ignored silently), naming the ones it has."""
+        known = self.parameters()
+        unknown = [name for name in given if name not in known]
+        if not unknown:
+            return
+        names = ", ".join(f"${n}" for n in unknown)
+        has = f"its parameters are {', '.join(known)}" if known else "it has no parameters"
+        raise TemplateError(
+            f"Template {self.name} has no parameter {names}: {has} "
+            f"(give each as {flag} NAME VALUE; $input is the prompt itself)."
+        )
+
     def to_dict(self) -> dict[str, Any]:
         data = attrs.asdict(self)
         return {k: v for k, v in data.items() if v not in (None, {}) and k != "name"}
 
     def render(self, text: str, params: dict[str, Any]) -> tuple[str, str | None]:
         """The prompt and system prompt with ``$input`` = ``text`` and the parameters filled in."""
+        self.check_parameters(params, "-p")
         values = {k: str(v) for k, v in (self.defaults | params).items()}
         missing = [p for p in self.parameters() if p not in values]
         if missing:
@@ -100,6 +115,7 @@ def save_template(home: Path, template: Template) -> Path:
     """Write ``template`` (replacing one of the same name) and return its file."""
     if not template.prompt.strip() and not (template.system or "").strip():
         raise TemplateError("A template needs a prompt or a system prompt.")
+    template.check_parameters(template.defaults, "-p")
     for text in (template.prompt, template.system or ""):
         if text:
             _fill(text, {n: "" for n in string.Template(text).get_identifiers()}, template.name)
