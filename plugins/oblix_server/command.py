@@ -47,8 +47,8 @@ _DEFAULTS = ServerSettings()
     "--api-key",
     envvar=KEY_ENV,
     default=None,
-    help=f"Key clients must send as 'Authorization: Bearer <key>' (or ${KEY_ENV}). "
-    "Required to listen on a non-loopback address.",
+    help=f"Key clients must send as 'Authorization: Bearer <key>' (or ${KEY_ENV}), at least 8 "
+    "characters. Required to listen on a non-loopback address.",
 )
 @click.option(
     "--max-concurrency",
