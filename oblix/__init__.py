@@ -5,8 +5,8 @@
 Plugin authors import from :mod:`oblix.plugin`.
 """
 
+from oblix import errors as errors
 from oblix_core import __version__
-from oblix_core import errors as errors
 from oblix_core.agents import AgentCheck, AgentState, BaseAgent, Target
 from oblix_core.client import OblixClient
 from oblix_core.errors import OblixError

@@ -1,36 +1,41 @@
 """The plugin-author surface: everything a backend, store, agent, routing, middleware or
-command plugin needs, in one module.
-
-First-party plugins import the core only through this module (and
-``oblix_core.testing`` in their tests); so should yours. Everything else under
-``oblix_core`` is private and may change between releases.
+command plugin needs, in one module. First-party plugins import the core only through this
+module (and :mod:`oblix.testing` in their tests); so should yours. Everything else under
+``oblix_core`` is private and may change between releases. ``docs/plugins.md`` is the
+reference: what each kind of part must implement, and every name below.
 
 >>> from oblix.plugin import hookimpl, ModelBackend, GenerationRequest, StreamChunk, Usage
 
-Sections:
+Contents
+--------
+Hooks:            hookimpl, needs, MissingDependency, oblix_home
+Model backends:   ModelBackend, ModelType, GenerationRequest, ChatMessage, StreamChunk, Usage,
+                  provider_usage, usage_info, token_count, MAX_TOKEN_COUNT
+HTTP helpers:     require, http_library, status_error, connection_error, describe_cause,
+                  seconds_option
+Agents:           BaseAgent, AgentCheck, AgentState, Target
+Session stores:   SessionStore, SessionRecord, Message, SessionChanges, LOCAL_ONLY_KEY,
+                  matches_metadata, validate_session_id, parse_timestamp, utc_now,
+                  write_atomically
+Shared state:     HealthStore, IdempotencyRecords, KeyedRecord, FileIdempotencyRecords,
+                  key_digest
+Usage ledgers:    UsageLedger, UsageRecord, UsageTotals, SqliteUsageLedger, group_key, total_by
+Routing, middleware: RouteRequest, RoutingPlan, Request, ROUTING_PREFERENCES, new_request_id,
+                  session_is_local_only
+Secrets:          redact_url, scrub_secrets, remember_secret
+Options as text:  parse_flag
+Errors:           OblixError, ConfigError, PluginError, SessionError, InvalidSessionIdError,
+                  SessionNotFoundError, SessionExistsError, SessionCorruptedError,
+                  ExchangeNotStoredError, ModelError, TransientModelError, ModelTimeoutError,
+                  PermanentModelError, ContextWindowExceededError, StreamInterruptedError,
+                  NoModelAvailableError
+Commands, servers: OblixClient, ResponseStream, command_client, handle_errors
 
-* hooks: :data:`hookimpl`, :func:`needs` (declare an optional dependency);
-* model backends: :class:`ModelBackend`, :class:`ModelType`, :class:`GenerationRequest`,
-  :class:`ChatMessage`, :class:`StreamChunk`, :class:`Usage` (build it from an endpoint's counts
-  with :func:`provider_usage`, which drops invalid ones; :func:`usage_info` carries the note),
-  and the HTTP helpers
-  :func:`require`, :func:`http_library`, :func:`status_error`, :func:`connection_error`,
-  :func:`describe_cause`;
-* agents: :class:`BaseAgent`, :class:`AgentCheck`, :class:`AgentState`, :class:`Target`;
-* session stores: :class:`SessionStore`, :class:`SessionRecord`, :class:`Message`, :class:`SessionChanges`,
-  :class:`HealthStore`, :class:`IdempotencyRecords` (with :class:`KeyedRecord`,
-  :class:`FileIdempotencyRecords`, :func:`key_digest`), :func:`matches_metadata`, :func:`validate_session_id`,
-  :func:`parse_timestamp`, :func:`utc_now`, :func:`write_atomically`;
-* usage ledgers (``SessionStore.usage_ledger()``): :class:`UsageLedger`, :class:`UsageRecord`,
-  :class:`UsageTotals`, :class:`SqliteUsageLedger`, :func:`group_key`, :func:`total_by`;
-* routing and middleware: :class:`RouteRequest`, :class:`RoutingPlan`, :class:`Request`,
-  :func:`new_request_id`, :func:`session_is_local_only`;
-* secrets: :func:`redact_url`, :func:`scrub_secrets`, :func:`remember_secret`;
-* options as text: :func:`parse_flag` (a boolean from text; anything unclear is refused);
-* errors: every :class:`OblixError` subclass a plugin raises;
-* commands and servers: :class:`OblixClient` (use its public methods), :class:`ResponseStream`,
-  :func:`command_client` and :func:`handle_errors` (they import click only when used, so
-  that loading a plugin never loads the command line).
+Notes: ``needs()`` declares an optional dependency up front, so a plugin whose package is
+missing is listed as "not installed" instead of failing. ``oblix_home()`` is where a part
+that keeps files puts them (the home of the client building it). ``provider_usage()``
+builds a :class:`Usage` from an endpoint's counts, dropping invalid ones. ``command_client()`` and
+``handle_errors()`` import click only when used, so loading a plugin never loads the command line.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from typing import Any
 
 from oblix_core.agents import AgentCheck, AgentState, BaseAgent, Target
 from oblix_core.client import OblixClient
+from oblix_core.config.settings import oblix_home
 from oblix_core.errors import (
     ConfigError,
     ContextWindowExceededError,
@@ -181,6 +187,7 @@ __all__ = [
     "matches_metadata",
     "needs",
     "new_request_id",
+    "oblix_home",
     "parse_flag",
     "parse_timestamp",
     "provider_usage",

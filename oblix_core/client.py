@@ -13,7 +13,14 @@ import anyio
 
 from oblix_core.agents import AgentCheck, BaseAgent
 from oblix_core.compat import Compat012, print_metrics
-from oblix_core.config.settings import Config, default_model_entries, load_config, model_arguments, oblix_home
+from oblix_core.config.settings import (
+    Config,
+    building_parts_in,
+    default_model_entries,
+    load_config,
+    model_arguments,
+    oblix_home,
+)
 from oblix_core.errors import ConfigError, OblixError, PluginError
 from oblix_core.models.backend import ChatMessage, ModelBackend, ModelType
 from oblix_core.plugins.contract import check_methods
@@ -141,7 +148,8 @@ class OblixClient(SessionsAPI, Compat012):
         options = dict(options if options is not None else self.config.store_options)
         if name == "file":
             options.setdefault("root", self.home / "sessions")
-        return self.registry.make_store(name, **options)
+        with building_parts_in(self.home):  # a plugin's store finds this home with oblix_home()
+            return self.registry.make_store(name, **options)
 
     @property
     def executor(self) -> Executor:

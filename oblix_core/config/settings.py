@@ -43,7 +43,9 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +62,28 @@ HOME_ENV = "OBLIX_HOME"
 CONFIG_FILE = "config.toml"
 
 
+#: The home of the client whose parts are being built (see :func:`building_parts_in`).
+_BUILDING_IN: ContextVar[Path | None] = ContextVar("oblix_building_in", default=None)
+
+
 def oblix_home() -> Path:
-    """``$OBLIX_HOME`` or the platform's user data directory for Oblix."""
+    """Where Oblix keeps its data: while a client builds its parts (a plugin's store factory),
+    that client's home; else ``$OBLIX_HOME`` or the platform's user data directory for Oblix."""
+    building = _BUILDING_IN.get()
+    if building is not None:
+        return building
     configured = os.environ.get(HOME_ENV)
     return Path(configured).expanduser() if configured else Path(platformdirs.user_data_dir("oblix"))
+
+
+@contextmanager
+def building_parts_in(home: Path) -> Iterator[None]:
+    """Within the block, :func:`oblix_home` is ``home`` (a client building its store and models)."""
+    token = _BUILDING_IN.set(home)
+    try:
+        yield
+    finally:
+        _BUILDING_IN.reset(token)
 
 
 @attrs.frozen

@@ -1,0 +1,63 @@
+"""Every public Oblix error: ``from oblix.errors import BudgetExceededError``.
+
+All are :class:`OblixError` subclasses whose message says what was wrong and what to do.
+Catch :class:`OblixError` for any of them, or a family: :class:`ConfigError` (arguments,
+``config.toml``, options), :class:`PluginError`, :class:`SessionError`, :class:`ModelError`
+(:class:`TransientModelError` is worth a retry, :class:`PermanentModelError` is not) and
+:class:`NoModelAvailableError` (no candidate could answer; :class:`BudgetExceededError`
+and :class:`ModelCoolingDownError` say why).
+"""
+
+from oblix_core.config.templates import TemplateError
+from oblix_core.errors import (
+    ConfigError,
+    ContextWindowExceededError,
+    ExchangeNotStoredError,
+    IdempotencyInFlightError,
+    IdempotencyKeyMismatchError,
+    InvalidSessionDocumentError,
+    InvalidSessionIdError,
+    ModelError,
+    ModelTimeoutError,
+    NoModelAvailableError,
+    OblixError,
+    PermanentModelError,
+    PluginError,
+    SessionCorruptedError,
+    SessionError,
+    SessionExistsError,
+    SessionNotFoundError,
+    StreamInterruptedError,
+    TransientModelError,
+)
+from oblix_core.fields import InvalidSetting
+from oblix_core.models.health import ModelCoolingDownError
+from oblix_core.request.budgets import BudgetExceededError
+from oblix_core.usage.gate import BudgetGateBusyError
+
+__all__ = [
+    "BudgetExceededError",
+    "BudgetGateBusyError",
+    "ConfigError",
+    "ContextWindowExceededError",
+    "ExchangeNotStoredError",
+    "IdempotencyInFlightError",
+    "IdempotencyKeyMismatchError",
+    "InvalidSessionDocumentError",
+    "InvalidSessionIdError",
+    "InvalidSetting",
+    "ModelCoolingDownError",
+    "ModelError",
+    "ModelTimeoutError",
+    "NoModelAvailableError",
+    "OblixError",
+    "PermanentModelError",
+    "PluginError",
+    "SessionCorruptedError",
+    "SessionError",
+    "SessionExistsError",
+    "SessionNotFoundError",
+    "StreamInterruptedError",
+    "TemplateError",
+    "TransientModelError",
+]
