@@ -3,6 +3,7 @@
 * :class:`SessionStoreContract` -- the suite every session store runs (subclass it, give it a
   ``store`` fixture, and ``damage_session`` for the corruption tests);
 * :class:`ModelBackendContract` -- the suite every model backend runs;
+* :class:`AgentContract` -- the suite every monitoring agent runs;
 * :class:`ScriptedBackend`, :class:`ScriptedPlugin`, :class:`Step` -- a *test double* model
   backend that answers from a script (for routing, middleware and command tests; not a model).
 
@@ -20,6 +21,7 @@ public home of what ``oblix_core.testing`` holds (that name keeps working).
 """
 
 from oblix_core.testing import (
+    AgentContract,
     ModelBackendContract,
     ScriptedBackend,
     ScriptedPlugin,
@@ -27,4 +29,11 @@ from oblix_core.testing import (
     Step,
 )
 
-__all__ = ["ModelBackendContract", "ScriptedBackend", "ScriptedPlugin", "SessionStoreContract", "Step"]
+__all__ = [
+    "AgentContract",
+    "ModelBackendContract",
+    "ScriptedBackend",
+    "ScriptedPlugin",
+    "SessionStoreContract",
+    "Step",
+]

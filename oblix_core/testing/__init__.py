@@ -2,12 +2,13 @@
 
 * :class:`SessionStoreContract` -- the test suite every session store must pass.
 * :class:`ModelBackendContract` -- the test suite every model backend must pass.
+* :class:`AgentContract` -- the test suite every monitoring agent must pass.
 * :class:`ScriptedBackend` / :class:`ScriptedPlugin` -- a *test double* model backend
   that answers from a script (for engine, routing and middleware tests; not a model).
 
 Use a contract from a plugin's own tests with one subclass::
 
-    from oblix_core.testing import SessionStoreContract
+    from oblix.testing import SessionStoreContract
 
     class TestMyStore(SessionStoreContract):
         @pytest.fixture
@@ -17,8 +18,16 @@ Use a contract from a plugin's own tests with one subclass::
 The contracts' async tests use anyio's pytest plugin (``@pytest.mark.anyio``).
 """
 
+from oblix_core.testing.agent_contract import AgentContract
 from oblix_core.testing.backend_contract import ModelBackendContract
 from oblix_core.testing.scripted import ScriptedBackend, ScriptedPlugin, Step
 from oblix_core.testing.store_contract import SessionStoreContract
 
-__all__ = ["ModelBackendContract", "ScriptedBackend", "ScriptedPlugin", "SessionStoreContract", "Step"]
+__all__ = [
+    "AgentContract",
+    "ModelBackendContract",
+    "ScriptedBackend",
+    "ScriptedPlugin",
+    "SessionStoreContract",
+    "Step",
+]
