@@ -1,7 +1,8 @@
 """How ``oblix server`` learns that a client left: :class:`CancelOnDisconnect` and the protocols' hook.
 
-The server's protocols (httptools and h11, :mod:`oblix_server.connections`) put a
-disconnect hook in each request's scope, so that stopping a generation when the client
+The server's connection guard (:mod:`oblix_server.connections`, over uvicorn's httptools
+and h11 protocols) puts a disconnect hook in each request's scope through
+:class:`~oblix_server.connections.TrackedApp`, so that stopping a generation when the client
 leaves needs no watcher task; without the hook (another ASGI server) a watcher task reads
 ``http.disconnect``. Both ways are tested here, the hook on a real uvicorn server and
 real sockets.
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 import uvicorn
 
+from oblix_server.connections import TrackedApp
 from oblix_server.disconnect import DISCONNECT_HOOK, CancelOnDisconnect
 from oblix_server.protocols import uvicorn_options
 from oblix_server.settings import ServerSettings
@@ -94,7 +96,7 @@ class _HookApp:
 def served(request: pytest.FixtureRequest) -> Iterator[tuple[_HookApp, int]]:
     app, port = _HookApp(), free_port()
     options = uvicorn_options(ServerSettings(), request.param)
-    config = uvicorn.Config(app, port=port, log_level="warning", lifespan="off", **options)
+    config = uvicorn.Config(TrackedApp(app), port=port, log_level="warning", lifespan="off", **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -1,8 +1,13 @@
-"""The ASGI app (Starlette): routes, error handlers and the middleware."""
+"""The ASGI app: Starlette's routes, error handlers and middleware, behind the connection tracker.
+
+:data:`ROUTES` is the route table: each module contributes its routes through a function
+that returns them, so a new endpoint is one module and one line here.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -15,8 +20,8 @@ from starlette.routing import Route
 from oblix.plugin import OblixClient, OblixError
 from oblix_server.calls import AUTO
 from oblix_server.completions import chat_completions
-from oblix_server.errors import APIError
-from oblix_server.front import CHAT_PATH, ServerApp, log_unexpected, unexpected_response
+from oblix_server.connections import TrackedApp
+from oblix_server.errors import APIError, internal
 from oblix_server.guard import Guard, is_authorized
 from oblix_server.settings import ServerSettings
 from oblix_server.state import ServerState
@@ -25,6 +30,8 @@ from oblix_server.usage_api import install_observer
 from oblix_server.usage_api import routes as oblix_routes
 
 log = logging.getLogger(__name__)
+
+CHAT_PATH = "/v1/chat/completions"
 
 
 def _model_entry(state: ServerState, model: Any) -> dict[str, Any]:
@@ -139,26 +146,33 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
+    """A 500 that names the request (never a stack trace); the details go to the log in one line."""
     request_id = request.scope.get("state", {}).get("request_id", "?")
-    log_unexpected(request_id, exc)
-    return unexpected_response(request_id)
+    log.error("request %s failed: %s: %s", request_id, type(exc).__name__, exc)
+    return internal(request_id).response({"X-Oblix-Request-Id": request_id})
 
 
-def create_app(client: OblixClient, settings: ServerSettings) -> ServerApp:
-    """The server app for a client whose models are already hooked (see :mod:`oblix_server.front`)."""
-    routes = [
+def core_routes() -> list[Route]:
+    """The OpenAI-compatible endpoints and the health probe."""
+    return [
         Route(CHAT_PATH, chat_completions, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
-        *oblix_routes(),
-        *ui_routes(),
     ]
+
+
+#: The route table: functions each returning a module's routes (add a module's function to serve it).
+ROUTES: list[Callable[[], list[Route]]] = [core_routes, oblix_routes, ui_routes]
+
+
+def create_app(client: OblixClient, settings: ServerSettings) -> TrackedApp:
+    """The server app for a client whose models are already hooked."""
     app = Starlette(
-        routes=routes,
+        routes=[route for routes in ROUTES for route in routes()],
         middleware=[Middleware(Guard, settings=settings)],
         exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _unexpected},
     )
     app.state.oblix = ServerState.create(client, settings)
     install_observer(app, client)
-    return ServerApp(app, settings)
+    return TrackedApp(app)

@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 from starlette.datastructures import Headers
 
-from oblix.plugin import OblixClient, OblixError, parse_flag, session_is_local_only
+from oblix.plugin import OblixClient, OblixError, decide_local_only, parse_flag
 from oblix_server.errors import APIError, from_oblix
 from oblix_server.schema import ChatRequest
 
@@ -143,7 +143,7 @@ async def check_privacy(client: OblixClient, call: Call) -> None:
             metadata = await client.aget_session_metadata(call.session_id)
         except OblixError as exc:
             raise from_oblix(exc) from None
-        local_only = local_only or session_is_local_only(metadata)
+        local_only = decide_local_only(local_only, metadata, session_id=call.session_id).active
     forced = call.options.get("model")
     model = client.find_model(forced) if forced else None
     if local_only and model is not None and not model.is_local:

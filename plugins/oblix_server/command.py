@@ -151,9 +151,9 @@ def server(
         settings, log_level, local_models, cloud_models, cloud_api_key, preference, http, loop, workers
     )
     from oblix_server.serving import run  # imported here: the CLI starts without uvicorn
-    from oblix_server.workers import Supervisor
+    from oblix_server.workers import run_workers
 
     if workers > 1:
-        Supervisor(launch).run()
+        run_workers(launch)
     else:
         run(launch)

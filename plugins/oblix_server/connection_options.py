@@ -1,4 +1,5 @@
-"""The ``oblix server`` options for the connection limits (``oblix_server.connections``)."""
+"""The ``oblix server`` options for the connection limits (``oblix_server.connections``) and the
+request bounds and allowed hosts (``oblix_server.edges``)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,36 @@ _OPTIONS = [
         default=_DEFAULTS.keep_alive_timeout,
         show_default=True,
         help="Seconds an idle keep-alive connection stays open.",
+    ),
+    click.option(
+        "--send-timeout",
+        type=click.FloatRange(0, min_open=True),
+        default=_DEFAULTS.send_timeout,
+        show_default=True,
+        help="Seconds an answer may wait for a client that reads nothing; then the connection is "
+        "closed and its request stopped.",
+    ),
+    click.option(
+        "--max-header-bytes",
+        type=click.IntRange(1024),
+        default=_DEFAULTS.max_header_bytes,
+        show_default=True,
+        help="Largest request head (request line and headers); larger ones get 431.",
+    ),
+    click.option(
+        "--max-messages",
+        type=click.IntRange(1),
+        default=_DEFAULTS.max_messages,
+        show_default=True,
+        help="Most messages one chat request may carry; more get 413.",
+    ),
+    click.option(
+        "--allowed-host",
+        "allowed_hosts",
+        multiple=True,
+        metavar="NAME",
+        help="A Host name requests may use besides the loopback ones (e.g. behind a reverse proxy); "
+        "repeatable. Without --api-key only these and loopback names are served.",
     ),
 ]
 

@@ -1,27 +1,43 @@
-"""Connection limits below the app: deadlines for headers and body, a cap on open connections.
+"""The connection guard: deadlines, a head-size bound and a send timeout per connection, a cap on
+open connections. Built on public interfaces only: asyncio's protocol API and ``uvicorn.Config``.
 
 uvicorn closes idle keep-alive connections but never a connection that has not finished
 its request, so a client that sends its headers (or body) slowly, or never, holds a file
 descriptor for ever; a few hundred of them exhaust the descriptor limit and the server
-stops accepting anyone (slowloris). :class:`GuardedProtocol`, mixed into uvicorn's httptools
-protocol (:mod:`oblix_server.connections_httptools`, the default) or its h11 protocol
-(:class:`GuardedH11Protocol`, ``--http h11``), gives every connection a phase and a deadline:
+stops accepting anyone (slowloris). A client that stops reading its answer holds its
+request (and its concurrency slot) for ever too: uvicorn waits for the socket to drain.
 
-* **headers** (from connect, or from the end of the previous response, until the request
-  headers are complete): ``header_timeout`` s, then a 408 (if part of a request came) and
-  the connection is closed. Idle keep-alive connections are closed by uvicorn after
-  ``keep_alive_timeout`` s.
-* **body**: ``body_timeout`` s plus one second per ``body_min_rate`` bytes received, so a
-  body that keeps arriving at the minimum rate is never cut; then the connection is closed
-  (the app sees a disconnect).
+:class:`ConnectionGuard` is the protocol factory given to ``uvicorn.Config(http=...)``.
+For each connection it makes a :class:`GuardedConnection`, an asyncio protocol that owns
+uvicorn's own HTTP protocol (httptools or h11, as uvicorn names them in
+``uvicorn.config.HTTP_PROTOCOLS``) and passes every event on to it unchanged. It sees
+every byte that arrives and the transport's flow control, and the app tells it where the
+request stands through :class:`TrackedApp` (the connection is found from the request's
+task through the context variable :data:`CURRENT`, which uvicorn's request task inherits
+from the ``data_received`` call that created it). Each connection has a phase:
+
+* **headers** (from connect, or from the end of the previous response, until the app is
+  called with the next request): ``header_timeout`` s, then a 408 (if part of a request
+  came) and the connection is closed; a request head above ``max_header_bytes`` is a 431
+  and closed, on every parser.
+* **body** (the request has a body that the app has not read to its end): ``body_timeout`` s
+  plus one second per ``body_min_rate`` bytes received, so a body that keeps arriving at
+  the minimum rate is never cut; then the connection is closed (the app sees a disconnect).
 * **busy** (the request is being answered): no deadline here; the app's own limits apply.
+
+In every phase, a response whose client accepts no bytes (the write buffer stays above its
+high-water mark, so uvicorn waits) for ``send_timeout`` s is ended: the connection is
+closed, the app sees the client leave, and the request's slot is freed.
 
 At most ``limit`` connections are open (see :func:`connection_limit`). A new one beyond it
 takes the place of the connection that has waited longest for its request headers; when
 every open connection is busy it is refused with a 503 and closed. Everything closed here
 is logged as one warning line per kind, at most every :data:`LOG_INTERVAL` s, with counts.
 At shutdown, connections still sending a body are closed at once instead of holding the
-grace period.
+grace period (uvicorn asks each member of ``server_state.connections`` to shut down; the
+guarded connection stands there in place of the protocol it owns).
+
+What this relies on in uvicorn is checked by ``tests/test_server_uvicorn_canary.py``.
 """
 
 from __future__ import annotations
@@ -32,10 +48,10 @@ import logging
 import resource
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, ClassVar, cast
+from contextvars import ContextVar
+from typing import Any, cast
 
-import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from oblix_server.disconnect import DISCONNECT_HOOK
 from oblix_server.settings import ServerSettings
@@ -52,6 +68,12 @@ OWN_DESCRIPTORS = 64
 IN_PASSING = 4 * BACKLOG
 #: Seconds between two log lines about closed or refused connections.
 LOG_INTERVAL = 10.0
+#: The end of a request head.
+HEAD_END = b"\r\n\r\n"
+
+#: The connection whose request the current task serves (set while uvicorn's protocol reads,
+#: so the request task uvicorn creates then inherits it).
+CURRENT: ContextVar[GuardedConnection | None] = ContextVar("oblix_server_connection", default=None)
 
 _MESSAGES = {
     "refused": "refused {n} new connection(s) with 503: {limit} connections are open and all are "
@@ -60,8 +82,11 @@ _MESSAGES = {
     "ones ({limit} connections at most, --max-connections)",
     "headers": "closed {n} connection(s) that did not send complete request headers within "
     "{header_timeout:g} s (--header-timeout)",
+    "head": "refused {n} request head(s) larger than {max_header_bytes} bytes with 431 (--max-header-bytes)",
     "body": "closed {n} connection(s) whose request body arrived too slowly (--body-timeout "
     "{body_timeout:g} s, --body-min-rate {body_min_rate} bytes/s)",
+    "send": "closed {n} connection(s) whose client accepted no bytes of the answer for "
+    "{send_timeout:g} s (--send-timeout)",
     "shutdown": "closed {n} connection(s) still sending a request body at shutdown",
 }
 
@@ -83,43 +108,7 @@ def _nothing() -> None:
     pass
 
 
-class CoalescedWrites:
-    """A response's view of the transport: what it writes in one turn of the event loop goes
-    out in one ``send()``.
-
-    uvicorn writes the status line and headers, then each body part, each with its own
-    ``send()``, and each ``send()`` wakes the client; an answer that is ready at once
-    (a whole answer, or the events of a stream that arrive together) is thus one write.
-    The parts are sent at the loop's next turn, or before the transport closes.
-    """
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._parts: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        if not self._parts:
-            self._loop.call_soon(self.flush)
-        self._parts.append(data)
-
-    def flush(self) -> None:
-        if not self._parts:
-            return
-        data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
-        self._parts.clear()
-        if not self._transport.is_closing():
-            self._transport.write(data)
-
-    def close(self) -> None:
-        self.flush()
-        self._transport.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
-def _raw_response(status: int, reason: str, message: str, code: str, retry: bool = False) -> bytes:
+def raw_response(status: int, reason: str, message: str, code: str, retry: bool = False) -> bytes:
     """A whole HTTP/1.1 response (OpenAI-style JSON error, ``Connection: close``), as bytes."""
     kind = "service_unavailable" if status == 503 else "invalid_request_error"
     body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
@@ -140,14 +129,21 @@ class ConnectionTable:
     def __init__(self, settings: ServerSettings, limit: int) -> None:
         self.settings = settings
         self.limit = limit
-        self.open: set[GuardedProtocol] = set()
+        self.open: set[GuardedConnection] = set()
         #: Connections in the headers phase, in the order they entered it (a dict keeps order).
-        self.waiting: dict[GuardedProtocol, None] = {}
+        self.waiting: dict[GuardedConnection, None] = {}
         self._pending: Counter[str] = Counter()
         self._flush: asyncio.TimerHandle | None = None
 
-    def admit(self, protocol: GuardedProtocol) -> bool:
-        """Whether ``protocol`` may open: under the limit, or after closing the longest waiter."""
+    def __getstate__(self) -> dict[str, Any]:
+        """A table travels to worker processes empty (each process has its own connections)."""
+        return {"settings": self.settings, "limit": self.limit}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["settings"], state["limit"])  # type: ignore[misc]
+
+    def admit(self, connection: GuardedConnection) -> bool:
+        """Whether ``connection`` may open: under the limit, or after closing the longest waiter."""
         if len(self.open) >= self.limit:
             if not self.waiting:
                 self.note("refused")
@@ -156,17 +152,17 @@ class ConnectionTable:
             self.remove(oldest)
             oldest.hang_up(None)
             self.note("evicted")
-        self.open.add(protocol)
+        self.open.add(connection)
         return True
 
-    def remove(self, protocol: GuardedProtocol) -> None:
-        self.open.discard(protocol)
-        self.waiting.pop(protocol, None)
+    def remove(self, connection: GuardedConnection) -> None:
+        self.open.discard(connection)
+        self.waiting.pop(connection, None)
 
-    def set_waiting(self, protocol: GuardedProtocol, waiting: bool) -> None:
-        self.waiting.pop(protocol, None)
-        if waiting and protocol in self.open:
-            self.waiting[protocol] = None
+    def set_waiting(self, connection: GuardedConnection, waiting: bool) -> None:
+        self.waiting.pop(connection, None)
+        if waiting and connection in self.open:
+            self.waiting[connection] = None
 
     def note(self, kind: str) -> None:
         """Count one closed or refused connection; log now if nothing was logged lately."""
@@ -186,85 +182,131 @@ class ConnectionTable:
         self._flush = asyncio.get_running_loop().call_later(LOG_INTERVAL, self.flush)
 
 
-class GuardedProtocol:
-    """A phase and a deadline per connection (see the module docs), over one of uvicorn's protocols.
+class ConnectionGuard:
+    """The protocol factory for ``uvicorn.Config(http=...)``: a :class:`GuardedConnection` per
+    connection, over ``protocol`` (one of uvicorn's HTTP protocol classes). It pickles, so that
+    uvicorn's worker processes each get their own (empty) table."""
 
-    Mixed in before :class:`H11Protocol` or :class:`HttpToolsProtocol`; a subclass says which
-    phase its request is in (:meth:`_request_phase`). A subclass made by
-    :func:`oblix_server.protocols.protocol_class` carries the server's :class:`ConnectionTable`.
-    """
+    def __init__(self, settings: ServerSettings, protocol: type[asyncio.Protocol]) -> None:
+        self.protocol = protocol
+        self.table = ConnectionTable(settings, connection_limit(settings.max_connections))
 
-    table: ClassVar[ConnectionTable]
-    transport: asyncio.Transport
-    loop: asyncio.AbstractEventLoop
+    def __call__(self, **uvicorn_kwargs: Any) -> GuardedConnection:
+        return GuardedConnection(self.table, self.protocol, uvicorn_kwargs)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._refused = False
-        self._phase = "new"
+
+class GuardedConnection(asyncio.Protocol):
+    """One connection: uvicorn's protocol inside, a phase and a deadline around it (module docs)."""
+
+    def __init__(
+        self, table: ConnectionTable, protocol: type[asyncio.Protocol], kwargs: dict[str, Any]
+    ) -> None:
+        self.table = table
+        self.settings = table.settings
+        self._protocol = protocol
+        self._kwargs = kwargs
+        self.inner: asyncio.Protocol | None = None
+        self.transport: asyncio.Transport | None = None
+        self.phase = "new"
         self._phase_start = 0.0
-        self._received = 0
+        self._received = 0  # body bytes in the body phase
+        self._head_bytes = 0  # bytes of the request head being read
+        self._head_done = False
+        self._tail = b""  # the last bytes of an unfinished head (its end may straddle two reads)
         self._timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._request = 0  # the id of the request the app is serving (0: none)
         self._lost = False
         self._on_lost: list[Callable[[], None]] = []
 
-    def _request_phase(self) -> str:
-        """``headers`` (waiting for a request's headers), ``body`` (receiving its body) or ``busy``."""
-        raise NotImplementedError
-
-    # -- the asyncio protocol ------------------------------------------------------------
+    # -- the asyncio protocol: everything goes on to uvicorn's --------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio's classes
+        self.loop = asyncio.get_running_loop()
         if not self.table.admit(self):
-            self._refused = True
             message = "The server has too many open connections; retry in a moment."
-            writer = cast(asyncio.WriteTransport, transport)  # uvloop's are not asyncio's classes
-            writer.write(_raw_response(503, "Service Unavailable", message, "too_many_connections", True))
-            writer.close()
+            self.transport.write(
+                raw_response(503, "Service Unavailable", message, "too_many_connections", True)
+            )
+            self.transport.close()
             return
-        super().connection_made(transport)  # type: ignore[misc]
-        self._update_phase()
+        self.inner = self._protocol(**self._kwargs)
+        self.inner.connection_made(transport)
+        connections = self._kwargs["server_state"].connections  # uvicorn shuts these down
+        connections.discard(self.inner)
+        connections.add(self)
+        self._enter("headers")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._refused:
+        if self.inner is None:  # refused
             return
         self._cancel_timer()
+        self._cancel_send_timer()
         self.table.remove(self)
-        super().connection_lost(exc)  # type: ignore[misc]
+        self._kwargs["server_state"].connections.discard(self)
+        self.inner.connection_lost(exc)
         self._lost = True
         for callback in self._on_lost:
             callback()
         self._on_lost.clear()
 
     def data_received(self, data: bytes) -> None:
-        self._received += len(data)
-        super().data_received(data)  # type: ignore[misc]
-        self._update_phase()
-        self._prepare_cycle()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()  # type: ignore[misc]
-        self._update_phase()
-        self._prepare_cycle()
-
-    # -- each request: coalesced writes, the disconnect hook ----------------------------------
-
-    def _prepare_cycle(self) -> None:
-        """For a request just read (its task has not run yet): its response's writes coalesced,
-        and :data:`DISCONNECT_HOOK` in its scope."""
-        cycle = getattr(self, "cycle", None)
-        if cycle is None or cycle.response_complete or isinstance(cycle.transport, CoalescedWrites):
+        assert self.inner is not None
+        if self.phase == "body":
+            self._received += len(data)
+        elif not self._head_done and not self._count_head(data):
             return
-        cycle.transport = CoalescedWrites(self.transport, self.loop)
-        cycle.scope.setdefault("extensions", {})[DISCONNECT_HOOK] = self._when_lost
+        token = CURRENT.set(self)
+        try:
+            self.inner.data_received(data)
+        finally:
+            CURRENT.reset(token)
 
-    def _flush(self) -> None:
-        """Send what the current response wrote this turn, before the transport itself is closed."""
-        cycle = getattr(self, "cycle", None)
-        if cycle is not None and isinstance(cycle.transport, CoalescedWrites):
-            cycle.transport.flush()
+    def eof_received(self) -> bool | None:
+        assert self.inner is not None
+        return self.inner.eof_received()
 
-    def _when_lost(self, callback: Callable[[], None]) -> Callable[[], None]:
+    def pause_writing(self) -> None:
+        """The client is not reading: the answer may wait ``send_timeout`` s for it."""
+        assert self.inner is not None
+        self.inner.pause_writing()
+        self._cancel_send_timer()
+        self._send_timer = self.loop.call_later(self.settings.send_timeout, self._send_expired)
+
+    def resume_writing(self) -> None:
+        assert self.inner is not None
+        self._cancel_send_timer()
+        self.inner.resume_writing()
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown: a body still arriving is not waited for (the app sees a
+        disconnect)."""
+        assert self.transport is not None and self.inner is not None
+        if self.phase == "body" and not self.transport.is_closing():
+            self.table.note("shutdown")
+            self.hang_up(None)
+            return
+        self.inner.shutdown()  # type: ignore[attr-defined]
+
+    # -- where the request stands (told by TrackedApp) ------------------------------------------
+
+    def request_started(self, has_body: bool) -> int:
+        """The app was called with a request; its id for the calls below."""
+        self._request += 1
+        self._enter("body" if has_body else "busy")
+        return self._request
+
+    def body_complete(self, request: int) -> None:
+        if request == self._request and self.phase == "body":
+            self._enter("busy")
+
+    def request_ended(self, request: int) -> None:
+        """The response is complete, or the app returned: the next request's headers are due."""
+        if request == self._request and self.phase != "headers":
+            self._enter("headers")
+
+    def when_lost(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` when this connection is lost (now, if it is); a function that withdraws it."""
         if self._lost:
             callback()
@@ -276,35 +318,49 @@ class GuardedProtocol:
         if callback in self._on_lost:
             self._on_lost.remove(callback)
 
-    def shutdown(self) -> None:
-        """Graceful shutdown: a body still arriving is not waited for (the app sees a disconnect)."""
-        if self._phase == "body" and not self.transport.is_closing():
-            self.table.note("shutdown")
-            self.hang_up(None)
-            return
-        self._flush()
-        super().shutdown()  # type: ignore[misc]
+    # -- the request head -----------------------------------------------------------------------
 
-    # -- phases and deadlines -----------------------------------------------------------------
+    def _count_head(self, data: bytes) -> bool:
+        """Count ``data`` into the head being read; ``False`` if that makes it too large (then refused)."""
+        straddle = (self._tail + data[:3]).find(HEAD_END) if self._tail else -1
+        end = straddle + 4 - len(self._tail) if straddle >= 0 else data.find(HEAD_END)
+        if straddle < 0 and end >= 0:
+            end += 4
+        self._head_bytes += end if end >= 0 else len(data)
+        if self._head_bytes > self.settings.max_header_bytes:
+            self.table.note("head")
+            limit = self.settings.max_header_bytes
+            message = f"The request head (request line and headers) is larger than {limit} bytes."
+            answer = raw_response(431, "Request Header Fields Too Large", message, "headers_too_large")
+            self.hang_up(answer if self.phase == "headers" else None)  # never inside another answer
+            return False
+        if end >= 0:
+            self._head_done, self._tail = True, b""
+        else:
+            self._tail = (self._tail + data)[-3:]
+        return True
 
-    def _update_phase(self) -> None:
+    # -- phases and deadlines -------------------------------------------------------------------
+
+    def _enter(self, phase: str) -> None:
+        assert self.transport is not None
         if self.transport.is_closing():
             return
-        phase = self._request_phase()
-        if phase == self._phase:
-            return
-        self._phase = phase
+        if phase == "busy" or self.phase == "new":  # what arrives next is the next request's head
+            self._head_bytes, self._head_done, self._tail = 0, False, b""
+        self.phase = phase
         self._phase_start = self.loop.time()
         self._received = 0
         self.table.set_waiting(self, phase == "headers")
         self._arm()
 
     def _deadline(self) -> float | None:
-        settings = self.table.settings
-        if self._phase == "headers":
-            return self._phase_start + settings.header_timeout
-        if self._phase == "body":
-            return self._phase_start + settings.body_timeout + self._received / settings.body_min_rate
+        if self.phase == "headers":
+            return self._phase_start + self.settings.header_timeout
+        if self.phase == "body":
+            return (
+                self._phase_start + self.settings.body_timeout + self._received / self.settings.body_min_rate
+            )
         return None
 
     def _arm(self) -> None:
@@ -318,7 +374,13 @@ class GuardedProtocol:
             self._timer.cancel()
             self._timer = None
 
+    def _cancel_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
     def _expire(self) -> None:
+        assert self.transport is not None
         self._timer = None
         deadline = self._deadline()
         if deadline is None or self.transport.is_closing():
@@ -326,20 +388,25 @@ class GuardedProtocol:
         if self.loop.time() < deadline:  # more of the body came since the timer was set
             self._timer = self.loop.call_at(deadline, self._expire)
             return
-        self.table.note(self._phase)
+        self.table.note(self.phase)
         self.table.remove(self)
-        if self._phase == "headers" and self._received:
-            message = f"The request headers did not arrive within {self.table.settings.header_timeout:g} s."
-            self.hang_up(_raw_response(408, "Request Timeout", message, "request_timeout"))
+        if self.phase == "headers" and self._head_bytes:
+            message = f"The request headers did not arrive within {self.settings.header_timeout:g} s."
+            self.hang_up(raw_response(408, "Request Timeout", message, "request_timeout"))
         else:
             self.hang_up(None)
 
+    def _send_expired(self) -> None:
+        self._send_timer = None
+        self.table.note("send")
+        self.hang_up(None)
+
     def hang_up(self, response: bytes | None) -> None:
         """Close the connection, after ``response`` if given; abort if the peer reads nothing."""
+        assert self.transport is not None
         self._cancel_timer()
         if self.transport.is_closing():
             return
-        self._flush()
         if response is not None:
             self.transport.write(response)
         self.transport.close()
@@ -347,9 +414,43 @@ class GuardedProtocol:
             self.transport.abort()
 
 
-class GuardedH11Protocol(GuardedProtocol, H11Protocol):
-    """uvicorn's pure-Python h11 protocol, guarded; the phase is h11's state of the client."""
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"0", b"")):
+            return True
+    return False
 
-    def _request_phase(self) -> str:
-        state = self.conn.their_state
-        return "headers" if state is h11.IDLE else "body" if state is h11.SEND_BODY else "busy"
+
+class TrackedApp:
+    """The ASGI app in front of everything: tells the request's :class:`GuardedConnection` where the
+    request stands, and offers its loss as the ASGI extension :data:`DISCONNECT_HOOK`.
+
+    Under another server (no guarded connection) it only calls the app.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        connection = CURRENT.get()
+        if connection is None or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = connection.request_started(_has_body(scope))
+        scope.setdefault("extensions", {})[DISCONNECT_HOOK] = connection.when_lost
+
+        async def tracked_receive() -> Message:
+            message = await receive()
+            if not message.get("more_body", False):
+                connection.body_complete(request)
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                connection.request_ended(request)
+
+        try:
+            await self.app(scope, tracked_receive, tracked_send)
+        finally:
+            connection.request_ended(request)

@@ -1,4 +1,5 @@
-"""ASGI middleware in front of every route: a request id on every response, and the API key."""
+"""ASGI middleware in front of every route: a request id on every response, the edge rules
+(:mod:`oblix_server.edges`), and the API key."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from oblix.plugin import new_request_id
+from oblix_server.edges import body_refusal, edge_refusal
 from oblix_server.errors import APIError
 from oblix_server.settings import ServerSettings
 from oblix_server.ui import UI_PATHS
@@ -29,9 +31,10 @@ def is_authorized(settings: ServerSettings, headers: Headers) -> bool:
 
 
 class Guard:
-    """Adds ``X-Oblix-Request-Id`` to every response and refuses requests without the key (401).
+    """Adds ``X-Oblix-Request-Id`` to every response; refuses what :mod:`oblix_server.edges` refuses,
+    then requests without the key (401), then bodies that are not JSON (415).
 
-    A request without the key is refused before its body is read, and its connection closed.
+    A refused request is refused before its body is read, and its connection closed.
 
     The id is put in ``scope["state"]["request_id"]``; the chat endpoint uses it as the
     Oblix request id. Keys are compared in constant time and never logged.
@@ -55,11 +58,25 @@ class Guard:
                     headers["X-Oblix-Request-Id"] = request_id
             await send(message)
 
-        error = None if scope["path"] in OPEN_PATHS else refusal(self.settings, Headers(scope=scope))
+        error = _refusal(self.settings, scope)
         if error is not None:
             await error(scope, receive, send_with_id)
             return
         await self.app(scope, receive, send_with_id)
+
+
+def _refusal(settings: ServerSettings, scope: Scope) -> Response | None:
+    headers, path = Headers(scope=scope), scope["path"]
+    refused = edge_refusal(settings, path, headers)
+    if refused is not None:
+        return refused.response()
+    if path in OPEN_PATHS:
+        return None
+    key = refusal(settings, headers)
+    if key is not None:
+        return key
+    refused = body_refusal(scope["method"], headers)
+    return refused.response() if refused is not None else None
 
 
 def refusal(settings: ServerSettings, headers: Headers) -> Response | None:

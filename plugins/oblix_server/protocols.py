@@ -1,56 +1,57 @@
-"""The connection guard (:mod:`oblix_server.connections`) as uvicorn's HTTP protocol: which one, and
-the ``uvicorn.Config`` arguments that put it in place."""
+"""The ``uvicorn.Config`` arguments that put the connection guard (:mod:`oblix_server.connections`)
+in place, over the HTTP parser ``--http`` names."""
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import logging
 import resource
 from typing import Any
 
+from uvicorn.config import HTTP_PROTOCOLS
+from uvicorn.importer import import_from_string
+
 from oblix.plugin import ConfigError
-from oblix_server.connections import (
-    BACKLOG,
-    ConnectionTable,
-    GuardedH11Protocol,
-    GuardedProtocol,
-    connection_limit,
-)
+from oblix_server.connections import BACKLOG, ConnectionGuard
 from oblix_server.settings import ServerSettings
 
 log = logging.getLogger("oblix_server")
 
-
-def guarded_class(http: str) -> type[GuardedProtocol]:
-    """The guarded protocol for ``http`` (one of :data:`HTTP_IMPLEMENTATIONS`)."""
-    if http in ("auto", "httptools"):
-        try:
-            from oblix_server.connections_httptools import GuardedHttpToolsProtocol
-        except ImportError:
-            if http == "httptools":
-                raise ConfigError("--http httptools needs httptools: pip install 'oblix[server]'.") from None
-        else:
-            return GuardedHttpToolsProtocol
-    return GuardedH11Protocol
+#: Bytes h11 may buffer beyond the guard's own head bound (the guard refuses first, with a 431).
+H11_SLACK = 1024
 
 
-def protocol_class(
-    settings: ServerSettings, http: str = "auto"
-) -> tuple[type[GuardedProtocol], ConnectionTable]:
-    """A protocol class for ``uvicorn.Config(http=...)`` bound to a new table, and the table."""
-    table = ConnectionTable(settings, connection_limit(settings.max_connections))
-    base = guarded_class(http)
-    return type(f"Oblix{base.__name__.removeprefix('Guarded')}", (base,), {"table": table}), table
+def parser(http: str) -> str:
+    """The parser ``--http`` names: ``auto`` is httptools when installed, else h11."""
+    installed = importlib.util.find_spec("httptools") is not None
+    if http == "httptools" and not installed:
+        raise ConfigError("--http httptools needs httptools: pip install 'oblix[server]'.")
+    if http == "auto":
+        return "httptools" if installed else "h11"
+    return http
+
+
+def uvicorn_protocol(http: str) -> type[asyncio.Protocol]:
+    """uvicorn's own protocol class for the parser ``http`` names (by uvicorn's public table)."""
+    protocol: type[asyncio.Protocol] = import_from_string(HTTP_PROTOCOLS[parser(http)])
+    return protocol
 
 
 def uvicorn_options(settings: ServerSettings, http: str = "auto") -> dict[str, Any]:
     """The ``uvicorn.Config`` arguments that put these limits in place."""
-    protocol, table = protocol_class(settings, http)
-    if table.limit < settings.max_connections:
+    guard = ConnectionGuard(settings, uvicorn_protocol(http))
+    if guard.table.limit < settings.max_connections:
         log.warning(
             "oblix server: at most %d open connections (--max-connections %d lowered to stay within "
             "the descriptor limit, ulimit -n %d)",
-            table.limit,
+            guard.table.limit,
             settings.max_connections,
             resource.getrlimit(resource.RLIMIT_NOFILE)[0],
         )
-    return {"http": protocol, "timeout_keep_alive": settings.keep_alive_timeout, "backlog": BACKLOG}
+    return {
+        "http": guard,
+        "timeout_keep_alive": settings.keep_alive_timeout,
+        "backlog": BACKLOG,
+        "h11_max_incomplete_event_size": settings.max_header_bytes + H11_SLACK,
+    }

@@ -12,6 +12,10 @@ from oblix.plugin import ConfigError
 
 #: Default largest request body, in bytes (4 MiB).
 DEFAULT_BODY_LIMIT = 4 * 1024 * 1024
+#: Default largest request head (request line and headers), in bytes (16 KiB, h11's own default).
+DEFAULT_HEADER_LIMIT = 16 * 1024
+#: Default largest number of messages in one chat request.
+DEFAULT_MESSAGE_LIMIT = 4096
 #: Environment variable that may hold the API key (``--api-key`` wins).
 KEY_ENV = "OBLIX_SERVER_API_KEY"
 #: The HTTP/1.1 implementations ``oblix server --http`` offers; ``auto`` is httptools when installed.
@@ -53,6 +57,15 @@ class ServerSettings:
     body_timeout: float = 30.0
     body_min_rate: int = 1024
     keep_alive_timeout: float = 5.0
+    #: Seconds a response may wait for a client that accepts no bytes (its write buffer full)
+    #: before the connection is closed; largest request head in bytes (431 beyond it).
+    send_timeout: float = 30.0
+    max_header_bytes: int = DEFAULT_HEADER_LIMIT
+    #: Messages one chat request may carry (413 beyond it).
+    max_messages: int = DEFAULT_MESSAGE_LIMIT
+    #: Host names (or addresses) requests may name in ``Host`` besides the loopback ones: what a
+    #: reverse proxy forwards. Without an API key only these and loopback names are served.
+    allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=tuple)
 
     def check(self) -> None:
         """Refuse settings that would expose the models and sessions to the network unprotected."""
@@ -70,7 +83,16 @@ class ServerSettings:
 
     def connection_limits(self) -> dict[str, float]:
         """The connection limits by name (what the log lines and the docs quote)."""
-        names = ("max_connections", "header_timeout", "body_timeout", "body_min_rate", "keep_alive_timeout")
+        names = (
+            "max_connections",
+            "header_timeout",
+            "body_timeout",
+            "body_min_rate",
+            "keep_alive_timeout",
+            "send_timeout",
+            "max_header_bytes",
+            "max_messages",
+        )
         return {name: getattr(self, name) for name in names}
 
     def key_matches(self, offered: str) -> bool:

@@ -1,151 +1,89 @@
-"""``oblix server --workers N``: N server processes answering on one listening socket.
+"""``oblix server --workers N``: N processes on one port, under uvicorn's own supervisor.
 
-The parent binds the socket, as gunicorn and uvicorn's own ``--workers`` do, and starts N
-worker processes (``multiprocessing``, spawned). Each worker is a whole server — its own
-client, models, agents, limits and metrics — and accepts connections from the shared
-socket; the kernel gives each new connection to whichever worker takes it first. The
-workers share what lives in the store: sessions, the usage ledger and models' persisted
-health (``$OBLIX_HOME``, or Redis/S3), so a session continues on any worker.
-
-The parent waits until every worker listens (a worker that fails to start stops them all,
-with its error), restarts a worker that dies later, and on SIGINT or SIGTERM stops them
-(SIGTERM, then SIGKILL after :data:`STOP_TIMEOUT` s).
+uvicorn's ``Multiprocess`` binds the socket, starts the workers (each a fresh Python
+process given the pickled configuration), replaces a worker that dies, stops the
+server when one cannot start, and stops them all on SIGINT or SIGTERM. Each worker
+builds its client and app in the ASGI lifespan startup (:class:`WorkerApp`): the models
+are hooked and loaded there, and an error stops that worker with one line saying why.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import signal
-import socket
-import threading
-from multiprocessing.connection import Connection, wait
-from multiprocessing.process import BaseProcess
-from typing import Any
-
 import click
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
-from oblix.plugin import ConfigError
-from oblix_server.connections import BACKLOG
-from oblix_server.serving import Launch, run
-
-#: Seconds a worker gets to finish after SIGTERM before it is killed.
-STOP_TIMEOUT = 30.0
-#: Seconds between two checks that every worker is alive.
-CHECK_INTERVAL = 0.5
-
-_spawn = multiprocessing.get_context("spawn")
+from oblix.plugin import ConfigError, OblixClient, OblixError, command_client
+from oblix_server.serving import Launch, prepare, uvicorn_config
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """The listening socket every worker accepts on (``SO_REUSEADDR``, as uvicorn binds)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        return socket.create_server((host.strip("[]"), port), family=family, backlog=BACKLOG)
-    except OSError as exc:
-        raise ConfigError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}.") from None
-
-
-def _worker(launch: Launch, sock: socket.socket, ready: Connection) -> None:
-    """A worker process: serve on ``sock``; tell the parent when listening, or why it could not start."""
-    try:
-        run(launch, [sock], on_ready=lambda: ready.send("ready"))
-    except Exception as exc:
-        ready.send(str(exc) or type(exc).__name__)
-        raise SystemExit(1) from None
-
-
-class Worker:
-    """One worker process and the pipe it reports on."""
-
-    def __init__(self, launch: Launch, sock: socket.socket) -> None:
-        self.ready, child_end = _spawn.Pipe(duplex=False)
-        self.process: BaseProcess = _spawn.Process(
-            target=_worker, args=(launch, sock, child_end), name="oblix-server-worker"
-        )
-        self.process.start()
-        child_end.close()
-
-    def poll(self) -> str | None:
-        """``None`` while starting; ``"ready"``, or the error that stopped it."""
-        if self.ready.poll():
-            try:
-                message: str = self.ready.recv()
-            except EOFError:
-                message = ""
-            return message or f"the worker exited with code {self.process.exitcode}"
-        return None
-
-    def stop(self) -> None:
-        if self.process.is_alive():
-            self.process.terminate()  # SIGTERM
-
-
-class Supervisor:
-    """Starts, watches and stops the workers of one ``oblix server --workers N``."""
+class WorkerApp:
+    """The ASGI app of one worker: the client and the server app are made at lifespan startup and
+    closed at lifespan shutdown."""
 
     def __init__(self, launch: Launch) -> None:
         self.launch = launch
-        self.sock = listen(launch.settings.host, launch.settings.port)
-        self.workers: list[Worker] = []
-        self.stopping = threading.Event()
+        self.client: OblixClient | None = None
+        self.app: ASGIApp | None = None
 
-    def run(self) -> None:
-        """Serve until SIGINT or SIGTERM; a :class:`ConfigError` if a worker cannot start."""
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            self.workers = [Worker(self.launch, self.sock) for _ in range(self.launch.workers)]
-            self._until_listening(self.workers)
-            if not self.stopping.is_set():
-                pids = ", ".join(str(w.process.pid) for w in self.workers)
-                settings = self.launch.settings
-                click.echo(
-                    f"Oblix server on http://{settings.host}:{settings.port}/v1 · "
-                    f"{len(self.workers)} workers (processes {pids})",
-                    err=True,
-                )
-            while not self.stopping.wait(CHECK_INTERVAL):
-                self._replace_dead()
-        finally:
-            self._stop_all()
-            self.sock.close()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        assert self.app is not None  # uvicorn serves only after the lifespan startup
+        await self.app(scope, receive, send)
 
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self.stopping.set()
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    self.client = command_client()
+                    self.app = await prepare(self.client, self.launch)
+                except (OblixError, OSError) as exc:
+                    await self._shutdown()
+                    text = f"A server worker could not start: {exc or type(exc).__name__}"
+                    await send({"type": "lifespan.startup.failed", "message": text})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self._shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
-    def _until_listening(self, workers: list[Worker]) -> None:
-        """Wait until each of ``workers`` listens; the first that fails stops everything."""
-        starting = list(workers)
-        while starting and not self.stopping.is_set():
-            wait([w.ready for w in starting] + [w.process.sentinel for w in starting], CHECK_INTERVAL)
-            for worker in list(starting):
-                message = worker.poll()
-                if message is None and not worker.process.is_alive():
-                    message = f"the worker exited with code {worker.process.exitcode}"
-                if message is None:
-                    continue
-                if message != "ready":
-                    raise ConfigError(f"A server worker could not start: {message}")
-                starting.remove(worker)
+    async def _shutdown(self) -> None:
+        if self.client is not None:
+            await self.client.shutdown()
+            self.client = None
 
-    def _replace_dead(self) -> None:
-        for i, worker in enumerate(self.workers):
-            if worker.process.is_alive() or self.stopping.is_set():
-                continue
-            click.echo(
-                f"oblix server: worker {worker.process.pid} exited with code {worker.process.exitcode}; "
-                "starting another",
-                err=True,
-            )
-            self.workers[i] = Worker(self.launch, self.sock)
-            self._until_listening([self.workers[i]])
 
-    def _stop_all(self) -> None:
-        for worker in self.workers:
-            worker.stop()
-        for worker in self.workers:
-            worker.process.join(STOP_TIMEOUT)
-            if worker.process.is_alive():
-                worker.process.kill()
-                worker.process.join()
+class WorkerFactory:
+    """uvicorn's app factory (``factory=True``), pickled to each worker: a fresh :class:`WorkerApp`."""
+
+    def __init__(self, launch: Launch) -> None:
+        self.launch = launch
+
+    def __call__(self) -> WorkerApp:
+        return WorkerApp(self.launch)
+
+
+def run_workers(launch: Launch) -> None:
+    """Serve with ``launch.workers`` processes until SIGINT or SIGTERM; a :class:`ConfigError` if a
+    worker could not start."""
+    config = uvicorn_config(
+        launch, WorkerFactory(launch), factory=True, lifespan="on", workers=launch.workers
+    )
+    sock = config.bind_socket()
+    settings = launch.settings
+    click.echo(
+        f"Oblix server on http://{settings.host}:{settings.port}/v1 · {launch.workers} workers",
+        err=True,
+    )
+    supervisor = Multiprocess(config, sockets=[sock])
+    try:
+        supervisor.run()
+    finally:
+        sock.close()
+    if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
+        raise ConfigError("A server worker could not start (its error is above); the server stopped.")
