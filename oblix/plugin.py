@@ -21,7 +21,7 @@ Shared state:     HealthStore, IdempotencyRecords, KeyedRecord, FileIdempotencyR
                   key_digest
 Usage ledgers:    UsageLedger, UsageRecord, UsageTotals, SqliteUsageLedger, group_key, total_by
 Routing, middleware: RouteRequest, RoutingPlan, Request, ROUTING_PREFERENCES, new_request_id,
-                  session_is_local_only
+                  session_is_local_only, decide_local_only, LocalOnly
 Secrets:          redact_url, scrub_secrets, remember_secret
 Options as text:  parse_flag
 Errors:           OblixError, ConfigError, PluginError, SessionError, InvalidSessionIdError,
@@ -34,7 +34,8 @@ Commands, servers: OblixClient, ResponseStream, command_client, handle_errors
 Notes: ``needs()`` declares an optional dependency up front, so a plugin whose package is
 missing is listed as "not installed" instead of failing. ``oblix_home()`` is where a part
 that keeps files puts them (the home of the client building it). ``provider_usage()``
-builds a :class:`Usage` from an endpoint's counts, dropping invalid ones. ``command_client()`` and
+builds a :class:`Usage` from an endpoint's counts, dropping invalid ones. ``decide_local_only``
+is the core's one answer to "is this request local-only, and why". ``command_client()`` and
 ``handle_errors()`` import click only when used, so loading a plugin never loads the command line.
 """
 
@@ -85,7 +86,8 @@ from oblix_core.plugins.dependencies import MissingDependency, needs
 from oblix_core.plugins.hookspecs import hookimpl
 from oblix_core.request.context import Request, new_request_id
 from oblix_core.request.conversation import ResponseStream
-from oblix_core.request.privacy import session_is_local_only
+from oblix_core.request.privacy import LocalOnly, session_is_local_only
+from oblix_core.request.privacy import decide as decide_local_only
 from oblix_core.request.routing import PREFERENCES as ROUTING_PREFERENCES
 from oblix_core.request.routing import RouteRequest, RoutingPlan
 from oblix_core.secrets import redact_url
@@ -145,6 +147,7 @@ __all__ = [
     "IdempotencyRecords",
     "InvalidSessionIdError",
     "KeyedRecord",
+    "LocalOnly",
     "Message",
     "MissingDependency",
     "ModelBackend",
@@ -178,6 +181,7 @@ __all__ = [
     "UsageTotals",
     "command_client",
     "connection_error",
+    "decide_local_only",
     "describe_cause",
     "group_key",
     "handle_errors",

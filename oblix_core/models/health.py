@@ -299,11 +299,6 @@ class CircuitBreaker:
         due = max(0.0, record.last_check_at + self.probe_interval - time.time())
         return round(due + (self.recovery_checks - record.checks_passed - 1) * self.probe_interval, 1)
 
-    def order(self, models: Sequence[ModelBackend]) -> list[ModelBackend]:
-        """Available models in their order; cooling ones only if none is available."""
-        ready = [m for m in models if self.available(m.model_id)]
-        return ready or list(models)
-
     # -- what requests report -----------------------------------------------------------
 
     def record_success(self, model_id: str) -> None:

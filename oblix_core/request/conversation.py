@@ -20,7 +20,7 @@ from oblix_core.request.context import Request
 from oblix_core.request.engine import Engine, notify
 from oblix_core.request.execution import Attempting, Done
 from oblix_core.request.history import session_messages
-from oblix_core.request.routing import RouteRequest, RoutingPlan, screen
+from oblix_core.request.routing import RouteRequest, RoutingPlan
 from oblix_core.sessions.records import Message, SessionRecord, new_session_id, utc_now
 from oblix_core.sessions.store import keyed
 from oblix_core.usage.ledger import UsageRecord, answer_record
@@ -117,6 +117,7 @@ class ResponseStream:
         """The session's recent history; a new session (stored only once answered) if none given."""
         request = self.request
         if request.session_id is None:
+            self._decide_privacy(None)
             now = utc_now()
             metadata = {privacy.KEY: True} if request.local_only else {}
             history = tuple(Message(m.role, m.content) for m in request.history or ())
@@ -136,24 +137,26 @@ class ResponseStream:
         store = self._engine.store
         read = functools.partial(self._engine.history.read, store, request.session_id, budget)
         session, self._history = await anyio.to_thread.run_sync(read) if store.blocking else read()
+        self._decide_privacy(session)
         if request.local_only and not privacy.session_is_local_only(session.metadata):
             # mark the session before any model runs: once private, always private
             mark = functools.partial(store.update_metadata, session.id, {privacy.KEY: True})
             await anyio.to_thread.run_sync(mark) if store.blocking else mark()
         return session
 
+    def _decide_privacy(self, session: SessionRecord | None) -> None:
+        """Whether the request is local-only, and why: :func:`privacy.decide`, once per request."""
+        request = self.request
+        request.local_only, request.local_only_reason = privacy.decide(
+            request.local_only,
+            session.metadata if session is not None else None,
+            session_id=session.id if session is not None else None,
+            reason=request.local_only_reason,
+        )
+
     def _apply_session(self, session: SessionRecord) -> None:
         request = self.request
         request.session_id = session.id
-        if not request.local_only and privacy.session_is_local_only(session.metadata):
-            value = session.metadata[privacy.KEY]
-            request.local_only = True
-            request.local_only_reason = (
-                f"session {session.id} is local-only (metadata local_only={value!r}; a session that "
-                "ever held a local-only turn stays local-only)"
-            )
-        elif request.local_only and not request.local_only_reason:
-            request.local_only_reason = "requested with local_only=True"
         if request.history is not None and self._new_session is not None:
             # the caller's own messages, as given (tool calls and results included)
             framing = session_messages(attrs.evolve(session, messages=()), request.prompt, request.system)
@@ -164,12 +167,10 @@ class ResponseStream:
     async def _plan(self) -> tuple[RoutingPlan, list[Any]]:
         """Agents' readings (a bounded fresh sample if pending), the policy, privacy, screening."""
         engine, request = self._engine, self.request
-        breaker = engine.executor.breaker
-        checks, agents = await current_checks(list(engine.agents.values()), breaker.readings)
+        executor = engine.executor
+        checks, agents = await current_checks(list(engine.agents.values()), executor.readings)
         models = engine.model_snapshot()
-        breaker.watch(models)
-        if breaker.shares_health and breaker.stale():  # read only when another process wrote
-            await anyio.to_thread.run_sync(breaker.sync)
+        await executor.watch(models)
         route = RouteRequest(
             preference=request.preference or engine.preference,
             local_only=request.local_only,
@@ -181,15 +182,8 @@ class ResponseStream:
         plan = privacy.enforce(plan, request.local_only, request.local_only_reason)
         if request.options.get("tools"):
             plan = _tool_capable(plan)
-        plan = screen(
-            plan,
-            models,
-            request.messages,
-            request.max_tokens,
-            breaker,
-            forced=request.model,
-            fallback=request.fallback,
-            agents=agents,
+        plan = executor.screen(
+            plan, models, request, forced=request.model, fallback=request.fallback, agents=agents
         )
         if self._budget is not None:
             plan = await self._budget.screen(plan)

@@ -151,10 +151,11 @@ class Fit:
         return model.count_message_tokens(messages)
 
     def holds_for(self, model: ModelBackend, max_tokens: int | None) -> bool:
-        """Whether this fit is still ``model``'s (same tokenizer, window and answer reserve)."""
+        """Whether this fit, counted for ``model`` when the request was planned, is still its fit:
+        the same answer reserve, and the model's window and tokenizer unchanged since (loading
+        weights in ``prepare()`` can change them, as can a smaller window learned meanwhile)."""
         return (
             self.problem is None
-            and self.tokenizer is not None
             and self.max_tokens == max_tokens
             and self.window == model.context_window
             and self.tokenizer == model.tokenizer_key

@@ -258,14 +258,6 @@ def _load(model: ModelBackend) -> dict[str, Any]:
     }
 
 
-def context_fit(
-    model: ModelBackend, messages: Sequence[ChatMessage], max_tokens: int | None
-) -> tuple[dict[str, Any], str | None]:
-    """How ``messages`` plus the answer fit ``model``'s window, and why it cannot take them (or None)."""
-    fit = fit_to_window(messages, model, max_tokens)
-    return fit.describe(), fit.problem
-
-
 def screen(
     plan: RoutingPlan,
     models: Sequence[ModelBackend],
