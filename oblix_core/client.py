@@ -29,6 +29,7 @@ from oblix_core.request.context import Request
 from oblix_core.request.conversation import ResponseStream
 from oblix_core.request.engine import Engine
 from oblix_core.request.execution import CircuitBreaker, ExecutionSettings, Executor
+from oblix_core.request.options import candidates_for, check_request_options
 from oblix_core.request.routing import PREFERENCES
 from oblix_core.sessions.api import SessionsAPI
 from oblix_core.sessions.records import ROLES, validate_session_id
@@ -408,6 +409,8 @@ class OblixClient(SessionsAPI, Compat012):
         if routing.get("history") is not None and session_id is not None:
             raise OblixError("Pass either session_id (stored history) or history= (your own), not both.")
         check_json(options, "The model options")
+        forced, fallback = routing.get("model"), bool(routing.get("fallback", False))
+        check_request_options(candidates_for(self.models, forced, fallback), options)
         request = Request(
             messages=(),
             temperature=temperature,

@@ -115,6 +115,8 @@ class LlamaCppBackend(ModelBackend):
 
     model_type = "llama_cpp"
     default_local = True
+    #: What a request may set besides temperature and max_tokens (any other option is an error).
+    request_options = frozenset(_LLAMA_OPTIONS)
 
     def __init__(
         self,

@@ -57,6 +57,15 @@ def _same_model(wanted: str, installed: str) -> bool:
     return norm(wanted) == norm(installed)
 
 
+#: The options of Ollama's API a request may set (``temperature`` and ``num_predict`` come from
+#: the request's own fields; ``num_ctx`` is the model's window).
+OLLAMA_OPTIONS = frozenset(
+    {"seed", "stop", "top_k", "top_p", "min_p", "typical_p", "tfs_z", "repeat_last_n", "repeat_penalty"}
+    | {"presence_penalty", "frequency_penalty", "mirostat", "mirostat_tau", "mirostat_eta"}
+    | {"penalize_newline", "num_keep", "num_predict", "num_thread", "num_gpu", "num_batch"}
+)
+
+
 class OllamaBackend(ModelBackend):
     """Chat with a model installed in an Ollama server.
 
@@ -73,6 +82,8 @@ class OllamaBackend(ModelBackend):
 
     model_type = "ollama"
     default_local = True
+    #: Ollama's per-request options (its API's ``options``); any other is an error, not dropped.
+    request_options = OLLAMA_OPTIONS
     end_is_complete = False
 
     def __init__(
