@@ -5,14 +5,17 @@ months, every request); a session's metadata ``budget_usd`` limits what that ses
 spends in all. Spending is read from the usage ledger (:mod:`oblix_core.usage.ledger`), so a
 shared store (Redis) shares budgets between hosts.
 
-When a budget covering a request is spent, screening drops the cloud candidates and
-``routing_decision`` names the budget; a request only the cloud could answer fails with
-:class:`BudgetExceededError`. Concurrency: before a cloud model starts on a request a
-budget covers, the request takes this process's gate for that ledger (held until its
-usage is recorded) and reads the ledger again, so within a process budget-covered cloud
-requests run one at a time, and a budget is overspent by at most one in-flight request
-per process — plus any whose reader stalled: the gate's waits are bounded
-(``gate_wait``, ``gate_stall``; see :mod:`oblix_core.usage.gate`).
+Each request's budgets are decided once (:meth:`BudgetGuard.decide`), when they first
+matter: at planning when the plan's first candidate is a cloud model, else only if the
+request falls back to a cloud model. The decision takes this process's gate for the ledger,
+then reads the ledger; when a budget is spent the gate goes back and the cloud candidates
+are dropped (``routing_decision`` names the budget; a request only the cloud could answer
+fails with :class:`BudgetExceededError`); otherwise the request holds the gate until its
+usage is recorded. So within a process budget-covered cloud requests run one at a time,
+each after reading what the previous one spent, and a budget is overspent by at most one
+in-flight request per process — plus any whose reader stalled: the gate's waits are bounded
+(``gate_wait``, ``gate_stall``; see :mod:`oblix_core.usage.gate`). Requests answered by a
+local model first never wait for the gate nor read the ledger.
 """
 
 from __future__ import annotations
@@ -125,7 +128,8 @@ def spent_budget(
 
 
 class BudgetGuard:
-    """One request's budgets: screening, the gate before a cloud model, recording usage."""
+    """One request's budgets: the one decision (gate, then ledger), its screening of the plan,
+    recording usage."""
 
     def __init__(
         self,
@@ -141,6 +145,7 @@ class BudgetGuard:
         limits = (settings.daily_usd, settings.monthly_usd, self.session_limit)
         self.active = ledger is not None and any(v is not None for v in limits)
         self._held: BudgetGate | None = None
+        self._decided = False
 
     async def spent(self) -> Budget | None:
         """The spent budget covering this request; a ledger that cannot be read counts as spent."""
@@ -154,11 +159,30 @@ class BudgetGuard:
             log.warning("cannot read the usage ledger for budgets: %s", exc)
             return Budget("unknown", 0.0, 0.0, f"the usage ledger cannot be read ({exc})")
 
-    async def screen(self, plan: RoutingPlan) -> RoutingPlan:
-        """``plan`` without cloud candidates when a budget is spent (explained in its decision)."""
-        if not self.active or all(m.is_local for m in plan.candidates):
-            return plan
+    async def decide(self) -> Budget | None:
+        """This request's budget decision, made once: take this process's gate for the ledger,
+        then read it. Spent: the gate goes back and the spent budget is returned; else the
+        request holds the gate until :meth:`release` (after its usage is recorded)."""
+        if not self.active or self._decided or self.ledger is None:
+            return None
+        self._decided = True
+        gate = gate_for(self.ledger.identity())
+        await gate.acquire(self, self.settings.gate_wait, self.settings.gate_stall)
+        self._held = gate
         budget = await self.spent()
+        if budget is not None:
+            self.release()
+        return budget
+
+    async def screen(self, plan: RoutingPlan) -> RoutingPlan:
+        """``plan`` without cloud candidates when a budget is spent (explained in its decision).
+
+        Decided here when the first candidate is a cloud model (it starts first); a plan led
+        by a local model is decided only if a cloud model is reached (:meth:`admit`).
+        """
+        if not self.active or not plan.candidates or plan.candidates[0].is_local:
+            return plan
+        budget = await self.decide()
         if budget is None:
             return plan
         kept = tuple(m for m in plan.candidates if m.is_local)
@@ -184,16 +208,12 @@ class BudgetGuard:
         )
 
     async def admit(self, model: ModelBackend) -> None:
-        """Before ``model`` starts: for a cloud model under a budget, take the gate and re-read
-        the ledger; raises :class:`BudgetExceededError` if the budget was spent meanwhile."""
-        if model.is_local or not self.active or self._held is not None or self.ledger is None:
+        """Before ``model`` starts: a cloud model reached after local ones (the plan did not
+        decide) is decided now; raises :class:`BudgetExceededError` if a budget is spent."""
+        if model.is_local or self._decided:
             return
-        gate = gate_for(self.ledger.identity())
-        await gate.acquire(self, self.settings.gate_wait, self.settings.gate_stall)
-        self._held = gate
-        budget = await self.spent()
+        budget = await self.decide()
         if budget is not None:
-            self.release()
             raise exceeded(budget, (model,))
 
     def record(self, record: UsageRecord | None) -> None:
