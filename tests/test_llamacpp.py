@@ -150,3 +150,37 @@ async def test_hook_model_with_a_gguf_path(home: Path) -> None:
         assert [m.model_id for m in client.models] == ["llama_cpp:gemma-3-270m-q4_k_m"]
         result = await client.execute("Say hi.", stream=False, max_tokens=8, temperature=0)
     assert result["response"].strip()
+
+
+@pytest.mark.anyio
+async def test_adaptive_threads_reach_the_llama_context(gemma: LlamaCppBackend) -> None:
+    """By default the thread count is chosen per request and set on llama.cpp's context."""
+    import llama_cpp
+
+    from oblix_llamacpp.threads import physical_cores
+
+    assert gemma.describe()["threads"]["mode"] == "adaptive"
+    await anyio.sleep(0.3)  # a measurable window since the last request
+    text = "".join([c.text async for c in gemma.stream(ask("Name a colour.", 8))])
+    assert text
+    used = gemma.n_threads
+    assert 1 <= used <= physical_cores()
+    assert gemma.describe()["threads"]["last"] == used
+    assert llama_cpp.llama_n_threads(gemma._llama.ctx) == used
+    assert llama_cpp.llama_n_threads_batch(gemma._llama.ctx) == used
+
+
+@pytest.mark.anyio
+async def test_a_fixed_thread_count_is_kept() -> None:
+    backend = LlamaCppBackend("gemma-3-270m", n_ctx=256, n_threads=1)
+    await backend.start()
+    try:
+        assert "".join([c.text async for c in backend.stream(ask("Name a colour.", 4))])
+        import llama_cpp
+
+        assert llama_cpp.llama_n_threads(backend._llama.ctx) == 1
+        assert backend.describe()["threads"] == {"mode": "fixed"} and backend.n_threads == 1
+    finally:
+        await backend.aclose()
+    with pytest.raises(ConfigError, match="n_threads must be"):
+        LlamaCppBackend("gemma-3-270m", n_threads=0)

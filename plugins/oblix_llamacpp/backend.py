@@ -35,11 +35,12 @@ from oblix.plugin import (
     Usage,
     require,
 )
-from oblix_llamacpp.options import byte_option, cache_dir_option, default_threads
+from oblix_llamacpp.options import byte_option, cache_dir_option, thread_option
 from oblix_llamacpp.packaged import DEFAULT_MODEL, packaged_model_path
 from oblix_llamacpp.prompts import PLAIN_FORMATS
 from oblix_llamacpp.state_cache import PromptStateCache, default_capacity
 from oblix_llamacpp.state_disk import DEFAULT_DISK_BYTES, DiskStateStore, model_fingerprint
+from oblix_llamacpp.threads import ThreadChooser, physical_cores
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +90,11 @@ class LlamaCppBackend(ModelBackend):
     """A GGUF model loaded in this process.
 
     ``model_name`` is a GGUF path or ``"gemma-3-270m"`` (the packaged model). Options:
-    ``n_ctx`` (context size, default 4096), ``n_threads`` (default: physical cores - 1,
-    at least 1: llama.cpp's threads spin while they wait for each other, so a thread more
-    than the free cores costs more than it brings. On the 2-core test machine 1 thread
-    matched 2 when idle, 70 vs 53 tokens/s with one other busy process; see
-    benchmarks/README.md),
+    ``n_ctx`` (context size, default 4096), ``n_threads`` (a fixed count; default
+    ``"auto"``: chosen per request from the machine's state, every physical core the other
+    processes leave free, at least one (:mod:`oblix_llamacpp.threads`): llama.cpp's threads
+    spin while they wait for each other, so a thread more than the free cores costs far
+    more than it brings, and one fewer leaves speed unused; see benchmarks/README.md),
     ``n_gpu_layers`` (GPU offload; -1 = all, needs a GPU build of llama.cpp),
     ``chat_format`` (``"vicuna"``/``"alpaca"`` plain prompts, or a llama.cpp chat format
     name; default: the model's own template, else ``"vicuna"``), ``seed``, and
@@ -123,7 +124,7 @@ class LlamaCppBackend(ModelBackend):
         model_name: str,
         *,
         n_ctx: int = 4096,
-        n_threads: int | None = None,
+        n_threads: int | str | None = None,
         n_gpu_layers: int = 0,
         chat_format: str | None = None,
         seed: int | None = None,
@@ -140,7 +141,9 @@ class LlamaCppBackend(ModelBackend):
         if not isinstance(n_ctx, int) or n_ctx < 64:
             raise ConfigError(f"n_ctx must be an integer of at least 64, got {n_ctx!r}.")
         self.n_ctx = n_ctx
-        self.n_threads = n_threads or default_threads()
+        fixed = thread_option(n_threads)
+        self._chooser = ThreadChooser() if fixed is None else None
+        self.n_threads = fixed or physical_cores()  # the count in use (set per request when adaptive)
         self.kv_cache_bytes = byte_option("kv_cache_bytes", kv_cache_bytes, default_capacity())
         self.kv_cache_disk_bytes = byte_option("kv_cache_disk_bytes", kv_cache_disk_bytes, DEFAULT_DISK_BYTES)
         self.kv_cache_dir = cache_dir_option(kv_cache_dir)
@@ -183,6 +186,8 @@ class LlamaCppBackend(ModelBackend):
             "n_gpu_layers": self.n_gpu_layers,
             "verbose": self.verbose,
         }
+        if self._chooser is not None:  # adaptive: prompt evaluation follows the same count
+            options["n_threads_batch"] = self.n_threads
         if self.seed is not None:
             options["seed"] = self.seed
         if self.chat_format and not plain:
@@ -221,6 +226,8 @@ class LlamaCppBackend(ModelBackend):
                 target=self._serve, name=f"oblix-llama-{self.model_name}", daemon=True
             )
             self._worker.start()
+            if self._chooser is not None:
+                self._chooser.start()
 
     def _import_checked(self) -> Any:
         """llama_cpp, imported (it loads the native library); warns if GPU layers cannot apply."""
@@ -255,6 +262,7 @@ class LlamaCppBackend(ModelBackend):
     def _parts(self, request: GenerationRequest, stop: threading.Event) -> Iterator[StreamChunk]:
         """Generate in the calling (worker) thread; checks ``stop`` before every token."""
         llama = self._llama
+        self._set_threads(llama)
         if self._cache is not None:
             self._cache.last = None  # set when llama.cpp starts on the prompt
         params: dict[str, Any] = {k: v for k, v in request.options.items() if k in _LLAMA_OPTIONS}
@@ -298,6 +306,15 @@ class LlamaCppBackend(ModelBackend):
         use = self._cache.last if self._cache is not None else None
         info = {"prompt_cache": use.as_dict()} if use is not None else None
         yield StreamChunk(usage=Usage(prompt_tokens, output), finish_reason=finish, info=info)
+
+    def _set_threads(self, llama: Any) -> None:
+        """Adaptive threads: this request's count, given to llama.cpp if it changed."""
+        if self._chooser is None:
+            return
+        wanted = self._chooser.choose()
+        if wanted != self.n_threads:
+            llama._ctx.set_n_threads(wanted, wanted)  # llama_set_n_threads: applies from the next eval
+            self.n_threads = wanted
 
     @property
     def busy(self) -> bool:
@@ -393,6 +410,8 @@ class LlamaCppBackend(ModelBackend):
         if worker is not None:
             self._jobs.put(None)  # after the queued generations
             await anyio.to_thread.run_sync(worker.join)
+        if self._chooser is not None:
+            await anyio.to_thread.run_sync(self._chooser.stop)
         if llama is not None:
             llama.close()
 
@@ -400,6 +419,7 @@ class LlamaCppBackend(ModelBackend):
         return super().describe() | {
             "path": str(self.model_path) if self.model_path else f"(packaged {DEFAULT_MODEL})",
             "n_threads": self.n_threads,
+            "threads": self._chooser.describe() if self._chooser is not None else {"mode": "fixed"},
             "n_gpu_layers": self.n_gpu_layers,
             "gpu_offload_supported": self.gpu_offload,
             "prompt_format": getattr(self._plain, "__name__", None) or self.chat_format or "model template",

@@ -11,7 +11,8 @@ from oblix.plugin import ConfigError
 
 
 def default_threads(physical: int | None = None) -> int:
-    """The default ``n_threads``: every physical core but one, at least one.
+    """Every physical core but one, at least one: the fixed default before adaptive threads
+    (:mod:`oblix_llamacpp.threads`), kept as the benchmarks' "today's default" peer.
 
     llama.cpp's threads spin while they wait for each other, so one more thread than
     there are free cores costs far more than the thread brings: on a 2-core machine
@@ -21,6 +22,20 @@ def default_threads(physical: int | None = None) -> int:
     """
     cores = physical if physical is not None else psutil.cpu_count(logical=False) or 1
     return max(1, cores - 1)
+
+
+def thread_option(value: object) -> int | None:
+    """``n_threads``: a whole number of at least 1 (fixed), or None/``"auto"`` (adaptive: None)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"n_threads must be a whole number of at least 1, or 'auto' (the default: chosen per "
+            f"request from the machine's load), got {value!r}."
+        )
+    return value
 
 
 def byte_option(name: str, value: object, default: int) -> int:
