@@ -48,16 +48,22 @@ COLUMNS = [
     "--versus", metavar="MODEL", help="Reference cloud model for 'saved' (default: the configured one)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--repair", is_flag=True, help="Move a damaged ledger aside; start afresh with what it still holds."
+)
 @handle_errors
-def usage(since: str, by: str | None, versus: str | None, as_json: bool) -> None:
+def usage(since: str, by: str | None, versus: str | None, as_json: bool, repair: bool) -> None:
     """What was answered, locally and in the cloud, what it cost and what it saved.
 
     'saved' is what the same tokens would have cost on the reference cloud model, less
     what they cost. Read from the session store's usage ledger (shared by every host on
-    a shared store).
+    a shared store). --repair sets a damaged ledger right (see docs/usage.md).
     """
     client = make_client()
     try:
+        if repair:
+            click.echo(client.usage_ledger.repair())
+            return
         report = client.usage(since=since, by=by, versus=versus)
     finally:
         client.usage_ledger.close()

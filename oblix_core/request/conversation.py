@@ -211,9 +211,7 @@ class ResponseStream:
             plan, checks = await self._plan()
             done: Done | None = None
             try:
-                spending = Spending(
-                    budget.record, engine.pricing, self.request, plan.rule, plan.reason, budget.reader
-                )
+                spending = Spending.of(budget, engine.pricing, self.request, plan)
                 run = engine.executor.run(plan.candidates, self.request, plan.fits, spending)
                 async with aclosing(run) as events:
                     async for event in events:

@@ -307,12 +307,7 @@ class Executor:
         """Yield :class:`Attempting` before each try, answer text as it streams, then one
         :class:`Done`. The candidates run in the order given: a screened plan's (see
         :meth:`screen`), which already skips cooling models; with its ``fits`` each sends
-        its planned messages (see :func:`_planned`).
-
-        ``spending`` (:mod:`oblix_core.usage.spending`) is told when the reader is handed text
-        and when a cloud model produced part of an answer that ends without a :class:`Done`:
-        interrupted by a failure, or abandoned because the reader stopped (closed or
-        cancelled the stream)."""
+        its planned messages (see :func:`_planned`). ``spending``: see :meth:`_streamed`."""
         attempts: list[Attempt] = []
         for model in candidates:
             try:
@@ -322,22 +317,17 @@ class Executor:
             except (PermanentModelError, ConfigError) as exc:  # cannot load, or the prompt cannot fit
                 attempts.append(Attempt(model.model_id, secrets.scrub(str(exc)), 0.0))
                 continue
-            tries = 0
-            retrimmed = False
+            tries, retrimmed = 0, False
             while True:
                 tries += 1
                 answer = _Answer(started=time.monotonic())
                 yield Attempting(model)
                 try:
-                    async with aclosing(self.attempt(model, trimmed, answer)) as texts:
+                    async with aclosing(self._streamed(model, trimmed, answer, attempts, spending)) as texts:
                         async for text in texts:
-                            _reader(spending, True)
                             yield text
-                            _reader(spending, False)
                 except Exception as exc:
                     error = _as_model_error(model, exc)
-                    if answer.parts:  # no other try follows: what it produced is spent
-                        _report(spending, model, trimmed, answer, attempts, f"interrupted: {error}")
                     attempts.append(Attempt(model.model_id, str(error), _elapsed_ms(answer.started)))
                     retry = not answer.parts and self._retry(error, tries, model)
                     gave_up = isinstance(error, TransientModelError) and not retry
@@ -352,20 +342,11 @@ class Executor:
                             break
                         continue
                     if answer.parts:
-                        raise StreamInterruptedError(
-                            f"{model.model_id} failed after streaming part of its answer: {error}",
-                            model_id=model.model_id,
-                            partial=answer.text,
-                        ) from None
+                        raise _interrupted(model, error, answer.text) from None
                     if retry:
                         await anyio.sleep(max(self.settings.backoff(tries), _asked_wait(error)))
                         continue
                     break
-                except BaseException:  # the consumer closed the stream or was cancelled
-                    if answer.parts or answer.calls:
-                        why = "abandoned: the reader stopped before the end of the answer"
-                        _report(spending, model, trimmed, answer, attempts, why)
-                    raise
                 self.breaker.record_success(model.model_id)
                 attempts.append(Attempt(model.model_id, None, _elapsed_ms(answer.started)))
                 metrics = _metrics(model, trimmed, answer, attempts, (fits or {}).get(model.model_id))
@@ -373,6 +354,34 @@ class Executor:
                 yield Done(model, answer.text, metrics, tuple(attempts), tuple(answer.tool_calls))
                 return
         raise _no_model(attempts)
+
+    async def _streamed(
+        self,
+        model: ModelBackend,
+        request: Request,
+        answer: _Answer,
+        attempts: list[Attempt],
+        spending: Spending | None,
+    ) -> AsyncGenerator[str, None]:
+        """:meth:`attempt`'s text, telling ``spending`` (:mod:`oblix_core.usage.spending`) when
+        the reader is handed text, and what a cloud model produced when its answer ends without
+        completing: interrupted by a failure, or abandoned by the reader (closed or cancelled)."""
+        try:
+            async with aclosing(self.attempt(model, request, answer)) as texts:
+                async for text in texts:
+                    _reader(spending, True)
+                    yield text
+                    _reader(spending, False)
+        except Exception as exc:
+            if answer.parts:  # no other try follows: what it produced is spent
+                why = f"interrupted: {_as_model_error(model, exc)}"
+                _report(spending, model, request, answer, attempts, why)
+            raise
+        except BaseException:  # the reader closed the stream or was cancelled
+            if answer.parts or answer.calls:
+                why = "abandoned: the reader stopped before the end of the answer"
+                _report(spending, model, request, answer, attempts, why)
+            raise
 
     def _retry(self, error: ModelError, tries: int, model: ModelBackend) -> bool:
         """Whether to try ``model`` again on this request."""
@@ -440,6 +449,15 @@ def _learned_smaller_window(model: ModelBackend, error: ModelError) -> bool:
         return False
     model.learned_context_window = window
     return True
+
+
+def _interrupted(model: ModelBackend, error: ModelError, partial: str) -> StreamInterruptedError:
+    """A failure after part of the answer was delivered: not retried, not sent elsewhere."""
+    return StreamInterruptedError(
+        f"{model.model_id} failed after streaming part of its answer: {error}",
+        model_id=model.model_id,
+        partial=partial,
+    )
 
 
 def _elapsed_ms(since: float) -> float:

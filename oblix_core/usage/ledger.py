@@ -58,6 +58,18 @@ GROUPINGS = ("model", "day", "session")
 DEFAULT_VERSUS = "openai:gpt-4o-mini"
 
 
+class LedgerDamagedError(OblixError):
+    """The usage ledger's file (``path``) is damaged: the message names it and says what to do."""
+
+    def __init__(self, path: object, detail: str) -> None:
+        super().__init__(
+            f"The usage ledger {path} is damaged ({detail}). Run `oblix usage --repair` to move it "
+            "aside and start a fresh ledger with every record still readable (or move the file away "
+            "yourself; its spending then no longer counts)."
+        )
+        self.path = path
+
+
 def table_price(model_name: str) -> tuple[float, float] | None:
     """The built-in price of a cloud model name (exact, else the longest matching prefix)."""
     if model_name in PRICES:
@@ -227,6 +239,11 @@ class UsageLedger(abc.ABC):
     def recent(self, limit: int = 50) -> list[UsageRecord]:
         """The latest records, newest first (at least the last ``limit`` the ledger keeps)."""
 
+    def repair(self) -> str:
+        """Set a damaged ledger right (``oblix usage --repair``) and say what was done; ledgers
+        that cannot be damaged that way say so."""
+        return f"The {self.name or type(self).__name__} usage ledger has nothing to repair."
+
     def identity(self) -> str:
         """Names the shared ledger (the same for every instance on the same data)."""
         return f"{self.name}:{id(self)}"
@@ -241,7 +258,13 @@ def parse_since(text: str, today: date | None = None) -> date:
     value = text.strip().lower()
     units = {"d": 1, "w": 7, "m": 30}
     if value[-1:] in units and value[:-1].isdigit() and int(value[:-1]) > 0:
-        return today - timedelta(days=int(value[:-1]) * units[value[-1]] - 1)
+        try:
+            return today - timedelta(days=int(value[:-1]) * units[value[-1]] - 1)
+        except OverflowError:  # further back than year 1
+            raise OblixError(
+                f"--since {text!r} reaches back before the year 1; give fewer days, weeks or months, "
+                "or a date like 2025-01-31."
+            ) from None
     try:
         return date.fromisoformat(value)
     except ValueError:

@@ -40,6 +40,12 @@ class Spending:
     #: Told ``True`` when text was handed to the reader, ``False`` when it asks for more.
     reader: Callable[[bool], None] = _nothing
 
+    @classmethod
+    def of(cls, budget: Any, pricing: Pricing, request: Any, plan: Any) -> Spending:
+        """For ``request`` routed by ``plan`` (its rule and reason), recorded through ``budget``
+        (a :class:`~oblix_core.request.budgets.BudgetGuard`: its ``record`` and ``reader``)."""
+        return cls(budget.record, pricing, request, plan.rule, plan.reason, budget.reader)
+
     def spent(self, model: ModelBackend, metrics: dict[str, Any], why: str) -> None:
         """Record the usage of ``model``'s unfinished answer (``metrics``: the executor's)."""
         cost = self.pricing.cost(

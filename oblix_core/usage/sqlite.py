@@ -5,6 +5,11 @@ One row per answered request (the request id is the key, so a repeated record co
 once), indexed by day and by session: totals over months are one indexed ``GROUP BY``.
 WAL mode; several processes on one machine write it at once (SQLite's own locking).
 Unlike the session index this file is not a cache: it is the only copy of the ledger.
+
+Writes are all-or-nothing: a batch is one ``BEGIN IMMEDIATE`` transaction, rolled back
+whole if any row fails. A damaged file raises :class:`LedgerDamagedError` naming it;
+:meth:`SqliteUsageLedger.repair` (``oblix usage --repair``) moves it aside and starts a fresh
+ledger with every row that could still be read from it.
 """
 
 from __future__ import annotations
@@ -16,11 +21,11 @@ import stat
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from oblix_core.usage.ledger import UsageLedger, UsageRecord, UsageTotals
+from oblix_core.usage.ledger import LedgerDamagedError, UsageLedger, UsageRecord, UsageTotals
 from oblix_core.usage.writer import write_behind
 
 if TYPE_CHECKING:
@@ -41,7 +46,8 @@ CREATE TABLE IF NOT EXISTS usage (
     cost_usd REAL NOT NULL,
     rule TEXT NOT NULL,
     reason TEXT NOT NULL,
-    tokens_estimated INTEGER NOT NULL
+    tokens_estimated INTEGER NOT NULL,
+    error TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS usage_day ON usage (day);
 CREATE INDEX IF NOT EXISTS usage_session ON usage (session_id, day);
@@ -50,7 +56,7 @@ CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
 
 _COLUMNS = (
     "request_id, ts, session_id, model_id, local, input_tokens, output_tokens, cached_tokens, "
-    "latency_ms, cost_usd, rule, reason, tokens_estimated"
+    "latency_ms, cost_usd, rule, reason, tokens_estimated, error"
 )
 _SUMS = (
     "COUNT(*), COALESCE(SUM(local), 0), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), "
@@ -58,9 +64,11 @@ _SUMS = (
 )
 _INSERT = (
     "INSERT OR IGNORE INTO usage (request_id, ts, day, session_id, model_id, local, input_tokens, "
-    "output_tokens, cached_tokens, latency_ms, cost_usd, rule, reason, tokens_estimated) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "output_tokens, cached_tokens, latency_ms, cost_usd, rule, reason, tokens_estimated, error) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+#: Words of SQLite's messages for a file that is not (or no longer) a sound database.
+_DAMAGE = ("not a database", "malformed", "corrupt", "disk image")
 _GROUP = {"model": "model_id", "day": "day", "session": "COALESCE(session_id, '(no session)')"}
 
 
@@ -80,7 +88,36 @@ def _row(record: UsageRecord) -> tuple[object, ...]:
         record.rule,
         record.reason,
         int(record.tokens_estimated),
+        record.error,
     )
+
+
+def _record(r: Sequence[Any]) -> UsageRecord:
+    """A record from a row of ``_COLUMNS``."""
+    return UsageRecord(
+        request_id=r[0],
+        timestamp=r[1],
+        session_id=r[2],
+        model_id=r[3],
+        local=bool(r[4]),
+        input_tokens=r[5],
+        output_tokens=r[6],
+        cached_tokens=r[7],
+        latency_ms=r[8],
+        cost_usd=r[9],
+        rule=r[10],
+        reason=r[11],
+        tokens_estimated=bool(r[12]),
+        error=r[13],
+    )
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Add the columns a ledger written by an older Oblix lacks."""
+    names = {row[1] for row in db.execute("PRAGMA table_info(usage)")}
+    if "error" not in names:
+        with contextlib.suppress(sqlite3.OperationalError):  # another process added it first
+            db.execute("ALTER TABLE usage ADD COLUMN error TEXT NOT NULL DEFAULT ''")
 
 
 def _private(path: Path) -> None:
@@ -110,21 +147,31 @@ class SqliteUsageLedger(UsageLedger):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _private(self.path)
         db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        with self._lock:
-            if not self._ready:
-                db.executescript(_SCHEMA)
-                self._ready = True
-            self._all.append(db)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            with self._lock:
+                if not self._ready:
+                    db.executescript(_SCHEMA)
+                    _migrate(db)
+                    self._ready = True
+                self._all.append(db)
+        except BaseException:
+            db.close()
+            raise
         return db
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = self._local.db = self._connect()
-        yield db
+        try:
+            db = getattr(self._local, "db", None)
+            if db is None:
+                db = self._local.db = self._connect()
+            yield db
+        except sqlite3.DatabaseError as exc:
+            if any(word in str(exc).lower() for word in _DAMAGE):
+                raise LedgerDamagedError(self.path, str(exc)) from None
+            raise
 
     def record(self, record: UsageRecord) -> None:
         self.record_many((record,))
@@ -163,24 +210,28 @@ class SqliteUsageLedger(UsageLedger):
     def recent(self, limit: int = 50) -> list[UsageRecord]:
         with self._db() as db:
             rows = db.execute(f"SELECT {_COLUMNS} FROM usage ORDER BY ts DESC LIMIT ?", (limit,)).fetchall()
-        return [
-            UsageRecord(
-                request_id=r[0],
-                timestamp=r[1],
-                session_id=r[2],
-                model_id=r[3],
-                local=bool(r[4]),
-                input_tokens=r[5],
-                output_tokens=r[6],
-                cached_tokens=r[7],
-                latency_ms=r[8],
-                cost_usd=r[9],
-                rule=r[10],
-                reason=r[11],
-                tokens_estimated=bool(r[12]),
-            )
-            for r in rows
-        ]
+        return [_record(r) for r in rows]
+
+    def repair(self) -> str:
+        """Move the ledger file aside (``<name>.damaged-<UTC time>``) and start a fresh one with
+        every record that can still be read from it; say what was done."""
+        self.close()
+        if not self.path.exists():
+            return f"{self.path}: no ledger file; nothing to repair."
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
+        with self._lock:
+            self._ready = False
+        saved = _readable(aside)
+        if saved:
+            self.record_many(saved)
+        return (
+            f"Moved the damaged usage ledger to {aside} and started a fresh {self.path} with the "
+            f"{len(saved)} record(s) that could still be read."
+        )
 
     def identity(self) -> str:
         return f"sqlite:{self.path.resolve()}"
@@ -191,6 +242,26 @@ class SqliteUsageLedger(UsageLedger):
         for db in connections:
             db.close()
         self._local = threading.local()
+
+
+def _readable(path: Path) -> list[UsageRecord]:
+    """The records that can still be read from a damaged ledger file (none if it is no database)."""
+    found: list[UsageRecord] = []
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error:
+        return found
+    try:
+        names = {row[1] for row in db.execute("PRAGMA table_info(usage)")}
+        columns = _COLUMNS if "error" in names else _COLUMNS.replace(", error", ", ''")
+        for row in db.execute(f"SELECT {columns} FROM usage"):
+            with contextlib.suppress(TypeError, ValueError):
+                found.append(_record(row))
+    except sqlite3.Error:
+        pass  # what was read before the damage is kept
+    finally:
+        db.close()
+    return found
 
 
 def ledger_for(store: SessionStore, home: Path) -> UsageLedger:

@@ -155,6 +155,11 @@ class WriteBehindLedger(UsageLedger):
     def identity(self) -> str:
         return self._identity
 
+    def repair(self) -> str:
+        """Write what is queued (what fails is logged), then repair the ledger."""
+        self.flush()
+        return self.ledger.repair()
+
     def close(self) -> None:
         """Write what is queued, then close the ledger (a record after this is written at once)."""
         with self._changed:

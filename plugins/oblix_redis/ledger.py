@@ -13,6 +13,11 @@ Cluster too)::
     <prefix>{#usage}:id:<request>   marks a recorded request for a day: a retried record
                                     counts once
 
+A record is all-or-nothing: the script checks every amount (integers of at most 15 digits,
+finite non-negative floats) and the keys' types before its first write, and sets the
+request-id marker last, so a record it refuses leaves nothing behind — no request counted
+without its tokens, no marker that would make a corrected retry count as done.
+
 ``totals`` reads one hash per day (only the seven total fields unless grouped by model or
 session), so months of data cost a few dozen small reads whatever the traffic.
 """
@@ -27,8 +32,28 @@ from typing import Any
 from oblix.plugin import UsageLedger, UsageRecord, UsageTotals, group_key
 
 _RECORD = """
-if redis.call('SET', KEYS[4], '1', 'NX', 'EX', 86400) == false then return 0 end
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+local kinds = {'hash', 'zset', 'hash', 'string', 'stream'}
+for k = 1, 5 do
+  local t = redis.call('TYPE', KEYS[k])['ok']
+  if t ~= 'none' and t ~= kinds[k] then
+    return redis.error_reply('usage key ' .. KEYS[k] .. ' holds a ' .. t .. ', not a ' .. kinds[k])
+  end
+end
+local function amount(field, value)
+  if string.sub(field, -5) == '|cost' or string.sub(field, -4) == '|lat' or field == '' then
+    local x = tonumber(value)
+    return x ~= nil and x == x and x >= 0 and x < 1e15
+  end
+  return string.match(value, '^%d+$') ~= nil and string.len(value) <= 15
+end
 local n = (#ARGV - 6) / 2
+if not amount('', ARGV[4]) then return redis.error_reply('usage record: bad session cost ' .. ARGV[4]) end
+for i = 0, n - 1 do
+  if not amount(ARGV[6 + 2 * i], ARGV[7 + 2 * i]) then
+    return redis.error_reply('usage record: bad amount ' .. ARGV[6 + 2 * i] .. '=' .. ARGV[7 + 2 * i])
+  end
+end
 for i = 0, n - 1 do
   local field, amount = ARGV[6 + 2 * i], ARGV[7 + 2 * i]
   if string.sub(field, -5) == '|cost' or string.sub(field, -4) == '|lat' then
@@ -40,6 +65,7 @@ end
 redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
 if ARGV[3] ~= '' then redis.call('HINCRBYFLOAT', KEYS[3], ARGV[3], ARGV[4]) end
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', 'r', ARGV[#ARGV])
+redis.call('SET', KEYS[4], '1', 'EX', 86400)
 return 1
 """
 
