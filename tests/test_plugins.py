@@ -64,8 +64,8 @@ def test_disable_and_allow_lists(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OBLIX_DISABLE_PLUGINS", "file")
     assert "file" not in {i.name for i in plugin_infos(build_plugin_manager())}
     monkeypatch.delenv("OBLIX_DISABLE_PLUGINS")
-    monkeypatch.setenv("OBLIX_LOAD_PLUGINS", "")  # none but the embedded default store
-    assert {i.name for i in plugin_infos(build_plugin_manager())} == {"oblix_core.routing", "file"}
+    monkeypatch.setenv("OBLIX_LOAD_PLUGINS", "")  # none at all, not even the default store
+    assert {i.name for i in plugin_infos(build_plugin_manager())} == {"oblix_core.routing"}
     monkeypatch.setenv("OBLIX_LOAD_PLUGINS", "openai")  # an allow-list never drops the file store
     assert {i.name for i in plugin_infos(build_plugin_manager())} == {"oblix_core.routing", "file", "openai"}
 

@@ -54,9 +54,13 @@ FIRST_PARTY: dict[str, tuple[str, tuple[str, ...]]] = {
     "redis": ("redis", ("redis",)),
     "s3": ("s3", ("s3",)),
     "server": ("server", ("server",)),
+    "docs": ("docs", ("local", "sqlite")),
+    "pgvector": ("pgvector", ("pgvector",)),
 }
-#: Loaded whatever OBLIX_LOAD_PLUGINS says (only OBLIX_DISABLE_PLUGINS skips it): the
-#: embedded default store.
+#: Part kinds registered as factories and checked when built.
+DOCUMENT_PARTS = frozenset({"Embedder", "Document index", "Document reader"})
+#: Loaded beside any allow-list in OBLIX_LOAD_PLUGINS (an empty one loads nothing; only
+#: OBLIX_DISABLE_PLUGINS skips it otherwise): the embedded default store.
 ESSENTIAL = frozenset({"file"})
 STRICT_ENV = "OBLIX_STRICT_PLUGINS"
 #: Failures already logged by this process (plugins load once per client and per command).
@@ -94,7 +98,7 @@ def _selected(eps: Iterable[EntryPoint]) -> list[EntryPoint]:
     return [
         ep
         for ep in eps
-        if (allow is None or ep.name in allow or ep.name in ESSENTIAL) and ep.name not in deny
+        if (allow is None or ep.name in allow or (allow and ep.name in ESSENTIAL)) and ep.name not in deny
     ]
 
 
@@ -221,8 +225,8 @@ def _check_hooks(pm: OblixPluginManager) -> None:
 def build_plugin_manager(extra_plugins: Iterable[object] = ()) -> OblixPluginManager:
     """A plugin manager with the core's hooks, the selected entry points and ``extra_plugins``.
 
-    ``OBLIX_LOAD_PLUGINS`` (comma-separated entry-point names; empty loads none but the
-    file store) and ``OBLIX_DISABLE_PLUGINS`` select which entry points load. A plugin
+    ``OBLIX_LOAD_PLUGINS`` (comma-separated entry-point names, plus the file store; empty
+    loads none at all) and ``OBLIX_DISABLE_PLUGINS`` select which entry points load. A plugin
     whose optional package is missing, or that fails to import, is skipped and recorded
     in ``pm.skipped`` (``oblix plugins`` shows it); ``OBLIX_STRICT_PLUGINS=1`` makes a
     failure an error. Plugins passed in ``extra_plugins`` are the caller's own: an unknown
@@ -297,6 +301,10 @@ REQUIRED: dict[str, tuple[type, tuple[str, ...]]] = {
 
 def _check_part(kind: str, name: str, obj: Any) -> None:
     """Refuse ``obj`` unless it is the right kind of part with every required method."""
+    if kind in DOCUMENT_PARTS:  # factories, checked when the part is built (oblix_core.documents)
+        if not callable(obj):
+            raise PluginError(f"{kind} {name!r} must be callable (a class or a factory), got {obj!r}.")
+        return
     base, required = REQUIRED[kind]
     if kind == "Session store":  # a factory: a class is checked now, a function when it has built one
         if not callable(obj):
@@ -352,6 +360,10 @@ class Registry:
     models: dict[str, type[ModelBackend]] = attrs.field(factory=dict)
     agents: dict[str, type[BaseAgent]] = attrs.field(factory=dict)
     stores: dict[str, Callable[..., SessionStore]] = attrs.field(factory=dict)
+    #: Documents: embedder, index and reader factories (``oblix_core.documents``).
+    embedders: dict[str, Callable[..., Any]] = attrs.field(factory=dict)
+    document_indexes: dict[str, Callable[..., Any]] = attrs.field(factory=dict)
+    document_readers: dict[str, Callable[..., Any]] = attrs.field(factory=dict)
     #: (kind, name) -> the plugin that registered it (for messages).
     owners: dict[tuple[str, str], str] = attrs.field(factory=dict)
 
@@ -366,6 +378,9 @@ class Registry:
             (pm.hook.oblix_register_models, "Model backend", reg.models),
             (pm.hook.oblix_register_agents, "Agent", reg.agents),
             (pm.hook.oblix_register_session_stores, "Session store", reg.stores),
+            (pm.hook.oblix_register_embedders, "Embedder", reg.embedders),
+            (pm.hook.oblix_register_document_indexes, "Document index", reg.document_indexes),
+            (pm.hook.oblix_register_document_readers, "Document reader", reg.document_readers),
         )
         by_plugin: dict[str, list[tuple[dict[str, Any], str]]] = {}
         for caller, kind, table in hooks:
