@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds allowed for closing a stream (stopping the model) after the client left.
 CLOSE_TIMEOUT = 5.0
+#: Request bodies up to this size are parsed and checked on the event loop (well under a
+#: millisecond); larger ones in a worker thread, so that the loop keeps serving meanwhile.
+INLINE_BODY = 64 * 1024
 
 
 class _Disconnected(Exception):
@@ -78,8 +81,7 @@ async def chat_completions(request: Request) -> Response:
     request_id: str = request.scope["state"]["request_id"]
     stream: ResponseStream | None = None
     try:
-        chat = parse_chat_request(await read_body(request, state.settings.max_body_bytes))
-        call = build_call(state.client, chat, request.headers, state.settings.store_all)
+        chat, call = await _prepare(request, state)
         await check_privacy(state.client, call)
         await state.limiter.acquire()
     except APIError as exc:
@@ -106,6 +108,19 @@ async def chat_completions(request: Request) -> Response:
     finally:
         if not handed_over:
             state.limiter.release()
+
+
+async def _prepare(request: Request, state: ServerState) -> tuple[ChatRequest, Call]:
+    """The checked request and its call; a large body is parsed in a worker thread."""
+    body = await read_body(request, state.settings.max_body_bytes)
+
+    def prepare() -> tuple[ChatRequest, Call]:
+        chat = parse_chat_request(body, state.settings.max_messages)
+        return chat, build_call(state.client, chat, request.headers, state.settings.store_all)
+
+    if len(body) <= INLINE_BODY:
+        return prepare()
+    return await anyio.to_thread.run_sync(prepare)
 
 
 async def _answer_whole(request: Request, call: Call, stream: ResponseStream) -> Response:

@@ -16,6 +16,7 @@ import attrs
 
 from oblix.plugin import ChatMessage
 from oblix_server.errors import APIError
+from oblix_server.settings import DEFAULT_MESSAGE_LIMIT
 
 #: The longest answer a request may ask for (the core's own limit too).
 MAX_ANSWER_TOKENS = 10_000_000
@@ -122,13 +123,21 @@ def _message(message: dict[str, Any], i: int, role: str) -> ChatMessage:
     return ChatMessage(role, _content(message, i), tuple(calls) if calls else None, call_id)
 
 
-def _messages(raw: Any) -> tuple[ChatMessage, ...]:
+def _messages(raw: Any, most: int) -> tuple[ChatMessage, ...]:
     if raw is None:
         raise _bad("'messages' is required: a list of {'role': ..., 'content': ...} objects.", "messages")
     if not isinstance(raw, list):
         raise _bad(f"'messages' must be a list, got {type(raw).__name__}.", "messages")
     if not raw:
         raise _bad("'messages' is empty; send at least one user message.", "messages", 422)
+    if len(raw) > most:
+        raise APIError(
+            413,
+            f"'messages' has {len(raw):,} messages; this server takes at most {most:,} per request "
+            "(--max-messages). Send a shorter conversation, or keep it in a session (X-Oblix-Session-Id).",
+            code="too_many_messages",
+            param="messages",
+        )
     messages = []
     for i, message in enumerate(raw):
         if not isinstance(message, dict):
@@ -216,8 +225,9 @@ def _stream_fields(body: dict[str, Any]) -> tuple[bool, bool]:
     return stream, usage
 
 
-def parse_chat_request(raw: bytes) -> ChatRequest:
-    """Parse and check a request body; raises :class:`APIError` (400 or 422)."""
+def parse_chat_request(raw: bytes, max_messages: int = DEFAULT_MESSAGE_LIMIT) -> ChatRequest:
+    """Parse and check a request body; raises :class:`APIError` (400 or 422; 413 beyond
+    ``max_messages`` messages)."""
     try:
         body = json.loads(raw)
     except RecursionError:
@@ -245,7 +255,7 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         raise _bad("'tool_choice' needs 'tools'.", "tool_choice", 422)
     return ChatRequest(
         model=model,
-        messages=_messages(body.get("messages")),
+        messages=_messages(body.get("messages"), max_messages),
         stream=stream,
         include_usage=include_usage,
         temperature=_number(body, "temperature", 0.0, 2.0),

@@ -15,7 +15,7 @@ DEFAULT_BODY_LIMIT = 4 * 1024 * 1024
 #: Default largest request head (request line and headers), in bytes (16 KiB, h11's own default).
 DEFAULT_HEADER_LIMIT = 16 * 1024
 #: Default largest number of messages in one chat request.
-DEFAULT_MESSAGE_LIMIT = 4096
+DEFAULT_MESSAGE_LIMIT = 2048
 #: Environment variable that may hold the API key (``--api-key`` wins).
 KEY_ENV = "OBLIX_SERVER_API_KEY"
 #: The HTTP/1.1 implementations ``oblix server --http`` offers; ``auto`` is httptools when installed.

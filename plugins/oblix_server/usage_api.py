@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from oblix.plugin import OblixClient, OblixError, SessionNotFoundError
+from oblix.plugin import ConfigError, OblixClient, OblixError, SessionNotFoundError
 from oblix_server.errors import APIError
 from oblix_server.metrics import Observer
 
@@ -59,9 +59,20 @@ async def usage(request: Request) -> Response:
         report = await anyio.to_thread.run_sync(
             lambda: _client(request).usage(since=since, by=by, versus=versus)
         )
+    except OverflowError:  # a period reaching before year 1
+        message = f"since={since!r} reaches out of the calendar's range: use a shorter period, or a date."
+        raise APIError(400, message, code="invalid_usage_query", param="since") from None
     except OblixError as exc:
-        raise APIError(400, str(exc), code="invalid_usage_query") from None
+        raise usage_error(exc) from None
     return JSONResponse(report)
+
+
+def usage_error(exc: OblixError) -> APIError:
+    """A query the core refused is the client's to fix (400); any other core error reading the
+    ledger (a damaged or unreadable ledger, whose message names it) is the server's (503)."""
+    if type(exc) in (OblixError, ConfigError):
+        return APIError(400, str(exc), code="invalid_usage_query")
+    return APIError(503, str(exc), code="usage_ledger_unavailable")
 
 
 async def metrics(request: Request) -> Response:
