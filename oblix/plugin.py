@@ -22,6 +22,8 @@ Shared state:     HealthStore, IdempotencyRecords, KeyedRecord, FileIdempotencyR
 Usage ledgers:    UsageLedger, UsageRecord, UsageTotals, SqliteUsageLedger, group_key, total_by
 Routing, middleware: RouteRequest, RoutingPlan, Request, ROUTING_PREFERENCES, new_request_id,
                   session_is_local_only, decide_local_only, LocalOnly
+Documents:        Embedder, DocumentIndex, DocumentReader, TextBlock, Chunk, DocumentEntry,
+                  SearchHit, Workspace, DocumentError, EmbedderError, UnreadableDocumentError
 Secrets:          redact_url, scrub_secrets, remember_secret
 Options as text:  parse_flag
 Errors:           OblixError, ConfigError, PluginError, SessionError, InvalidSessionIdError,
@@ -46,6 +48,13 @@ from typing import Any
 from oblix_core.agents import AgentCheck, AgentState, BaseAgent, Target
 from oblix_core.client import OblixClient
 from oblix_core.config.settings import oblix_home
+from oblix_core.documents.errors import (
+    DocumentError,
+    EmbedderError,
+    UnreadableDocumentError,
+)
+from oblix_core.documents.parts import DocumentIndex, DocumentReader, Embedder
+from oblix_core.documents.records import Chunk, DocumentEntry, SearchHit, TextBlock, Workspace
 from oblix_core.errors import (
     ConfigError,
     ContextWindowExceededError,
@@ -138,8 +147,15 @@ __all__ = [
     "AgentState",
     "BaseAgent",
     "ChatMessage",
+    "Chunk",
     "ConfigError",
     "ContextWindowExceededError",
+    "DocumentEntry",
+    "DocumentError",
+    "DocumentIndex",
+    "DocumentReader",
+    "Embedder",
+    "EmbedderError",
     "ExchangeNotStoredError",
     "FileIdempotencyRecords",
     "GenerationRequest",
@@ -163,6 +179,7 @@ __all__ = [
     "ResponseStream",
     "RouteRequest",
     "RoutingPlan",
+    "SearchHit",
     "SessionChanges",
     "SessionCorruptedError",
     "SessionError",
@@ -174,11 +191,14 @@ __all__ = [
     "StreamChunk",
     "StreamInterruptedError",
     "Target",
+    "TextBlock",
     "TransientModelError",
+    "UnreadableDocumentError",
     "Usage",
     "UsageLedger",
     "UsageRecord",
     "UsageTotals",
+    "Workspace",
     "command_client",
     "connection_error",
     "decide_local_only",

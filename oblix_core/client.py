@@ -21,6 +21,7 @@ from oblix_core.config.settings import (
     model_arguments,
     oblix_home,
 )
+from oblix_core.documents.api import DocumentsAPI
 from oblix_core.errors import ConfigError, OblixError, PluginError
 from oblix_core.models.backend import ChatMessage, ModelBackend, ModelType
 from oblix_core.plugins.contract import check_methods
@@ -103,7 +104,7 @@ async def _warm(model: ModelBackend) -> None:
         log.warning("%s could not be prepared: %s", model.model_id, exc)
 
 
-class OblixClient(SessionsAPI, Compat012):
+class OblixClient(SessionsAPI, Compat012, DocumentsAPI):
     """The Oblix SDK entry point.
 
     ``OblixClient()`` uses ``$OBLIX_HOME/config.toml`` when present and the file session
@@ -408,6 +409,7 @@ class OblixClient(SessionsAPI, Compat012):
             check_text(system, "The system prompt")
         if routing.get("history") is not None and session_id is not None:
             raise OblixError("Pass either session_id (stored history) or history= (your own), not both.")
+        retrieval = self._retrieval_for(options.pop("workspace_id", None))  # documents (DocumentsAPI)
         check_json(options, "The model options")
         forced, fallback = routing.get("model"), bool(routing.get("fallback", False))
         check_request_options(candidates_for(self.models, forced, fallback), options)
@@ -425,6 +427,7 @@ class OblixClient(SessionsAPI, Compat012):
             system=routing.get("system"),
             history=_history(routing.get("history"), bool(routing.get("store", True))),
             store=bool(routing.get("store", True)),
+            retrieval=retrieval,
         )
         if request_id:
             request.request_id = request_id

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     import click
 
     from oblix_core.agents import AgentCheck, BaseAgent
+    from oblix_core.documents.parts import DocumentIndex, DocumentReader, Embedder
     from oblix_core.models.backend import ModelBackend
     from oblix_core.request.context import Request
     from oblix_core.request.routing import RouteRequest, RoutingPlan
@@ -109,4 +110,36 @@ def oblix_request_error(request: Request, error: BaseException) -> None:
     request and the exception about to be raised to the caller. Returns nothing; an
     exception is logged with the plugin's name and ignored, and the other
     implementations still run.
+    """
+
+
+@hookspec
+def oblix_register_embedders(register: Callable[[str, Callable[..., Embedder]], None]) -> None:
+    """Register embedders (texts to vectors, for document search).
+
+    Fires once when plugins are loaded. Call ``register(name, factory)`` where
+    ``factory(model=None, **options)`` returns an :class:`~oblix_core.documents.parts.Embedder`;
+    a workspace names its embedder as ``name`` or ``name:model`` (``"local"``,
+    ``"openai:text-embedding-3-small"``). Returns nothing.
+    """
+
+
+@hookspec
+def oblix_register_document_indexes(register: Callable[[str, Callable[..., DocumentIndex]], None]) -> None:
+    """Register document indexes (where chunks and vectors are kept and searched).
+
+    Fires once when plugins are loaded. Call ``register(name, factory)`` where
+    ``factory(**options)`` returns a :class:`~oblix_core.documents.parts.DocumentIndex`
+    (``[documents] index = "<name>"`` in ``config.toml`` selects it; ``oblix_home()``
+    gives the home to keep files in). Returns nothing.
+    """
+
+
+@hookspec
+def oblix_register_document_readers(register: Callable[[str, Callable[[], DocumentReader]], None]) -> None:
+    """Register document readers (a file type to text blocks with positions).
+
+    Fires once when plugins are loaded. Call ``register(name, factory)`` where ``factory()``
+    returns a :class:`~oblix_core.documents.parts.DocumentReader`; its ``suffixes`` say which
+    files it reads (a later plugin's reader wins for a suffix both read). Returns nothing.
     """

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
+from oblix_core.documents.retrieval import Retrieval
 from oblix_core.models.backend import ChatMessage, GenerationRequest
 from oblix_core.sessions.records import random_hex
 
@@ -38,3 +41,9 @@ class Request(GenerationRequest):
     history: tuple[ChatMessage, ...] | None = None
     #: Whether the exchange is stored (in ``session_id``, or in a new session).
     store: bool = True
+    #: Documents the request draws on (``workspace_id=``, connectors): searched once, before
+    #: routing (:mod:`oblix_core.documents.retrieval`); ``sources`` holds what was used.
+    retrieval: Retrieval | None = None
+    sources: tuple[dict[str, Any], ...] = ()
+    #: Further reasons that make the request local-only (a private workspace), for ``privacy.decide``.
+    local_only_sources: tuple[str, ...] = ()

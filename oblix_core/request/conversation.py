@@ -12,6 +12,7 @@ import anyio
 import attrs
 
 from oblix_core.agents import current_checks
+from oblix_core.documents import retrieval
 from oblix_core.errors import ExchangeNotStoredError, NoModelAvailableError, StreamInterruptedError
 from oblix_core.models.backend import ChatMessage
 from oblix_core.request import privacy
@@ -152,6 +153,7 @@ class ResponseStream:
             session.metadata if session is not None else None,
             session_id=session.id if session is not None else None,
             reason=request.local_only_reason,
+            sources=request.local_only_sources,  # e.g. a private document workspace
         )
 
     def _apply_session(self, session: SessionRecord) -> None:
@@ -198,6 +200,7 @@ class ResponseStream:
         started_at, started = self._started_at, time.monotonic()
         hooks = self._engine.hooks
         try:
+            await retrieval.apply(self.request)  # documents: search once, before privacy and routing
             session = await self._session()
             self._apply_session(session)
             engine = self._engine
@@ -260,6 +263,8 @@ class ResponseStream:
         }
         self.routing_decision = decision
         extra = {"tool_calls": [dict(c) for c in done.tool_calls]} if done.tool_calls else {}
+        if request.retrieval is not None:  # documents: which chunks the answer drew on
+            extra["sources"] = list(request.sources)
         return extra | {
             "response": done.text,
             "model_id": done.model.model_id,
@@ -283,6 +288,8 @@ class ResponseStream:
         the session lacks it)."""
         request, budget = self.request, self._budget
         assert request.session_id is not None
+        if request.retrieval is not None:  # documents: the sources stay with the exchange
+            metrics = metrics | {"sources": list(request.sources)}
         record = budget.record if budget is not None and usage is not None else None
         ledger = self._engine.ledger
         if record is not None and not (ledger is not None and ledger.blocking):

@@ -1,0 +1,483 @@
+"""Oblix 0.1.3's document names on the client, plus deleting documents, workspaces and connectors.
+
+Mixed into :class:`~oblix_core.client.OblixClient` (so also ``Oblix``). Every method is a
+coroutine that runs the blocking work (files, embedding, the index) in a worker thread.
+The parts come from plugins: ``oblix[docs]`` gives the local embedder, the SQLite index
+in the Oblix home and the readers; without it a document method says what to install.
+
+Requests draw on documents through :meth:`DocumentsAPI._retrieval_for`: the workspace a
+request names (``execute(..., workspace_id=W)``), else the workspaces of the connectors
+registered on this client (as 0.1.3 does).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+
+from oblix_core.documents.errors import (
+    DocumentError,
+    DocumentNotFoundError,
+    DocumentsNotInstalledError,
+    UnreadableDocumentError,
+)
+from oblix_core.documents.library import Library, check_query
+from oblix_core.documents.parts import DocumentIndex, DocumentReader, Embedder
+from oblix_core.documents.records import Workspace
+from oblix_core.documents.retrieval import DEFAULT_TOP_K, Retrieval
+from oblix_core.documents.sync import Progress, SyncReport
+from oblix_core.documents.walking import Skipped, walk
+from oblix_core.secrets import remember
+
+if TYPE_CHECKING:
+    from oblix_core.plugins.registry import Registry
+
+T = TypeVar("T")
+INSTALL = "pip install 'oblix[docs]'"
+DEFAULT_WORKSPACE = "default"
+
+
+class DocumentsAPI:
+    """Documents and workspaces (0.1.3's names). Needs ``self.home`` and ``self.registry``."""
+
+    home: Path
+    registry: Registry
+    _library: Library | None = None
+    _connector_workspaces: list[str]
+    _embedding_configs: dict[str, dict[str, Any]]
+    _default_embedding: str | None = None
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _documents(self) -> Library:
+        """The library over the configured index (built on first use)."""
+        if self._library is None:
+            self._library = Library(self._make_index("sqlite"), self._embedder_for, self._readers())
+        return self._library
+
+    def _make_index(self, name: str, **options: Any) -> DocumentIndex:
+        factory = self.registry.document_indexes.get(name)
+        if factory is None:
+            hint = self.registry.pm.missing_hint(name) or f"No document index {name!r} is registered."
+            raise DocumentsNotInstalledError(f"Documents need an index: {hint} Install it with {INSTALL}.")
+        if name == "sqlite":
+            options.setdefault("path", self.home / "documents" / "index.sqlite3")
+        index = factory(**options)
+        if not isinstance(index, DocumentIndex):
+            raise DocumentError(f"The document index {name!r} is not a DocumentIndex: {index!r}.")
+        return index
+
+    def _readers(self) -> dict[str, DocumentReader]:
+        readers: dict[str, DocumentReader] = {}
+        for factory in self.registry.document_readers.values():
+            reader = factory()
+            for suffix in reader.suffixes:
+                readers[suffix.lower()] = reader
+        return readers
+
+    def _embedder_for(self, spec: str | None) -> Embedder:
+        """The embedder ``spec`` names (``local``, ``openai:text-embedding-3-small``), default if None."""
+        spec = spec or self._default_embedding or "local"
+        kind, _, model = spec.partition(":")
+        configs = getattr(self, "_embedding_configs", {})
+        options = dict(configs.get(spec) or configs.get(kind) or {})
+        model = model or options.pop("model", None) or ""
+        options.pop("model", None)
+        factory = self.registry.embedders.get(kind)
+        if factory is None:
+            known = ", ".join(sorted(self.registry.embedders)) or "none"
+            hint = self.registry.pm.missing_hint(kind) or ""
+            raise DocumentsNotInstalledError(
+                f"No embedder {kind!r} (registered: {known}). {hint} The local one comes with {INSTALL}."
+            )
+        embedder = factory(model or None, **options)
+        if not isinstance(embedder, Embedder):
+            raise DocumentError(f"The embedder {kind!r} is not an Embedder: {embedder!r}.")
+        return embedder
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+    def _workspace_or_default(self, library: Library, ref: str | None, private: bool = False) -> Workspace:
+        if ref:
+            return library.workspace(ref)
+        found = [w for w in library.index.list_workspaces() if w.name == DEFAULT_WORKSPACE]
+        return found[0] if found else library.create_workspace(DEFAULT_WORKSPACE, private=private)
+
+    def _retrieval_for(self, workspace_id: Any) -> Retrieval | None:
+        """The retrieval of a request: ``workspace_id`` (one or a list), else this client's connectors."""
+        refs = (
+            workspace_id if isinstance(workspace_id, list | tuple) else [workspace_id] if workspace_id else []
+        )
+        refs = refs or list(getattr(self, "_connector_workspaces", []))
+        if not refs:
+            return None
+        library = self._documents()
+        workspaces = tuple(library.workspace(str(ref)) for ref in dict.fromkeys(refs))
+
+        def search(query: str, k: int) -> list[Any]:
+            hits = [h for w in workspaces for h in library.search(w, query, k)]
+            return sorted(hits, key=lambda h: -h.score)[:k]
+
+        return Retrieval(workspaces, search, DEFAULT_TOP_K)
+
+    # -- embedding models ------------------------------------------------------------------
+
+    async def configure_embedding_model(
+        self, type_name: str, model_name: str, **kwargs: Any
+    ) -> dict[str, Any]:
+        """Remember options for an embedder (``api_key``, ``endpoint``...); returns its config."""
+        if not isinstance(type_name, str) or not type_name or not isinstance(model_name, str):
+            raise DocumentError("configure_embedding_model needs a type name and a model name (strings).")
+        remember(kwargs.get("api_key"))
+        configs = self.__dict__.setdefault("_embedding_configs", {})
+        configs[f"{type_name}:{model_name}"] = {"model": model_name, **kwargs}
+        return {"type": type_name, "model": model_name, "name": f"{type_name}:{model_name}"}
+
+    async def set_default_embedding_model(self, config: dict[str, Any] | str) -> bool:
+        """Use ``config`` (from :meth:`configure_embedding_model`, or ``"type:model"``) for new workspaces."""
+        name = (
+            config if isinstance(config, str) else config.get("name") or f"{config['type']}:{config['model']}"
+        )
+        await self._run(self._embedder_for, name)  # fails now if it cannot be built
+        self._default_embedding = name
+        return True
+
+    def _embedding_spec(self, model: str | None, api_key: str | None) -> str | None:
+        if api_key:
+            remember(api_key)
+            kind = (model or "openai").partition(":")[0]
+            configs = self.__dict__.setdefault("_embedding_configs", {})
+            configs.setdefault(model or kind, {}).update(api_key=api_key)
+        return model
+
+    # -- workspaces ------------------------------------------------------------------------
+
+    async def create_workspace(
+        self,
+        name: str,
+        description: str = "",
+        metadata: dict[str, Any] | None = None,
+        *,
+        private: bool = False,
+        embedding_model: str | None = None,
+    ) -> str:
+        """Create a workspace and return its id; ``private=True`` keeps it and its requests local."""
+        library = self._documents()
+        workspace = await self._run(
+            library.create_workspace, name, description, metadata, private=private, embedder=embedding_model
+        )
+        return workspace.id
+
+    async def list_workspaces(self) -> list[dict[str, Any]]:
+        """Every workspace with its embedder, connectors and size (documents, chunks, bytes)."""
+        library = self._documents()
+
+        def listing() -> list[dict[str, Any]]:
+            return [w.to_dict() | library.index.stats(w.id) for w in library.index.list_workspaces()]
+
+        return await self._run(listing)
+
+    async def delete_workspace(self, workspace_id: str) -> bool:
+        """Delete a workspace, its documents and its connectors."""
+        library = self._documents()
+        workspace = await self._run(library.workspace, workspace_id)
+        if workspace.id in getattr(self, "_connector_workspaces", []):
+            self._connector_workspaces.remove(workspace.id)
+        return await self._run(library.delete_workspace, workspace.id)
+
+    async def get_documents_in_workspace(self, workspace_id: str) -> list[dict[str, Any]]:
+        library = self._documents()
+
+        def listing() -> list[dict[str, Any]]:
+            workspace = library.workspace(workspace_id)
+            return [d.to_dict() for d in library.index.list_documents(workspace.id)]
+
+        return await self._run(listing)
+
+    async def update_workspace_embeddings(
+        self, workspace_id: str, embedding_config: dict[str, Any] | str | None = None
+    ) -> dict[str, Any]:
+        """Re-embed every document of a workspace, with another embedder if ``embedding_config`` names one."""
+        library = self._documents()
+        spec = (
+            embedding_config
+            if isinstance(embedding_config, str) or embedding_config is None
+            else (
+                embedding_config.get("name")
+                or ":".join(
+                    str(x)
+                    for x in (embedding_config.get("type", "local"), embedding_config.get("model"))
+                    if x
+                )
+            )
+        )
+
+        def reembed() -> dict[str, Any]:
+            workspace = library.workspace(workspace_id)
+            report = library.set_embedder(workspace, spec or workspace.embedder or None)
+            return {"success": True, "workspace_id": workspace.id, "stats": report.to_dict()}
+
+        return await self._run(reembed)
+
+    # -- connectors ------------------------------------------------------------------------
+
+    async def register_connector(
+        self,
+        connector_type: str,
+        path: str,
+        embedding_model: str | None = None,
+        embedding_api_key: str | None = None,
+        alias: str | None = None,
+        exclude_patterns: list[str] | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Register a ``"directory"`` or ``"document"`` and sync it; requests then draw on it.
+
+        kwargs: ``recursive`` (True), ``workspace_id`` (else a new workspace named after it),
+        ``batch_size`` (100), ``private`` (False), ``progress`` (a callback).
+        """
+        unknown = set(kwargs) - {"recursive", "workspace_id", "batch_size", "private", "progress"}
+        if unknown:
+            raise DocumentError(f"Unknown register_connector option(s): {', '.join(sorted(unknown))}.")
+        spec = self._embedding_spec(embedding_model, embedding_api_key)
+        library = self._documents()
+        private = bool(kwargs.get("private", False))
+
+        def register() -> dict[str, Any]:
+            ref = kwargs.get("workspace_id")
+            if ref:
+                workspace = library.workspace(ref)
+            else:
+                name = alias or Path(path).expanduser().resolve().name or "documents"
+                taken = {w.name for w in library.index.list_workspaces()}
+                name = next(n for n in (name, *(f"{name}-{i}" for i in range(2, 1000))) if n not in taken)
+                workspace = library.create_workspace(name, private=private, embedder=spec)
+            workspace, connector = library.add_connector(
+                workspace,
+                connector_type,
+                path,
+                alias=alias,
+                exclude_patterns=exclude_patterns,
+                recursive=bool(kwargs.get("recursive", True)),
+                private=private,
+            )
+            report = library.sync(
+                workspace,
+                connector,
+                batch_size=int(kwargs.get("batch_size", 100)),
+                progress=kwargs.get("progress"),
+            )
+            return {
+                "connector_id": connector.id,
+                "workspace_id": workspace.id,
+                "success": True,
+                "alias": connector.alias,
+                "stats": report.to_dict() | library.index.stats(workspace.id),
+            }
+
+        result = await self._run(register)
+        workspaces = self.__dict__.setdefault("_connector_workspaces", [])
+        if result["workspace_id"] not in workspaces:
+            workspaces.append(result["workspace_id"])
+        return result
+
+    async def sync_connectors(
+        self, connector_id: str | None = None, *, progress: Progress | None = None
+    ) -> list[dict[str, Any]]:
+        """Sync one connector, or all: only files whose content changed are embedded again."""
+        library = self._documents()
+
+        def sync() -> list[dict[str, Any]]:
+            done = []
+            for workspace, connector in library.connectors():
+                if connector_id in (None, connector.id, connector.alias):
+                    fresh = library.workspace(workspace.id)
+                    report = library.sync(fresh, connector, progress=progress)
+                    done.append(
+                        {"connector_id": connector.id, "workspace_id": workspace.id} | report.to_dict()
+                    )
+            if connector_id is not None and not done:
+                raise DocumentError(f"No connector {connector_id!r}; list_connectors() shows them.")
+            return done
+
+        return await self._run(sync)
+
+    async def list_connectors(self) -> list[dict[str, Any]]:
+        library = self._documents()
+        pairs = await self._run(library.connectors)
+        return [c.to_dict() | {"workspace_id": w.id, "workspace": w.name} for w, c in pairs]
+
+    async def delete_connector(self, connector_id: str) -> bool:
+        """Forget a connector and delete its documents from the index (the files are untouched)."""
+        return await self._run(self._documents().remove_connector, connector_id)
+
+    # -- documents -------------------------------------------------------------------------
+
+    async def upload_document(
+        self,
+        file_path: str,
+        name: str | None = None,
+        workspace_id: str | None = None,
+        embed: bool = False,
+        metadata: dict[str, Any] | None = None,
+        embedding_model_type: str | None = None,
+    ) -> dict[str, Any]:
+        """Add one file to a workspace (the ``default`` one if none is given); ``embed=False``
+        stores it for keyword search until :meth:`embed_document` embeds it."""
+        library = self._documents()
+
+        def upload() -> dict[str, Any]:
+            workspace = self._workspace_or_default(library, workspace_id)
+            entry, report = library.upload(
+                workspace, file_path, name=name, embed=embed, metadata=metadata, embedder=embedding_model_type
+            )
+            return {
+                "success": True,
+                "document_id": entry.id,
+                "doc_id": entry.id,
+                "name": entry.name,
+                "workspace_id": workspace.id,
+                "chunks": entry.chunk_count,
+                "embedded": bool(entry.embedder),
+                "stats": report.to_dict(),
+            }
+
+        return await self._run(upload)
+
+    async def upload_directory(
+        self,
+        directory_path: str,
+        workspace_id: str | None = None,
+        embedding_model_type: str | None = None,
+        recursive: bool = True,
+        metadata: dict[str, Any] | None = None,
+        batch_size: int = 100,
+    ) -> dict[str, Any]:
+        """Add every readable file of a directory (embedded); unreadable ones are reported in ``skipped``."""
+        library = self._documents()
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise DocumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
+
+        def upload() -> dict[str, Any]:
+            workspace = self._workspace_or_default(library, workspace_id)
+            root = Path(directory_path).expanduser()
+            if not root.is_dir():
+                raise DocumentError(f"{root} is not a directory.")
+            total, ids = SyncReport(), []
+            for found in walk(root, (), recursive):
+                if isinstance(found, Skipped):
+                    total.skipped.append(found)
+                    continue
+                path, rel = found
+                try:
+                    entry, report = library.upload(
+                        workspace, path, name=rel, metadata=metadata, embedder=embedding_model_type
+                    )
+                except (UnreadableDocumentError, OSError) as exc:
+                    total.skipped.append(Skipped(rel, str(exc)))
+                    continue
+                ids.append(entry.id)
+                total.added += report.added
+                total.updated += report.updated
+                total.unchanged += report.unchanged
+                total.chunks += report.chunks
+                total.tokens += report.tokens
+            return {
+                "success": True,
+                "workspace_id": workspace.id,
+                "document_ids": ids,
+                "stats": total.to_dict(),
+            }
+
+        return await self._run(upload)
+
+    async def add_document_to_workspace(self, document_id: str, workspace_id: str) -> bool:
+        """Copy a document (text and positions) into another workspace, embedded by its embedder."""
+        library = self._documents()
+
+        def add() -> bool:
+            target = library.workspace(workspace_id)
+            for workspace in library.index.list_workspaces():
+                doc = library.index.get_document(workspace.id, document_id)
+                if doc is not None:
+                    library.copy_document(workspace, doc, target)
+                    return True
+            raise DocumentNotFoundError(f"No document {document_id!r} in any workspace.")
+
+        return await self._run(add)
+
+    async def embed_document(self, document_id: str, workspace_id: str | None = None) -> dict[str, Any]:
+        """Embed a document uploaded with ``embed=False``."""
+        library = self._documents()
+
+        def embed() -> dict[str, Any]:
+            workspace = self._find_document_workspace(library, document_id, workspace_id)
+            entry = library.embed_document(workspace, document_id)
+            return {
+                "success": True,
+                "document_id": entry.id,
+                "chunks": entry.chunk_count,
+                "embedder": entry.embedder,
+            }
+
+        return await self._run(embed)
+
+    async def delete_document(self, document_id: str, workspace_id: str | None = None) -> bool:
+        """Delete a document and its chunks from the index (the file is untouched)."""
+        library = self._documents()
+
+        def delete() -> bool:
+            workspace = self._find_document_workspace(library, document_id, workspace_id)
+            return library.index.delete_document(workspace.id, document_id)
+
+        return await self._run(delete)
+
+    def _find_document_workspace(
+        self, library: Library, document_id: str, workspace_id: str | None
+    ) -> Workspace:
+        candidates = [library.workspace(workspace_id)] if workspace_id else library.index.list_workspaces()
+        for workspace in candidates:
+            if library.index.get_document(workspace.id, document_id) is not None:
+                return workspace
+        raise DocumentNotFoundError(f"No document {document_id!r}; get_documents_in_workspace lists them.")
+
+    # -- search ----------------------------------------------------------------------------
+
+    async def search_workspace(
+        self,
+        workspace_id: str,
+        query: str,
+        top_k: int = 10,
+        *,
+        mode: str = "hybrid",
+        where: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The ``top_k`` best chunks for ``query`` (keywords and meaning fused; ``mode`` picks one)."""
+        check_query(query)
+        library = self._documents()
+
+        def search() -> list[dict[str, Any]]:
+            workspace = library.workspace(workspace_id)
+            return [h.to_dict() for h in library.search(workspace, query, top_k, mode=mode, where=where)]
+
+        return await self._run(search)
+
+    async def vector_search(
+        self, query: str, workspace_id: str, embedding_model_type: str | None = None, top_k: int = 5
+    ) -> list[dict[str, Any]]:
+        """The ``top_k`` chunks nearest in meaning to ``query``."""
+        check_query(query)
+        library = self._documents()
+
+        def search() -> list[dict[str, Any]]:
+            workspace = library.workspace(workspace_id)
+            if embedding_model_type:
+                library._check_embedder(workspace, embedding_model_type)
+            return [h.to_dict() for h in library.search(workspace, query, top_k, mode="vector")]
+
+        return await self._run(search)

@@ -1,0 +1,128 @@
+"""Chunking on structure: a reader's blocks packed into chunks of at most a token budget.
+
+Blocks (headings, paragraphs, code definitions, pages) are kept whole when they fit and
+packed together while they share their heading path; a block larger than the budget is
+split on lines, then sentences, then words. Each chunk starts with the last sentences of
+the one before it (about ``overlap`` tokens) when they continue the same section, so a
+fact cut at a border is still whole in one chunk. Every chunk keeps its first and last
+line, its page and its heading path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Sequence
+
+import attrs
+
+from oblix_core.documents.records import Chunk, TextBlock
+
+#: Defaults sized for small embedding models (all-MiniLM reads 256 word pieces).
+DEFAULT_BUDGET = 180
+DEFAULT_OVERLAP = 30
+_WORD = re.compile(r"\w+|[^\w\s]")
+_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
+
+
+def count_tokens(text: str) -> int:
+    """An estimate of a text's tokens for a word-piece model: words and punctuation, plus a third."""
+    words = len(_WORD.findall(text))
+    return words + words // 3
+
+
+@attrs.frozen
+class _Piece:
+    text: str
+    line: int
+    line_end: int
+    page: int | None
+    headings: tuple[str, ...]
+    tokens: int
+
+
+def _split_text(text: str, budget: int) -> Iterator[str]:
+    """``text`` in parts of at most ``budget`` tokens: on lines, then sentences, then words."""
+    for splitter in (lambda t: t.split("\n"), _SENTENCE_END.split, str.split):
+        parts = [p for p in splitter(text) if p.strip()]
+        if len(parts) > 1:
+            break
+    else:
+        parts = [text]
+    joiner = "\n" if "\n" in text else " "
+    buf: list[str] = []
+    size = 0
+    for part in parts:
+        tokens = count_tokens(part)
+        if tokens > budget and len(parts) > 1:
+            if buf:
+                yield joiner.join(buf)
+                buf, size = [], 0
+            yield from _split_text(part, budget)
+            continue
+        if buf and size + tokens > budget:
+            yield joiner.join(buf)
+            buf, size = [], 0
+        buf.append(part)
+        size += tokens
+    if buf:
+        yield joiner.join(buf)
+
+
+def _pieces(blocks: Iterable[TextBlock], budget: int) -> Iterator[_Piece]:
+    for block in blocks:
+        text = block.text.strip("\n")
+        if not text.strip():
+            continue
+        line = block.line
+        for part in _split_text(text, budget) if count_tokens(text) > budget else [text]:
+            start = line + text[: text.find(part)].count("\n") if part in text else line
+            yield _Piece(
+                part, start, start + part.count("\n"), block.page, block.headings, count_tokens(part)
+            )
+
+
+def _tail(text: str, overlap: int) -> str:
+    """The last sentences of ``text`` within ``overlap`` tokens (the words if no sentence fits)."""
+    if overlap <= 0:
+        return ""
+    sentences = [s for s in _SENTENCE_END.split(text) if s.strip()]
+    kept: list[str] = []
+    for sentence in reversed(sentences):
+        if count_tokens(" ".join([sentence, *kept])) > overlap:
+            break
+        kept.insert(0, sentence)
+    if kept:
+        return " ".join(kept)
+    words = text.split()
+    return " ".join(words[-max(1, overlap * 3 // 4) :])
+
+
+def chunk_blocks(
+    doc_id: str, blocks: Sequence[TextBlock], budget: int = DEFAULT_BUDGET, overlap: int = DEFAULT_OVERLAP
+) -> list[Chunk]:
+    """The chunks of one document, in order, numbered from 0."""
+    chunks: list[Chunk] = []
+    group: list[_Piece] = []
+
+    def flush(carry: bool) -> str:
+        if not group:
+            return ""
+        text = "\n\n".join(p.text for p in group)
+        first, last = group[0], group[-1]
+        chunks.append(Chunk(doc_id, len(chunks), text, first.line, last.line_end, first.page, first.headings))
+        return _tail(last.text, overlap) if carry else ""
+
+    size = 0
+    for piece in _pieces(blocks, budget):
+        same_section = bool(group) and group[-1].headings == piece.headings and group[-1].page == piece.page
+        if group and (not same_section or size + piece.tokens > budget):
+            carry = flush(same_section)
+            group.clear()
+            size = 0
+            if carry and count_tokens(carry) + piece.tokens <= budget:
+                group.append(attrs.evolve(piece, text=carry, tokens=count_tokens(carry), line_end=piece.line))
+                size = group[0].tokens
+        group.append(piece)
+        size += piece.tokens
+    flush(False)
+    return chunks

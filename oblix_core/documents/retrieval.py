@@ -1,0 +1,107 @@
+"""The retrieval step of a request: search the workspaces it draws on, once, before routing.
+
+The client builds a :class:`Retrieval` for a request that draws on documents (its
+``workspace_id=``, or the registered connectors); the conversation calls
+:meth:`Retrieval.run` once. It adds a "Document Context" block of numbered chunks to the
+request's system prompt, returns the sources (document, chunk, score, where) that the
+answer and its stored exchange carry, and names every private workspace it read: that
+makes the request local-only through :func:`oblix_core.request.privacy.decide`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+from oblix_core.documents.records import SearchHit, Workspace
+
+#: Chunks put in the context block of one request.
+DEFAULT_TOP_K = 5
+HEADER = "Document Context"
+INSTRUCTION = (
+    "Answer from the numbered document excerpts below when they hold the answer, and cite them "
+    "by number, like [1]. If they do not hold it, say so."
+)
+
+
+@attrs.frozen
+class Retrieved:
+    """What a request's retrieval found."""
+
+    context: str
+    sources: tuple[dict[str, Any], ...]
+    #: One reason per private workspace searched (each makes the request local-only).
+    private_reasons: tuple[str, ...]
+
+
+def private_reason(workspace: Workspace) -> str:
+    return f"it draws on the private document workspace {workspace.name!r}"
+
+
+def context_block(hits: Sequence[SearchHit]) -> str:
+    """The "Document Context" block: numbered excerpts, each with its document and place."""
+    lines = [f"{HEADER}:", INSTRUCTION, ""]
+    for n, hit in enumerate(hits, start=1):
+        lines.append(f"[{n}] {hit.doc_name}, {hit.chunk.location()}:")
+        lines.append(hit.chunk.text.strip())
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def sources(hits: Sequence[SearchHit], workspaces: dict[str, Workspace]) -> tuple[dict[str, Any], ...]:
+    """The sources an answer reports: number, document, chunk, score and place."""
+    found = []
+    for n, hit in enumerate(hits, start=1):
+        c = hit.chunk
+        workspace = workspaces.get(str(hit.metadata.get("workspace_id", "")))
+        found.append(
+            {
+                "n": n,
+                "document": hit.doc_name,
+                "doc_id": c.doc_id,
+                "chunk": c.chunk_idx,
+                "chunk_id": c.id,
+                "score": round(hit.score, 6),
+                "location": c.location(),
+                "workspace_id": workspace.id if workspace else None,
+                "workspace": workspace.name if workspace else None,
+            }
+        )
+    return tuple(found)
+
+
+@attrs.frozen
+class Retrieval:
+    """The search a request runs: ``search(query, k)`` over ``workspaces`` (blocking)."""
+
+    workspaces: tuple[Workspace, ...]
+    search: Callable[[str, int], list[SearchHit]]
+    top_k: int = DEFAULT_TOP_K
+
+    def private_reasons(self) -> tuple[str, ...]:
+        """Known before searching: the request is local-only when any workspace is private."""
+        return tuple(private_reason(w) for w in self.workspaces if w.private)
+
+    def run(self, query: str) -> Retrieved:
+        hits = self.search(query, self.top_k) if self.workspaces else []
+        by_id = {w.id: w for w in self.workspaces}
+        return Retrieved(context_block(hits) if hits else "", sources(hits, by_id), self.private_reasons())
+
+
+async def apply(request: Any) -> None:
+    """The retrieval step of a request (``request.retrieval``, if any), run once before its
+    session is read: private workspaces are named in ``request.local_only_sources`` first, so
+    the request is local-only even if the search fails; then the context block is added to
+    ``request.system`` and the sources set in ``request.sources``."""
+    retrieval: Retrieval | None = request.retrieval
+    if retrieval is None:
+        return
+    import anyio
+
+    request.local_only_sources = (*request.local_only_sources, *retrieval.private_reasons())
+    found = await anyio.to_thread.run_sync(retrieval.run, request.prompt)
+    request.sources = found.sources
+    if found.context:
+        request.system = f"{request.system}\n\n{found.context}" if request.system else found.context
