@@ -6,14 +6,17 @@ import contextlib
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
 from oblix_core import __version__
+from oblix_core.cli import plugins_new
 from oblix_core.cli.common import (
     CliState,
     cli_message,
+    cli_state,
     handle_errors,
     make_client,  # noqa: F401 - re-exported: plugins' commands import it from here
     parse_pairs,
@@ -21,6 +24,7 @@ from oblix_core.cli.common import (
     session_client,
 )
 from oblix_core.cli.tables import Column, print_table
+from oblix_core.config.settings import load_config, oblix_home
 from oblix_core.errors import OblixError
 from oblix_core.plugins.registry import OblixPluginManager, Registry, build_plugin_manager, plugin_infos
 
@@ -39,11 +43,23 @@ def _stores_by_plugin(pm: OblixPluginManager) -> dict[str, list[str]]:
     return found
 
 
+def _store_in_use() -> tuple[str, dict[str, Any]]:
+    """The store in use and where it keeps its data; a file store not created yet is described,
+    not opened (listing plugins writes nothing into the Oblix home)."""
+    state, config = cli_state(), load_config()
+    name = state.store or config.store
+    options = (dict(config.store_options) if name == config.store else {}) | state.store_options
+    root = Path(options.get("root") or oblix_home() / "sessions").expanduser()
+    if name == "file" and not root.exists():
+        return name, {"name": name, "root": str(root), "created": "no"}
+    with session_client() as client:
+        return client.store.name, client.store.describe()
+
+
 def _store_rows(pm: OblixPluginManager) -> list[dict[str, Any]]:
     """Each registered store; where the one in use keeps its data (``describe()``, no secrets)."""
     try:
-        with session_client() as client:
-            name, in_use = client.store.name, client.store.describe()
+        name, in_use = _store_in_use()
     except OblixError as exc:  # the configured store cannot be opened: still list the plugins
         name, in_use = "", {"error": cli_message(exc)}
     rows = []
@@ -91,11 +107,21 @@ STORE_COLUMNS = [
 ]
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def plugins(ctx: click.Context, as_json: bool) -> None:
+    """Plugins (loaded, not installed, failed) and session stores (where the one in use keeps
+    its data); `oblix plugins new` writes a new plugin package."""
+    if ctx.invoked_subcommand is None:
+        _list_plugins(as_json)
+
+
+plugins.add_command(plugins_new.new)
+
+
 @handle_errors
-def plugins(as_json: bool) -> None:
-    """Plugins (loaded, not installed, failed) and session stores (where the one in use keeps its data)."""
+def _list_plugins(as_json: bool) -> None:
     pm = build_plugin_manager()
     Registry.load(pm)  # registration failures are skipped and reported too
     register_commands(pm, click.Group())  # and so are those of command plugins
