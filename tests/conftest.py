@@ -1,4 +1,8 @@
-"""Shared fixtures. Async tests run under both asyncio and trio."""
+"""Shared fixtures; the tiers and the async backends come from :mod:`tests.support.tiers`.
+
+A plain ``pytest`` runs the fast tier; ``./scripts/test`` runs every tier (docs/testing.md).
+Async tests run under asyncio, and under trio too where they test the core's anyio promises.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,21 @@ import pytest
 from oblix_core.client import OblixClient
 from oblix_core.request.execution import ExecutionSettings
 from oblix_core.testing import ScriptedPlugin
+from tests.support.tiers import (  # noqa: F401 - hooks, registered by being in this module
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_generate_tests,
+    pytest_report_header,
+    pytest_runtest_protocol,
+)
 
 FAST = ExecutionSettings(backoff_initial=0.001, backoff_max=0.002, first_token_timeout=5, total_timeout=10)
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+@pytest.fixture
+def anyio_backend() -> str:
+    """asyncio; the tests of the core's anyio promises are parametrized over trio too (tiers.py)."""
+    return "asyncio"
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import subprocess
@@ -28,11 +29,23 @@ def free_port(with_bus: bool = False) -> int:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             return int(sock.getsockname()[1])
+    low, high = _bus_range()
     for _ in range(200):
-        port = random.randint(20000, 29999)
+        port = random.randint(low, high)
         if _port_free(port) and _port_free(port + 10000):
             return port
     raise RuntimeError("no free loopback port (with its bus port) found")
+
+
+def _bus_range() -> tuple[int, int]:
+    """Ports whose bus port (+10000) lies below Linux's ephemeral range (32768-) and, under
+    pytest-xdist, a slice of them per worker, so that parallel workers never pick the same."""
+    low, high = 20000, 22767
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    width = (high - low + 1) // max(count, 1)
+    start = low + int(worker) % max(count, 1) * width if worker.isdigit() else low
+    return start, start + width - 1
 
 
 def wait_for_http(url: str, timeout: float = 60.0, process: subprocess.Popen[bytes] | None = None) -> None:
