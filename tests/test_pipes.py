@@ -215,3 +215,27 @@ def test_on_a_terminal_tables_fit_80_columns_with_numbers_and_ids_whole(filled_h
         s["id"] for s in json.loads(commands.oblix(None, filled_home, "sessions", "list", "--json").stdout)
     ]
     assert all(any(line.startswith(i) for line in listed) for i in ids), listed
+
+
+@pytest.mark.timeout(120)
+def test_piped_agents_watch_prints_the_plain_table_again_and_again(filled_home: Path) -> None:
+    import signal
+    import subprocess
+
+    env = commands.environ(None, filled_home, COLUMNS="80")
+    run = [sys.executable, "-m", "oblix_core", "agents", "--watch"]
+    with subprocess.Popen(run, env=env, stdout=subprocess.PIPE, text=True) as watching:
+        assert watching.stdout is not None
+        lines: list[str] = []
+        try:
+            for line in watching.stdout:
+                lines.append(line.rstrip("\n"))
+                if sum(x.startswith("Agents at ") for x in lines) == 2 and line.startswith(
+                    "resource_monitor"
+                ):
+                    break
+        finally:
+            watching.send_signal(signal.SIGINT)
+            watching.wait(timeout=60)
+    assert [x.split() for x in lines].count(["agent", "state", "target", "reason"]) == 2, lines
+    assert [x.split()[0] for x in lines if x.startswith("resource_monitor")] == ["resource_monitor"] * 2

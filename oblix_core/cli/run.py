@@ -22,13 +22,14 @@ from oblix_core.cli.common import (
     resolve_model,
 )
 from oblix_core.cli.config import default_model
-from oblix_core.cli.tables import Column, print_table, terminal_table, usage_line
+from oblix_core.cli.tables import Column, print_table, stdout_is_terminal, terminal_table, usage_line
 from oblix_core.cli.templates import use_template
 from oblix_core.client import ROUTING_OPTIONS, OblixClient
 from oblix_core.errors import OblixError
 from oblix_core.request.conversation import ResponseStream
 from oblix_core.request.routing import NO_MODEL_HINT, PREFERENCES
 from oblix_core.sessions.api import resolve_session_id
+from oblix_core.sessions.records import utc_now
 from oblix_core.terminal.console import catch_ctrl_c, print_answer
 from oblix_core.terminal.explain import explain
 
@@ -505,6 +506,9 @@ def agents(watch: bool, as_json: bool) -> None:
             if not watch:
                 print_table("Agents", AGENT_COLUMNS, rows(checks))
                 return
+            while not stdout_is_terminal():  # a pipe: the plain table again every 2 seconds
+                print_table(f"Agents at {utc_now()}", AGENT_COLUMNS, rows(client.agent_checks()), blank=True)
+                await anyio.sleep(2)
             with Live(render(checks), console=console, refresh_per_second=2) as live:
                 while True:
                     await anyio.sleep(1)
