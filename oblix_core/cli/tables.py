@@ -81,8 +81,8 @@ def _columns(columns: Sequence[str | Column], rows: Sequence[Sequence[str]]) -> 
 def plain_table(title: str | None, columns: Sequence[str | Column], rows: Sequence[Sequence[Any]]) -> str:
     """The table for a pipe: title, header and one line per row, aligned, never wrapped.
 
-    Line breaks inside a value become spaces and an empty value is ``-``, so every row is
-    one line with a value in each column.
+    White space inside a value (line breaks included) becomes one space and an empty value
+    is ``-``, so every row is one line with a value in each column.
     """
     names = [c.name if isinstance(c, Column) else c for c in columns]
     cells = [[" ".join(_cell(v).split()) or "-" for v in row] for row in rows]
