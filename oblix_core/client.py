@@ -30,9 +30,11 @@ from oblix_core.request.context import Request
 from oblix_core.request.conversation import ResponseStream
 from oblix_core.request.engine import Engine
 from oblix_core.request.execution import CircuitBreaker, ExecutionSettings, Executor
+from oblix_core.request.idempotency import check_key, request_id_for
 from oblix_core.request.options import candidates_for, check_request_options
 from oblix_core.request.routing import PREFERENCES
 from oblix_core.sessions.api import SessionsAPI
+from oblix_core.sessions.idempotency import FileIdempotencyRecords
 from oblix_core.sessions.records import ROLES, validate_session_id
 from oblix_core.sessions.store import SessionStore
 from oblix_core.usage.ledger import Pricing, UsageLedger, parse_since, reference_model, usage_report
@@ -42,7 +44,16 @@ from oblix_core.validation import check_json, check_text
 log = logging.getLogger(__name__)
 
 #: ``execute``/``stream`` keyword options that steer Oblix rather than the model.
-ROUTING_OPTIONS = ("model", "local_only", "preference", "fallback", "system", "history", "store")
+ROUTING_OPTIONS = (
+    "model",
+    "local_only",
+    "preference",
+    "fallback",
+    "system",
+    "history",
+    "store",
+    "idempotency_key",
+)
 
 
 def _check_generation(temperature: Any, max_tokens: Any, request_id: Any) -> None:
@@ -140,6 +151,7 @@ class OblixClient(SessionsAPI, Compat012, DocumentsAPI):
             pricing=Pricing.from_entries(self.config.models),
             ledger=ledger_for(self.store, self.home),
             budgets=self.config.budgets,
+            idempotency=self.store.idempotency_records() or FileIdempotencyRecords(self.home / "idempotency"),
         )
         self._current_session_id: str | None = None
 
@@ -431,6 +443,10 @@ class OblixClient(SessionsAPI, Compat012, DocumentsAPI):
         )
         if request_id:
             request.request_id = request_id
+        key = routing.get("idempotency_key")
+        if key is not None:
+            request.idempotency_key = check_key(key)
+            request.request_id = request_id_for(request.idempotency_key)
         return request
 
     def stream(
@@ -449,7 +465,9 @@ class OblixClient(SessionsAPI, Compat012, DocumentsAPI):
         local models, ``preference="cloud-first"`` overrides the default, ``system=``
         adds a system prompt for this request, ``history=[{"role": ..., "content": ...}]``
         gives earlier messages instead of a stored session, ``store=False`` stores
-        nothing. Other options go to the model (``stop``, ``top_p``...).
+        nothing, ``idempotency_key="<id>"`` makes a retry of this request answered once
+        (the first result replayed; see docs/reliability.md). Other options go to the
+        model (``stop``, ``top_p``...).
         """
         request = self._request(prompt, temperature, max_tokens, request_id, session_id, options)
         return ResponseStream(self.engine, request)

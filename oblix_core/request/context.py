@@ -41,6 +41,8 @@ class Request(GenerationRequest):
     history: tuple[ChatMessage, ...] | None = None
     #: Whether the exchange is stored (in ``session_id``, or in a new session).
     store: bool = True
+    #: Makes retries of this request answered once (see :mod:`oblix_core.request.idempotency`).
+    idempotency_key: str | None = None
     #: Documents the request draws on (``workspace_id=``, connectors): searched once, before
     #: routing (:mod:`oblix_core.documents.retrieval`); ``sources`` holds what was used.
     retrieval: Retrieval | None = None

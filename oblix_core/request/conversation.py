@@ -21,8 +21,9 @@ from oblix_core.request.context import Request
 from oblix_core.request.engine import Engine, notify
 from oblix_core.request.execution import Attempting, Done
 from oblix_core.request.history import session_messages
+from oblix_core.request.idempotency import Once, message_ids, request_fields, session_id_for
 from oblix_core.request.routing import RouteRequest, RoutingPlan
-from oblix_core.sessions.records import Message, SessionRecord, new_session_id, utc_now
+from oblix_core.sessions.records import Message, SessionRecord, new_message_id, new_session_id, utc_now
 from oblix_core.sessions.store import keyed
 from oblix_core.usage.ledger import UsageRecord, answer_record
 from oblix_core.usage.spending import Spending
@@ -54,6 +55,7 @@ class ResponseStream:
         self._stored = False
         self._budget: BudgetGuard | None = None
         self._history: tuple[ChatMessage, ...] | None = None  # the session's, as chat messages
+        self._once: Once | None = None  # the claim on the request's idempotency key
 
     @property
     def request_id(self) -> str:
@@ -117,12 +119,16 @@ class ResponseStream:
     async def _session(self) -> SessionRecord:
         """The session's recent history; a new session (stored only once answered) if none given."""
         request = self.request
+        if request.session_id is None and request.idempotency_key and request.store:
+            derived = session_id_for(request.request_id)
+            if await anyio.to_thread.run_sync(self._engine.store.exists, derived):
+                request.session_id = derived  # an earlier try of this request stored it
         if request.session_id is None:
             self._decide_privacy(None)
             now = utc_now()
             metadata = {privacy.KEY: True} if request.local_only else {}
             history = tuple(Message(m.role, m.content) for m in request.history or ())
-            new_id = new_session_id()
+            new_id = session_id_for(request.request_id) if request.idempotency_key else new_session_id()
             if request.store:  # the store must be reachable before a model spends time on an answer
                 await anyio.to_thread.run_sync(self._engine.store.exists, new_id)
             self._new_session = SessionRecord(
@@ -200,10 +206,19 @@ class ResponseStream:
         started_at, started = self._started_at, time.monotonic()
         hooks = self._engine.hooks
         try:
+            fields = request_fields(self.request)  # as the caller sent it, before the session is read
             await retrieval.apply(self.request)  # documents: search once, before privacy and routing
             session = await self._session()
             self._apply_session(session)
             engine = self._engine
+            once = self._once = await Once.start(engine.idempotency, self.request, fields)
+            if once is not None:
+                if await once.recover(session):
+                    await self._count_recovered(once.replay)
+                if once.replay is not None:  # an earlier try answered: nothing runs, stores or counts
+                    self.result = once.replay
+                    yield once.replay["response"]
+                    return
             budget = self._budget = BudgetGuard(
                 engine.budgets, engine.ledger, self.request.session_id, session.metadata
             )
@@ -224,6 +239,8 @@ class ResponseStream:
                         elif isinstance(event, Done):
                             done = event
                         else:
+                            if once is not None:
+                                await once.renew()
                             yield event
             except StreamInterruptedError as exc:  # store what was said, marked, then re-raise
                 marks = {"interrupted": True, "error": str(exc)}
@@ -242,15 +259,32 @@ class ResponseStream:
             await self._persist(started_at, done.text, done.model.model_id, metrics, usage)
             budget.release()
             self.result = self._result(done, metrics, plan, checks)
+            if once is not None:
+                await once.finish(self.result, self._stored)
         except BaseException as exc:
             if self._budget is not None:
                 self._budget.release()
+            if self._once is not None and self.result is None:
+                with anyio.CancelScope(shield=True):
+                    await self._once.finish(None, self._stored)
             if isinstance(exc, NoModelAvailableError) and self.routing_decision is not None:
                 self.routing_decision["attempts"] = list(exc.attempts)
             if isinstance(exc, Exception):
                 notify(hooks.oblix_request_error, request=self.request, error=exc)
             raise
         notify(hooks.oblix_request_end, request=self.request, result=self.result)
+
+    async def _count_recovered(self, result: dict[str, Any] | None) -> None:
+        """Record the usage of an answer a dead process stored (it may have died before its
+        write-behind record reached the ledger; the ledger keeps one record per request id)."""
+        ledger, model_id = self._engine.ledger, (result or {}).get("model_id")
+        if ledger is None or result is None or not model_id:
+            return
+        model = self._engine.models.get(model_id)
+        metrics = result["metrics"]
+        local = model.is_local if model is not None else not metrics.get("cost_usd")
+        usage = answer_record(self.request, model_id, local, metrics, "replay", "recovered after a crash")
+        await anyio.to_thread.run_sync(ledger.record, usage) if ledger.blocking else ledger.record(usage)
 
     def _result(
         self, done: Done, metrics: dict[str, Any], plan: RoutingPlan, checks: list[Any]
@@ -324,9 +358,14 @@ class ResponseStream:
     ) -> Callable[[], None]:
         """The store write of this exchange: the new session created with it, or an append."""
         request, store, new = self.request, self._engine.store, self._new_session
+        ids = (
+            message_ids(request.request_id)
+            if request.idempotency_key
+            else (new_message_id(), new_message_id())
+        )
         messages = [
-            Message("user", request.prompt, timestamp=started_at),
-            Message("assistant", text, model_id=model_id, metrics=metrics),
+            Message("user", request.prompt, id=ids[0], timestamp=started_at),
+            Message("assistant", text, id=ids[1], model_id=model_id, metrics=metrics),
         ]
         if new is not None and new.id == request.session_id:
             record = attrs.evolve(new, messages=(*new.messages, *messages))

@@ -12,6 +12,7 @@ from oblix_core.models.backend import ModelBackend
 from oblix_core.request.budgets import BudgetSettings
 from oblix_core.request.execution import Executor
 from oblix_core.request.warm import WarmHistory
+from oblix_core.sessions.idempotency import IdempotencyRecords
 from oblix_core.sessions.store import SessionStore
 from oblix_core.usage.ledger import Pricing, UsageLedger
 
@@ -39,6 +40,8 @@ class Engine:
     budgets: BudgetSettings = attrs.field(factory=BudgetSettings)
     #: Each active session's recent history, kept warm between requests.
     history: WarmHistory = attrs.field(factory=WarmHistory)
+    #: Results of requests sent with an idempotency key (``None``: keys are not honoured).
+    idempotency: IdempotencyRecords | None = None
 
     def model_snapshot(self) -> list[ModelBackend]:
         return list(self.models.values())
