@@ -293,20 +293,18 @@ def test_usage_since_out_of_range_is_a_400(keyless: OblixServer) -> None:
     assert httpx.get(f"{keyless.base_url}/oblix/usage", params={"since": "7d"}, timeout=10).status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the core must raise an OblixError naming the damaged ledger (issue 28, the ledger's part)",
-)
-def test_a_damaged_ledger_is_named_not_a_500(tmp_path: Path, plugin_dir: Path) -> None:
+def test_a_damaged_ledger_is_named_and_a_503(tmp_path: Path, plugin_dir: Path) -> None:
+    """The ledger is the server's, not the query's: 503 with the core's message naming the file."""
+    (tmp_path / "sessions").mkdir()
+    ledger = tmp_path / "sessions" / ".usage.sqlite3"
+    ledger.write_bytes(b"this is not a database" * 200)
     server = start(tmp_path, plugin_dir)
     try:
+        message = error_of(
+            httpx.get(f"{server.base_url}/oblix/usage", timeout=10), 503, "usage_ledger_unavailable"
+        )
+        assert str(ledger) in message and "oblix usage --repair" in message
         client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
-        client.chat.completions.create(model="auto", messages=user("hi"))  # the ledger has a record
-        ledgers = list(tmp_path.rglob(".usage.sqlite3"))
-        assert ledgers
-        ledgers[0].write_bytes(b"this is not a database" * 200)
-        answer = httpx.get(f"{server.base_url}/oblix/usage", timeout=10)
-        assert answer.status_code != 500 and answer.headers["content-type"] == "application/json"
-        assert ".usage.sqlite3" in answer.json()["error"]["message"]
+        assert client.chat.completions.create(model="auto", messages=user("hi")).choices  # still answers
     finally:
         server.stop()

@@ -72,6 +72,11 @@ class ServerSettings:
         for name, value in self.connection_limits().items():
             if not value > 0:
                 raise ConfigError(f"The server setting {name} must be above 0, got {value!r}.")
+        for name in self.allowed_hosts:
+            if not name or any(c in name for c in "/:@ \\[]"):
+                raise ConfigError(
+                    f"--allowed-host takes a host name or address without a port or scheme, got {name!r}."
+                )
         if self.api_key is not None and len(self.api_key) < 8:
             raise ConfigError("The server API key is too short: use at least 8 characters.")
         if self.api_key is None and not is_loopback(self.host):
