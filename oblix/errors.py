@@ -5,10 +5,19 @@ Catch :class:`OblixError` for any of them, or a family: :class:`ConfigError` (ar
 ``config.toml``, options), :class:`PluginError`, :class:`SessionError`, :class:`ModelError`
 (:class:`TransientModelError` is worth a retry, :class:`PermanentModelError` is not) and
 :class:`NoModelAvailableError` (no candidate could answer; :class:`BudgetExceededError`
-and :class:`ModelCoolingDownError` say why).
+and :class:`ModelCoolingDownError` say why), :class:`DocumentError` (documents and workspaces).
 """
 
 from oblix_core.config.templates import TemplateError
+from oblix_core.documents.errors import (
+    DocumentError,
+    DocumentNotFoundError,
+    DocumentsNotInstalledError,
+    EmbedderError,
+    EmbedderMismatchError,
+    UnreadableDocumentError,
+    WorkspaceNotFoundError,
+)
 from oblix_core.errors import (
     ConfigError,
     ContextWindowExceededError,
@@ -34,18 +43,25 @@ from oblix_core.fields import InvalidSetting
 from oblix_core.models.health import ModelCoolingDownError
 from oblix_core.request.budgets import BudgetExceededError
 from oblix_core.usage.gate import BudgetGateBusyError
+from oblix_core.usage.ledger import LedgerDamagedError
 
 __all__ = [
     "BudgetExceededError",
     "BudgetGateBusyError",
     "ConfigError",
     "ContextWindowExceededError",
+    "DocumentError",
+    "DocumentNotFoundError",
+    "DocumentsNotInstalledError",
+    "EmbedderError",
+    "EmbedderMismatchError",
     "ExchangeNotStoredError",
     "IdempotencyInFlightError",
     "IdempotencyKeyMismatchError",
     "InvalidSessionDocumentError",
     "InvalidSessionIdError",
     "InvalidSetting",
+    "LedgerDamagedError",
     "ModelCoolingDownError",
     "ModelError",
     "ModelTimeoutError",
@@ -60,4 +76,6 @@ __all__ = [
     "StreamInterruptedError",
     "TemplateError",
     "TransientModelError",
+    "UnreadableDocumentError",
+    "WorkspaceNotFoundError",
 ]

@@ -395,3 +395,30 @@ def test_check_methods_is_the_helper_for_any_kind_of_part() -> None:
     assert missing_methods(Done(), ["embed"], base=Embedder) == []
     with pytest.raises(PluginError, match=r"Embedder 'mine' .* does not implement embed\(\)"):
         check_methods("Embedder", "mine", Mine, ["embed"], base=Embedder)
+
+
+def test_a_document_part_class_missing_a_required_method_is_refused_at_registration(home: Path) -> None:
+    from oblix.plugin import DocumentIndex, Embedder
+
+    class Mute(Embedder):
+        name, dimension = "mute", 3
+
+    class Half(DocumentIndex):
+        def add(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            return None
+
+    class Plugin:
+        @hookimpl
+        def oblix_register_embedders(self, register):  # type: ignore[no-untyped-def]
+            register("mute", Mute)
+
+    with pytest.raises(PluginError, match=r"Embedder 'mute' .* does not implement embed\(\)"):
+        OblixClient(home=home, plugins=[Plugin()])
+
+    class Indexes:
+        @hookimpl
+        def oblix_register_document_indexes(self, register):  # type: ignore[no-untyped-def]
+            register("half", Half)
+
+    with pytest.raises(PluginError, match=r"Document index 'half' .* does not implement .*search"):
+        OblixClient(home=home, plugins=[Indexes()])

@@ -16,6 +16,7 @@ import attrs
 import pluggy
 
 from oblix_core.agents import BaseAgent
+from oblix_core.documents.parts import DocumentIndex, DocumentReader, Embedder
 from oblix_core.errors import ConfigError, OblixError, PluginError
 from oblix_core.models.backend import ModelBackend
 from oblix_core.plugins import hookspecs
@@ -59,6 +60,12 @@ FIRST_PARTY: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 #: Part kinds registered as factories and checked when built.
 DOCUMENT_PARTS = frozenset({"Embedder", "Document index", "Document reader"})
+#: The base class of each document part (its abstract methods are the required ones).
+DOCUMENT_BASES: dict[str, type] = {
+    "Embedder": Embedder,
+    "Document index": DocumentIndex,
+    "Document reader": DocumentReader,
+}
 #: Loaded beside any allow-list in OBLIX_LOAD_PLUGINS (an empty one loads nothing; only
 #: OBLIX_DISABLE_PLUGINS skips it otherwise): the embedded default store.
 ESSENTIAL = frozenset({"file"})
@@ -301,9 +308,12 @@ REQUIRED: dict[str, tuple[type, tuple[str, ...]]] = {
 
 def _check_part(kind: str, name: str, obj: Any) -> None:
     """Refuse ``obj`` unless it is the right kind of part with every required method."""
-    if kind in DOCUMENT_PARTS:  # factories, checked when the part is built (oblix_core.documents)
+    if kind in DOCUMENT_PARTS:  # factories: a class is checked now, what a function builds when built
         if not callable(obj):
             raise PluginError(f"{kind} {name!r} must be callable (a class or a factory), got {obj!r}.")
+        base = DOCUMENT_BASES[kind]
+        if isinstance(obj, type) and issubclass(obj, base):
+            check_methods(kind, name, obj, required_methods(base), base)
         return
     base, required = REQUIRED[kind]
     if kind == "Session store":  # a factory: a class is checked now, a function when it has built one
