@@ -14,9 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic.types as wire
 import anyio
 import pytest
 
+from oblix_anthropic.mapping import EventReader
 from oblix_core.client import OblixClient
 from oblix_core.errors import StreamInterruptedError
 from oblix_core.models.backend import ModelType
@@ -234,3 +236,29 @@ async def test_claude_429_with_retry_after_makes_one_plus_max_retries_calls(home
             len(double.bodies) == 1 + FAST.max_retries
         )  # was 9: the SDK's, the backend's and ours multiplied
         assert len(info.value.attempts) == 1 + FAST.max_retries  # type: ignore[attr-defined]
+
+
+# -- the Claude mapping ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [-10_000_000, "100", [1], 1e30], ids=repr)
+def test_claude_counts_are_checked_by_the_mapping(bad: Any) -> None:
+    # the SDK's own event types, built without validation as its stream builds them
+    usage = wire.Usage.model_construct(input_tokens=bad, output_tokens=1)
+    message = wire.Message.model_construct(usage=usage)
+    reader = EventReader()
+    assert reader.read(wire.RawMessageStartEvent.model_construct(type="message_start", message=message)) == []
+    delta = wire.MessageDeltaUsage.model_construct(output_tokens=bad)
+    stop = {"stop_reason": "end_turn"}
+    event = wire.RawMessageDeltaEvent.model_construct(type="message_delta", delta=_Delta(stop), usage=delta)
+    reader.read(event)
+    [last] = reader.read(wire.RawMessageStopEvent.model_construct(type="message_stop"))
+    assert last.usage is not None and last.usage.input_tokens is None and last.usage.output_tokens == 1
+    assert last.info is not None and "not a token count" in last.info["usage_error"]
+
+
+class _Delta:
+    """The ``delta`` of a ``message_delta`` event: just its stop reason."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.stop_reason = fields["stop_reason"]
