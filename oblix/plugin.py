@@ -120,6 +120,7 @@ from oblix_core.sessions.records import (
 from oblix_core.sessions.store import SessionChanges, SessionStore
 from oblix_core.usage.counts import MAX_TOKEN_COUNT, provider_usage, token_count, usage_info
 from oblix_core.usage.ledger import UsageLedger, UsageRecord, UsageTotals, group_key, total_by
+from oblix_core.usage.ledger import check_record as check_usage_record
 from oblix_core.usage.sqlite import SqliteUsageLedger
 from oblix_core.validation import parse_flag
 
@@ -199,6 +200,7 @@ __all__ = [
     "UsageRecord",
     "UsageTotals",
     "Workspace",
+    "check_usage_record",
     "command_client",
     "connection_error",
     "decide_local_only",

@@ -18,13 +18,16 @@ import redis
 from click.testing import CliRunner
 
 from oblix_core.cli.main import build_cli
+from oblix_core.errors import OblixError
 from oblix_core.usage.ledger import LedgerDamagedError, UsageRecord
 from oblix_core.usage.sqlite import SqliteUsageLedger
 from oblix_redis.ledger import RedisUsageLedger
-from tests import redis_servers
+from oblix_s3.store import S3SessionStore
+from tests import redis_servers, s3_server
 from tests.redis_servers import RedisServer, unique_prefix
 
 redis_server = redis_servers.redis_server
+s3_bucket = s3_server.s3_bucket  # a fresh bucket on moto's S3 server
 
 
 def _record(request_id: str, **changes: Any) -> UsageRecord:
@@ -155,3 +158,34 @@ def test_a_redis_key_of_the_wrong_type_refuses_the_record_whole(
         ledger.record(_record("req-2"))
     assert ledger.totals(date(2026, 1, 1))[0].requests == 0
     assert not client.exists(f"{ledger.base}id:req-2")
+
+
+# -- S3 (moto's S3 server) ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"input_tokens": -10_000_000},
+        {"output_tokens": 10**30},
+        {"cost_usd": float("nan")},
+        {"latency_ms": -1.0},
+    ],
+    ids=repr,
+)
+def test_a_bad_s3_record_is_refused_before_anything_is_written(
+    s3_bucket: dict[str, str], bad: dict[str, Any]
+) -> None:
+    store = S3SessionStore(bucket=s3_bucket["bucket"], endpoint_url=s3_bucket["endpoint_url"], prefix="p/")
+    try:
+        ledger = store.usage_ledger()
+        assert ledger is not None
+        ledger.record(_record("good"))
+        with pytest.raises(OblixError, match=r"Usage record bad: .* nothing was written"):
+            ledger.record(_record("bad", **bad))
+        (total,) = ledger.totals(date(2026, 1, 1))
+        assert (total.requests, total.input_tokens, total.cost_usd) == (1, 100, pytest.approx(0.25))
+        ledger.record(_record("bad"))  # the corrected record counts
+        assert ledger.totals(date(2026, 1, 1))[0].requests == 2
+    finally:
+        store.close()

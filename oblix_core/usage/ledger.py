@@ -328,6 +328,25 @@ def reference_model(models: Sequence[tuple[str, bool]], versus: str | None) -> s
     return next((model_id for model_id, local in models if not local), DEFAULT_VERSUS)
 
 
+def check_record(record: UsageRecord) -> None:
+    """Raise :class:`OblixError` unless ``record``'s counts are token counts and its cost and
+    latency finite non-negative numbers: what a ledger checks before it writes anything, so a
+    bad record from any caller never poisons a total."""
+    for name in ("input_tokens", "output_tokens", "cached_tokens"):
+        if token_count(getattr(record, name)) is None:
+            raise OblixError(
+                f"Usage record {record.request_id}: {name}={getattr(record, name)!r:.40} is not a token "
+                "count (an integer 0..10^9); nothing was written."
+            )
+    for name in ("cost_usd", "latency_ms"):
+        value = getattr(record, name)
+        if _amount(value) != value:  # negative, NaN, infinite, not a number
+            raise OblixError(
+                f"Usage record {record.request_id}: {name}={value!r} is not a finite number >= 0; "
+                "nothing was written."
+            )
+
+
 def _amount(value: Any) -> float:
     """A finite, non-negative float (anything else counts as 0)."""
     if isinstance(value, bool) or not isinstance(value, int | float):

@@ -15,7 +15,9 @@ A day object::
 
 Guarantees:
 
-* A record is a read-modify-write of its day's object committed with ``If-Match``
+* A record is all-or-nothing: it is checked first (counts are token counts, cost and
+  latency finite numbers >= 0: else an OblixError and nothing is written), then counted in
+  a read-modify-write of its day's object committed with ``If-Match``
   (``If-None-Match: *`` for a new day). A writer that loses the race (412/409) re-reads
   the object and applies its records again, so concurrent writers in any number of
   threads, processes or hosts never lose a record; a request id the day already counted
@@ -40,7 +42,7 @@ from concurrent.futures import Executor, Future
 from datetime import date
 from typing import Any
 
-from oblix.plugin import OblixError, UsageLedger, UsageRecord, UsageTotals
+from oblix.plugin import OblixError, UsageLedger, UsageRecord, UsageTotals, check_usage_record
 from oblix_s3.index import MAX_CONFLICTS, backoff
 from oblix_s3.layout import dumps
 from oblix_s3.objects import ConditionFailed, S3Objects
@@ -188,6 +190,7 @@ class S3UsageLedger(UsageLedger):
 
     def record(self, record: UsageRecord) -> None:
         self._key(record.day)
+        check_usage_record(record)  # a bad record would poison the day's totals for good
         done: Future[None] = Future()
         with self._lock:
             self._queue.append((record, done))
