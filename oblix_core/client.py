@@ -13,6 +13,7 @@ import anyio
 
 from oblix_core.agents import AgentCheck, BaseAgent
 from oblix_core.compat import Compat012, print_metrics
+from oblix_core.config.notices import notice_once
 from oblix_core.config.settings import (
     Config,
     building_parts_in,
@@ -318,6 +319,14 @@ class OblixClient(SessionsAPI, Compat012, DocumentsAPI):
             await backend.start()
         self.engine.models[backend.model_id] = backend
         self._tell_agents()
+        if self.engine.pricing.price(backend.model_id, backend.is_local) is None:  # before any answer
+            await anyio.to_thread.run_sync(
+                notice_once,
+                self.home,
+                f"no-price:{backend.model_id}",
+                f"no price for cloud model {backend.model_id}: its cost counts as 0 in usage and budgets; "
+                "set price_in/price_out on its [[models]] entry (said once per Oblix home).",
+            )
         return backend.model_id
 
     async def unhook_model(self, model_id: str, release: bool = True) -> bool:

@@ -144,6 +144,7 @@ def test_prices_come_from_the_table_with_dated_names() -> None:
 
 
 def test_overrides_local_models_and_unknown_cloud_models(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG", logger="oblix_core.usage.ledger")  # the notice itself: test_notices.py
     pricing = Pricing.from_entries(
         [{"type": "openai", "name": "mine", "price_in": 1.0, "price_out": 2.0}, {"type": "x", "name": "y"}]
     )

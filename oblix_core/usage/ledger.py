@@ -109,12 +109,8 @@ class Pricing:
     def cost(self, model_id: str, local: bool, input_tokens: int, output_tokens: int) -> float:
         """The cost in USD (0 for a cloud model without a price, with a warning)."""
         price = self.price(model_id, local)
-        if price is None:
-            log.warning(
-                "no price for cloud model %s: its cost counts as 0; set price_in/price_out on its "
-                "[[models]] entry",
-                model_id,
-            )
+        if price is None:  # said once per home when the model is hooked, not on every answer
+            log.debug("no price for cloud model %s: its cost counts as 0", model_id)
             return 0.0
         return round((input_tokens * price[0] + output_tokens * price[1]) / 1e6, 10)
 
