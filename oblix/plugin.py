@@ -19,7 +19,8 @@ Session stores:   SessionStore, SessionRecord, Message, SessionChanges, LOCAL_ON
                   write_atomically
 Shared state:     HealthStore, IdempotencyRecords, KeyedRecord, FileIdempotencyRecords,
                   key_digest
-Usage ledgers:    UsageLedger, UsageRecord, UsageTotals, SqliteUsageLedger, group_key, total_by
+Usage ledgers:    UsageLedger, UsageRecord, UsageTotals, SqliteUsageLedger, group_key, total_by,
+                  check_usage_record
 Routing, middleware: RouteRequest, RoutingPlan, Request, ROUTING_PREFERENCES, new_request_id,
                   session_is_local_only, decide_local_only, LocalOnly
 Documents:        Embedder, DocumentIndex, DocumentReader, TextBlock, Chunk, DocumentEntry,
