@@ -28,7 +28,9 @@ async def test_a_misspelt_option_is_an_error_naming_the_right_one(ollama: Ollama
     async with OblixClient(home=home) as client:
         await client.hook_model("ollama", "llama2", endpoint=ollama.url)
         sent = len(ollama.requests)
-        with pytest.raises(ConfigError, match=r"Unknown model option 'temprature'.*Did you mean 'temperature'"):
+        with pytest.raises(
+            ConfigError, match=r"Unknown model option 'temprature'.*Did you mean 'temperature'"
+        ):
             await client.execute("hi", stream=False, temprature=0.1)
         assert len(ollama.requests) == sent  # refused before anything was sent
         answer = await client.execute("hi", stream=False, top_p=0.5, store=False)
