@@ -4,6 +4,8 @@
   ``store`` fixture, and ``damage_session`` for the corruption tests);
 * :class:`ModelBackendContract` -- the suite every model backend runs;
 * :class:`AgentContract` -- the suite every monitoring agent runs;
+* :class:`EmbedderContract`, :class:`DocumentIndexContract`, :class:`DocumentReaderContract` --
+  the suites every embedder, document index and document reader runs;
 * :class:`ScriptedBackend`, :class:`ScriptedPlugin`, :class:`Step` -- a *test double* model
   backend that answers from a script (for routing, middleware and command tests; not a model).
 
@@ -22,6 +24,9 @@ public home of what ``oblix_core.testing`` holds (that name keeps working).
 
 from oblix_core.testing import (
     AgentContract,
+    DocumentIndexContract,
+    DocumentReaderContract,
+    EmbedderContract,
     ModelBackendContract,
     ScriptedBackend,
     ScriptedPlugin,
@@ -31,6 +36,9 @@ from oblix_core.testing import (
 
 __all__ = [
     "AgentContract",
+    "DocumentIndexContract",
+    "DocumentReaderContract",
+    "EmbedderContract",
     "ModelBackendContract",
     "ScriptedBackend",
     "ScriptedPlugin",

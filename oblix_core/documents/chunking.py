@@ -26,7 +26,10 @@ _SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
 
 def count_tokens(text: str) -> int:
     """An estimate of a text's tokens for a word-piece model: words and punctuation, plus a third."""
-    words = len(_WORD.findall(text))
+    return _estimate(len(_WORD.findall(text)))
+
+
+def _estimate(words: int) -> int:
     return words + words // 3
 
 
@@ -37,7 +40,8 @@ class _Piece:
     line_end: int
     page: int | None
     headings: tuple[str, ...]
-    tokens: int
+    #: Words and punctuation (additive, unlike the token estimate).
+    words: int
 
 
 def _split_text(text: str, budget: int) -> Iterator[str]:
@@ -52,18 +56,18 @@ def _split_text(text: str, budget: int) -> Iterator[str]:
     buf: list[str] = []
     size = 0
     for part in parts:
-        tokens = count_tokens(part)
-        if tokens > budget and len(parts) > 1:
+        words = len(_WORD.findall(part))
+        if _estimate(words) > budget and len(parts) > 1:
             if buf:
                 yield joiner.join(buf)
                 buf, size = [], 0
             yield from _split_text(part, budget)
             continue
-        if buf and size + tokens > budget:
+        if buf and _estimate(size + words) > budget:
             yield joiner.join(buf)
             buf, size = [], 0
         buf.append(part)
-        size += tokens
+        size += words
     if buf:
         yield joiner.join(buf)
 
@@ -77,7 +81,7 @@ def _pieces(blocks: Iterable[TextBlock], budget: int) -> Iterator[_Piece]:
         for part in _split_text(text, budget) if count_tokens(text) > budget else [text]:
             start = line + text[: text.find(part)].count("\n") if part in text else line
             yield _Piece(
-                part, start, start + part.count("\n"), block.page, block.headings, count_tokens(part)
+                part, start, start + part.count("\n"), block.page, block.headings, len(_WORD.findall(part))
             )
 
 
@@ -112,17 +116,18 @@ def chunk_blocks(
         chunks.append(Chunk(doc_id, len(chunks), text, first.line, last.line_end, first.page, first.headings))
         return _tail(last.text, overlap) if carry else ""
 
-    size = 0
+    size = 0  # words in the group
     for piece in _pieces(blocks, budget):
         same_section = bool(group) and group[-1].headings == piece.headings and group[-1].page == piece.page
-        if group and (not same_section or size + piece.tokens > budget):
+        if group and (not same_section or _estimate(size + piece.words) > budget):
             carry = flush(same_section)
             group.clear()
             size = 0
-            if carry and count_tokens(carry) + piece.tokens <= budget:
-                group.append(attrs.evolve(piece, text=carry, tokens=count_tokens(carry), line_end=piece.line))
-                size = group[0].tokens
+            carried = len(_WORD.findall(carry))
+            if carry and _estimate(carried + piece.words) <= budget:
+                group.append(attrs.evolve(piece, text=carry, words=carried, line_end=piece.line))
+                size = carried
         group.append(piece)
-        size += piece.tokens
+        size += piece.words
     flush(False)
     return chunks

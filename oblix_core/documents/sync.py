@@ -99,7 +99,8 @@ def embed_chunks(embedder: Embedder, chunks: Sequence[Chunk], doc_name: str, bat
         if len(got) != len(batch) or any(len(v) != embedder.dimension for v in got):
             raise EmbedderError(
                 f"The embedder {embedder.name} answered {len(got)} vectors for {len(batch)} texts, or "
-                f"vectors of another dimension than {embedder.dimension}; nothing of this document was written."
+                f"vectors of another dimension than {embedder.dimension}; nothing of this document was "
+                "written."
             )
         vectors.extend(got)
     return vectors

@@ -18,6 +18,8 @@ import attrs
 
 from oblix_core.documents.errors import DocumentsNotInstalledError
 
+#: gitignore syntax, as git matches it (pathspec 1.0 and later).
+_STYLE = "gitignore"
 SKIP_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__", "node_modules", ".venv", ".tox"})
 
 
@@ -37,7 +39,7 @@ def _gitignore(root: Path, folder: Path, spec_type: Any) -> Any:
     prefix = folder.relative_to(root).as_posix()
     if prefix != ".":  # a nested .gitignore speaks of paths below its own folder
         lines = [_anchor(line, prefix) for line in lines]
-    return spec_type.from_lines("gitwildmatch", lines)
+    return spec_type.from_lines(_STYLE, lines)
 
 
 def _anchor(line: str, prefix: str) -> str:
@@ -61,7 +63,7 @@ def walk(
             "Syncing a directory needs pathspec: pip install 'oblix[docs]'."
         ) from exc
     real_root = root.resolve()
-    excluded = pathspec.PathSpec.from_lines("gitwildmatch", exclude_patterns)
+    excluded = pathspec.PathSpec.from_lines(_STYLE, exclude_patterns)
     seen: set[tuple[int, int]] = set()
     specs: list[Any] = []
     yield from _walk_folder(real_root, real_root, excluded, specs, seen, recursive, pathspec.PathSpec)

@@ -30,10 +30,11 @@ class LocalEmbedder(Embedder):
     is_local = True
 
     def __init__(self, model: str | None = None, *, n_threads: int | None = None) -> None:
+        """``n_threads``: default half the CPUs, at most 4 (an ingest leaves room for the rest)."""
         if model not in (None, "", MODEL_NAME):
             raise EmbedderError(f"The local embedder ships {MODEL_NAME} only, not {model!r}.")
         self.name = f"local:{MODEL_NAME}"
-        self._threads = n_threads or max(1, min(4, os.cpu_count() or 1))
+        self._threads = n_threads or max(1, min(4, (os.cpu_count() or 2) // 2))
         self._llama: Any = None
         self._lock = threading.Lock()
 

@@ -15,6 +15,9 @@ from pathlib import Path
 
 from oblix.plugin import DocumentReader, TextBlock, UnreadableDocumentError
 
+#: Single-byte encodings preferred when the detector finds them plausible.
+WESTERN = ("cp1252", "latin_1", "iso8859_15")
+
 
 def decode(path: Path, data: bytes) -> str:
     """The text of a file: UTF-8 (with or without BOM), else its detected encoding."""
@@ -26,10 +29,14 @@ def decode(path: Path, data: bytes) -> str:
         pass
     from charset_normalizer import from_bytes
 
-    best = from_bytes(data).best()
+    matches = from_bytes(data)
+    best = matches.best()
     if best is None or best.encoding is None:
         raise UnreadableDocumentError(f"{path.name}: not UTF-8 and its encoding cannot be detected.")
-    return str(best)
+    # a short text fits several single-byte encodings; Windows-1252 (Latin-1's superset) is the
+    # most common of them, so it wins whenever it fits
+    western = next((m for m in matches if m.encoding in WESTERN), None)
+    return str(western or best)
 
 
 def paragraphs(text: str, first_line: int = 1, headings: tuple[str, ...] = ()) -> Iterator[TextBlock]:
@@ -272,7 +279,7 @@ class PdfReader(DocumentReader):
             pdf = Pdf(io.BytesIO(data))
             if pdf.is_encrypted:
                 raise UnreadableDocumentError(f"{path.name}: an encrypted PDF; decrypt it first.")
-            blocks = []
+            blocks: list[TextBlock] = []
             for number, page in enumerate(pdf.pages, start=1):
                 text = page.extract_text() or ""
                 blocks.extend(TextBlock(b.text, b.line, number, b.headings) for b in paragraphs(text))

@@ -135,7 +135,8 @@ class SqliteDocumentIndex(DocumentIndex):
 
     def _delete_chunks(self, workspace_id: str, doc_id: str) -> None:
         self._db.execute(
-            "DELETE FROM chunks_fts WHERE rowid IN (SELECT rowid FROM chunks WHERE workspace_id = ? AND doc_id = ?)",
+            "DELETE FROM chunks_fts WHERE rowid IN "
+            "(SELECT rowid FROM chunks WHERE workspace_id = ? AND doc_id = ?)",
             (workspace_id, doc_id),
         )
         self._db.execute("DELETE FROM chunks WHERE workspace_id = ? AND doc_id = ?", (workspace_id, doc_id))
@@ -295,7 +296,8 @@ class SqliteDocumentIndex(DocumentIndex):
             part = ranked[start : start + 500]
             marks = ",".join("?" * len(part))
             rows = self._rows(
-                "SELECT c.rowid, c.doc_id, c.chunk_idx, c.text, c.line_start, c.line_end, c.page, c.headings, d.name "
+                "SELECT c.rowid, c.doc_id, c.chunk_idx, c.text, c.line_start, c.line_end, c.page, "
+                "c.headings, d.name "
                 "FROM chunks c JOIN documents d ON d.workspace_id = c.workspace_id AND d.id = c.doc_id "
                 f"WHERE c.rowid IN ({marks})",
                 [rowid for rowid, _ in part],
