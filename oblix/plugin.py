@@ -31,7 +31,7 @@ Errors:           OblixError, ConfigError, PluginError, SessionError, InvalidSes
                   SessionNotFoundError, SessionExistsError, SessionCorruptedError,
                   ExchangeNotStoredError, ModelError, TransientModelError, ModelTimeoutError,
                   PermanentModelError, ContextWindowExceededError, StreamInterruptedError,
-                  NoModelAvailableError
+                  NoModelAvailableError, IdempotencyKeyMismatchError, IdempotencyInFlightError
 Commands, servers: OblixClient, ResponseStream, command_client, handle_errors
 
 Notes: ``needs()`` declares an optional dependency up front, so a plugin whose package is
@@ -60,6 +60,8 @@ from oblix_core.errors import (
     ConfigError,
     ContextWindowExceededError,
     ExchangeNotStoredError,
+    IdempotencyInFlightError,
+    IdempotencyKeyMismatchError,
     InvalidSessionIdError,
     ModelError,
     ModelTimeoutError,
@@ -162,6 +164,8 @@ __all__ = [
     "FileIdempotencyRecords",
     "GenerationRequest",
     "HealthStore",
+    "IdempotencyInFlightError",
+    "IdempotencyKeyMismatchError",
     "IdempotencyRecords",
     "InvalidSessionIdError",
     "KeyedRecord",

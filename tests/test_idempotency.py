@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 
 from oblix_core.client import OblixClient
 from oblix_core.errors import IdempotencyInFlightError, IdempotencyKeyMismatchError, OblixError
-from oblix_core.request import idempotency
 from oblix_core.testing import ScriptedPlugin
 from oblix_core.testing.scripted import Step
 from oblix_redis.store import RedisSessionStore
@@ -49,11 +49,6 @@ def store_options(request: pytest.FixtureRequest, kind: str) -> dict[str, Any]:
         return {"session_store": RedisSessionStore(url=cluster.url, prefix=unique_prefix(), cluster=True)}
     s3: S3Server = request.getfixturevalue("server")
     return {"session_store": S3SessionStore(bucket=new_bucket(s3.url), endpoint_url=s3.url)}
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture(params=STORES)
@@ -124,12 +119,12 @@ async def test_a_repeat_while_the_first_runs_waits_for_its_answer(
 
 
 async def test_a_repeat_that_waits_too_long_is_told_to_retry_later(
-    client: OblixClient, scripted: ScriptedPlugin, monkeypatch: pytest.MonkeyPatch
+    home: Path, scripted: ScriptedPlugin, make_client: Callable[..., OblixClient]
 ) -> None:
+    client = make_client(home=home, plugins=[scripted], execution=attrs.evolve(FAST, idempotency_wait=0.2))
     await client.hook_model("scripted", "a", local=True)
     scripted.scripts["a"] = [Step(("slow ", "answer"), delay=0.5)]
-    monkeypatch.setattr(idempotency, "DEFAULT_WAIT_S", 0.2)
-    errors: list[BaseException] = []
+    errors: list[IdempotencyInFlightError] = []
 
     async def ask_later() -> None:
         await anyio.sleep(0.1)
@@ -143,6 +138,17 @@ async def test_a_repeat_that_waits_too_long_is_told_to_retry_later(
         await client.execute("hi", stream=False, idempotency_key="k")
     assert len(errors) == 1 and errors[0].retry_after >= 1
     assert len(scripted.calls["a"]) == 1
+
+
+async def test_a_key_is_forgotten_after_its_ttl(
+    home: Path, scripted: ScriptedPlugin, make_client: Callable[..., OblixClient]
+) -> None:
+    client = make_client(home=home, plugins=[scripted], execution=attrs.evolve(FAST, idempotency_ttl=1.0))
+    await client.hook_model("scripted", "a", local=True)
+    await client.execute("hi", stream=False, idempotency_key="k")
+    await anyio.sleep(1.2)
+    again = await client.execute("hi", stream=False, idempotency_key="k")
+    assert "replayed" not in again["metrics"] and len(scripted.calls["a"]) == 2
 
 
 async def test_a_failed_request_can_be_retried_with_its_key(

@@ -103,6 +103,17 @@ def oblix_request_end(request: Request, result: dict[str, Any]) -> None:
 
 
 @hookspec
+def oblix_request_replayed(request: Request, result: dict[str, Any]) -> None:
+    """Observe a request answered by replaying an earlier try's result (same idempotency key).
+
+    Fires instead of ``oblix_request_end`` when no model ran and nothing was stored or
+    counted; ``result`` is the first try's result with ``metrics["replayed"] = True``.
+    Returns nothing; an exception is logged with the plugin's name and ignored, and the
+    other implementations still run.
+    """
+
+
+@hookspec
 def oblix_request_error(request: Request, error: BaseException) -> None:
     """Observe a failed request.
 

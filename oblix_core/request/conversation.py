@@ -211,12 +211,15 @@ class ResponseStream:
             session = await self._session()
             self._apply_session(session)
             engine = self._engine
-            once = self._once = await Once.start(engine.idempotency, self.request, fields)
+            once = self._once = await Once.start(
+                engine.idempotency, self.request, fields, engine.executor.settings
+            )
             if once is not None:
                 if await once.recover(session):
                     await self._count_recovered(once.replay)
                 if once.replay is not None:  # an earlier try answered: nothing runs, stores or counts
                     self.result = once.replay
+                    notify(hooks.oblix_request_replayed, request=self.request, result=once.replay)
                     yield once.replay["response"]
                     return
             budget = self._budget = BudgetGuard(
@@ -246,21 +249,7 @@ class ResponseStream:
                 marks = {"interrupted": True, "error": str(exc)}
                 await self._persist(started_at, exc.partial, exc.model_id, marks)
                 raise
-            assert done is not None
-            metrics = done.metrics | {"total_latency_ms": round((time.monotonic() - started) * 1000, 2)}
-            if done.tool_calls:
-                metrics["tool_calls"] = [dict(c) for c in done.tool_calls]
-            metrics["cost_usd"] = engine.pricing.cost(
-                done.model.model_id, done.model.is_local, metrics["input_tokens"], metrics["output_tokens"]
-            )
-            usage = answer_record(
-                self.request, done.model.model_id, done.model.is_local, metrics, plan.rule, plan.reason
-            )
-            await self._persist(started_at, done.text, done.model.model_id, metrics, usage)
-            budget.release()
-            self.result = self._result(done, metrics, plan, checks)
-            if once is not None:
-                await once.finish(self.result, self._stored)
+            await self._finish(done, plan, checks, started)
         except BaseException as exc:
             if self._budget is not None:
                 self._budget.release()
@@ -273,6 +262,25 @@ class ResponseStream:
                 notify(hooks.oblix_request_error, request=self.request, error=exc)
             raise
         notify(hooks.oblix_request_end, request=self.request, result=self.result)
+
+    async def _finish(self, done: Done | None, plan: RoutingPlan, checks: list[Any], started: float) -> None:
+        """The answer's metrics and usage recorded, the exchange stored, the gate released, the
+        result built (and kept under the request's idempotency key)."""
+        assert done is not None
+        engine, model = self._engine, done.model
+        metrics = done.metrics | {"total_latency_ms": round((time.monotonic() - started) * 1000, 2)}
+        if done.tool_calls:
+            metrics["tool_calls"] = [dict(c) for c in done.tool_calls]
+        metrics["cost_usd"] = engine.pricing.cost(
+            model.model_id, model.is_local, metrics["input_tokens"], metrics["output_tokens"]
+        )
+        usage = answer_record(self.request, model.model_id, model.is_local, metrics, plan.rule, plan.reason)
+        await self._persist(self._started_at, done.text, model.model_id, metrics, usage)
+        if self._budget is not None:
+            self._budget.release()
+        self.result = self._result(done, metrics, plan, checks)
+        if self._once is not None:
+            await self._once.finish(self.result, self._stored)
 
     async def _count_recovered(self, result: dict[str, Any] | None) -> None:
         """Record the usage of an answer a dead process stored (it may have died before its

@@ -90,6 +90,10 @@ class ExecutionSettings:
     #: The most characters one answer may have (text and tool-call arguments together): an
     #: answer that grows past it fails (an endless upstream stream stops there).
     max_answer_chars: int = attrs.field(default=DEFAULT_MAX_ANSWER_CHARS, validator=fields.integer(1))
+    #: How long a result sent with an idempotency key is kept, and how long a repeat waits for
+    #: the first request with its key before it is told to retry later (seconds).
+    idempotency_ttl: float = attrs.field(default=24 * 3600.0, validator=fields.seconds(0, strict=True))
+    idempotency_wait: float = attrs.field(default=30.0, validator=fields.seconds(0))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExecutionSettings:

@@ -35,6 +35,7 @@ from oblix_core.sessions.records import Message, SessionRecord, random_hex
 
 if TYPE_CHECKING:
     from oblix_core.request.context import Request
+    from oblix_core.request.execution import ExecutionSettings
 
 #: A claim's lease: a running request renews it as its answer streams; a claim whose lease
 #: passed belongs to a process that died, and a retry may take it over.
@@ -213,12 +214,20 @@ class Once:
 
     @classmethod
     async def start(
-        cls, records: IdempotencyRecords | None, request: Request, fields: dict[str, Any]
+        cls,
+        records: IdempotencyRecords | None,
+        request: Request,
+        fields: dict[str, Any],
+        settings: ExecutionSettings | None = None,
     ) -> Once | None:
-        """``None`` for a request without a key; else claimed, or holding the replay."""
+        """``None`` for a request without a key; else claimed, or holding the replay.
+        ``settings``: ``idempotency_ttl`` and ``idempotency_wait`` (``[execution]``)."""
         if request.idempotency_key is None or records is None:
             return None
-        once = cls(Claim(records, request.idempotency_key, fields), request)
+        ttl = settings.idempotency_ttl if settings is not None else DEFAULT_TTL_S
+        wait = settings.idempotency_wait if settings is not None else None
+        claim = Claim(records, request.idempotency_key, fields, ttl=ttl, wait=wait)
+        once = cls(claim, request)
         first = await once.claim.begin()
         if first is not None:
             once.replay = replayed(first)

@@ -17,13 +17,15 @@ anything else is refused with 400 before anything is sent.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import attrs
 from starlette.datastructures import Headers
 
 from oblix.plugin import OblixClient, OblixError, decide_local_only, parse_flag
-from oblix_server.errors import APIError, from_oblix
+from oblix_server.errors import IDEMPOTENCY_HEADER, APIError, from_oblix
+from oblix_server.guard import offered_key
 from oblix_server.schema import ChatRequest
 
 SESSION_HEADER = "X-Oblix-Session-Id"
@@ -59,6 +61,25 @@ def local_only_header(headers: Headers) -> bool:
     except OblixError as exc:
         message = f"{exc} Nothing was sent."
         raise APIError(400, message, code="invalid_header", param=LOCAL_ONLY_HEADER) from None
+
+
+def idempotency_key(headers: Headers) -> str | None:
+    """The request's ``Idempotency-Key``, scoped to the API key that sent it (one client can
+    never replay another's answer); ``None`` without the header. A bad key is a 400."""
+    values = headers.getlist(IDEMPOTENCY_HEADER)
+    if not values:
+        return None
+    key = values[0].strip()
+    if len(values) > 1 or not key or len(key) > 255 or not key.isprintable():
+        raise APIError(
+            400,
+            f"The {IDEMPOTENCY_HEADER} header must appear once, with 1-255 printable characters "
+            "(e.g. a UUID made once per request and sent again with each retry). Nothing was sent.",
+            code="invalid_header",
+            param=IDEMPOTENCY_HEADER,
+        )
+    scope = hashlib.sha256((offered_key(headers) or "").encode()).hexdigest()[:16]
+    return f"{scope}:{key}"
 
 
 def _forced_model(client: OblixClient, chat: ChatRequest) -> str | None:
@@ -108,6 +129,9 @@ def build_call(client: OblixClient, chat: ChatRequest, headers: Headers, store_a
     earlier = [m.to_dict() for m in rest[:-1]]
     session = (headers.get(SESSION_HEADER) or "").strip() or None
     options: dict[str, Any] = {"system": system, "local_only": local_only_header(headers)}
+    key = idempotency_key(headers)
+    if key is not None:
+        options["idempotency_key"] = key
     if model:
         options["model"] = model
     options.update(chat.model_options())

@@ -16,6 +16,8 @@ from starlette.responses import JSONResponse
 
 from oblix.plugin import (
     ExchangeNotStoredError,
+    IdempotencyInFlightError,
+    IdempotencyKeyMismatchError,
     InvalidSessionIdError,
     NoModelAvailableError,
     OblixError,
@@ -24,6 +26,7 @@ from oblix.plugin import (
     scrub_secrets,
 )
 
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 #: OpenAI's error ``type`` for each status the server uses.
 _TYPES = {
     400: "invalid_request_error",
@@ -32,6 +35,7 @@ _TYPES = {
     404: "not_found_error",
     405: "invalid_request_error",
     408: "invalid_request_error",
+    409: "invalid_request_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
     422: "invalid_request_error",
@@ -88,6 +92,11 @@ def from_oblix(exc: OblixError) -> APIError:
         return APIError(502, text, code="stream_interrupted")
     if isinstance(exc, ExchangeNotStoredError):
         return APIError(500, text, code="exchange_not_stored")
+    if isinstance(exc, IdempotencyKeyMismatchError):
+        return APIError(422, text, code="idempotency_key_mismatch", param=IDEMPOTENCY_HEADER)
+    if isinstance(exc, IdempotencyInFlightError):
+        retry = {"Retry-After": str(max(1, round(exc.retry_after)))}
+        return APIError(409, text, code="idempotency_key_in_use", param=IDEMPOTENCY_HEADER, headers=retry)
     return APIError(422, text, code="invalid_request")
 
 

@@ -79,6 +79,9 @@ class Observer:
             "oblix_requests", "Answered requests", ["model", "route", "locality"], registry=r
         )
         self.errors = Counter("oblix_request_errors", "Failed requests", ["error"], registry=r)
+        self.replays = Counter(
+            "oblix_replays", "Requests answered by replaying an earlier try (Idempotency-Key)", registry=r
+        )
         self.tokens = Counter("oblix_tokens", "Tokens", ["model", "direction"], registry=r)
         self.cost = Counter("oblix_cost_usd", "Cost of the answers in USD", ["model"], registry=r)
         self.latency = Histogram(
@@ -143,6 +146,10 @@ class Observer:
                 self.first_token.labels(model),
             )
         return series
+
+    @hookimpl
+    def oblix_request_replayed(self, request: Any, result: dict[str, Any]) -> None:
+        self.replays.inc()
 
     @hookimpl
     def oblix_request_error(self, request: Any, error: BaseException) -> None:
