@@ -211,15 +211,12 @@ class ResponseStream:
             session = await self._session()
             self._apply_session(session)
             engine = self._engine
-            once = self._once = await Once.start(
-                engine.idempotency, self.request, fields, engine.executor.settings
-            )
+            once = self._once = await Once.start(engine.idempotency, self.request, fields)
             if once is not None:
                 if await once.recover(session):
                     await self._count_recovered(once.replay)
                 if once.replay is not None:  # an earlier try answered: nothing runs, stores or counts
                     self.result = once.replay
-                    notify(hooks.oblix_request_replayed, request=self.request, result=once.replay)
                     yield once.replay["response"]
                     return
             budget = self._budget = BudgetGuard(
