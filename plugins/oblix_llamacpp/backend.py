@@ -35,16 +35,17 @@ from oblix.plugin import (
     Usage,
     require,
 )
+from oblix_llamacpp.loops import LoopGuard
 from oblix_llamacpp.options import byte_option, cache_dir_option, thread_option
 from oblix_llamacpp.packaged import DEFAULT_MODEL, packaged_model_path
-from oblix_llamacpp.prompts import PLAIN_FORMATS
+from oblix_llamacpp.prompts import FAMILY_FORMATS, FORMAT_DEFAULTS, PLAIN_FORMATS
 from oblix_llamacpp.state_cache import PromptStateCache, default_capacity
 from oblix_llamacpp.state_disk import DEFAULT_DISK_BYTES, DiskStateStore, model_fingerprint
 from oblix_llamacpp.threads import ThreadChooser, physical_cores
 
 log = logging.getLogger(__name__)
 
-#: Answer length when the request sets no ``max_tokens``.
+#: Answer length when the request sets no ``max_tokens`` (a format may set less: FORMAT_DEFAULTS).
 DEFAULT_MAX_TOKENS = 512
 _LLAMA_OPTIONS = {
     "top_p",
@@ -130,6 +131,7 @@ class LlamaCppBackend(ModelBackend):
         seed: int | None = None,
         temperature: float | None = None,
         verbose: bool = False,
+        repetition_guard: bool = True,
         kv_cache_bytes: int | None = None,
         kv_cache_dir: str | Path | bool | None = None,
         kv_cache_disk_bytes: int = DEFAULT_DISK_BYTES,
@@ -155,6 +157,7 @@ class LlamaCppBackend(ModelBackend):
             temperature if temperature is not None else (0.0 if self.model_path is None else 0.7)
         )
         self.verbose = verbose
+        self.repetition_guard = repetition_guard
         self._llama: Any = None
         self._plain: Any = None  # a PLAIN_FORMATS function, or None to use a chat template
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -218,9 +221,12 @@ class LlamaCppBackend(ModelBackend):
                 ) from exc
             finally:
                 self._loading = False
-            has_template = "tokenizer.chat_template" in (llama.metadata or {})
-            if self.chat_format in PLAIN_FORMATS or (self.chat_format is None and not has_template):
-                self._plain = PLAIN_FORMATS[self.chat_format or "vicuna"]
+            metadata = llama.metadata or {}
+            if self.chat_format in PLAIN_FORMATS:
+                self._plain = PLAIN_FORMATS[self.chat_format]
+            elif self.chat_format is None and "tokenizer.chat_template" not in metadata:  # a base model
+                family = metadata.get("general.architecture", "")
+                self._plain = PLAIN_FORMATS[FAMILY_FORMATS.get(family, "vicuna")]
             self._llama = llama
             self._worker = threading.Thread(
                 target=self._serve, name=f"oblix-llama-{self.model_name}", daemon=True
@@ -259,26 +265,42 @@ class LlamaCppBackend(ModelBackend):
             return super().count_tokens(text)
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
-    def _parts(self, request: GenerationRequest, stop: threading.Event) -> Iterator[StreamChunk]:
-        """Generate in the calling (worker) thread; checks ``stop`` before every token."""
+    def _start(self, request: GenerationRequest) -> tuple[Any, int]:
+        """llama.cpp's stream of parts for ``request`` and the prompt's token count.
+
+        Sampling options the request does not set come from the prompt format's defaults
+        (the base-model format's repetition penalties and shorter answers).
+        """
         llama = self._llama
-        self._set_threads(llama)
-        if self._cache is not None:
-            self._cache.last = None  # set when llama.cpp starts on the prompt
         params: dict[str, Any] = {k: v for k, v in request.options.items() if k in _LLAMA_OPTIONS}
         extra_stops = list(params.pop("stop", None) or [])
         params["temperature"] = self.temperature if request.temperature is None else request.temperature
+        defaults = FORMAT_DEFAULTS.get(getattr(self._plain, "__name__", ""), {})
+        longest = defaults.get("max_tokens", DEFAULT_MAX_TOKENS)
+        params |= {k: v for k, v in defaults.items() if k != "max_tokens" and k not in params}
         if self._plain is not None:
             prompt, stops = self._plain(request.messages)
             prompt_tokens = len(llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
-            params["max_tokens"] = request.max_tokens or min(DEFAULT_MAX_TOKENS, self.n_ctx - prompt_tokens)
+            params["max_tokens"] = request.max_tokens or min(longest, self.n_ctx - prompt_tokens)
             parts = llama.create_completion(prompt, stream=True, stop=stops + extra_stops, **params)
-        else:
-            prompt_tokens = self.count_message_tokens(request.messages)
-            params["max_tokens"] = request.max_tokens or min(DEFAULT_MAX_TOKENS, self.n_ctx - prompt_tokens)
-            parts = llama.create_chat_completion(
-                [m.to_dict() for m in request.messages], stream=True, stop=extra_stops or None, **params
-            )
+            return parts, prompt_tokens
+        prompt_tokens = self.count_message_tokens(request.messages)
+        params["max_tokens"] = request.max_tokens or min(longest, self.n_ctx - prompt_tokens)
+        messages = [m.to_dict() for m in request.messages]
+        parts = llama.create_chat_completion(messages, stream=True, stop=extra_stops or None, **params)
+        return parts, prompt_tokens
+
+    def _parts(self, request: GenerationRequest, stop: threading.Event) -> Iterator[StreamChunk]:
+        """Generate in the calling (worker) thread; checks ``stop`` before every token.
+
+        With the repetition guard, an answer that starts repeating a sentence ends before
+        the repetition, as a complete answer (finish reason ``stop``).
+        """
+        self._set_threads(self._llama)
+        if self._cache is not None:
+            self._cache.last = None  # set when llama.cpp starts on the prompt
+        parts, prompt_tokens = self._start(request)
+        guard = LoopGuard() if self.repetition_guard else None
         texts: list[str] = []
         held = ""
         finish = None
@@ -290,18 +312,27 @@ class LlamaCppBackend(ModelBackend):
                 choice = part["choices"][0]
                 text = choice["text"] if self._plain is not None else choice["delta"].get("content")
                 finish = choice.get("finish_reason") or finish
+                if guard is not None and text:
+                    text, looped = guard.feed(text)
+                    if looped:
+                        finish = "stop"
                 if not texts:
                     text = (text or "").lstrip()
-                if not text:
-                    continue
-                if text.isspace():  # held back: whitespace before the stop is not part of the answer
+                if text and text.isspace():  # held back: whitespace before the stop is not part of the answer
                     held += text
-                    continue
-                text, held = held + text, ""
-                texts.append(text)
-                yield StreamChunk(text)
+                elif text:
+                    text, held = held + text, ""
+                    texts.append(text)
+                    yield StreamChunk(text)
+                if guard is not None and guard.stopped:
+                    break
         finally:
             parts.close()
+        rest = guard.finish().rstrip() if guard is not None and finish != "cancelled" else ""
+        if rest:
+            rest = (held + rest) if texts else rest.lstrip()
+            texts.append(rest)
+            yield StreamChunk(rest)
         output = self.count_tokens("".join(texts))
         use = self._cache.last if self._cache is not None else None
         info = {"prompt_cache": use.as_dict()} if use is not None else None
