@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -176,7 +177,11 @@ def test_oblix_server_options_take_their_defaults_from_server_settings() -> None
     from oblix_server.settings import ServerSettings
 
     defaults = ServerSettings()
-    options = {p.name: p.default for p in server.params if p.name in attrs.fields_dict(ServerSettings)}
+
+    def default(param: Any) -> Any:  # a repeatable option without a default gives the command ()
+        return () if param.multiple and not isinstance(param.default, list | tuple) else param.default
+
+    options = {p.name: default(p) for p in server.params if p.name in attrs.fields_dict(ServerSettings)}
     assert {"host", "port", "api_key", "max_concurrency", "queue_size", "max_body_bytes", "store_all"} <= set(
         options
     )
