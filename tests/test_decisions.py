@@ -7,8 +7,8 @@ the ledger per request), and is a model cooling down (routing's screen, asked of
 the conversation never reaches into its breaker).
 
 Each test drives the three faces -- the SDK (``OblixClient.execute``), the command line
-(``oblix run``, in this process through click's runner, its plugin found by a real entry
-point) and ``oblix server`` (its ASGI app, in this process, called by the official openai
+(``oblix run`` and ``oblix chat``, in this process through click's runner, its plugin found
+by a real entry point) and ``oblix server`` (its ASGI app, in this process, called by the official openai
 client) -- with a spy on the one function: :func:`spy` wraps it wherever a module bound it
 (``from ... import`` included), so a path that decided elsewhere shows up as a missing call or
 as an answer the spy did not give. The models are the scripted test double (no model is
@@ -183,6 +183,20 @@ async def via_cli(client: OblixClient, prompt: str, session_id: str, **options: 
     return {"model_id": result["model_id"], "decision": result["routing_decision"]}
 
 
+async def via_chat(client: OblixClient, prompt: str, session_id: str, **options: Any) -> dict[str, Any]:
+    """``oblix chat --session ID``, one line typed (stdin), then end of input."""
+    args = ["chat", "--session", session_id, *(["-m", options["model"]] if options.get("model") else [])]
+    done = await anyio.to_thread.run_sync(CliRunner().invoke, build_cli(), args, f"{prompt}\n")
+    assert done.exit_code == 0, done.output
+    answered = [
+        m
+        for m in (LOCAL, CLOUD)
+        if any(r.messages[-1].content == prompt for r in PLUGIN.calls[m.split(":")[1]])
+    ]
+    assert len(answered) == 1, done.output
+    return {"model_id": answered[0], "decision": None}
+
+
 async def via_server(client: OblixClient, prompt: str, session_id: str, **options: Any) -> dict[str, Any]:
     openai = pytest.importorskip("openai")
     from oblix_server.app import create_app
@@ -203,7 +217,7 @@ async def via_server(client: OblixClient, prompt: str, session_id: str, **option
     return {"model_id": answer.model, "decision": None}
 
 
-PATHS = {"sdk": via_sdk, "cli": via_cli, "server": via_server}
+PATHS = {"sdk": via_sdk, "cli": via_cli, "chat": via_chat, "server": via_server}
 
 
 @pytest.fixture(params=list(PATHS))
