@@ -391,7 +391,13 @@ class OblixClient(SessionsAPI, Compat012, DocumentsAPI):
         for name in self.config.agents_enabled or sorted(self.registry.agents):
             if name in self.engine.agents:
                 continue
-            agent = self.registry.make_agent(name, **self.config.agent_options.get(name, {}))
+            try:
+                agent = self.registry.make_agent(name, **self.config.agent_options.get(name, {}))
+            except PluginError as exc:  # a plugin's agent that fails to start
+                if self.config.agents_enabled or name in self.config.agent_options:
+                    raise  # the user chose it: say so
+                log.warning("agent %r not hooked: %s", name, exc)  # every registered one: go on
+                continue
             self.hook_agent(agent)
             hooked.append(agent.name)
         return hooked

@@ -422,3 +422,38 @@ def test_a_document_part_class_missing_a_required_method_is_refused_at_registrat
 
     with pytest.raises(PluginError, match=r"Document index 'half' .* does not implement .*search"):
         OblixClient(home=home, plugins=[Indexes()])
+
+
+def test_an_agent_that_fails_to_start_is_skipped_unless_the_user_chose_it(
+    home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from oblix.plugin import AgentCheck, AgentState, BaseAgent
+
+    class Broken(BaseAgent):
+        def __init__(self, name: str | None = None, interval: float = 5.0) -> None:
+            raise RuntimeError("no sensor here")
+
+        def sample(self) -> AgentCheck:  # pragma: no cover - never built
+            return AgentCheck("broken", AgentState.AVAILABLE)
+
+    class Plugin:
+        @hookimpl
+        def oblix_register_agents(self, register):  # type: ignore[no-untyped-def]
+            register("broken", Broken)
+
+    client = OblixClient(home=home, plugins=[Plugin()])
+    try:
+        hooked = client.hook_default_agents()
+        assert "broken" not in hooked and {"resource_monitor", "connectivity"} <= set(hooked)
+        assert "agent 'broken' not hooked" in caplog.text and "no sensor here" in caplog.text
+    finally:
+        for agent in client.engine.agents.values():
+            agent.stop()
+        client.store.close()
+    (home / "config.toml").write_text('[agents]\nenabled = ["broken"]\n')
+    chosen = OblixClient(home=home, plugins=[Plugin()])
+    try:
+        with pytest.raises(PluginError, match=r"agent 'broken' \(plugin '.*Plugin'\) failed to start"):
+            chosen.hook_default_agents()
+    finally:
+        chosen.store.close()
