@@ -3,7 +3,9 @@
 A sibling database, not the listing index: the index is a cache rebuilt from the session
 files, while the ledger is the only record of what was spent. Every process and thread
 using the same root shares it (SQLite WAL, its own locking); see
-:class:`oblix.plugin.SqliteUsageLedger` for what it stores and how it is queried.
+:class:`oblix.plugin.SqliteUsageLedger` for what it stores and how it is queried. Each
+batch of records is one transaction (all or nothing); a damaged file is an error naming it,
+and ``oblix usage --repair`` moves it aside and starts afresh with what it still holds.
 """
 
 from __future__ import annotations
