@@ -239,10 +239,10 @@ class GuardedConnection(asyncio.Protocol):
         self._enter("headers")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_send_timer()
         if self.inner is None:  # refused
             return
         self._cancel_timer()
-        self._cancel_send_timer()
         self.table.remove(self)
         self._kwargs["server_state"].connections.discard(self)
         self.inner.connection_lost(exc)
@@ -252,7 +252,8 @@ class GuardedConnection(asyncio.Protocol):
         self._on_lost.clear()
 
     def data_received(self, data: bytes) -> None:
-        assert self.inner is not None
+        if self.inner is None:  # refused: closing
+            return
         if self.phase == "body":
             self._received += len(data)
         elif not self._head_done and not self._count_head(data):
@@ -264,20 +265,19 @@ class GuardedConnection(asyncio.Protocol):
             CURRENT.reset(token)
 
     def eof_received(self) -> bool | None:
-        assert self.inner is not None
-        return self.inner.eof_received()
+        return self.inner.eof_received() if self.inner is not None else None
 
     def pause_writing(self) -> None:
         """The client is not reading: the answer may wait ``send_timeout`` s for it."""
-        assert self.inner is not None
-        self.inner.pause_writing()
         self._cancel_send_timer()
         self._send_timer = self.loop.call_later(self.settings.send_timeout, self._send_expired)
+        if self.inner is not None:
+            self.inner.pause_writing()
 
     def resume_writing(self) -> None:
-        assert self.inner is not None
         self._cancel_send_timer()
-        self.inner.resume_writing()
+        if self.inner is not None:
+            self.inner.resume_writing()
 
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown: a body still arriving is not waited for (the app sees a
