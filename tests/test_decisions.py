@@ -6,13 +6,14 @@ plan and carried to the executor), is a budget spent (:meth:`BudgetGuard.decide`
 the ledger per request), and is a model cooling down (routing's screen, asked of the executor;
 the conversation never reaches into its breaker).
 
-Each test drives the three faces -- the SDK (``OblixClient.execute``), the command line
-(``oblix run`` and ``oblix chat``, in this process through click's runner, its plugin found
-by a real entry point) and ``oblix server`` (its ASGI app, in this process, called by the official openai
-client) -- with a spy on the one function: :func:`spy` wraps it wherever a module bound it
-(``from ... import`` included), so a path that decided elsewhere shows up as a missing call or
-as an answer the spy did not give. The models are the scripted test double (no model is
-needed to make these decisions); the store, config, routing, CLI and server are the real ones.
+Each test drives the faces -- the SDK (``OblixClient.execute``, and 0.1.2's ``chat_once``),
+the command line (``oblix run`` and ``oblix chat``, in this process through click's runner,
+its plugin found by a real entry point) and ``oblix server`` (its ASGI app, in this process,
+called by the official openai client) -- with a spy on the one function: :func:`spy` wraps it
+wherever a module bound it (``from ... import`` included), so a path that decided elsewhere
+shows up as a missing call or as an answer the spy did not give. The models are the scripted
+test double (no model is needed to make these decisions); the store, config, routing, CLI and
+server are the real ones.
 """
 
 from __future__ import annotations
@@ -170,6 +171,13 @@ async def via_sdk(client: OblixClient, prompt: str, session_id: str, **options: 
     return {"model_id": result["model_id"], "decision": result["routing_decision"]}
 
 
+async def via_compat(client: OblixClient, prompt: str, session_id: str, **options: Any) -> dict[str, Any]:
+    """Oblix 0.1.2's name for one answer: ``chat_once`` (no routing options)."""
+    assert not options
+    result = await client.chat_once(prompt, session_id)
+    return {"model_id": result["model_id"], "decision": result["routing_decision"]}
+
+
 async def via_cli(client: OblixClient, prompt: str, session_id: str, **options: Any) -> dict[str, Any]:
     args = ["run", "--json", "--session", session_id]
     if options.get("local_only"):
@@ -217,7 +225,7 @@ async def via_server(client: OblixClient, prompt: str, session_id: str, **option
     return {"model_id": answer.model, "decision": None}
 
 
-PATHS = {"sdk": via_sdk, "cli": via_cli, "chat": via_chat, "server": via_server}
+PATHS = {"sdk": via_sdk, "compat": via_compat, "cli": via_cli, "chat": via_chat, "server": via_server}
 
 
 @pytest.fixture(params=list(PATHS))
