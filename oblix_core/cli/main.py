@@ -163,6 +163,7 @@ def _list_plugins(as_json: bool) -> None:
 def build_cli() -> click.Group:
     """A root group with the built-in commands and every plugin's commands (the hook runs once)."""
     from oblix_core.cli import config as cli_config
+    from oblix_core.cli import docs as cli_docs
     from oblix_core.cli import run as cli_run
     from oblix_core.cli import sessions as cli_sessions
     from oblix_core.cli import templates as cli_templates
@@ -184,6 +185,7 @@ def build_cli() -> click.Group:
     group.add_command(cli_templates.templates)
     group.add_command(cli_config.aliases)
     group.add_command(cli_usage.usage)
+    group.add_command(cli_docs.docs)
     register_commands(pm, group)
     return group
 

@@ -25,6 +25,7 @@ from oblix_core.cli.config import default_model
 from oblix_core.cli.tables import Column, print_table, stdout_is_terminal, terminal_table, usage_line
 from oblix_core.cli.templates import use_template
 from oblix_core.client import ROUTING_OPTIONS, OblixClient
+from oblix_core.documents.retrieval import sources_text
 from oblix_core.errors import OblixError
 from oblix_core.request.conversation import ResponseStream
 from oblix_core.request.routing import NO_MODEL_HINT, PREFERENCES
@@ -57,7 +58,12 @@ class RunArgs:
     fallback: bool = False
     #: ``local-first``/``cloud-first`` for this request (``None``: the configured one).
     preference: str | None = None
+    #: The workspace whose documents the answer draws on (``--docs``).
+    docs: str | None = None
 
+
+#: Where ``--docs W`` is kept for :func:`_prepare` (click's context meta).
+DOCS_KEY = "oblix.docs"
 
 #: What to use instead of ``-o KEY VALUE`` for each routing option (each names a real flag).
 ROUTING_FLAGS = {
@@ -131,6 +137,10 @@ async def _prepare(client: OblixClient, args: RunArgs) -> ResponseStream:
         routing["fallback"] = args.fallback or not args.model  # a default model: others may answer
     if args.system:
         routing["system"] = args.system
+    context = click.get_current_context(silent=True)
+    docs = args.docs or (context.meta.get(DOCS_KEY) if context is not None else None)
+    if docs:  # documents: the workspace the answer draws on (--docs)
+        routing["workspace_id"] = docs
     return client.stream(
         args.prompt, temperature=temperature, max_tokens=max_tokens, session_id=session_id,
         **routing, **options,
@@ -148,7 +158,10 @@ async def _run(args: RunArgs) -> dict[str, Any] | None:
                 response = await _prepare(client, args)
                 if args.as_json:
                     return await response.collect()
-                return await print_answer(response, live=args.stream)
+                result = await print_answer(response, live=args.stream)
+                if result.get("sources"):  # documents: the numbered sources the answer cites
+                    click.echo(sources_text(result["sources"]), err=True)
+                return result
             if scope.cancelled_caught:
                 stored = response is not None and await response.store_interrupted(INTERRUPTED)
                 _say_interrupted(response, stored)
@@ -192,6 +205,11 @@ def _say_interrupted(response: ResponseStream | None, stored: bool) -> None:
 @click.option("--max-tokens", type=int, default=None, help="Longest answer, in tokens.")
 @click.option("--temperature", type=float, default=None, help="Sampling temperature.")
 @click.option("--local-only", is_flag=True, help="Never send this prompt to a cloud model.")
+@click.option(
+    "--docs", metavar="W", expose_value=False,
+    callback=lambda ctx, _p, value: ctx.meta.update({DOCS_KEY: value}),
+    help="Answer from workspace W's documents, citing them (oblix docs add).",
+)
 @click.option("--no-stream", is_flag=True, help="Print the answer once it is complete.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON instead of streaming.")
 @click.option(

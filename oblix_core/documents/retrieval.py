@@ -36,6 +36,15 @@ class Retrieved:
     private_reasons: tuple[str, ...]
 
 
+def sources_text(found: Sequence[dict[str, Any]]) -> str:
+    """The sources an answer drew on, numbered as it cites them (what the CLI and chat print)."""
+    lines = ["Sources:"]
+    for source in found:
+        where = f"{source['document']}, {source['location']}"
+        lines.append(f"  [{source['n']}] {where} (score {source['score']:.4f})")
+    return "\n".join(lines)
+
+
 def private_reason(workspace: Workspace) -> str:
     return f"it draws on the private document workspace {workspace.name!r}"
 

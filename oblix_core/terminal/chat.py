@@ -21,6 +21,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
+from oblix_core.documents.retrieval import sources_text
 from oblix_core.errors import OblixError, StreamInterruptedError
 from oblix_core.sessions.api import resolve_session_id
 from oblix_core.terminal import chat_input
@@ -38,6 +39,7 @@ HELP = """Commands:
   /models       hooked models
   /status       agents' latest checks and the current session
   /why          why the last prompt went to its model: candidates, skips, attempts
+  /docs W       answer from the documents of workspace W, citing them; /docs off stops
   !multi        a prompt of several lines, ended by a line !end
   !edit         write the prompt in $VISUAL/$EDITOR
   /help         this text
@@ -292,6 +294,8 @@ class _Chat:
             if isinstance(exc, StreamInterruptedError) and response is not None:
                 await self._entered(response.request.session_id)  # the core stored the partial
             return
+        if self.last.get("sources"):  # documents: the numbered sources the answer may cite
+            _print(sources_text(self.last["sources"]))
         await self._entered(self.last.get("session_id"))
 
     async def _entered(self, session_id: str | None) -> None:
@@ -325,10 +329,28 @@ class _Chat:
         elif command == "/why":
             decision = self.response.routing_decision if self.response is not None else None
             _print(explain(decision) if decision else "No prompt routed yet in this chat.")
+        elif command == "/docs":  # documents: draw on a workspace (oblix docs add)
+            await self._docs(argument)
         elif command == "/help":
             _print(HELP)
         else:
             _print(f"Unknown command {command}. {HELP}")
+
+    async def _docs(self, argument: str) -> None:
+        if argument in ("", "off"):
+            self.options.pop("workspace_id", None)
+            _print("Answers no longer draw on documents." if argument else "Usage: /docs W, or /docs off.")
+            return
+        try:
+            names = {w["name"]: w["id"] for w in await self.client.list_workspaces()}
+        except OblixError as exc:
+            _print(f"[error] {cli_message(exc)}")
+            return
+        if argument not in names and argument not in names.values():
+            _print(f"No workspace {argument!r} ({', '.join(names) or 'none yet: oblix docs add PATH'}).")
+            return
+        self.options["workspace_id"] = names.get(argument, argument)
+        _print(f"Answers draw on workspace {argument} and cite it; /docs off stops.")
 
     async def _load(self, argument: str) -> None:
         if not argument:
