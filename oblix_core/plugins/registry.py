@@ -193,11 +193,14 @@ def _validation_error(name: str, exc: pluggy.PluginValidationError) -> PluginErr
     spec = getattr(hookspecs, hook.group(1), None) if hook else None
     if hook and args and spec is not None:
         wanted = f"{hook.group(1)}({', '.join(inspect.signature(spec).parameters)})"
-        return PluginError(
+        error = PluginError(
             f"Plugin {name!r}: its {hook.group(1)} takes argument(s) {args.group(1)} that the hook does "
             f"not pass; the hook is {wanted} (docs/hooks.md): rename the argument(s)."
         )
-    return PluginError(f"Plugin {name!r} was refused by pluggy: {_one_line(exc)}")
+    else:
+        error = PluginError(f"Plugin {name!r} was refused by pluggy: {_one_line(exc)}")
+    error.__cause__ = exc  # strict mode's traceback shows pluggy's
+    return error
 
 
 def _plugin_name(pm: pluggy.PluginManager, plugin: object) -> str:
