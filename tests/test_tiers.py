@@ -27,7 +27,10 @@ def test_every_file_the_tables_name_exists() -> None:
     files = {p.relative_to(ROOT / "tests").as_posix() for p in (ROOT / "tests").rglob("test_*.py")}
     for pattern in tiers.MODULE_TIERS:
         assert any(Path(f).match(pattern) for f in files), pattern
-    assert tiers.TRIO_MODULES <= files, tiers.TRIO_MODULES - files
+    assert files >= tiers.TRIO_MODULES, tiers.TRIO_MODULES - files
+    for test in tiers.TEST_TIERS:
+        file, function = test.split("::")
+        assert f"def {function}(" in (ROOT / "tests" / file).read_text(), test
 
 
 @pytest.mark.parametrize(
@@ -43,8 +46,16 @@ def test_every_file_the_tables_name_exists() -> None:
         ("reliability/test_hostile_endpoints.py", [], {"reliability"}),
     ],
 )
-def test_marks_come_from_the_file_and_the_fixtures(path: str, fixtures: list[str], expected: set[str]) -> None:
+def test_marks_come_from_the_file_and_the_fixtures(
+    path: str, fixtures: list[str], expected: set[str]
+) -> None:
     assert tiers.tiers_of(ROOT / "tests" / path, fixtures) == expected
+
+
+def test_single_tests_of_a_fast_file_can_be_in_a_tier() -> None:
+    compat = ROOT / "tests" / "test_compat_012.py"
+    assert tiers.tiers_of(compat, [], "test_server_with_model_flags") == {"slow"}
+    assert tiers.tiers_of(compat, [], "test_chat_flag_errors") == set()
 
 
 @pytest.mark.parametrize(
@@ -73,7 +84,9 @@ def test_a_cli_subprocess_is_allowed_in_the_fast_tier() -> None:
 
 
 @pytest.mark.anyio
-async def test_async_tests_outside_the_core_promises_run_on_asyncio_only(request: pytest.FixtureRequest) -> None:
+async def test_async_tests_outside_the_core_promises_run_on_asyncio_only(
+    request: pytest.FixtureRequest,
+) -> None:
     assert "test_tiers.py" not in tiers.TRIO_MODULES
     assert request.node.callspec.params["anyio_backend"] == "asyncio"
     assert request.node.name.endswith("[asyncio]")

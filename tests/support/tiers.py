@@ -44,6 +44,7 @@ MODULE_TIERS: dict[str, tuple[str, ...]] = {
     "test_server_llama.py": ("slow", "llama"),
     "test_server_tools.py": ("slow",),
     "test_server_workers.py": ("slow",),
+    "test_usage_server.py": ("slow",),
     "test_redis_*.py": ("slow",),
     "test_s3_*.py": ("slow",),
     "test_llamacpp.py": ("llama",),
@@ -51,6 +52,13 @@ MODULE_TIERS: dict[str, tuple[str, ...]] = {
     "test_lazy_models.py": ("llama",),
     "test_main_job.py": ("llama",),
     "test_openai.py": ("llama",),
+}
+
+#: Tiers of single tests (``file::function``) in files of the fast tier.
+TEST_TIERS: dict[str, tuple[str, ...]] = {
+    # an oblix server process; a redis-server
+    "test_compat_012.py::test_server_with_model_flags": ("slow",),
+    "test_store_first.py::test_a_down_store_fails_the_request_before_the_model_runs": ("slow",),
 }
 
 #: Tiers of a test that uses one of these fixtures (names unique in the suite).
@@ -118,10 +126,11 @@ def _relative(path: Path) -> str:
         return path.name
 
 
-def tiers_of(path: Path, fixtures: Iterable[str]) -> set[str]:
-    """The tiers of a test in file ``path`` that uses ``fixtures`` (its fixture closure)."""
+def tiers_of(path: Path, fixtures: Iterable[str], function: str = "") -> set[str]:
+    """The tiers of test ``function`` in file ``path`` that uses ``fixtures`` (its fixture closure)."""
     name = _relative(path)
     tiers = {t for pattern, ts in MODULE_TIERS.items() if fnmatch.fnmatch(name, pattern) for t in ts}
+    tiers |= set(TEST_TIERS.get(f"{name}::{function}", ()))
     return tiers | {t for fixture in fixtures for t in FIXTURE_TIERS.get(fixture, ())}
 
 
@@ -152,7 +161,8 @@ def pytest_report_header(config: pytest.Config) -> str:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        for tier in sorted(tiers_of(item.path, getattr(item, "fixturenames", ()))):
+        function = getattr(item, "originalname", item.name)
+        for tier in sorted(tiers_of(item.path, getattr(item, "fixturenames", ()), function)):
             item.add_marker(tier)
 
 
