@@ -107,8 +107,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, {"error": f"model '{name}' not found"})
         elif self.path == "/api/chat":
             self._chat(body, name)
+        elif self.path == "/api/embed":  # answered by the test's real embedder (double.embed), if any
+            self._embed(body, name)
         else:
             self._json(404, {"error": "not found"})
+
+    def _embed(self, body: dict[str, Any], name: str) -> None:
+        embed = getattr(self.double, "embed", None)
+        if embed is None or name not in self.double.models:
+            self._json(404, {"error": f'model "{name}" not found, try pulling it first'})
+            return
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        self._json(200, {"model": name, "embeddings": [list(map(float, v)) for v in embed(texts)]})
 
     def _chat(self, body: dict[str, Any], name: str) -> None:
         if self.double.fail_next:

@@ -87,6 +87,9 @@ class DocumentsAPI:
         options = dict(configs.get(spec) or configs.get(kind) or {})
         model = model or options.pop("model", None) or ""
         options.pop("model", None)
+        if "@" in model:  # a stored name: "openai:MODEL@ENDPOINT"
+            model, endpoint = model.split("@", 1)
+            options.setdefault("endpoint", endpoint)
         factory = self.registry.embedders.get(kind)
         if factory is None:
             known = ", ".join(sorted(self.registry.embedders)) or "none"

@@ -130,7 +130,8 @@ class Library:
         """The embedder named ``spec`` (built once); a private workspace may use only local ones."""
         key = spec or ""
         if key not in self._embedders:
-            self._embedders[key] = self.embedder_for(spec)
+            built = self.embedder_for(spec)
+            self._embedders[key] = self._embedders.setdefault(built.name, built)  # also found by its name
         chosen = self._embedders[key]
         if private and not chosen.is_local:
             raise DocumentError(

@@ -17,3 +17,10 @@ __all__ = ["OllamaBackend"]
 @hookimpl
 def oblix_register_models(register: Callable[[str, Any], None]) -> None:
     register("ollama", OllamaBackend)
+
+
+@hookimpl
+def oblix_register_embedders(register: Callable[[str, Any], None]) -> None:
+    from oblix_ollama.embeddings import make_ollama_embedder
+
+    register("ollama", make_ollama_embedder)

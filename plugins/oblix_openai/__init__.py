@@ -17,3 +17,10 @@ __all__ = ["OpenAIBackend"]
 @hookimpl
 def oblix_register_models(register: Callable[[str, Any], None]) -> None:
     register("openai", OpenAIBackend)
+
+
+@hookimpl
+def oblix_register_embedders(register: Callable[[str, Any], None]) -> None:
+    from oblix_openai.embeddings import make_openai_embedder
+
+    register("openai", make_openai_embedder)
