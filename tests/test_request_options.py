@@ -55,3 +55,16 @@ def test_first_party_local_backends_declare_their_options() -> None:
     for model_type in ("llama_cpp", "ollama"):
         declared = registry.model_class(model_type).request_options
         assert declared is not None and {"top_p", "stop", "seed"} <= declared, model_type
+
+
+def test_the_command_line_says_the_same(ollama: OllamaDouble, home: Path) -> None:
+    from tests.support import commands
+
+    (home / "config.toml").write_text(
+        f'[[models]]\ntype = "ollama"\nname = "llama2"\nendpoint = "{ollama.url}"\n'
+    )
+    done = commands.invoke("run", "-m", "llama2", "-o", "temprature", "0.1", "hi")
+    assert done.exit_code == 1 and "Did you mean 'temperature'" in done.output, done.output
+    ran = commands.invoke("run", "-m", "llama2", "-o", "top_p", "0.5", "hi")
+    assert ran.exit_code == 0, ran.output
+    assert ollama.requests[-1]["options"]["top_p"] == 0.5

@@ -26,7 +26,6 @@ from oblix_core.cli.tables import Column, print_table, stdout_is_terminal, termi
 from oblix_core.cli.templates import use_template
 from oblix_core.client import ROUTING_OPTIONS, OblixClient
 from oblix_core.documents.retrieval import sources_text
-from oblix_core.errors import OblixError
 from oblix_core.request.conversation import ResponseStream
 from oblix_core.request.routing import NO_MODEL_HINT, PREFERENCES
 from oblix_core.sessions.api import resolve_session_id
@@ -102,22 +101,6 @@ def model_options(pairs: tuple[tuple[str, str], ...], temperature: Any, max_toke
     return options
 
 
-def _check_request_options(client: OblixClient, model_id: str | None, options: dict[str, Any]) -> None:
-    """Reject ``-o`` keys that no candidate backend takes (backends declaring ``request_options``)."""
-    models = [m for m in client.models if model_id is None or m.model_id == model_id]
-    known: set[str] = {"temperature", "max_tokens"}
-    for model in models:
-        if model.request_options is None:
-            return
-        known |= model.request_options
-    unknown = sorted(set(options) - known)
-    if unknown and models:
-        raise OblixError(
-            f"-o {unknown[0]} is not an option of {', '.join(m.model_id for m in models)} "
-            f"(options: {', '.join(sorted(known))}); see `oblix models --options`."
-        )
-
-
 async def _prepare(client: OblixClient, args: RunArgs) -> ResponseStream:
     """Resolve the session and model the user named and start the request."""
     session_id = None
@@ -126,7 +109,6 @@ async def _prepare(client: OblixClient, args: RunArgs) -> ResponseStream:
     elif args.session is not None:  # an empty --session "" is an error, not a new session
         session_id = await anyio.to_thread.run_sync(resolve_session_id, client, args.session)
     model = resolve_model(client, args.model) if args.model else default_model(client)
-    _check_request_options(client, model, args.options)
     options = dict(args.options)
     temperature, max_tokens = options.pop("temperature", None), options.pop("max_tokens", None)
     routing: dict[str, Any] = {"local_only": args.local_only}
