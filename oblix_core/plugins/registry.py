@@ -145,14 +145,14 @@ class OblixPluginManager(pluggy.PluginManager):
             raise PluginError(f"Plugin {name!r} ({module}) failed: {_one_line(exc)}") from exc
         elif (name, str(exc)) not in _WARNED:  # once per process, however often plugins load
             _WARNED.add((name, str(exc)))
-            log.warning("plugin %r (%s) skipped: %s", name, module, _reason(exc))
+            log.warning("plugin %r (%s) skipped: %s", name, module, _reason(exc, name))
         self.skipped[name] = SkippedPlugin(
             name=name,
             module=module,
             package=dist.metadata["Name"] if dist else None,
             version=dist.version if dist else None,
             status="not installed" if missing else "failed",
-            reason=str(exc) if missing else _reason(exc),
+            reason=str(exc) if missing else _reason(exc, name),
             install=install,
         )
 
@@ -179,10 +179,16 @@ def _one_line(exc: BaseException) -> str:
     return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or "(no message)"
 
 
-def _reason(exc: BaseException) -> str:
-    """What ``oblix plugins`` says of a failure: our own errors as they are, others with their type."""
+def _reason(exc: BaseException, name: str) -> str:
+    """What ``oblix plugins`` says of plugin ``name``'s failure, on one line: our own errors as
+    they are (without a leading "Plugin 'name'", which the listing shows), others with their type."""
     text = _one_line(exc)
-    return text if isinstance(exc, PluginError) else f"{type(exc).__name__}: {text}"
+    if not isinstance(exc, PluginError):
+        return f"{type(exc).__name__}: {text}"
+    for prefix in (f"Plugin {name!r}: ", f"Plugin {name!r} "):
+        if text.startswith(prefix):
+            return text.removeprefix(prefix)
+    return text
 
 
 def _validation_error(name: str, exc: pluggy.PluginValidationError) -> PluginError:
