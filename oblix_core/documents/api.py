@@ -150,6 +150,20 @@ class DocumentsAPI:
         self._default_embedding = name
         return True
 
+    async def embed_texts(
+        self, texts: list[str], embedding_model: str | None = None, *, query: bool = False
+    ) -> tuple[str, list[list[float]]]:
+        """Embed ``texts`` with an embedder (default: the local one); returns its name and the vectors."""
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise DocumentError("Pass a non-empty list of strings to embed.")
+        library = self._documents()
+
+        def embed() -> tuple[str, list[list[float]]]:
+            embedder = library.embedder(embedding_model)
+            return embedder.name, [list(map(float, v)) for v in embedder.embed(texts, query=query)]
+
+        return await self._run(embed)
+
     def _embedding_spec(self, model: str | None, api_key: str | None) -> str | None:
         if api_key:
             remember(api_key)

@@ -21,6 +21,7 @@ from oblix.plugin import OblixClient, OblixError
 from oblix_server.calls import AUTO
 from oblix_server.completions import chat_completions
 from oblix_server.connections import TrackedApp
+from oblix_server.documents_api import routes as documents_routes
 from oblix_server.errors import APIError, internal
 from oblix_server.guard import Guard, is_authorized
 from oblix_server.settings import ServerSettings
@@ -163,7 +164,7 @@ def core_routes() -> list[Route]:
 
 
 #: The route table: functions each returning a module's routes (add a module's function to serve it).
-ROUTES: list[Callable[[], list[Route]]] = [core_routes, oblix_routes, ui_routes]
+ROUTES: list[Callable[[], list[Route]]] = [core_routes, oblix_routes, ui_routes, documents_routes]
 
 
 def create_app(client: OblixClient, settings: ServerSettings) -> TrackedApp:

@@ -135,6 +135,8 @@ def build_call(client: OblixClient, chat: ChatRequest, headers: Headers, store_a
     if model:
         options["model"] = model
     options.update(chat.model_options())
+    if chat.workspace:  # documents: the workspace the answer draws on (oblix_workspace)
+        options["workspace_id"] = chat.workspace
     if session is not None and session.lower() != "new":
         if earlier:
             raise APIError(

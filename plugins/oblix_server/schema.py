@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 
 from oblix.plugin import ChatMessage
+from oblix_server.documents_api import workspace_field
 from oblix_server.errors import APIError
 from oblix_server.settings import DEFAULT_MESSAGE_LIMIT
 
@@ -42,6 +43,8 @@ class ChatRequest:
     top_p: float | None = None
     tools: tuple[dict[str, Any], ...] = ()
     tool_choice: Any = None
+    #: ``oblix_workspace``: the documents the answer draws on (:mod:`oblix_server.documents_api`).
+    workspace: str | None = None
 
     def model_options(self) -> dict[str, Any]:
         """Per-request options for the model (``stop``, ``seed``, ``top_p``, ``tools``)."""
@@ -266,4 +269,5 @@ def parse_chat_request(raw: bytes, max_messages: int = DEFAULT_MESSAGE_LIMIT) ->
         top_p=_number(body, "top_p", 0.0, 1.0),
         tools=_tools(body),
         tool_choice=body.get("tool_choice"),
+        workspace=workspace_field(body),
     )

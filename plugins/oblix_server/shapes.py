@@ -56,6 +56,7 @@ def completion(cid: str, created: int, result: dict[str, Any]) -> dict[str, Any]
             "request_id": result["request_id"],
             "route": result["routing_decision"].get("rule"),
             "routing_reason": result["routing_decision"].get("reason"),
+            **({"sources": result["sources"]} if "sources" in result else {}),  # documents: chunks used
         },
     }
 
