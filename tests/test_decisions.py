@@ -103,10 +103,6 @@ class Spy:
     def __len__(self) -> int:
         return len(self.calls)
 
-    def clear(self) -> None:
-        self.calls.clear()
-        self.results.clear()
-
 
 def spy(monkeypatch: pytest.MonkeyPatch, function: Any, answer: Callable[..., Any] | None = None) -> Spy:
     """Replace ``function`` in every loaded module that holds it (under any name) with a recorder;
@@ -131,7 +127,7 @@ def spy(monkeypatch: pytest.MonkeyPatch, function: Any, answer: Callable[..., An
     return record
 
 
-# -- the three paths ------------------------------------------------------------------------
+# -- the paths ------------------------------------------------------------------------------
 
 
 @pytest.fixture
