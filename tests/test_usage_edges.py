@@ -262,3 +262,14 @@ class _Delta:
 
     def __init__(self, fields: dict[str, Any]) -> None:
         self.stop_reason = fields["stop_reason"]
+
+
+@pytest.mark.anyio
+async def test_openai_429_asking_for_a_long_wait_moves_on_at_once(
+    home: Path, endpoint: HostileOpenAI
+) -> None:
+    endpoint.mode, endpoint.retry_after = "429", "600"
+    async with await _client(home, endpoint) as client:
+        with pytest.raises(Exception, match=r"retry after 600s .*max_retry_wait=20s"):
+            await client.execute("hi", stream=False)
+    assert endpoint.chat_requests == 1

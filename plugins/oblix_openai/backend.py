@@ -16,6 +16,7 @@ from oblix.plugin import (
     ModelBackend,
     ModelError,
     StreamChunk,
+    TransientModelError,
     connection_error,
     describe_cause,
     http_library,
@@ -59,9 +60,13 @@ class OpenAIBackend(ModelBackend):
     The API key comes from ``api_key`` or ``$OPENAI_API_KEY`` and is kept in memory
     only. Against a custom ``endpoint`` a key is optional. Options: ``timeout`` (seconds
     allowed between two reads of the answer, default 60), ``connect_timeout`` (default
-    5), ``first_byte_timeout`` (seconds until the response starts, default 10) and
-    ``context_window``. Unknown options are rejected. Request options such as ``tools``
-    and ``tool_choice`` go to the API; the model's tool calls come back in the result.
+    5), ``first_byte_timeout`` (seconds until the response starts, default 10),
+    ``max_retry_wait`` (the longest ``Retry-After`` of a 429/503 worth waiting for, default
+    20 s: the executor's retry waits it out; a longer one moves on to the next model at once)
+    and ``context_window``. The SDK's own retries are off: a request makes at most
+    ``1 + [execution] max_retries`` calls to the endpoint. Unknown options are rejected.
+    Request options such as ``tools`` and ``tool_choice`` go to the API; the model's tool
+    calls come back in the result.
     An endpoint that cannot be reached within the connect and first-byte timeouts is
     not retried on the same request, so
     the next model answers within about 15 s. An answer is complete only when the
@@ -81,9 +86,11 @@ class OpenAIBackend(ModelBackend):
         timeout: float = 60.0,
         connect_timeout: float = 5.0,
         first_byte_timeout: float = 10.0,
+        max_retry_wait: float = 20.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(model_name, **kwargs)
+        self.max_retry_wait = seconds_option("max_retry_wait", max_retry_wait, allow_zero=True)
         self.timeout = seconds_option("timeout", timeout)
         self.connect_timeout = seconds_option("connect_timeout", connect_timeout)
         self.first_byte_timeout = seconds_option("first_byte_timeout", first_byte_timeout)
@@ -205,9 +212,26 @@ class OpenAIBackend(ModelBackend):
             raise
         except openai.APIStatusError as exc:
             detail = getattr(exc, "message", "") or str(exc)
-            raise status_error(self.model_id, self.where, exc.status_code, detail) from None
+            error = status_error(self.model_id, self.where, exc.status_code, detail)
+            raise self._waited(error, exc) from None
         except (openai.APIConnectionError, self._http.HTTPError, OSError) as exc:
             raise connection_error(self.model_id, self.where, exc, started=started) from None
+
+    def _waited(self, error: ModelError, exc: Any) -> ModelError:
+        """``error`` carrying the ``Retry-After`` of a 429/503 (the executor's retry waits it
+        out), or moving on at once when it asks for longer than ``max_retry_wait``."""
+        wait = retry_after(exc.response.headers) if exc.status_code in (429, 503) else None
+        if not isinstance(error, TransientModelError) or wait is None:
+            return error
+        if wait > self.max_retry_wait:
+            return TransientModelError(
+                f"{error} It asks to retry after {wait:g}s (over max_retry_wait={self.max_retry_wait:g}s): "
+                "the next model answers.",
+                model_id=self.model_id,
+                unreachable=True,
+            )
+        error.retry_after = wait
+        return error
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -231,6 +255,19 @@ class OpenAIBackend(ModelBackend):
             return exc.code < 500 and exc.code != 429, f"GET /models: HTTP {exc.code}"
         except OSError as exc:
             return False, f"GET /models: {describe_cause(exc)}"
+
+
+def retry_after(headers: Any) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (in seconds; a date is ignored)."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        try:
+            return max(0.0, float(raw) * scale)
+        except ValueError:
+            continue
+    return None
 
 
 def _reported_window(entry: dict[str, Any]) -> int | None:
