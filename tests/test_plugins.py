@@ -291,7 +291,7 @@ def test_each_kind_of_plugin_failure_is_listed_with_what_to_fix(broken_site: Pat
     silent = by_name["no_generate"]  # checked at the door
     assert silent["status"] == "failed" and "generate()" in silent["reason"]
     assert by_name["fragile_store"]["status"] == "loaded"  # a factory is checked when it builds one
-    for command in (("sessions", "list"), ("models",), ("plugins",)):
+    for command in (("sessions", "list"), ("models",), ("agents", "--json"), ("usage",), ("plugins",)):
         done = commands.oblix(broken_site, home, *command)
         assert done.returncode == 0, (command, done.stderr)
     assert done.stderr.count("{'registr'}") == 1  # logged once per process
