@@ -25,7 +25,7 @@ from oblix_core.models.backend import ModelType
 from oblix_core.request.budgets import BudgetExceededError
 from oblix_core.request.execution import ExecutionSettings
 from oblix_core.usage.counts import MAX_TOKEN_COUNT, provider_usage, token_count
-from oblix_core.usage.gate import BudgetGateBusyError
+from oblix_core.usage.gate import BudgetGate, BudgetGateBusyError
 from tests.anthropic_double import AnthropicDouble
 from tests.conftest import FAST
 from tests.hostile_openai import HostileOpenAI
@@ -206,6 +206,45 @@ async def test_a_wait_for_the_budget_gate_is_bounded(home: Path, endpoint: Hosti
         with pytest.raises(BudgetGateBusyError, match=r"Waited 0.2s for the budget gate .* gate_wait"):
             await client.execute("in a hurry", stream=False)
     assert endpoint.chat_requests == 1  # the refused request sent nothing
+
+
+class _Clock:
+    """A test double of ``time.monotonic``: time moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_gate_goes_to_the_next_request_when_the_holders_reader_stalls() -> None:
+    clock, first, second = _Clock(), object(), object()
+    gate = BudgetGate("ledger", clock)
+    assert gate.try_acquire(first, stall=10)
+    clock.now += 3600  # the model is slow, the reader attentive: the holder keeps the gate
+    assert not gate.try_acquire(second, stall=10)
+    gate.reader(first, True)
+    clock.now += 9.9
+    assert not gate.try_acquire(second, stall=10)
+    clock.now += 0.1  # handed text 10 s ago and not asked for more
+    assert gate.try_acquire(second, stall=10) and gate.held_by(second)
+    gate.release(first)  # the stalled request ends later: it cannot free the new holder's gate
+    assert gate.held_by(second)
+
+
+def test_a_reader_that_takes_a_chunk_now_and_then_cannot_keep_the_gate() -> None:
+    clock, drip, other = _Clock(), object(), object()
+    gate = BudgetGate("ledger", clock)
+    assert gate.try_acquire(drip, stall=10)
+    for _ in range(4):  # 3 s waiting for the reader, then one chunk read: 12 s in all
+        gate.reader(drip, True)
+        clock.now += 3
+        gate.reader(drip, False)
+        clock.now += 1
+    assert gate.try_acquire(other, stall=10)
+    gate.release(other)
+    assert not gate.held_by(other) and gate.try_acquire(drip, stall=10)
 
 
 # -- retries counted once ---------------------------------------------------------------------------

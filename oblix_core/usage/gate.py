@@ -7,10 +7,12 @@ holding everyone else:
 
 * a request that waits for the gate longer than ``wait`` seconds fails with
   :class:`BudgetGateBusyError` (nothing was sent);
-* a holder whose *reader* stalls — it handed text to the caller and the caller has not
-  asked for more for ``stall`` seconds — loses the gate to the next waiter. Its answer goes
-  on and is recorded when it ends (or is abandoned), so a budget can be overspent by at most
-  one in-flight request per process plus the requests whose readers stalled.
+* a holder whose *reader* stalls — it handed text to the caller and has waited for the
+  caller to ask for more for ``stall`` seconds in all (one long stall or many short ones: a
+  reader that takes a chunk now and then cannot keep it either) — loses the gate to the
+  next waiter. Its answer goes on and is recorded when it ends (or is abandoned), so a
+  budget can be overspent by at most one in-flight request per process plus the requests
+  whose readers stalled.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import anyio
 
@@ -39,22 +42,29 @@ class BudgetGateBusyError(NoModelAvailableError):
 class BudgetGate:
     """The gate of one ledger in this process (see the module docstring)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
+        self._clock = clock
         self._lock = threading.Lock()
         self._holder: object | None = None
-        self._reader_since: float | None = None  # when the holder's reader was handed text
+        self._reader_since: float | None = None  # when the holder's reader was last handed text
+        self._reader_waited = 0.0  # seconds the holder waited for its reader before that
+
+    def _waited(self) -> float:
+        """Seconds the holder has waited for its reader in all (the current wait included)."""
+        since = self._reader_since
+        return self._reader_waited + (self._clock() - since if since is not None else 0.0)
 
     def _free_for(self, stall: float) -> bool:
         if self._holder is None:
             return True
-        since = self._reader_since
-        if since is not None and time.monotonic() - since >= stall:
+        waited = self._waited()
+        if waited >= stall:
             log.warning(
                 "budget gate of %s: the request holding it has waited %.1fs for its reader; the next "
                 "request goes ahead ([budgets] gate_stall=%gs)",
                 self.name,
-                time.monotonic() - since,
+                waited,
                 stall,
             )
             return True
@@ -65,14 +75,14 @@ class BudgetGate:
         with self._lock:
             if not self._free_for(stall):
                 return False
-            self._holder, self._reader_since = owner, None
+            self._holder, self._reader_since, self._reader_waited = owner, None, 0.0
             return True
 
     async def acquire(self, owner: object, wait: float, stall: float) -> None:
         """Take the gate for ``owner``; raise :class:`BudgetGateBusyError` after ``wait`` seconds."""
-        deadline = time.monotonic() + wait
+        deadline = self._clock() + wait
         while not self.try_acquire(owner, stall):
-            if time.monotonic() >= deadline:
+            if self._clock() >= deadline:
                 raise BudgetGateBusyError(
                     f"Waited {wait:g}s for the budget gate of {self.name}: another budgeted cloud request "
                     "of this process held it all that time. Nothing was sent; try again, or raise "
@@ -83,14 +93,19 @@ class BudgetGate:
     def reader(self, owner: object, waiting: bool) -> None:
         """``owner`` handed text to its reader (``waiting``) or the reader asked for more."""
         with self._lock:
-            if self._holder is owner:
-                self._reader_since = time.monotonic() if waiting else None
+            if self._holder is not owner:
+                return
+            if waiting:
+                self._reader_since = self._clock()
+            elif self._reader_since is not None:
+                self._reader_waited += self._clock() - self._reader_since
+                self._reader_since = None
 
     def release(self, owner: object) -> None:
         """Give the gate back (nothing if ``owner`` no longer holds it)."""
         with self._lock:
             if self._holder is owner:
-                self._holder, self._reader_since = None, None
+                self._holder, self._reader_since, self._reader_waited = None, None, 0.0
 
     def held_by(self, owner: object) -> bool:
         with self._lock:
