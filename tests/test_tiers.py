@@ -28,6 +28,7 @@ def test_every_file_the_tables_name_exists() -> None:
     for pattern in tiers.MODULE_TIERS:
         assert any(Path(f).match(pattern) for f in files), pattern
     assert files >= tiers.TRIO_MODULES, tiers.TRIO_MODULES - files
+    assert set(tiers.PARAMETER_TIERS) <= files
     for test in tiers.TEST_TIERS:
         file, function = test.split("::")
         assert f"def {function}(" in (ROOT / "tests" / file).read_text(), test
@@ -56,6 +57,13 @@ def test_single_tests_of_a_fast_file_can_be_in_a_tier() -> None:
     compat = ROOT / "tests" / "test_compat_012.py"
     assert tiers.tiers_of(compat, [], "test_server_with_model_flags") == {"slow"}
     assert tiers.tiers_of(compat, [], "test_chat_flag_errors") == set()
+
+
+def test_parameters_that_name_a_real_server_put_a_test_in_its_tier() -> None:
+    usage = ROOT / "tests" / "test_usage.py"
+    assert tiers.tiers_of(usage, [], "test_hosts_on_one_store_share_the_ledger", "asyncio-redis") == {"slow"}
+    assert tiers.tiers_of(usage, [], "test_totals_by_group_match_the_records", "s3") == {"slow"}
+    assert tiers.tiers_of(usage, [], "test_totals_by_group_match_the_records", "sqlite-write-behind") == set()
 
 
 @pytest.mark.parametrize(

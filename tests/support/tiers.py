@@ -46,6 +46,8 @@ MODULE_TIERS: dict[str, tuple[str, ...]] = {
     "test_server_workers.py": ("slow",),
     "test_usage_server.py": ("slow",),
     "test_redis_*.py": ("slow",),
+    "test_migration.py": ("slow",),  # migrations between real stores: redis-server, moto's S3
+    "test_model_health_cli.py": ("slow",),  # `oblix run` through retries and a cooldown: a minute
     "test_s3_*.py": ("slow",),
     "test_llamacpp.py": ("llama",),
     "test_llama_cache.py": ("llama",),
@@ -59,6 +61,18 @@ TEST_TIERS: dict[str, tuple[str, ...]] = {
     # an oblix server process; a redis-server
     "test_compat_012.py::test_server_with_model_flags": ("slow",),
     "test_store_first.py::test_a_down_store_fails_the_request_before_the_model_runs": ("slow",),
+    # seconds of real time by design: CPU burners and agents sampling, cooldowns, killed runs
+    "test_agents.py::test_cpu_burners_drive_it_to_constrained_and_back": ("slow",),
+    "test_agents.py::test_constrained_resources_go_to_the_cloud": ("slow",),
+    "test_failover.py::test_run_explain_prints_candidates_skips_and_attempts": ("slow",),
+    "test_failover.py::test_a_second_process_skips_what_the_first_cooled": ("slow",),
+    "test_documents.py::test_a_killed_ingest_run_again_ends_as_an_uninterrupted_one": ("slow",),
+}
+
+#: Tiers of the tests of a file whose parameter ids hold a word (they start the server themselves,
+#: through ``request.getfixturevalue``, where the fixture table cannot see it).
+PARAMETER_TIERS: dict[str, dict[str, tuple[str, ...]]] = {
+    "test_usage.py": {"redis": ("slow",), "s3": ("slow",)},
 }
 
 #: Tiers of a test that uses one of these fixtures (names unique in the suite).
@@ -126,11 +140,14 @@ def _relative(path: Path) -> str:
         return path.name
 
 
-def tiers_of(path: Path, fixtures: Iterable[str], function: str = "") -> set[str]:
-    """The tiers of test ``function`` in file ``path`` that uses ``fixtures`` (its fixture closure)."""
+def tiers_of(path: Path, fixtures: Iterable[str], function: str = "", parameters: str = "") -> set[str]:
+    """The tiers of test ``function`` in file ``path`` that uses ``fixtures`` (its fixture closure)
+    with ``parameters`` (its parameter id, ``asyncio-redis``)."""
     name = _relative(path)
     tiers = {t for pattern, ts in MODULE_TIERS.items() if fnmatch.fnmatch(name, pattern) for t in ts}
     tiers |= set(TEST_TIERS.get(f"{name}::{function}", ()))
+    words = PARAMETER_TIERS.get(name, {})
+    tiers |= {t for word in parameters.split("-") for t in words.get(word, ())}
     return tiers | {t for fixture in fixtures for t in FIXTURE_TIERS.get(fixture, ())}
 
 
@@ -162,7 +179,9 @@ def pytest_report_header(config: pytest.Config) -> str:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         function = getattr(item, "originalname", item.name)
-        for tier in sorted(tiers_of(item.path, getattr(item, "fixturenames", ()), function)):
+        callspec = getattr(item, "callspec", None)
+        parameters = callspec.id if callspec is not None else ""
+        for tier in sorted(tiers_of(item.path, getattr(item, "fixturenames", ()), function, parameters)):
             item.add_marker(tier)
 
 
