@@ -124,12 +124,29 @@ async def test_an_abandoned_stream_is_recorded_and_closes_the_budget(
             async for _ in stream:
                 break  # the reader hangs up after the first chunk
         [record] = client.usage_ledger.recent(5)
-        assert record.model_id == CLOUD and record.request_id == stream.request_id
+        assert record.model_id == CLOUD and record.request_id.startswith(f"{stream.request_id}.abandoned-")
         assert record.error.startswith("abandoned") and record.tokens_estimated
         assert record.input_tokens > 0 and record.output_tokens > 0 and record.cost_usd > 0.0000001
         with pytest.raises(BudgetExceededError, match="daily budget"):
             await client.execute("and another", stream=False)
     assert endpoint.chat_requests == 1
+
+
+@pytest.mark.anyio
+async def test_an_abandoned_try_and_the_retry_that_answers_are_both_counted(
+    home: Path, endpoint: HostileOpenAI
+) -> None:
+    async with await _client(home, endpoint) as client:
+        stream = client.stream("tell me a long story", idempotency_key="story-1")
+        async with stream:
+            async for _ in stream:
+                break
+        result = await client.execute("tell me a long story", stream=False, idempotency_key="story-1")
+        assert result["request_id"] == stream.request_id  # the key keeps the request's id
+        records = client.usage_ledger.recent(5)
+        assert sorted(r.error.split(":")[0] for r in records) == ["", "abandoned"]
+        assert client.usage()["total"]["cost_usd"] == pytest.approx(sum(r.cost_usd for r in records))
+    assert endpoint.chat_requests == 2  # two answers were generated: both are paid for
 
 
 @pytest.mark.anyio
@@ -143,7 +160,7 @@ async def test_a_cancelled_reader_is_recorded(home: Path, endpoint: HostileOpenA
             async for _ in stream:
                 pass
         [record] = client.usage_ledger.recent(5)
-        assert record.request_id == request_ids[0] and record.error.startswith("abandoned")
+        assert record.request_id.startswith(request_ids[0]) and record.error.startswith("abandoned")
 
 
 @pytest.mark.anyio

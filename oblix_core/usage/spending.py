@@ -6,7 +6,9 @@ The request path gives the executor a :class:`Spending` for each request. The ex
   completing — interrupted by a failure, or abandoned because the reader stopped (closed the
   stream, was cancelled, or its HTTP client hung up). The answer's usage is recorded (tokens
   estimated from what was streamed where the provider's count never came) and counts
-  against budgets, like a whole answer's;
+  against budgets, like a whole answer's. Its record's id is the request's id with
+  ``.interrupted-<hex>`` or ``.abandoned-<hex>`` added, so a retry of the same request (an
+  idempotency key keeps its id) that does answer is counted too, not dropped as a repeat;
 * :meth:`Spending.reader` around each hand-over of text to the reader, so the budget gate
   (:mod:`oblix_core.usage.gate`) knows when its holder is waiting for a stalled reader.
 """
@@ -19,6 +21,7 @@ from typing import Any
 import attrs
 
 from oblix_core.models.backend import ModelBackend
+from oblix_core.sessions.records import random_hex
 from oblix_core.usage.ledger import Pricing, UsageRecord, answer_record
 
 
@@ -51,14 +54,9 @@ class Spending:
         cost = self.pricing.cost(
             model.model_id, model.is_local, int(metrics["input_tokens"]), int(metrics["output_tokens"])
         )
-        self.record(
-            answer_record(
-                self.request,
-                model.model_id,
-                model.is_local,
-                metrics | {"cost_usd": cost},
-                self.rule,
-                self.reason,
-                error=why,
-            )
+        metrics = metrics | {"cost_usd": cost}
+        record = answer_record(
+            self.request, model.model_id, model.is_local, metrics, self.rule, self.reason, why
         )
+        kind = why.split(":", 1)[0]
+        self.record(attrs.evolve(record, request_id=f"{record.request_id}.{kind}-{random_hex()[:8]}"))
