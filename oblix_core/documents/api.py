@@ -59,11 +59,21 @@ class DocumentsAPI:
             self._library = Library(self._make_index("sqlite"), self._embedder_for, self._readers())
         return self._library
 
+    def use_document_index(self, name: str, **options: Any) -> None:
+        """Keep documents in the index ``name`` (``sqlite``, the default, or ``pgvector`` with ``dsn=``)."""
+        old = self._library
+        self._library = Library(self._make_index(name, **options), self._embedder_for, self._readers())
+        if old is not None:
+            old.index.close()
+
     def _make_index(self, name: str, **options: Any) -> DocumentIndex:
         factory = self.registry.document_indexes.get(name)
         if factory is None:
+            extra = "docs" if name == "sqlite" else name
             hint = self.registry.pm.missing_hint(name) or f"No document index {name!r} is registered."
-            raise DocumentsNotInstalledError(f"Documents need an index: {hint} Install it with {INSTALL}.")
+            raise DocumentsNotInstalledError(
+                f"Documents need an index: {hint} Install it with pip install 'oblix[{extra}]'."
+            )
         if name == "sqlite":
             options.setdefault("path", self.home / "documents" / "index.sqlite3")
         index = factory(**options)

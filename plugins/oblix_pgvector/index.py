@@ -1,0 +1,261 @@
+"""The pgvector document index: workspaces, documents and chunks in three Postgres tables.
+
+Keywords: a generated ``tsvector`` column (English stemming) with a GIN index, ranked by
+``ts_rank_cd``. Vectors: a ``vector`` column (pgvector), searched by cosine distance
+(``<=>``) within the workspace, exactly (no approximate index: results equal a full scan).
+A workspace may hold vectors of any dimension (one per workspace).
+
+Guarantees: a document's chunks change in one transaction, under a transaction-scoped
+advisory lock on the document, so concurrent writers of one document from several
+machines serialise and a client killed mid-write leaves the old document or the new one.
+The DSN (and its password) is never logged or shown: ``repr`` redacts it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from oblix.plugin import (
+    Chunk,
+    DocumentEntry,
+    DocumentError,
+    DocumentIndex,
+    SearchHit,
+    Workspace,
+    redact_url,
+    remember_secret,
+)
+
+_WORDS = re.compile(r"\w+", re.UNICODE)
+_PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,30}$")
+
+SCHEMA = """
+CREATE EXTENSION IF NOT EXISTS vector;
+CREATE TABLE IF NOT EXISTS {p}workspaces (id text PRIMARY KEY, body jsonb NOT NULL);
+CREATE TABLE IF NOT EXISTS {p}documents (
+    workspace_id text NOT NULL, id text NOT NULL, name text NOT NULL, body jsonb NOT NULL,
+    PRIMARY KEY (workspace_id, id)
+);
+CREATE TABLE IF NOT EXISTS {p}chunks (
+    id bigserial PRIMARY KEY, workspace_id text NOT NULL, doc_id text NOT NULL, chunk_idx integer NOT NULL,
+    text text NOT NULL, line_start integer, line_end integer, page integer, headings jsonb NOT NULL,
+    heads text NOT NULL, embedding vector,
+    tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', heads || ' ' || text)) STORED
+);
+CREATE INDEX IF NOT EXISTS {p}chunks_doc ON {p}chunks (workspace_id, doc_id);
+CREATE INDEX IF NOT EXISTS {p}chunks_tsv ON {p}chunks USING gin (tsv);
+"""
+
+
+def ts_query(query: str) -> str:
+    """Any of the query's words (only word characters reach ``to_tsquery``: no syntax injected)."""
+    words = dict.fromkeys(w.lower() for w in _WORDS.findall(query) if w.strip("_"))
+    return " | ".join(words)
+
+
+def _vector(values: Sequence[float]) -> str:
+    return "[" + ",".join(repr(float(v)) for v in values) + "]"
+
+
+class PgVectorDocumentIndex(DocumentIndex):
+    """See the module docstring. ``prefix`` names the tables (``oblix_`` by default)."""
+
+    name = "pgvector"
+
+    def __init__(self, dsn: str, *, prefix: str = "oblix_", timeout: float = 30.0) -> None:
+        import psycopg
+
+        if not _PREFIX.match(prefix):
+            raise DocumentError(f"Invalid table prefix {prefix!r}: lower-case letters, digits and _ only.")
+        self._dsn_shown = redact_url(dsn)
+        remember_secret(dsn)
+        try:
+            self._db = psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, int(timeout)))
+        except psycopg.Error as exc:
+            raise DocumentError(
+                f"Cannot connect to Postgres at {self._dsn_shown}: {type(exc).__name__}."
+            ) from None
+        self._p = prefix
+        self._lock = threading.RLock()
+        with self._lock, self._db.transaction():
+            self._db.execute("SELECT pg_advisory_xact_lock(hashtext('oblix-pgvector-schema'))")
+            for statement in SCHEMA.format(p=prefix).split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+
+    def _q(self, sql: str) -> Any:
+        """``sql`` with the table prefix (checked at start: letters, digits and _ only)."""
+        return sql.format(p=self._p)
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(self._q(sql), params).fetchall()
+
+    # -- workspaces ------------------------------------------------------------------------
+
+    def put_workspace(self, workspace: Workspace) -> None:
+        self._rows(
+            "INSERT INTO {p}workspaces (id, body) VALUES (%s, %s) "
+            "ON CONFLICT (id) DO UPDATE SET body = excluded.body RETURNING id",
+            (workspace.id, json.dumps(workspace.to_dict())),
+        )
+
+    def get_workspace(self, workspace_id: str) -> Workspace | None:
+        rows = self._rows("SELECT body FROM {p}workspaces WHERE id = %s", (workspace_id,))
+        return Workspace.from_dict(rows[0][0]) if rows else None
+
+    def list_workspaces(self) -> list[Workspace]:
+        rows = self._rows("SELECT body FROM {p}workspaces ORDER BY body->>'created_at', id")
+        return [Workspace.from_dict(body) for (body,) in rows]
+
+    def delete_workspace(self, workspace_id: str) -> bool:
+        with self._lock, self._db.transaction():
+            for table in ("chunks", "documents"):
+                self._db.execute(
+                    self._q("DELETE FROM {p}" + table + " WHERE workspace_id = %s"), (workspace_id,)
+                )
+            gone = self._db.execute(
+                self._q("DELETE FROM {p}workspaces WHERE id = %s"), (workspace_id,)
+            ).rowcount
+        return gone > 0
+
+    # -- documents -------------------------------------------------------------------------
+
+    def put_document(
+        self, document: DocumentEntry, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]] | None
+    ) -> None:
+        if vectors is not None and len(vectors) != len(chunks):
+            raise DocumentError(f"{len(chunks)} chunks but {len(vectors)} vectors for {document.name}.")
+        if any(c.doc_id != document.id for c in chunks):
+            raise DocumentError(f"A chunk of another document was given with {document.name}.")
+        ws = document.workspace_id
+        body = json.dumps(document.to_dict() | {"chunk_count": len(chunks)})
+        rows = [
+            (
+                ws,
+                document.id,
+                c.chunk_idx,
+                c.text,
+                c.line_start,
+                c.line_end,
+                c.page,
+                json.dumps(list(c.headings)),
+                " ".join((document.name, *c.headings)),
+                _vector(vectors[i]) if vectors is not None else None,
+            )
+            for i, c in enumerate(chunks)
+        ]
+        with self._lock, self._db.transaction():
+            if not self._db.execute(self._q("SELECT 1 FROM {p}workspaces WHERE id = %s"), (ws,)).fetchone():
+                raise DocumentError(f"No workspace {ws!r} in the index; create it first.")
+            self._db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"oblix-doc/{ws}/{document.id}",))
+            self._db.execute(
+                self._q("DELETE FROM {p}chunks WHERE workspace_id = %s AND doc_id = %s"), (ws, document.id)
+            )
+            self._db.execute(
+                self._q(
+                    "INSERT INTO {p}documents (workspace_id, id, name, body) VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (workspace_id, id) DO UPDATE SET name = excluded.name, body = excluded.body"
+                ),
+                (ws, document.id, document.name, body),
+            )
+            with self._db.cursor() as cur:
+                cur.executemany(
+                    self._q(
+                        "INSERT INTO {p}chunks (workspace_id, doc_id, chunk_idx, text, line_start, line_end, "
+                        "page, headings, heads, embedding) "
+                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::vector)"
+                    ),
+                    rows,
+                )
+
+    def get_document(self, workspace_id: str, doc_id: str) -> DocumentEntry | None:
+        rows = self._rows(
+            "SELECT body FROM {p}documents WHERE workspace_id = %s AND id = %s", (workspace_id, doc_id)
+        )
+        return DocumentEntry(**rows[0][0]) if rows else None
+
+    def list_documents(self, workspace_id: str, where: dict[str, Any] | None = None) -> list[DocumentEntry]:
+        rows = self._rows(
+            "SELECT body FROM {p}documents WHERE workspace_id = %s AND body->'metadata' @> %s::jsonb "
+            "ORDER BY name, id",
+            (workspace_id, json.dumps(where or {})),
+        )
+        return [DocumentEntry(**body) for (body,) in rows]
+
+    def document_chunks(self, workspace_id: str, doc_id: str) -> list[Chunk]:
+        rows = self._rows(
+            "SELECT doc_id, chunk_idx, text, line_start, line_end, page, headings FROM {p}chunks "
+            "WHERE workspace_id = %s AND doc_id = %s ORDER BY chunk_idx",
+            (workspace_id, doc_id),
+        )
+        return [_chunk(row) for row in rows]
+
+    def delete_document(self, workspace_id: str, doc_id: str) -> bool:
+        with self._lock, self._db.transaction():
+            self._db.execute(
+                self._q("DELETE FROM {p}chunks WHERE workspace_id = %s AND doc_id = %s"),
+                (workspace_id, doc_id),
+            )
+            gone = self._db.execute(
+                self._q("DELETE FROM {p}documents WHERE workspace_id = %s AND id = %s"),
+                (workspace_id, doc_id),
+            ).rowcount
+        return gone > 0
+
+    def stats(self, workspace_id: str) -> dict[str, int]:
+        (row,) = self._rows(
+            "SELECT count(*), coalesce(sum((body->>'size')::bigint), 0), "
+            "coalesce(sum((body->>'chunk_count')::bigint), 0) FROM {p}documents WHERE workspace_id = %s",
+            (workspace_id,),
+        )
+        return {"documents": int(row[0]), "chunks": int(row[2]), "bytes": int(row[1])}
+
+    # -- search ----------------------------------------------------------------------------
+
+    _HIT = (
+        "SELECT c.doc_id, c.chunk_idx, c.text, c.line_start, c.line_end, c.page, c.headings, {score}, d.name "
+        "FROM {p}chunks c JOIN {p}documents d ON d.workspace_id = c.workspace_id AND d.id = c.doc_id "
+        "WHERE c.workspace_id = %s AND d.body->'metadata' @> %s::jsonb AND {match} ORDER BY {order} LIMIT %s"
+    )
+
+    def keyword_search(
+        self, workspace_id: str, query: str, k: int, where: dict[str, Any] | None = None
+    ) -> list[SearchHit]:
+        words = ts_query(query)
+        if not words:
+            return []
+        sql = self._HIT.format(
+            p="{p}", score="ts_rank_cd(c.tsv, q.query)", match="c.tsv @@ q.query", order="8 DESC, c.id"
+        ).replace("WHERE", ", to_tsquery('english', %s) AS q(query) WHERE", 1)
+        rows = self._rows(sql, (words, workspace_id, json.dumps(where or {}), k))
+        return [SearchHit(_chunk(r[:7]), float(r[7]), r[8], {"workspace_id": workspace_id}) for r in rows]
+
+    def vector_search(
+        self, workspace_id: str, vector: Sequence[float], k: int, where: dict[str, Any] | None = None
+    ) -> list[SearchHit]:
+        literal = _vector(vector)
+        sql = self._HIT.format(
+            p="{p}",
+            score="1 - (c.embedding <=> %s::vector)",
+            match="c.embedding IS NOT NULL AND vector_dims(c.embedding) = %s",
+            order="c.embedding <=> %s::vector",
+        )
+        rows = self._rows(sql, (literal, workspace_id, json.dumps(where or {}), len(vector), literal, k))
+        return [SearchHit(_chunk(r[:7]), float(r[7]), r[8], {"workspace_id": workspace_id}) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __repr__(self) -> str:
+        return f"<PgVectorDocumentIndex {self._dsn_shown} prefix={self._p}>"
+
+
+def _chunk(row: Sequence[Any]) -> Chunk:
+    doc_id, idx, text, line_start, line_end, page, heads = row
+    return Chunk(doc_id, int(idx), text, int(line_start or 1), int(line_end or 1), page, tuple(heads))
