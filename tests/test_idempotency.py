@@ -189,7 +189,7 @@ CRASHING_WRITER = textwrap.dedent(
     from oblix_s3.store import S3SessionStore
     from oblix_redis.store import RedisSessionStore
 
-    idempotency.LEASE_S = 0.5  # the claim of a dead process expires quickly
+    idempotency.lease_for = lambda first_token_timeout: 0.5  # a dead process's claim expires quickly
 
     def die_after(write):
         def written_then_killed(*args, **kwargs):

@@ -73,6 +73,7 @@ ROUTING_FLAGS = {
     "system": "use -s/--system",
     "history": "continue a stored conversation with -c/--continue or --session",
     "store": "oblix run always stores the exchange (the SDK takes store=False)",
+    "idempotency_key": "use --idempotency-key",
 }
 
 
@@ -200,6 +201,10 @@ def _say_interrupted(response: ResponseStream | None, stored: bool) -> None:
 @click.option("--fallback", is_flag=True, help="With -m: let other models answer if that one cannot.")
 @preference_option
 @click.option("-u", "--usage", is_flag=True, help="Print the token usage (stderr).")
+@click.option(
+    "--idempotency-key", default=None, metavar="KEY",
+    help="Run again with the same KEY (e.g. after a crash) to get the first answer back, not a new one.",
+)  # fmt: skip
 @click.option("-t", "--template", default=None, help="Use the saved prompt template NAME (oblix templates).")
 @click.option(
     "-p", "--param", "params", type=(str, str), multiple=True, metavar="NAME VALUE",
@@ -222,6 +227,7 @@ def run(
     fallback: bool,
     preference: str | None,
     usage: bool,
+    idempotency_key: str | None,
     template: str | None,
     params: tuple[tuple[str, str], ...],
 ) -> None:
@@ -243,7 +249,9 @@ def run(
         continue_=continue_,
         model=model,
         system=system,
-        options=template_options | model_options(option_pairs, temperature, max_tokens),
+        options=template_options
+        | model_options(option_pairs, temperature, max_tokens)
+        | ({"idempotency_key": idempotency_key} if idempotency_key is not None else {}),
         local_only=local_only,
         stream=not no_stream,
         as_json=as_json,
@@ -251,7 +259,11 @@ def run(
         fallback=fallback,
         preference=preference,
     )
-    result = anyio.run(_run, args)
+    report(anyio.run(_run, args), usage, as_json)
+
+
+def report(result: dict[str, Any] | None, usage: bool, as_json: bool) -> None:
+    """After ``oblix run``: the JSON result, or the model, tokens and session on stderr."""
     if result is None:
         raise SystemExit(EXIT_INTERRUPTED)
     if usage:

@@ -211,12 +211,15 @@ class ResponseStream:
             session = await self._session()
             self._apply_session(session)
             engine = self._engine
-            once = self._once = await Once.start(engine.idempotency, self.request, fields)
+            once = self._once = await Once.start(
+                engine.idempotency, self.request, fields, engine.executor.settings
+            )
             if once is not None:
-                if await once.recover(session):
-                    await self._count_recovered(once.replay)
+                await once.recover(session)
                 if once.replay is not None:  # an earlier try answered: nothing runs, stores or counts
                     self.result = once.replay
+                    await self._offer_usage(once.replay)
+                    notify(hooks.oblix_request_replayed, request=self.request, result=once.replay)
                     yield once.replay["response"]
                     return
             budget = self._budget = BudgetGuard(
@@ -279,9 +282,10 @@ class ResponseStream:
         if self._once is not None:
             await self._once.finish(self.result, self._stored)
 
-    async def _count_recovered(self, result: dict[str, Any] | None) -> None:
-        """Record the usage of an answer a dead process stored (it may have died before its
-        write-behind record reached the ledger; the ledger keeps one record per request id)."""
+    async def _offer_usage(self, result: dict[str, Any] | None) -> None:
+        """Offer a replayed answer's usage record to the ledger again: the ledger keeps one record
+        per request id, and the process that answered first may have been killed before its
+        write-behind record reached the ledger."""
         ledger, model_id = self._engine.ledger, (result or {}).get("model_id")
         if ledger is None or result is None or not model_id:
             return

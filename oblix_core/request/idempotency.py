@@ -37,9 +37,16 @@ if TYPE_CHECKING:
     from oblix_core.request.context import Request
     from oblix_core.request.execution import ExecutionSettings
 
-#: A claim's lease: a running request renews it as its answer streams; a claim whose lease
-#: passed belongs to a process that died, and a retry may take it over.
+#: A claim's lease when no first-token timeout bounds the wait for a model: a running request
+#: renews it as its answer streams; a claim whose lease passed belongs to a process that died,
+#: and a retry may take it over. With a first-token timeout T the lease is ``2 + 1.5 T`` s
+#: (182 s with the default 120 s): a live request always renews before it lapses.
 LEASE_S = 120.0
+
+
+def lease_for(first_token_timeout: float | None) -> float:
+    """The lease of a claim: longer than the longest wait for a model's first token."""
+    return 2.0 + 1.5 * (first_token_timeout if first_token_timeout is not None else LEASE_S)
 #: How long a repeat waits for the first request with its key before the 409.
 DEFAULT_WAIT_S = 30.0
 MAX_KEY_LENGTH = 255
@@ -89,8 +96,10 @@ class Claim:
         *,
         ttl: float = DEFAULT_TTL_S,
         wait: float | None = None,
+        lease: float | None = None,
     ) -> None:
         self.records, self.key, self.ttl = records, key, ttl
+        self.lease = lease_for(None) if lease is None else lease
         self.wait = DEFAULT_WAIT_S if wait is None else wait
         self.fingerprint = fingerprint(fields)
         self.owner = random_hex()
@@ -99,7 +108,7 @@ class Claim:
 
     def _running(self) -> KeyedRecord:
         now = time.time()
-        return KeyedRecord("running", self.fingerprint, self.owner, now + LEASE_S, now + self.ttl)
+        return KeyedRecord("running", self.fingerprint, self.owner, now + self.lease, now + self.ttl)
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if not self.records.blocking:
@@ -151,8 +160,8 @@ class Claim:
             )
 
     async def renew(self) -> None:
-        """Extend the lease while the answer streams (at most every ``LEASE_S / 4`` seconds)."""
-        if time.monotonic() - self._renewed < LEASE_S / 4:
+        """Extend the lease while the answer streams (at most every quarter lease)."""
+        if time.monotonic() - self._renewed < self.lease / 4:
             return
         self._renewed = time.monotonic()
         await self._call(self.records.replace, self.key, self._running(), owner=self.owner)
@@ -226,7 +235,8 @@ class Once:
             return None
         ttl = settings.idempotency_ttl if settings is not None else DEFAULT_TTL_S
         wait = settings.idempotency_wait if settings is not None else None
-        claim = Claim(records, request.idempotency_key, fields, ttl=ttl, wait=wait)
+        lease = lease_for(settings.first_token_timeout) if settings is not None else None
+        claim = Claim(records, request.idempotency_key, fields, ttl=ttl, wait=wait, lease=lease)
         once = cls(claim, request)
         first = await once.claim.begin()
         if first is not None:
