@@ -189,3 +189,15 @@ def test_a_bad_s3_record_is_refused_before_anything_is_written(
         assert ledger.totals(date(2026, 1, 1))[0].requests == 2
     finally:
         store.close()
+
+
+def test_a_redis_counter_overwritten_with_text_refuses_the_record_whole(
+    redis_ledger: tuple[RedisUsageLedger, redis.Redis],
+) -> None:
+    ledger, client = redis_ledger
+    ledger.record(_record("req-3"))
+    client.hset(f"{ledger.base}d:2026-01-02", "t|out", "twenty")  # someone else's write
+    with pytest.raises(redis.ResponseError, match=r"t\|out holds twenty"):
+        ledger.record(_record("req-4"))
+    assert client.hget(f"{ledger.base}d:2026-01-02", "t|r") == "1"  # req-4 counted nowhere
+    assert not client.exists(f"{ledger.base}id:req-4") and client.xlen(f"{ledger.base}log") == 1

@@ -14,9 +14,10 @@ Cluster too)::
                                     counts once
 
 A record is all-or-nothing: the script checks every amount (integers of at most 15 digits,
-finite non-negative floats) and the keys' types before its first write, and sets the
-request-id marker last, so a record it refuses leaves nothing behind — no request counted
-without its tokens, no marker that would make a corrected retry count as done.
+finite non-negative floats), the keys' types and the counters it adds to (numbers, as
+``HINCRBY``/``HINCRBYFLOAT`` need) before its first write, and sets the request-id marker
+last, so a record it refuses leaves nothing behind — no request counted without its
+tokens, no marker that would make a corrected retry count as done.
 
 ``totals`` reads one hash per day (only the seven total fields unless grouped by model or
 session), so months of data cost a few dozen small reads whatever the traffic.
@@ -49,9 +50,29 @@ local function amount(field, value)
 end
 local n = (#ARGV - 6) / 2
 if not amount('', ARGV[4]) then return redis.error_reply('usage record: bad session cost ' .. ARGV[4]) end
+local fields = {}
 for i = 0, n - 1 do
   if not amount(ARGV[6 + 2 * i], ARGV[7 + 2 * i]) then
     return redis.error_reply('usage record: bad amount ' .. ARGV[6 + 2 * i] .. '=' .. ARGV[7 + 2 * i])
+  end
+  fields[i + 1] = ARGV[6 + 2 * i]
+end
+local function counter(field, value)
+  if string.sub(field, -5) == '|cost' or string.sub(field, -4) == '|lat' or field == '' then
+    return tonumber(value) ~= nil
+  end
+  return string.match(value, '^%-?%d+$') ~= nil
+end
+local current = redis.call('HMGET', KEYS[1], unpack(fields))
+for i = 1, n do
+  if current[i] and not counter(fields[i], current[i]) then
+    return redis.error_reply('usage counter ' .. KEYS[1] .. ' ' .. fields[i] .. ' holds ' .. current[i])
+  end
+end
+if ARGV[3] ~= '' then
+  local spent = redis.call('HGET', KEYS[3], ARGV[3])
+  if spent and not counter('', spent) then
+    return redis.error_reply('usage counter ' .. KEYS[3] .. ' ' .. ARGV[3] .. ' holds ' .. spent)
   end
 end
 for i = 0, n - 1 do
