@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pexpect
 import pytest
 
 from tests import cli_plugin
@@ -93,3 +94,34 @@ def test_run_with_private_docs_answers_locally_with_sources(
     assert "Sources:\n  [1] router.md, line 5 (Router > Reset)" in printed.stderr
     plain = json.loads(oblix("run", "--json", "hello").stdout)
     assert plain["routing_decision"]["local_only"]["active"] is False and "sources" not in plain
+
+
+def test_chat_docs_draws_on_a_workspace_and_prints_sources(
+    home: Path, notes: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """``/docs W`` in ``oblix chat``, through a real pseudo-terminal (pexpect)."""
+    site = cli_plugin.install(tmp_path_factory.mktemp("chat-docs-site"))
+    cli_plugin.configure(home, "echo")
+    env = commands.environ(site, home)
+    added = subprocess.run(
+        [sys.executable, "-m", "oblix_core", "docs", "add", str(notes), "-w", "notes"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert added.returncode == 0, added.stderr
+    chat = commands.spawn(env, "chat", timeout=120)
+    chat.expect("you> ")
+    chat.sendline("/docs nowhere")
+    chat.expect("No workspace 'nowhere' \\(notes\\)")
+    chat.sendline("/docs notes")
+    chat.expect("Answers draw on workspace notes")
+    chat.sendline("How do I reset the router?")
+    chat.expect(r"Sources:\r\n  \[1\] router\.md, line 5 \(Router > Reset\)")
+    chat.sendline("/docs off")
+    chat.expect("no longer draw on documents")
+    chat.sendline("/exit")
+    chat.expect(pexpect.EOF)
+    chat.close()
+    assert chat.exitstatus == 0

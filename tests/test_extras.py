@@ -39,8 +39,10 @@ EXTRAS: dict[str, tuple[set[str], str | None]] = {
     "ollama": ({"ollama"}, "openai"),
     "server": ({"server"}, "openai"),
     "gpu": (set(), "openai"),
+    "docs": ({"docs", "llama_cpp"}, "psycopg"),
+    "pgvector": ({"pgvector"}, "llama_cpp"),
 }
-OPTIONAL = {"openai", "anthropic", "redis", "s3", "ollama", "server", "llama_cpp"}
+OPTIONAL = {"openai", "anthropic", "redis", "s3", "ollama", "server", "llama_cpp", "docs", "pgvector"}
 
 ROUND_TRIP = """
 import anyio, oblix
@@ -139,6 +141,8 @@ def _bare(env: Venv) -> None:
     assert redis.returncode == 1 and "pip install 'oblix[redis]'" in redis.stderr, redis.stderr
     server = env.oblix("server")
     assert server.returncode != 0 and "pip install 'oblix[server]'" in server.stderr, server.stderr
+    docs = env.oblix("docs", "list")
+    assert docs.returncode == 1 and "pip install 'oblix[docs]'" in docs.stderr, docs.stderr
 
 
 def _openai(env: Venv) -> None:
@@ -226,4 +230,26 @@ def _create(client: Any, title: str) -> str:
     return anyio.run(main)
 
 
-CHECKS = {"": _bare, "openai": _openai, "redis": _redis, "s3": _s3, "server": _server}
+def _docs(env: Venv) -> None:
+    """The documents extra alone: add a folder, search it, all on this machine (the packaged model)."""
+    notes = Path(env.env["OBLIX_HOME"]).parent / "notes"
+    notes.mkdir(parents=True, exist_ok=True)
+    (notes / "router.md").write_text("# Router\n\nHold the red button for 12 seconds to reset it.\n")
+    added = env.oblix("docs", "add", str(notes), "-w", "notes")
+    assert added.returncode == 0 and "1 added" in added.stdout, added.stderr
+    found = env.oblix("docs", "search", "how to reset", "-w", "notes", "--json")
+    assert found.returncode == 0 and json.loads(found.stdout)[0]["doc_name"] == "router.md", found.stderr
+
+
+def _pgvector(env: Venv) -> None:
+    """pgvector alone: the documents commands still say that the readers and embedder need oblix[docs]."""
+    docs = env.oblix("docs", "list")
+    assert docs.returncode == 1 and "pip install 'oblix[docs]'" in docs.stderr, docs.stderr
+    loaded = env.run("python", "-c", "import oblix_pgvector.index")
+    assert loaded.returncode == 0, loaded.stderr
+
+
+CHECKS = {
+    "": _bare, "openai": _openai, "redis": _redis, "s3": _s3, "server": _server, "docs": _docs,
+    "pgvector": _pgvector,
+}

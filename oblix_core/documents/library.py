@@ -166,8 +166,8 @@ class Library:
             raise EmbedderMismatchError(
                 f"Workspace {workspace.name!r} holds vectors of {workspace.embedder}, not {chosen.name}; "
                 "vectors of two embedders cannot be searched together. Re-embed it first: "
-                f"client.update_workspace_embeddings({workspace.id!r}, {{'model': {spec!r}}}) "
-                f"or `oblix docs reembed {workspace.name} --embedder {spec}`."
+                f"client.update_workspace_embeddings({workspace.id!r}, {spec!r}) re-embeds every document "
+                "with the new one."
             )
         return chosen
 
