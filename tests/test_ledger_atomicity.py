@@ -201,3 +201,24 @@ def test_a_redis_counter_overwritten_with_text_refuses_the_record_whole(
         ledger.record(_record("req-4"))
     assert client.hget(f"{ledger.base}d:2026-01-02", "t|r") == "1"  # req-4 counted nowhere
     assert not client.exists(f"{ledger.base}id:req-4") and client.xlen(f"{ledger.base}log") == 1
+
+
+def test_oblix_usage_repair_moves_a_damaged_s3_day_object_aside(s3_bucket: dict[str, str]) -> None:
+    store = S3SessionStore(bucket=s3_bucket["bucket"], endpoint_url=s3_bucket["endpoint_url"], prefix="r/")
+    try:
+        ledger = store.usage_ledger()
+        assert ledger is not None
+        ledger.record(_record("kept", timestamp="2026-01-01T00:00:00Z"))
+        ledger.record(_record("lost", timestamp="2026-01-02T00:00:00Z"))
+        store.objects.put("r/usage/2026-01-02.json", b"{not json")  # damaged by someone else
+        fresh = store.usage_ledger()  # another host: nothing cached
+        assert fresh is not None
+        with pytest.raises(OblixError, match=r"r/usage/2026-01-02.json at .* is damaged .*oblix usage --repair"):
+            fresh.spent()
+        report = fresh.repair()
+        assert "2026-01-02.json" in report and "usage-damaged/2026-01-02.json." in report
+        assert fresh.spent() == pytest.approx(0.25)  # the sound day counts again
+        assert any(k.startswith("r/usage-damaged/") for k in store.objects.list_keys("r/"))
+        assert "No damaged day object" in fresh.repair()
+    finally:
+        store.close()

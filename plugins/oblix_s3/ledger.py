@@ -39,7 +39,7 @@ import re
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 from oblix.plugin import OblixError, UsageLedger, UsageRecord, UsageTotals, check_usage_record
@@ -140,7 +140,8 @@ def _parse(where: str, body: bytes) -> Doc:
     except (ValueError, KeyError, TypeError) as exc:
         raise OblixError(
             f"The usage ledger's day object {where} is damaged or of an unknown format ({exc}). "
-            "Restore it from a backup, or move it away (that day's usage is then not counted)."
+            "Restore it from a backup, or run `oblix usage --repair` to move it aside (that day's "
+            "usage is then not counted)."
         ) from None
     return doc
 
@@ -297,6 +298,29 @@ class S3UsageLedger(UsageLedger):
             if doc["dropped"]:
                 break  # its older records are gone: earlier days would leave a gap
         return found[: max(0, limit)]
+
+    def repair(self) -> str:
+        """Move every damaged day object aside (``<prefix>usage-damaged/<day>.json.<UTC time>``)
+        so the other days count again; say which were moved."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        aside = self.base.rstrip("/") + "-damaged/"
+        moved = []
+        for key in self._days(None):
+            try:
+                self._read(key)
+                continue
+            except OblixError:
+                found = self.objects.get(key)
+            if found is not None:
+                target = f"{aside}{key[len(self.base) :]}.{stamp}"
+                self.objects.put(target, found[0], create=True)
+                self.objects.delete([key])
+                moved.append(f"{self.objects.where(key)} -> {self.objects.where(target)}")
+        with self._lock:
+            self._cache.clear()
+        if not moved:
+            return f"No damaged day object in the usage ledger {self.objects.where(self.base)}."
+        return "Moved the damaged usage day object(s) aside: " + "; ".join(moved) + "."
 
     def identity(self) -> str:
         return f"s3:{self.objects.bucket}:{self.objects.endpoint}:{self.base}"
