@@ -122,21 +122,27 @@ class DocumentsAPI:
         return found[0] if found else library.create_workspace(DEFAULT_WORKSPACE, private=private)
 
     def _retrieval_for(self, workspace_id: Any) -> Retrieval | None:
-        """The retrieval of a request: ``workspace_id`` (one or a list), else this client's connectors."""
+        """The retrieval of a request: ``workspace_id`` (one or a list), else this client's connectors.
+        No I/O here: the workspaces are found and searched in the request's retrieval step."""
         refs = (
             workspace_id if isinstance(workspace_id, list | tuple) else [workspace_id] if workspace_id else []
         )
-        refs = refs or list(getattr(self, "_connector_workspaces", []))
+        if not all(isinstance(ref, str) and ref for ref in refs):
+            raise DocumentError("workspace_id must be a workspace id or name, or a list of them.")
+        refs = list(dict.fromkeys(refs or getattr(self, "_connector_workspaces", [])))
         if not refs:
             return None
-        library = self._documents()
-        workspaces = tuple(library.workspace(str(ref)) for ref in dict.fromkeys(refs))
 
-        def search(query: str, k: int) -> list[Any]:
+        def resolve() -> tuple[Workspace, ...]:
+            library = self._documents()
+            return tuple(library.workspace(ref) for ref in refs)
+
+        def search(workspaces: tuple[Workspace, ...], query: str, k: int) -> list[Any]:
+            library = self._documents()
             hits = [h for w in workspaces for h in library.search(w, query, k)]
             return sorted(hits, key=lambda h: -h.score)[:k]
 
-        return Retrieval(workspaces, search, DEFAULT_TOP_K)
+        return Retrieval(resolve, search, DEFAULT_TOP_K)
 
     # -- embedding models ------------------------------------------------------------------
 

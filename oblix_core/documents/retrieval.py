@@ -83,34 +83,39 @@ def sources(hits: Sequence[SearchHit], workspaces: dict[str, Workspace]) -> tupl
 
 @attrs.frozen
 class Retrieval:
-    """The search a request runs: ``search(query, k)`` over ``workspaces`` (blocking)."""
+    """The search a request runs (both callables block; :func:`apply` runs them in a worker thread).
 
-    workspaces: tuple[Workspace, ...]
-    search: Callable[[str, int], list[SearchHit]]
+    ``resolve()`` finds the workspaces (an unknown one raises); ``search(workspaces, query, k)``
+    returns the best chunks of all of them.
+    """
+
+    resolve: Callable[[], tuple[Workspace, ...]]
+    search: Callable[[tuple[Workspace, ...], str, int], list[SearchHit]]
     top_k: int = DEFAULT_TOP_K
 
-    def private_reasons(self) -> tuple[str, ...]:
-        """Known before searching: the request is local-only when any workspace is private."""
-        return tuple(private_reason(w) for w in self.workspaces if w.private)
-
-    def run(self, query: str) -> Retrieved:
-        hits = self.search(query, self.top_k) if self.workspaces else []
-        by_id = {w.id: w for w in self.workspaces}
-        return Retrieved(context_block(hits) if hits else "", sources(hits, by_id), self.private_reasons())
+    def run(self, workspaces: tuple[Workspace, ...], query: str) -> Retrieved:
+        hits = self.search(workspaces, query, self.top_k) if workspaces else []
+        by_id = {w.id: w for w in workspaces}
+        reasons = tuple(private_reason(w) for w in workspaces if w.private)
+        return Retrieved(context_block(hits) if hits else "", sources(hits, by_id), reasons)
 
 
 async def apply(request: Any) -> None:
     """The retrieval step of a request (``request.retrieval``, if any), run once before its
-    session is read: private workspaces are named in ``request.local_only_sources`` first, so
-    the request is local-only even if the search fails; then the context block is added to
-    ``request.system`` and the sources set in ``request.sources``."""
+    session is read: the workspaces are found first and each private one is named in
+    ``request.local_only_sources`` (the request is local-only, whatever happens next); then
+    the context block is added to ``request.system`` and the sources set in ``request.sources``."""
     retrieval: Retrieval | None = request.retrieval
     if retrieval is None:
         return
     import anyio
 
-    request.local_only_sources = (*request.local_only_sources, *retrieval.private_reasons())
-    found = await anyio.to_thread.run_sync(retrieval.run, request.prompt)
+    workspaces = await anyio.to_thread.run_sync(retrieval.resolve)
+    request.local_only_sources = (
+        *request.local_only_sources,
+        *(private_reason(w) for w in workspaces if w.private),
+    )
+    found = await anyio.to_thread.run_sync(retrieval.run, workspaces, request.prompt)
     request.sources = found.sources
     if found.context:
         request.system = f"{request.system}\n\n{found.context}" if request.system else found.context
