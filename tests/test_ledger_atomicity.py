@@ -213,7 +213,8 @@ def test_oblix_usage_repair_moves_a_damaged_s3_day_object_aside(s3_bucket: dict[
         store.objects.put("r/usage/2026-01-02.json", b"{not json")  # damaged by someone else
         fresh = store.usage_ledger()  # another host: nothing cached
         assert fresh is not None
-        with pytest.raises(OblixError, match=r"r/usage/2026-01-02.json at .* is damaged .*oblix usage --repair"):
+        damaged = r"r/usage/2026-01-02.json at .* is damaged .*oblix usage --repair"
+        with pytest.raises(OblixError, match=damaged):
             fresh.spent()
         report = fresh.repair()
         assert "2026-01-02.json" in report and "usage-damaged/2026-01-02.json." in report
