@@ -54,6 +54,7 @@ from oblix_core.models.health import CircuitBreaker, JsonFile
 from oblix_core.request.context import Request
 from oblix_core.request.history import Fit, trim_to_window
 from oblix_core.request.routing import RoutingPlan, screen
+from oblix_core.request.waits import WaitExpired, next_item
 from oblix_core.usage.counts import USAGE_ERROR, checked_usage
 from oblix_core.usage.spending import Spending
 
@@ -247,8 +248,9 @@ class Executor:
     ) -> AsyncGenerator[str, None]:
         """One try of ``model``: yield its text; raise unless the answer ends positively.
 
-        The first-token and total timeouts apply to each wait for the model's next chunk (a
-        cancel scope around each wait only: never across a ``yield``).
+        The first-token and total timeouts apply to each wait for the model's next chunk
+        (:func:`~oblix_core.request.waits.next_item`: a cancel scope only when the wait
+        waits, never across a ``yield``).
         """
         if request.local_only and not model.is_local:
             raise PermanentModelError(
@@ -256,7 +258,7 @@ class Executor:
                 model_id=model.model_id,
             )
         s = self.settings
-        start = anyio.current_time()  # the event loop's clock, which deadlines are in
+        start = answer.started  # time.monotonic(), the clock next_item's deadlines are in
         total_deadline = start + s.total_timeout if s.total_timeout else math.inf
         first_deadline = (
             min(start + s.first_token_timeout, total_deadline) if s.first_token_timeout else total_deadline
@@ -266,14 +268,11 @@ class Executor:
         async with aclosing(model.stream(request)) as chunks:
             iterator = chunks.__aiter__()
             while True:
-                with anyio.CancelScope(deadline=first_deadline if first else total_deadline) as scope:
-                    try:
-                        chunk = await iterator.__anext__()
-                    except StopAsyncIteration:
-                        break
-                    except TimeoutError:  # the backend's own
-                        scope.cancel()
-                if scope.cancelled_caught or scope.cancel_called:
+                try:
+                    chunk = await next_item(iterator, first_deadline if first else total_deadline)
+                except StopAsyncIteration:
+                    break
+                except WaitExpired:
                     what = "its first token" if first else "its answer"
                     raise ModelTimeoutError(
                         f"{model.model_id} did not produce {what} in time "
