@@ -118,3 +118,17 @@ def test_an_unknown_workspace_is_a_clear_error(client: openai.OpenAI) -> None:
             messages=[{"role": "user", "content": "hi"}],
             extra_body={"oblix_workspace": "nowhere"},
         )
+
+
+def test_the_dashboard_lists_workspaces_and_their_sizes(server: OblixServer) -> None:
+    import httpx
+
+    listed = httpx.get(f"{server.root}/v1/oblix/workspaces", headers=server.auth, timeout=30).json()
+    rows = {w["name"]: w for w in listed["workspaces"]}
+    assert set(rows) == {"diary", "shared"}
+    assert (
+        rows["diary"]["private"] is True and rows["diary"]["documents"] == 1 and rows["diary"]["chunks"] >= 1
+    )
+    assert rows["shared"]["embedder"] == "local:all-minilm-l6-v2" and rows["shared"]["bytes"] > 0
+    page = httpx.get(f"{server.root}/ui", timeout=30).text
+    assert 'data-tab="documents"' in page and 'id="workspace-list"' in page

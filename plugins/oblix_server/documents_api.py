@@ -5,6 +5,7 @@
   ``local`` (the default embedder, all-MiniLM, in-process) or an embedder spec the client
   knows (``local:all-minilm-l6-v2``); ``encoding_format`` ``float`` or ``base64``
   (little-endian float32, what the official client asks for by default).
+* ``GET /v1/oblix/workspaces`` (the dashboard's Documents tab): workspaces and their sizes.
 * Chat completions take ``"oblix_workspace": "W"`` in the body (``extra_body`` in the
   official client): the answer draws on workspace W's documents and the response's
   ``oblix_sources`` lists them; a private workspace makes the request local-only.
@@ -23,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from oblix.plugin import OblixClient, OblixError
+from oblix.plugin import DocumentError, OblixClient, OblixError
 from oblix_server.errors import APIError, from_oblix
 from oblix_server.limits import read_body
 
@@ -111,5 +112,24 @@ async def embeddings(request: Request) -> Response:
     )
 
 
+async def workspaces(request: Request) -> Response:
+    """``GET /v1/oblix/workspaces`` (the dashboard's Documents tab): each workspace and its size."""
+    client: OblixClient = request.app.state.oblix.client
+    try:
+        found = await client.list_workspaces()
+    except DocumentError as exc:  # the documents extra is not installed: an empty list that says so
+        return JSONResponse({"workspaces": [], "note": str(exc)})
+    except OblixError as exc:
+        raise from_oblix(exc) from None
+    keep = ("id", "name", "description", "private", "embedder", "documents", "chunks", "bytes", "created_at")
+    rows = [{k: w[k] for k in keep} | {"sources": [c["path"] for c in w["connectors"]]} for w in found]
+    return JSONResponse(
+        {"workspaces": rows, "note": "" if rows else "No workspace yet: oblix docs add PATH."}
+    )
+
+
 def routes() -> list[Route]:
-    return [Route(EMBEDDINGS_PATH, embeddings, methods=["POST"])]
+    return [
+        Route(EMBEDDINGS_PATH, embeddings, methods=["POST"]),
+        Route("/v1/oblix/workspaces", workspaces, methods=["GET"]),
+    ]

@@ -130,7 +130,15 @@
       (await api("/v1/oblix/decisions")).data.map((d) => [when(d.at), d.model_id, d.rule, d.reason, usd(d.cost_usd || 0)]));
   }
 
-  const views = { usage: showUsage, sessions: showSessions, models: showModels, agents: showAgents, decisions: showDecisions };
+  async function showDocuments() {
+    const body = await api("/v1/oblix/workspaces");
+    $("workspace-note").textContent = body.note || "";
+    table("workspace-list", ["workspace", "private", "documents", "chunks", "size", "embedder", "sources"],
+      body.workspaces.map((w) => [w.name, w.private ? "yes" : "no", w.documents, w.chunks,
+        Math.round(w.bytes / 1024) + " KiB", w.embedder, w.sources.join(", ") || "uploads"]));
+  }
+
+  const views = { usage: showUsage, sessions: showSessions, models: showModels, agents: showAgents, decisions: showDecisions, documents: showDocuments };
 
   function show(tab) {
     document.querySelectorAll(".tab").forEach((s) => { s.hidden = s.id !== tab; });
