@@ -21,8 +21,9 @@ class Request(GenerationRequest):
 
     Built once by the client. ``session_id`` and ``messages`` (context, history, prompt)
     are set when the session is read; middleware (``oblix_request_start``) may replace
-    ``messages``; each model receives ``attrs.evolve(request, messages=<trimmed>)``. The
-    session stores the user's original ``prompt``.
+    ``messages``; each model receives ``attrs.evolve(request, messages=<trimmed>)``, or the
+    request itself with its planned messages when its fit trimmed nothing. The session stores
+    the user's original ``prompt``.
     """
 
     prompt: str = ""

@@ -441,6 +441,9 @@ def _planned(model: ModelBackend, request: R, fit: Fit | None) -> R:
     """``request`` with the messages planned for ``model``, trimmed again only if the plan no
     longer holds for it; raises :class:`PermanentModelError` if the prompt cannot fit."""
     if fit is not None and fit.holds_for(model, request.max_tokens):
+        if len(fit.messages) == len(request.messages):  # nothing trimmed: the request as it is
+            request.messages = fit.messages  # the same messages (fit.input_tokens knows them)
+            return request
         return attrs.evolve(request, messages=fit.messages)
     return attrs.evolve(request, messages=trim_to_window(request.messages, model, request.max_tokens))
 

@@ -306,13 +306,15 @@ def screen(
         for a in agents
         if a.get("source") == "none"
     ]
-    return attrs.evolve(
-        plan,
-        candidates=tuple(chosen),
-        models=tuple(entries.values()),
-        agents=tuple(agents),
-        notes=tuple(notes),
-        fits={m.model_id: fits[m.model_id] for m in chosen},
+    return RoutingPlan(  # built once (attrs.evolve introspects the class on every call)
+        tuple(chosen),
+        plan.rule,
+        plan.reason,
+        plan.policy,
+        tuple(entries.values()),
+        tuple(agents),
+        tuple(notes),
+        {m.model_id: fits[m.model_id] for m in chosen},
     )
 
 

@@ -46,8 +46,14 @@ class WarmTail:
     def record(self) -> SessionRecord:
         """The session with its recent messages (metadata and context copied: callers own them)."""
         header = self.header
-        return attrs.evolve(
-            header, messages=self.messages, metadata=dict(header.metadata), context=dict(header.context)
+        return SessionRecord(
+            header.id,
+            header.title,
+            header.created_at,
+            header.updated_at,
+            self.messages,
+            dict(header.context),
+            dict(header.metadata),
         )
 
     def extended(self, changes: SessionChanges) -> WarmTail:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -20,9 +21,23 @@ ROLES = ("system", "user", "assistant")
 _SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
+#: The last whole second formatted by :func:`utc_now`: (its epoch second, ``YYYY-MM-DDTHH:MM:SS``).
+_SECOND: tuple[int, str] = (-1, "")
+
+
 def utc_now() -> str:
-    """The current UTC time as an ISO-8601 string with milliseconds and a ``Z``."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"  # as format_timestamp
+    """The current UTC time as an ISO-8601 string with milliseconds and a ``Z``.
+
+    The date and time of day are formatted once per second (a request takes several
+    timestamps); the milliseconds are added to them.
+    """
+    global _SECOND
+    now = time.time()
+    second = int(now)
+    cached = _SECOND  # one read: another thread may replace it meanwhile
+    if cached[0] != second:
+        cached = _SECOND = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{int((now - second) * 1000):03d}Z"  # as format_timestamp
 
 
 def format_timestamp(moment: datetime) -> str:
