@@ -142,3 +142,8 @@ class IdempotencyInFlightError(OblixError):
     def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class IdempotencyClaimLostError(IdempotencyInFlightError):
+    """This try of a keyed request stalled past its lease and a retry took its claim over (409):
+    its answer is neither stored nor kept under the key; the retry's is."""

@@ -142,7 +142,7 @@ class DocumentsAPI:
             hits = [h for w in workspaces for h in library.search(w, query, k)]
             return sorted(hits, key=lambda h: -h.score)[:k]
 
-        return Retrieval(resolve, search, DEFAULT_TOP_K)
+        return Retrieval(resolve, search, DEFAULT_TOP_K, tuple(refs))
 
     # -- embedding models ------------------------------------------------------------------
 

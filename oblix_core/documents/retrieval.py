@@ -92,6 +92,9 @@ class Retrieval:
     resolve: Callable[[], tuple[Workspace, ...]]
     search: Callable[[tuple[Workspace, ...], str, int], list[SearchHit]]
     top_k: int = DEFAULT_TOP_K
+    #: The workspace ids or names as the caller gave them (what an idempotency key's request
+    #: is compared on).
+    refs: tuple[str, ...] = ()
 
     def run(self, workspaces: tuple[Workspace, ...], query: str) -> Retrieved:
         hits = self.search(workspaces, query, self.top_k) if workspaces else []

@@ -21,9 +21,9 @@ from oblix_core.request.context import Request
 from oblix_core.request.engine import Engine, notify
 from oblix_core.request.execution import Attempting, Done
 from oblix_core.request.history import session_messages
-from oblix_core.request.idempotency import Once, message_ids, request_fields, session_id_for
+from oblix_core.request.idempotency import Once, exchange_ids, request_fields, session_id_for
 from oblix_core.request.routing import RouteRequest, RoutingPlan
-from oblix_core.sessions.records import Message, SessionRecord, new_message_id, new_session_id, utc_now
+from oblix_core.sessions.records import Message, SessionRecord, new_session_id, utc_now
 from oblix_core.sessions.store import keyed
 from oblix_core.usage.ledger import UsageRecord, answer_record
 from oblix_core.usage.spending import Spending
@@ -253,9 +253,9 @@ class ResponseStream:
         except BaseException as exc:
             if self._budget is not None:
                 self._budget.release()
-            if self._once is not None and self.result is None:
+            if self._once is not None:  # released unless the complete exchange was stored
                 with anyio.CancelScope(shield=True):
-                    await self._once.finish(None, self._stored)
+                    await self._once.finish(self.result)
             if isinstance(exc, NoModelAvailableError) and self.routing_decision is not None:
                 self.routing_decision["attempts"] = list(exc.attempts)
             if isinstance(exc, Exception):
@@ -275,12 +275,16 @@ class ResponseStream:
             model.model_id, model.is_local, metrics["input_tokens"], metrics["output_tokens"]
         )
         usage = answer_record(self.request, model.model_id, model.is_local, metrics, plan.rule, plan.reason)
+        if self._once is not None:  # a retry may have taken the claim over while the reader stalled
+            spent = Spending.of(self._budget, engine.pricing, self.request, plan).spent
+            lost = None if model.is_local else functools.partial(spent, model, metrics, "superseded")
+            await self._once.confirm(lost)  # what this try spent is recorded, then it fails
         await self._persist(self._started_at, done.text, model.model_id, metrics, usage)
         if self._budget is not None:
             self._budget.release()
         self.result = self._result(done, metrics, plan, checks)
         if self._once is not None:
-            await self._once.finish(self.result, self._stored)
+            await self._once.finish(self.result)
 
     async def _offer_usage(self, result: dict[str, Any] | None) -> None:
         """Offer a replayed answer's usage record to the ledger again: the ledger keeps one record
@@ -359,6 +363,8 @@ class ResponseStream:
 
         blocking = record is not None or (write is not None and self._engine.store.blocking)
         self._stored = await anyio.to_thread.run_sync(persist) if blocking else persist()
+        if self._stored and usage is not None and self._once is not None:
+            self._once.stored = True  # the complete exchange (a partial has no usage here)
         if self._stored and self._new_session is not None and self._new_session.id == request.session_id:
             self._new_session = None
 
@@ -367,21 +373,16 @@ class ResponseStream:
     ) -> Callable[[], None]:
         """The store write of this exchange: the new session created with it, or an append."""
         request, store, new = self.request, self._engine.store, self._new_session
-        ids = (
-            message_ids(request.request_id)
-            if request.idempotency_key
-            else (new_message_id(), new_message_id())
-        )
+        partial = bool(metrics.get("interrupted"))
+        *ids, write_key = exchange_ids(request.request_id, bool(request.idempotency_key), partial)
         messages = [
             Message("user", request.prompt, id=ids[0], timestamp=started_at),
             Message("assistant", text, id=ids[1], model_id=model_id, metrics=metrics),
         ]
         if new is not None and new.id == request.session_id:
             record = attrs.evolve(new, messages=(*new.messages, *messages))
-            return functools.partial(keyed(store.create, request.request_id), record)
-        return functools.partial(
-            keyed(store.append_messages, request.request_id), request.session_id, messages
-        )
+            return functools.partial(keyed(store.create, write_key), record)
+        return functools.partial(keyed(store.append_messages, write_key), request.session_id, messages)
 
 
 def _tool_capable(plan: RoutingPlan) -> RoutingPlan:

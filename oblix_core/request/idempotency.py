@@ -29,9 +29,14 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import attrs
 
-from oblix_core.errors import IdempotencyInFlightError, IdempotencyKeyMismatchError, OblixError
+from oblix_core.errors import (
+    IdempotencyClaimLostError,
+    IdempotencyInFlightError,
+    IdempotencyKeyMismatchError,
+    OblixError,
+)
 from oblix_core.sessions.idempotency import DEFAULT_TTL_S, IdempotencyRecords, KeyedRecord
-from oblix_core.sessions.records import Message, SessionRecord, random_hex
+from oblix_core.sessions.records import Message, SessionRecord, new_message_id, random_hex
 
 if TYPE_CHECKING:
     from oblix_core.request.context import Request
@@ -47,6 +52,8 @@ LEASE_S = 120.0
 def lease_for(first_token_timeout: float | None) -> float:
     """The lease of a claim: longer than the longest wait for a model's first token."""
     return 2.0 + 1.5 * (first_token_timeout if first_token_timeout is not None else LEASE_S)
+
+
 #: How long a repeat waits for the first request with its key before the 409.
 DEFAULT_WAIT_S = 30.0
 MAX_KEY_LENGTH = 255
@@ -74,6 +81,20 @@ def message_ids(request_id: str) -> tuple[str, str]:
     """The ids of the user and assistant messages an idempotent request stores."""
     digest = hashlib.sha256(request_id.encode()).hexdigest()
     return f"msg_{digest[:32]}", f"msg_{digest[32:]}"
+
+
+def exchange_ids(request_id: str, keyed: bool, partial: bool) -> tuple[str, str, str]:
+    """The user and assistant message ids of an exchange, and the store's key for its write.
+
+    A keyed request's complete answer gets ids derived from the request id (a retry finds it;
+    a store applies the write once). A partial one (interrupted) gets fresh ids and a write key
+    of its own, so that the retry's complete answer is stored beside it, not taken for a repeat
+    of it (a store that honours write keys would drop it) nor found as the answer.
+    """
+    if keyed and not partial:
+        return (*message_ids(request_id), request_id)
+    write = f"{request_id}.interrupted-{random_hex()[:8]}" if keyed else request_id
+    return new_message_id(), new_message_id(), write
 
 
 def fingerprint(fields: dict[str, Any]) -> dict[str, str]:
@@ -159,12 +180,20 @@ class Claim:
                 fields=differ,
             )
 
-    async def renew(self) -> None:
-        """Extend the lease while the answer streams (at most every quarter lease)."""
-        if time.monotonic() - self._renewed < self.lease / 4:
+    async def renew(self, *, force: bool = False) -> None:
+        """Extend the lease while the answer streams (at most every quarter lease unless
+        ``force``). Raises :class:`IdempotencyClaimLostError` when a retry took the claim over
+        (this try stalled past its lease): its answer must not be stored."""
+        if not force and time.monotonic() - self._renewed < self.lease / 4:
             return
         self._renewed = time.monotonic()
-        await self._call(self.records.replace, self.key, self._running(), owner=self.owner)
+        if not await self._call(self.records.replace, self.key, self._running(), owner=self.owner):
+            raise IdempotencyClaimLostError(
+                f"This try of the request with idempotency key {self.key!r} stalled past its "
+                f"{self.lease:g} s lease and a retry took it over; this answer is not stored. Retry "
+                "with the same key to get the answer of the try that took over.",
+                retry_after=1.0,
+            )
 
     async def complete(self, result: dict[str, Any]) -> None:
         now = time.time()
@@ -184,9 +213,13 @@ def replayed(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def stored_answer(messages: tuple[Message, ...], request_id: str) -> Message | None:
-    """The assistant message a try of ``request_id`` stored (found by its derived id), if any."""
+    """The complete assistant message a try of ``request_id`` stored (found by its derived id;
+    never an interrupted partial), if any."""
     _, answer_id = message_ids(request_id)
-    return next((m for m in reversed(messages) if m.id == answer_id), None)
+    return next(
+        (m for m in reversed(messages) if m.id == answer_id and not (m.metrics or {}).get("interrupted")),
+        None,
+    )
 
 
 def session_id_for(request_id: str) -> str:
@@ -196,8 +229,9 @@ def session_id_for(request_id: str) -> str:
 
 
 def request_fields(request: Request) -> dict[str, Any]:
-    """What makes two tries the same request (compared field by field)."""
-    return {
+    """What makes two tries the same request (compared field by field); the workspaces a
+    request draws on count only when it names one (so older records still match)."""
+    fields: dict[str, Any] = {
         "prompt": request.prompt,
         "session_id": request.session_id,
         "model": request.model,
@@ -211,6 +245,9 @@ def request_fields(request: Request) -> dict[str, Any]:
         "store": request.store,
         "history": [attrs.asdict(m) for m in request.history or ()],
     }
+    if request.retrieval is not None:
+        fields["workspaces"] = sorted(request.retrieval.refs)
+    return fields
 
 
 class Once:
@@ -220,6 +257,11 @@ class Once:
         self.claim, self.request = claim, request
         #: The result to return instead of running (a replay), else ``None``.
         self.replay: dict[str, Any] | None = None
+        #: Set by the request path once the complete exchange is in the session (an
+        #: interrupted partial does not count): the claim is then never released.
+        self.stored = False
+        #: The claim was completed or released (or there is none to settle: a replay).
+        self.settled = False
 
     @classmethod
     async def start(
@@ -240,7 +282,7 @@ class Once:
         once = cls(claim, request)
         first = await once.claim.begin()
         if first is not None:
-            once.replay = replayed(first)
+            once.replay, once.settled = replayed(first), True
         return once
 
     async def recover(self, session: SessionRecord) -> bool:
@@ -260,6 +302,7 @@ class Once:
             "agent_checks": {},
             "routing_decision": {"rule": "replay", "reason": "answered by an earlier try of this request"},
         }
+        self.settled = True
         await self.claim.complete(result)
         self.replay = replayed(result)
         return True
@@ -267,10 +310,27 @@ class Once:
     async def renew(self) -> None:
         await self.claim.renew()
 
-    async def finish(self, result: dict[str, Any] | None, stored: bool) -> None:
-        """Keep the result under the key; or, when the request failed and stored nothing, let a
-        retry run it again."""
+    async def confirm(self, superseded: Callable[[], None] | None = None) -> None:
+        """Before the exchange is stored: this try must still hold the claim. If a retry took it
+        over (this try's reader stalled past the lease), ``superseded()`` records what this try
+        spent, and :class:`IdempotencyClaimLostError` is raised: nothing is stored or kept."""
+        try:
+            await self.claim.renew(force=True)
+        except IdempotencyClaimLostError:
+            self.settled = True  # the claim is the other try's: neither completed nor released
+            if superseded is not None:
+                superseded()
+            raise
+
+    async def finish(self, result: dict[str, Any] | None) -> None:
+        """Once per request: keep the result under the key; or, when the request failed before
+        its complete exchange was stored, let a retry run it again. A request that stored its
+        exchange and then failed keeps its claim: after the lease a retry answers from the
+        session."""
+        if self.settled:
+            return
+        self.settled = True
         if result is not None:
             await self.claim.complete(result)
-        elif not stored:
+        elif not self.stored:
             await self.claim.release()

@@ -16,16 +16,18 @@ for stores that provide none (one machine's processes share it).
 from __future__ import annotations
 
 import abc
+import contextlib
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import attrs
 import filelock
 
-from oblix_core.errors import SessionCorruptedError
+from oblix_core.errors import SessionCorruptedError, SessionError
 from oblix_core.fileio import write_atomically
 
 #: How long a key's result is kept by default (Stripe's and the IETF draft's 24 hours).
@@ -106,6 +108,9 @@ class FileIdempotencyRecords(IdempotencyRecords):
     replaced when their key is used again and swept now and then (lock files stay: removing
     one that another process waits on would let two processes in)."""
 
+    #: Seconds to wait for a key's lock (held by another process) before a clear error.
+    lock_timeout = 30.0
+
     def __init__(self, folder: Path | str) -> None:
         self.folder = Path(folder)
         self._created = False
@@ -118,7 +123,20 @@ class FileIdempotencyRecords(IdempotencyRecords):
         return self.folder / f"{key_digest(key)}.json"
 
     def _lock(self, path: Path) -> filelock.BaseFileLock:
-        return filelock.FileLock(str(path) + ".lock", timeout=30)
+        return filelock.FileLock(str(path) + ".lock", timeout=self.lock_timeout)
+
+    @contextlib.contextmanager
+    def _locked(self, path: Path) -> Iterator[None]:
+        """Hold ``path``'s lock; a lock another process keeps too long is a :class:`SessionError`."""
+        try:
+            with self._lock(path):
+                yield
+        except filelock.Timeout:
+            raise SessionError(
+                f"The idempotency record {path} stayed locked by another process for "
+                f"{self.lock_timeout:g} s; the request was not run. Retry with the same key (a "
+                "process stuck holding the lock must be stopped first)."
+            ) from None
 
     @staticmethod
     def _read(path: Path) -> KeyedRecord | None:
@@ -143,7 +161,7 @@ class FileIdempotencyRecords(IdempotencyRecords):
 
     def claim(self, key: str, record: KeyedRecord) -> KeyedRecord | None:
         path = self._path(key)
-        with self._lock(path):
+        with self._locked(path):
             found = self._read(path)
             if found is not None:
                 return found
@@ -152,7 +170,7 @@ class FileIdempotencyRecords(IdempotencyRecords):
 
     def replace(self, key: str, record: KeyedRecord, *, owner: str) -> bool:
         path = self._path(key)
-        with self._lock(path):
+        with self._locked(path):
             found = self._read(path)
             if found is None or found.owner != owner:
                 return False
@@ -161,7 +179,7 @@ class FileIdempotencyRecords(IdempotencyRecords):
 
     def release(self, key: str, *, owner: str) -> None:
         path = self._path(key)
-        with self._lock(path):
+        with self._locked(path):
             found = self._read(path)
             if found is not None and found.owner == owner:
                 path.unlink(missing_ok=True)
@@ -174,10 +192,12 @@ class FileIdempotencyRecords(IdempotencyRecords):
         gone, now = 0, time.time()
         for path in self.folder.glob("*.json"):
             try:
-                if KeyedRecord.from_json(path.read_bytes()).expires_at <= now:
-                    with self._lock(path):
-                        path.unlink(missing_ok=True)
+                if KeyedRecord.from_json(path.read_bytes()).expires_at > now:
+                    continue
+                with self._lock(path):  # read again: a claim may have replaced it meanwhile
+                    if KeyedRecord.from_json(path.read_bytes()).expires_at <= now:
+                        path.unlink()
                         gone += 1
-            except (OSError, ValueError, KeyError, TypeError):
+            except (OSError, ValueError, KeyError, TypeError, filelock.Timeout):
                 continue
         return gone

@@ -99,6 +99,7 @@ TRIO_MODULES = frozenset(
         "test_file_store.py",
         "test_idempotency.py",
         "test_idempotency_records.py",
+        "test_idempotency_edges.py",
         "test_redis_store.py",
         "test_request_path_edges.py",
         "test_routing.py",

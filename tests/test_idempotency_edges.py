@@ -1,0 +1,244 @@
+"""Idempotency keys under hostile or unlucky clients and crashes (issue 31, red-team): an
+interrupted answer, a reader that stops reading, a cancelled wait for the claim, the same key
+with another workspace, damaged or contested records.
+
+The model is the scripted backend (a test double that counts its calls); the stores are the
+real file store, a real redis-server and moto's S3 server.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import attrs
+import filelock
+import pytest
+
+from oblix_core.client import OblixClient
+from oblix_core.errors import (
+    IdempotencyClaimLostError,
+    IdempotencyKeyMismatchError,
+    OblixError,
+    SessionError,
+    StreamInterruptedError,
+)
+from oblix_core.request import idempotency
+from oblix_core.sessions.idempotency import FileIdempotencyRecords, KeyedRecord, key_digest
+from oblix_core.testing import ScriptedPlugin
+from oblix_core.testing.scripted import Step
+from tests import redis_servers
+from tests.conftest import FAST
+from tests.s3_server import aws_env_fixture, server_fixture  # noqa: F401 - fixtures
+from tests.test_idempotency import store_options
+
+pytestmark = pytest.mark.anyio
+redis_server = redis_servers.redis_server
+
+QUICK = attrs.evolve(FAST, idempotency_wait=0.3)
+
+
+@pytest.fixture(params=["file", "redis"])
+async def keyed_client(
+    request: pytest.FixtureRequest,
+    home: Path,
+    scripted: ScriptedPlugin,
+    make_client: Callable[..., OblixClient],
+) -> OblixClient:
+    client = make_client(
+        home=home, plugins=[scripted], execution=QUICK, **store_options(request, request.param)
+    )
+    await client.hook_model("scripted", "a", local=True)
+    return client
+
+
+def turns(client: OblixClient, session_id: str) -> list[tuple[str, str, bool]]:
+    """``(role, content, interrupted)`` of each stored message."""
+    messages = client.load_session(session_id)["messages"]
+    return [(m["role"], m["content"], bool((m.get("metrics") or {}).get("interrupted"))) for m in messages]
+
+
+async def test_a_retry_after_an_interrupted_answer_runs_again_and_is_stored(
+    keyed_client: OblixClient, scripted: ScriptedPlugin
+) -> None:
+    """The partial is stored marked interrupted; the key is released, so the retry generates the
+    answer (it neither waits for a claim nobody holds nor replays the partial as the answer) and
+    stores it — also on a store that applies a write once per request id (Redis)."""
+    sid = await keyed_client.create_session(title="t")
+    scripted.scripts["a"] = [Step(("half ",), fail="transient")]
+    with pytest.raises(StreamInterruptedError):
+        await keyed_client.execute("hi", session_id=sid, idempotency_key="k-int")
+    result = await keyed_client.execute("hi", session_id=sid, stream=False, idempotency_key="k-int")
+    assert result["response"] == "echo: hi" and "replayed" not in result["metrics"]
+    assert len(scripted.calls["a"]) == 2
+    assert turns(keyed_client, sid) == [
+        ("user", "hi", False),
+        ("assistant", "half ", True),
+        ("user", "hi", False),
+        ("assistant", "echo: hi", False),
+    ]
+    again = await keyed_client.execute("hi", session_id=sid, stream=False, idempotency_key="k-int")
+    assert again["response"] == "echo: hi" and again["metrics"]["replayed"] is True
+
+
+async def test_a_retry_after_a_partial_the_caller_stored_is_stored_whole(
+    keyed_client: OblixClient, scripted: ScriptedPlugin
+) -> None:
+    """The CLI's Ctrl-C: the caller closes the stream, then stores what it showed
+    (``store_interrupted``); a retry with the key stores its complete answer beside it."""
+    sid = await keyed_client.create_session(title="t")
+    scripted.scripts["a"] = [Step(("one ", "two ", "three"), delay=0.05)]
+    stream = keyed_client.stream("hi", session_id=sid, idempotency_key="k-cli")
+    async for _ in stream:
+        break
+    await stream.aclose()
+    assert await stream.store_interrupted("cancelled") is True
+    result = await keyed_client.execute("hi", session_id=sid, stream=False, idempotency_key="k-cli")
+    assert result["response"] == "echo: hi" and "replayed" not in result["metrics"]
+    assert turns(keyed_client, sid) == [
+        ("user", "hi", False),
+        ("assistant", "one ", True),
+        ("user", "hi", False),
+        ("assistant", "echo: hi", False),
+    ]
+
+
+async def test_a_reader_that_stalls_past_its_lease_does_not_store_a_second_turn(
+    keyed_client: OblixClient, scripted: ScriptedPlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that stops reading is indistinguishable from a dead process once its lease
+    passes: a retry takes the claim over and answers. The stalled try, read again, must not
+    store a second turn nor overwrite the kept result."""
+    monkeypatch.setattr(idempotency, "lease_for", lambda first_token_timeout: 0.3)
+    sid = await keyed_client.create_session(title="t")
+    scripted.scripts["a"] = [Step(("slow ", "answer"))]
+    stalled = keyed_client.stream("hi", session_id=sid, idempotency_key="k-stall")
+    assert await stalled.__anext__() == "slow "
+    await anyio.sleep(0.5)  # the stalled try's lease passes
+    retry = await keyed_client.execute("hi", session_id=sid, stream=False, idempotency_key="k-stall")
+    assert retry["response"] == "echo: hi"
+    with pytest.raises(OblixError, match="took over"):
+        async for _ in stalled:
+            pass
+    await stalled.aclose()
+    assert turns(keyed_client, sid) == [("user", "hi", False), ("assistant", "echo: hi", False)]
+    again = await keyed_client.execute("hi", session_id=sid, stream=False, idempotency_key="k-stall")
+    assert again["response"] == "echo: hi" and again["metrics"]["replayed"] is True
+
+
+async def test_a_stalled_cloud_try_that_loses_its_claim_is_counted_not_stored(
+    client: OblixClient, scripted: ScriptedPlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stalled on its last chunk: the answer is complete (paid) when the reader comes back, but
+    a retry took the claim over and answered. The stalled try fails, stores nothing, and its
+    usage is recorded under an id of its own, beside the retry's: two paid answers, two records."""
+    monkeypatch.setattr(idempotency, "lease_for", lambda first_token_timeout: 0.3)
+    await client.hook_model("scripted", "c", local=False)
+    sid = await client.create_session(title="t")
+    scripted.scripts["c"] = [Step(("whole answer",))]
+    stalled = client.stream("hi", session_id=sid, idempotency_key="k-cloud")
+    assert await stalled.__anext__() == "whole answer"
+    await anyio.sleep(0.5)
+    retry = await client.execute("hi", session_id=sid, stream=False, idempotency_key="k-cloud")
+    with pytest.raises(IdempotencyClaimLostError):
+        await stalled.__anext__()
+    await stalled.aclose()
+    assert turns(client, sid) == [("user", "hi", False), ("assistant", retry["response"], False)]
+    assert client.usage(since="1d")["total"]["requests"] == 2
+    again = await client.execute("hi", session_id=sid, stream=False, idempotency_key="k-cloud")
+    assert again["metrics"]["replayed"] is True and client.usage(since="1d")["total"]["requests"] == 2
+
+
+HOLD_LOCK = (
+    "import filelock, sys, time\n"
+    "lock = filelock.FileLock(sys.argv[1])\n"
+    "lock.acquire()\n"
+    "print('held', flush=True)\n"
+    "time.sleep(float(sys.argv[2]))\n"
+)
+
+
+def hold_lock(path: Path, seconds: float) -> subprocess.Popen[str]:
+    """Another process holding ``path``'s file lock for ``seconds``."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(path) + ".lock", str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+async def test_a_request_cancelled_while_its_claim_is_written_leaves_no_claim(
+    client: OblixClient, scripted: ScriptedPlugin
+) -> None:
+    """Cancelled while the claim's write waits for the record's file lock (held by another
+    process): when the write goes through after all, the claim is released, so a retry runs at
+    once (no wait, no 409)."""
+    client.engine.executor.settings = QUICK
+    await client.hook_model("scripted", "a", local=True)
+    records = client.engine.idempotency
+    assert isinstance(records, FileIdempotencyRecords)
+    holder = hold_lock(records._path("k-cancel"), 0.8)
+    try:
+        with anyio.move_on_after(0.2):
+            await client.execute("hi", stream=False, idempotency_key="k-cancel")
+    finally:
+        holder.wait()
+    assert records.get("k-cancel") is None
+    result = await client.execute("hi", stream=False, idempotency_key="k-cancel")
+    assert result["response"] == "echo: hi"
+
+
+async def test_a_record_locked_too_long_by_another_process_is_a_clear_error(
+    client: OblixClient, scripted: ScriptedPlugin
+) -> None:
+    await client.hook_model("scripted", "a", local=True)
+    records = client.engine.idempotency
+    assert isinstance(records, FileIdempotencyRecords)
+    records.lock_timeout = 0.2
+    holder = hold_lock(records._path("k-locked"), 1.0)
+    try:
+        with pytest.raises(SessionError, match="locked by another process"):
+            await client.execute("hi", stream=False, idempotency_key="k-locked")
+    finally:
+        holder.wait()
+    assert len(scripted.calls["a"]) == 0
+
+
+async def test_the_same_key_with_another_workspace_is_a_mismatch(
+    client: OblixClient, scripted: ScriptedPlugin
+) -> None:
+    await client.hook_model("scripted", "a", local=True)
+    workspace = await client.create_workspace("notes", private=True)
+    await client.execute("hi", stream=False, idempotency_key="k-ws")
+    with pytest.raises(IdempotencyKeyMismatchError, match="workspace") as caught:
+        await client.execute("hi", stream=False, idempotency_key="k-ws", workspace_id=workspace)
+    assert caught.value.fields == ("workspaces",)
+    assert len(scripted.calls["a"]) == 1
+
+
+def test_a_sweep_never_deletes_a_claim_made_after_it_read_the_expired_record(tmp_path: Path) -> None:
+    """The sweep reads an expired record, then takes the key's lock to delete it; a claim made
+    in between (by another process) must survive."""
+    now = time.time()
+    folder = tmp_path / "idem"
+    other = FileIdempotencyRecords(folder)
+    other.claim("k", KeyedRecord("running", {}, "old", now - 5, now - 1))  # expired at once
+
+    class ClaimedMeanwhile(FileIdempotencyRecords):
+        """Real file records whose lock is first taken by another process's claim."""
+
+        def _lock(self, path: Path) -> filelock.BaseFileLock:
+            if path.suffix == ".json" and path.exists():
+                assert other.claim("k", KeyedRecord("running", {}, "new", now + 60, now + 60)) is None
+            return super()._lock(path)
+
+    assert ClaimedMeanwhile(folder).sweep() == 0
+    found = other.get("k")
+    assert found is not None and found.owner == "new"
+    assert (folder / f"{key_digest('k')}.json").exists()
