@@ -6,7 +6,9 @@ unused. :class:`ThreadChooser` measures, before each request, how much CPU the *
 processes used in the last moment (the busy time from ``/proc/stat`` minus this
 process's own, so the model's own threads never count as load; under ``taskset`` or a
 cpuset, only the CPUs this process may use) and picks every physical core the others
-leave free, at least one. llama.cpp takes the new count between evaluations
+leave free, at least one; when the others' runnable threads fill every core anyway (a
+heavily shared machine), it takes every core, since the scheduler then shares the CPU
+out per thread. llama.cpp takes the new count between evaluations
 (``llama_set_n_threads``). Figures: benchmarks/README.md, "llama.cpp threads".
 """
 
@@ -47,22 +49,30 @@ def physical_cores() -> int:
     return max(1, min(physical, len(allowed))) if allowed is not None else physical
 
 
-def threads_for(others: float, cores: int) -> int:
+def threads_for(others: float, cores: int, waiting: float = 0.0) -> int:
     """Threads to use when other processes keep ``others`` cores busy: the free whole cores.
 
     ``others`` below :data:`SLACK` of a core costs nothing (the agents, an editor); each
     core's worth above it costs one thread; never fewer than one, never more than ``cores``.
+    When ``waiting`` (the other processes' runnable threads, on average) fills every core,
+    no core is free to protect: the scheduler shares the CPU out per thread, so every core
+    gets a thread (on the 2-core machine under a load average of 9-15, 2 threads generated
+    2.5x as fast as 1; with one busy neighbour, 1 thread was the faster).
     """
+    if waiting >= cores:
+        return cores
     return max(1, min(cores, cores - math.ceil(others - SLACK)))
 
 
 @attrs.frozen
 class CpuSample:
-    """CPU seconds at one moment: the whole machine's busy time and this process's own."""
+    """One moment: the machine's busy CPU seconds, this process's own, and how many threads
+    of other processes were runnable (running or waiting for a CPU)."""
 
     wall: float
     machine_busy: float
     own: float
+    waiting: float = 0.0
 
 
 def _busy(times: Any) -> float:
@@ -81,7 +91,32 @@ def take_sample(cpus: list[int] | None = None) -> CpuSample:
         per_cpu = psutil.cpu_times(percpu=True)
         busy = sum(_busy(per_cpu[i]) for i in cpus if i < len(per_cpu))
     own = psutil.Process().cpu_times()
-    return CpuSample(time.monotonic(), busy, own.user + own.system)
+    return CpuSample(time.monotonic(), busy, own.user + own.system, max(0, _runnable() - _own_runnable()))
+
+
+def _runnable() -> int:
+    """Runnable threads on the machine now (``/proc/loadavg``'s 4th field), 0 if unknown."""
+    try:
+        with open("/proc/loadavg") as f:
+            return int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _own_runnable() -> int:
+    """This process's threads that are runnable now (this one, reading, included)."""
+    count = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 1
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/stat") as f:
+                count += f.read().rpartition(")")[2].split()[0] == "R"
+        except (OSError, IndexError):
+            continue
+    return count
 
 
 class ThreadChooser:
@@ -107,6 +142,7 @@ class ThreadChooser:
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self.others = 0.0  # cores the other processes kept busy in the last window
+        self.waiting = 0.0  # their runnable threads then, on average
         self.threads = self.cores  # the last choice
 
     def start(self) -> None:
@@ -137,10 +173,12 @@ class ThreadChooser:
             then = usable[-1]
             window = now.wall - then.wall
             busy = (now.machine_busy - then.machine_busy) - (now.own - then.own)
+            seen = [s.waiting for s in self._recent if s.wall >= then.wall] + [now.waiting]
             if self._ticker is None:
                 self._recent.append(now)
             self.others = max(0.0, busy / window)
-            self.threads = threads_for(self.others, self.cores)
+            self.waiting = sum(seen) / len(seen)
+            self.threads = threads_for(self.others, self.cores, self.waiting)
             return self.threads
 
     def describe(self) -> dict[str, object]:
@@ -149,4 +187,5 @@ class ThreadChooser:
             "cores": self.cores,
             "last": self.threads,
             "others_busy": round(self.others, 2),
+            "others_runnable": round(self.waiting, 2),
         }
