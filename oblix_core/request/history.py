@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from collections.abc import Hashable, Sequence
 
 import attrs
@@ -94,12 +95,15 @@ def message_tokens(model: ModelBackend, message: ChatMessage, key: Hashable | No
     return count
 
 
+_CONTENT = operator.attrgetter("content")
+
+
 def _costs(model: ModelBackend, history: Sequence[ChatMessage], key: Hashable | None) -> list[int]:
     """Each message's tokens (:func:`message_tokens`, its cache read inline: the hot loop)."""
     if key is None:
         return [model.count_message_tokens([m]) for m in history]
     if key == ESTIMATED_TOKENS:  # ModelBackend's own counts, as arithmetic: no lookup needed
-        return [(len(m.content) + 3) // 4 + 4 for m in history]
+        return [(size + 3) // 4 + 4 for size in map(len, map(_CONTENT, history))]
     get = _COUNTS.get
     costs = [get((key, m.role, m.content)) if m.tool_calls is None else None for m in history]
     for i, cost in enumerate(costs):
@@ -176,11 +180,11 @@ def fit_to_window(messages: Sequence[ChatMessage], model: ModelBackend, max_toke
     if not messages:
         return Fit((), window, reserve, 0, 0, max_tokens, key)
     prompt = messages[-1]
-    system = [m for m in messages[:-1] if m.role == "system"]
-    history = [m for m in messages[:-1] if m.role != "system"]
+    system, history = _split(messages)
     fixed = model.count_message_tokens([*system, prompt])
     costs = _costs(model, history, key)
-    needed = fixed + sum(costs) + reserve
+    total = sum(costs)
+    needed = fixed + total + reserve
     budget = window - reserve - fixed
     if budget < 0:
         problem = (
@@ -189,12 +193,26 @@ def fit_to_window(messages: Sequence[ChatMessage], model: ModelBackend, max_toke
         )
         return Fit((), window, needed, len(history), 0, max_tokens, key, problem=problem)
     first = len(history)
+    if total <= budget:  # all of it fits (the common case): no message by message walk
+        first, budget = 0, budget - total
     while first > 0 and costs[first - 1] <= budget:
         first -= 1
         budget -= costs[first]
     kept = (*system, *history[first:], prompt)
     sent = needed - reserve - sum(costs[:first])
     return Fit(kept, window, needed, len(history), len(history) - first, max_tokens, key, sent)
+
+
+def _split(messages: Sequence[ChatMessage]) -> tuple[Sequence[ChatMessage], Sequence[ChatMessage]]:
+    """The system messages before the prompt, and the others (history), each in order."""
+    head = messages[:-1]
+    roles = [m.role for m in head]
+    leading = 0
+    while leading < len(roles) and roles[leading] == "system":
+        leading += 1
+    if roles.count("system") == leading:  # system messages first, as session_messages puts them
+        return head[:leading], head[leading:]
+    return [m for m in head if m.role == "system"], [m for m in head if m.role != "system"]
 
 
 def trim_to_window(
