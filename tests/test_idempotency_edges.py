@@ -153,6 +153,42 @@ async def test_a_stalled_cloud_try_that_loses_its_claim_is_counted_not_stored(
     assert again["metrics"]["replayed"] is True and client.usage(since="1d")["total"]["requests"] == 2
 
 
+@pytest.fixture
+async def short_ttl_client(
+    request: pytest.FixtureRequest,
+    home: Path,
+    scripted: ScriptedPlugin,
+    make_client: Callable[..., OblixClient],
+) -> OblixClient:
+    kind = request.param if hasattr(request, "param") else "file"
+    settings = attrs.evolve(QUICK, idempotency_ttl=1.0)
+    client = make_client(home=home, plugins=[scripted], execution=settings, **store_options(request, kind))
+    await client.hook_model("scripted", "a", local=True)
+    return client
+
+
+@pytest.mark.parametrize("short_ttl_client", ["file", "redis"], indirect=True)
+async def test_a_key_used_again_after_its_ttl_is_a_new_request_stored_and_counted(
+    short_ttl_client: OblixClient, scripted: ScriptedPlugin
+) -> None:
+    """After the TTL the key is forgotten: the next request with it is a new request — its turn
+    is stored (not dropped as a repeat of the old write) and its answer counted (not dropped as
+    a repeat of the old request id); without a session it starts a new one."""
+    client = short_ttl_client
+    sid = await client.create_session(title="t")
+    first = await client.execute("hi", session_id=sid, stream=False, idempotency_key="k-ttl")
+    fresh = await client.execute("new", stream=False, idempotency_key="k-ttl-new")
+    await anyio.sleep(1.2)
+    second = await client.execute("hi", session_id=sid, stream=False, idempotency_key="k-ttl")
+    assert "replayed" not in second["metrics"] and second["request_id"] != first["request_id"]
+    messages = client.load_session(sid)["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant"] * 2
+    assert len({m["id"] for m in messages}) == 4
+    assert client.usage(since="1d")["total"]["requests"] == 3
+    again = await client.execute("new", stream=False, idempotency_key="k-ttl-new")
+    assert again["session_id"] != fresh["session_id"]
+
+
 HOLD_LOCK = (
     "import filelock, sys, time\n"
     "lock = filelock.FileLock(sys.argv[1])\n"
@@ -178,7 +214,7 @@ async def test_a_request_cancelled_while_its_claim_is_written_leaves_no_claim(
 ) -> None:
     """Cancelled while the claim's write waits for the record's file lock (held by another
     process): when the write goes through after all, the claim is released, so a retry runs at
-    once (no wait, no 409)."""
+    once (no wait for a lease, no 409 after ``idempotency_wait``)."""
     client.engine.executor.settings = QUICK
     await client.hook_model("scripted", "a", local=True)
     records = client.engine.idempotency
@@ -189,7 +225,8 @@ async def test_a_request_cancelled_while_its_claim_is_written_leaves_no_claim(
             await client.execute("hi", stream=False, idempotency_key="k-cancel")
     finally:
         holder.wait()
-    assert records.get("k-cancel") is None
+    found = records.get("k-cancel")
+    assert found is None or found.lease_until <= time.time()  # released: its lease has ended
     result = await client.execute("hi", stream=False, idempotency_key="k-cancel")
     assert result["response"] == "echo: hi"
 

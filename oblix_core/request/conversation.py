@@ -208,12 +208,12 @@ class ResponseStream:
         try:
             fields = request_fields(self.request)  # as the caller sent it, before the session is read
             await retrieval.apply(self.request)  # documents: search once, before privacy and routing
-            session = await self._session()
-            self._apply_session(session)
             engine = self._engine
-            once = self._once = await Once.start(
+            once = self._once = await Once.start(  # claimed first: the claim sets the request id
                 engine.idempotency, self.request, fields, engine.executor.settings
             )
+            session = await self._session()
+            self._apply_session(session)
             if once is not None:
                 await once.recover(session)
                 if once.replay is not None:  # an earlier try answered: nothing runs, stores or counts

@@ -68,12 +68,14 @@ def check_key(key: object) -> str:
     return key
 
 
-def request_id_for(key: str) -> str:
+def request_id_for(key: str, epoch: str = "") -> str:
     """The request id of every try of the request with ``key`` (so the store and the ledger
-    see one request however often it is sent)."""
+    see one request however often it is sent); ``epoch``: its claim's (a key used again after
+    its record expired is another request, with another id)."""
+    text = key if not epoch else f"{key}\0{epoch}"
     return (
         "req_"
-        + hashlib.sha256(b"oblix-idempotency\0" + key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        + hashlib.sha256(b"oblix-idempotency\0" + text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     )
 
 
@@ -124,12 +126,22 @@ class Claim:
         self.wait = DEFAULT_WAIT_S if wait is None else wait
         self.fingerprint = fingerprint(fields)
         self.owner = random_hex()
+        #: The request's generation under the key (see :attr:`KeyedRecord.epoch`).
+        self.epoch = random_hex()[:16]
         self.taken_over = False
         self._renewed = 0.0
 
-    def _running(self) -> KeyedRecord:
+    def _running(self, lease: float | None = None) -> KeyedRecord:
         now = time.time()
-        return KeyedRecord("running", self.fingerprint, self.owner, now + self.lease, now + self.ttl)
+        lease_until = now + self.lease if lease is None else lease
+        return KeyedRecord(
+            "running", self.fingerprint, self.owner, lease_until, now + self.ttl, epoch=self.epoch
+        )
+
+    @property
+    def request_id(self) -> str:
+        """The request id of this request's every try (:func:`request_id_for` with the epoch)."""
+        return request_id_for(self.key, self.epoch)
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if not self.records.blocking:
@@ -149,11 +161,14 @@ class Claim:
                 return None
             self._check_same(found)
             if found.state == "done":
+                self.epoch = found.epoch
                 return dict(found.result or {})
-            if found.lease_until <= time.time():  # its process died: take the claim over
+            if found.lease_until <= time.time():  # its process died or it failed: take the claim over
+                ours, self.epoch = self.epoch, found.epoch  # the same request: the same request id
                 if await self._call(self.records.replace, self.key, self._running(), owner=found.owner):
                     self.taken_over, self._renewed = True, time.monotonic()
                     return None
+                self.epoch = ours
                 continue
             left = deadline - time.monotonic()
             if left <= 0:
@@ -197,12 +212,15 @@ class Claim:
 
     async def complete(self, result: dict[str, Any]) -> None:
         now = time.time()
-        done = KeyedRecord("done", self.fingerprint, self.owner, now, now + self.ttl, result)
+        done = KeyedRecord("done", self.fingerprint, self.owner, now, now + self.ttl, result, self.epoch)
         await self._call(self.records.replace, self.key, done, owner=self.owner)
 
     async def release(self) -> None:
-        """Let a retry run the request again (this one failed before an answer was stored)."""
-        await self._call(self.records.release, self.key, owner=self.owner)
+        """Let a retry run the request again at once (this one failed before its complete answer
+        was stored): the lease ends now, and the retry takes the claim over — with this request's
+        id, so it finds anything this try stored after all (a write reported failed that landed),
+        and another request with the key is still refused until the record expires."""
+        await self._call(self.records.replace, self.key, self._running(lease=0.0), owner=self.owner)
 
 
 def replayed(result: dict[str, Any]) -> dict[str, Any]:
@@ -281,8 +299,10 @@ class Once:
         claim = Claim(records, request.idempotency_key, fields, ttl=ttl, wait=wait, lease=lease)
         once = cls(claim, request)
         first = await once.claim.begin()
+        request.request_id = once.claim.request_id
         if first is not None:
             once.replay, once.settled = replayed(first), True
+            request.request_id = str(first.get("request_id") or request.request_id)
         return once
 
     async def recover(self, session: SessionRecord) -> bool:

@@ -49,6 +49,10 @@ class KeyedRecord:
     expires_at: float
     #: The answer (``execute``'s result dict) once ``done``.
     result: dict[str, Any] | None = None
+    #: Made by the claim that found the key free and kept by every try that takes the claim
+    #: over: the tries of one request share a request id, and a request with the key after its
+    #: record expired gets another one. Empty in records written before it existed.
+    epoch: str = ""
 
     def live(self, now: float | None = None) -> bool:
         return self.expires_at > (time.time() if now is None else now)
@@ -66,6 +70,7 @@ class KeyedRecord:
             lease_until=float(data["lease_until"]),
             expires_at=float(data["expires_at"]),
             result=data.get("result"),
+            epoch=str(data.get("epoch") or ""),
         )
 
 
