@@ -351,3 +351,20 @@ async def test_deleting_documents_workspaces_and_connectors(notes: Path, home: P
         assert await client.delete_workspace(ws) is True
         assert await client.list_workspaces() == []
         assert os.listdir(notes)  # the files are untouched
+
+
+async def test_adding_the_same_folder_again_keeps_one_connector_and_no_duplicate(
+    notes: Path, home: Path
+) -> None:
+    async with OblixClient(home=home) as client:
+        first = await client.register_connector("directory", str(notes), alias="notes")
+        again = await client.register_connector(
+            "directory", str(notes), workspace_id=first["workspace_id"], exclude_patterns=["*.py"]
+        )
+        assert again["connector_id"] == first["connector_id"]
+        assert (again["stats"]["unchanged"], again["stats"]["deleted"]) == (2, 1)
+        assert len(await client.list_connectors()) == 1
+        assert [d["name"] for d in await client.get_documents_in_workspace(first["workspace_id"])] == [
+            "cake.md",
+            "router.md",
+        ]

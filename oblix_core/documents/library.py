@@ -195,8 +195,12 @@ class Library:
         patterns = tuple(exclude_patterns or ())
         if not all(isinstance(p, str) for p in patterns):
             raise DocumentError("exclude_patterns must be a list of glob patterns (strings).")
+        same = next(
+            (c for c in workspace.connectors if c.type == connector_type and c.path == str(root.resolve())),
+            None,
+        )
         connector = Connector(
-            id=f"conn_{random_hex()[:16]}",
+            id=same.id if same is not None else f"conn_{random_hex()[:16]}",
             type=connector_type,
             path=str(root.resolve()),
             alias=alias or root.name,
@@ -204,7 +208,9 @@ class Library:
             recursive=recursive,
             private=private,
         )
-        updated = attrs.evolve(workspace, connectors=(*workspace.connectors, connector))
+        # the same folder added again keeps its connector (and documents), with the new options
+        others = tuple(c for c in workspace.connectors if c.id != connector.id)
+        updated = attrs.evolve(workspace, connectors=(*others, connector))
         self.index.put_workspace(updated)
         return updated, connector
 

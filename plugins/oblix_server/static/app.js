@@ -135,7 +135,7 @@
     $("workspace-note").textContent = body.note || "";
     table("workspace-list", ["workspace", "private", "documents", "chunks", "size", "embedder", "sources"],
       body.workspaces.map((w) => [w.name, w.private ? "yes" : "no", w.documents, w.chunks,
-        Math.round(w.bytes / 1024) + " KiB", w.embedder, w.sources.join(", ") || "uploads"]));
+        w.bytes < 1024 ? w.bytes + " B" : Math.round(w.bytes / 1024) + " KiB", w.embedder, w.sources.join(", ") || "uploads"]));
   }
 
   const views = { usage: showUsage, sessions: showSessions, models: showModels, agents: showAgents, decisions: showDecisions, documents: showDocuments };
