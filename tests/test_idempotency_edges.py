@@ -8,11 +8,13 @@ real file store, a real redis-server and moto's S3 server.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import attrs
@@ -24,6 +26,7 @@ from oblix_core.errors import (
     IdempotencyClaimLostError,
     IdempotencyKeyMismatchError,
     OblixError,
+    SessionCorruptedError,
     SessionError,
     StreamInterruptedError,
 )
@@ -31,9 +34,12 @@ from oblix_core.request import idempotency
 from oblix_core.sessions.idempotency import FileIdempotencyRecords, KeyedRecord, key_digest
 from oblix_core.testing import ScriptedPlugin
 from oblix_core.testing.scripted import Step
+from oblix_redis.idempotency import RedisIdempotencyRecords
+from oblix_s3.store import S3SessionStore
 from tests import redis_servers
 from tests.conftest import FAST
-from tests.s3_server import aws_env_fixture, server_fixture  # noqa: F401 - fixtures
+from tests.redis_servers import RedisServer, unique_prefix
+from tests.s3_server import S3Server, aws_env_fixture, new_bucket, server_fixture  # noqa: F401 - fixtures
 from tests.test_idempotency import store_options
 
 pytestmark = pytest.mark.anyio
@@ -279,3 +285,40 @@ def test_a_sweep_never_deletes_a_claim_made_after_it_read_the_expired_record(tmp
     found = other.get("k")
     assert found is not None and found.owner == "new"
     assert (folder / f"{key_digest('k')}.json").exists()
+
+
+def running_record(owner: str) -> KeyedRecord:
+    now = time.time()
+    return KeyedRecord("running", {"prompt": "p"}, owner, now + 30, now + 60)
+
+
+def test_a_damaged_redis_record_is_a_clear_error(redis_server: RedisServer) -> None:
+    records = RedisIdempotencyRecords(redis_server.client(), unique_prefix())
+    redis_server.client().set(records._key("k"), b"{damaged")
+    for call in (lambda: records.claim("k", running_record("a")), lambda: records.get("k")):
+        with pytest.raises(SessionCorruptedError, match="DEL"):
+            call()
+
+
+def test_s3_claims_that_keep_losing_their_race_fail_clearly_and_claim_nothing(
+    server: S3Server,
+) -> None:
+    """Every conditional write of a claim loses to another writer (a real 412 from S3, here
+    another writer putting a damaged object first each time): after its tries the claim is a
+    SessionError — never taken for a claim it does not hold."""
+    store = S3SessionStore(bucket=new_bucket(server.url), endpoint_url=server.url)
+    records = store.idempotency_records()
+    real_put = records.objects.put
+
+    def put_after_another_writer(key: str, body: bytes, **kwargs: Any) -> str:
+        real_put(key, b"{damaged by another writer " + os.urandom(8).hex().encode())  # it wins
+        return real_put(key, body, **kwargs)
+
+    records.objects.put = put_after_another_writer  # type: ignore[method-assign]
+    try:
+        with pytest.raises(SessionError, match="contended"):
+            records.claim("k", running_record("a"))
+    finally:
+        records.objects.put = real_put  # type: ignore[method-assign]
+    assert records.claim("k", running_record("b")) is None  # the race over, the key is claimed
+    store.close()

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from oblix.plugin import IdempotencyRecords, KeyedRecord, SessionError, key_digest
+from oblix.plugin import IdempotencyRecords, KeyedRecord, SessionCorruptedError, SessionError, key_digest
 
 # KEYS[1] the record; ARGV[1] the new record's JSON, ARGV[2] its lifetime in ms.
 _CLAIM = """
@@ -65,10 +65,19 @@ class RedisIdempotencyRecords(IdempotencyRecords):
                 "the request was not run. Retry with the same key when Redis is reachable."
             ) from exc
 
+    def _decode(self, key: str, found: bytes | str) -> KeyedRecord:
+        try:
+            return KeyedRecord.from_json(found)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SessionCorruptedError(
+                f"The idempotency record {self._key(key)} in Redis is damaged ({exc}). DEL it; the "
+                "request it held will then run again if retried."
+            ) from None
+
     def claim(self, key: str, record: KeyedRecord) -> KeyedRecord | None:
         with self._errors("claim"):
             found = self._claim(keys=[self._key(key)], args=[record.to_json(), self._ttl_ms(record)])
-        return KeyedRecord.from_json(found) if found else None
+        return self._decode(key, found) if found else None
 
     def replace(self, key: str, record: KeyedRecord, *, owner: str) -> bool:
         with self._errors("update"):
@@ -82,4 +91,4 @@ class RedisIdempotencyRecords(IdempotencyRecords):
     def get(self, key: str) -> KeyedRecord | None:
         with self._errors("read"):
             found = self.client.get(self._key(key))
-        return KeyedRecord.from_json(found) if found else None
+        return self._decode(key, found) if found else None

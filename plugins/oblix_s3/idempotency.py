@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from oblix.plugin import IdempotencyRecords, KeyedRecord, key_digest
+from oblix.plugin import IdempotencyRecords, KeyedRecord, SessionError, key_digest
 from oblix_s3.objects import ConditionFailed, S3Objects
 
 #: Tries of one compare-and-set against concurrent writers before giving up (each lost
@@ -50,7 +50,11 @@ class S3IdempotencyRecords(IdempotencyRecords):
                 return None
             except ConditionFailed:
                 continue
-        return self._read(name)[0]
+        raise SessionError(
+            f"The idempotency record {self.objects.where(name)} is contended: {_TRIES} conditional "
+            "writes in a row lost to other writers, so the key was not claimed and the request was "
+            "not run. Retry with the same key."
+        )
 
     def replace(self, key: str, record: KeyedRecord, *, owner: str) -> bool:
         name = self._key(key)
