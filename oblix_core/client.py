@@ -436,7 +436,7 @@ class OblixClient(SessionsAPI, Compat012, DocumentsAPI):
             check_text(system, "The system prompt")
         if routing.get("history") is not None and session_id is not None:
             raise OblixError("Pass either session_id (stored history) or history= (your own), not both.")
-        retrieval = self._retrieval_for(options.pop("workspace_id", None))  # documents (DocumentsAPI)
+        retrieval = self._retrieval_for(options.pop("workspace_id", None), session_id, routing)  # documents
         check_json(options, "The model options")
         forced, fallback = routing.get("model"), bool(routing.get("fallback", False))
         check_request_options(candidates_for(self.models, forced, fallback), options)

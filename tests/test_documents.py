@@ -368,3 +368,40 @@ async def test_adding_the_same_folder_again_keeps_one_connector_and_no_duplicate
             "cake.md",
             "router.md",
         ]
+
+
+class QueryCountingEmbedder(CountingEmbedder):
+    """The real local embedder posing as a cloud one (``is_local=False``) that counts the queries
+    it is asked to embed: an observer of what would leave the machine."""
+
+    def __init__(self, real: Embedder) -> None:
+        super().__init__(real)
+        self.name, self.is_local, self.queries = "cloud:observed", False, 0
+
+    def embed(self, texts: Sequence[str], *, query: bool = False) -> Sequence[Sequence[float]]:
+        self.queries += query
+        return super().embed(texts, query=query)
+
+
+async def test_a_local_only_request_never_embeds_its_query_with_a_cloud_embedder(
+    notes: Path, home: Path
+) -> None:
+    plugin = ScriptedPlugin()
+    async with OblixClient(home=home, plugins=[plugin]) as client:
+        await client.hook_model("scripted", "laptop", local=True)
+        library = client._documents()
+        cloud = QueryCountingEmbedder(library.embedder(None))
+        library._embedders["cloud"] = library._embedders[cloud.name] = cloud
+        ws = await client.create_workspace("shared", embedding_model="cloud")
+        await client.upload_document(str(notes / "router.md"), workspace_id=ws, embed=True)
+        assert (await client.execute("reset the router?", workspace_id=ws, stream=False))["sources"]
+        assert cloud.queries == 1  # an ordinary request: the query is embedded (and may leave)
+        private = await client.execute(
+            "reset the Zephyr-9 router?", workspace_id=ws, local_only=True, stream=False
+        )
+        assert private["sources"][0]["document"] == "router.md"  # found by its words
+        sid = private["session_id"]  # a local-only session: its later requests stay keyword-only too
+        await client.execute("and the red button?", workspace_id=ws, session_id=sid, stream=False)
+        assert cloud.queries == 1
+        with pytest.raises(DocumentError, match="not private"):
+            await client.register_connector("directory", str(notes), workspace_id=ws, private=True)

@@ -31,10 +31,13 @@ from oblix_core.documents.records import Workspace
 from oblix_core.documents.retrieval import DEFAULT_TOP_K, Retrieval
 from oblix_core.documents.sync import Progress, SyncReport
 from oblix_core.documents.walking import Skipped, walk
+from oblix_core.errors import OblixError
 from oblix_core.secrets import remember
+from oblix_core.sessions.records import session_is_local_only
 
 if TYPE_CHECKING:
     from oblix_core.plugins.registry import Registry
+    from oblix_core.sessions.store import SessionStore
 
 T = TypeVar("T")
 INSTALL = "pip install 'oblix[docs]'"
@@ -46,6 +49,7 @@ class DocumentsAPI:
 
     home: Path
     registry: Registry
+    store: SessionStore
     _library: Library | None = None
     _connector_workspaces: list[str]
     _embedding_configs: dict[str, dict[str, Any]]
@@ -121,9 +125,15 @@ class DocumentsAPI:
         found = [w for w in library.index.list_workspaces() if w.name == DEFAULT_WORKSPACE]
         return found[0] if found else library.create_workspace(DEFAULT_WORKSPACE, private=private)
 
-    def _retrieval_for(self, workspace_id: Any) -> Retrieval | None:
+    def _retrieval_for(
+        self, workspace_id: Any, session_id: str | None = None, routing: dict[str, Any] | None = None
+    ) -> Retrieval | None:
         """The retrieval of a request: ``workspace_id`` (one or a list), else this client's connectors.
-        No I/O here: the workspaces are found and searched in the request's retrieval step."""
+
+        No I/O here: the workspaces are found and searched in the request's retrieval step. When
+        the request is local-only (asked, its session is, or a workspace is private), a workspace
+        embedded by a non-local embedder is searched by keywords only: the query never leaves.
+        """
         refs = (
             workspace_id if isinstance(workspace_id, list | tuple) else [workspace_id] if workspace_id else []
         )
@@ -132,17 +142,36 @@ class DocumentsAPI:
         refs = list(dict.fromkeys(refs or getattr(self, "_connector_workspaces", [])))
         if not refs:
             return None
+        private = {"local": bool((routing or {}).get("local_only"))}
+        session_id = session_id or getattr(self, "current_session_id", None)
 
         def resolve() -> tuple[Workspace, ...]:
-            library = self._documents()
-            return tuple(library.workspace(ref) for ref in refs)
+            found = tuple(self._documents().workspace(ref) for ref in refs)
+            private["local"] = (
+                private["local"] or any(w.private for w in found) or self._private_session(session_id)
+            )
+            return found
 
         def search(workspaces: tuple[Workspace, ...], query: str, k: int) -> list[Any]:
             library = self._documents()
-            hits = [h for w in workspaces for h in library.search(w, query, k)]
+            hits = []
+            for w in workspaces:
+                local = library.workspace_embedder(w).is_local
+                hits += library.search(
+                    w, query, k, mode="keyword" if private["local"] and not local else "hybrid"
+                )
             return sorted(hits, key=lambda h: -h.score)[:k]
 
-        return Retrieval(resolve, search, DEFAULT_TOP_K, tuple(refs))
+        return Retrieval(resolve, search, DEFAULT_TOP_K)
+
+    def _private_session(self, session_id: str | None) -> bool:
+        if session_id is None:
+            return False
+        try:
+            metadata = self.store.get_metadata(session_id)
+        except OblixError:  # not stored yet (or unreadable): the request path decides and reports
+            return False
+        return session_is_local_only(metadata)
 
     # -- embedding models ------------------------------------------------------------------
 
@@ -285,6 +314,11 @@ class DocumentsAPI:
             ref = kwargs.get("workspace_id")
             if ref:
                 workspace = library.workspace(ref)
+                if private and not workspace.private:
+                    raise DocumentError(
+                        f"Workspace {workspace.name!r} is not private: a private connector goes in a private "
+                        "workspace (create_workspace(name, private=True)), or leave out private=True."
+                    )
             else:
                 name = alias or Path(path).expanduser().resolve().name or "documents"
                 taken = {w.name for w in library.index.list_workspaces()}
