@@ -54,7 +54,7 @@ from oblix_core.models.health import CircuitBreaker, JsonFile
 from oblix_core.request.context import Request
 from oblix_core.request.history import Fit, trim_to_window
 from oblix_core.request.routing import RoutingPlan, screen
-from oblix_core.request.waits import WaitExpired, next_item
+from oblix_core.request.waits import WaitExpired, next_item, on_asyncio
 from oblix_core.usage.counts import USAGE_ERROR, checked_usage
 from oblix_core.usage.spending import Spending
 
@@ -249,8 +249,8 @@ class Executor:
         """One try of ``model``: yield its text; raise unless the answer ends positively.
 
         The first-token and total timeouts apply to each wait for the model's next chunk
-        (:func:`~oblix_core.request.waits.next_item`: a cancel scope only when the wait
-        waits, never across a ``yield``).
+        (:func:`~oblix_core.request.waits.next_item`: a timer only when the wait waits, never
+        across a ``yield``).
         """
         if request.local_only and not model.is_local:
             raise PermanentModelError(
@@ -265,11 +265,12 @@ class Executor:
         )
         first = True  # no text yet
         held = ""  # a high surrogate that may pair with the next chunk's first character
+        native = on_asyncio()
         async with aclosing(model.stream(request)) as chunks:
             iterator = chunks.__aiter__()
             while True:
                 try:
-                    chunk = await next_item(iterator, first_deadline if first else total_deadline)
+                    chunk = await next_item(iterator, first_deadline if first else total_deadline, native)
                 except StopAsyncIteration:
                     break
                 except WaitExpired:

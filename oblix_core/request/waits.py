@@ -2,16 +2,23 @@
 
 An instant backend (a cached answer, a test double, a model whose chunks are queued) hands
 its next chunk over without suspending; arming a deadline timer for such a wait costs
-more than the wait. :func:`next_item` enters a cancel scope without a deadline (no timer),
-steps the iterator once by hand inside it, and only if the iterator suspends gives the scope
-its deadline (anyio schedules the timer then) and waits for the rest. The scope is entered
-before the iterator runs, so scopes the iterator opens nest inside it (trio checks that). A
-deadline already passed is a timeout whether the item was ready or not, as a scope entered
-after its deadline would say.
+more than the wait. :func:`next_item` steps the iterator once by hand; only if it suspends
+does the rest of the wait run under the deadline:
+
+* on asyncio, under ``asyncio.timeout_at`` entered after the step: asyncio's timeout is no
+  cancel scope, so scopes the iterator opened (httpx's, anyio's) need not nest inside it, and
+  it cancels the task natively, which anyio's scopes pass on;
+* on trio (and any other backend), under an anyio cancel scope entered *before* the step
+  (trio checks that scopes nest) without a deadline, which it is given only if the step
+  suspends (a scope without a deadline arms no timer).
+
+A deadline already passed is a timeout whether the item was ready or not, as a scope
+entered after its deadline would say.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import AsyncIterator, Coroutine, Generator
@@ -26,15 +33,42 @@ class WaitExpired(Exception):
     """The wait passed its deadline, or the iterator raised its own ``TimeoutError``."""
 
 
-async def next_item(iterator: AsyncIterator[T], deadline: float) -> T:
+def on_asyncio() -> bool:
+    """Whether the calling task is an asyncio task (else trio's, or another backend's)."""
+    try:
+        return asyncio.current_task() is not None
+    except RuntimeError:  # no asyncio event loop in this thread
+        return False
+
+
+async def next_item(iterator: AsyncIterator[T], deadline: float, native: bool) -> T:
     """``iterator``'s next item, waiting until ``deadline`` at most (``time.monotonic()``'s clock;
-    ``math.inf``: no deadline).
+    ``math.inf``: no deadline). ``native``: the task is an asyncio task (:func:`on_asyncio`).
 
     Raises ``StopAsyncIteration`` at the iterator's end and :class:`WaitExpired` past the
-    deadline (the iterator's pending step is then cancelled, as a cancel scope does).
+    deadline (the iterator's pending step is then cancelled) or on its own ``TimeoutError``.
     """
     if time.monotonic() >= deadline:
         raise WaitExpired
+    if not native:
+        return await _next_in_scope(iterator, deadline)
+    step: Coroutine[Any, Any, T] = iterator.__anext__()  # type: ignore[assignment]
+    try:
+        try:
+            pending = step.send(None)
+        except StopIteration as done:  # the item was ready: no timer was armed
+            return done.value
+        if deadline == math.inf:
+            return await _Resumed(step, pending)
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout_at(loop.time() + (deadline - time.monotonic())):
+            return await _Resumed(step, pending)
+    except TimeoutError:  # asyncio's timeout, or the backend's own
+        raise WaitExpired from None
+
+
+async def _next_in_scope(iterator: AsyncIterator[T], deadline: float) -> T:
+    """:func:`next_item` for trio and other backends: an anyio cancel scope around the step."""
     step: Coroutine[Any, Any, T] = iterator.__anext__()  # type: ignore[assignment]
     with anyio.CancelScope() as scope:
         try:
