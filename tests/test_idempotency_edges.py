@@ -38,6 +38,7 @@ from oblix_redis.idempotency import RedisIdempotencyRecords
 from oblix_s3.store import S3SessionStore
 from tests import redis_servers
 from tests.conftest import FAST
+from tests.openai_loopback import LoopbackOpenAI
 from tests.redis_servers import RedisServer, unique_prefix
 from tests.s3_server import S3Server, aws_env_fixture, new_bucket, server_fixture  # noqa: F401 - fixtures
 from tests.test_idempotency import store_options
@@ -193,6 +194,28 @@ async def test_a_key_used_again_after_its_ttl_is_a_new_request_stored_and_counte
     assert client.usage(since="1d")["total"]["requests"] == 3
     again = await client.execute("new", stream=False, idempotency_key="k-ttl-new")
     assert again["session_id"] != fresh["session_id"]
+
+
+WEATHER = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}},
+}
+
+
+async def test_a_replayed_tool_call_answer_yields_no_empty_text(client: OblixClient) -> None:
+    """An answer made only of tool calls streams no text; its replay must not stream an empty
+    chunk either (the server took that chunk for a text answer and streamed no tool calls).
+    The model is the real OpenAI backend against a loopback OpenAI-compatible double."""
+    with LoopbackOpenAI("tool") as cloud:
+        await client.hook_model("openai", "gpt-tools", endpoint=cloud.url, api_key="sk-test-000")
+        ask = {"tools": [WEATHER], "store": False, "idempotency_key": "k-tools"}
+        first = await client.execute("Weather in Paris?", stream=False, **ask)
+        assert first["tool_calls"] and first["response"] == ""
+        stream = client.stream("Weather in Paris?", **ask)
+        assert [chunk async for chunk in stream] == []
+        assert stream.result is not None and stream.result["metrics"]["replayed"] is True
+        assert stream.result["tool_calls"] == first["tool_calls"]
+        assert cloud.chat_requests == 1
 
 
 HOLD_LOCK = (

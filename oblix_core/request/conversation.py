@@ -217,10 +217,9 @@ class ResponseStream:
             if once is not None:
                 await once.recover(session)
                 if once.replay is not None:  # an earlier try answered: nothing runs, stores or counts
-                    self.result = once.replay
-                    await self._offer_usage(once.replay)
-                    notify(hooks.oblix_request_replayed, request=self.request, result=once.replay)
-                    yield once.replay["response"]
+                    await self._replayed(once.replay)
+                    if once.replay["response"]:  # an answer made only of tool calls has no text
+                        yield once.replay["response"]
                     return
             budget = self._budget = BudgetGuard(
                 engine.budgets, engine.ledger, self.request.session_id, session.metadata
@@ -285,6 +284,12 @@ class ResponseStream:
         self.result = self._result(done, metrics, plan, checks)
         if self._once is not None:
             await self._once.finish(self.result)
+
+    async def _replayed(self, replay: dict[str, Any]) -> None:
+        """The result of an earlier try is this request's: usage offered again, hooks told."""
+        self.result = replay
+        await self._offer_usage(replay)
+        notify(self._engine.hooks.oblix_request_replayed, request=self.request, result=replay)
 
     async def _offer_usage(self, result: dict[str, Any] | None) -> None:
         """Offer a replayed answer's usage record to the ledger again: the ledger keeps one record
