@@ -311,19 +311,9 @@ class DocumentsAPI:
         private = bool(kwargs.get("private", False))
 
         def register() -> dict[str, Any]:
-            ref = kwargs.get("workspace_id")
-            if ref:
-                workspace = library.workspace(ref)
-                if private and not workspace.private:
-                    raise DocumentError(
-                        f"Workspace {workspace.name!r} is not private: a private connector goes in a private "
-                        "workspace (create_workspace(name, private=True)), or leave out private=True."
-                    )
-            else:
-                name = alias or Path(path).expanduser().resolve().name or "documents"
-                taken = {w.name for w in library.index.list_workspaces()}
-                name = next(n for n in (name, *(f"{name}-{i}" for i in range(2, 1000))) if n not in taken)
-                workspace = library.create_workspace(name, private=private, embedder=spec)
+            workspace = self._connector_workspace(
+                library, kwargs.get("workspace_id"), alias, path, private, spec
+            )
             workspace, connector = library.add_connector(
                 workspace,
                 connector_type,
@@ -352,6 +342,23 @@ class DocumentsAPI:
         if result["workspace_id"] not in workspaces:
             workspaces.append(result["workspace_id"])
         return result
+
+    def _connector_workspace(
+        self, library: Library, ref: str | None, alias: str | None, path: str, private: bool, spec: str | None
+    ) -> Workspace:
+        """The workspace a new connector goes in: ``ref``, else a new one named after it."""
+        if ref:
+            workspace = library.workspace(ref)
+            if private and not workspace.private:
+                raise DocumentError(
+                    f"Workspace {workspace.name!r} is not private: a private connector goes in a private "
+                    "workspace (create_workspace(name, private=True)), or leave out private=True."
+                )
+            return workspace
+        name = alias or Path(path).expanduser().resolve().name or "documents"
+        taken = {w.name for w in library.index.list_workspaces()}
+        name = next(n for n in (name, *(f"{name}-{i}" for i in range(2, 1000))) if n not in taken)
+        return library.create_workspace(name, private=private, embedder=spec)
 
     async def sync_connectors(
         self, connector_id: str | None = None, *, progress: Progress | None = None
