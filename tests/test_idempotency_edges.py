@@ -23,6 +23,7 @@ import pytest
 
 from oblix_core.client import OblixClient
 from oblix_core.errors import (
+    ExchangeNotStoredError,
     IdempotencyClaimLostError,
     IdempotencyKeyMismatchError,
     OblixError,
@@ -35,6 +36,7 @@ from oblix_core.sessions.idempotency import FileIdempotencyRecords, KeyedRecord,
 from oblix_core.testing import ScriptedPlugin
 from oblix_core.testing.scripted import Step
 from oblix_redis.idempotency import RedisIdempotencyRecords
+from oblix_redis.store import RedisSessionStore
 from oblix_s3.store import S3SessionStore
 from tests import redis_servers
 from tests.conftest import FAST
@@ -216,6 +218,39 @@ async def test_a_replayed_tool_call_answer_yields_no_empty_text(client: OblixCli
         assert stream.result is not None and stream.result["metrics"]["replayed"] is True
         assert stream.result["tool_calls"] == first["tool_calls"]
         assert cloud.chat_requests == 1
+
+
+async def test_a_store_failing_at_the_end_does_not_hide_the_answer(
+    tmp_path: Path, home: Path, scripted: ScriptedPlugin, make_client: Callable[..., OblixClient]
+) -> None:
+    """Redis refuses writes (out of memory) while the model answers: storing the exchange fails,
+    and so does releasing the key. The caller must still get ExchangeNotStoredError with the
+    answer (the release's failure must not replace it)."""
+    own = RedisServer(tmp_path / "redis").start()
+    try:
+        store = RedisSessionStore(url=own.url, prefix=unique_prefix())
+        client = make_client(home=home, plugins=[scripted], execution=QUICK, session_store=store)
+        await client.hook_model("scripted", "a", local=True)
+        sid = await client.create_session(title="t")
+        scripted.scripts["a"] = [Step(("the answer",), delay=0.5)]
+        admin = own.client()
+
+        async def refuse_writes() -> None:
+            await anyio.sleep(0.25)  # the key is claimed; the model is answering
+            admin.config_set("maxmemory", 1)
+
+        caught: list[OblixError] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(refuse_writes)
+            try:
+                await client.execute("hi", session_id=sid, stream=False, idempotency_key="k-down")
+            except OblixError as exc:
+                caught.append(exc)
+        assert len(caught) == 1 and isinstance(caught[0], ExchangeNotStoredError), caught
+        assert caught[0].answer == "the answer"
+        admin.config_set("maxmemory", 0)
+    finally:
+        own.stop()
 
 
 HOLD_LOCK = (

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -41,6 +42,8 @@ from oblix_core.sessions.records import Message, SessionRecord, new_message_id, 
 if TYPE_CHECKING:
     from oblix_core.request.context import Request
     from oblix_core.request.execution import ExecutionSettings
+
+log = logging.getLogger(__name__)
 
 #: A claim's lease when no first-token timeout bounds the wait for a model: a running request
 #: renews it as its answer streams; a claim whose lease passed belongs to a process that died,
@@ -202,7 +205,7 @@ class Claim:
         if not force and time.monotonic() - self._renewed < self.lease / 4:
             return
         self._renewed = time.monotonic()
-        if not await self._call(self.records.replace, self.key, self._running(), owner=self.owner):
+        if await self._quietly("renew", self._running()) is False:
             raise IdempotencyClaimLostError(
                 f"This try of the request with idempotency key {self.key!r} stalled past its "
                 f"{self.lease:g} s lease and a retry took it over; this answer is not stored. Retry "
@@ -213,14 +216,25 @@ class Claim:
     async def complete(self, result: dict[str, Any]) -> None:
         now = time.time()
         done = KeyedRecord("done", self.fingerprint, self.owner, now, now + self.ttl, result, self.epoch)
-        await self._call(self.records.replace, self.key, done, owner=self.owner)
+        await self._quietly("complete", done)
 
     async def release(self) -> None:
         """Let a retry run the request again at once (this one failed before its complete answer
         was stored): the lease ends now, and the retry takes the claim over — with this request's
         id, so it finds anything this try stored after all (a write reported failed that landed),
         and another request with the key is still refused until the record expires."""
-        await self._call(self.records.replace, self.key, self._running(lease=0.0), owner=self.owner)
+        await self._quietly("release", self._running(lease=0.0))
+
+    async def _quietly(self, action: str, record: KeyedRecord) -> bool | None:
+        """Put ``record`` if this claim still holds the key (``False`` if not). A store that fails
+        here must not fail the request, nor hide how it ended (an answer, an error that carries
+        one): the failure is logged, ``None`` returned, and the lease lapses by itself, after
+        which a retry takes the claim over and answers from the session or runs again."""
+        try:
+            return bool(await self._call(self.records.replace, self.key, record, owner=self.owner))
+        except OblixError as exc:
+            log.warning("Could not %s an idempotency claim (%s); its lease will lapse.", action, exc)
+            return None
 
 
 def replayed(result: dict[str, Any]) -> dict[str, Any]:
