@@ -140,7 +140,7 @@ class ConnectionTable:
         return {"settings": self.settings, "limit": self.limit}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["settings"], state["limit"])  # type: ignore[misc]
+        ConnectionTable.__init__(self, state["settings"], state["limit"])
 
     def admit(self, connection: GuardedConnection) -> bool:
         """Whether ``connection`` may open: under the limit, or after closing the longest waiter."""
