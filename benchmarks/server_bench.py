@@ -15,6 +15,8 @@ In one run, each path in turn (never two models loaded at once on this 2-core ma
     take turns over ``INSTANT_ROUNDS`` rounds, each ratio against its own round's
     in-process rate (``--instant-only`` runs just these);
   - one-token answers from the real model: ``oblix server`` versus ``llama_cpp.server``.
+* ``--health-only``: ``GET /health`` latency, idle and while large requests (near the body
+  and message bounds) are prepared: what reaches the event loop of their preparation.
 
 Agents are off on every path (they sample the CPU in a thread, which would add noise).
 Run: ``.venv/bin/python -m benchmarks.server_bench``.
@@ -26,6 +28,7 @@ import argparse
 import json
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -234,6 +237,60 @@ async def measure_instant(home: Path, rounds: int = INSTANT_ROUNDS) -> Rates:
     return rates
 
 
+#: The large requests of the health measurement: messages each, characters per message, in parallel.
+BIG_MESSAGES, BIG_CHARS, BIG_PARALLEL = 2000, 1900, 4
+
+
+def measure_health(home: Path, rounds: int = 3) -> dict[str, list[float]]:
+    """``GET /health`` latencies (s), idle and while ``BIG_PARALLEL`` requests of ``BIG_MESSAGES``
+    messages (a body near the 4 MiB limit, under ``--max-messages``) are prepared and answered."""
+    (home / "health").mkdir()
+    (home / "health" / "config.toml").write_text(model_toml("scripted", "echo"))
+    plugin_dir = write_plugin_dist(home / "health-plugin")
+    messages = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"{i} " + "x" * BIG_CHARS}
+        for i in range(BIG_MESSAGES - 1)
+    ]
+    body = json.dumps({"model": "auto", "messages": messages}).encode()
+    times: dict[str, list[float]] = {"idle": [], "during": []}
+    with OblixServer(home / "health", "--log-level", "warning", plugin_dir=plugin_dir) as server:
+
+        def probe() -> float:
+            started = time.perf_counter()
+            httpx.get(f"{server.root}/health", timeout=60).raise_for_status()
+            return time.perf_counter() - started
+
+        times["idle"] = [probe() for _ in range(50)]
+        for _ in range(rounds):
+
+            def big() -> None:
+                headers = {"Content-Type": "application/json"}
+                url = f"{server.base_url}/chat/completions"
+                httpx.post(url, content=body, headers=headers, timeout=120).raise_for_status()
+
+            workers = [threading.Thread(target=big) for _ in range(BIG_PARALLEL)]
+            for worker in workers:
+                worker.start()
+            while any(worker.is_alive() for worker in workers):
+                times["during"].append(probe())
+                time.sleep(0.02)
+    return times
+
+
+def report_health(times: dict[str, list[float]]) -> None:
+    rows = []
+    for name, values in times.items():
+        ordered = sorted(values)
+        p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+        rows.append((name, len(values), statistics.median(values) * 1000, p95 * 1000, max(values) * 1000))
+    print_table(
+        f"GET /health while {BIG_PARALLEL} requests of {BIG_MESSAGES} messages "
+        f"({BIG_MESSAGES * BIG_CHARS / 1e6:.1f} MB each) are prepared (scripted model), ms",
+        ["when", "probes", "median", "p95", "max"],
+        rows,
+    )
+
+
 def report(results: Latencies, rates: dict[str, float], instant: Rates, threads: int) -> None:
     rows = []
     for name, by_clients in results.items():
@@ -279,9 +336,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=psutil.cpu_count(logical=False) or 1)
     parser.add_argument("--instant-only", action="store_true", help="only the instant-backend rates")
     parser.add_argument("--instant-rounds", type=int, default=INSTANT_ROUNDS)
+    parser.add_argument("--health-only", action="store_true", help="only /health under large requests")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
+        if args.health_only:
+            report_health(measure_health(home))
+            return
         results: Latencies = {}
         rates: dict[str, float] = {}
         if not args.instant_only:
