@@ -195,6 +195,8 @@ def _size(chunk: StreamChunk) -> int:
 def utf8_safe(text: str) -> str:
     """``text`` that UTF-8 can store: surrogate pairs split across chunks are joined, lone
     surrogates (half an emoji from a server that split one) become U+FFFD."""
+    if text.isascii():
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -244,13 +246,20 @@ class Executor:
         return screen(plan, models, request.messages, request.max_tokens, self.breaker, **kw)
 
     async def attempt(
-        self, model: ModelBackend, request: Request, answer: _Answer
+        self,
+        model: ModelBackend,
+        request: Request,
+        answer: _Answer,
+        attempts: Sequence[Attempt] = (),
+        spending: Spending | None = None,
     ) -> AsyncGenerator[str, None]:
         """One try of ``model``: yield its text; raise unless the answer ends positively.
 
         The first-token and total timeouts apply to each wait for the model's next chunk
         (:func:`~oblix_core.request.waits.next_item`: a timer only when the wait waits, never
-        across a ``yield``).
+        across a ``yield``). ``spending`` (:mod:`oblix_core.usage.spending`) is told when the
+        reader is handed text, and what a cloud model produced when its answer ends without
+        completing: interrupted by a failure, or abandoned by the reader (closed or cancelled).
         """
         if request.local_only and not model.is_local:
             raise PermanentModelError(
@@ -258,48 +267,43 @@ class Executor:
                 model_id=model.model_id,
             )
         s = self.settings
-        start = answer.started  # time.monotonic(), the clock next_item's deadlines are in
-        total_deadline = start + s.total_timeout if s.total_timeout else math.inf
-        first_deadline = (
-            min(start + s.first_token_timeout, total_deadline) if s.first_token_timeout else total_deadline
-        )
+        first_deadline, total_deadline = _deadlines(s, answer.started)
         first = True  # no text yet
         held = ""  # a high surrogate that may pair with the next chunk's first character
         native = on_asyncio()
-        async with aclosing(model.stream(request)) as chunks:
-            iterator = chunks.__aiter__()
-            while True:
-                try:
-                    chunk = await next_item(iterator, first_deadline if first else total_deadline, native)
-                except StopAsyncIteration:
-                    break
-                except WaitExpired:
-                    what = "its first token" if first else "its answer"
-                    raise ModelTimeoutError(
-                        f"{model.model_id} did not produce {what} in time "
-                        f"(first_token_timeout={s.first_token_timeout}s, total_timeout={s.total_timeout}s).",
-                        model_id=model.model_id,
-                    ) from None
-                first = first and not chunk.text
-                _check_size(model, answer, chunk, s.max_answer_chars)
-                answer.add(chunk)
-                text = held + chunk.text
-                held = text[-1] if text and "\ud800" <= text[-1] <= "\udbff" else ""
-                text = utf8_safe(text[: len(text) - len(held)])
-                if text:
-                    answer.first_at = answer.first_at or time.monotonic()
-                    answer.parts.append(text)
-                    yield text
-        if held:
-            answer.parts.append(utf8_safe(held))
-            yield answer.parts[-1]
-        if answer.finish is None:
-            raise TransientModelError(
-                f"{model.model_id}: the answer stream ended without a finish reason (truncated).",
-                model_id=model.model_id,
-            )
-        if not answer.text.strip() and not answer.calls:
-            raise TransientModelError(f"{model.model_id} returned an empty answer.", model_id=model.model_id)
+        try:
+            async with aclosing(model.stream(request)) as chunks:
+                iterator = chunks.__aiter__()
+                while True:
+                    try:
+                        chunk = await next_item(iterator, first_deadline if first else total_deadline, native)
+                    except StopAsyncIteration:
+                        break
+                    except WaitExpired:
+                        raise _timed_out(model, s, first) from None
+                    first = first and not chunk.text
+                    text, held = _take(model, answer, chunk, held, s.max_answer_chars)
+                    if text:
+                        _reader(spending, True)
+                        yield text
+                        _reader(spending, False)
+            if held:
+                answer.parts.append(utf8_safe(held))
+                _reader(spending, True)
+                yield answer.parts[-1]
+                _reader(spending, False)
+            _check_end(model, answer)
+        except Exception as exc:
+            if answer.parts:  # no other try follows: what it produced is spent
+                _report(
+                    spending, model, request, answer, attempts, f"interrupted: {_as_model_error(model, exc)}"
+                )
+            raise
+        except BaseException:  # the reader closed the stream or was cancelled
+            if answer.parts or answer.calls:
+                why = "abandoned: the reader stopped before the end of the answer"
+                _report(spending, model, request, answer, attempts, why)
+            raise
 
     async def run(
         self,
@@ -311,7 +315,7 @@ class Executor:
         """Yield :class:`Attempting` before each try, answer text as it streams, then one
         :class:`Done`. The candidates run in the order given: a screened plan's (see
         :meth:`screen`), which already skips cooling models; with its ``fits`` each sends
-        its planned messages (see :func:`_planned`). ``spending``: see :meth:`_streamed`."""
+        its planned messages (see :func:`_planned`). ``spending``: see :meth:`attempt`."""
         attempts: list[Attempt] = []
         for model in candidates:
             try:
@@ -327,7 +331,7 @@ class Executor:
                 answer = _Answer(started=time.monotonic())
                 yield Attempting(model)
                 try:
-                    async with aclosing(self._streamed(model, trimmed, answer, attempts, spending)) as texts:
+                    async with aclosing(self.attempt(model, trimmed, answer, attempts, spending)) as texts:
                         async for text in texts:
                             yield text
                 except Exception as exc:
@@ -359,34 +363,6 @@ class Executor:
                 return
         raise _no_model(attempts)
 
-    async def _streamed(
-        self,
-        model: ModelBackend,
-        request: Request,
-        answer: _Answer,
-        attempts: list[Attempt],
-        spending: Spending | None,
-    ) -> AsyncGenerator[str, None]:
-        """:meth:`attempt`'s text, telling ``spending`` (:mod:`oblix_core.usage.spending`) when
-        the reader is handed text, and what a cloud model produced when its answer ends without
-        completing: interrupted by a failure, or abandoned by the reader (closed or cancelled)."""
-        try:
-            async with aclosing(self.attempt(model, request, answer)) as texts:
-                async for text in texts:
-                    _reader(spending, True)
-                    yield text
-                    _reader(spending, False)
-        except Exception as exc:
-            if answer.parts:  # no other try follows: what it produced is spent
-                why = f"interrupted: {_as_model_error(model, exc)}"
-                _report(spending, model, request, answer, attempts, why)
-            raise
-        except BaseException:  # the reader closed the stream or was cancelled
-            if answer.parts or answer.calls:
-                why = "abandoned: the reader stopped before the end of the answer"
-                _report(spending, model, request, answer, attempts, why)
-            raise
-
     def _retry(self, error: ModelError, tries: int, model: ModelBackend) -> bool:
         """Whether to try ``model`` again on this request."""
         return (
@@ -395,6 +371,47 @@ class Executor:
             and tries <= self.settings.max_retries
             and self.breaker.available(model.model_id)
         )
+
+
+def _deadlines(s: ExecutionSettings, start: float) -> tuple[float, float]:
+    """The first-token and total deadlines of a try started at ``start`` (``time.monotonic()``,
+    the clock :func:`~oblix_core.request.waits.next_item` takes)."""
+    total = start + s.total_timeout if s.total_timeout else math.inf
+    return (min(start + s.first_token_timeout, total) if s.first_token_timeout else total), total
+
+
+def _take(model: ModelBackend, answer: _Answer, chunk: StreamChunk, held: str, cap: int) -> tuple[str, str]:
+    """``chunk`` taken into ``answer``: the text to hand on now (UTF-8 safe), and a high surrogate
+    held back because it may pair with the next chunk's first character."""
+    _check_size(model, answer, chunk, cap)
+    answer.add(chunk)
+    text = held + chunk.text
+    held = text[-1] if text and "\ud800" <= text[-1] <= "\udbff" else ""
+    text = utf8_safe(text[: len(text) - len(held)])
+    if text:
+        answer.first_at = answer.first_at or time.monotonic()
+        answer.parts.append(text)
+    return text, held
+
+
+def _timed_out(model: ModelBackend, s: ExecutionSettings, first: bool) -> ModelTimeoutError:
+    what = "its first token" if first else "its answer"
+    return ModelTimeoutError(
+        f"{model.model_id} did not produce {what} in time "
+        f"(first_token_timeout={s.first_token_timeout}s, total_timeout={s.total_timeout}s).",
+        model_id=model.model_id,
+    )
+
+
+def _check_end(model: ModelBackend, answer: _Answer) -> None:
+    """Raise :class:`TransientModelError` unless the answer ended positively with some content."""
+    if answer.finish is None:
+        raise TransientModelError(
+            f"{model.model_id}: the answer stream ended without a finish reason (truncated).",
+            model_id=model.model_id,
+        )
+    if not answer.text.strip() and not answer.calls:
+        raise TransientModelError(f"{model.model_id} returned an empty answer.", model_id=model.model_id)
 
 
 def _check_size(model: ModelBackend, answer: _Answer, chunk: StreamChunk, cap: int) -> None:
@@ -423,7 +440,7 @@ def _report(
     model: ModelBackend,
     request: Request,
     answer: _Answer,
-    attempts: list[Attempt],
+    attempts: Sequence[Attempt],
     why: str,
 ) -> None:
     """Tell ``spending`` what a cloud model's unfinished answer used (tokens estimated where the
@@ -482,7 +499,7 @@ def _no_model(attempts: list[Attempt]) -> NoModelAvailableError:
 
 
 def _metrics(
-    model: ModelBackend, request: Request, answer: _Answer, attempts: list[Attempt], fit: Fit | None
+    model: ModelBackend, request: Request, answer: _Answer, attempts: Sequence[Attempt], fit: Fit | None
 ) -> dict[str, Any]:
     usage, problem = checked_usage(answer.usage)  # whatever the backend: no invalid count counts
     input_tokens = usage.input_tokens if usage and usage.input_tokens is not None else None
