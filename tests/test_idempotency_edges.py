@@ -35,6 +35,8 @@ from oblix_core.request import idempotency
 from oblix_core.sessions.idempotency import FileIdempotencyRecords, KeyedRecord, key_digest
 from oblix_core.testing import ScriptedPlugin
 from oblix_core.testing.scripted import Step
+from oblix_core.usage.sqlite import SqliteUsageLedger
+from oblix_core.usage.writer import write_behind
 from oblix_redis.idempotency import RedisIdempotencyRecords
 from oblix_redis.store import RedisSessionStore
 from oblix_s3.store import S3SessionStore
@@ -249,6 +251,52 @@ async def test_a_store_failing_at_the_end_does_not_hide_the_answer(
         assert len(caught) == 1 and isinstance(caught[0], ExchangeNotStoredError), caught
         assert caught[0].answer == "the answer"
         admin.config_set("maxmemory", 0)
+    finally:
+        own.stop()
+
+
+async def test_an_answer_paid_twice_after_a_failed_store_is_counted_twice_and_replayed_once(
+    tmp_path: Path,
+    home: Path,
+    scripted: ScriptedPlugin,
+    make_client: Callable[..., OblixClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first try's answer is recorded but not stored (Redis refuses writes); the retry
+    takes the claim over and answers again. Both answers were generated (paid, for a cloud
+    model), so the ledger must hold both — the retry's is not dropped as a repeat of the first
+    try's request id — and a replay after that adds nothing. The ledger is SQLite here, so that
+    Redis refusing writes fails the session store only."""
+    monkeypatch.setattr(idempotency, "lease_for", lambda first_token_timeout: 0.5)
+    own = RedisServer(tmp_path / "redis").start()
+    try:
+        store = RedisSessionStore(url=own.url, prefix=unique_prefix())
+        client = make_client(home=home, plugins=[scripted], execution=QUICK, session_store=store)
+        assert client.engine.ledger is not None
+        client.engine.ledger.close()  # the ledger in SQLite: the refused writes hit only the store
+        client.engine.ledger = write_behind(SqliteUsageLedger(home / "usage.sqlite3"))
+        await client.hook_model("scripted", "c", local=False)
+        sid = await client.create_session(title="t")
+        scripted.scripts["c"] = [Step(("first",), delay=0.3)]
+        admin = own.client()
+
+        async def refuse_writes() -> None:
+            await anyio.sleep(0.15)
+            admin.config_set("maxmemory", 1)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(refuse_writes)
+            with pytest.raises(ExchangeNotStoredError):
+                await client.execute("hi", session_id=sid, stream=False, idempotency_key="k-paid")
+        admin.config_set("maxmemory", 0)
+        await anyio.sleep(0.6)  # the first try's lease lapses (its release failed too)
+        second = await client.execute("hi", session_id=sid, stream=False, idempotency_key="k-paid")
+        assert second["response"] == "echo: hi" and len(scripted.calls["c"]) == 2
+        assert turns(client, sid) == [("user", "hi", False), ("assistant", "echo: hi", False)]
+        assert client.usage(since="1d")["total"]["requests"] == 2
+        again = await client.execute("hi", session_id=sid, stream=False, idempotency_key="k-paid")
+        assert again["metrics"]["replayed"] is True
+        assert client.usage(since="1d")["total"]["requests"] == 2
     finally:
         own.stop()
 

@@ -278,6 +278,7 @@ class ResponseStream:
             spent = Spending.of(self._budget, engine.pricing, self.request, plan).spent
             lost = None if model.is_local else functools.partial(spent, model, metrics, "superseded")
             await self._once.confirm(lost)  # what this try spent is recorded, then it fails
+            usage = self._once.account(usage, metrics)
         await self._persist(self._started_at, done.text, model.model_id, metrics, usage)
         if self._budget is not None:
             self._budget.release()
@@ -302,6 +303,7 @@ class ResponseStream:
         metrics = result["metrics"]
         local = model.is_local if model is not None else not metrics.get("cost_usd")
         usage = answer_record(self.request, model_id, local, metrics, "replay", "recovered after a crash")
+        usage = attrs.evolve(usage, request_id=metrics.get("usage_id") or usage.request_id)
         await anyio.to_thread.run_sync(ledger.record, usage) if ledger.blocking else ledger.record(usage)
 
     def _result(

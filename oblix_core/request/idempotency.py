@@ -42,6 +42,7 @@ from oblix_core.sessions.records import Message, SessionRecord, new_message_id, 
 if TYPE_CHECKING:
     from oblix_core.request.context import Request
     from oblix_core.request.execution import ExecutionSettings
+    from oblix_core.usage.ledger import UsageRecord
 
 log = logging.getLogger(__name__)
 
@@ -343,6 +344,16 @@ class Once:
 
     async def renew(self) -> None:
         await self.claim.renew()
+
+    def account(self, usage: UsageRecord, metrics: dict[str, Any]) -> UsageRecord:
+        """The usage record of this try's answer. A try that took the claim over records it as
+        ``<request id>.retry-<hex>`` (the try before it may have recorded its own answer under
+        the request id, then failed to store it or died: both were generated, both count),
+        named in ``metrics["usage_id"]`` so that a replay offers that record again, not another."""
+        if not self.claim.taken_over:
+            return usage
+        metrics["usage_id"] = f"{usage.request_id}.retry-{random_hex()[:8]}"
+        return attrs.evolve(usage, request_id=metrics["usage_id"])
 
     async def confirm(self, superseded: Callable[[], None] | None = None) -> None:
         """Before the exchange is stored: this try must still hold the claim. If a retry took it
