@@ -346,11 +346,13 @@ class Once:
         await self.claim.renew()
 
     def account(self, usage: UsageRecord, metrics: dict[str, Any]) -> UsageRecord:
-        """The usage record of this try's answer. A try that took the claim over records it as
-        ``<request id>.retry-<hex>`` (the try before it may have recorded its own answer under
-        the request id, then failed to store it or died: both were generated, both count),
-        named in ``metrics["usage_id"]`` so that a replay offers that record again, not another."""
-        if not self.claim.taken_over:
+        """The usage record of this try's answer. A try that took the claim over and answered
+        with a cloud model records it as ``<request id>.retry-<hex>`` (the try before it may
+        have recorded its own answer under the request id, then failed to store it or died:
+        both were paid for, both count), named in ``metrics["usage_id"]`` so that a replay
+        offers that record again, not another. A local answer costs nothing: the turn counts
+        once, under the request id."""
+        if not self.claim.taken_over or usage.local:
             return usage
         metrics["usage_id"] = f"{usage.request_id}.retry-{random_hex()[:8]}"
         return attrs.evolve(usage, request_id=metrics["usage_id"])
