@@ -260,6 +260,8 @@ def main() -> None:
         "--chars", type=int, default=12000, help="characters kept of each module's documentation"
     )
     parser.add_argument("--quality", action="store_true", help="only the recall table")
+    parser.add_argument("--skip-latency", action="store_true", help="everything but the latency table")
+    parser.add_argument("--no-pgvector", action="store_true", help="the latency table without pgvector")
     parser.add_argument(
         "--latency", action="store_true", help="only the latency table (embedded and pgvector)"
     )
@@ -270,7 +272,7 @@ def main() -> None:
         return
     if args.latency:
         with tempfile.TemporaryDirectory() as tmp:
-            latency_table(Path(tmp), with_pgvector=True)
+            latency_table(Path(tmp), with_pgvector=not args.no_pgvector)
         return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -315,7 +317,8 @@ def main() -> None:
                 ["whole", int(whole["chunks"]), f"{whole['peak_rss_mb']:.0f}"],
             ],
         )
-        latency_table(root, with_pgvector=True)
+        if not args.skip_latency:
+            latency_table(root, with_pgvector=True)
 
 
 def latency_table(root: Path, with_pgvector: bool) -> None:

@@ -57,10 +57,66 @@ CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5 (
 _WORDS = re.compile(r"\w+", re.UNICODE)
 
 
+#: Words too common to say what a chunk is about: left out of keyword queries (unless the
+#: query has nothing else), which also keeps a query from matching nearly every chunk.
+STOPWORDS = frozenset(
+    {
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "can",
+        "do",
+        "does",
+        "for",
+        "from",
+        "how",
+        "i",
+        "if",
+        "in",
+        "is",
+        "it",
+        "its",
+        "me",
+        "my",
+        "of",
+        "on",
+        "or",
+        "so",
+        "that",
+        "the",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "this",
+        "to",
+        "was",
+        "we",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "will",
+        "with",
+        "you",
+        "your",
+    }
+)
+
+
 def fts_query(query: str) -> str:
-    """Any of the query's words, each quoted (so no FTS5 syntax can be injected)."""
-    words = dict.fromkeys(w.lower() for w in _WORDS.findall(query))
-    return " OR ".join(f'"{w}"' for w in words)
+    """Any of the query's words but stop words, each quoted (so no FTS5 syntax can be injected)."""
+    words = list(dict.fromkeys(w.lower() for w in _WORDS.findall(query)))
+    meaningful = [w for w in words if w not in STOPWORDS] or words
+    return " OR ".join(f'"{w}"' for w in meaningful)
 
 
 class SqliteDocumentIndex(DocumentIndex):
@@ -235,11 +291,12 @@ class SqliteDocumentIndex(DocumentIndex):
             return []
         allowed = self._allowed(workspace_id, where)
         limit = k if allowed is None else k * 20 + 100
+        # the best matches first (FTS5's own rank order, LIMIT inside), then their rows
         rows = self._rows(
             "SELECT c.doc_id, c.chunk_idx, c.text, c.line_start, c.line_end, c.page, c.headings, "
-            "bm25(chunks_fts) AS rank, d.name FROM chunks_fts JOIN chunks c ON c.rowid = chunks_fts.rowid "
-            "JOIN documents d ON d.workspace_id = c.workspace_id AND d.id = c.doc_id "
-            "WHERE chunks_fts MATCH ? AND chunks_fts.workspace_id = ? ORDER BY rank LIMIT ?",
+            "best.rank, d.name FROM (SELECT rowid, rank FROM chunks_fts WHERE chunks_fts MATCH ? "
+            "AND workspace_id = ? ORDER BY rank LIMIT ?) AS best JOIN chunks c ON c.rowid = best.rowid "
+            "JOIN documents d ON d.workspace_id = c.workspace_id AND d.id = c.doc_id ORDER BY best.rank",
             (match, workspace_id, limit),
         )
         hits = [
