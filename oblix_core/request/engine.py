@@ -11,6 +11,7 @@ from oblix_core.agents import AgentCheck, BaseAgent
 from oblix_core.models.backend import ModelBackend
 from oblix_core.request.budgets import BudgetSettings
 from oblix_core.request.execution import Executor
+from oblix_core.request.hooks import request_hooks
 from oblix_core.request.warm import WarmHistory
 from oblix_core.sessions.idempotency import IdempotencyRecords
 from oblix_core.sessions.store import SessionStore
@@ -29,7 +30,8 @@ class Engine:
     """
 
     store: SessionStore
-    hooks: Any  # pluggy's HookRelay of the client's plugin manager
+    #: pluggy's HookRelay of the client's plugin manager, unimplemented hooks skipped (RequestHooks)
+    hooks: Any = attrs.field(converter=request_hooks)
     executor: Executor
     preference: str
     models: dict[str, ModelBackend] = attrs.field(factory=dict)

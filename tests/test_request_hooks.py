@@ -1,0 +1,85 @@
+"""oblix_core.request.hooks: the request path skips pluggy's dispatch for hooks nobody implements,
+and sees a plugin registered later from its next request on (a real pluggy plugin manager)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+import pytest
+
+from oblix_core import hookimpl
+from oblix_core.client import OblixClient
+from oblix_core.models.backend import ChatMessage
+from oblix_core.plugins import hookspecs
+from oblix_core.request.context import Request
+from oblix_core.request.hooks import RequestHooks, request_hooks
+from oblix_core.testing import ScriptedPlugin
+
+
+class Redactor:
+    """A middleware plugin: redacts a secret before any model sees it, counts the answers."""
+
+    def __init__(self) -> None:
+        self.ended = 0
+
+    @hookimpl
+    def oblix_request_start(self, request: Request) -> None:
+        request.messages = [
+            ChatMessage(m.role, m.content.replace("sk-secret", "[gone]")) for m in request.messages
+        ]
+
+    @hookimpl
+    def oblix_request_end(self, request: Request, result: dict[str, Any]) -> None:
+        self.ended += 1
+
+
+def _manager() -> pluggy.PluginManager:
+    manager = pluggy.PluginManager("oblix")
+    manager.add_hookspecs(hookspecs)
+    return manager
+
+
+def test_an_unimplemented_hook_returns_what_pluggy_returns() -> None:
+    manager = _manager()
+    hooks = RequestHooks(manager.hook)
+    request = Request(messages=[ChatMessage("user", "hi")], prompt="hi")
+    assert (
+        hooks.oblix_request_start(request=request) == manager.hook.oblix_request_start(request=request) == []
+    )
+    route = hooks.oblix_route(request=None, models=[], checks=[])  # firstresult: None
+    assert route is None and manager.hook.oblix_route(request=None, models=[], checks=[]) is None
+    assert (
+        hooks.oblix_request_end.get_hookimpls() == [] and hooks.oblix_request_end.name == "oblix_request_end"
+    )
+
+
+def test_a_plugin_registered_later_is_called_and_unknown_hooks_fail() -> None:
+    manager = _manager()
+    hooks = request_hooks(manager.hook)
+    assert request_hooks(hooks) is hooks
+    request = Request(messages=[ChatMessage("user", "my sk-secret")], prompt="my sk-secret")
+    hooks.oblix_request_start(request=request)
+    assert request.messages[0].content == "my sk-secret"
+    manager.register(Redactor())
+    assert hooks.oblix_request_start(request=request) == []
+    assert request.messages[0].content == "my [gone]"
+    assert [i.plugin_name for i in hooks.oblix_request_start.get_hookimpls()] != []
+    with pytest.raises(AttributeError):
+        hooks.oblix_no_such_hook  # noqa: B018
+
+
+@pytest.mark.anyio
+async def test_a_client_sees_a_middleware_registered_between_requests(
+    home: Any, scripted: ScriptedPlugin, make_client: Callable[..., OblixClient]
+) -> None:
+    client = make_client(home=home, plugins=[scripted])  # ScriptedPlugin: the test double backend
+    await client.hook_model("scripted", "a")
+    first = await client.execute("my key is sk-secret", stream=False)
+    assert first["response"] == "echo: my key is sk-secret"
+    redactor = Redactor()
+    client.plugin_manager.register(redactor)
+    second = await client.execute("my key is sk-secret", stream=False)
+    assert second["response"] == "echo: my key is [gone]"
+    assert redactor.ended == 1
