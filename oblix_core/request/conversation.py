@@ -175,6 +175,8 @@ class ResponseStream:
     async def _plan(self) -> tuple[RoutingPlan, list[Any]]:
         """Agents' readings (a bounded fresh sample if pending), the policy, privacy, screening."""
         engine, request = self._engine, self.request
+        if self._once is not None:
+            self._once.ran = True  # from here a model may run: a failure releases the claim
         executor = engine.executor
         checks, agents = await current_checks(list(engine.agents.values()), executor.readings)
         models = engine.model_snapshot()
@@ -206,7 +208,8 @@ class ResponseStream:
         started_at, started = self._started_at, time.monotonic()
         hooks = self._engine.hooks
         try:
-            fields = request_fields(self.request)  # as the caller sent it, before the session is read
+            # the request as the caller sent it (only a request with a key is compared with its tries)
+            fields = request_fields(self.request) if self.request.idempotency_key else {}
             await retrieval.apply(self.request)  # documents: search once, before privacy and routing
             engine = self._engine
             once = self._once = await Once.start(  # claimed first: the claim sets the request id
