@@ -29,6 +29,7 @@ from oblix_core.errors import (
     OblixError,
     SessionCorruptedError,
     SessionError,
+    SessionNotFoundError,
     StreamInterruptedError,
 )
 from oblix_core.request import idempotency
@@ -299,6 +300,19 @@ async def test_an_answer_paid_twice_after_a_failed_store_is_counted_twice_and_re
         assert client.usage(since="1d")["total"]["requests"] == 2
     finally:
         own.stop()
+
+
+async def test_a_request_refused_before_any_model_ran_leaves_its_key_free(
+    client: OblixClient, scripted: ScriptedPlugin
+) -> None:
+    """A keyed request for a session that does not exist fails before any model runs: nothing
+    can have been stored or counted, so the key is free for the corrected request."""
+    await client.hook_model("scripted", "a", local=True)
+    sid = await client.create_session(title="t")
+    with pytest.raises(SessionNotFoundError):
+        await client.execute("hi", session_id="0" * 32, stream=False, idempotency_key="k-typo")
+    result = await client.execute("hi", session_id=sid, stream=False, idempotency_key="k-typo")
+    assert result["response"] == "echo: hi" and "replayed" not in result["metrics"]
 
 
 HOLD_LOCK = (

@@ -226,12 +226,21 @@ class Claim:
         and another request with the key is still refused until the record expires."""
         await self._quietly("release", self._running(lease=0.0))
 
-    async def _quietly(self, action: str, record: KeyedRecord) -> bool | None:
-        """Put ``record`` if this claim still holds the key (``False`` if not). A store that fails
-        here must not fail the request, nor hide how it ended (an answer, an error that carries
-        one): the failure is logged, ``None`` returned, and the lease lapses by itself, after
-        which a retry takes the claim over and answers from the session or runs again."""
+    async def forget(self) -> None:
+        """Remove the claim: for a request that failed before any model ran, on a claim it made
+        itself (nothing can be in the session or the ledger), so that the key is free again."""
+        await self._quietly("forget", None)
+
+    async def _quietly(self, action: str, record: KeyedRecord | None) -> bool | None:
+        """Put ``record`` (``None``: remove the claim) if this claim still holds the key
+        (``False`` if not). A store that fails here must not fail the request, nor hide how it
+        ended (an answer, an error that carries one): the failure is logged, ``None`` returned,
+        and the lease lapses by itself, after which a retry takes the claim over and answers
+        from the session or runs again."""
         try:
+            if record is None:
+                await self._call(self.records.release, self.key, owner=self.owner)
+                return True
             return bool(await self._call(self.records.replace, self.key, record, owner=self.owner))
         except OblixError as exc:
             log.warning("Could not %s an idempotency claim (%s); its lease will lapse.", action, exc)
@@ -295,6 +304,9 @@ class Once:
         self.stored = False
         #: The claim was completed or released (or there is none to settle: a replay).
         self.settled = False
+        #: Set by the request path before routing: from then on a model may run (and store or
+        #: record something), so a failed request's claim is released, never forgotten.
+        self.ran = False
 
     @classmethod
     async def start(
@@ -379,5 +391,7 @@ class Once:
         self.settled = True
         if result is not None:
             await self.claim.complete(result)
+        elif not self.ran and not self.claim.taken_over:
+            await self.claim.forget()
         elif not self.stored:
             await self.claim.release()
