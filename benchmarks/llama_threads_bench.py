@@ -32,7 +32,7 @@ import psutil
 from benchmarks._table import print_table
 from oblix_llamacpp.options import default_threads
 from oblix_llamacpp.packaged import packaged_model_path
-from oblix_llamacpp.threads import ThreadChooser, physical_cores
+from oblix_llamacpp.threads import ThreadChooser, batch_threads, physical_cores
 
 PROMPT = " ".join(
     f"Line {i}: the {['red', 'blue', 'green'][i % 3]} box holds {i * 7 % 31} coins." for i in range(45)
@@ -82,7 +82,9 @@ def make_model(llama_cpp: Any, path: str, mode: str) -> tuple[Any, ThreadChooser
     if mode != "auto":
         return llama_cpp.Llama(model_path=path, n_ctx=2048, n_threads=int(mode), verbose=False), None
     cores = physical_cores()
-    llm = llama_cpp.Llama(model_path=path, n_ctx=2048, n_threads=cores, n_threads_batch=cores, verbose=False)
+    llm = llama_cpp.Llama(
+        model_path=path, n_ctx=2048, n_threads=cores, n_threads_batch=batch_threads(), verbose=False
+    )
     chooser = ThreadChooser(cores)
     chooser.start()
     return llm, chooser
@@ -92,7 +94,7 @@ def adaptive_round(llm: Any, chooser: ThreadChooser, tokens: list[int], state: d
     """One round as the backend runs a request: choose the count, set it if it changed, generate."""
     wanted = chooser.choose()
     if wanted != state.get("n"):
-        llm._ctx.set_n_threads(wanted, wanted)
+        llm._ctx.set_n_threads(wanted, batch_threads())
         state["n"] = wanted
     state[f"chose {wanted}"] = state.get(f"chose {wanted}", 0) + 1
     return one_round(llm, tokens)

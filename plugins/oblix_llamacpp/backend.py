@@ -41,7 +41,7 @@ from oblix_llamacpp.packaged import DEFAULT_MODEL, packaged_model_path
 from oblix_llamacpp.prompts import FAMILY_FORMATS, FORMAT_DEFAULTS, PLAIN_FORMATS
 from oblix_llamacpp.state_cache import PromptStateCache, default_capacity
 from oblix_llamacpp.state_disk import DEFAULT_DISK_BYTES, DiskStateStore, model_fingerprint
-from oblix_llamacpp.threads import ThreadChooser, physical_cores
+from oblix_llamacpp.threads import ThreadChooser, batch_threads, physical_cores
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +189,8 @@ class LlamaCppBackend(ModelBackend):
             "n_gpu_layers": self.n_gpu_layers,
             "verbose": self.verbose,
         }
-        if self._chooser is not None:  # adaptive: prompt evaluation follows the same count
-            options["n_threads_batch"] = self.n_threads
+        if self._chooser is not None:  # adaptive generation; prompt evaluation as llama-cpp-python's default
+            options["n_threads_batch"] = batch_threads()
         if self.seed is not None:
             options["seed"] = self.seed
         if self.chat_format and not plain:
@@ -344,7 +344,7 @@ class LlamaCppBackend(ModelBackend):
             return
         wanted = self._chooser.choose()
         if wanted != self.n_threads:
-            llama._ctx.set_n_threads(wanted, wanted)  # llama_set_n_threads: applies from the next eval
+            llama._ctx.set_n_threads(wanted, batch_threads())  # llama_set_n_threads: from the next eval
             self.n_threads = wanted
 
     @property

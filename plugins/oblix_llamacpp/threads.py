@@ -9,7 +9,9 @@ cpuset, only the CPUs this process may use) and picks every physical core the ot
 leave free, at least one; when the others' runnable threads fill every core anyway (a
 heavily shared machine), it takes every core, since the scheduler then shares the CPU
 out per thread. llama.cpp takes the new count between evaluations
-(``llama_set_n_threads``). Figures: benchmarks/README.md, "llama.cpp threads".
+(``llama_set_n_threads``); prompt evaluation keeps its own count (:func:`batch_threads`,
+llama-cpp-python's default), since only generation was measured to suffer. Figures:
+benchmarks/README.md, "llama.cpp threads".
 """
 
 from __future__ import annotations
@@ -47,6 +49,13 @@ def physical_cores() -> int:
     physical = psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
     allowed = usable_cpus()
     return max(1, min(physical, len(allowed))) if allowed is not None else physical
+
+
+def batch_threads() -> int:
+    """Threads for prompt evaluation: every logical CPU this process may use, as
+    llama-cpp-python's default (all logical CPUs) but within ``taskset``; not adapted."""
+    allowed = usable_cpus()
+    return len(allowed) if allowed is not None else psutil.cpu_count() or 1
 
 
 def threads_for(others: float, cores: int, waiting: float = 0.0) -> int:
