@@ -5,7 +5,9 @@ server's ``Idempotency-Key`` header) first *claims* its key: a ``running`` recor
 claimant's token and a lease. When it is answered, the record becomes ``done`` and holds
 the result, kept until ``expires_at`` (24 h by default). A repeat finds the record: a
 ``done`` one is replayed, a ``running`` one is waited for (or refused with 409), and a
-``running`` one whose lease passed (its process died) is taken over by compare-and-set.
+``running`` one whose lease passed (its process died, or it failed and ended its lease) is
+taken over by compare-and-set, keeping the record's ``epoch`` (so every try of one request has
+one request id; a key used after its record expired starts another epoch).
 
 The records live beside the sessions, so every worker and every server on one store sees
 them: a store provides :meth:`~oblix_core.sessions.store.SessionStore.idempotency_records`
