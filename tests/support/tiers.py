@@ -176,14 +176,24 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"tiers: -m {config.option.markexpr!r}" if config.option.markexpr else "tiers: every tier"
 
 
+#: The order in which files start, by the heaviest tier of their tests: the longest files first,
+#: so that pytest-xdist's workers (``--dist loadfile``) do not end on one long file alone.
+START_ORDER = ("extras", "llama", "reliability", "slow", "browser")
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank: dict[Path, int] = {}
     for item in items:
         function = getattr(item, "originalname", item.name)
         callspec = getattr(item, "callspec", None)
         parameters = callspec.id if callspec is not None else ""
-        for tier in sorted(tiers_of(item.path, getattr(item, "fixturenames", ()), function, parameters)):
+        tiers = tiers_of(item.path, getattr(item, "fixturenames", ()), function, parameters)
+        for tier in sorted(tiers):
             item.add_marker(tier)
+        ranks = [START_ORDER.index(t) for t in tiers] or [len(START_ORDER)]
+        rank[item.path] = min(rank.get(item.path, len(START_ORDER)), *ranks)
+    items.sort(key=lambda item: rank[item.path])  # stable: a file's tests keep their order
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
