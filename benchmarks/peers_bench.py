@@ -14,9 +14,11 @@ routing (no ``model=``) between a local and a cloud instant model, the real
 ``ResourceMonitor`` and ``ConnectivityAgent`` hooked (sampling in the background), fallback
 on; LiteLLM as above.
 
-Calls alternate in blocks (same machine conditions for both); the table gives medians
-per call and the ratio LiteLLM / Oblix (higher: Oblix cheaper). Also counted: Oblix's
-worker-thread round trips per call (``anyio.to_thread.run_sync``).
+Calls alternate in blocks (same machine conditions for both), each block starting once the
+tasks the previous one left on the event loop are done (LiteLLM logs every call in a
+background task); the table gives medians per call and the ratio LiteLLM / Oblix (higher:
+Oblix cheaper). Also counted: Oblix's worker-thread round trips per call
+(``anyio.to_thread.run_sync``).
 
 Run: ``.venv/bin/pip install litellm`` (benchmark only; not in the test extra), then
 ``.venv/bin/python -m benchmarks.peers_bench [--calls 400]``.
@@ -184,7 +186,16 @@ def _litellm() -> Callable[[], Awaitable[object]]:
     return call
 
 
+async def _settle() -> None:
+    """Let tasks the last block left on the event loop finish (LiteLLM logs each call in a
+    background task), so that neither side's block pays for the other's leftovers."""
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    if others:  # a long-lived task (a client's background worker) just costs the timeout
+        await asyncio.wait(others, timeout=0.05)
+
+
 async def _timed(call: Callable[[], Awaitable[object]], n: int) -> list[float]:
+    await _settle()
     samples = []
     for _ in range(n):
         started = time.perf_counter()
