@@ -1,5 +1,6 @@
-"""oblix_core.request.hooks: the request path skips pluggy's dispatch for hooks nobody implements,
-and sees a plugin registered later from its next request on (a real pluggy plugin manager)."""
+"""oblix_core.request.hooks and routing.route: the request path skips pluggy's dispatch for hooks
+nobody implements (and for routing when only the core's policy routes), and sees a plugin
+registered later from its next request on (a real pluggy plugin manager)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from oblix_core import hookimpl
 from oblix_core.client import OblixClient
 from oblix_core.models.backend import ChatMessage
 from oblix_core.plugins import hookspecs
+from oblix_core.request import routing
 from oblix_core.request.context import Request
 from oblix_core.request.hooks import RequestHooks, request_hooks
+from oblix_core.request.routing import RouteRequest, RoutingPlan
 from oblix_core.testing import ScriptedPlugin
+from oblix_core.testing.scripted import ScriptedBackend
 
 
 class Redactor:
@@ -83,3 +87,26 @@ async def test_a_client_sees_a_middleware_registered_between_requests(
     second = await client.execute("my key is sk-secret", stream=False)
     assert second["response"] == "echo: my key is [gone]"
     assert redactor.ended == 1
+
+
+class CloudFirst:
+    """A routing plugin: the cloud model first, whatever the agents say."""
+
+    @hookimpl
+    def oblix_route(self, request: Any, models: Any, checks: Any) -> RoutingPlan:
+        ordered = sorted(models, key=lambda m: m.is_local)
+        return RoutingPlan(tuple(ordered), "plugin", "cloud first, by plugin", policy="cloud-first-plugin")
+
+
+@pytest.mark.anyio
+async def test_route_calls_the_core_policy_alone_and_a_plugins_policy_through_pluggy() -> None:
+    manager = _manager()
+    manager.register(routing, name="core-routing")
+    local, cloud = ScriptedBackend("l", local=True), ScriptedBackend("c", local=False)
+    request = RouteRequest()
+    plan = routing.route(manager.hook.oblix_route, request, [local, cloud], [])
+    assert plan == routing.default_policy(request, [local, cloud], [])
+    assert plan.candidates[0] is local
+    manager.register(CloudFirst())
+    plan = routing.route(manager.hook.oblix_route, request, [local, cloud], [])
+    assert plan.policy == "cloud-first-plugin" and plan.candidates[0] is cloud

@@ -15,7 +15,7 @@ from oblix_core.agents import current_checks
 from oblix_core.documents import retrieval
 from oblix_core.errors import ExchangeNotStoredError, NoModelAvailableError, StreamInterruptedError
 from oblix_core.models.backend import ChatMessage
-from oblix_core.request import privacy
+from oblix_core.request import privacy, routing
 from oblix_core.request.budgets import BudgetGuard
 from oblix_core.request.context import Request
 from oblix_core.request.engine import Engine, notify
@@ -188,7 +188,7 @@ class ResponseStream:
             model=request.model,
             fallback=request.fallback,
         )
-        plan: RoutingPlan = engine.hooks.oblix_route(request=route, models=models, checks=checks)
+        plan = routing.route(engine.hooks.oblix_route, route, models, checks)
         plan = privacy.enforce(plan, request.local_only, request.local_only_reason)
         if request.options.get("tools"):
             plan = _tool_capable(plan)

@@ -388,3 +388,19 @@ def oblix_route(
 ) -> RoutingPlan:
     """The core's default policy, consulted when no plugin decided."""
     return default_policy(request, models, checks)
+
+
+def route(
+    hook: Any, request: RouteRequest, models: Sequence[ModelBackend], checks: Sequence[AgentCheck]
+) -> RoutingPlan:
+    """The ``oblix_route`` hook's plan (``hook``: the plugin manager's ``oblix_route`` caller).
+
+    When the core's default policy is its only implementation (no plugin routes), the
+    policy is called directly, without pluggy's dispatch; otherwise pluggy calls them all
+    in its order, the first non-None plan winning.
+    """
+    impls = hook.get_hookimpls()
+    if len(impls) == 1 and impls[0].function is oblix_route:
+        return default_policy(request, models, checks)
+    plan: RoutingPlan = hook(request=request, models=models, checks=checks)
+    return plan
