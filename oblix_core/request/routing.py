@@ -137,12 +137,47 @@ def _describe(check: AgentCheck) -> str:
     return f"{check.agent}={check.state}" + (f" ({check.reason})" if check.reason else "")
 
 
+#: Plans of the default policy by what they were made from (see :func:`default_policy`).
+_PLANS: dict[Hashable, tuple[tuple[ModelBackend, ...], tuple[AgentCheck, ...], RoutingPlan]] = {}
+MAX_CACHED_PLANS = 64
+
+
 def default_policy(
     request: RouteRequest, models: Sequence[ModelBackend], checks: Sequence[AgentCheck]
 ) -> RoutingPlan:
-    """The built-in routing policy (see the module docstring for its rules)."""
+    """The built-in routing policy (see the module docstring for its rules).
+
+    A plan is made once per (request's routing fields, models, agent checks, the models'
+    load signals) and reused while none of them changes: the same model and check objects
+    (an agent publishes a new check object with each sample), each model's locality,
+    warming state and queue (with its last speed while it has one). Errors are not kept.
+    """
+    key = (
+        request,
+        tuple(map(id, models)),
+        tuple(map(id, checks)),
+        tuple(_signals(m) for m in models),
+    )
+    held = _PLANS.get(key)
+    if held is not None and _same(held[0], models) and _same(held[1], checks):
+        return held[2]
     plan = _by_rules(request, models, checks)
-    return plan if plan.rule == "explicit" else _prefer_ready(plan)
+    plan = plan if plan.rule == "explicit" else _prefer_ready(plan)
+    if len(_PLANS) >= MAX_CACHED_PLANS:
+        _PLANS.clear()
+    _PLANS[key] = (tuple(models), tuple(checks), plan)
+    return plan
+
+
+def _signals(model: ModelBackend) -> tuple[object, ...]:
+    """What the policy reads of a model besides its identity (:func:`_prefer_ready`)."""
+    queue = model.queue_depth
+    return (model.is_local, model.warming, model.busy, queue, model.last_tokens_per_second if queue else None)
+
+
+def _same(held: Sequence[object], given: Sequence[object]) -> bool:
+    """Whether ``given`` holds the very objects ``held`` does (ids alone could be reused)."""
+    return len(held) == len(given) and all(a is b for a, b in zip(held, given, strict=True))
 
 
 def _by_rules(
