@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import pydoc
 import random
 import resource
@@ -145,11 +146,14 @@ def _ingest_child(home: str, corpus: str) -> None:
             result = await client.register_connector("directory", corpus, alias="pydoc")
             seconds = time.perf_counter() - started
             stats = result["stats"]
+            usage = resource.getrusage(resource.RUSAGE_SELF)
             return {
                 "seconds": seconds,
                 "chunks": stats["chunks_embedded"],
                 "tokens": stats["tokens_embedded"],
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_rss_mb": usage.ru_maxrss / 1024,
+                "cpu_seconds": usage.ru_utime + usage.ru_stime,  # the whole process, model load included
+                "load": os.getloadavg()[0],
             }
 
     print(json.dumps(anyio.run(main)))
@@ -289,8 +293,17 @@ def main() -> None:
             quality(root / "home"),
         )
         print_table(
-            "Ingest (one process, all of the corpus)",
-            ["chunks", "tokens", "seconds", "chunks/s", "tokens/s", "peak RSS MB"],
+            f"Ingest (one process, all of the corpus; load average {whole['load']:.1f} at its end)",
+            [
+                "chunks",
+                "tokens",
+                "seconds",
+                "chunks/s",
+                "tokens/s",
+                "CPU s",
+                "tokens per CPU s",
+                "peak RSS MB",
+            ],
             [
                 [
                     int(whole["chunks"]),
@@ -298,6 +311,8 @@ def main() -> None:
                     f"{whole['seconds']:.1f}",
                     f"{whole['chunks'] / whole['seconds']:.1f}",
                     f"{whole['tokens'] / whole['seconds']:.0f}",
+                    f"{whole['cpu_seconds']:.0f}",
+                    f"{whole['tokens'] / whole['cpu_seconds']:.0f}",
                     f"{whole['peak_rss_mb']:.0f}",
                 ]
             ],
