@@ -48,6 +48,8 @@ MODULE_TIERS: dict[str, tuple[str, ...]] = {
     "test_redis_*.py": ("slow",),
     "test_migration.py": ("slow",),  # migrations between real stores: redis-server, moto's S3
     "test_model_health_cli.py": ("slow",),  # `oblix run` through retries and a cooldown: a minute
+    "test_chat_pty.py": ("slow",),  # chats on real pseudo-terminals with paced answers, seconds each
+    "test_cli_conveniences.py": ("slow",),  # terminals, FIFOs, editors and many `oblix` processes
     "test_s3_*.py": ("slow",),
     "test_llamacpp.py": ("llama",),
     "test_llama_cache.py": ("llama",),
@@ -67,6 +69,10 @@ TEST_TIERS: dict[str, tuple[str, ...]] = {
     "test_failover.py::test_run_explain_prints_candidates_skips_and_attempts": ("slow",),
     "test_failover.py::test_a_second_process_skips_what_the_first_cooled": ("slow",),
     "test_documents.py::test_a_killed_ingest_run_again_ends_as_an_uninterrupted_one": ("slow",),
+    "test_agents.py::test_first_request_takes_a_fresh_sample_or_says_it_had_none": ("slow",),
+    "test_usage_edges.py::test_a_wait_for_the_budget_gate_is_bounded": ("slow",),
+    "test_pipes.py::test_on_a_terminal_tables_fit_80_columns_with_numbers_and_ids_whole": ("slow",),
+    "test_pipes.py::test_piped_agents_watch_prints_the_plain_table_again_and_again": ("slow",),
 }
 
 #: Tiers of the tests of a file whose parameter ids hold a word (they start the server themselves,
