@@ -405,3 +405,12 @@ async def test_a_local_only_request_never_embeds_its_query_with_a_cloud_embedder
         assert cloud.queries == 1
         with pytest.raises(DocumentError, match="not private"):
             await client.register_connector("directory", str(notes), workspace_id=ws, private=True)
+
+
+async def test_a_local_only_sessions_connectors_are_private(notes: Path, home: Path) -> None:
+    async with OblixClient(home=home) as client:
+        await client.create_and_use_session(title="secret", metadata={"local_only": True})
+        result = await client.register_connector("directory", str(notes), alias="diary-notes")
+        (workspace,) = await client.list_workspaces()
+        assert workspace["id"] == result["workspace_id"] and workspace["private"] is True
+        assert workspace["connectors"][0]["private"] is True

@@ -308,9 +308,11 @@ class DocumentsAPI:
             raise DocumentError(f"Unknown register_connector option(s): {', '.join(sorted(unknown))}.")
         spec = self._embedding_spec(embedding_model, embedding_api_key)
         library = self._documents()
-        private = bool(kwargs.get("private", False))
+        # a connector registered while the current session is local-only is private too
+        session = getattr(self, "current_session_id", None)
 
         def register() -> dict[str, Any]:
+            private = bool(kwargs.get("private", False)) or self._private_session(session)
             workspace = self._connector_workspace(
                 library, kwargs.get("workspace_id"), alias, path, private, spec
             )
