@@ -13,6 +13,7 @@ registered on this client (as 0.1.3 does).
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -59,9 +60,10 @@ class DocumentsAPI:
 
     def _documents(self) -> Library:
         """The library over the configured index (built on first use)."""
-        if self._library is None:
-            self._library = Library(self._make_index("sqlite"), self._embedder_for, self._readers())
-        return self._library
+        with self.__dict__.setdefault("_documents_lock", threading.Lock()):  # one library per client
+            if self._library is None:
+                self._library = Library(self._make_index("sqlite"), self._embedder_for, self._readers())
+            return self._library
 
     def use_document_index(self, name: str, **options: Any) -> None:
         """Keep documents in the index ``name`` (``sqlite``, the default, or ``pgvector`` with ``dsn=``)."""
@@ -201,7 +203,7 @@ class DocumentsAPI:
         """Embed ``texts`` with an embedder (default: the local one); returns its name and the vectors."""
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             raise DocumentError("Pass a non-empty list of strings to embed.")
-        library = self._documents()
+        library = await self._run(self._documents)  # opening the index is file I/O
 
         def embed() -> tuple[str, list[list[float]]]:
             embedder = library.embedder(embedding_model)
@@ -229,7 +231,7 @@ class DocumentsAPI:
         embedding_model: str | None = None,
     ) -> str:
         """Create a workspace and return its id; ``private=True`` keeps it and its requests local."""
-        library = self._documents()
+        library = await self._run(self._documents)  # opening the index is file I/O
         workspace = await self._run(
             library.create_workspace, name, description, metadata, private=private, embedder=embedding_model
         )
@@ -237,7 +239,7 @@ class DocumentsAPI:
 
     async def list_workspaces(self) -> list[dict[str, Any]]:
         """Every workspace with its embedder, connectors and size (documents, chunks, bytes)."""
-        library = self._documents()
+        library = await self._run(self._documents)  # opening the index is file I/O
 
         def listing() -> list[dict[str, Any]]:
             return [w.to_dict() | library.index.stats(w.id) for w in library.index.list_workspaces()]
@@ -246,14 +248,14 @@ class DocumentsAPI:
 
     async def delete_workspace(self, workspace_id: str) -> bool:
         """Delete a workspace, its documents and its connectors."""
-        library = self._documents()
+        library = await self._run(self._documents)  # opening the index is file I/O
         workspace = await self._run(library.workspace, workspace_id)
         if workspace.id in getattr(self, "_connector_workspaces", []):
             self._connector_workspaces.remove(workspace.id)
         return await self._run(library.delete_workspace, workspace.id)
 
     async def get_documents_in_workspace(self, workspace_id: str) -> list[dict[str, Any]]:
-        library = self._documents()
+        library = await self._run(self._documents)  # opening the index is file I/O
 
         def listing() -> list[dict[str, Any]]:
             workspace = library.workspace(workspace_id)
@@ -265,7 +267,7 @@ class DocumentsAPI:
         self, workspace_id: str, embedding_config: dict[str, Any] | str | None = None
     ) -> dict[str, Any]:
         """Re-embed every document of a workspace, with another embedder if ``embedding_config`` names one."""
-        library = self._documents()
+        library = await self._run(self._documents)  # opening the index is file I/O
         spec = (
             embedding_config
             if isinstance(embedding_config, str) or embedding_config is None
@@ -307,7 +309,7 @@ class DocumentsAPI:
         if unknown:
             raise DocumentError(f"Unknown register_connector option(s): {', '.join(sorted(unknown))}.")
         spec = self._embedding_spec(embedding_model, embedding_api_key)
-        library = self._documents()
+        library = await self._run(self._documents)  # opening the index is file I/O
         # a connector registered while the current session is local-only is private too
         session = getattr(self, "current_session_id", None)
 
@@ -366,7 +368,7 @@ class DocumentsAPI:
         self, connector_id: str | None = None, *, progress: Progress | None = None
     ) -> list[dict[str, Any]]:
         """Sync one connector, or all: only files whose content changed are embedded again."""
-        library = self._documents()
+        library = await self._run(self._documents)  # opening the index is file I/O
 
         def sync() -> list[dict[str, Any]]:
             done = []
@@ -384,7 +386,7 @@ class DocumentsAPI:
         return await self._run(sync)
 
     async def list_connectors(self) -> list[dict[str, Any]]:
-        library = self._documents()
+        library = await self._run(self._documents)  # opening the index is file I/O
         pairs = await self._run(library.connectors)
         return [c.to_dict() | {"workspace_id": w.id, "workspace": w.name} for w, c in pairs]
 
@@ -405,7 +407,7 @@ class DocumentsAPI:
     ) -> dict[str, Any]:
         """Add one file to a workspace (the ``default`` one if none is given); ``embed=False``
         stores it for keyword search until :meth:`embed_document` embeds it."""
-        library = self._documents()
+        library = await self._run(self._documents)  # opening the index is file I/O
 
         def upload() -> dict[str, Any]:
             workspace = self._workspace_or_default(library, workspace_id)
@@ -435,7 +437,7 @@ class DocumentsAPI:
         batch_size: int = 100,
     ) -> dict[str, Any]:
         """Add every readable file of a directory (embedded); unreadable ones are reported in ``skipped``."""
-        library = self._documents()
+        library = await self._run(self._documents)  # opening the index is file I/O
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise DocumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
 
@@ -474,7 +476,7 @@ class DocumentsAPI:
 
     async def add_document_to_workspace(self, document_id: str, workspace_id: str) -> bool:
         """Copy a document (text and positions) into another workspace, embedded by its embedder."""
-        library = self._documents()
+        library = await self._run(self._documents)  # opening the index is file I/O
 
         def add() -> bool:
             target = library.workspace(workspace_id)
@@ -489,7 +491,7 @@ class DocumentsAPI:
 
     async def embed_document(self, document_id: str, workspace_id: str | None = None) -> dict[str, Any]:
         """Embed a document uploaded with ``embed=False``."""
-        library = self._documents()
+        library = await self._run(self._documents)  # opening the index is file I/O
 
         def embed() -> dict[str, Any]:
             workspace = self._find_document_workspace(library, document_id, workspace_id)
@@ -505,7 +507,7 @@ class DocumentsAPI:
 
     async def delete_document(self, document_id: str, workspace_id: str | None = None) -> bool:
         """Delete a document and its chunks from the index (the file is untouched)."""
-        library = self._documents()
+        library = await self._run(self._documents)  # opening the index is file I/O
 
         def delete() -> bool:
             workspace = self._find_document_workspace(library, document_id, workspace_id)
@@ -535,7 +537,7 @@ class DocumentsAPI:
     ) -> list[dict[str, Any]]:
         """The ``top_k`` best chunks for ``query`` (keywords and meaning fused; ``mode`` picks one)."""
         check_query(query)
-        library = self._documents()
+        library = await self._run(self._documents)  # opening the index is file I/O
 
         def search() -> list[dict[str, Any]]:
             workspace = library.workspace(workspace_id)
@@ -548,7 +550,7 @@ class DocumentsAPI:
     ) -> list[dict[str, Any]]:
         """The ``top_k`` chunks nearest in meaning to ``query``."""
         check_query(query)
-        library = self._documents()
+        library = await self._run(self._documents)  # opening the index is file I/O
 
         def search() -> list[dict[str, Any]]:
             workspace = library.workspace(workspace_id)
