@@ -70,6 +70,7 @@ def test_bad_input_is_a_one_line_error(home: Path, notes: Path) -> None:
     assert missing.exit_code == 1 and "No workspace 'nowhere'" in missing.output
 
 
+@pytest.mark.slow  # oblix processes and a model load each: seconds
 def test_run_with_private_docs_answers_locally_with_sources(
     home: Path, notes: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -96,6 +97,7 @@ def test_run_with_private_docs_answers_locally_with_sources(
     assert plain["routing_decision"]["local_only"]["active"] is False and "sources" not in plain
 
 
+@pytest.mark.slow  # oblix processes and a model load each: seconds
 def test_chat_docs_draws_on_a_workspace_and_prints_sources(
     home: Path, notes: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
