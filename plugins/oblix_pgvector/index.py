@@ -2,8 +2,12 @@
 
 Keywords: a generated ``tsvector`` column (English stemming) with a GIN index, ranked by
 ``ts_rank_cd``. Vectors: a ``vector`` column (pgvector), searched by cosine distance
-(``<=>``) within the workspace, exactly (no approximate index: results equal a full scan).
-A workspace may hold vectors of any dimension (one per workspace).
+(``<=>``) within the workspace. A workspace may hold vectors of any dimension (one per
+workspace); each dimension up to 2,000 gets a partial HNSW index (``vector_cosine_ops`` on
+``embedding::vector(n)``, created with its first workspace or vectors), so a search is
+approximate where Postgres chooses that index (large tables) and exact where it scans.
+Filters (workspace, metadata) keep the scan going (``hnsw.iterative_scan = strict_order``,
+pgvector 0.8+) until ``k`` rows pass them, nearest first.
 
 Guarantees: a document's chunks change in one transaction, under a transaction-scoped
 advisory lock on the document, so concurrent writers of one document from several
@@ -13,6 +17,7 @@ The DSN (and its password) is never logged or shown: ``repr`` redacts it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -32,6 +37,8 @@ from oblix.plugin import (
 
 _WORDS = re.compile(r"\w+", re.UNICODE)
 _PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,30}$")
+#: pgvector's HNSW index takes ``vector`` columns of up to 2,000 dimensions.
+HNSW_MAX_DIMENSIONS = 2000
 
 SCHEMA = """
 CREATE EXTENSION IF NOT EXISTS vector;
@@ -81,11 +88,37 @@ class PgVectorDocumentIndex(DocumentIndex):
             ) from None
         self._p = prefix
         self._lock = threading.RLock()
+        self._hnsw: set[int] = set()
         with self._lock, self._db.transaction():
             self._db.execute("SELECT pg_advisory_xact_lock(hashtext('oblix-pgvector-schema'))")
             for statement in SCHEMA.format(p=prefix).split(";"):
                 if statement.strip():
                     self._db.execute(statement)
+        with self._lock:
+            # pgvector 0.8+: a filtered HNSW scan goes on until LIMIT rows pass the filter
+            with contextlib.suppress(psycopg.Error):
+                self._db.execute("SET hnsw.iterative_scan = strict_order")
+            dims = self._db.execute(
+                self._q("SELECT DISTINCT (body->>'dimension')::int FROM {p}workspaces")
+            ).fetchall()
+        for (dim,) in dims:
+            self._ensure_hnsw(dim)
+
+    def _ensure_hnsw(self, dimension: int | None) -> None:
+        """The partial HNSW index for vectors of ``dimension`` (once per dimension and process;
+        outside any document's transaction, so it never waits inside one)."""
+        if not dimension or not 0 < int(dimension) <= HNSW_MAX_DIMENSIONS or dimension in self._hnsw:
+            return
+        n = int(dimension)
+        with self._lock, self._db.transaction():
+            self._db.execute("SELECT pg_advisory_xact_lock(hashtext('oblix-pgvector-schema'))")
+            self._db.execute(
+                self._q(
+                    f"CREATE INDEX IF NOT EXISTS {{p}}chunks_hnsw_{n} ON {{p}}chunks USING hnsw "
+                    f"((embedding::vector({n})) vector_cosine_ops) WHERE vector_dims(embedding) = {n}"
+                )
+            )
+        self._hnsw.add(n)
 
     def _q(self, sql: str) -> Any:
         """``sql`` with the table prefix (checked at start: letters, digits and _ only)."""
@@ -98,6 +131,7 @@ class PgVectorDocumentIndex(DocumentIndex):
     # -- workspaces ------------------------------------------------------------------------
 
     def put_workspace(self, workspace: Workspace) -> None:
+        self._ensure_hnsw(workspace.dimension)
         self._rows(
             "INSERT INTO {p}workspaces (id, body) VALUES (%s, %s) "
             "ON CONFLICT (id) DO UPDATE SET body = excluded.body RETURNING id",
@@ -134,6 +168,8 @@ class PgVectorDocumentIndex(DocumentIndex):
             raise DocumentError(f"A chunk of another document was given with {document.name}.")
         ws = document.workspace_id
         body = json.dumps(document.to_dict() | {"chunk_count": len(chunks)})
+        if vectors:
+            self._ensure_hnsw(len(vectors[0]))
         rows = [
             (
                 ws,
@@ -238,14 +274,15 @@ class PgVectorDocumentIndex(DocumentIndex):
     def vector_search(
         self, workspace_id: str, vector: Sequence[float], k: int, where: dict[str, Any] | None = None
     ) -> list[SearchHit]:
-        literal = _vector(vector)
+        literal, n = _vector(vector), len(vector)
+        # the dimension inlined (an int), so the planner can match the partial HNSW index
         sql = self._HIT.format(
             p="{p}",
             score="1 - (c.embedding <=> %s::vector)",
-            match="c.embedding IS NOT NULL AND vector_dims(c.embedding) = %s",
-            order="c.embedding <=> %s::vector",
+            match=f"c.embedding IS NOT NULL AND vector_dims(c.embedding) = {n}",
+            order=f"c.embedding::vector({n}) <=> %s::vector({n})" if n else "c.embedding <=> %s::vector",
         )
-        rows = self._rows(sql, (literal, workspace_id, json.dumps(where or {}), len(vector), literal, k))
+        rows = self._rows(sql, (literal, workspace_id, json.dumps(where or {}), literal, k))
         return [SearchHit(_chunk(r[:7]), float(r[7]), r[8], {"workspace_id": workspace_id}) for r in rows]
 
     def close(self) -> None:
