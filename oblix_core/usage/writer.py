@@ -3,14 +3,17 @@
 Every client's ledger is wrapped in a :class:`WriteBehindLedger`. An answered request
 queues its record; one background thread per ledger writes what is queued, in batches
 (:meth:`~oblix_core.usage.ledger.UsageLedger.record_many`: one SQLite transaction...), so no
-request waits for the ledger's I/O and a burst of requests costs a few writes. A batch
+request waits for the ledger's I/O and a burst of requests costs a few writes. A record does
+not wake the thread: it wakes every :data:`LINGER` seconds and writes what gathered meanwhile
+(sequential requests would otherwise wake it, and make it compete for the GIL, once each),
+or at once when a read, ``close()`` or the exit waits for it. A batch
 that fails is written again record by record, so one bad record loses only itself.
 
 Reads (``totals``, ``spent``, ``recent``: reports and budgets) first wait until every
 record queued before them is written — by any client of this process on the same
 ledger (:meth:`~oblix_core.usage.ledger.UsageLedger.identity`) — so a process always reads its
-own answers. Another process sees a record once it is written, normally within a
-millisecond. ``close()`` and the interpreter's normal exit write what is left; a
+own answers. Another process sees a record once it is written, normally within
+:data:`LINGER` seconds. ``close()`` and the interpreter's normal exit write what is left; a
 process killed outright (``SIGKILL``, power loss) can lose the records of its last
 instants. A forked child starts with an empty queue of its own.
 """
@@ -21,6 +24,7 @@ import atexit
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Sequence
 from datetime import date
@@ -31,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds an idle writer thread waits for records before it ends (a new one starts on demand).
 IDLE_SECONDS = 2.0
+#: Seconds a queued record waits for others to be written with it (unless a read waits for it).
+LINGER = 0.005
 #: At most this many records per write.
 BATCH = 500
 #: How long a normal interpreter exit waits for a ledger's queue to be written (seconds).
@@ -63,6 +69,7 @@ class WriteBehindLedger(UsageLedger):
         self._queued: list[UsageRecord] = []
         self._accepted = 0  # records taken by record() so far
         self._done = 0  # of those, written (or failed and logged)
+        self._waiting = 0  # reads (flush, close, exit) waiting for the writer: it writes at once
         self._writer: threading.Thread | None = None
         self._closed = closed
 
@@ -74,30 +81,34 @@ class WriteBehindLedger(UsageLedger):
                 return
             self._queued.append(record)
             self._accepted += 1
-            if self._writer is None:
+            if self._writer is None:  # else the writer takes it within LINGER: no wake-up here
                 self._writer = threading.Thread(target=self._write_queued, name="oblix-usage", daemon=True)
                 self._writer.start()
-            elif len(self._queued) == 1:
-                self._changed.notify_all()
 
     def record_many(self, records: Sequence[UsageRecord]) -> None:
         for record in records:
             self.record(record)
 
+    def _urgent(self) -> bool:
+        return self._closed or bool(self._queued and self._waiting)
+
     def _write_queued(self) -> None:
+        idle_since = time.monotonic()
         while True:
             with self._changed:
-                if not self._changed.wait_for(lambda: self._queued or self._closed, IDLE_SECONDS) or (
-                    not self._queued
-                ):
-                    self._writer = None  # idle for a while, or closed with nothing left
-                    self._changed.notify_all()
-                    return
+                self._changed.wait_for(self._urgent, LINGER)  # records gather meanwhile
+                if not self._queued:
+                    if self._closed or time.monotonic() - idle_since >= IDLE_SECONDS:
+                        self._writer = None  # idle for a while, or closed with nothing left
+                        self._changed.notify_all()
+                        return
+                    continue
                 batch, self._queued = self._queued[:BATCH], self._queued[BATCH:]
             self._write(batch)
             with self._changed:
                 self._done += len(batch)
                 self._changed.notify_all()
+            idle_since = time.monotonic()
 
     def _write(self, batch: Sequence[UsageRecord]) -> None:
         try:
@@ -122,8 +133,15 @@ class WriteBehindLedger(UsageLedger):
     def _flush_own(self, timeout: float | None) -> bool:
         with self._changed:
             target = self._accepted  # what was queued before this call, not what comes later
+            if self._done >= target:
+                return True
             if self._writer is not None and self._writer.is_alive():
-                return self._changed.wait_for(lambda: self._done >= target, timeout)
+                self._waiting += 1
+                self._changed.notify_all()  # the writer writes now instead of lingering
+                try:
+                    return self._changed.wait_for(lambda: self._done >= target, timeout)
+                finally:
+                    self._waiting -= 1
             self._writer = None
             batch, self._queued = self._queued, []  # no writer thread (interpreter exit): write here
         if batch:
