@@ -427,8 +427,9 @@ class OblixClient(SessionsAPI, Compat012, DocumentsAPI):
         check_text(prompt, "The prompt")
         if session_id is not None:
             validate_session_id(session_id)
-        _check_generation(temperature, max_tokens, request_id)
-        routing = {k: options.pop(k) for k in ROUTING_OPTIONS if k in options}
+        if temperature is not None or max_tokens is not None or request_id is not None:
+            _check_generation(temperature, max_tokens, request_id)
+        routing = {k: options.pop(k) for k in ROUTING_OPTIONS if k in options} if options else {}
         system = routing.get("system")
         if system is not None and not isinstance(system, str):
             raise OblixError(f"system must be a string, got {type(system).__name__}.")
@@ -436,10 +437,16 @@ class OblixClient(SessionsAPI, Compat012, DocumentsAPI):
             check_text(system, "The system prompt")
         if routing.get("history") is not None and session_id is not None:
             raise OblixError("Pass either session_id (stored history) or history= (your own), not both.")
-        retrieval = self._retrieval_for(options.pop("workspace_id", None), session_id, routing)  # documents
-        check_json(options, "The model options")
-        forced, fallback = routing.get("model"), bool(routing.get("fallback", False))
-        check_request_options(candidates_for(self.models, forced, fallback), options)
+        workspace = options.pop("workspace_id", None)
+        retrieval = (  # documents (none asked and no connectors: nothing to resolve)
+            self._retrieval_for(workspace, session_id, routing)
+            if workspace is not None or getattr(self, "_connector_workspaces", None)
+            else None
+        )
+        if options:  # the rest go to the model (none: nothing to check)
+            check_json(options, "The model options")
+            forced, fallback = routing.get("model"), bool(routing.get("fallback", False))
+            check_request_options(candidates_for(self.models, forced, fallback), options)
         request = Request(
             messages=(),
             temperature=temperature,

@@ -110,9 +110,14 @@ class ResponseStream:
 
     async def collect(self) -> dict[str, Any]:
         """Consume the whole answer and return the result dict."""
-        async with self:
-            async for _ in self:
-                pass
+        if self._agen is None:
+            self._agen = self._run()
+        agen, delivered = self._agen, self._delivered
+        try:  # what __anext__ does per chunk, without its extra coroutine per chunk
+            async for text in agen:
+                delivered.append(text)
+        finally:
+            await agen.aclose()
         assert self.result is not None
         return self.result
 
