@@ -41,6 +41,7 @@ def _proc_memory_percent() -> float:
     return 100.0 * (total - available) / total
 
 
+@pytest.mark.serial  # compares with /proc's load average: another worker's tests move it
 def test_readings_agree_with_proc() -> None:
     metrics = ResourceMonitor().measure()
     assert abs(metrics["memory_percent"] - _proc_memory_percent()) < 2.0
@@ -71,6 +72,7 @@ def _burn(seconds: float) -> None:
         pass
 
 
+@pytest.mark.serial  # 'back to AVAILABLE' needs the other cores idle
 def test_cpu_burners_drive_it_to_constrained_and_back() -> None:
     monitor = ResourceMonitor(
         custom_thresholds={"cpu_threshold": 60, "load_threshold": 1000}, interval=0.3, smoothing=2

@@ -161,6 +161,11 @@ def tiers_of(path: Path, fixtures: Iterable[str], function: str = "", parameters
 def pytest_configure(config: pytest.Config) -> None:
     for tier, meaning in TIERS.items():
         config.addinivalue_line("markers", f"{tier}: {meaning}; deselected by a plain pytest")
+    config.addinivalue_line(
+        "markers",
+        "serial: measures the whole machine (CPU load), so ./scripts/test runs it after the parallel "
+        "run, alone; a plain pytest runs it in place",
+    )
     if config.option.markexpr == FAST_TIER and _names_files(config) and not _marker_option_given(config):
         config.option.markexpr = ""  # `pytest tests/test_x.py` runs that file's every test
 
