@@ -21,13 +21,17 @@ Oblix cheaper). Also counted: Oblix's worker-thread round trips per call
 (``anyio.to_thread.run_sync``).
 
 Run: ``.venv/bin/pip install litellm`` (benchmark only; not in the test extra), then
-``.venv/bin/python -m benchmarks.peers_bench [--calls 400]``.
+``.venv/bin/python -m benchmarks.peers_bench [--calls 400] [--auto]``. ``--profile``: Oblix's
+calls under cProfile; ``--stages``: the median µs of each stage of Oblix's calls (``STAGES``),
+each timed alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
+import inspect
 import os
 import statistics
 import tempfile
@@ -219,6 +223,87 @@ async def profile(calls: int, auto: bool = False) -> None:
     pstats.Stats(profiler).sort_stats("tottime").print_stats(35)
 
 
+#: The stages ``--stages`` times: (label, module, owner within it or "", function name).
+STAGES = [
+    ("OblixClient._request (checks, Request)", "oblix_core.client", "OblixClient", "_request"),
+    ("session: warm history", "oblix_core.request.conversation", "ResponseStream", "_session"),
+    ("planning (all of it)", "oblix_core.request.conversation", "ResponseStream", "_plan"),
+    ("  agents' checks", "oblix_core.request.conversation", "", "current_checks"),
+    ("  policy (routing.route)", "oblix_core.request.routing", "", "route"),
+    ("  screening", "oblix_core.request.execution", "Executor", "screen"),
+    ("    fits and entries", "oblix_core.request.routing", "", "_fit_all"),
+    ("executor (all its events)", "oblix_core.request.execution", "Executor", "run"),
+    ("finishing (all of it)", "oblix_core.request.conversation", "ResponseStream", "_finish"),
+    ("  usage record built", "oblix_core.request.conversation", "", "answer_record"),
+    ("  record queued + exchange stored", "oblix_core.request.conversation", "ResponseStream", "_persist"),
+    ("  result dict", "oblix_core.request.conversation", "ResponseStream", "_result"),
+]
+
+
+def _timer(func: Callable[..., Any], samples: list[int]) -> Callable[..., Any]:
+    """``func`` (a function, coroutine function or async generator function) timed per call;
+    an async generator is timed from its start to its end, less the time its reader held it."""
+    clock = time.perf_counter_ns
+    if inspect.isasyncgenfunction(func):
+
+        async def agen(*args: Any, **kwargs: Any) -> Any:
+            started, outside = clock(), 0
+            try:
+                async for item in func(*args, **kwargs):
+                    paused = clock()
+                    yield item
+                    outside += clock() - paused
+            finally:
+                samples.append(clock() - started - outside)
+
+        return agen
+    if inspect.iscoroutinefunction(func):
+
+        async def coro(*args: Any, **kwargs: Any) -> Any:
+            started = clock()
+            try:
+                return await func(*args, **kwargs)
+            finally:
+                samples.append(clock() - started)
+
+        return coro
+
+    def plain(*args: Any, **kwargs: Any) -> Any:
+        started = clock()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            samples.append(clock() - started)
+
+    return plain
+
+
+async def stages(calls: int, auto: bool = False) -> None:
+    """Median µs of each stage of a call (each timed alone; the timers add ~0.5 µs apiece)."""
+    timed: dict[str, list[int]] = {}
+    originals = []
+    for label, module_name, owner_name, name in STAGES:
+        module = importlib.import_module(module_name)
+        owner = getattr(module, owner_name) if owner_name else module
+        originals.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, _timer(getattr(owner, name), timed.setdefault(label, [])))
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            oblix, client = await _oblix(Path(tmp), auto)
+            await _timed(oblix, 50)
+            for samples in timed.values():
+                samples.clear()
+            whole = await _timed(oblix, calls)
+            await client.shutdown()
+    finally:
+        for owner, name, original in reversed(originals):
+            setattr(owner, name, original)
+    load = os.getloadavg()
+    rows = [("whole call (timers included)", round(statistics.median(whole) * 1e6, 1), calls)]
+    rows += [(label, round(statistics.median(v) / 1000, 1), len(v)) for label, v in timed.items() if v]
+    print_table(f"Stages of a call, median µs (load average {load[0]:.2f})", ["stage", "µs", "n"], rows)
+
+
 async def main(calls: int, rounds: int, auto: bool = False) -> None:
     hops = _count_hops()
     load = os.getloadavg()
@@ -253,6 +338,12 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--profile", action="store_true", help="profile Oblix's calls instead")
+    parser.add_argument("--stages", action="store_true", help="time each stage of Oblix's calls instead")
     parser.add_argument("--auto", action="store_true", help="automatic routing with the real agents")
     args = parser.parse_args()
-    asyncio.run(profile(args.calls, args.auto) if args.profile else main(args.calls, args.rounds, args.auto))
+    if args.profile:
+        asyncio.run(profile(args.calls, args.auto))
+    elif args.stages:
+        asyncio.run(stages(args.calls, args.auto))
+    else:
+        asyncio.run(main(args.calls, args.rounds, args.auto))
