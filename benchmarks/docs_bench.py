@@ -227,7 +227,7 @@ def latency(chunks: int, folder: Path, dsn: str | None = None) -> list[object]:
     vector = [_timed(lambda i=i: index.vector_search("ws", vectors[i].tolist(), 20)) for i in range(50)]
     index.close()
     return [
-        "pgvector (exact)" if dsn else "sqlite + numpy",
+        "pgvector (HNSW)" if dsn else "sqlite + numpy",
         f"{chunks:,}",
         f"{median_ms(keyword):.1f}",
         f"{p99_ms(keyword):.1f}",
@@ -266,6 +266,7 @@ def main() -> None:
     parser.add_argument("--quality", action="store_true", help="only the recall table")
     parser.add_argument("--skip-latency", action="store_true", help="everything but the latency table")
     parser.add_argument("--no-pgvector", action="store_true", help="the latency table without pgvector")
+    parser.add_argument("--no-sqlite", action="store_true", help="the latency table without the SQLite index")
     parser.add_argument(
         "--latency", action="store_true", help="only the latency table (embedded and pgvector)"
     )
@@ -276,7 +277,7 @@ def main() -> None:
         return
     if args.latency:
         with tempfile.TemporaryDirectory() as tmp:
-            latency_table(Path(tmp), with_pgvector=not args.no_pgvector)
+            latency_table(Path(tmp), with_pgvector=not args.no_pgvector, with_sqlite=not args.no_sqlite)
         return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -336,8 +337,9 @@ def main() -> None:
             latency_table(root, with_pgvector=True)
 
 
-def latency_table(root: Path, with_pgvector: bool) -> None:
-    rows = [latency(n, root) for n in (10_000, 100_000)]
+def latency_table(root: Path, with_pgvector: bool, with_sqlite: bool = True) -> None:
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    rows = [latency(n, root) for n in (10_000, 100_000)] if with_sqlite else []
     if with_pgvector:
         rows += pgvector_latency(root)
     print_table(
@@ -345,6 +347,7 @@ def latency_table(root: Path, with_pgvector: bool) -> None:
         ["index", "chunks", "keyword p50", "keyword p99", "vector p50", "vector p99"],
         rows,
     )
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
