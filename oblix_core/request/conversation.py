@@ -28,6 +28,22 @@ from oblix_core.sessions.store import keyed
 from oblix_core.usage.ledger import UsageRecord, answer_record
 from oblix_core.usage.spending import Spending
 
+#: A history longer than this is turned into model messages in a worker thread, so a request
+#: of thousands of messages never holds the event loop (``/health`` stays quick under load).
+LONG_HISTORY = 256
+
+
+async def off_loop_if_long(work: Callable[..., Any], items: Any, *, size: int | None = None) -> Any:
+    """``work(items)``, in a worker thread when there are more than :data:`LONG_HISTORY` items."""
+    if (len(items) if size is None else size) > LONG_HISTORY:
+        return await anyio.to_thread.run_sync(work, items)
+    return work(items)
+
+
+def _as_messages(history: Any) -> tuple[Message, ...]:
+    return tuple(Message(m.role, m.content) for m in history)
+
+
 #: Tokens of history read for a request when no model is hooked (routing then fails anyway).
 DEFAULT_HISTORY_BUDGET = 4096
 
@@ -132,7 +148,7 @@ class ResponseStream:
             self._decide_privacy(None)
             now = utc_now()
             metadata = {privacy.KEY: True} if request.local_only else {}
-            history = tuple(Message(m.role, m.content) for m in request.history or ())
+            history = await off_loop_if_long(_as_messages, request.history or ())
             new_id = session_id_for(request.request_id) if request.idempotency_key else new_session_id()
             if request.store:  # the store must be reachable before a model spends time on an answer
                 await anyio.to_thread.run_sync(self._engine.store.exists, new_id)
@@ -221,7 +237,7 @@ class ResponseStream:
                 engine.idempotency, self.request, fields, engine.executor.settings
             )
             session = await self._session()
-            self._apply_session(session)
+            await off_loop_if_long(self._apply_session, session, size=len(session.messages))
             if once is not None:
                 await once.recover(session)
                 if once.replay is not None:  # an earlier try answered: nothing runs, stores or counts

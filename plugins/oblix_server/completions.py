@@ -11,6 +11,7 @@ model (llama.cpp within a token; the upstream HTTP request of a cloud model is c
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -37,6 +38,9 @@ CLOSE_TIMEOUT = 5.0
 #: Request bodies up to this size are parsed and checked on the event loop (well under a
 #: millisecond); larger ones in a worker thread, so that the loop keeps serving meanwhile.
 INLINE_BODY = 64 * 1024
+
+#: More messages than this: the request is built (checked, converted) in a worker thread.
+LONG_REQUEST = 256
 
 
 class _Disconnected(Exception):
@@ -88,7 +92,8 @@ async def chat_completions(request: Request) -> Response:
         return exc.response(_headers(request_id, stream, answered=False))
     handed_over = False
     try:
-        stream = state.client.stream(
+        start = functools.partial(
+            state.client.stream,
             call.prompt,
             call.temperature,
             call.max_tokens,
@@ -96,6 +101,9 @@ async def chat_completions(request: Request) -> Response:
             session_id=call.session_id,
             **call.options,
         )
+        # a long history is checked and converted in a worker thread: /health stays quick
+        long = len(chat.messages) > LONG_REQUEST
+        stream = await anyio.to_thread.run_sync(start) if long else start()
         if chat.stream:
             response = await _start_stream(request, state, chat, call, stream)
             handed_over = isinstance(response, _SSEResponse)
