@@ -36,6 +36,11 @@ holds ``sessions/`` for the file store and ``config.toml``::
     daily_usd = 1.0                   # (oblix_core.request.budgets); [[models]] take price_in/price_out
     monthly_usd = 20.0
 
+    [documents]                       # the document index and the default embedder (DocumentsSettings)
+    index = "pgvector"                # default "sqlite" (one file in the home); or a plugin's index
+    embedder = "local"                # of new workspaces; e.g. "openai:text-embedding-3-small"
+    options = { dsn_env = "OBLIX_PGVECTOR_DSN" }   # the index's options; NAME_env read from the environment
+
 Oblix never writes API keys into this file; it only reads what the user put there.
 """
 
@@ -53,6 +58,7 @@ import attrs
 import platformdirs
 
 from oblix_core import fields
+from oblix_core.documents.settings import DocumentsSettings
 from oblix_core.errors import ConfigError
 from oblix_core.request.budgets import BudgetSettings
 from oblix_core.request.execution import ExecutionSettings
@@ -103,6 +109,8 @@ class Config:
     aliases: dict[str, str] = attrs.field(factory=dict)
     #: ``[budgets]``: daily and monthly spending limits (see :mod:`oblix_core.request.budgets`).
     budgets: BudgetSettings = attrs.field(factory=BudgetSettings)
+    #: ``[documents]``: the document index, its options and the default embedder.
+    documents: DocumentsSettings = attrs.field(factory=DocumentsSettings)
     path: Path | None = None
 
 
@@ -125,6 +133,7 @@ def load_config(home: Path | None = None) -> Config:
     agents = parsed.get("agents", Parsed(AgentsSection()))
     execution = parsed.get("execution", Parsed(ExecutionSettings()))
     budgets = parsed.get("budgets", Parsed(BudgetSettings()))
+    documents = parsed.get("documents", Parsed(DocumentsSettings()))
     return Config(
         preference=routing.settings.preference,
         default_model=routing.settings.default_model,
@@ -136,6 +145,7 @@ def load_config(home: Path | None = None) -> Config:
         agent_options=dict(agents.others),
         aliases=dict(parsed["aliases"].others) if "aliases" in parsed else {},
         budgets=budgets.settings,
+        documents=documents.settings,
         path=path,
     )
 
@@ -239,6 +249,7 @@ TABLES: dict[str, Table] = {
     "models": Table(ModelEntry, other=fields.ANY, array=True),  # backend options: each backend checks its own
     "aliases": Table(None, other=fields.text('a model id, e.g. "llama_cpp:gemma-3-270m"')),
     "budgets": Table(BudgetSettings),
+    "documents": Table(DocumentsSettings),
 }
 
 

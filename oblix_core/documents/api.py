@@ -30,6 +30,7 @@ from oblix_core.documents.library import Library, check_query
 from oblix_core.documents.parts import DocumentIndex, DocumentReader, Embedder
 from oblix_core.documents.records import Workspace
 from oblix_core.documents.retrieval import DEFAULT_TOP_K, Retrieval
+from oblix_core.documents.settings import DocumentsSettings, index_arguments
 from oblix_core.documents.sync import Progress, SyncReport
 from oblix_core.documents.walking import Skipped, walk
 from oblix_core.errors import OblixError
@@ -59,20 +60,32 @@ class DocumentsAPI:
     # -- plumbing --------------------------------------------------------------------------
 
     def _documents(self) -> Library:
-        """The library over the configured index (built on first use)."""
+        """The library over the index ``config.toml`` ``[documents]`` names (built on first use;
+        :meth:`use_document_index` overrides it per client)."""
         with self.__dict__.setdefault("_documents_lock", threading.Lock()):  # one library per client
             if self._library is None:
-                self._library = Library(self._make_index("sqlite"), self._embedder_for, self._readers())
+                settings = self._documents_settings()
+                self._index_factory(settings.index)  # not installed: say so before reading options
+                where = str(getattr(getattr(self, "config", None), "path", None) or "config.toml")
+                index = self._make_index(settings.index, **index_arguments(settings, where))
+                self._library = Library(index, self._embedder_for, self._readers())
             return self._library
 
+    def _documents_settings(self) -> DocumentsSettings:
+        """``config.toml``'s ``[documents]`` table (the defaults for a client without a config)."""
+        config = getattr(self, "config", None)
+        return config.documents if config is not None else DocumentsSettings()
+
     def use_document_index(self, name: str, **options: Any) -> None:
-        """Keep documents in the index ``name`` (``sqlite``, the default, or ``pgvector`` with ``dsn=``)."""
+        """Keep documents in the index ``name`` (``sqlite``, the default, or ``pgvector`` with ``dsn=``),
+        instead of the one ``config.toml`` ``[documents]`` names, for this client."""
         old = self._library
         self._library = Library(self._make_index(name, **options), self._embedder_for, self._readers())
         if old is not None:
             old.index.close()
 
-    def _make_index(self, name: str, **options: Any) -> DocumentIndex:
+    def _index_factory(self, name: str) -> Callable[..., Any]:
+        """The registered factory of the index ``name``; not installed: which extra to install."""
         factory = self.registry.document_indexes.get(name)
         if factory is None:
             extra = "docs" if name == "sqlite" else name
@@ -80,6 +93,10 @@ class DocumentsAPI:
             raise DocumentsNotInstalledError(
                 f"Documents need an index: {hint} Install it with pip install 'oblix[{extra}]'."
             )
+        return factory
+
+    def _make_index(self, name: str, **options: Any) -> DocumentIndex:
+        factory = self._index_factory(name)
         if name == "sqlite":
             options.setdefault("path", self.home / "documents" / "index.sqlite3")
         index = factory(**options)
@@ -97,7 +114,7 @@ class DocumentsAPI:
 
     def _embedder_for(self, spec: str | None) -> Embedder:
         """The embedder ``spec`` names (``local``, ``openai:text-embedding-3-small``), default if None."""
-        spec = spec or self._default_embedding or "local"
+        spec = spec or self._default_embedding or self._documents_settings().embedder
         kind, _, model = spec.partition(":")
         configs = getattr(self, "_embedding_configs", {})
         options = dict(configs.get(spec) or configs.get(kind) or {})
