@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -31,6 +33,8 @@ from oblix.plugin import (
 #: The window assumed for a model on a custom endpoint that does not report one (llama.cpp's
 #: and Ollama's usual default): conservative, so that history never overflows it.
 CUSTOM_ENDPOINT_WINDOW = 2048
+#: OpenAI's API, where requests go without ``endpoint`` or ``$OPENAI_BASE_URL``.
+OPENAI_API_URL = "https://api.openai.com/v1"
 #: Fields of a ``/models`` entry that give the window (vLLM, OpenRouter, LM Studio, llama.cpp...).
 WINDOW_FIELDS = ("context_window", "context_length", "max_model_len", "max_context_length", "n_ctx")
 #: Context windows of well-known OpenAI models (prefix match); others default to 8192.
@@ -102,8 +106,18 @@ class OpenAIBackend(ModelBackend):
         self._reported_window: int | None = None
 
     @property
+    def base_url(self) -> str:
+        """Where requests go: ``endpoint``, else ``$OPENAI_BASE_URL`` (as the openai SDK reads it),
+        else OpenAI's API. Describing, health checks and connectivity probes use the same URL."""
+        url = self.endpoint or os.environ.get("OPENAI_BASE_URL") or OPENAI_API_URL
+        if url is not self.endpoint:
+            redact_url(url)  # remembers credentials in the URL, for scrubbing
+        return url
+
+    @property
     def where(self) -> str:
-        return redact_url(self.endpoint) if self.endpoint else "api.openai.com"
+        url = self.base_url
+        return "api.openai.com" if url == OPENAI_API_URL else redact_url(url)
 
     @property
     def default_context_window(self) -> int:
@@ -131,7 +145,7 @@ class OpenAIBackend(ModelBackend):
         http_client = openai.DefaultAsyncHttpxClient(timeout=timeout)
         self._http = http_library(http_client)
         self._client = openai.AsyncOpenAI(
-            api_key=key, base_url=self.endpoint, max_retries=0, timeout=timeout, http_client=http_client
+            api_key=key, base_url=self.base_url, max_retries=0, timeout=timeout, http_client=http_client
         )
         if self.endpoint and not self.context_window_override:
             await self._learn_window()
@@ -240,13 +254,14 @@ class OpenAIBackend(ModelBackend):
 
     def describe(self) -> dict[str, Any]:
         return super().describe() | {
-            "endpoint": redact_url(self.endpoint or "https://api.openai.com/v1"),
+            "endpoint": redact_url(self.base_url),
             "context_window_source": self.window_source,
         }
 
     def health_check(self, timeout: float) -> tuple[bool, str]:
         """``GET /models`` (no tokens spent): any answer but a 429 or a 5xx means it serves."""
-        url = (self.endpoint or "https://api.openai.com/v1").rstrip("/") + "/models"
+        parts = urllib.parse.urlsplit(self.base_url.rstrip("/") + "/models")
+        url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # urllib: no user:pass@
         headers = {"Authorization": f"Bearer {self.get_key() or 'not-needed'}"}
         try:
             with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as r:
