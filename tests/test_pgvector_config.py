@@ -153,7 +153,7 @@ def test_oblix_server_draws_on_the_configured_pgvector(
             messages=[{"role": "user", "content": "How do I reset it?"}],
             extra_body={"oblix_workspace": "manuals"},
         )
-        sources = completion.model_extra["oblix"]["sources"]
+        sources = (completion.model_extra or {})["oblix"]["sources"]
         assert sources[0]["document"] == "router.md" and sources[0]["workspace"] == "manuals"
         listed = httpx.get(f"{server.root}/v1/oblix/workspaces", timeout=30).json()["workspaces"]
         assert [w["name"] for w in listed] == ["manuals"]
