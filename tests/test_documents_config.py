@@ -187,3 +187,17 @@ def test_oblix_docs_uses_the_configured_index(home: Path, monkeypatch: pytest.Mo
     assert refused.exit_code == 1 and "Cannot connect to Postgres" in refused.output
     assert "s3cret-pass" not in refused.output and "oblix:***@127.0.0.1:1" in refused.output
     assert not (home / "documents").exists()  # no SQLite index made on the side
+
+
+@pytest.mark.anyio
+async def test_a_new_default_embedder_applies_to_workspaces_created_after_it(tmp_path: Path) -> None:
+    """The default changes after the index was opened: the next workspace asks the new embedder
+    (here an OpenAI-compatible endpoint where nothing listens), not the one the library kept."""
+    from oblix_core.documents.errors import EmbedderError
+
+    async with OblixClient(home=tmp_path / "home") as client:
+        await client.create_workspace("first")  # opens the index with the configured default
+        await client.set_default_embedding_model("openai:text-embedding-3-small@http://127.0.0.1:1/v1")
+        with pytest.raises(EmbedderError, match=r"openai:text-embedding-3-small@http://127\.0\.0\.1:1/v1"):
+            await client.create_workspace("second")
+        assert [w["name"] for w in await client.list_workspaces()] == ["first"]

@@ -212,6 +212,8 @@ class DocumentsAPI:
         )
         await self._run(self._embedder_for, name)  # fails now if it cannot be built
         self._default_embedding = name
+        if self._library is not None:  # the library keeps the default it built under "" (no spec)
+            self._library._embedders.pop("", None)
         return True
 
     async def embed_texts(
