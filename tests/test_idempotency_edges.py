@@ -424,14 +424,15 @@ def test_s3_claims_that_keep_losing_their_race_fail_clearly_and_claim_nothing(
     server: S3Server,
 ) -> None:
     """Every conditional write of a claim loses to another writer (a real 412 from S3, here
-    another writer putting a damaged object first each time): after its tries the claim is a
+    another writer putting an expired record first each time): after its tries the claim is a
     SessionError — never taken for a claim it does not hold."""
     store = S3SessionStore(bucket=new_bucket(server.url), endpoint_url=server.url)
     records = store.idempotency_records()
     real_put = records.objects.put
 
     def put_after_another_writer(key: str, body: bytes, **kwargs: Any) -> str:
-        real_put(key, b"{damaged by another writer " + os.urandom(8).hex().encode())  # it wins
+        gone = KeyedRecord("running", {}, os.urandom(8).hex(), time.time() - 1, time.time() - 1)
+        real_put(key, gone.to_json().encode())  # it wins: a new ETag
         return real_put(key, body, **kwargs)
 
     records.objects.put = put_after_another_writer  # type: ignore[method-assign]
@@ -441,4 +442,19 @@ def test_s3_claims_that_keep_losing_their_race_fail_clearly_and_claim_nothing(
     finally:
         records.objects.put = real_put  # type: ignore[method-assign]
     assert records.claim("k", running_record("b")) is None  # the race over, the key is claimed
+    store.close()
+
+
+def test_a_damaged_s3_record_is_a_clear_error_and_is_not_overwritten(server: S3Server) -> None:
+    """As the file and Redis records: a damaged S3 record names its object and stays as found
+    (it was silently taken for absent and overwritten)."""
+    store = S3SessionStore(bucket=new_bucket(server.url), endpoint_url=server.url)
+    records = store.idempotency_records()
+    name = records._key("k")
+    records.objects.put(name, b"{damaged")
+    for call in (lambda: records.claim("k", running_record("a")), lambda: records.get("k")):
+        with pytest.raises(SessionCorruptedError, match="Delete the object"):
+            call()
+    found = records.objects.get(name)
+    assert found is not None and found[0] == b"{damaged"
     store.close()

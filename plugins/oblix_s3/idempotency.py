@@ -3,8 +3,9 @@
 One small JSON object per key, ``<prefix>idempotency/<sha256 of the key>.json``. A claim is
 a conditional ``PUT`` (``If-None-Match: *``, or ``If-Match`` over an expired record); a
 compare-and-set on the owner is a ``GET`` then a ``PUT`` with ``If-Match`` on the ETag read,
-retried when another writer got there first; a release overwrites the record as expired
-(conditionally), so no unconditional delete can remove another owner's claim. Expired
+retried when another writer got there first; a damaged record is a
+:class:`SessionCorruptedError` naming the object (never overwritten); a release overwrites
+the record as expired (conditionally), so no unconditional delete can remove another owner's claim. Expired
 records are simply overwritten; a bucket lifecycle rule on ``idempotency/`` can sweep them.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from oblix.plugin import IdempotencyRecords, KeyedRecord, SessionError, key_digest
+from oblix.plugin import IdempotencyRecords, KeyedRecord, SessionCorruptedError, SessionError, key_digest
 from oblix_s3.objects import ConditionFailed, S3Objects
 
 #: Tries of one compare-and-set against concurrent writers before giving up (each lost
@@ -36,8 +37,11 @@ class S3IdempotencyRecords(IdempotencyRecords):
         body, etag = found
         try:
             return KeyedRecord.from_json(body), etag
-        except (ValueError, KeyError, TypeError):
-            return None, etag  # a damaged record counts as absent and is overwritten
+        except (ValueError, KeyError, TypeError) as exc:  # as the file and Redis records: never overwritten
+            raise SessionCorruptedError(
+                f"The idempotency record {self.objects.where(name)} is damaged ({exc}). Delete the "
+                "object; the request it held will then run again if retried."
+            ) from None
 
     def claim(self, key: str, record: KeyedRecord) -> KeyedRecord | None:
         name = self._key(key)
