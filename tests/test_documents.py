@@ -204,7 +204,7 @@ def _index_state(home: Path) -> list[tuple[Any, ...]]:
     (orphans,) = db.execute(
         "SELECT count(*) FROM chunks WHERE doc_id NOT IN (SELECT id FROM documents)"
     ).fetchone()
-    (fts,) = db.execute("SELECT count(*) FROM chunks_fts").fetchone()
+    (fts,) = db.execute("SELECT count(*) FROM chunk_terms").fetchone()  # keyword entries, one a chunk
     db.close()
     assert orphans == 0 and fts == len(chunks)
     return [*docs, *chunks]

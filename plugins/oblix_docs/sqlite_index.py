@@ -1,9 +1,12 @@
 """The embedded document index: one SQLite file in the Oblix home (``sqlite``).
 
-Keywords: an FTS5 table (Porter stemming, BM25 ranking). Vectors: float32 blobs in the
-chunks table, searched beside SQLite with numpy (a matrix per workspace, cached in memory
-and reloaded when the workspace's version changes, in this process or another), so it
-works on every Python whose sqlite3 has FTS5 -- no extension is loaded.
+Keywords: each chunk's terms counted by FTS5's tokenizer (Porter stemming) when it is
+written, and BM25 scored with numpy over an inverted index built from them
+(:mod:`oblix_docs.keywords`). Vectors: float32 blobs in the chunks table, searched with
+numpy. Both are cached in memory per workspace and rebuilt when the workspace's version
+changes, in this process or another, so the index works on every Python whose sqlite3 has
+FTS5 -- no extension is loaded. A file written before the term counts existed (with an FTS5
+table ``chunks_fts``) has its chunks counted and that table dropped when it is first opened.
 
 Guarantees: a document's chunks change in one transaction (``BEGIN IMMEDIATE``), so a
 process killed mid-ingest leaves the old document or the new one, never a mix or an
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -35,6 +37,17 @@ from oblix.plugin import (
     matches_metadata,
     oblix_home,
 )
+from oblix_docs.keywords import SCHEMA as KEYWORD_SCHEMA
+from oblix_docs.keywords import (
+    STOPWORDS,
+    Postings,
+    Tokenizer,
+    best,
+    load_postings,
+    query_words,
+    term_ids,
+    write_chunk_terms,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS workspaces (
@@ -50,73 +63,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     headings TEXT NOT NULL, vector BLOB
 );
 CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks (workspace_id, doc_id);
-CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5 (
-    text, heads, workspace_id UNINDEXED, tokenize = 'porter unicode61 remove_diacritics 2'
-);
 """
-_WORDS = re.compile(r"\w+", re.UNICODE)
-
-
-#: Words too common to say what a chunk is about: left out of keyword queries (unless the
-#: query has nothing else), which also keeps a query from matching nearly every chunk.
-STOPWORDS = frozenset(
-    {
-        "a",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "by",
-        "can",
-        "do",
-        "does",
-        "for",
-        "from",
-        "how",
-        "i",
-        "if",
-        "in",
-        "is",
-        "it",
-        "its",
-        "me",
-        "my",
-        "of",
-        "on",
-        "or",
-        "so",
-        "that",
-        "the",
-        "their",
-        "them",
-        "then",
-        "there",
-        "these",
-        "this",
-        "to",
-        "was",
-        "we",
-        "what",
-        "when",
-        "where",
-        "which",
-        "who",
-        "why",
-        "will",
-        "with",
-        "you",
-        "your",
-    }
-)
-
-
-def fts_query(query: str) -> str:
-    """Any of the query's words but stop words, each quoted (so no FTS5 syntax can be injected)."""
-    words = list(dict.fromkeys(w.lower() for w in _WORDS.findall(query)))
-    meaningful = [w for w in words if w not in STOPWORDS] or words
-    return " OR ".join(f'"{w}"' for w in meaningful)
+__all__ = ["STOPWORDS", "SqliteDocumentIndex", "query_words"]
 
 
 class SqliteDocumentIndex(DocumentIndex):
@@ -132,10 +80,40 @@ class SqliteDocumentIndex(DocumentIndex):
         self._db = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False, isolation_level=None)
         self._lock = threading.RLock()
         self._vectors: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
+        self._postings: dict[str, tuple[int, Postings]] = {}
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
+            self._db.executescript(SCHEMA + KEYWORD_SCHEMA)
+            self._tokenizer = Tokenizer(self._db)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Count the words of the chunks a previous version wrote (its FTS5 table is then dropped),
+        in one transaction: a process killed meanwhile leaves the file as it was."""
+
+        def old_table() -> bool:
+            return bool(self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'chunks_fts'").fetchone())
+
+        def migrate() -> None:
+            if not old_table():  # another process migrated it meanwhile
+                return
+            cursor = self._db.execute(
+                "SELECT c.rowid, c.workspace_id, c.text, c.headings, coalesce(d.name, '') FROM chunks c "
+                "LEFT JOIN documents d ON d.workspace_id = c.workspace_id AND d.id = c.doc_id "
+                "WHERE c.rowid NOT IN (SELECT chunk FROM chunk_terms) ORDER BY c.workspace_id, c.rowid"
+            )
+            while batch := cursor.fetchmany(500):
+                for ws in dict.fromkeys(row[1] for row in batch):
+                    rows = [(r[0], r[2], _heads(r[4], json.loads(r[3]))) for r in batch if r[1] == ws]
+                    write_chunk_terms(self._db, self._tokenizer, ws, rows)
+            self._db.execute("DROP TABLE chunks_fts")
+            self._db.execute("UPDATE workspaces SET version = version + 1")
+
+        with self._lock:
+            if not old_table():
+                return
+        self._write(migrate)
 
     # -- transactions ----------------------------------------------------------------------
 
@@ -179,19 +157,20 @@ class SqliteDocumentIndex(DocumentIndex):
 
     def delete_workspace(self, workspace_id: str) -> bool:
         def delete() -> bool:
-            self._db.execute("DELETE FROM chunks_fts WHERE workspace_id = ?", (workspace_id,))
+            self._db.execute("DELETE FROM chunk_terms WHERE workspace_id = ?", (workspace_id,))
             self._db.execute("DELETE FROM chunks WHERE workspace_id = ?", (workspace_id,))
             self._db.execute("DELETE FROM documents WHERE workspace_id = ?", (workspace_id,))
             return self._db.execute("DELETE FROM workspaces WHERE id = ?", (workspace_id,)).rowcount > 0
 
         self._vectors.pop(workspace_id, None)
+        self._postings.pop(workspace_id, None)
         return bool(self._write(delete))
 
     # -- documents -------------------------------------------------------------------------
 
     def _delete_chunks(self, workspace_id: str, doc_id: str) -> None:
         self._db.execute(
-            "DELETE FROM chunks_fts WHERE rowid IN "
+            "DELETE FROM chunk_terms WHERE chunk IN "
             "(SELECT rowid FROM chunks WHERE workspace_id = ? AND doc_id = ?)",
             (workspace_id, doc_id),
         )
@@ -216,6 +195,7 @@ class SqliteDocumentIndex(DocumentIndex):
                 "INSERT OR REPLACE INTO documents (workspace_id, id, name, body) VALUES (?, ?, ?, ?)",
                 (ws, document.id, document.name, entry),
             )
+            words = []
             for chunk, blob in zip(chunks, blobs, strict=True):
                 heads = json.dumps(list(chunk.headings))
                 cur = self._db.execute(
@@ -233,10 +213,8 @@ class SqliteDocumentIndex(DocumentIndex):
                         blob,
                     ),
                 )
-                self._db.execute(
-                    "INSERT INTO chunks_fts (rowid, text, heads, workspace_id) VALUES (?, ?, ?, ?)",
-                    (cur.lastrowid, chunk.text, " ".join((document.name, *chunk.headings)), ws),
-                )
+                words.append((int(cur.lastrowid or 0), chunk.text, _heads(document.name, chunk.headings)))
+            write_chunk_terms(self._db, self._tokenizer, ws, words)
             self._bump(ws)
 
         self._write(put)
@@ -286,43 +264,34 @@ class SqliteDocumentIndex(DocumentIndex):
     def keyword_search(
         self, workspace_id: str, query: str, k: int, where: dict[str, Any] | None = None
     ) -> list[SearchHit]:
-        match = fts_query(query)
-        if not match:
-            return []
+        with self._lock:
+            terms = self._tokenizer.query_terms(query)
+            if not terms:
+                return []
+            ids = term_ids(self._db, set(terms), create=False)
+        postings = self._keyword_postings(workspace_id)
+        scores = postings.score([ids.get(term) for term in terms])
         allowed = self._allowed(workspace_id, where)
-        limit = k if allowed is None else k * 20 + 100
-        # The best matches first, LIMIT inside, then their rows. bm25() in ORDER BY lets SQLite keep
-        # only the top LIMIT rows (FTS5's "ORDER BY rank" sorts every match); the workspace test
-        # reads each match's stored row, so it is left out when no other workspace has chunks.
-        scope = "" if self._sole_workspace(workspace_id) else "AND workspace_id = :ws "
-        rows = self._rows(
-            "SELECT c.doc_id, c.chunk_idx, c.text, c.line_start, c.line_end, c.page, c.headings, "
-            "best.score, d.name FROM (SELECT rowid, bm25(chunks_fts) AS score FROM chunks_fts "
-            f"WHERE chunks_fts MATCH :match {scope}ORDER BY score, rowid LIMIT :limit) AS best "
-            "JOIN chunks c ON c.rowid = best.rowid AND c.workspace_id = :ws "
-            "JOIN documents d ON d.workspace_id = c.workspace_id AND d.id = c.doc_id "
-            "ORDER BY best.score, best.rowid",
-            {"match": match, "ws": workspace_id, "limit": limit},
-        )
-        hits = [
-            SearchHit(_chunk(row[:7]), -float(row[7]), row[8], {"workspace_id": workspace_id})
-            for row in rows
-            if allowed is None or row[0] in allowed
-        ]
-        return hits[:k]
+        top = best(scores, None if allowed is not None else k)
+        ranked = [(int(postings.rowids[i]), float(scores[i])) for i in top]
+        return self._hits(workspace_id, ranked, k, allowed)
 
-    def _sole_workspace(self, workspace_id: str) -> bool:
-        """Whether no other workspace has chunks (two seeks in the chunks_by_doc index)."""
-        rows = self._rows(
-            "SELECT EXISTS (SELECT 1 FROM chunks WHERE workspace_id < ?) "
-            "OR EXISTS (SELECT 1 FROM chunks WHERE workspace_id > ?)",
-            (workspace_id, workspace_id),
-        )
-        return not rows[0][0]
+    def _version(self, workspace_id: str) -> int:
+        rows = self._rows("SELECT version FROM workspaces WHERE id = ?", (workspace_id,))
+        return int(rows[0][0]) if rows else -1
+
+    def _keyword_postings(self, workspace_id: str) -> Postings:
+        version = self._version(workspace_id)
+        cached = self._postings.get(workspace_id)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        with self._lock:
+            postings = load_postings(self._db, workspace_id)
+        self._postings[workspace_id] = (version, postings)
+        return postings
 
     def _matrix(self, workspace_id: str) -> tuple[np.ndarray, np.ndarray]:
-        rows = self._rows("SELECT version FROM workspaces WHERE id = ?", (workspace_id,))
-        version = int(rows[0][0]) if rows else -1
+        version = self._version(workspace_id)
         cached = self._vectors.get(workspace_id)
         if cached is not None and cached[0] == version:
             return cached[1], cached[2]
@@ -388,6 +357,7 @@ class SqliteDocumentIndex(DocumentIndex):
         with self._lock:
             self._db.close()
             self._vectors.clear()
+            self._postings.clear()
 
     def __repr__(self) -> str:
         return f"<SqliteDocumentIndex {self.path}>"
@@ -402,6 +372,11 @@ def _blobs(vectors: Sequence[Sequence[float]] | None, count: int) -> list[bytes 
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     return [row.tobytes() for row in (matrix / norms).astype(np.float32)]
+
+
+def _heads(name: str, headings: Sequence[str]) -> str:
+    """What a chunk is found by besides its text: its document's name and heading path."""
+    return " ".join((name, *headings))
 
 
 def _entry(body: str) -> DocumentEntry:
