@@ -201,3 +201,23 @@ async def test_a_new_default_embedder_applies_to_workspaces_created_after_it(tmp
         with pytest.raises(EmbedderError, match=r"openai:text-embedding-3-small@http://127\.0\.0\.1:1/v1"):
             await client.create_workspace("second")
         assert [w["name"] for w in await client.list_workspaces()] == ["first"]
+
+
+@pytest.mark.anyio
+async def test_a_cloud_default_embedder_never_embeds_a_private_workspace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    home = tmp_path / "home"
+    write(home, '[documents]\nembedder = "openai:text-embedding-3-small"\n')
+    async with OblixClient(home=home) as client:
+        with pytest.raises(DocumentError, match="needs a key"):  # the cloud default is used...
+            await client.create_workspace("shared")
+        diary = await client.create_workspace("diary", private=True)  # ...but not for a private one
+        notes = tmp_path / "router.md"
+        notes.write_text("# Router\n\nReset: hold the red button.\n")
+        await client.upload_document(str(notes), workspace_id=diary, embed=True)
+        (listed,) = await client.list_workspaces()
+        assert listed["private"] and listed["embedder"].startswith("local:")
+        hits = await client.search_workspace(diary, "how to reset", mode="vector")
+        assert hits[0]["doc_name"] == "router.md"

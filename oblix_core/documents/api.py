@@ -142,7 +142,23 @@ class DocumentsAPI:
         if ref:
             return library.workspace(ref)
         found = [w for w in library.index.list_workspaces() if w.name == DEFAULT_WORKSPACE]
-        return found[0] if found else library.create_workspace(DEFAULT_WORKSPACE, private=private)
+        if found:
+            return found[0]
+        return library.create_workspace(
+            DEFAULT_WORKSPACE, private=private, embedder=self._private_spec(library, None, private)
+        )
+
+    @staticmethod
+    def _private_spec(library: Library, spec: str | None, private: bool) -> str | None:
+        """The embedder of a new workspace: ``spec``; for a private one named none, the default
+        embedder if it is local, else ``local`` (a cloud default never embeds a private workspace)."""
+        if not private or spec:
+            return spec
+        try:
+            local = library.embedder(None).is_local
+        except DocumentError:  # a default that cannot be built (no key...): it would not be used anyway
+            local = False
+        return None if local else "local"
 
     def _retrieval_for(
         self, workspace_id: Any, session_id: str | None = None, routing: dict[str, Any] | None = None
@@ -251,10 +267,12 @@ class DocumentsAPI:
     ) -> str:
         """Create a workspace and return its id; ``private=True`` keeps it and its requests local."""
         library = await self._run(self._documents)  # opening the index is file I/O
-        workspace = await self._run(
-            library.create_workspace, name, description, metadata, private=private, embedder=embedding_model
-        )
-        return workspace.id
+
+        def create() -> Workspace:
+            spec = self._private_spec(library, embedding_model, private)
+            return library.create_workspace(name, description, metadata, private=private, embedder=spec)
+
+        return (await self._run(create)).id
 
     async def list_workspaces(self) -> list[dict[str, Any]]:
         """Every workspace with its embedder, connectors and size (documents, chunks, bytes)."""
@@ -381,7 +399,9 @@ class DocumentsAPI:
         name = alias or Path(path).expanduser().resolve().name or "documents"
         taken = {w.name for w in library.index.list_workspaces()}
         name = next(n for n in (name, *(f"{name}-{i}" for i in range(2, 1000))) if n not in taken)
-        return library.create_workspace(name, private=private, embedder=spec)
+        return library.create_workspace(
+            name, private=private, embedder=self._private_spec(library, spec, private)
+        )
 
     async def sync_connectors(
         self, connector_id: str | None = None, *, progress: Progress | None = None
