@@ -1,6 +1,7 @@
 """``oblix docs``: add, sync, list, search and remove your documents (see docs/documents.md).
 
-Every command works on the documents index in the Oblix home (``oblix[docs]``); the
+Every command works on the document index ``config.toml`` ``[documents]`` chooses (by
+default the SQLite index in the Oblix home, ``oblix[docs]``; the client opens it); the
 workspace is named with ``--workspace`` (default: ``default``). Long ingests show a
 progress bar on stderr; searching works on what is already ingested meanwhile.
 """
