@@ -23,7 +23,7 @@ Usage ledgers:    UsageLedger, UsageRecord, UsageTotals, SqliteUsageLedger, grou
                   check_usage_record
 Routing, middleware: RouteRequest, RoutingPlan, Request, ROUTING_PREFERENCES, new_request_id,
                   session_is_local_only, decide_local_only, LocalOnly
-Documents:        Embedder, DocumentIndex, DocumentReader, TextBlock, Chunk, DocumentEntry,
+Documents:        Embedder, RemoteEmbedder, DocumentIndex, DocumentReader, TextBlock, Chunk, DocumentEntry,
                   SearchHit, Workspace, DocumentError, EmbedderError, UnreadableDocumentError
 Secrets:          redact_url, scrub_secrets, remember_secret
 Options as text:  parse_flag
@@ -54,7 +54,7 @@ from oblix_core.documents.errors import (
     EmbedderError,
     UnreadableDocumentError,
 )
-from oblix_core.documents.parts import DocumentIndex, DocumentReader, Embedder
+from oblix_core.documents.parts import DocumentIndex, DocumentReader, Embedder, RemoteEmbedder
 from oblix_core.documents.records import Chunk, DocumentEntry, SearchHit, TextBlock, Workspace
 from oblix_core.errors import (
     ConfigError,
@@ -181,6 +181,7 @@ __all__ = [
     "OblixError",
     "PermanentModelError",
     "PluginError",
+    "RemoteEmbedder",
     "Request",
     "ResponseStream",
     "RouteRequest",

@@ -1,6 +1,7 @@
 """The three parts of retrieval, each a hook family with a contract suite (``oblix_core.testing``).
 
 * :class:`Embedder` -- texts to vectors (``name`` and ``dimension`` stored with every vector);
+  :class:`RemoteEmbedder` is one over an API, which learns its dimension from a first call;
 * :class:`DocumentIndex` -- a workspace's documents and chunks: one document's chunks added,
   replaced or deleted as one unit, keyword and vector search with a metadata filter;
 * :class:`DocumentReader` -- a file's bytes to text blocks with their positions.
@@ -10,11 +11,15 @@ Their methods block (file, network, CPU work); the client calls them in a worker
 
 from __future__ import annotations
 
+import ipaddress
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from oblix_core.documents.errors import EmbedderError
 from oblix_core.documents.records import Chunk, DocumentEntry, SearchHit, TextBlock, Workspace
 
 #: A vector as parts pass it: any sequence of floats (a list, or a row of a numpy array).
@@ -40,6 +45,52 @@ class Embedder(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional
         """Release what the embedder holds (a model, a connection pool)."""
+
+
+class RemoteEmbedder(Embedder):
+    """An embedder over an API at ``url`` (OpenAI, Ollama...): implement :meth:`_call`.
+
+    :attr:`is_local` is whether ``url`` is a loopback address (the texts stay on this
+    machine); :attr:`dimension` is the one given, else learnt from one call (once, under a
+    lock); blank texts are sent as ``"."`` (APIs refuse empty input); an answer with another
+    number of vectors than texts is an :class:`~oblix_core.documents.errors.EmbedderError`.
+    """
+
+    def __init__(self, url: str | None, dimension: int | None = None) -> None:
+        self.is_local = _is_loopback(url)
+        self._dimension = dimension
+        self._dimension_lock = threading.Lock()
+
+    @property
+    def dimension(self) -> int:  # type: ignore[override]  # learnt from one call
+        if self._dimension is None:
+            with self._dimension_lock:
+                if self._dimension is None:
+                    self._dimension = len(self._call(["dimension probe"])[0])
+        return self._dimension
+
+    @abstractmethod
+    def _call(self, texts: Sequence[str]) -> list[list[float]]:
+        """The API's vectors for ``texts`` (none blank), in order; raise ``EmbedderError`` on failure."""
+
+    def embed(self, texts: Sequence[str], *, query: bool = False) -> list[list[float]]:
+        if not texts:
+            return []
+        vectors = self._call([t if t.strip() else "." for t in texts])
+        if len(vectors) != len(texts):
+            raise EmbedderError(f"{self.name} answered {len(vectors)} vectors for {len(texts)} texts.")
+        return vectors
+
+
+def _is_loopback(url: str | None) -> bool:
+    """Whether ``url`` (``http://host:port/...`` or ``host:port``) names this machine."""
+    if not url:
+        return False
+    host = urlsplit(url if "://" in url else f"http://{url}").hostname or ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class DocumentIndex(ABC):

@@ -9,31 +9,18 @@ sends the texts off the machine. The dimension is the model's, learnt from one c
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import threading
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlparse
 
-from oblix.plugin import Embedder, EmbedderError, redact_url, remember_secret, scrub_secrets
+from oblix.plugin import EmbedderError, RemoteEmbedder, redact_url, remember_secret, scrub_secrets
 
 DEFAULT_MODEL = "text-embedding-3-small"
 #: OpenAI's own models, whose dimension is known without a call.
 KNOWN = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
 
 
-def is_loopback(url: str | None) -> bool:
-    host = urlparse(url or "").hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-class OpenAIEmbedder(Embedder):
+class OpenAIEmbedder(RemoteEmbedder):
     """``/v1/embeddings`` through the official ``openai`` client (its retries and timeouts)."""
 
     def __init__(
@@ -61,20 +48,10 @@ class OpenAIEmbedder(Embedder):
             if not self.endpoint
             else f"openai:{self.model}@{redact_url(self.endpoint)}"
         )
-        self.is_local = is_loopback(self.endpoint)
         self._client = openai.OpenAI(
             api_key=key, base_url=self.endpoint, timeout=timeout, max_retries=max_retries
         )
-        self._dimension = KNOWN.get(self.model) if not self.endpoint else None
-        self._lock = threading.Lock()
-
-    @property
-    def dimension(self) -> int:  # type: ignore[override]  # learnt from one call
-        if self._dimension is None:
-            with self._lock:
-                if self._dimension is None:
-                    self._dimension = len(self._call(["dimension probe"])[0])
-        return self._dimension
+        super().__init__(self.endpoint, KNOWN.get(self.model) if not self.endpoint else None)
 
     def _call(self, texts: Sequence[str]) -> list[list[float]]:
         import openai
@@ -85,14 +62,6 @@ class OpenAIEmbedder(Embedder):
             raise EmbedderError(f"{self.name} failed: {scrub_secrets(str(exc))}") from None
         rows = sorted(response.data, key=lambda d: d.index)
         return [list(map(float, row.embedding)) for row in rows]
-
-    def embed(self, texts: Sequence[str], *, query: bool = False) -> list[list[float]]:
-        if not texts:
-            return []
-        vectors = self._call([t if t.strip() else "." for t in texts])
-        if len(vectors) != len(texts):
-            raise EmbedderError(f"{self.name} answered {len(vectors)} vectors for {len(texts)} texts.")
-        return vectors
 
     def close(self) -> None:
         self._client.close()
