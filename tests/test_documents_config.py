@@ -139,7 +139,7 @@ async def test_a_configured_embedder_is_the_default_of_new_workspaces(tmp_path: 
     async with OblixClient(home=home) as client:
         with pytest.raises(DocumentsNotInstalledError, match="No embedder 'nosuch'"):
             await client.create_workspace("notes")
-        await client.set_default_embedding_model("local")  # the client's choice wins
+        client.set_default_embedding_model("local")  # the client's choice wins
         await client.create_workspace("notes")
         (workspace,) = await client.list_workspaces()
         assert workspace["embedder"].startswith("local:")
@@ -197,7 +197,7 @@ async def test_a_new_default_embedder_applies_to_workspaces_created_after_it(tmp
 
     async with OblixClient(home=tmp_path / "home") as client:
         await client.create_workspace("first")  # opens the index with the configured default
-        await client.set_default_embedding_model("openai:text-embedding-3-small@http://127.0.0.1:1/v1")
+        client.set_default_embedding_model("openai:text-embedding-3-small@http://127.0.0.1:1/v1")
         with pytest.raises(EmbedderError, match=r"openai:text-embedding-3-small@http://127\.0\.0\.1:1/v1"):
             await client.create_workspace("second")
         assert [w["name"] for w in await client.list_workspaces()] == ["first"]

@@ -28,7 +28,7 @@ from oblix_core.documents.errors import (
 )
 from oblix_core.documents.library import Library, check_query
 from oblix_core.documents.parts import DocumentIndex, DocumentReader, Embedder
-from oblix_core.documents.records import Workspace
+from oblix_core.documents.records import DocumentEntry, Workspace
 from oblix_core.documents.retrieval import DEFAULT_TOP_K, Retrieval
 from oblix_core.documents.settings import DocumentsSettings, index_arguments
 from oblix_core.documents.sync import Progress, SyncReport
@@ -221,16 +221,16 @@ class DocumentsAPI:
         configs[f"{type_name}:{model_name}"] = {"model": model_name, **kwargs}
         return {"type": type_name, "model": model_name, "name": f"{type_name}:{model_name}"}
 
-    async def set_default_embedding_model(self, config: dict[str, Any] | str) -> bool:
-        """Use ``config`` (from :meth:`configure_embedding_model`, or ``"type:model"``) for new workspaces."""
+    def set_default_embedding_model(self, config: dict[str, Any] | str) -> None:
+        """Use ``config`` (from :meth:`configure_embedding_model`, or ``"type:model"``) for new
+        workspaces. Not a coroutine, as in 0.1.3; fails now if the embedder cannot be built."""
         name = (
             config if isinstance(config, str) else config.get("name") or f"{config['type']}:{config['model']}"
         )
-        await self._run(self._embedder_for, name)  # fails now if it cannot be built
+        self._embedder_for(name).close()  # built only to check it (a local model loads on first use)
         self._default_embedding = name
         if self._library is not None:  # the library keeps the default it built under "" (no spec)
             self._library._embedders.pop("", None)
-        return True
 
     async def embed_texts(
         self, texts: list[str], embedding_model: str | None = None, *, query: bool = False
@@ -279,7 +279,8 @@ class DocumentsAPI:
         library = await self._run(self._documents)  # opening the index is file I/O
 
         def listing() -> list[dict[str, Any]]:
-            return [w.to_dict() | library.index.stats(w.id) for w in library.index.list_workspaces()]
+            found = [w.to_dict() | library.index.stats(w.id) for w in library.index.list_workspaces()]
+            return [w | {"document_count": w["documents"]} for w in found]  # 0.1.3's name too
 
         return await self._run(listing)
 
@@ -296,14 +297,18 @@ class DocumentsAPI:
 
         def listing() -> list[dict[str, Any]]:
             workspace = library.workspace(workspace_id)
-            return [d.to_dict() for d in library.index.list_documents(workspace.id)]
+            return [  # 0.1.3's embedding_status too
+                d.to_dict() | {"embedding_status": "complete" if d.embedder else "pending"}
+                for d in library.index.list_documents(workspace.id)
+            ]
 
         return await self._run(listing)
 
     async def update_workspace_embeddings(
         self, workspace_id: str, embedding_config: dict[str, Any] | str | None = None
-    ) -> dict[str, Any]:
-        """Re-embed every document of a workspace, with another embedder if ``embedding_config`` names one."""
+    ) -> bool:
+        """Re-embed every document of a workspace, with another embedder if ``embedding_config``
+        names one; ``True`` once every document is re-embedded (as 0.1.3; failures raise)."""
         library = await self._run(self._documents)  # opening the index is file I/O
         spec = (
             embedding_config
@@ -318,10 +323,10 @@ class DocumentsAPI:
             )
         )
 
-        def reembed() -> dict[str, Any]:
+        def reembed() -> bool:
             workspace = library.workspace(workspace_id)
-            report = library.set_embedder(workspace, spec or workspace.embedder or None)
-            return {"success": True, "workspace_id": workspace.id, "stats": report.to_dict()}
+            library.set_embedder(workspace, spec or workspace.embedder or None)
+            return True
 
         return await self._run(reembed)
 
@@ -375,7 +380,10 @@ class DocumentsAPI:
                 "workspace_id": workspace.id,
                 "success": True,
                 "alias": connector.alias,
+                "type": connector_type,
+                "path": path,
                 "stats": report.to_dict() | library.index.stats(workspace.id),
+                "error": None,
             }
 
         result = await self._run(register)
@@ -431,7 +439,8 @@ class DocumentsAPI:
 
     async def delete_connector(self, connector_id: str) -> bool:
         """Forget a connector and delete its documents from the index (the files are untouched)."""
-        return await self._run(self._documents().remove_connector, connector_id)
+        library = await self._run(self._documents)  # opening the index is file I/O
+        return await self._run(library.remove_connector, connector_id)
 
     # -- documents -------------------------------------------------------------------------
 
@@ -443,9 +452,14 @@ class DocumentsAPI:
         embed: bool = False,
         metadata: dict[str, Any] | None = None,
         embedding_model_type: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> str | dict[str, Any]:
         """Add one file to a workspace (the ``default`` one if none is given); ``embed=False``
-        stores it for keyword search until :meth:`embed_document` embeds it."""
+        stores it for keyword search until :meth:`embed_document` embeds it.
+
+        As in 0.1.3: without ``workspace_id`` and ``embed`` the document's id is returned, else
+        a dict (``doc_id``, ``success``, ``upload_success``, ``workspace_success``,
+        ``embedding_success``, ``error`` and the details). Failures raise.
+        """
         library = await self._run(self._documents)  # opening the index is file I/O
 
         def upload() -> dict[str, Any]:
@@ -453,18 +467,10 @@ class DocumentsAPI:
             entry, report = library.upload(
                 workspace, file_path, name=name, embed=embed, metadata=metadata, embedder=embedding_model_type
             )
-            return {
-                "success": True,
-                "document_id": entry.id,
-                "doc_id": entry.id,
-                "name": entry.name,
-                "workspace_id": workspace.id,
-                "chunks": entry.chunk_count,
-                "embedded": bool(entry.embedder),
-                "stats": report.to_dict(),
-            }
+            return _uploaded(entry, workspace.id, embed) | {"stats": report.to_dict()}
 
-        return await self._run(upload)
+        result = await self._run(upload)
+        return result["doc_id"] if workspace_id is None and not embed else result
 
     async def upload_directory(
         self,
@@ -485,7 +491,7 @@ class DocumentsAPI:
             root = Path(directory_path).expanduser()
             if not root.is_dir():
                 raise DocumentError(f"{root} is not a directory.")
-            total, ids = SyncReport(), []
+            total, documents = SyncReport(), []
             for found in walk(root, (), recursive):
                 if isinstance(found, Skipped):
                     total.skipped.append(found)
@@ -497,60 +503,61 @@ class DocumentsAPI:
                     )
                 except (UnreadableDocumentError, OSError) as exc:
                     total.skipped.append(Skipped(rel, str(exc)))
+                    documents.append({"file_path": str(path), "success": False, "error": str(exc)})
                     continue
-                ids.append(entry.id)
+                documents.append(_uploaded(entry, workspace.id, True) | {"file_path": str(path)})
                 total.added += report.added
                 total.updated += report.updated
                 total.unchanged += report.unchanged
                 total.chunks += report.chunks
                 total.tokens += report.tokens
-            return {
+            stats = total.to_dict()
+            return {  # 0.1.3's keys, plus document_ids and stats
                 "success": True,
                 "workspace_id": workspace.id,
-                "document_ids": ids,
-                "stats": total.to_dict(),
+                "total_files": stats["total_files"],
+                "processed_files": stats["processed_files"],
+                "documents": documents,
+                "document_ids": [d["doc_id"] for d in documents if d["success"]],
+                "stats": stats,
+                "error": None,
             }
 
         return await self._run(upload)
 
-    async def add_document_to_workspace(self, document_id: str, workspace_id: str) -> bool:
+    async def add_document_to_workspace(self, doc_id: str, workspace_id: str) -> bool:
         """Copy a document (text and positions) into another workspace, embedded by its embedder."""
         library = await self._run(self._documents)  # opening the index is file I/O
 
         def add() -> bool:
             target = library.workspace(workspace_id)
             for workspace in library.index.list_workspaces():
-                doc = library.index.get_document(workspace.id, document_id)
+                doc = library.index.get_document(workspace.id, doc_id)
                 if doc is not None:
                     library.copy_document(workspace, doc, target)
                     return True
-            raise DocumentNotFoundError(f"No document {document_id!r} in any workspace.")
+            raise DocumentNotFoundError(f"No document {doc_id!r} in any workspace.")
 
         return await self._run(add)
 
-    async def embed_document(self, document_id: str, workspace_id: str | None = None) -> dict[str, Any]:
-        """Embed a document uploaded with ``embed=False``."""
+    async def embed_document(self, doc_id: str, workspace_id: str | None = None) -> bool:
+        """Embed a document uploaded with ``embed=False``; ``True`` once embedded (failures raise)."""
         library = await self._run(self._documents)  # opening the index is file I/O
 
-        def embed() -> dict[str, Any]:
-            workspace = self._find_document_workspace(library, document_id, workspace_id)
-            entry = library.embed_document(workspace, document_id)
-            return {
-                "success": True,
-                "document_id": entry.id,
-                "chunks": entry.chunk_count,
-                "embedder": entry.embedder,
-            }
+        def embed() -> bool:
+            workspace = self._find_document_workspace(library, doc_id, workspace_id)
+            library.embed_document(workspace, doc_id)
+            return True
 
         return await self._run(embed)
 
-    async def delete_document(self, document_id: str, workspace_id: str | None = None) -> bool:
+    async def delete_document(self, doc_id: str, workspace_id: str | None = None) -> bool:
         """Delete a document and its chunks from the index (the file is untouched)."""
         library = await self._run(self._documents)  # opening the index is file I/O
 
         def delete() -> bool:
-            workspace = self._find_document_workspace(library, document_id, workspace_id)
-            return library.index.delete_document(workspace.id, document_id)
+            workspace = self._find_document_workspace(library, doc_id, workspace_id)
+            return library.index.delete_document(workspace.id, doc_id)
 
         return await self._run(delete)
 
@@ -598,3 +605,20 @@ class DocumentsAPI:
             return [h.to_dict() for h in library.search(workspace, query, top_k, mode="vector")]
 
         return await self._run(search)
+
+
+def _uploaded(entry: DocumentEntry, workspace_id: str, embed: bool) -> dict[str, Any]:
+    """An uploaded document as 0.1.3 reported it (with ``document_id``, ``name``, ``chunks``...)."""
+    return {
+        "doc_id": entry.id,
+        "document_id": entry.id,
+        "success": True,
+        "upload_success": True,
+        "workspace_success": True,
+        "embedding_success": bool(entry.embedder) if embed else None,
+        "error": None,
+        "name": entry.name,
+        "workspace_id": workspace_id,
+        "chunks": entry.chunk_count,
+        "embedded": bool(entry.embedder),
+    }

@@ -51,7 +51,10 @@ class SyncReport:
     tokens: int = 0
 
     def to_dict(self) -> dict[str, Any]:
+        processed = len(self.added) + len(self.updated) + len(self.unchanged)
         return {
+            "total_files": processed + len(self.skipped),  # 0.1.3's two counts
+            "processed_files": processed,
             "added": len(self.added),
             "updated": len(self.updated),
             "unchanged": len(self.unchanged),
