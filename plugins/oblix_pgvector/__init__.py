@@ -1,7 +1,9 @@
 """Postgres with pgvector as the document index (extra ``oblix[pgvector]``), registered as ``pgvector``.
 
 For users who outgrow one machine: many clients and servers share one index.
-``client.use_document_index("pgvector", dsn="postgresql://...")`` selects it. Without
+``[documents] index = "pgvector"`` in config.toml selects it for every path (the DSN from
+``$OBLIX_PGVECTOR_DSN`` or the variable ``dsn_env`` names), and
+``client.use_document_index("pgvector", dsn="postgresql://...")`` for one client. Without
 psycopg the plugin is skipped and ``oblix plugins`` says what to install.
 """
 
