@@ -12,12 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
+import numpy as np
 import pytest
 
 pytest.importorskip("oblix_docs")
 
 from oblix_core.documents.records import Chunk, DocumentEntry, Workspace
-from oblix_docs.keywords import TOKENIZER, query_words
+from oblix_docs.keywords import TOKENIZER, query_words, stable_order
 from oblix_docs.sqlite_index import SqliteDocumentIndex
 
 V1_FILE = Path(__file__).parent / "data" / "documents_index_v1.sqlite3"
@@ -215,3 +216,9 @@ def test_the_cache_is_compact(index: SqliteDocumentIndex) -> None:
     postings = index._postings["ws"][1]
     assert postings.chunks.dtype.itemsize == 4 and postings.freqs.dtype.itemsize == 2
     assert postings.nbytes < 8 * len(postings.chunks) + 20 * len(postings.rowids) + 16 * len(postings.terms)
+
+
+@pytest.mark.parametrize("high", [300, 70_000, 2**32 - 1])
+def test_the_radix_order_is_numpys_stable_order(high: int) -> None:
+    keys = np.random.default_rng(5).integers(0, high, 50_000, dtype=np.int64).astype(np.uint32)
+    assert (stable_order(keys) == np.argsort(keys, kind="stable")).all()

@@ -39,7 +39,9 @@ CREATE TABLE IF NOT EXISTS chunk_terms (
 CREATE INDEX IF NOT EXISTS chunk_terms_by_workspace ON chunk_terms (workspace_id, chunk);
 """
 _TEMP = f"""
-CREATE VIRTUAL TABLE IF NOT EXISTS temp.words USING fts5 (text, heads, tokenize = '{TOKENIZER}');
+CREATE VIRTUAL TABLE IF NOT EXISTS temp.words USING fts5 (
+    text, heads, content = '', tokenize = '{TOKENIZER}'
+);
 CREATE VIRTUAL TABLE IF NOT EXISTS temp.words_vocab USING fts5vocab (temp, words, 'instance');
 """
 _WORDS = re.compile(r"\w+", re.UNICODE)
@@ -120,12 +122,16 @@ class Tokenizer:
         self._db.executemany("INSERT INTO temp.words (rowid, text, heads) VALUES (?, ?, ?)", rows)
         try:
             for chunk, term, count in self._db.execute(
-                "SELECT doc, term, count(*) FROM temp.words_vocab GROUP BY doc, term"
+                "SELECT doc, term, count(*) FROM temp.words_vocab GROUP BY term, doc"
             ):
                 found[chunk][term] = count
         finally:
-            self._db.execute("DELETE FROM temp.words")
+            self._clear()
         return found
+
+    def _clear(self) -> None:
+        # a contentless table: emptied at once, not row by row (a row's delete re-reads its text)
+        self._db.execute("INSERT INTO temp.words (words) VALUES ('delete-all')")
 
     def query_terms(self, query: str) -> list[str]:
         """The terms of the query's words (see :func:`query_words`), in order, one per word's
@@ -136,7 +142,7 @@ class Tokenizer:
         try:
             return [t for (t,) in self._db.execute("SELECT term FROM temp.words_vocab ORDER BY offset")]
         finally:
-            self._db.execute("DELETE FROM temp.words")
+            self._clear()
 
 
 def term_ids(db: sqlite3.Connection, terms: set[str], *, create: bool) -> dict[str, int]:
@@ -222,6 +228,15 @@ def best(scores: np.ndarray, want: int | None) -> np.ndarray:
     return found[order][:want] if want is not None else found[order]
 
 
+def stable_order(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` for keys in [0, 2**32), by numpy's radix sort of 16-bit
+    keys (once, or twice: low half then high half), several times faster than a merge sort."""
+    if not len(keys) or int(keys.max()) < 1 << 16:
+        return np.argsort(keys.astype(np.uint16), kind="stable")
+    low = np.argsort((keys & 0xFFFF).astype(np.uint16), kind="stable")
+    return low[np.argsort((keys[low] >> 16).astype(np.uint16), kind="stable")]
+
+
 def load_postings(db: sqlite3.Connection, workspace_id: str) -> Postings:
     """The workspace's :class:`Postings` (the caller holds the connection's lock)."""
     rows = db.execute(
@@ -248,8 +263,10 @@ def load_postings(db: sqlite3.Connection, workspace_id: str) -> Postings:
     avgdl = lengths.sum() / n_chunks if n_chunks else 1.0
     norm = K1 * ((1.0 - B) + (B * lengths) / avgdl)
     positions = np.repeat(np.arange(n_chunks, dtype=np.int32), sizes)
-    order = np.argsort(ids, kind="stable")  # by term, each term's chunks in rowid order
-    sorted_ids = ids[order]
-    terms, first = np.unique(sorted_ids, return_index=True)
-    starts = np.append(first, len(sorted_ids)).astype(np.int64)
+    tally = np.bincount(ids) if len(ids) else np.zeros(0, dtype=np.int64)
+    terms = np.flatnonzero(tally).astype(np.uint32)
+    dense = np.zeros(len(tally), dtype=np.int32)
+    dense[terms] = np.arange(len(terms), dtype=np.int32)
+    order = stable_order(dense[ids])  # by term, each term's chunks in rowid order
+    starts = np.concatenate(([0], np.cumsum(tally[terms]))).astype(np.int64)
     return Postings(rowids, norm, terms, starts, positions[order], freqs[order])

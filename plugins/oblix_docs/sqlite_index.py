@@ -353,6 +353,14 @@ class SqliteDocumentIndex(DocumentIndex):
                         return hits
         return hits
 
+    def cache_bytes(self, workspace_id: str) -> dict[str, int]:
+        """Memory held for the workspace's searches: ``keywords`` (postings) and ``vectors`` (matrix)."""
+        postings, vectors = self._postings.get(workspace_id), self._vectors.get(workspace_id)
+        return {
+            "keywords": postings[1].nbytes if postings else 0,
+            "vectors": vectors[1].nbytes + vectors[2].nbytes if vectors else 0,
+        }
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
