@@ -172,8 +172,9 @@ class DocumentsAPI:
         refs = (
             workspace_id if isinstance(workspace_id, list | tuple) else [workspace_id] if workspace_id else []
         )
-        if not all(isinstance(ref, str) and ref for ref in refs):
+        if workspace_id == "" or not all(isinstance(ref, str) and ref.strip() for ref in refs):
             raise DocumentError("workspace_id must be a workspace id or name, or a list of them.")
+        given = tuple(refs)  # as the caller gave them (what an idempotency key's request is compared on)
         refs = list(dict.fromkeys(refs or getattr(self, "_connector_workspaces", [])))
         if not refs:
             return None
@@ -197,7 +198,7 @@ class DocumentsAPI:
                 )
             return sorted(hits, key=lambda h: -h.score)[:k]
 
-        return Retrieval(resolve, search, DEFAULT_TOP_K)
+        return Retrieval(resolve, search, DEFAULT_TOP_K, given)
 
     def _private_session(self, session_id: str | None) -> bool:
         if session_id is None:
@@ -224,9 +225,12 @@ class DocumentsAPI:
     def set_default_embedding_model(self, config: dict[str, Any] | str) -> None:
         """Use ``config`` (from :meth:`configure_embedding_model`, or ``"type:model"``) for new
         workspaces. Not a coroutine, as in 0.1.3; fails now if the embedder cannot be built."""
-        name = (
-            config if isinstance(config, str) else config.get("name") or f"{config['type']}:{config['model']}"
-        )
+        name = _embedding_name(config)
+        if name is None:
+            raise DocumentError(
+                "set_default_embedding_model takes what configure_embedding_model returned, or a "
+                f'name such as "local" or "openai:text-embedding-3-small"; got {config!r}.'
+            )
         self._embedder_for(name).close()  # built only to check it (a local model loads on first use)
         self._default_embedding = name
         if self._library is not None:  # the library keeps the default it built under "" (no spec)
@@ -309,19 +313,13 @@ class DocumentsAPI:
     ) -> bool:
         """Re-embed every document of a workspace, with another embedder if ``embedding_config``
         names one; ``True`` once every document is re-embedded (as 0.1.3; failures raise)."""
-        library = await self._run(self._documents)  # opening the index is file I/O
-        spec = (
-            embedding_config
-            if isinstance(embedding_config, str) or embedding_config is None
-            else (
-                embedding_config.get("name")
-                or ":".join(
-                    str(x)
-                    for x in (embedding_config.get("type", "local"), embedding_config.get("model"))
-                    if x
-                )
+        spec = _embedding_name(embedding_config) if embedding_config is not None else None
+        if embedding_config is not None and spec is None:
+            raise DocumentError(
+                "embedding_config must be what configure_embedding_model returned, or a name such as "
+                f'"local" or "openai:text-embedding-3-small"; got {embedding_config!r}.'
             )
-        )
+        library = await self._run(self._documents)  # opening the index is file I/O
 
         def reembed() -> bool:
             workspace = library.workspace(workspace_id)
@@ -350,6 +348,7 @@ class DocumentsAPI:
         unknown = set(kwargs) - {"recursive", "workspace_id", "batch_size", "private", "progress"}
         if unknown:
             raise DocumentError(f"Unknown register_connector option(s): {', '.join(sorted(unknown))}.")
+        _check_connector_arguments(path, exclude_patterns, kwargs.get("batch_size", 100))
         spec = self._embedding_spec(embedding_model, embedding_api_key)
         library = await self._run(self._documents)  # opening the index is file I/O
         # a connector registered while the current session is local-only is private too
@@ -403,6 +402,8 @@ class DocumentsAPI:
                     f"Workspace {workspace.name!r} is not private: a private connector goes in a private "
                     "workspace (create_workspace(name, private=True)), or leave out private=True."
                 )
+            if spec:  # another embedder than the workspace's: refused, never silently ignored
+                library._check_embedder(workspace, spec)
             return workspace
         name = alias or Path(path).expanduser().resolve().name or "documents"
         taken = {w.name for w in library.index.list_workspaces()}
@@ -605,6 +606,39 @@ class DocumentsAPI:
             return [h.to_dict() for h in library.search(workspace, query, top_k, mode="vector")]
 
         return await self._run(search)
+
+
+def _embedding_name(config: Any) -> str | None:
+    """The embedder name of ``config`` (a name, or what configure_embedding_model returned), else None."""
+    if isinstance(config, str):
+        return config if config.strip() else None
+    if not isinstance(config, dict):
+        return None
+    name = config.get("name")
+    if isinstance(name, str) and name.strip():
+        return name
+    if "type" not in config and "model" not in config:
+        return None
+    kind, model = config.get("type", "local"), config.get("model")
+    if not isinstance(kind, str) or not kind or not isinstance(model, str | None):
+        return None
+    return f"{kind}:{model}" if model else kind
+
+
+def _check_connector_arguments(path: Any, exclude_patterns: Any, batch_size: Any) -> None:
+    """register_connector's arguments, checked before anything is written."""
+    if not isinstance(path, str | Path) or not str(path).strip():
+        raise DocumentError(f"path must be the path of a directory or a file, got {path!r}.")
+    if exclude_patterns is not None and (
+        not isinstance(exclude_patterns, list | tuple)
+        or not all(isinstance(p, str) for p in exclude_patterns)
+    ):
+        raise DocumentError(
+            f"exclude_patterns must be a list of glob patterns (strings), got {exclude_patterns!r}; "
+            'e.g. ["*.log", "build/"].'
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DocumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
 
 
 def _uploaded(entry: DocumentEntry, workspace_id: str, embed: bool) -> dict[str, Any]:

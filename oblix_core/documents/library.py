@@ -41,6 +41,21 @@ MODES = ("hybrid", "keyword", "vector")
 #: How many results each list brings to the fusion, per result wanted.
 FUSION_DEPTH = 4
 _NAME = re.compile(r"^[\w .@:+-]{1,100}$")
+#: Appended to a workspace's embedder name while :meth:`Library.set_embedder` re-embeds it (and
+#: left there by a re-embed that was killed: its vectors are of two embedders until it is finished).
+REEMBEDDING = " (re-embedding)"
+
+
+def reembedding_target(workspace: Workspace) -> str | None:
+    """The embedder a workspace is being (or was, when interrupted) re-embedded with, else ``None``."""
+    name = workspace.embedder or ""
+    return name[: -len(REEMBEDDING)] if name.endswith(REEMBEDDING) else None
+
+
+def check_where(where: Any) -> dict[str, Any] | None:
+    if where is not None and not isinstance(where, dict):
+        raise DocumentError(f"where must be a dict of metadata to match, got {type(where).__name__}.")
+    return where
 
 
 def _blocks(index: DocumentIndex, workspace_id: str, doc_id: str) -> list[TextBlock]:
@@ -142,18 +157,32 @@ class Library:
 
     def workspace_embedder(self, workspace: Workspace) -> Embedder:
         """The embedder of ``workspace``'s vectors."""
+        self._check_not_reembedding(workspace)
         return self.embedder(workspace.embedder or None, private=workspace.private)
+
+    @staticmethod
+    def _check_not_reembedding(workspace: Workspace) -> None:
+        target = reembedding_target(workspace)
+        if target is not None:
+            raise EmbedderMismatchError(
+                f"Workspace {workspace.name!r} is being re-embedded with {target}, or a re-embed was "
+                "interrupted: its vectors are of two embedders until it is done. Finish it with "
+                f"client.update_workspace_embeddings({workspace.id!r})."
+            )
 
     def set_embedder(
         self, workspace: Workspace, spec: str | None, progress: Progress | None = None
     ) -> SyncReport:
         """Re-embed every document of ``workspace`` with another embedder (0.1.3's
-        ``update_workspace_embeddings``); each document is replaced as a unit."""
-        chosen = self.embedder(spec, private=workspace.private)
+        ``update_workspace_embeddings``); each document is replaced as a unit. A re-embed that was
+        interrupted is finished by calling it again (``spec=None``: with the embedder it had begun)."""
+        if spec is not None and spec.endswith(REEMBEDDING):
+            spec = spec[: -len(REEMBEDDING)]
+        chosen = self.embedder(spec or reembedding_target(workspace), private=workspace.private)
         moved = attrs.evolve(workspace, embedder=chosen.name, dimension=chosen.dimension)
         report = SyncReport()
         ingest = Ingest(self.index, moved, chosen, self.readers, progress=progress)
-        self.index.put_workspace(attrs.evolve(moved, embedder=f"{chosen.name} (re-embedding)"))
+        self.index.put_workspace(attrs.evolve(moved, embedder=f"{chosen.name}{REEMBEDDING}"))
         for doc in self.index.list_documents(workspace.id):
             blocks = _blocks(self.index, workspace.id, doc.id)
             ingest.write(attrs.evolve(doc, embedder=chosen.name), blocks, report)
@@ -161,6 +190,7 @@ class Library:
         return report
 
     def _check_embedder(self, workspace: Workspace, spec: str | None) -> Embedder:
+        self._check_not_reembedding(workspace)
         chosen = self.embedder(spec or workspace.embedder or None, private=workspace.private)
         if workspace.embedder and chosen.name != workspace.embedder:
             raise EmbedderMismatchError(
@@ -243,16 +273,7 @@ class Library:
         if connector.type == "directory":
             ingest.directory(connector, report)
         else:
-            path = Path(connector.path)
-            rel = path.name
-            ingest.file(
-                path,
-                document_id(workspace.id, f"{connector.id}/{rel}"),
-                rel,
-                rel,
-                {"connector_id": connector.id},
-                report,
-            )
+            ingest.document(connector, report)
         return report
 
     def upload(
@@ -294,7 +315,14 @@ class Library:
         )
 
     def copy_document(self, source: Workspace, doc: DocumentEntry, target: Workspace) -> DocumentEntry:
-        """Put a copy of ``doc`` (from ``source``) in ``target``, embedded by ``target``'s embedder."""
+        """Put a copy of ``doc`` (from ``source``) in ``target``, embedded by ``target``'s embedder.
+        A private workspace's document goes only into another private one."""
+        if source.private and not target.private:
+            raise DocumentError(
+                f"{doc.name} is in the private workspace {source.name!r}; copying it into "
+                f"{target.name!r}, which is not private, would let it reach cloud models. Copy it into "
+                "a private workspace (create_workspace(name, private=True))."
+            )
         blocks = _blocks(self.index, source.id, doc.id)
         chosen = self._check_embedder(target, None)
         copy = attrs.evolve(
@@ -321,7 +349,7 @@ class Library:
         where: dict[str, Any] | None = None,
     ) -> list[SearchHit]:
         """The ``top_k`` best chunks of ``workspace`` for ``query``."""
-        query, top_k = check_query(query), check_top_k(top_k)
+        query, top_k, where = check_query(query), check_top_k(top_k), check_where(where)
         if mode not in MODES:
             raise DocumentError(f"Unknown search mode {mode!r}: use one of {', '.join(MODES)}.")
         depth = top_k * FUSION_DEPTH if mode == "hybrid" else top_k

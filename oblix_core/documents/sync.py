@@ -160,9 +160,9 @@ class Ingest:
     def write(self, entry: DocumentEntry, blocks: Sequence[TextBlock], report: SyncReport) -> DocumentEntry:
         """Chunk, embed and store one document as a unit."""
         chunks = chunk_blocks(entry.id, blocks, self.budget, self.overlap)
-        vectors = (
+        vectors = (  # a document without text (an empty file) has no chunk and so no vector
             embed_chunks(self.embedder, chunks, entry.name, self.batch_size)
-            if self.embedder is not None
+            if self.embedder is not None and chunks
             else None
         )
         entry = attrs.evolve(entry, chunk_count=len(chunks))
@@ -173,9 +173,33 @@ class Ingest:
         self._tell("embedded" if vectors is not None else "stored", entry.path or entry.name, len(chunks))
         return entry
 
+    def document(self, connector: Connector, report: SyncReport) -> None:
+        """Sync a document connector: its file embedded if changed; gone or unreadable, its
+        document is deleted and the file reported in ``report.skipped``."""
+        path = Path(connector.path)
+        rel = path.name
+        doc_id = document_id(self.workspace.id, f"{connector.id}/{rel}")
+        try:
+            if _moved_root(path) is not None:
+                raise UnreadableDocumentError(f"{rel}: now a symlink to {path.resolve()} (refused)")
+            self.file(path, doc_id, rel, rel, {"connector_id": connector.id}, report)
+        except (UnreadableDocumentError, OSError) as exc:
+            report.skipped.append(Skipped(rel, getattr(exc, "strerror", None) or str(exc)))
+            self._tell("skipped", rel, 0)
+            if self.index.delete_document(self.workspace.id, doc_id):
+                report.deleted.append(rel)
+
     def directory(self, connector: Connector, report: SyncReport) -> None:
-        """Sync a directory connector: changed files embedded, new ones added, vanished ones deleted."""
+        """Sync a directory connector: changed files embedded, new ones added, vanished ones deleted.
+
+        A registered folder that is gone (an unmounted drive?) or now a symlink elsewhere is
+        reported in ``report.skipped`` and its documents are kept."""
         root = Path(connector.path)
+        refusal = "gone (its documents are kept)" if not root.is_dir() else _moved_root(root)
+        if refusal is not None:
+            report.skipped.append(Skipped(connector.path, f"the registered folder is {refusal}"))
+            self._tell("skipped", connector.path, 0)
+            return
         seen: set[str] = set()
         for found in walk(root, connector.exclude_patterns, connector.recursive):
             if isinstance(found, Skipped):
@@ -201,3 +225,9 @@ class Ingest:
     def _tell(self, event: str, path: str, chunks: int) -> None:
         if self.progress is not None:
             self.progress(event, path, chunks)
+
+
+def _moved_root(path: Path) -> str | None:
+    """Why a connector's path (stored resolved) is refused now: it became a symlink elsewhere."""
+    target = path.resolve()
+    return None if target == path else f"now a symlink to {target} (refused; register that path instead)"

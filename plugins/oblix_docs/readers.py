@@ -207,6 +207,8 @@ class _VisibleText(HTMLParser):
     """Collects the text a browser shows, with headings, skipping scripts, styles and the head."""
 
     HIDDEN = frozenset({"script", "style", "head", "noscript", "template", "svg"})
+    #: What a <head> holds; any other tag ends it (HTML lets </head> and <body> be left out).
+    HEAD_ONLY = frozenset({"title", "meta", "link", "base", "style", "script", "noscript", "template"})
     BLOCK = frozenset({"p", "div", "li", "br", "tr", "section", "article", "pre", "blockquote", "td", "th"})
 
     def __init__(self) -> None:
@@ -217,6 +219,7 @@ class _VisibleText(HTMLParser):
         self._heading: int | None = None
         self._heads: list[tuple[int, str]] = []
         self._line = 1
+        self._in_head = False
 
     def _flush(self) -> None:
         text = re.sub(r"[ \t]+", " ", "".join(self._buf)).strip()
@@ -229,6 +232,11 @@ class _VisibleText(HTMLParser):
         self.blocks.append(TextBlock(text, self._line, None, tuple(t for _, t in self._heads)))
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if self._in_head and tag not in self.HEAD_ONLY:  # the body began without </head>
+            self._in_head = False
+            self._hidden = max(0, self._hidden - 1)
+        if tag == "head":
+            self._in_head = True
         if tag in self.HIDDEN:
             self._hidden += 1
         elif re.fullmatch(r"h[1-6]", tag) or tag in self.BLOCK:
@@ -238,6 +246,9 @@ class _VisibleText(HTMLParser):
                 self._heading = int(tag[1])
 
     def handle_endtag(self, tag: str) -> None:
+        if tag == "head" and not self._in_head:
+            return  # the head was already ended by a body tag
+        self._in_head = self._in_head and tag != "head"
         if tag in self.HIDDEN:
             self._hidden = max(0, self._hidden - 1)
         elif re.fullmatch(r"h[1-6]", tag) or tag in self.BLOCK:

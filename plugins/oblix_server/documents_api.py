@@ -6,8 +6,8 @@
   knows (``local:all-minilm-l6-v2``); ``encoding_format`` ``float`` or ``base64``
   (little-endian float32, what the official client asks for by default).
 * ``GET /v1/oblix/workspaces`` (the dashboard's Documents tab): workspaces and their sizes.
-* Chat completions take ``"oblix_workspace": "W"`` in the body (``extra_body`` in the
-  official client): the answer draws on workspace W's documents and the response's
+* Chat completions take ``"oblix_workspace": "W"`` (or a list of workspaces) in the body
+  (``extra_body`` in the official client): the answer draws on workspace W's documents and the response's
   ``oblix_sources`` lists them; a private workspace makes the request local-only.
 
 The embedding runs in a worker thread; the event loop never blocks on it.
@@ -32,23 +32,27 @@ EMBEDDINGS_PATH = "/v1/embeddings"
 #: The body field of a chat completion that names a workspace.
 WORKSPACE_FIELD = "oblix_workspace"
 MAX_INPUTS = 2048
+#: The most workspaces one chat completion may draw on.
+MAX_WORKSPACES = 32
 #: Model names that mean the local default embedder.
 LOCAL_NAMES = ("local", "default", "all-minilm-l6-v2")
 
 
-def workspace_field(body: dict[str, Any]) -> str | None:
-    """The ``oblix_workspace`` of a chat completion body, checked."""
+def workspace_field(body: dict[str, Any]) -> str | tuple[str, ...] | None:
+    """The ``oblix_workspace`` of a chat completion body, checked: a workspace name or id, or a
+    non-empty list of them (as ``execute(workspace_id=[...])``)."""
     value = body.get(WORKSPACE_FIELD)
     if value is None:
         return None
-    if not isinstance(value, str) or not value.strip():
+    names = value if isinstance(value, list) else [value]
+    if not names or len(names) > MAX_WORKSPACES or not all(isinstance(n, str) and n.strip() for n in names):
         raise APIError(
             400,
-            f"'{WORKSPACE_FIELD}' must be a workspace name or id.",
+            f"'{WORKSPACE_FIELD}' must be a workspace name or id, or a list of at most {MAX_WORKSPACES}.",
             code="invalid_type",
             param=WORKSPACE_FIELD,
         )
-    return value
+    return tuple(names) if isinstance(value, list) else value
 
 
 def _inputs(body: dict[str, Any]) -> list[str]:

@@ -44,7 +44,7 @@ class ChatRequest:
     tools: tuple[dict[str, Any], ...] = ()
     tool_choice: Any = None
     #: ``oblix_workspace``: the documents the answer draws on (:mod:`oblix_server.documents_api`).
-    workspace: str | None = None
+    workspace: str | tuple[str, ...] | None = None
 
     def model_options(self) -> dict[str, Any]:
         """Per-request options for the model (``stop``, ``seed``, ``top_p``, ``tools``)."""

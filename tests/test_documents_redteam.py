@@ -1,0 +1,309 @@
+"""Documents red-team (issue 30): the bugs a hostile QA pass found, each on the real parts (the
+packaged all-MiniLM GGUF in llama.cpp, the SQLite index on disk, real files, real symlinks and a
+real kill -9), each failing before its fix."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from oblix_core.client import OblixClient
+from oblix_core.documents.errors import DocumentError, EmbedderMismatchError
+from oblix_core.testing import ScriptedPlugin
+
+pytest.importorskip("oblix_docs")
+pytestmark = pytest.mark.anyio
+
+ROUTER = "# Router\n\n## Reset\n\nTo reset the Zephyr-9 router, hold the red button for 12 seconds.\n"
+CAKE = "# Baking\n\nBake the lemon cake at 180 degrees for forty minutes.\n"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def notes(tmp_path: Path) -> Path:
+    root = tmp_path / "notes"
+    root.mkdir()
+    (root / "router.md").write_text(ROUTER)
+    (root / "cake.md").write_text(CAKE)
+    return root
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+async def _names(client: OblixClient, workspace_id: str) -> list[str]:
+    return [d["name"] for d in await client.get_documents_in_workspace(workspace_id)]
+
+
+# -- sync -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", [b"", b"   \n\n \t\n", b"<html><body></body></html>"])
+async def test_a_file_without_text_is_ingested_and_the_rest_of_the_folder_too(
+    notes: Path, home: Path, content: bytes
+) -> None:
+    # was: an empty document (no chunk) gave the index an empty vector list, which it refused:
+    # the whole register_connector failed on one empty file
+    (notes / "empty.html").write_bytes(content)
+    async with OblixClient(home=home) as client:
+        result = await client.register_connector("directory", str(notes))
+        assert result["stats"]["added"] == 3
+        assert await _names(client, result["workspace_id"]) == ["cake.md", "empty.html", "router.md"]
+        hits = await client.search_workspace(result["workspace_id"], "Zephyr-9 red button", 1)
+        assert hits[0]["doc_name"] == "router.md"
+        (again,) = await client.sync_connectors()
+        assert again["unchanged"] == 3  # the empty one is not embedded again either
+
+
+async def test_a_document_connector_whose_file_is_gone_is_reported_and_the_rest_synced(
+    notes: Path, tmp_path: Path, home: Path
+) -> None:
+    # was: a raw FileNotFoundError out of sync_connectors(), the stale chunks kept, and every
+    # connector after it left unsynced
+    single = tmp_path / "single.md"
+    single.write_text(CAKE)
+    async with OblixClient(home=home) as client:
+        document = await client.register_connector("document", str(single))
+        folder = await client.register_connector("directory", str(notes))
+        single.unlink()
+        (notes / "new.md").write_text("# New\n\nA new note about kites.\n")
+        reports = {r["connector_id"]: r for r in await client.sync_connectors()}
+        gone = reports[document["connector_id"]]
+        assert gone["skipped"][0]["path"] == "single.md" and gone["deleted"] == 1
+        assert await _names(client, document["workspace_id"]) == []
+        assert reports[folder["connector_id"]]["added"] == 1
+
+
+async def test_an_unreadable_document_connector_is_reported_not_raised(tmp_path: Path, home: Path) -> None:
+    single = tmp_path / "page.md"
+    single.write_text(CAKE)
+    async with OblixClient(home=home) as client:
+        document = await client.register_connector("document", str(single))
+        single.write_bytes(b"\x00\x01binary\x00" * 20)
+        (report,) = await client.sync_connectors(document["connector_id"])
+        assert report["skipped"][0]["path"] == "page.md" and "binary" in report["skipped"][0]["reason"]
+        assert await _names(client, document["workspace_id"]) == []  # its old text no longer holds
+
+
+async def test_a_registered_folder_that_is_gone_keeps_its_documents_and_is_reported(
+    notes: Path, home: Path
+) -> None:
+    # was: a raw FileNotFoundError (an unmounted drive must not empty the index either)
+    async with OblixClient(home=home) as client:
+        result = await client.register_connector("directory", str(notes))
+        shutil.rmtree(notes)
+        (report,) = await client.sync_connectors()
+        assert "gone" in report["skipped"][0]["reason"] and report["deleted"] == 0
+        assert await _names(client, result["workspace_id"]) == ["cake.md", "router.md"]
+
+
+async def test_a_registered_folder_swapped_for_a_symlink_elsewhere_is_not_followed(
+    notes: Path, tmp_path: Path, home: Path
+) -> None:
+    # was: the sync walked wherever the registered path now pointed (outside the registered root)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "secret.md").write_text("# Secret\n\nThe vault code is 7741.\n")
+    async with OblixClient(home=home) as client:
+        result = await client.register_connector("directory", str(notes))
+        notes.rename(tmp_path / "moved")
+        notes.symlink_to(elsewhere)
+        (report,) = await client.sync_connectors()
+        assert "symlink" in report["skipped"][0]["reason"]
+        assert await _names(client, result["workspace_id"]) == ["cake.md", "router.md"]
+        hits = await client.search_workspace(result["workspace_id"], "vault code", 3, mode="keyword")
+        assert all(h["doc_name"] != "secret.md" for h in hits)
+
+
+KILLED_REEMBED = textwrap.dedent(
+    """
+    import os, signal, sys, anyio
+    from oblix_core.client import OblixClient
+
+    async def main():
+        async with OblixClient(home=sys.argv[1]) as client:
+            library = client._documents()
+            workspace = library.workspace("corpus")
+            done = []
+            def progress(event, path, chunks):
+                done.append(path)
+                if len(done) == 2:
+                    os.kill(os.getpid(), signal.SIGKILL)  # a real kill -9 in the middle of a re-embed
+            library.set_embedder(workspace, None, progress)
+
+    anyio.run(main)
+    """
+)
+
+
+async def test_a_killed_re_embed_is_refused_clearly_and_finished_by_update_workspace_embeddings(
+    tmp_path: Path, home: Path
+) -> None:
+    # was: the workspace kept "<embedder> (re-embedding)" as its embedder: every search, sync and
+    # update_workspace_embeddings (the fix the error names) failed on an unknown embedder, for good
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(5):
+        (corpus / f"doc{i}.md").write_text(f"# Part {i}\n\nParagraph {i} about topic {i}.\n")
+    async with OblixClient(home=home) as client:
+        ws = (await client.register_connector("directory", str(corpus), alias="corpus"))["workspace_id"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_REEMBED, str(home)], capture_output=True)
+    assert killed.returncode == -9, killed.stderr
+    async with OblixClient(home=home) as client:
+        with pytest.raises(EmbedderMismatchError, match=r"update_workspace_embeddings\('ws_"):
+            await client.search_workspace(ws, "topic 3")
+        assert await client.update_workspace_embeddings(ws) is True
+        hits = await client.search_workspace(ws, "Paragraph 3 about topic 3", 1)
+        assert hits[0]["doc_name"] == "doc3.md"
+        (workspace,) = await client.list_workspaces()
+        assert workspace["embedder"] == "local:all-minilm-l6-v2"
+        docs = await client.get_documents_in_workspace(ws)
+        assert {d["embedder"] for d in docs} == {"local:all-minilm-l6-v2"} and len(docs) == 5
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arguments", "words"),
+    [
+        ({"exclude_patterns": "*.md"}, "exclude_patterns must be a list"),  # was: each letter a glob
+        ({"exclude_patterns": [3]}, "exclude_patterns must be a list"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),  # was: ValueError from range()
+        ({"batch_size": "ten"}, "batch_size must be a positive integer"),  # was: ValueError from int()
+        ({"batch_size": True}, "batch_size must be a positive integer"),
+    ],
+)
+async def test_bad_register_connector_arguments_are_clear_errors_and_lose_nothing(
+    notes: Path, home: Path, arguments: dict[str, Any], words: str
+) -> None:
+    async with OblixClient(home=home) as client:
+        first = await client.register_connector("directory", str(notes), alias="notes")
+        with pytest.raises(DocumentError, match=words):
+            await client.register_connector(
+                "directory", str(notes), workspace_id=first["workspace_id"], **arguments
+            )
+        # the string "*.md" as patterns "*", ".", "m", "d" excluded every file: all were deleted
+        assert await _names(client, first["workspace_id"]) == ["cake.md", "router.md"]
+        (connector,) = await client.list_connectors()
+        assert connector["exclude_patterns"] == []
+
+
+async def test_a_connector_path_of_the_wrong_type_is_a_clear_error(home: Path) -> None:
+    async with OblixClient(home=home) as client:
+        with pytest.raises(DocumentError, match="path must be the path"):  # was: TypeError
+            await client.register_connector("directory", None)  # type: ignore[arg-type]
+
+
+async def test_a_connector_asking_another_embedder_than_its_workspaces_is_refused(
+    notes: Path, home: Path
+) -> None:
+    # was: embedding_model silently ignored for an existing workspace (its own embedder used)
+    async with OblixClient(home=home) as client:
+        ws = await client.create_workspace("mine")
+        with pytest.raises(EmbedderMismatchError, match="update_workspace_embeddings"):
+            await client.register_connector(
+                "directory", str(notes), "openai:text-embedding-3-small", "sk-test-key", workspace_id=ws
+            )
+        assert await client.list_connectors() == [] and await _names(client, ws) == []
+
+
+@pytest.mark.parametrize("config", [5, {"x": 1}, "", ["local"]])
+async def test_bad_embedding_configs_are_clear_errors(notes: Path, home: Path, config: Any) -> None:
+    # was: AttributeError / KeyError
+    async with OblixClient(home=home) as client:
+        ws = (await client.register_connector("directory", str(notes)))["workspace_id"]
+        with pytest.raises(DocumentError, match="embedding_config must be"):
+            await client.update_workspace_embeddings(ws, config)
+        with pytest.raises(DocumentError, match="set_default_embedding_model takes"):
+            client.set_default_embedding_model(config)
+        assert len(await client.search_workspace(ws, "lemon cake", 2)) == 2  # untouched
+
+
+async def test_a_search_filter_that_is_not_a_dict_is_a_clear_error(notes: Path, home: Path) -> None:
+    async with OblixClient(home=home) as client:
+        ws = (await client.register_connector("directory", str(notes)))["workspace_id"]
+        for where in ("connector_id", ["a"], 3):
+            with pytest.raises(DocumentError, match="where must be a dict"):  # was: AttributeError
+                await client.search_workspace(ws, "cake", where=where)  # type: ignore[arg-type]
+
+
+async def test_an_empty_workspace_id_is_refused_not_ignored(notes: Path, home: Path) -> None:
+    # was: workspace_id="" quietly meant "no workspace" and the prompt went to a cloud model
+    plugin = ScriptedPlugin()
+    async with OblixClient(home=home, plugins=[plugin]) as client:
+        await client.hook_model("scripted", "cloud", local=False)
+        with pytest.raises(DocumentError, match="workspace_id must be"):
+            await client.execute("what is in my diary?", workspace_id="", stream=False)
+        with pytest.raises(DocumentError, match="workspace_id must be"):
+            await client.execute("what is in my diary?", workspace_id=["  "], stream=False)
+        assert not plugin.calls["cloud"]
+
+
+# -- privacy ----------------------------------------------------------------------------------
+
+
+async def test_a_private_document_is_never_copied_into_a_shared_workspace(notes: Path, home: Path) -> None:
+    # was: add_document_to_workspace copied a private document into a shared workspace, from
+    # where its chunks reached cloud models (and a cloud embedder, if the workspace had one)
+    plugin = ScriptedPlugin()
+    async with OblixClient(home=home, plugins=[plugin], preference="cloud-first") as client:
+        await client.hook_model("scripted", "cloud", local=False)
+        await client.hook_model("scripted", "laptop", local=True)
+        diary = await client.create_workspace("diary", private=True)
+        uploaded = await client.upload_document(str(notes / "router.md"), workspace_id=diary, embed=True)
+        assert isinstance(uploaded, dict)
+        shared = await client.create_workspace("shared")
+        with pytest.raises(DocumentError, match="private workspace 'diary'"):
+            await client.add_document_to_workspace(uploaded["doc_id"], shared)
+        assert await _names(client, shared) == []
+        result = await client.execute("reset the Zephyr-9 router?", workspace_id=shared, stream=False)
+        sent = " ".join(m.content for m in plugin.calls["cloud"][-1].messages)
+        assert "red button" not in sent
+        assert result["sources"] == []
+        other = await client.create_workspace("journal", private=True)  # private to private: fine
+        assert await client.add_document_to_workspace(uploaded["doc_id"], other) is True
+
+
+# -- readers ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        b"<html><head><title>T</title><body><p>Visible body text.</p></body></html>",
+        b"<html><head><meta charset=utf-8><p>Visible body text.</p>",
+        b"<head><script>var hidden = 1;</script><style>p{}</style><p>Visible body text.</p></html>",
+    ],
+)
+def test_html_without_a_closing_head_tag_keeps_its_visible_text(page: bytes) -> None:
+    # HTML lets </head> (and <body>) be left out; was: everything after <head> hidden, so the
+    # page was stored empty
+    from oblix_docs.readers import HtmlReader
+
+    blocks = HtmlReader().read(Path("page.html"), page)
+    assert [b.text for b in blocks] == ["Visible body text."]
+
+
+def test_the_server_takes_a_list_of_workspaces_and_refuses_bad_ones() -> None:
+    pytest.importorskip("starlette")
+    from oblix_server.documents_api import workspace_field
+    from oblix_server.errors import APIError
+
+    assert workspace_field({"oblix_workspace": ["diary", "shared"]}) == ("diary", "shared")
+    assert workspace_field({"oblix_workspace": "diary"}) == "diary"
+    for bad in ([], [""], ["a", 3], 3, {"a": 1}, "  ", True):
+        with pytest.raises(APIError):
+            workspace_field({"oblix_workspace": bad})
