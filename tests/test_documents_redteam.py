@@ -127,6 +127,33 @@ async def test_a_registered_folder_swapped_for_a_symlink_elsewhere_is_not_follow
         assert all(h["doc_name"] != "secret.md" for h in hits)
 
 
+async def test_a_symlink_never_reads_what_gitignore_exclude_patterns_or_git_keep_out(
+    notes: Path, home: Path
+) -> None:
+    # was: a link inside the root to an ignored file or folder (or into .git) was read: the rules
+    # were checked against the link's own path only
+    (notes / ".gitignore").write_text("secrets/\n")
+    (notes / "secrets").mkdir()
+    (notes / "secrets" / "key.md").write_text("# Key\n\nThe vault code is 7741.\n")
+    (notes / "drafts").mkdir()
+    (notes / "drafts" / "plan.md").write_text("# Plan\n\nThe vault code is 7741 too.\n")
+    (notes / ".git").mkdir()
+    (notes / ".git" / "config").write_text("[remote] url = https://token@example.com/vault-7741\n")
+    (notes / "key-link.md").symlink_to(notes / "secrets" / "key.md")
+    (notes / "secrets-link").symlink_to(notes / "secrets")
+    (notes / "plan-link.md").symlink_to(notes / "drafts" / "plan.md")
+    (notes / "git-link.txt").symlink_to(notes / ".git" / "config")
+    (notes / "cake-link.md").symlink_to(notes / "cake.md")  # a link to a kept file is still read
+    async with OblixClient(home=home) as client:
+        result = await client.register_connector("directory", str(notes), exclude_patterns=["drafts"])
+        names = await _names(client, result["workspace_id"])
+        assert names == ["cake-link.md", "cake.md", "router.md"]
+        refused = {s["path"] for s in result["stats"]["skipped"]}
+        assert refused == {"key-link.md", "secrets-link", "plan-link.md", "git-link.txt"}
+        hits = await client.search_workspace(result["workspace_id"], "vault code 7741", 5, mode="keyword")
+        assert hits == []
+
+
 KILLED_REEMBED = textwrap.dedent(
     """
     import os, signal, sys, anyio

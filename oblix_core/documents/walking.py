@@ -117,6 +117,9 @@ def _entry(
         if not target.is_relative_to(root):
             yield Skipped(rel, "a symlink to a path outside the registered root (refused)")
             return
+        if _target_ignored(root, target, excluded, spec_type):
+            yield Skipped(rel, "a symlink to an ignored or excluded path (refused)")
+            return
     is_dir = path.is_dir()
     if (
         (is_dir and path.name in SKIP_DIRS)
@@ -131,3 +134,23 @@ def _entry(
         yield path, rel
     elif not path.exists():
         yield Skipped(rel, "a broken symlink or a file that vanished")
+
+
+def _target_ignored(root: Path, target: Path, excluded: Any, spec_type: Any) -> bool:
+    """Whether a symlink's ``target`` (inside ``root``) is a path the walk leaves out: under a
+    version-control folder, or matched (itself or a folder above it) by ``exclude_patterns`` or
+    a ``.gitignore`` on its way -- a link must not read what the rules keep out."""
+    parts = target.relative_to(root).parts
+    if any(part in SKIP_DIRS for part in parts) or (parts and parts[-1] == ".gitignore"):
+        return True
+    specs: list[Any] = []
+    folder = root
+    for depth, part in enumerate(parts, start=1):
+        spec = _gitignore(root, folder, spec_type)
+        if spec is not None:
+            specs.append(spec)
+        folder = folder / part
+        is_dir = depth < len(parts) or folder.is_dir()
+        if _ignored("/".join(parts[:depth]), excluded, specs, is_dir):
+            return True
+    return False
