@@ -25,22 +25,12 @@ CAKE = "# Baking\n\nBake the lemon cake at 180 degrees for forty minutes.\n"
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def notes(tmp_path: Path) -> Path:
     root = tmp_path / "notes"
     root.mkdir()
     (root / "router.md").write_text(ROUTER)
     (root / "cake.md").write_text(CAKE)
     return root
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    return tmp_path / "home"
 
 
 async def _names(client: OblixClient, workspace_id: str) -> list[str]:
@@ -334,3 +324,14 @@ def test_the_server_takes_a_list_of_workspaces_and_refuses_bad_ones() -> None:
     for bad in ([], [""], ["a", 3], 3, {"a": 1}, "  ", True):
         with pytest.raises(APIError):
             workspace_field({"oblix_workspace": bad})
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def test_docs_sync_of_an_unknown_workspace_is_an_error(home: Path) -> None:
+    from tests.support import commands
+
+    # was: "Nothing to sync" and exit status 0 for a misspelt workspace
+    synced = commands.invoke("docs", "sync", "-w", "nowhere")
+    assert synced.exit_code == 1 and "No workspace 'nowhere'" in synced.output

@@ -113,6 +113,8 @@ def sync(workspace: str | None, as_json: bool) -> None:
 
     async def main() -> list[dict[str, Any]]:
         async with make_client() as client:
+            if workspace is not None:  # an unknown workspace is an error, not "nothing to sync"
+                await client.get_documents_in_workspace(workspace)
             results = []
             with _progress("Syncing") as progress:
                 for connector in await client.list_connectors():
