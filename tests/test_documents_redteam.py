@@ -144,6 +144,53 @@ async def test_a_symlink_never_reads_what_gitignore_exclude_patterns_or_git_keep
         assert hits == []
 
 
+KILLED_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, anyio
+    from oblix import Oblix
+
+    async def main():  # a 0.1.3 script: it registers its folder on every run
+        done = []
+        def progress(event, path, chunks):
+            done.append(path)
+            if len(done) == int(sys.argv[3]):
+                os.kill(os.getpid(), signal.SIGKILL)  # a real kill -9 in the middle of the ingest
+        async with Oblix(home=sys.argv[1]) as client:
+            result = await client.register_connector("directory", sys.argv[2], progress=progress)
+            print(result["workspace_id"], result["stats"]["added"], result["stats"]["unchanged"])
+
+    anyio.run(main)
+    """
+)
+
+
+def _script(home: Path, corpus: Path, kill_after: int = 0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", KILLED_SCRIPT, str(home), str(corpus), str(kill_after)],
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_a_013_script_run_again_syncs_its_folder_instead_of_adding_a_workspace(tmp_path: Path) -> None:
+    # was: each run of the script made a new workspace (corpus, corpus-2, ...) and embedded every
+    # file again; a killed run, run again, left the index with the half and the whole
+    from tests.test_documents import _index_state
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(6):
+        (corpus / f"doc{i}.md").write_text(f"# Part {i}\n\n" + f"Paragraph {i} about topic {i}. " * 5)
+    first = _script(tmp_path / "whole", corpus)
+    again = _script(tmp_path / "whole", corpus)
+    ws, added, unchanged = again.stdout.split()
+    assert ws == first.stdout.split()[0] and (added, unchanged) == ("0", "6"), again.stderr
+    assert _script(tmp_path / "killed", corpus, kill_after=3).returncode == -9
+    rerun = _script(tmp_path / "killed", corpus)
+    assert rerun.stdout.split()[1:] == ["3", "3"], rerun.stderr
+    assert _index_state(tmp_path / "killed") == _index_state(tmp_path / "whole")
+
+
 KILLED_REEMBED = textwrap.dedent(
     """
     import os, signal, sys, anyio

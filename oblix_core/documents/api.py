@@ -357,7 +357,7 @@ class DocumentsAPI:
         def register() -> dict[str, Any]:
             private = bool(kwargs.get("private", False)) or self._private_session(session)
             workspace = self._connector_workspace(
-                library, kwargs.get("workspace_id"), alias, path, private, spec
+                library, kwargs.get("workspace_id"), alias, (connector_type, path), private, spec
             )
             workspace, connector = library.add_connector(
                 workspace,
@@ -392,9 +392,20 @@ class DocumentsAPI:
         return result
 
     def _connector_workspace(
-        self, library: Library, ref: str | None, alias: str | None, path: str, private: bool, spec: str | None
+        self,
+        library: Library,
+        ref: str | None,
+        alias: str | None,
+        source: tuple[str, str],
+        private: bool,
+        spec: str | None,
     ) -> Workspace:
-        """The workspace a new connector goes in: ``ref``, else a new one named after it."""
+        """The workspace a connector goes in: ``ref``; else the one this path was registered in
+        before (a script run again syncs it, as 0.1.3 scripts register on every run); else a new
+        one named after it."""
+        connector_type, path = source
+        if not ref:
+            ref = _registered_before(library, connector_type, path, alias, private)
         if ref:
             workspace = library.workspace(ref)
             if private and not workspace.private:
@@ -606,6 +617,23 @@ class DocumentsAPI:
             return [h.to_dict() for h in library.search(workspace, query, top_k, mode="vector")]
 
         return await self._run(search)
+
+
+def _registered_before(
+    library: Library, connector_type: str, path: str, alias: str | None, private: bool
+) -> str | None:
+    """The workspace where ``path`` is registered already (same type, and ``alias`` if given,
+    as the connector's alias or the workspace's name); for a private connector, a private one."""
+    resolved = str(Path(path).expanduser().resolve())
+    for workspace, connector in library.connectors():
+        if (
+            connector.type == connector_type
+            and connector.path == resolved
+            and alias in (None, connector.alias, workspace.name)
+            and (workspace.private or not private)
+        ):
+            return workspace.id
+    return None
 
 
 def _embedding_name(config: Any) -> str | None:
