@@ -4,7 +4,10 @@ of bad types -- with the official ``openai`` client against a real ``oblix serve
 
 from __future__ import annotations
 
+import http.server
+import threading
 from collections.abc import Iterator
+from typing import ClassVar
 
 import anyio
 import openai
@@ -15,6 +18,8 @@ from tests.server_process import OblixServer, model_toml, write_plugin_dist
 
 pytest.importorskip("oblix_docs")
 pytestmark = pytest.mark.slow
+#: The server's own OpenAI key (never used: the models are the server tests' doubles).
+SERVER_KEY = "sk-server-own-key-4471"
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +43,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OblixServ
             return diary
 
     diary_id = anyio.run(setup)
-    with OblixServer(home, plugin_dir=write_plugin_dist(tmp_path_factory.mktemp("plugin"))) as srv:
+    plugin_dir = write_plugin_dist(tmp_path_factory.mktemp("plugin"))
+    with OblixServer(home, plugin_dir=plugin_dir, env={"OPENAI_API_KEY": SERVER_KEY}) as srv:
         yield srv, diary_id
 
 
@@ -89,3 +95,33 @@ def test_a_bad_workspace_field_is_a_400(client: openai.OpenAI, bad: object) -> N
         client.chat.completions.create(
             model="auto", messages=[{"role": "user", "content": "hi"}], extra_body={"oblix_workspace": bad}
         )
+
+
+class _Listener(http.server.BaseHTTPRequestHandler):
+    """A loopback endpoint that records every request it gets (what a caller's URL would reach)."""
+
+    seen: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        self.seen.append(f"{self.path} {self.headers.get('Authorization')}")
+        self.send_response(500)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_embeddings_never_go_to_an_endpoint_the_caller_names(client: openai.OpenAI) -> None:
+    # was: model "openai:M@URL" made the server POST the texts to URL with its own OPENAI_API_KEY
+    listener = http.server.HTTPServer(("127.0.0.1", 0), _Listener)
+    thread = threading.Thread(target=listener.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{listener.server_address[1]}/v1"
+        for model in (f"openai:text-embedding-3-small@{url}", f"ollama:nomic-embed-text@{url}"):
+            with pytest.raises(openai.UnprocessableEntityError, match="not an endpoint"):
+                client.embeddings.create(model=model, input=["my private text"])
+    finally:
+        listener.shutdown()
+        thread.join()
+    assert _Listener.seen == []

@@ -3,8 +3,10 @@
 * ``POST /v1/embeddings`` (OpenAI's shape; the official client's ``embeddings.create``
   works): ``input`` a string or a list of strings (at most :data:`MAX_INPUTS`), ``model``
   ``local`` (the default embedder, all-MiniLM, in-process) or an embedder spec the client
-  knows (``local:all-minilm-l6-v2``); ``encoding_format`` ``float`` or ``base64``
-  (little-endian float32, what the official client asks for by default).
+  knows (``local:all-minilm-l6-v2``), never one naming an endpoint (``openai:M@URL`` is
+  refused: the server would send the texts, and its key, where a caller says);
+  ``encoding_format`` ``float`` or ``base64`` (little-endian float32, what the official
+  client asks for by default).
 * ``GET /v1/oblix/workspaces`` (the dashboard's Documents tab): workspaces and their sizes.
 * Chat completions take ``"oblix_workspace": "W"`` (or a list of workspaces) in the body
   (``extra_body`` in the official client): the answer draws on workspace W's documents and the response's
@@ -98,6 +100,14 @@ async def embeddings(request: Request) -> Response:
     model = body.get("model") or "local"
     if not isinstance(model, str):
         raise APIError(400, "'model' must be a string.", code="invalid_type", param="model")
+    if "@" in model or "://" in model:  # else a caller picks where the server sends texts and its key
+        raise APIError(
+            422,
+            "'model' names an embedder (e.g. 'local' or 'openai:text-embedding-3-small'), not an "
+            "endpoint: a request cannot choose where the server sends texts (and its API key).",
+            code="invalid_value",
+            param="model",
+        )
     try:
         name, vectors = await client.embed_texts(texts, None if model in LOCAL_NAMES else model)
     except OblixError as exc:
