@@ -64,7 +64,7 @@ def test_a_list_with_a_private_workspace_stays_on_the_local_model(
             extra_body={"oblix_workspace": workspaces},
         )
         assert raw.headers["X-Oblix-Model"] == "paced:laptop"
-        sources = raw.parse().model_extra["oblix"]["sources"]
+        sources = (raw.parse().model_extra or {})["oblix"]["sources"]
         assert {s["workspace"] for s in sources} == {"diary", "shared"}
 
 
