@@ -265,6 +265,29 @@ async def test_bad_register_connector_arguments_are_clear_errors_and_lose_nothin
         assert connector["exclude_patterns"] == []
 
 
+@pytest.mark.parametrize(
+    ("call", "words"),
+    [
+        (lambda c, f, ws: c.upload_document(f, workspace_id=ws, metadata="x"), "must be a dict"),
+        (lambda c, f, ws: c.upload_document(f, workspace_id=ws, metadata={"a": object()}), "JSON"),
+        (lambda c, f, ws: c.upload_document(f, workspace_id=ws, metadata={"a": float("nan")}), "NaN"),
+        (lambda c, f, ws: c.upload_document(f, name=5, workspace_id=ws), "must be strings"),
+        (lambda c, f, ws: c.upload_directory(str(Path(f).parent), ws, metadata=[1]), "must be a dict"),
+        (lambda c, f, ws: c.create_workspace("other", 5), "description must be a string"),
+        (lambda c, f, ws: c.create_workspace("other", "", "x"), "must be a dict"),
+    ],
+)
+async def test_bad_metadata_names_and_descriptions_are_clear_errors(
+    notes: Path, home: Path, call: Any, words: str
+) -> None:
+    # was: TypeError / ValueError from deep inside (json, dict())
+    async with OblixClient(home=home) as client:
+        ws = await client.create_workspace("mine")
+        with pytest.raises(DocumentError, match=words):
+            await call(client, str(notes / "cake.md"), ws)
+        assert await _names(client, ws) == [] and len(await client.list_workspaces()) == 1
+
+
 async def test_a_connector_path_of_the_wrong_type_is_a_clear_error(home: Path) -> None:
     async with OblixClient(home=home) as client:
         with pytest.raises(DocumentError, match="path must be the path"):  # was: TypeError

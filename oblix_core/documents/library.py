@@ -34,7 +34,7 @@ from oblix_core.documents.records import (
 )
 from oblix_core.documents.sync import Ingest, Progress, SyncReport, read_blocks
 from oblix_core.sessions.records import random_hex, utc_now
-from oblix_core.validation import check_text
+from oblix_core.validation import check_json_dict, check_text
 
 #: Search modes: words, meaning, or both fused.
 MODES = ("hybrid", "keyword", "vector")
@@ -108,6 +108,9 @@ class Library:
             raise DocumentError(
                 f"Invalid workspace name {name!r}: use 1-100 letters, digits, spaces or . _ - @ : +."
             )
+        if not isinstance(description, str | None):
+            raise DocumentError(f"description must be a string, got {type(description).__name__}.")
+        metadata = check_json_dict(metadata, "The workspace metadata", DocumentError)
         if any(w.name == name for w in self.index.list_workspaces()):
             raise DocumentError(f"A workspace named {name!r} exists already; pick another name or use it.")
         chosen = self.embedder(embedder, private=private)
@@ -288,6 +291,9 @@ class Library:
         progress: Progress | None = None,
     ) -> tuple[DocumentEntry, SyncReport]:
         """Add one file to ``workspace`` (``embed=False``: keyword search only until embedded)."""
+        if not isinstance(file_path, str | Path) or not isinstance(name, str | None):
+            raise DocumentError("file_path and name must be strings (name may be None).")
+        metadata = check_json_dict(metadata, "The document metadata", DocumentError)
         path = Path(file_path).expanduser()
         if not path.is_file():
             raise UnreadableDocumentError(f"{path} is not a readable file.")
