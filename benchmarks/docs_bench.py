@@ -5,7 +5,7 @@ standard-library module, the first ``--chars`` characters of each) -- a public t
 wrote for this project. Questions: paraphrased (they avoid the function names), each with
 the module whose documentation answers it. Measured:
 
-* recall@5 and MRR by document, for keyword (FTS5/BM25), vector (MiniLM) and hybrid (RRF);
+* recall@5 and MRR by document, for keyword (BM25), vector (MiniLM) and hybrid (RRF);
 * ingest throughput (chunks/s, tokens/s) on this machine, and the ingest process's peak
   memory for half the corpus and the whole of it (flat means it does not grow with the corpus);
 * search latency (p50, p99) at 10k and 100k chunks in the embedded index (synthetic chunks

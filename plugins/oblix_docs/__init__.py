@@ -1,7 +1,7 @@
 """Documents on this machine (extra ``oblix[docs]``): the local embedder ``local`` (all-MiniLM-L6-v2,
 shipped in this package as a GGUF file and run in-process by llama.cpp), the embedded index
-``sqlite`` (one SQLite file in the Oblix home: FTS5 for keywords, vectors searched beside it
-with numpy) and the readers for text, Markdown, code, HTML and PDF.
+``sqlite`` (one SQLite file in the Oblix home: words counted by FTS5's tokenizer and ranked by
+BM25 in numpy, vectors searched with numpy) and the readers for text, Markdown, code, HTML and PDF.
 
 Without its packages the plugin is skipped and ``oblix plugins`` says what to install.
 """
