@@ -304,7 +304,7 @@ async def test_a_013_script_registers_a_directory_and_answers_with_sources(notes
     async with OblixClient(home=home, plugins=[plugin]) as client:
         await client.hook_model("scripted", "local-model", local=True)
         connector = await client.register_connector("directory", str(notes), alias="my-notes")
-        assert {"connector_id", "workspace_id", "success", "alias", "stats"} <= set(connector)  # + 0.1.3's others
+        assert {"connector_id", "workspace_id", "success", "alias", "stats"} <= set(connector)
         result = await client.execute("How do I reset the Zephyr-9 router?", stream=False)
         sent = plugin.calls["local-model"][-1].messages
         assert "Document Context" in sent[0].content and "red button" in sent[0].content
