@@ -1,7 +1,8 @@
 """A real `oblix server` under a scripted mixed workload: /v1/oblix/usage and /metrics tell the
 truth of the requests made, and the dashboard at /ui, driven in a real headless Chromium
 (Debian's ``chromium`` through Playwright), logs in, shows a session, draws its charts and
-refuses a wrong key. Screenshots go to ``$OBLIX_SCREENSHOTS`` when set (docs/images)."""
+refuses a wrong key, and its Documents tab lists the home's workspaces with their sizes
+(embedded by the real local embedder). Screenshots go to ``$OBLIX_SCREENSHOTS`` when set (docs/images)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from oblix_core.client import OblixClient
 from oblix_core.usage.ledger import PRICES
 from tests.server_process import OblixServer, model_toml, write_plugin_dist
 
@@ -40,8 +43,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OblixServer]:
     (home / "config.toml").write_text(
         model_toml("scripted", "tiny", local=True) + model_toml("scripted", "gpt-4o-mini", local=False)
     )
+    notes = tmp_path_factory.mktemp("notes")
+    (notes / "router.md").write_text("# Router\n\nHold the red button for 12 seconds to reset it.\n")
+    (notes / "cake.md").write_text("# Cake\n\nBake the lemon cake at 180 degrees.\n")
+    anyio.run(_workspaces, home, notes)
     with OblixServer(home, plugin_dir=plugin_dir, api_key=KEY, agents=True) as srv:
         yield srv
+
+
+async def _workspaces(home: Path, notes: Path) -> None:
+    """A shared workspace of two documents and a private one of one, in the server's home."""
+    async with OblixClient(home=home) as client:
+        await client.register_connector("directory", str(notes), alias="manuals")
+        diary = await client.create_workspace("diary", private=True)
+        await client.upload_document(str(notes / "cake.md"), workspace_id=diary, embed=True)
 
 
 def _chat(server: OblixServer, text: str, model: str = "auto", **headers: str) -> httpx.Response:
@@ -191,4 +206,29 @@ def test_log_in_see_usage_charts_and_a_session(
         page.wait_for_selector(f"{table} tr:nth-child(2) td:nth-child(2)")
         _shot(page, tab, tmp_path)
     assert CLOUD in page.text_content("#decision-list")
+    page.close()
+
+
+def test_the_documents_tab_lists_workspaces_and_their_sizes(
+    server: OblixServer, browser: Any, tmp_path: Path
+) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{server.root}/ui")
+    page.fill("#key", KEY)
+    page.click("#login-form button")
+    page.wait_for_selector(".card[data-name='requests'] b")
+    page.click("nav button[data-tab='documents']")
+    page.wait_for_selector("#workspace-list tr:has-text('diary')")
+    rows = page.eval_on_selector_all(
+        "#workspace-list tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent.trim()))"
+    )
+    header, body = rows[0], {row[0]: dict(zip(rows[0], row, strict=True)) for row in rows[1:]}
+    assert header[:5] == ["workspace", "private", "documents", "chunks", "size"]
+    assert set(body) == {"manuals", "diary"}
+    assert (body["manuals"]["private"], body["manuals"]["documents"]) == ("no", "2")
+    assert (body["diary"]["private"], body["diary"]["documents"]) == ("yes", "1")
+    assert body["manuals"]["embedder"] == "local:all-minilm-l6-v2" and body["manuals"]["size"].endswith("B")
+    assert int(body["manuals"]["chunks"]) >= 2 and int(body["diary"]["chunks"]) >= 1
+    assert body["manuals"]["sources"] != "uploads" and body["diary"]["sources"] == "uploads"
+    _shot(page, "documents", tmp_path)
     page.close()
