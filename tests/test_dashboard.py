@@ -163,6 +163,16 @@ def _shot(page: Any, name: str, tmp_path: Path) -> None:
     page.screenshot(path=str(folder / f"dashboard-{name}.png"), full_page=True)
 
 
+def _logged_in(server: OblixServer, browser: Any) -> Any:
+    """A dashboard page logged in with the key, its usage cards drawn."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{server.root}/ui")
+    page.fill("#key", KEY)
+    page.click("#login-form button")
+    page.wait_for_selector(".card[data-name='requests'] b")
+    return page
+
+
 def test_a_wrong_key_is_refused(server: OblixServer, browser: Any, tmp_path: Path) -> None:
     page = browser.new_page()
     page.goto(f"{server.root}/ui")
@@ -177,11 +187,7 @@ def test_a_wrong_key_is_refused(server: OblixServer, browser: Any, tmp_path: Pat
 def test_log_in_see_usage_charts_and_a_session(
     server: OblixServer, workload: list[dict[str, Any]], browser: Any, tmp_path: Path
 ) -> None:
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.goto(f"{server.root}/ui")
-    page.fill("#key", KEY)
-    page.click("#login-form button")
-    page.wait_for_selector(".card[data-name='requests'] b")
+    page = _logged_in(server, browser)
     assert page.text_content(".card[data-name='requests'] b") == str(len(workload))
     share = round(100 * sum(a["model"] == LOCAL for a in workload) / len(workload))
     assert page.text_content(".card[data-name='answered locally'] b") == f"{share}%"
@@ -212,11 +218,7 @@ def test_log_in_see_usage_charts_and_a_session(
 def test_the_documents_tab_lists_workspaces_and_their_sizes(
     server: OblixServer, browser: Any, tmp_path: Path
 ) -> None:
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.goto(f"{server.root}/ui")
-    page.fill("#key", KEY)
-    page.click("#login-form button")
-    page.wait_for_selector(".card[data-name='requests'] b")
+    page = _logged_in(server, browser)
     page.click("nav button[data-tab='documents']")
     page.wait_for_selector("#workspace-list tr:has-text('diary')")
     rows = page.eval_on_selector_all(
