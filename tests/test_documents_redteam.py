@@ -396,6 +396,42 @@ def test_the_server_takes_a_list_of_workspaces_and_refuses_bad_ones() -> None:
             workspace_field({"oblix_workspace": bad})
 
 
+# -- chunking ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "我能吞下玻璃而不伤身体。这是一个测试文件用于检查编码。" * 300,  # Chinese: no spaces
+        "吾輩は猫である名前はまだ無いどこで生れたかとんと見当がつかぬ" * 300,  # no spaces, no stops
+        "QUJD" * 50_000,  # a long unbroken string (base64)
+    ],
+)
+def test_a_text_without_spaces_is_cut_to_the_budget_and_nothing_lost(text: str) -> None:
+    # was: one chunk of the whole paragraph (55,000 characters counted as one token): the
+    # embedder saw its first 256 word pieces and a request's context got all of it
+    from oblix_core.documents.chunking import DEFAULT_BUDGET, chunk_blocks, count_tokens
+    from oblix_core.documents.records import TextBlock
+
+    chunks = chunk_blocks("d", [TextBlock(text, 1)], overlap=0)
+    assert len(chunks) > 10
+    assert all(count_tokens(c.text) <= DEFAULT_BUDGET for c in chunks)
+    assert "".join(c.text for c in chunks).replace(" ", "") == text.replace(" ", "")
+
+
+async def test_a_chinese_document_is_chunked_and_found(tmp_path: Path, home: Path) -> None:
+    folder = tmp_path / "zh"
+    folder.mkdir()
+    filler = "我能吞下玻璃而不伤身体。这是一个测试文件用于检查编码。" * 150
+    (folder / "notes.txt").write_text(filler + "东京塔的高度是三百三十三米。" + filler, encoding="gb18030")
+    async with OblixClient(home=home) as client:
+        ws = (await client.register_connector("directory", str(folder)))["workspace_id"]
+        (doc,) = await client.get_documents_in_workspace(ws)
+        assert doc["chunk_count"] > 10
+        hits = await client.search_workspace(ws, "东京塔的高度是多少米", 3)
+        assert any("三百三十三米" in h["text"] for h in hits) and all(len(h["text"]) < 1000 for h in hits)
+
+
 # -- command line -----------------------------------------------------------------------------
 
 

@@ -2,7 +2,9 @@
 
 Blocks (headings, paragraphs, code definitions, pages) are kept whole when they fit and
 packed together while they share their heading path; a block larger than the budget is
-split on lines, then sentences, then words. Each chunk starts with the last sentences of
+split on lines, then sentences, then words, then at any token (a text without spaces: Chinese
+or Japanese, where each character counts as a token, or a long unbroken string, counted in
+pieces of :data:`LONG_WORD` characters). Each chunk starts with the last sentences of
 the one before it (about ``overlap`` tokens) when they continue the same section, so a
 fact cut at a border is still whole in one chunk. Every chunk keeps its first and last
 line, its page and its heading path.
@@ -20,8 +22,30 @@ from oblix_core.documents.records import Chunk, TextBlock
 #: Defaults sized for small embedding models (all-MiniLM reads 256 word pieces).
 DEFAULT_BUDGET = 180
 DEFAULT_OVERLAP = 30
-_WORD = re.compile(r"\w+|[^\w\s]")
-_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
+#: A run of letters longer than this counts as several tokens (a URL, a hash, base64).
+LONG_WORD = 20
+#: Scripts written without spaces between words (kana, CJK ideographs): a token a character.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_WORD = re.compile(rf"[{_CJK}]|[^\W{_CJK}]{{1,{LONG_WORD}}}|[^\w\s]")
+_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|(?<=[\u3002\uff01\uff1f\uff1b])")  # CJK full stops
+
+
+def _tokens(text: str) -> list[str]:
+    """``text`` cut before each token (the cuts, joined, give ``text`` back)."""
+    starts = [m.start() for m in _WORD.finditer(text)]
+    if not starts:
+        return [text]
+    starts[0] = 0
+    return [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)], strict=True)]
+
+
+#: How a block too large for the budget is cut, in turn, and how its parts are joined again.
+_SPLITTERS = (
+    (lambda t: t.split("\n"), "\n"),
+    (_SENTENCE_END.split, " "),
+    (str.split, " "),
+    (_tokens, ""),
+)
 
 
 def count_tokens(text: str) -> int:
@@ -45,14 +69,14 @@ class _Piece:
 
 
 def _split_text(text: str, budget: int) -> Iterator[str]:
-    """``text`` in parts of at most ``budget`` tokens: on lines, then sentences, then words."""
-    for splitter in (lambda t: t.split("\n"), _SENTENCE_END.split, str.split):
-        parts = [p for p in splitter(text) if p.strip()]
-        if len(parts) > 1:
+    """``text`` in parts of at most ``budget`` tokens: on lines, then sentences, then words,
+    then tokens."""
+    parts, joiner = [text], ""
+    for splitter, separator in _SPLITTERS:
+        found = [p for p in splitter(text) if p.strip()]
+        if len(found) > 1:
+            parts, joiner = found, separator
             break
-    else:
-        parts = [text]
-    joiner = "\n" if "\n" in text else " "
     buf: list[str] = []
     size = 0
     for part in parts:
@@ -97,8 +121,7 @@ def _tail(text: str, overlap: int) -> str:
         kept.insert(0, sentence)
     if kept:
         return " ".join(kept)
-    words = text.split()
-    return " ".join(words[-max(1, overlap * 3 // 4) :])
+    return "".join(_tokens(text)[-max(1, overlap * 3 // 4) :]).strip()
 
 
 def chunk_blocks(
