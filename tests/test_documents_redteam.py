@@ -144,6 +144,42 @@ async def test_a_symlink_never_reads_what_gitignore_exclude_patterns_or_git_keep
         assert hits == []
 
 
+GITIGNORES = {
+    ".gitignore": "*.log\n/build/\ndocs/**/draft-*.md\nsecret/\n!keep/\n*.tmp\n!/top.tmp\n# a comment\n",
+    "sub/.gitignore": "!important.log\n/local.md\nnested/*.md\n!nested/ok.md\n",
+    "sub/deep/.gitignore": "keep.txt\n!*.log\n",
+}
+TREE = [
+    "a.md", "x.log", "top.tmp", "b.tmp", "build/out.md", "src/build/kept.md", "docs/v1/draft-1.md",
+    "docs/v1/final.md", "docs/draft-2.md", "secret/key.md", "sub/important.log", "sub/other.log",
+    "sub/local.md", "sub/deep/local.md", "sub/nested/a.md", "sub/nested/ok.md", "sub/deep/keep.txt",
+    "sub/deep/any.log", "sub/deep/important.log", "keep/k.md", "with space/é ü.md",
+]  # fmt: skip
+
+
+def test_the_walk_leaves_out_exactly_what_git_leaves_out(tmp_path: Path) -> None:
+    # was: each .gitignore judged alone, so a nested !pattern never re-included what a parent's
+    # rule left out (sub/important.log, sub/deep/any.log); git itself is the reference here
+    from oblix_core.documents.walking import Skipped, walk
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    root = tmp_path / "repo"
+    for rel in TREE:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(rel)
+    for rel, rules in GITIGNORES.items():
+        (root / rel).write_text(rules)
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    listed = subprocess.run(
+        ["git", "-c", "core.quotePath=false", "ls-files", "--others", "--exclude-standard"],
+        cwd=root, capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    expected = sorted(p for p in listed if not p.endswith(".gitignore"))
+    assert "sub/important.log" in expected and "sub/deep/any.log" in expected  # the re-included
+    assert sorted(f[1] for f in walk(root) if not isinstance(f, Skipped)) == expected
+
+
 KILLED_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys, anyio

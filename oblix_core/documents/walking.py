@@ -31,7 +31,10 @@ class Skipped:
     reason: str
 
 
-def _gitignore(root: Path, folder: Path, spec_type: Any) -> Any:
+def _gitignore(root: Path, folder: Path, spec_type: Any, specs: list[Any]) -> Any:
+    """The rules in force in ``folder`` if it has a ``.gitignore``, as ``(lines, spec)``: the
+    folders' above it, then its own, in one spec, so the deeper file's rules come last and win
+    (a nested ``!pattern`` re-includes what a parent's rule left out, as in git)."""
     file = folder / ".gitignore"
     if not file.is_file():
         return None
@@ -39,7 +42,8 @@ def _gitignore(root: Path, folder: Path, spec_type: Any) -> Any:
     prefix = folder.relative_to(root).as_posix()
     if prefix != ".":  # a nested .gitignore speaks of paths below its own folder
         lines = [_anchor(line, prefix) for line in lines]
-    return spec_type.from_lines(_STYLE, lines)
+    combined = [*(specs[-1][0] if specs else ()), *lines]
+    return combined, spec_type.from_lines(_STYLE, combined)
 
 
 def _anchor(line: str, prefix: str) -> str:
@@ -71,7 +75,7 @@ def walk(
 
 def _ignored(rel: str, excluded: Any, specs: list[Any], is_dir: bool) -> bool:
     probe = rel + "/" if is_dir else rel
-    return bool(excluded.match_file(probe)) or any(spec.match_file(probe) for spec in specs)
+    return bool(excluded.match_file(probe)) or bool(specs and specs[-1][1].match_file(probe))
 
 
 def _walk_folder(
@@ -88,7 +92,7 @@ def _walk_folder(
         yield Skipped(folder.relative_to(root).as_posix(), "a symlink loop (this folder was already walked)")
         return
     seen.add((stat.st_dev, stat.st_ino))
-    spec = _gitignore(root, folder, spec_type)
+    spec = _gitignore(root, folder, spec_type, specs)
     if spec is not None:
         specs.append(spec)
     try:
@@ -146,7 +150,7 @@ def _target_ignored(root: Path, target: Path, excluded: Any, spec_type: Any) -> 
     specs: list[Any] = []
     folder = root
     for depth, part in enumerate(parts, start=1):
-        spec = _gitignore(root, folder, spec_type)
+        spec = _gitignore(root, folder, spec_type, specs)
         if spec is not None:
             specs.append(spec)
         folder = folder / part
