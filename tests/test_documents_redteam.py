@@ -273,6 +273,28 @@ async def test_a_killed_re_embed_is_refused_clearly_and_finished_by_update_works
         assert {d["embedder"] for d in docs} == {"local:all-minilm-l6-v2"} and len(docs) == 5
 
 
+async def test_two_files_of_one_name_are_two_documents_and_a_re_upload_replaces(
+    tmp_path: Path, home: Path
+) -> None:
+    # was: a document's id came from its name alone, so uploading b/README.md after
+    # a/README.md (or upload_directory of two projects) silently replaced the first
+    texts = {"a": "Project alpha uses the Zephyr-9 router.", "b": "Project beta bakes cakes."}
+    for project, text in texts.items():
+        (tmp_path / project).mkdir()
+        (tmp_path / project / "README.md").write_text(f"# {project}\n\n{text}\n")
+    async with OblixClient(home=home) as client:
+        ws = await client.create_workspace("readmes")
+        for project in ("a", "b", "a"):  # the second "a" is the same file again
+            await client.upload_document(str(tmp_path / project / "README.md"), workspace_id=ws, embed=True)
+        assert len(await client.get_documents_in_workspace(ws)) == 2
+        (hit,) = await client.search_workspace(ws, "Zephyr-9 router", 1)
+        assert hit["text"].startswith("Project alpha")
+        folders = await client.create_workspace("folders")
+        for project in ("a", "b"):
+            await client.upload_directory(str(tmp_path / project), folders)
+        assert len(await client.get_documents_in_workspace(folders)) == 2
+
+
 # -- bad input --------------------------------------------------------------------------------
 
 

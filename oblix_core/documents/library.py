@@ -299,12 +299,12 @@ class Library:
             raise UnreadableDocumentError(f"{path} is not a readable file.")
         chosen = self._check_embedder(workspace, embedder) if embed else None
         doc_name = name or path.name
-        doc_id = document_id(workspace.id, f"upload/{doc_name}")
+        # the same file uploaded again replaces its document; two files of one name are two
+        source = str(path.resolve())
+        doc_id = document_id(workspace.id, f"upload/{source}")
         ingest = Ingest(self.index, workspace, chosen, self.readers, progress=progress)
         report = SyncReport()
-        ingest.file(
-            path, doc_id, doc_name, doc_name, {"source": str(path.resolve()), **(metadata or {})}, report
-        )
+        ingest.file(path, doc_id, doc_name, doc_name, {"source": source, **(metadata or {})}, report)
         entry = self.index.get_document(workspace.id, doc_id)
         assert entry is not None
         return entry, report
