@@ -4,6 +4,8 @@ real kill -9), each failing before its fix."""
 
 from __future__ import annotations
 
+import contextlib
+import random
 import shutil
 import subprocess
 import sys
@@ -14,7 +16,7 @@ from typing import Any
 import pytest
 
 from oblix_core.client import OblixClient
-from oblix_core.documents.errors import DocumentError, EmbedderMismatchError
+from oblix_core.documents.errors import DocumentError, EmbedderMismatchError, UnreadableDocumentError
 from oblix_core.testing import ScriptedPlugin
 
 pytest.importorskip("oblix_docs")
@@ -452,6 +454,63 @@ def test_the_server_takes_a_list_of_workspaces_and_refuses_bad_ones() -> None:
     for bad in ([], [""], ["a", 3], 3, {"a": 1}, "  ", True):
         with pytest.raises(APIError):
             workspace_field({"oblix_workspace": bad})
+
+
+def _pdf(*objects: bytes) -> bytes:
+    """A PDF written out by hand (objects numbered from 1, with an exact xref table)."""
+    out, offsets = b"%PDF-1.4\n", []
+    for n, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (n, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    return out + b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+
+
+PAGE_TEXT = b"BT /F1 12 Tf 20 100 Td (Hold the red button to reset the router) Tj ET"
+GOOD_PDF = _pdf(
+    b"<< /Type /Catalog /Pages 2 0 R >>",
+    b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+    b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 300 300] /Contents 4 0 R "
+    b"/Resources << /Font << /F1 5 0 R >> >> >>",
+    b"<< /Length %d >>\nstream\n%s\nendstream" % (len(PAGE_TEXT), PAGE_TEXT),
+    b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+)
+
+
+def _damaged_pdfs(count: int) -> list[bytes]:
+    """``GOOD_PDF`` with a few random bytes changed (seeded: the same files each run)."""
+    rng = random.Random(30)
+    damaged = []
+    for _ in range(count):
+        data = bytearray(GOOD_PDF)
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        damaged.append(bytes(data))
+    return damaged
+
+
+def test_a_damaged_pdf_is_unreadable_never_another_error() -> None:
+    # was: pypdf's LimitReachedError (a reference loop) or AttributeError escaped the reader
+    from oblix_docs.readers import PdfReader
+
+    assert [b.text for b in PdfReader().read(Path("good.pdf"), GOOD_PDF)] == [
+        "Hold the red button to reset the router"
+    ]
+    for data in _damaged_pdfs(1000):
+        with contextlib.suppress(UnreadableDocumentError):  # anything else fails the test
+            PdfReader().read(Path("damaged.pdf"), data)
+
+
+async def test_a_damaged_pdf_is_skipped_and_the_folder_still_synced(notes: Path, home: Path) -> None:
+    # was: the reader's LimitReachedError ended register_connector: nothing after it was ingested
+    (notes / "damaged.pdf").write_bytes(_damaged_pdfs(62)[61])  # a reference loop for pypdf
+    (notes / "good.pdf").write_bytes(GOOD_PDF)
+    async with OblixClient(home=home) as client:
+        result = await client.register_connector("directory", str(notes))
+        assert [s["path"] for s in result["stats"]["skipped"]] == ["damaged.pdf"]
+        assert await _names(client, result["workspace_id"]) == ["cake.md", "good.pdf", "router.md"]
 
 
 # -- chunking ---------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from oblix_core.documents.chunking import DEFAULT_BUDGET, DEFAULT_OVERLAP, chunk_blocks, count_tokens
-from oblix_core.documents.errors import EmbedderError, UnreadableDocumentError
+from oblix_core.documents.errors import DocumentError, EmbedderError, UnreadableDocumentError
 from oblix_core.documents.parts import DocumentIndex, DocumentReader, Embedder, Vector
 from oblix_core.documents.records import (
     Chunk,
@@ -85,7 +85,14 @@ def read_blocks(path: Path, data: bytes, readers: Mapping[str, DocumentReader]) 
             raise UnreadableDocumentError(
                 f"{path.name}: no document reader is installed: pip install 'oblix[docs]'."
             )
-    return reader.read(path, data)
+    try:
+        return reader.read(path, data)
+    except DocumentError:
+        raise
+    except Exception as exc:  # a reader (a plugin's too) that fails on one file fails that file only
+        raise UnreadableDocumentError(
+            f"{path.name}: the {reader.name or 'document'} reader failed ({type(exc).__name__}: {exc})."
+        ) from exc
 
 
 def embed_chunks(embedder: Embedder, chunks: Sequence[Chunk], doc_name: str, batch_size: int) -> list[Vector]:

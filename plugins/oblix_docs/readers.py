@@ -294,8 +294,14 @@ class PdfReader(DocumentReader):
             for number, page in enumerate(pdf.pages, start=1):
                 text = page.extract_text() or ""
                 blocks.extend(TextBlock(b.text, b.line, number, b.headings) for b in paragraphs(text))
+        except UnreadableDocumentError:
+            raise
         except (PdfReadError, ValueError, KeyError, TypeError) as exc:
             raise UnreadableDocumentError(f"{path.name}: not a readable PDF ({exc}).") from exc
+        except Exception as exc:  # pypdf on a malformed file raises what it meets (loops, None...)
+            raise UnreadableDocumentError(
+                f"{path.name}: not a readable PDF ({type(exc).__name__}: {exc})."
+            ) from exc
         return blocks
 
 
