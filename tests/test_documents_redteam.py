@@ -89,6 +89,24 @@ async def test_an_unreadable_document_connector_is_reported_not_raised(tmp_path:
         assert await _names(client, document["workspace_id"]) == []  # its old text no longer holds
 
 
+async def test_a_fifo_is_never_read(tmp_path: Path, home: Path) -> None:
+    # was: register_connector("document", FIFO) passed the type check and blocked for ever reading it
+    import os
+
+    pipe = tmp_path / "pipe.md"
+    os.mkfifo(pipe)
+    async with OblixClient(home=home) as client:
+        with pytest.raises(DocumentError, match="is not a document"):
+            await client.register_connector("document", str(pipe))
+        single = tmp_path / "page.md"
+        single.write_text(CAKE)
+        document = await client.register_connector("document", str(single))
+        single.unlink()
+        os.mkfifo(single)  # the registered file replaced by a FIFO
+        (report,) = await client.sync_connectors(document["connector_id"])
+        assert "regular file" in report["skipped"][0]["reason"] and report["deleted"] == 1
+
+
 async def test_a_registered_folder_that_is_gone_keeps_its_documents_and_is_reported(
     notes: Path, home: Path
 ) -> None:

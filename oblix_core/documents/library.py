@@ -223,7 +223,8 @@ class Library:
         root = Path(path).expanduser()
         if not root.exists():
             raise DocumentError(f"{root} does not exist; pass an existing {connector_type}.")
-        if (connector_type == "directory") != root.is_dir():
+        if not (root.is_dir() if connector_type == "directory" else root.is_file()):
+            # a "document" is a regular file: a FIFO or a device would block or never end
             raise DocumentError(f"{root} is not a {connector_type}.")
         patterns = tuple(exclude_patterns or ())
         if not all(isinstance(p, str) for p in patterns):

@@ -189,6 +189,8 @@ class Ingest:
         try:
             if _moved_root(path) is not None:
                 raise UnreadableDocumentError(f"{rel}: now a symlink to {path.resolve()} (refused)")
+            if path.exists() and not path.is_file():
+                raise UnreadableDocumentError(f"{rel}: no longer a regular file (not read)")
             self.file(path, doc_id, rel, rel, {"connector_id": connector.id}, report)
         except (UnreadableDocumentError, OSError) as exc:
             report.skipped.append(Skipped(rel, getattr(exc, "strerror", None) or str(exc)))
