@@ -200,6 +200,29 @@ def test_the_walk_leaves_out_exactly_what_git_leaves_out(tmp_path: Path) -> None
     assert sorted(f[1] for f in walk(root) if not isinstance(f, Skipped)) == expected
 
 
+def test_a_registered_sub_folder_of_a_repository_obeys_the_repositorys_gitignore(tmp_path: Path) -> None:
+    # was: only the .gitignore files from the registered folder down were read; git (and a
+    # user) applies those of the repository above it too
+    from oblix_core.documents.walking import Skipped, walk
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    for rel in ("docs/guide.md", "docs/private/diary.md", "docs/api/notes.log", "docs/api/keep.log"):
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text(rel)
+    (repo / ".gitignore").write_text("docs/private/\n*.log\n")
+    (repo / "docs" / "api" / ".gitignore").write_text("!keep.log\n")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    listed = subprocess.run(
+        ["git", "ls-files", "--others", "--exclude-standard", "docs"],
+        cwd=repo, capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    expected = sorted(p.removeprefix("docs/") for p in listed if not p.endswith(".gitignore"))
+    assert expected == ["api/keep.log", "guide.md"]
+    assert sorted(f[1] for f in walk(repo / "docs") if not isinstance(f, Skipped)) == expected
+
+
 KILLED_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys, anyio
