@@ -440,6 +440,23 @@ async def test_an_empty_workspace_id_is_refused_not_ignored(notes: Path, home: P
         assert not plugin.calls["cloud"]
 
 
+async def test_a_connectors_workspace_deleted_elsewhere_does_not_break_every_request(
+    notes: Path, home: Path
+) -> None:
+    # was: once `oblix docs rm` (another process) deleted the workspace of a connector this
+    # client registered, every execute() of this client failed with WorkspaceNotFoundError
+    plugin = ScriptedPlugin()
+    async with OblixClient(home=home, plugins=[plugin]) as client:
+        await client.hook_model("scripted", "laptop", local=True)
+        ws = (await client.register_connector("directory", str(notes)))["workspace_id"]
+        async with OblixClient(home=home) as other:
+            assert await other.delete_workspace(ws) is True
+        result = await client.execute("How do I reset the Zephyr-9 router?", stream=False)
+        assert result["response"] and result.get("sources", []) == []
+        with pytest.raises(DocumentError, match="No workspace"):  # one asked for by name: an error
+            await client.execute("How do I reset it?", workspace_id=ws, stream=False)
+
+
 # -- privacy ----------------------------------------------------------------------------------
 
 

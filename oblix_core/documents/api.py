@@ -25,6 +25,7 @@ from oblix_core.documents.errors import (
     DocumentNotFoundError,
     DocumentsNotInstalledError,
     UnreadableDocumentError,
+    WorkspaceNotFoundError,
 )
 from oblix_core.documents.library import Library, check_query
 from oblix_core.documents.parts import DocumentIndex, DocumentReader, Embedder
@@ -182,7 +183,7 @@ class DocumentsAPI:
         session_id = session_id or getattr(self, "current_session_id", None)
 
         def resolve() -> tuple[Workspace, ...]:
-            found = tuple(self._documents().workspace(ref) for ref in refs)
+            found = tuple(w for w in map(self._resolve_workspace(bool(given)), refs) if w is not None)
             private["local"] = (
                 private["local"] or any(w.private for w in found) or self._private_session(session_id)
             )
@@ -199,6 +200,22 @@ class DocumentsAPI:
             return sorted(hits, key=lambda h: -h.score)[:k]
 
         return Retrieval(resolve, search, DEFAULT_TOP_K, given)
+
+    def _resolve_workspace(self, asked: bool) -> Callable[[str], Workspace | None]:
+        """How a request finds a workspace: one it ``asked`` for must exist; one of this client's
+        connectors deleted since (``oblix docs rm`` in another process) is left out and forgotten."""
+
+        def find(ref: str) -> Workspace | None:
+            try:
+                return self._documents().workspace(ref)
+            except WorkspaceNotFoundError:
+                if asked:
+                    raise
+                if ref in self._connector_workspaces:
+                    self._connector_workspaces.remove(ref)
+                return None
+
+        return find
 
     def _private_session(self, session_id: str | None) -> bool:
         if session_id is None:
