@@ -502,6 +502,21 @@ def test_html_without_a_closing_head_tag_keeps_its_visible_text(page: bytes) -> 
     assert [b.text for b in blocks] == ["Visible body text."]
 
 
+def test_html_hidden_by_attributes_is_not_read() -> None:
+    # was: text a browser does not show (hidden, aria-hidden, display:none) was ingested
+    from oblix_docs.readers import HtmlReader
+
+    page = (
+        b"<h1>Guide</h1><div hidden>Old price 10<div>nested old</div>EUR</div>"
+        b'<span aria-hidden="true">icon</span><p>Shown text.</p>'
+        b'<section style="display: none"><div>Draft paragraph.</div></section>'
+        b'<div style="visibility:hidden">Invisible.</div><div>Also shown.</div>'
+    )
+    blocks = HtmlReader().read(Path("page.html"), page)
+    assert [b.text for b in blocks] == ["Shown text.", "Also shown."]
+    assert all(b.headings == ("Guide",) for b in blocks)
+
+
 def test_the_server_takes_a_list_of_workspaces_and_refuses_bad_ones() -> None:
     pytest.importorskip("starlette")
     from oblix_server.documents_api import workspace_field

@@ -210,6 +210,11 @@ class _VisibleText(HTMLParser):
     #: What a <head> holds; any other tag ends it (HTML lets </head> and <body> be left out).
     HEAD_ONLY = frozenset({"title", "meta", "link", "base", "style", "script", "noscript", "template"})
     BLOCK = frozenset({"p", "div", "li", "br", "tr", "section", "article", "pre", "blockquote", "td", "th"})
+    #: Elements whose end tag may be left out (or that have none): a ``hidden`` on them is not
+    #: followed, since where they end cannot be told without a full HTML tree.
+    OPEN_ENDED = frozenset(
+        {"p", "li", "dt", "dd", "option", "tr", "td", "th", "br", "img", "input", "hr", "meta", "link"}
+    )
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -220,6 +225,28 @@ class _VisibleText(HTMLParser):
         self._heads: list[tuple[int, str]] = []
         self._line = 1
         self._in_head = False
+        #: The element hidden by its attributes (``hidden``, ``aria-hidden``, ``display:none``)
+        #: that the parser is inside, and how deep in elements of its name.
+        self._cloaked: list[str | int] = []
+
+    @staticmethod
+    def _cloaks(attrs: list[tuple[str, str | None]]) -> bool:
+        found = {k.lower(): (v or "").lower() for k, v in attrs}
+        style = found.get("style", "").replace(" ", "")
+        return (
+            "hidden" in found
+            or found.get("aria-hidden") == "true"
+            or "display:none" in style
+            or "visibility:hidden" in style
+        )
+
+    def _track_cloak(self, tag: str, attrs: list[tuple[str, str | None]] | None) -> None:
+        """Follow elements hidden by their attributes (``attrs`` None: an end tag)."""
+        if self._cloaked and self._cloaked[0] == tag:
+            depth = int(self._cloaked[1]) + (1 if attrs is not None else -1)
+            self._cloaked = [tag, depth] if depth else []
+        elif attrs is not None and not self._cloaked and tag not in self.OPEN_ENDED and self._cloaks(attrs):
+            self._cloaked = [tag, 1]
 
     def _flush(self) -> None:
         text = re.sub(r"[ \t]+", " ", "".join(self._buf)).strip()
@@ -232,6 +259,7 @@ class _VisibleText(HTMLParser):
         self.blocks.append(TextBlock(text, self._line, None, tuple(t for _, t in self._heads)))
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._track_cloak(tag, attrs)
         if self._in_head and tag not in self.HEAD_ONLY:  # the body began without </head>
             self._in_head = False
             self._hidden = max(0, self._hidden - 1)
@@ -246,6 +274,7 @@ class _VisibleText(HTMLParser):
                 self._heading = int(tag[1])
 
     def handle_endtag(self, tag: str) -> None:
+        self._track_cloak(tag, None)
         if tag == "head" and not self._in_head:
             return  # the head was already ended by a body tag
         self._in_head = self._in_head and tag != "head"
@@ -256,7 +285,7 @@ class _VisibleText(HTMLParser):
             self._heading = None
 
     def handle_data(self, data: str) -> None:
-        if not self._hidden:
+        if not self._hidden and not self._cloaked:
             if not self._buf:
                 self._line = self.getpos()[0]
             self._buf.append(data)
