@@ -5,6 +5,7 @@ real kill -9), each failing before its fix."""
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import shutil
 import subprocess
@@ -91,8 +92,6 @@ async def test_an_unreadable_document_connector_is_reported_not_raised(tmp_path:
 
 async def test_a_fifo_is_never_read(tmp_path: Path, home: Path) -> None:
     # was: register_connector("document", FIFO) passed the type check and blocked for ever reading it
-    import os
-
     pipe = tmp_path / "pipe.md"
     os.mkfifo(pipe)
     async with OblixClient(home=home) as client:
@@ -105,6 +104,28 @@ async def test_a_fifo_is_never_read(tmp_path: Path, home: Path) -> None:
         os.mkfifo(single)  # the registered file replaced by a FIFO
         (report,) = await client.sync_connectors(document["connector_id"])
         assert "regular file" in report["skipped"][0]["reason"] and report["deleted"] == 1
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file: permissions cannot be denied")
+async def test_permission_denied_files_folders_and_gitignores_are_reported(notes: Path, home: Path) -> None:
+    # was: an unreadable .gitignore raised PermissionError out of the walk (the whole sync failed)
+    (notes / "locked.md").write_text("locked")
+    (notes / "closed").mkdir()
+    (notes / "closed" / "inside.md").write_text("inside")
+    (notes / "guarded").mkdir()
+    (notes / "guarded" / "secret.md").write_text("kept out by the .gitignore")
+    (notes / "guarded" / ".gitignore").write_text("secret.md\n")
+    locked = (notes / "locked.md", notes / "closed", notes / "guarded" / ".gitignore")
+    for path in locked:
+        path.chmod(0)
+    try:
+        async with OblixClient(home=home) as client:
+            result = await client.register_connector("directory", str(notes))
+    finally:
+        for path in locked:
+            path.chmod(0o755)
+    assert {s["path"] for s in result["stats"]["skipped"]} == {"locked.md", "closed", "guarded"}
+    assert result["stats"]["added"] == 2
 
 
 async def test_a_registered_folder_that_is_gone_keeps_its_documents_and_is_reported(

@@ -130,7 +130,11 @@ def _walk_folder(
         yield Skipped(folder.relative_to(root).as_posix(), "a symlink loop (this folder was already walked)")
         return
     seen.add((stat.st_dev, stat.st_ino))
-    entered = rules.enter(folder)
+    try:
+        entered = rules.enter(folder)
+    except OSError as exc:  # its rules unknown, the folder is left out (never read unfiltered)
+        yield Skipped(folder.relative_to(root).as_posix(), f"cannot read its .gitignore: {exc.strerror}")
+        return
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as exc:
