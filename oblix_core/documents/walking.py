@@ -133,7 +133,8 @@ def _walk_folder(
     try:
         entered = rules.enter(folder)
     except OSError as exc:  # its rules unknown, the folder is left out (never read unfiltered)
-        yield Skipped(folder.relative_to(root).as_posix(), f"cannot read its .gitignore: {exc.strerror}")
+        reason = f"cannot read it or its .gitignore ({exc.strerror})"
+        yield Skipped(folder.relative_to(root).as_posix(), reason)
         return
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
