@@ -5,6 +5,7 @@ real kill -9), each failing before its fix."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -106,8 +107,33 @@ async def test_a_fifo_is_never_read(tmp_path: Path, home: Path) -> None:
         assert "regular file" in report["skipped"][0]["reason"] and report["deleted"] == 1
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file: permissions cannot be denied")
-async def test_permission_denied_files_folders_and_gitignores_are_reported(notes: Path, home: Path) -> None:
+#: As root, the permission test's process runs without the capabilities that let root read
+#: any file (setpriv, util-linux): a file of mode 0 is then unreadable to it too.
+UNPRIVILEGED = (
+    [
+        "setpriv",
+        "--bounding-set",
+        "-dac_override,-dac_read_search",
+        "--inh-caps",
+        "-dac_override,-dac_read_search",
+    ]
+    if os.geteuid() == 0
+    else []
+)
+REGISTER = """
+import asyncio, json, sys
+from oblix_core.client import OblixClient
+
+async def main():
+    async with OblixClient(home=sys.argv[1]) as client:
+        result = await client.register_connector("directory", sys.argv[2])
+    print(json.dumps(result["stats"]))
+
+asyncio.run(main())
+"""
+
+
+def test_permission_denied_files_folders_and_gitignores_are_reported(notes: Path, home: Path) -> None:
     # was: an unreadable .gitignore raised PermissionError out of the walk (the whole sync failed)
     (notes / "locked.md").write_text("locked")
     (notes / "closed").mkdir()
@@ -119,13 +145,19 @@ async def test_permission_denied_files_folders_and_gitignores_are_reported(notes
     for path in locked:
         path.chmod(0)
     try:
-        async with OblixClient(home=home) as client:
-            result = await client.register_connector("directory", str(notes))
+        run = subprocess.run(
+            [*UNPRIVILEGED, sys.executable, "-c", REGISTER, str(home), str(notes)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         for path in locked:
             path.chmod(0o755)
-    assert {s["path"] for s in result["stats"]["skipped"]} == {"locked.md", "closed", "guarded"}
-    assert result["stats"]["added"] == 2
+    assert run.returncode == 0, run.stderr[-2000:]
+    stats = json.loads(run.stdout.strip().splitlines()[-1])
+    assert {s["path"] for s in stats["skipped"]} == {"locked.md", "closed", "guarded"}
+    assert stats["added"] == 2
 
 
 async def test_a_registered_folder_that_is_gone_keeps_its_documents_and_is_reported(
