@@ -236,7 +236,7 @@ def test_the_walk_leaves_out_exactly_what_git_leaves_out(tmp_path: Path) -> None
     from oblix_core.documents.walking import Skipped, walk
 
     if shutil.which("git") is None:
-        pytest.skip("git is not installed")
+        pytest.fail("git is not installed: apt-get install -y git (./scripts/test does)")
     root = tmp_path / "repo"
     for rel in TREE:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -259,7 +259,7 @@ def test_a_registered_sub_folder_of_a_repository_obeys_the_repositorys_gitignore
     from oblix_core.documents.walking import Skipped, walk
 
     if shutil.which("git") is None:
-        pytest.skip("git is not installed")
+        pytest.fail("git is not installed: apt-get install -y git (./scripts/test does)")
     repo = tmp_path / "repo"
     for rel in ("docs/guide.md", "docs/private/diary.md", "docs/api/notes.log", "docs/api/keep.log"):
         (repo / rel).parent.mkdir(parents=True, exist_ok=True)
