@@ -30,7 +30,7 @@ from oblix_core.documents.errors import (
 from oblix_core.documents.library import Library, check_query
 from oblix_core.documents.parts import DocumentIndex, DocumentReader, Embedder
 from oblix_core.documents.records import DocumentEntry, Workspace
-from oblix_core.documents.retrieval import DEFAULT_TOP_K, Retrieval
+from oblix_core.documents.retrieval import DEFAULT_TOP_K, Retrieval, search_workspaces
 from oblix_core.documents.settings import DocumentsSettings, index_arguments
 from oblix_core.documents.sync import Progress, SyncReport
 from oblix_core.documents.walking import Skipped, walk
@@ -190,14 +190,7 @@ class DocumentsAPI:
             return found
 
         def search(workspaces: tuple[Workspace, ...], query: str, k: int) -> list[Any]:
-            library = self._documents()
-            hits = []
-            for w in workspaces:
-                local = library.workspace_embedder(w).is_local
-                hits += library.search(
-                    w, query, k, mode="keyword" if private["local"] and not local else "hybrid"
-                )
-            return sorted(hits, key=lambda h: -h.score)[:k]
+            return search_workspaces(self._documents(), workspaces, query, k, local_only=private["local"])
 
         return Retrieval(resolve, search, DEFAULT_TOP_K, given)
 

@@ -10,12 +10,20 @@ makes the request local-only through :func:`oblix_core.request.privacy.decide`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from oblix_core.documents.errors import EmbedderError
+from oblix_core.documents.ranking import reciprocal_rank_fusion
 from oblix_core.documents.records import SearchHit, Workspace
+
+if TYPE_CHECKING:
+    from oblix_core.documents.library import Library
+
+log = logging.getLogger(__name__)
 
 #: Chunks put in the context block of one request.
 DEFAULT_TOP_K = 5
@@ -79,6 +87,31 @@ def sources(hits: Sequence[SearchHit], workspaces: dict[str, Workspace]) -> tupl
             }
         )
     return tuple(found)
+
+
+def search_workspaces(
+    library: Library, workspaces: Sequence[Workspace], query: str, k: int, *, local_only: bool
+) -> list[SearchHit]:
+    """The ``k`` best chunks of ``workspaces`` for a request's ``query``.
+
+    Each workspace is searched by words and meaning (hybrid), by words only where the
+    request is ``local_only`` and the workspace's embedder is not local (the query never
+    leaves the machine), and where its embedder fails (down, no key): its words still find
+    chunks. Several workspaces' lists are fused by rank, not by score: a keyword-only list's
+    BM25 scores and a hybrid list's fused ones are on different scales.
+    """
+    lists = []
+    for workspace in workspaces:
+        try:
+            embedder_local = library.workspace_embedder(workspace).is_local
+            mode = "keyword" if local_only and not embedder_local else "hybrid"
+            lists.append(library.search(workspace, query, k, mode=mode))
+        except EmbedderError as exc:
+            log.warning(
+                "workspace %s searched by keywords only: its embedder failed (%s)", workspace.name, exc
+            )
+            lists.append(library.search(workspace, query, k, mode="keyword"))
+    return lists[0] if len(lists) == 1 else reciprocal_rank_fusion(lists, k)
 
 
 @attrs.frozen
