@@ -684,3 +684,46 @@ def test_docs_sync_of_an_unknown_workspace_is_an_error(home: Path) -> None:
     # was: "Nothing to sync" and exit status 0 for a misspelt workspace
     synced = commands.invoke("docs", "sync", "-w", "nowhere")
     assert synced.exit_code == 1 and "No workspace 'nowhere'" in synced.output
+
+
+async def test_an_upload_in_a_local_only_session_goes_to_a_private_workspace(notes: Path, home: Path) -> None:
+    # was: the shared "default" workspace, from where a cloud model could receive it
+    async with OblixClient(home=home) as client:
+        shared = await client.upload_document(str(notes / "cake.md"))
+        await client.create_and_use_session(title="secret", metadata={"local_only": True})
+        kept = await client.upload_document(str(notes / "router.md"))
+        folder = await client.upload_directory(str(notes))
+        workspaces = {w["name"]: w for w in await client.list_workspaces()}
+        assert workspaces["default"]["private"] is False and workspaces["default-private"]["private"] is True
+        assert folder["workspace_id"] == workspaces["default-private"]["id"]
+        private = await _names(client, workspaces["default-private"]["id"])
+        assert private == ["cake.md", "router.md"] and await _names(client, workspaces["default"]["id"]) == [
+            "cake.md"
+        ]
+        assert isinstance(shared, str) and isinstance(kept, str)
+
+
+async def test_upload_metadata_cannot_claim_a_connectors_key(notes: Path, tmp_path: Path, home: Path) -> None:
+    # was: an upload carrying {"connector_id": C} was deleted by C's next sync
+    async with OblixClient(home=home) as client:
+        connector = await client.register_connector("directory", str(notes), alias="notes")
+        other = tmp_path / "other.md"
+        other.write_text("# Other\n\nA note about kites.\n")
+        with pytest.raises(DocumentError, match="connector_id is kept by Oblix"):
+            await client.upload_document(
+                str(other),
+                workspace_id=connector["workspace_id"],
+                metadata={"connector_id": connector["connector_id"]},
+            )
+        assert await _names(client, connector["workspace_id"]) == ["cake.md", "router.md"]
+
+
+def test_an_unknown_workspace_on_the_command_line_says_how_to_create_it(home: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "oblix_core", "docs", "search", "router", "-w", "nowhere"],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"OBLIX_HOME": str(home)},
+        timeout=120,
+    )
+    assert run.returncode != 0 and "oblix docs add PATH -w NAME" in run.stderr + run.stdout

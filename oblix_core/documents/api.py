@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 INSTALL = "pip install 'oblix[docs]'"
 DEFAULT_WORKSPACE = "default"
+#: Where uploads without a workspace go while the current session is local-only.
+DEFAULT_PRIVATE_WORKSPACE = "default-private"
 
 
 class DocumentsAPI:
@@ -139,14 +141,18 @@ class DocumentsAPI:
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
-    def _workspace_or_default(self, library: Library, ref: str | None, private: bool = False) -> Workspace:
+    def _workspace_or_default(self, library: Library, ref: str | None) -> Workspace:
+        """``ref``, else the ``default`` workspace, or ``default-private`` (a private one) while
+        the current session is local-only: its uploads never join a shared workspace."""
         if ref:
             return library.workspace(ref)
-        found = [w for w in library.index.list_workspaces() if w.name == DEFAULT_WORKSPACE]
+        private = self._private_session(getattr(self, "current_session_id", None))
+        name = DEFAULT_PRIVATE_WORKSPACE if private else DEFAULT_WORKSPACE
+        found = [w for w in library.index.list_workspaces() if w.name == name]
         if found:
             return found[0]
         return library.create_workspace(
-            DEFAULT_WORKSPACE, private=private, embedder=self._private_spec(library, None, private)
+            name, private=private, embedder=self._private_spec(library, None, private)
         )
 
     @staticmethod

@@ -137,7 +137,8 @@ class Library:
         if found is None:
             names = ", ".join(w.name for w in self.index.list_workspaces()) or "none"
             raise WorkspaceNotFoundError(
-                f"No workspace {ref!r} (workspaces: {names}). Create it with create_workspace."
+                f"No workspace {ref!r} (workspaces: {names}). Create it: create_workspace(name) in the "
+                "SDK, oblix docs add PATH -w NAME on the command line."
             )
         return found
 
@@ -295,6 +296,11 @@ class Library:
         if not isinstance(file_path, str | Path) or not isinstance(name, str | None):
             raise DocumentError("file_path and name must be strings (name may be None).")
         metadata = check_json_dict(metadata, "The document metadata", DocumentError)
+        if metadata and "connector_id" in metadata:  # the key a connector's sync keeps its own files by
+            raise DocumentError(
+                "connector_id is kept by Oblix for the documents of a connector (a sync would delete an "
+                "upload that carried it): name your metadata key otherwise."
+            )
         path = Path(file_path).expanduser()
         if not path.is_file():
             raise UnreadableDocumentError(f"{path} is not a readable file.")
