@@ -186,6 +186,15 @@ class DocumentIndexContract:
         assert [h.chunk.doc_id for h in index.keyword_search("ws_contract", "turbines", 5)] == ["d3"]
         assert index.vector_search("ws_contract", [1, 0, 0, 0], 5) == []
 
+    def test_a_document_without_text_is_kept_with_no_chunk(self, filled: DocumentIndex) -> None:
+        """An empty file is a document of no chunk, embedded (an empty list of vectors) or not."""
+        for vectors in ([], None):
+            filled.put_document(_doc("d4", "empty.txt"), [], vectors)
+            found = filled.get_document("ws_contract", "d4")
+            assert found is not None and found.name == "empty.txt"
+            assert filled.document_chunks("ws_contract", "d4") == []
+        assert {h.chunk.doc_id for h in filled.keyword_search("ws_contract", "router", 5)} == {"d1"}
+
 
 class DocumentReaderContract:
     """Provide ``reader`` and ``sample``: ``(file name, its bytes, a phrase its text must hold)``."""

@@ -372,7 +372,7 @@ class SqliteDocumentIndex(DocumentIndex):
 
 
 def _blobs(vectors: Sequence[Sequence[float]] | None, count: int) -> list[bytes | None]:
-    if vectors is None:
+    if vectors is None or (count == 0 and len(vectors) == 0):  # a document without text has no chunk
         return [None] * count
     matrix = np.asarray(vectors, dtype=np.float32)
     if matrix.ndim != 2 or not np.isfinite(matrix).all():
