@@ -276,10 +276,7 @@ class ModelBackend:
         Closing the iterator early (or cancelling its task) stops generation promptly.
         """
         if not self.started:
-            raise PermanentModelError(
-                f"{self.model_id} was not started; hook it with hook_model (or await start()).",
-                model_id=self.model_id,
-            )
+            raise self.not_started()
         complete = False
         self.in_flight += 1
         try:
@@ -296,6 +293,21 @@ class ModelBackend:
             self.in_flight -= 1
         if not complete and self.end_is_complete:
             yield StreamChunk(finish_reason="stop")
+
+    def not_started(self) -> PermanentModelError:
+        """The error :meth:`stream` raises when the model was not started."""
+        return PermanentModelError(
+            f"{self.model_id} was not started; hook it with hook_model (or await start()).",
+            model_id=self.model_id,
+        )
+
+    @property
+    def streams_plainly(self) -> bool:
+        """Whether :meth:`stream` is this base class's own (not overridden): a caller that
+        keeps its promises itself (started check, :attr:`in_flight`, secrets scrubbed from
+        errors, :attr:`end_is_complete`) may then read :meth:`generate` directly, one async
+        generator layer fewer per answer (the executor does)."""
+        return type(self).stream is ModelBackend.stream
 
     def generate(self, request: GenerationRequest) -> AsyncGenerator[StreamChunk, None]:
         """The backend's generator: yield :class:`StreamChunk` objects. Subclasses implement it."""

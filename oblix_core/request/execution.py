@@ -257,36 +257,37 @@ class Executor:
 
         The first-token and total timeouts apply to each wait for the model's next chunk
         (:func:`~oblix_core.request.waits.next_item`: a timer only when the wait waits, never
-        across a ``yield``). ``spending`` (:mod:`oblix_core.usage.spending`) is told when the
-        reader is handed text, and what a cloud model produced when its answer ends without
-        completing: interrupted by a failure, or abandoned by the reader (closed or cancelled).
-        """
-        if request.local_only and not model.is_local:
-            raise PermanentModelError(
-                f"{model.model_id} is not local and this request is local-only; it was not started.",
-                model_id=model.model_id,
-            )
+        across a ``yield``). ``spending`` (:mod:`oblix_core.usage.spending`) is told when the reader
+        is handed text, and what a cloud model produced when its answer ends without completing:
+        interrupted by a failure, or abandoned by the reader (closed or cancelled)."""
         s = self.settings
-        first_deadline, total_deadline = _deadlines(s, answer.started)
+        first_by, total_by = _deadlines(s, answer.started)
         first = True  # no text yet
         held = ""  # a high surrogate that may pair with the next chunk's first character
         native = on_asyncio()
         try:
-            async with aclosing(model.stream(request)) as chunks:
-                iterator = chunks.__aiter__()
-                while True:
-                    try:
-                        chunk = await next_item(iterator, first_deadline if first else total_deadline, native)
-                    except StopAsyncIteration:
-                        break
-                    except WaitExpired:
-                        raise _timed_out(model, s, first) from None
-                    first = first and not chunk.text
-                    text, held = _take(model, answer, chunk, held, s.max_answer_chars)
-                    if text:
-                        _reader(spending, True)
-                        yield text
-                        _reader(spending, False)
+            chunks, plain = _source(model, request)
+            try:
+                async with aclosing(chunks):
+                    iterator = chunks.__aiter__()
+                    while True:
+                        try:
+                            chunk = await next_item(iterator, first_by if first else total_by, native)
+                        except StopAsyncIteration:
+                            break
+                        except WaitExpired:
+                            raise _timed_out(model, s, first) from None
+                        first = first and not chunk.text
+                        text, held = _take(model, answer, chunk, held, s.max_answer_chars)
+                        if text:
+                            _reader(spending, True)
+                            yield text
+                            _reader(spending, False)
+            finally:
+                if plain:
+                    model.in_flight -= 1
+            if plain and answer.finish is None and model.end_is_complete:
+                answer.finish = "stop"  # as ModelBackend.stream marks a normal end of generate()
             if held:
                 answer.parts.append(utf8_safe(held))
                 _reader(spending, True)
@@ -371,6 +372,26 @@ class Executor:
             and tries <= self.settings.max_retries
             and self.breaker.available(model.model_id)
         )
+
+
+def _source(model: ModelBackend, request: Request) -> tuple[AsyncGenerator[StreamChunk, None], bool]:
+    """The chunks of ``model``'s answer, and whether they come from its ``generate`` directly
+    (its ``stream`` not overridden; the caller then keeps ``stream``'s promises: started checked
+    here, :attr:`in_flight` counted here and released by the caller, an end marked complete
+    per ``end_is_complete``; errors are scrubbed by :func:`_as_model_error`, which every error of
+    an attempt goes through). A local-only request never starts a non-local model."""
+    if request.local_only and not model.is_local:
+        raise PermanentModelError(
+            f"{model.model_id} is not local and this request is local-only; it was not started.",
+            model_id=model.model_id,
+        )
+    if not model.streams_plainly:
+        return model.stream(request), False
+    if not model.started:
+        raise model.not_started()
+    chunks = model.generate(request)
+    model.in_flight += 1
+    return chunks, True
 
 
 def _deadlines(s: ExecutionSettings, start: float) -> tuple[float, float]:
