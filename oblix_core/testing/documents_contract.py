@@ -188,7 +188,8 @@ class DocumentIndexContract:
 
     def test_a_document_without_text_is_kept_with_no_chunk(self, filled: DocumentIndex) -> None:
         """An empty file is a document of no chunk, embedded (an empty list of vectors) or not."""
-        for vectors in ([], None):
+        empty: list[list[float]] = []
+        for vectors in (empty, None):
             filled.put_document(_doc("d4", "empty.txt"), [], vectors)
             found = filled.get_document("ws_contract", "d4")
             assert found is not None and found.name == "empty.txt"
