@@ -216,7 +216,7 @@ class ResponseStream:
         plan = executor.screen(
             plan, models, request, forced=request.model, fallback=request.fallback, agents=agents
         )
-        if self._budget is not None:
+        if self._budget is not None and self._budget.active:
             plan = await self._budget.screen(plan)
         self.routing_decision = plan.decision() | {
             "selected": None,
@@ -231,13 +231,19 @@ class ResponseStream:
         try:
             # the request as the caller sent it (only a request with a key is compared with its tries)
             fields = request_fields(self.request) if self.request.idempotency_key else {}
-            await retrieval.apply(self.request)  # documents: search once, before privacy and routing
+            if self.request.retrieval is not None:  # documents: search once, before privacy and routing
+                await retrieval.apply(self.request)
             engine = self._engine
-            once = self._once = await Once.start(  # claimed first: the claim sets the request id
-                engine.idempotency, self.request, fields, engine.executor.settings
+            once = self._once = (  # claimed first: the claim sets the request id
+                await Once.start(engine.idempotency, self.request, fields, engine.executor.settings)
+                if self.request.idempotency_key is not None and engine.idempotency is not None
+                else None  # as Once.start says for a request without a key: a coroutine call fewer
             )
             session = await self._session()
-            await off_loop_if_long(self._apply_session, session, size=len(session.messages))
+            if len(session.messages) > LONG_HISTORY:
+                await off_loop_if_long(self._apply_session, session, size=len(session.messages))
+            else:  # a coroutine call fewer for the usual history
+                self._apply_session(session)
             if once is not None:
                 await once.recover(session)
                 if once.replay is not None:  # an earlier try answered: nothing runs, stores or counts
@@ -260,7 +266,8 @@ class ResponseStream:
                 async with aclosing(run) as events:
                     async for event in events:
                         if isinstance(event, Attempting):
-                            await budget.admit(event.model)
+                            if budget.active:  # no budget set: nothing to decide
+                                await budget.admit(event.model)
                             self._answering = event.model.model_id
                         elif isinstance(event, Done):
                             done = event
@@ -274,17 +281,22 @@ class ResponseStream:
                 raise
             await self._finish(done, plan, checks, started)
         except BaseException as exc:
-            if self._budget is not None:
-                self._budget.release()
-            if self._once is not None:  # released unless the complete exchange was stored
-                with anyio.CancelScope(shield=True):
-                    await self._once.finish(self.result)
-            if isinstance(exc, NoModelAvailableError) and self.routing_decision is not None:
-                self.routing_decision["attempts"] = list(exc.attempts)
-            if isinstance(exc, Exception):
-                notify(hooks.oblix_request_error, request=self.request, error=exc)
+            await self._failed(exc)
             raise
         notify(hooks.oblix_request_end, request=self.request, result=self.result)
+
+    async def _failed(self, exc: BaseException) -> None:
+        """After the request failed (or was cancelled or closed): the budget gate released, the
+        idempotency claim finished, the attempts in the decision, the error hooks told."""
+        if self._budget is not None:
+            self._budget.release()
+        if self._once is not None:  # released unless the complete exchange was stored
+            with anyio.CancelScope(shield=True):
+                await self._once.finish(self.result)
+        if isinstance(exc, NoModelAvailableError) and self.routing_decision is not None:
+            self.routing_decision["attempts"] = list(exc.attempts)
+        if isinstance(exc, Exception):
+            notify(self._engine.hooks.oblix_request_error, request=self.request, error=exc)
 
     async def _finish(self, done: Done | None, plan: RoutingPlan, checks: list[Any], started: float) -> None:
         """The answer's metrics and usage recorded, the exchange stored, the gate released, the
