@@ -533,8 +533,8 @@ def _metrics(
         output_tokens = model.count_tokens(answer.text)
     ended = time.monotonic()
     generating = ended - (answer.first_at or answer.started)
-    first_at = answer.first_at
-    return {
+    first_at, info = answer.first_at, answer.info
+    metrics = {
         "latency_ms": round((ended - answer.started) * 1000, 2),
         "time_to_first_token_ms": round((first_at - answer.started) * 1000, 2) if first_at else None,
         "tokens_per_second": round(output_tokens / generating, 2)
@@ -547,8 +547,12 @@ def _metrics(
         "finish_reason": answer.finish,
         "history_messages_sent": len(request.messages),
         "attempts": [a.to_dict() for a in attempts],
-        **answer.info,
-    } | _usage_error(answer.info.get(USAGE_ERROR), problem)
+    }
+    if info:
+        metrics.update(info)
+    if problem or info.get(USAGE_ERROR):  # named invalid counts (else none: no merge)
+        metrics.update(_usage_error(info.get(USAGE_ERROR), problem))
+    return metrics
 
 
 def _usage_error(*notes: str | None) -> dict[str, Any]:

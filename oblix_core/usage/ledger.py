@@ -366,29 +366,35 @@ def answer_record(
     Counts are checked again (:func:`~oblix_core.usage.counts.token_count`): an invalid one is
     recorded as 0 and named in ``error``, never as a negative or failing record.
     """
-    counts = {}
-    invalid = False
     problems = [error] if error else []
     if metrics.get(USAGE_ERROR):
         problems.append(str(metrics[USAGE_ERROR]))
-    for name in ("input_tokens", "output_tokens", "cached_input_tokens"):
+    counts = []
+    invalid = False
+    for name in _COUNTED:
         value = metrics.get(name)
-        counts[name] = token_count(value)
-        if value is not None and counts[name] is None:
+        count = token_count(value)
+        if value is not None and count is None:
             invalid = True
             problems.append(f"{name}={value!r:.40} is not a token count")
+        counts.append(count or 0)
+    inputs, outputs, cached = counts
     return UsageRecord(
         request_id=request.request_id,
         model_id=model_id,
         local=local,
-        input_tokens=counts["input_tokens"] or 0,
-        output_tokens=counts["output_tokens"] or 0,
+        input_tokens=inputs,
+        output_tokens=outputs,
         cost_usd=_amount(metrics.get("cost_usd")),
         session_id=request.session_id if request.store else None,
-        cached_tokens=min(counts["cached_input_tokens"] or 0, counts["input_tokens"] or 0),
+        cached_tokens=min(cached, inputs),
         latency_ms=_amount(metrics.get("total_latency_ms") or metrics.get("latency_ms")),
         rule=rule,
         reason=reason[:500],
         tokens_estimated=bool(metrics.get("tokens_estimated")) or invalid,
         error="; ".join(problems)[:500],
     )
+
+
+#: The token counts of an answer's metrics a usage record takes.
+_COUNTED = ("input_tokens", "output_tokens", "cached_input_tokens")
