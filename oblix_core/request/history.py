@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import operator
 from collections.abc import Hashable, Sequence
 
 import attrs
@@ -95,15 +94,12 @@ def message_tokens(model: ModelBackend, message: ChatMessage, key: Hashable | No
     return count
 
 
-_CONTENT = operator.attrgetter("content")
-
-
 def _costs(model: ModelBackend, history: Sequence[ChatMessage], key: Hashable | None) -> list[int]:
     """Each message's tokens (:func:`message_tokens`, its cache read inline: the hot loop)."""
     if key is None:
         return [model.count_message_tokens([m]) for m in history]
     if key == ESTIMATED_TOKENS:  # ModelBackend's own counts, as arithmetic: no lookup needed
-        return [(size + 3) // 4 + 4 for size in map(len, map(_CONTENT, history))]
+        return [(len(m.content) + 3) // 4 + 4 for m in history]  # (faster than map with attrgetter)
     get = _COUNTS.get
     costs = [get((key, m.role, m.content)) if m.tool_calls is None else None for m in history]
     for i, cost in enumerate(costs):

@@ -38,6 +38,7 @@ The ``routing_decision`` of a result records all of it; its keys are listed in
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -152,12 +153,7 @@ def default_policy(
     (an agent publishes a new check object with each sample), each model's locality,
     warming state and queue (with its last speed while it has one). Errors are not kept.
     """
-    key = (
-        request,
-        tuple(map(id, models)),
-        tuple(map(id, checks)),
-        tuple(_signals(m) for m in models),
-    )
+    key = (request, tuple(map(id, models)), tuple(map(id, checks)), tuple(map(_signals, models)))
     held = _PLANS.get(key)
     if held is not None and _same(held[0], models) and _same(held[1], checks):
         return held[2]
@@ -177,7 +173,7 @@ def _signals(model: ModelBackend) -> tuple[object, ...]:
 
 def _same(held: Sequence[object], given: Sequence[object]) -> bool:
     """Whether ``given`` holds the very objects ``held`` does (ids alone could be reused)."""
-    return len(held) == len(given) and all(a is b for a, b in zip(held, given, strict=True))
+    return len(held) == len(given) and all(map(operator.is_, held, given))
 
 
 def _by_rules(
@@ -282,15 +278,6 @@ def _prefer_ready(plan: RoutingPlan) -> RoutingPlan:
     if rule == plan.rule and len(reasons) == 1:
         return plan
     return attrs.evolve(plan, candidates=tuple(candidates), rule=rule, reason="; ".join(reasons))
-
-
-def _load(model: ModelBackend) -> dict[str, Any]:
-    return {
-        "busy": model.busy,
-        "queue_depth": model.queue_depth,
-        "warming": model.warming,
-        "last_tokens_per_second": model.last_tokens_per_second,
-    }
 
 
 def screen(
@@ -413,7 +400,12 @@ def _entry(model: ModelBackend, breaker: CircuitBreaker, fit: dict[str, Any] | N
         "why": why,
         "context": fit,
         "health": health,
-        "load": _load(model),
+        "load": {
+            "busy": model.busy,
+            "queue_depth": model.queue_depth,
+            "warming": model.warming,
+            "last_tokens_per_second": model.last_tokens_per_second,
+        },
     }
 
 
