@@ -194,12 +194,13 @@ async def current_checks(
     last reading saved in ``readings``, a :class:`~oblix_core.models.health.JsonFile`, younger
     than :data:`PERSISTED_MAX_AGE`) or ``"none"`` (still ``PENDING``: routed without it).
     """
-    deadline = time.monotonic() + FRESH_SAMPLE_BUDGET
+    deadline = None  # set when the first agent is found pending (the usual request has none)
     checks: list[AgentCheck] = []
     sources: list[str] = []
     for agent in agents:
         check, source = agent.latest(), "background"
         if check.state == AgentState.PENDING:
+            deadline = deadline or time.monotonic() + FRESH_SAMPLE_BUDGET
             left = max(0.0, deadline - time.monotonic())
             with anyio.move_on_after(left):
                 check = await anyio.to_thread.run_sync(agent.wait_first, left, abandon_on_cancel=True)
@@ -207,7 +208,7 @@ async def current_checks(
             source = "fresh" if check.state != AgentState.PENDING else "none"
         checks.append(check)
         sources.append(source)
-    if readings is not None:
+    if readings is not None and "none" in sources:
         for agent, source in zip(agents, sources, strict=True):
             if source == "none":
                 _save_when_sampled(agent, readings)

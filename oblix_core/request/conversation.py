@@ -303,7 +303,8 @@ class ResponseStream:
         result built (and kept under the request's idempotency key)."""
         assert done is not None
         engine, model = self._engine, done.model
-        metrics = done.metrics | {"total_latency_ms": round((time.monotonic() - started) * 1000, 2)}
+        metrics = done.metrics  # the executor's own dict for this answer: completed in place
+        metrics["total_latency_ms"] = round((time.monotonic() - started) * 1000, 2)
         if done.tool_calls:
             metrics["tool_calls"] = [dict(c) for c in done.tool_calls]
         metrics["cost_usd"] = engine.pricing.cost(
