@@ -245,67 +245,6 @@ class Executor:
         which also computes each candidate's fit once): what :meth:`run` then runs as planned."""
         return screen(plan, models, request.messages, request.max_tokens, self.breaker, **kw)
 
-    async def attempt(
-        self,
-        model: ModelBackend,
-        request: Request,
-        answer: _Answer,
-        attempts: Sequence[Attempt] = (),
-        spending: Spending | None = None,
-    ) -> AsyncGenerator[str, None]:
-        """One try of ``model``: yield its text; raise unless the answer ends positively.
-
-        The first-token and total timeouts apply to each wait for the model's next chunk
-        (:func:`~oblix_core.request.waits.next_item`: a timer only when the wait waits, never
-        across a ``yield``). ``spending`` (:mod:`oblix_core.usage.spending`) is told when the reader
-        is handed text, and what a cloud model produced when its answer ends without completing:
-        interrupted by a failure, or abandoned by the reader (closed or cancelled)."""
-        s = self.settings
-        first_by, total_by = _deadlines(s, answer.started)
-        first = True  # no text yet
-        held = ""  # a high surrogate that may pair with the next chunk's first character
-        native = on_asyncio()
-        try:
-            chunks, plain = _source(model, request)
-            try:
-                async with aclosing(chunks):
-                    iterator = chunks.__aiter__()
-                    while True:
-                        try:
-                            chunk = await next_item(iterator, first_by if first else total_by, native)
-                        except StopAsyncIteration:
-                            break
-                        except WaitExpired:
-                            raise _timed_out(model, s, first) from None
-                        first = first and not chunk.text
-                        text, held = _take(model, answer, chunk, held, s.max_answer_chars)
-                        if text:
-                            _reader(spending, True)
-                            yield text
-                            _reader(spending, False)
-            finally:
-                if plain:
-                    model.in_flight -= 1
-            if plain and answer.finish is None and model.end_is_complete:
-                answer.finish = "stop"  # as ModelBackend.stream marks a normal end of generate()
-            if held:
-                answer.parts.append(utf8_safe(held))
-                _reader(spending, True)
-                yield answer.parts[-1]
-                _reader(spending, False)
-            _check_end(model, answer)
-        except Exception as exc:
-            if answer.parts:  # no other try follows: what it produced is spent
-                _report(
-                    spending, model, request, answer, attempts, f"interrupted: {_as_model_error(model, exc)}"
-                )
-            raise
-        except BaseException:  # the reader closed the stream or was cancelled
-            if answer.parts or answer.calls:
-                why = "abandoned: the reader stopped before the end of the answer"
-                _report(spending, model, request, answer, attempts, why)
-            raise
-
     async def run(
         self,
         candidates: Sequence[ModelBackend],
@@ -313,56 +252,100 @@ class Executor:
         fits: Mapping[str, Fit] | None = None,
         spending: Spending | None = None,
     ) -> AsyncGenerator[str | Attempting | Done, None]:
-        """Yield :class:`Attempting` before each try, answer text as it streams, then one
-        :class:`Done`. The candidates run in the order given: a screened plan's (see
-        :meth:`screen`), which already skips cooling models; with its ``fits`` each sends
-        its planned messages (see :func:`_planned`). ``spending``: see :meth:`attempt`."""
+        """Yield :class:`Attempting` before each try, answer text as it streams, then one :class:`Done`.
+        Candidates run in the order given (a screened plan's: see :meth:`screen`), each sending its
+        planned messages (``fits``, :func:`_planned`). A try's waits for chunks are timed by
+        :func:`next_item`; ``spending`` hears of text handed on and of unfinished answers."""
         attempts: list[Attempt] = []
+        s, native = self.settings, on_asyncio()
         for model in candidates:
-            try:
-                await model.prepare()
-                own = model.with_defaults(request)  # the model's generation defaults, where unset
-                trimmed = _planned(model, own, (fits or {}).get(model.model_id))
-            except (PermanentModelError, ConfigError) as exc:  # cannot load, or the prompt cannot fit
-                attempts.append(Attempt(model.model_id, secrets.scrub(str(exc)), 0.0))
+            prepared = await _prepared(model, request, fits, attempts)
+            if prepared is None:
                 continue
-            tries, retrimmed = 0, False
-            while True:
+            (own, sent), tries, refit = prepared, 0, False
+            while sent is not None:
                 tries += 1
-                answer = _Answer(started=time.monotonic())
+                answer, first, held = _Answer(started=time.monotonic()), True, ""
+                first_by, total_by = _deadlines(s, answer.started)
                 yield Attempting(model)
                 try:
-                    async with aclosing(self.attempt(model, trimmed, answer, attempts, spending)) as texts:
-                        async for text in texts:
-                            yield text
+                    chunks, plain = _source(model, sent)
+                    try:
+                        async with aclosing(chunks):
+                            iterator = chunks.__aiter__()
+                            while True:
+                                try:
+                                    chunk = await next_item(iterator, first_by if first else total_by, native)
+                                except StopAsyncIteration:
+                                    break
+                                except WaitExpired:
+                                    raise _timed_out(model, s, first) from None
+                                first = first and not chunk.text
+                                text, held = _take(model, answer, chunk, held, s.max_answer_chars)
+                                if text:
+                                    _reader(spending, True)
+                                    yield text
+                                    _reader(spending, False)
+                    finally:
+                        if plain:
+                            model.in_flight -= 1
+                    if held:  # a lone high surrogate at the very end
+                        _reader(spending, True)
+                        yield _flush(answer, held)
+                        _reader(spending, False)
+                    _check_end(model, answer, plain)
                 except Exception as exc:
-                    error = _as_model_error(model, exc)
-                    attempts.append(Attempt(model.model_id, str(error), _elapsed_ms(answer.started)))
-                    retry = not answer.parts and self._retry(error, tries, model)
-                    gave_up = isinstance(error, TransientModelError) and not retry
-                    self.breaker.record_failure(model.model_id, at_once=gave_up, error=str(error))
-                    if not answer.parts and not retrimmed and _learned_smaller_window(model, error):
-                        retrimmed = True  # the server said how long it can take: fit it and try once more
-                        try:
-                            trimmed = attrs.evolve(
-                                own, messages=trim_to_window(own.messages, model, own.max_tokens)
-                            )
-                        except PermanentModelError:
-                            break
-                        continue
-                    if answer.parts:
-                        raise _interrupted(model, error, answer.text) from None
-                    if retry:
-                        await anyio.sleep(max(self.settings.backoff(tries), _asked_wait(error)))
-                        continue
-                    break
-                self.breaker.record_success(model.model_id)
-                attempts.append(Attempt(model.model_id, None, _elapsed_ms(answer.started)))
-                metrics = _metrics(model, trimmed, answer, attempts, (fits or {}).get(model.model_id))
-                model.last_tokens_per_second = metrics["tokens_per_second"]
-                yield Done(model, answer.text, metrics, tuple(attempts), tuple(answer.tool_calls))
+                    _unfinished(spending, model, sent, answer, attempts, exc)
+                    sent, refit = await self._failed(model, own, sent, answer, exc, tries, refit, attempts)
+                    continue
+                except BaseException:  # the reader closed the stream or was cancelled
+                    _unfinished(spending, model, sent, answer, attempts, None)
+                    raise
+                yield self._done(model, sent, answer, attempts, (fits or {}).get(model.model_id))
                 return
         raise _no_model(attempts)
+
+    async def _failed(
+        self,
+        model: ModelBackend,
+        own: Request,
+        trimmed: Request,
+        answer: _Answer,
+        exc: Exception,
+        tries: int,
+        retrimmed: bool,
+        attempts: list[Attempt],
+    ) -> tuple[Request | None, bool]:
+        """After a failed try of ``model``: the request to try it with again (a retry after a
+        backoff, or refitted once to a smaller window the server reported) and whether it was
+        refitted, or ``None`` to go on to the next candidate. Once text was delivered, raises
+        :class:`StreamInterruptedError` (not retried, not sent elsewhere)."""
+        error = _as_model_error(model, exc)
+        attempts.append(Attempt(model.model_id, str(error), _elapsed_ms(answer.started)))
+        retry = not answer.parts and self._retry(error, tries, model)
+        gave_up = isinstance(error, TransientModelError) and not retry
+        self.breaker.record_failure(model.model_id, at_once=gave_up, error=str(error))
+        if not answer.parts and not retrimmed and _learned_smaller_window(model, error):
+            try:  # the server said how long it can take: fit it and try once more
+                return attrs.evolve(own, messages=trim_to_window(own.messages, model, own.max_tokens)), True
+            except PermanentModelError:
+                return None, True
+        if answer.parts:
+            raise _interrupted(model, error, answer.text) from None
+        if retry:
+            await anyio.sleep(max(self.settings.backoff(tries), _asked_wait(error)))
+            return trimmed, retrimmed
+        return None, retrimmed
+
+    def _done(
+        self, model: ModelBackend, request: Request, answer: _Answer, attempts: list[Attempt], fit: Fit | None
+    ) -> Done:
+        """A successful try: the model's health told, its speed kept, the :class:`Done` event."""
+        self.breaker.record_success(model.model_id)
+        attempts.append(Attempt(model.model_id, None, _elapsed_ms(answer.started)))
+        metrics = _metrics(model, request, answer, attempts, fit)
+        model.last_tokens_per_second = metrics["tokens_per_second"]
+        return Done(model, answer.text, metrics, tuple(attempts), tuple(answer.tool_calls))
 
     def _retry(self, error: ModelError, tries: int, model: ModelBackend) -> bool:
         """Whether to try ``model`` again on this request."""
@@ -372,6 +355,21 @@ class Executor:
             and tries <= self.settings.max_retries
             and self.breaker.available(model.model_id)
         )
+
+
+async def _prepared(
+    model: ModelBackend, request: Request, fits: Mapping[str, Fit] | None, attempts: list[Attempt]
+) -> tuple[Request, Request | None] | None:
+    """``model`` made ready (:meth:`~ModelBackend.prepare`), and ``request`` with its generation
+    defaults and then its planned messages; ``None`` (the failure added to ``attempts``) when it
+    cannot load or the prompt cannot fit it."""
+    try:
+        await model.prepare()
+        own = model.with_defaults(request)  # the model's generation defaults, where unset
+        return own, _planned(model, own, (fits or {}).get(model.model_id))
+    except (PermanentModelError, ConfigError) as exc:
+        attempts.append(Attempt(model.model_id, secrets.scrub(str(exc)), 0.0))
+        return None
 
 
 def _source(model: ModelBackend, request: Request) -> tuple[AsyncGenerator[StreamChunk, None], bool]:
@@ -424,8 +422,18 @@ def _timed_out(model: ModelBackend, s: ExecutionSettings, first: bool) -> ModelT
     )
 
 
-def _check_end(model: ModelBackend, answer: _Answer) -> None:
-    """Raise :class:`TransientModelError` unless the answer ended positively with some content."""
+def _flush(answer: _Answer, held: str) -> str:
+    """A high surrogate held back to the end, taken into ``answer`` as the text to hand on."""
+    answer.parts.append(utf8_safe(held))
+    return answer.parts[-1]
+
+
+def _check_end(model: ModelBackend, answer: _Answer, plain: bool = False) -> None:
+    """Raise :class:`TransientModelError` unless the answer ended positively with some content.
+    ``plain``: read from ``generate`` directly (:func:`_source`), whose normal end is a positive
+    one when the backend says so (``end_is_complete``, as ``ModelBackend.stream`` marks it)."""
+    if plain and answer.finish is None and model.end_is_complete:
+        answer.finish = "stop"
     if answer.finish is None:
         raise TransientModelError(
             f"{model.model_id}: the answer stream ended without a finish reason (truncated).",
@@ -454,6 +462,24 @@ def _asked_wait(error: ModelError) -> float:
 def _reader(spending: Spending | None, waiting: bool) -> None:
     if spending is not None:
         spending.reader(waiting)
+
+
+def _unfinished(
+    spending: Spending | None,
+    model: ModelBackend,
+    request: Request,
+    answer: _Answer,
+    attempts: Sequence[Attempt],
+    exc: Exception | None,
+) -> None:
+    """After a try ended without completing: what it produced is reported as spent, when it
+    produced something (:func:`_report`): interrupted by ``exc``, or (``None``) abandoned by the
+    reader. No other try follows either (text was delivered, or the reader is gone)."""
+    if exc is not None and answer.parts:
+        _report(spending, model, request, answer, attempts, f"interrupted: {_as_model_error(model, exc)}")
+    elif exc is None and (answer.parts or answer.calls):
+        why = "abandoned: the reader stopped before the end of the answer"
+        _report(spending, model, request, answer, attempts, why)
 
 
 def _report(
