@@ -418,10 +418,10 @@ class ResponseStream:
         """The store write of this exchange: the new session created with it, or an append."""
         request, store, new = self.request, self._engine.store, self._new_session
         partial = bool(metrics.get("interrupted"))
-        *ids, write_key = exchange_ids(request.request_id, bool(request.idempotency_key), partial)
-        messages = [
-            Message("user", request.prompt, id=ids[0], timestamp=started_at),
-            Message("assistant", text, id=ids[1], model_id=model_id, metrics=metrics),
+        asked, answered, write_key = exchange_ids(request.request_id, bool(request.idempotency_key), partial)
+        messages = [  # positionally: role, content, id, timestamp, model_id, metrics
+            Message("user", request.prompt, asked, started_at),
+            Message("assistant", text, answered, utc_now(), model_id, metrics),
         ]
         if new is not None and new.id == request.session_id:
             record = attrs.evolve(new, messages=(*new.messages, *messages))

@@ -37,7 +37,7 @@ from oblix_core.errors import (
     OblixError,
 )
 from oblix_core.sessions.idempotency import DEFAULT_TTL_S, IdempotencyRecords, KeyedRecord
-from oblix_core.sessions.records import Message, SessionRecord, new_message_id, random_hex
+from oblix_core.sessions.records import Message, SessionRecord, new_message_id_pair, random_hex
 
 if TYPE_CHECKING:
     from oblix_core.request.context import Request
@@ -100,7 +100,7 @@ def exchange_ids(request_id: str, keyed: bool, partial: bool) -> tuple[str, str,
     if keyed and not partial:
         return (*message_ids(request_id), request_id)
     write = f"{request_id}.interrupted-{random_hex()[:8]}" if keyed else request_id
-    return new_message_id(), new_message_id(), write
+    return (*new_message_id_pair(), write)
 
 
 def fingerprint(fields: dict[str, Any]) -> dict[str, str]:

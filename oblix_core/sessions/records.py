@@ -95,6 +95,13 @@ def new_message_id() -> str:
     return f"msg_{random_hex()}"
 
 
+def new_message_id_pair() -> tuple[str, str]:
+    """Two fresh message ids (each as :func:`new_message_id`) from one read of the random pool:
+    an exchange's user and assistant messages."""
+    digits = _RANDOM.take(32).hex()
+    return f"msg_{digits[:32]}", f"msg_{digits[32:]}"
+
+
 def validate_session_id(session_id: object) -> str:
     """Return ``session_id`` if it is safe to use as a storage key, else raise.
 
