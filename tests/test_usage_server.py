@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -85,3 +86,36 @@ def test_hostile_counts_through_the_server_are_an_answer_and_an_estimate(
         assert answer.usage is not None and answer.usage.prompt_tokens > 0
     [record] = _records(tmp_path)
     assert "not a token count" in record.error and record.tokens_estimated  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+def test_an_answer_given_is_in_the_ledger_even_if_the_server_is_killed_at_once(
+    tmp_path: Path, endpoint: HostileOpenAI, streamed: bool
+) -> None:
+    """The ledger writes behind the request path; the server waits for an answer's record
+    before the answer's end goes out, so a SIGKILL right after the client has it loses nothing
+    (before: the record waited up to 5 ms in the writer's queue, and the kill took it)."""
+    import signal
+
+    endpoint.pause = 0.0
+    answered = 0
+    for _ in range(3):
+        server = _serve(tmp_path, endpoint).start()
+        try:
+            client = openai.OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0, timeout=30)
+            messages: list[Any] = [{"role": "user", "content": "hi"}]
+            if streamed:
+                chunks = client.chat.completions.create(
+                    model="openai:gpt-4o-mini", messages=messages, stream=True
+                )
+                assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            else:
+                answer = client.chat.completions.create(model="openai:gpt-4o-mini", messages=messages)
+                assert answer.choices[0].message.content
+            answered += 1
+            assert server.process is not None
+            server.process.send_signal(signal.SIGKILL)  # at once: no exit handler runs
+            server.process.wait()
+        finally:
+            server.stop()
+        assert len(_records(tmp_path)) == answered

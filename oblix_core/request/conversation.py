@@ -97,6 +97,19 @@ class ResponseStream:
         """The answer text handed to the caller so far."""
         return "".join(self._delivered)
 
+    async def recorded(self) -> None:
+        """Wait until this answer's usage record is written to the ledger, not only queued.
+
+        The ledger writes behind the request path (:mod:`oblix_core.usage.writer`): a process
+        killed right after an answer could lose its record. A caller that acknowledges the
+        answer to another party awaits this first (``oblix server`` does, before an answer's
+        end goes out); the writes of concurrent answers are shared (one transaction for all
+        that are queued).
+        """
+        flush = getattr(self._engine.ledger, "flush", None)
+        if flush is not None:
+            await anyio.to_thread.run_sync(flush)
+
     async def store_interrupted(self, reason: str) -> bool:
         """Store the prompt and the part of the answer delivered so far, marked interrupted.
 

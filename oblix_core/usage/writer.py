@@ -15,7 +15,9 @@ ledger (:meth:`~oblix_core.usage.ledger.UsageLedger.identity`) — so a process 
 own answers. Another process sees a record once it is written, normally within
 :data:`LINGER` seconds. ``close()`` and the interpreter's normal exit write what is left; a
 process killed outright (``SIGKILL``, power loss) can lose the records of its last
-instants. A forked child starts with an empty queue of its own.
+instants, unless its caller waited for them (``ResponseStream.recorded()``, which ``oblix
+server`` awaits before an answer's end goes out). A forked child starts with an empty queue
+of its own.
 """
 
 from __future__ import annotations

@@ -137,6 +137,7 @@ async def _answer_whole(request: Request, call: Call, stream: ResponseStream) ->
     except _Disconnected:
         await _close(stream)
         return Response(status_code=499)  # nobody reads it; the generation was cancelled
+    await stream.recorded()  # in the ledger before the answer goes out (a kill loses no record)
     session_id = result["session_id"] if call.stored else None
     headers = _headers(result["request_id"], stream, session_id) | {"X-Oblix-Model": result["model_id"]}
     body = shapes.completion(shapes.completion_id(result["request_id"]), int(time.time()), result)
@@ -159,6 +160,7 @@ async def _start_stream(
     except StopAsyncIteration:  # no text: an answer made only of tool calls
         if stream.result is None or not stream.result.get("tool_calls"):
             raise APIError(502, "The model ended its answer without any text.", code="empty_answer") from None
+        await stream.recorded()
         headers = _headers(stream.request_id, stream)
         events = _tool_call_events(stream.result, chat.include_usage)
         return _SSEResponse(events, stream, state, headers=headers | {"Cache-Control": "no-cache"})
@@ -188,6 +190,7 @@ async def _events(stream: ResponseStream, first: str, include_usage: bool) -> As
         yield shapes.sse(internal(stream.request_id).body())
         return
     assert stream.result is not None
+    await stream.recorded()  # in the ledger before the answer's end goes out
     metrics = stream.result["metrics"]
     yield shapes.sse(shapes.chunk(cid, created, model, {}, shapes.finish_reason(metrics)))
     if include_usage:
