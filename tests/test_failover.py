@@ -355,6 +355,7 @@ async def test_chat_why_explains_the_last_prompt(
     await client.shutdown()
 
 
+@pytest.mark.serial  # reads the machine's CPU use while llama.cpp generates: alone, not beside other workers
 @pytest.mark.llama
 @pytest.mark.anyio
 async def test_the_packaged_model_busy_is_oblix_busy_not_machine_busy(
