@@ -12,7 +12,7 @@ Hooks:            hookimpl, needs, MissingDependency, oblix_home
 Model backends:   ModelBackend, ModelType, GenerationRequest, ChatMessage, StreamChunk, Usage,
                   provider_usage, usage_info, token_count, MAX_TOKEN_COUNT
 HTTP helpers:     require, http_library, status_error, connection_error, describe_cause,
-                  seconds_option
+                  seconds_option, retry_after
 Agents:           BaseAgent, AgentCheck, AgentState, Target
 Session stores:   SessionStore, SessionRecord, Message, SessionChanges, LOCAL_ONLY_KEY,
                   matches_metadata, validate_session_id, parse_timestamp, utc_now,
@@ -91,6 +91,7 @@ from oblix_core.models.transport import (
     describe_cause,
     http_library,
     require,
+    retry_after,
     seconds_option,
     status_error,
 )
@@ -226,6 +227,7 @@ __all__ = [
     "redact_url",
     "remember_secret",
     "require",
+    "retry_after",
     "scrub_secrets",
     "seconds_option",
     "session_is_local_only",

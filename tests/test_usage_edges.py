@@ -10,6 +10,7 @@ The endpoints are loopback HTTP servers (test doubles standing in for misbehavin
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -329,3 +330,27 @@ async def test_openai_429_asking_for_a_long_wait_moves_on_at_once(
         with pytest.raises(Exception, match=r"retry after 600s .*max_retry_wait=20s"):
             await client.execute("hi", stream=False)
     assert endpoint.chat_requests == 1
+
+
+@pytest.mark.anyio
+async def test_openai_honours_a_retry_after_http_date(endpoint: HostileOpenAI) -> None:
+    """Retry-After as an HTTP date (RFC 9110 allows both forms) is a wait on OpenAI too, read by
+    the one ``retry_after`` both cloud backends use (OpenAI ignored the date form)."""
+    from email.utils import formatdate
+
+    from oblix_core.errors import TransientModelError
+    from oblix_core.models.backend import ChatMessage, GenerationRequest
+    from oblix_openai import OpenAIBackend
+
+    endpoint.mode = "429"
+    endpoint.retry_after = formatdate(time.time() + 30, usegmt=True)
+    backend = OpenAIBackend("gpt-4o-mini", endpoint=endpoint.url, api_key="sk-hostile", max_retry_wait=60)
+    await backend.start()
+    try:
+        with pytest.raises(TransientModelError) as info:
+            async for _ in backend.stream(GenerationRequest((ChatMessage("user", "hi"),))):
+                pass
+    finally:
+        await backend.aclose()
+    wait = info.value.retry_after
+    assert wait is not None and 25 <= wait <= 31

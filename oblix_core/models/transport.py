@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import email.utils
 import importlib
 import re
 import ssl
 import sys
+import time
 from types import ModuleType
 from typing import Any
 
@@ -147,3 +149,24 @@ def describe_cause(exc: BaseException) -> str:
         if "incomplete" in text.lower() or "RemoteProtocolError" in type(current).__name__:
             return f"the server closed the connection mid-response: {text}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def retry_after(headers: Any) -> float | None:
+    """Seconds to wait that a 429/503 response asks for: ``retry-after-ms``, else ``retry-after``
+    in seconds or as an HTTP date (a date in the past is 0); ``None`` when it asks nothing
+    readable. The executor caps the wait (see ``oblix_core.request.execution``)."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        try:
+            return max(0.0, float(raw) * scale)
+        except ValueError:
+            pass
+        try:
+            when = email.utils.parsedate_to_datetime(raw) if scale == 1.0 else None
+        except (TypeError, ValueError):
+            when = None
+        if when is not None:
+            return max(0.0, when.timestamp() - time.time())
+    return None

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import email.utils
 import os
-import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncGenerator
@@ -25,6 +23,7 @@ from oblix.plugin import (
     http_library,
     redact_url,
     require,
+    retry_after,
     seconds_option,
     status_error,
 )
@@ -287,22 +286,3 @@ def _detail(exc: Any) -> str:
     """The API's own error message (``error.message``), else the SDK's text."""
     message = _error_body(exc).get("message")
     return str(message if isinstance(message, str) and message else getattr(exc, "message", exc)).rstrip(".")
-
-
-def retry_after(headers: Any) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        raw = headers.get(name)
-        if raw is None:
-            continue
-        try:
-            return max(0.0, float(raw) * scale)
-        except ValueError:
-            pass
-        try:
-            when = email.utils.parsedate_to_datetime(raw) if scale == 1.0 else None
-        except (TypeError, ValueError):
-            when = None
-        if when is not None:
-            return max(0.0, when.timestamp() - time.time())
-    return None

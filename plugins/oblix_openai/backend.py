@@ -25,6 +25,7 @@ from oblix.plugin import (
     provider_usage,
     redact_url,
     require,
+    retry_after,
     seconds_option,
     status_error,
     usage_info,
@@ -270,19 +271,6 @@ class OpenAIBackend(ModelBackend):
             return exc.code < 500 and exc.code != 429, f"GET /models: HTTP {exc.code}"
         except OSError as exc:
             return False, f"GET /models: {describe_cause(exc)}"
-
-
-def retry_after(headers: Any) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (in seconds; a date is ignored)."""
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        raw = headers.get(name)
-        if raw is None:
-            continue
-        try:
-            return max(0.0, float(raw) * scale)
-        except ValueError:
-            continue
-    return None
 
 
 def _reported_window(entry: dict[str, Any]) -> int | None:
