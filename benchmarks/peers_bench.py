@@ -4,10 +4,11 @@ Both sides orchestrate instant models, so what is measured is the orchestration 
 
 * LiteLLM: ``Router.acompletion`` with ``mock_response`` (no network), two deployments,
   fallbacks from the first to the second, ``num_retries=2``, a 10-message history.
-* Oblix: ``client.execute(stream=False)`` with two instant models (the scripted test
-  backend), the first forced with ``fallback=True``, two agents (cached verdicts), retries
-  on (the default ``max_retries=2``), usage recorded and budgets checked as always, and a
-  session in an in-memory store (a new session every 20 calls, so histories stay short).
+* Oblix: ``client.execute(stream=False)`` with two instant models (:class:`InstantBackend`:
+  a fixed answer with fixed token counts, as LiteLLM's ``mock_response`` gives), the first
+  forced with ``fallback=True``, two agents (cached verdicts), retries on (the default
+  ``max_retries=2``), usage recorded and budgets checked as always, and a session in an
+  in-memory store (a new session every 20 calls, so histories stay short).
 
 With ``--auto``, Oblix is called as most users call it: ``execute()`` with automatic
 routing (no ``model=``) between a local and a cloud instant model, the real
@@ -37,7 +38,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +46,12 @@ import anyio
 import anyio.to_thread
 
 from benchmarks._table import print_table
+from oblix.plugin import GenerationRequest, ModelBackend, StreamChunk, Usage, hookimpl
 from oblix_core.agents import AgentCheck, BaseAgent
 from oblix_core.client import OblixClient
 from oblix_core.errors import SessionExistsError, SessionNotFoundError
 from oblix_core.sessions.records import Message, SessionRecord
 from oblix_core.sessions.store import SessionChanges, SessionStore
-from oblix_core.testing import ScriptedPlugin
 
 HISTORY = [
     {"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}: a short chat message"}
@@ -59,50 +60,71 @@ HISTORY = [
 PROMPT = "What next?"
 
 
+class InstantBackend(ModelBackend):
+    """An instant model, the peer of LiteLLM's ``mock_response``: one chunk with a fixed answer,
+    fixed token counts and a finish reason (no prompt counted: the scripted test backend
+    counts every prompt for its usage, work no model backend of Oblix does itself)."""
+
+    model_type = "instant"
+    ANSWER = StreamChunk("Hi there", Usage(10, 20), "stop")
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[StreamChunk, None]:
+        yield self.ANSWER
+
+
+class InstantPlugin:
+    """Registers :class:`InstantBackend` as the ``instant`` model type."""
+
+    @hookimpl
+    def oblix_register_models(self, register: Callable[[str, type[ModelBackend]], None]) -> None:
+        register("instant", InstantBackend)
+
+
 class MemoryStore(SessionStore):
-    """Sessions in a dict (for the benchmark: no durability), with change cursors."""
+    """Sessions in a dict (for the benchmark: no durability), with change cursors.
+
+    Each session's messages are a list appended in place (a header record and a list).
+    """
 
     name = "memory"
     blocking = False  # a dict: called on the event loop
 
     def __init__(self) -> None:
-        self._sessions: dict[str, SessionRecord] = {}
+        self._sessions: dict[str, tuple[SessionRecord, list[Message]]] = {}
         self._lock = threading.Lock()
 
     def create(self, session: SessionRecord, *, idempotency_key: str | None = None) -> None:
         with self._lock:
             if session.id in self._sessions:
                 raise SessionExistsError(session.id)
-            self._sessions[session.id] = session
+            header = SessionRecord(session.id, session.title, session.created_at, metadata=session.metadata)
+            self._sessions[session.id] = (header, list(session.messages))
 
-    def _get(self, session_id: str) -> SessionRecord:
+    def _get(self, session_id: str) -> tuple[SessionRecord, list[Message]]:
         try:
             return self._sessions[session_id]
         except KeyError:
             raise SessionNotFoundError(f"Session {session_id} does not exist.") from None
 
     def load(self, session_id: str) -> SessionRecord:
-        return self._get(session_id)
+        header, messages = self._get(session_id)
+        return SessionRecord(header.id, header.title, header.created_at, None, tuple(messages))
 
     def load_changes(self, session_id: str, cursor: Hashable | None, max_messages: int) -> SessionChanges:
-        record = self._get(session_id)
-        count = len(record.messages)
+        header, messages = self._get(session_id)
+        count = len(messages)
         if isinstance(cursor, int) and cursor <= count and count - cursor <= max_messages:
-            return SessionChanges(count, record.messages[cursor:], True, None)
-        tail = record.messages[max(0, count - max_messages) :]
-        return SessionChanges(count, tail, False, SessionRecord(record.id, record.title, record.created_at))
+            return SessionChanges(count, tuple(messages[cursor:]), True, None)
+        return SessionChanges(count, tuple(messages[max(0, count - max_messages) :]), False, header)
 
     def append_messages(
         self, session_id: str, messages: Sequence[Message], *, idempotency_key: str | None = None
     ) -> None:
         with self._lock:
-            record = self._get(session_id)
-            self._sessions[session_id] = SessionRecord(
-                record.id, record.title, record.created_at, None, (*record.messages, *messages)
-            )
+            self._get(session_id)[1].extend(messages)
 
     def get_metadata(self, session_id: str) -> dict[str, Any]:
-        return dict(self._get(session_id).metadata)
+        return dict(self._get(session_id)[0].metadata)
 
     def update_metadata(self, session_id: str, metadata: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -138,18 +160,18 @@ def _count_hops() -> list[int]:
 
 
 async def _oblix(home: Path, auto: bool = False) -> tuple[Callable[[], Awaitable[object]], OblixClient]:
-    client = OblixClient(home=home, session_store=MemoryStore(), plugins=[ScriptedPlugin()])
+    client = OblixClient(home=home, session_store=MemoryStore(), plugins=[InstantPlugin()])
     if auto:
         from oblix.agents import ConnectivityAgent, ResourceMonitor
 
-        await client.hook_model("scripted", "local", local=True)
-        await client.hook_model("scripted", "cloud", local=False)
+        await client.hook_model("instant", "local", local=True)
+        await client.hook_model("instant", "cloud", local=False)
         for agent in (ResourceMonitor(), ConnectivityAgent()):
             client.hook_agent(agent)
             agent.refresh()
     else:
-        await client.hook_model("scripted", "primary")
-        await client.hook_model("scripted", "backup")
+        await client.hook_model("instant", "primary", local=True)
+        await client.hook_model("instant", "backup", local=True)
         for agent in (SteadyAgent("resources"), SteadyAgent("network")):
             client.hook_agent(agent)
             agent.refresh()
@@ -163,7 +185,7 @@ async def _oblix(home: Path, auto: bool = False) -> tuple[Callable[[], Awaitable
         if auto:
             return await client.execute(PROMPT, session_id=session[0], stream=False, fallback=True)
         return await client.execute(
-            PROMPT, session_id=session[0], stream=False, model="scripted:primary", fallback=True
+            PROMPT, session_id=session[0], stream=False, model="instant:primary", fallback=True
         )
 
     return call, client
