@@ -28,6 +28,7 @@ import abc
 import atexit
 import json
 import logging
+import operator
 import os
 import queue
 import threading
@@ -222,6 +223,7 @@ class CircuitBreaker:
         self.readings = readings
         self._health: dict[str, ModelHealth] = {}
         self._models: dict[str, ModelBackend] = {}
+        self._watched: tuple[ModelBackend, ...] = ()  # the models of the last watch(), in order
         self._endpoints: dict[str, str | None] = {}  # of the watched models, by id
         self._synced: Hashable | None = None  # the store's version last synced
         self._lock = threading.RLock()
@@ -257,6 +259,8 @@ class CircuitBreaker:
             return attrs.evolve(record) if record else None
 
     def available(self, model_id: str) -> bool:
+        if model_id not in self._health:  # never failed (the usual model): no lock needed
+            return True
         with self._lock:
             record = self._health.get(model_id)
             if record is None or not record.cooling or self.cooldown <= 0:
@@ -271,6 +275,8 @@ class CircuitBreaker:
 
     def describe(self, model_id: str) -> dict[str, Any] | None:
         """A cooling model's state for ``routing_decision`` (``None`` if it is in service)."""
+        if model_id not in self._health:  # never failed (the usual model): no lock needed
+            return None
         with self._lock:
             record = self._health.get(model_id)
             if record is None or self.available(model_id):
@@ -339,9 +345,11 @@ class CircuitBreaker:
 
     def watch(self, models: Sequence[ModelBackend]) -> None:
         """Told the hooked models (their endpoints and health checks) before each routing."""
+        held = self._watched  # the same models as last time (every request): nothing to learn
+        if len(held) == len(models) and all(map(operator.is_, held, models)):
+            return
         with self._lock:
-            if [id(m) for m in self._models.values()] == [id(m) for m in models]:
-                return  # the same models as last time (every request): nothing to learn
+            self._watched = tuple(models)
             self._synced = None  # other models (or endpoints): their shared records are not read yet
             self._models = {m.model_id: m for m in models}
             self._endpoints = {m.model_id: model_endpoint(m) for m in models}

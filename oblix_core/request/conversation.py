@@ -22,7 +22,7 @@ from oblix_core.request.engine import Engine, notify
 from oblix_core.request.execution import Attempting, Done
 from oblix_core.request.history import session_messages
 from oblix_core.request.idempotency import Once, exchange_ids, request_fields, session_id_for
-from oblix_core.request.routing import RouteRequest, RoutingPlan
+from oblix_core.request.routing import RoutingPlan
 from oblix_core.sessions.records import Message, SessionRecord, new_session_id, utc_now
 from oblix_core.sessions.store import keyed
 from oblix_core.usage.ledger import UsageRecord, answer_record
@@ -215,12 +215,12 @@ class ResponseStream:
         checks, agents = await current_checks(list(engine.agents.values()), executor.readings)
         models = engine.model_snapshot()
         await executor.watch(models)
-        route = RouteRequest(
-            preference=request.preference or engine.preference,
-            local_only=request.local_only,
-            local_only_reason=request.local_only_reason,
-            model=request.model,
-            fallback=request.fallback,
+        route = routing.route_request(
+            request.preference or engine.preference,
+            request.local_only,
+            request.local_only_reason,
+            request.model,
+            request.fallback,
         )
         plan = routing.route(engine.hooks.oblix_route, route, models, checks)
         plan = privacy.enforce(plan, request.local_only, request.local_only_reason)

@@ -162,16 +162,26 @@ class Fit:
         )
 
 
-def fit_to_window(messages: Sequence[ChatMessage], model: ModelBackend, max_tokens: int | None) -> Fit:
+def fit_to_window(
+    messages: Sequence[ChatMessage],
+    model: ModelBackend,
+    max_tokens: int | None,
+    *,
+    window: int | None = None,
+    tokenizer: Hashable | None = None,
+) -> Fit:
     """Keep system messages and the last (prompt) message, then as much recent history as fits.
 
     The budget is the model's context window minus the tokens reserved for the answer
     (``max_tokens``, or a quarter of the window up to 512). History is dropped whole
     messages at a time, oldest first. Each message is counted once (cached per
     tokenizer). If even the prompt does not fit, the fit says why (``problem``), so that
-    a model with a larger window can be tried.
+    a model with a larger window can be tried. ``window`` and ``tokenizer``: the model's
+    :attr:`~ModelBackend.context_window` and :attr:`~ModelBackend.tokenizer_key` when the
+    caller has read them already.
     """
-    window, key = model.context_window, model.tokenizer_key
+    window = model.context_window if window is None else window
+    key = model.tokenizer_key if tokenizer is None else tokenizer
     reserve = answer_reserve(window, max_tokens)
     if not messages:
         return Fit((), window, reserve, 0, 0, max_tokens, key)

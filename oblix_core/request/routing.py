@@ -59,11 +59,14 @@ from oblix_core.plugins.hookspecs import hookimpl
 from oblix_core.request.history import Fit, fit_to_window
 
 PREFERENCES = ("local-first", "cloud-first")
+#: Plans (and route requests) kept by the caches below.
+MAX_CACHED_PLANS = 64
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class RouteRequest:
-    """What the policy knows about a request."""
+    """What the policy knows about a request (the request path reuses one per combination:
+    :func:`route_request`)."""
 
     preference: str = "local-first"
     local_only: bool = False
@@ -75,6 +78,25 @@ class RouteRequest:
     def __attrs_post_init__(self) -> None:
         if self.preference not in PREFERENCES:
             raise ConfigError(f"Unknown routing preference {self.preference!r}; use one of {PREFERENCES}.")
+
+
+#: Route requests by their fields (:func:`route_request`). Cleared whole when full.
+_ROUTES: dict[tuple[Any, ...], RouteRequest] = {}
+
+
+def route_request(
+    preference: str, local_only: bool, local_only_reason: str, model: str | None, fallback: bool
+) -> RouteRequest:
+    """``RouteRequest(...)`` of these fields, one object per combination: the plan cache of
+    :func:`default_policy` then finds its key by identity (and a hash computed once)."""
+    fields = (preference, local_only, local_only_reason, model, fallback)
+    held = _ROUTES.get(fields)
+    if held is None:
+        held = RouteRequest(*fields)
+        if len(_ROUTES) >= MAX_CACHED_PLANS:
+            _ROUTES.clear()
+        _ROUTES[fields] = held
+    return held
 
 
 @attrs.frozen
@@ -140,7 +162,6 @@ def _describe(check: AgentCheck) -> str:
 
 #: Plans of the default policy by what they were made from (see :func:`default_policy`).
 _PLANS: dict[Hashable, tuple[tuple[ModelBackend, ...], tuple[AgentCheck, ...], RoutingPlan]] = {}
-MAX_CACHED_PLANS = 64
 
 
 def default_policy(
@@ -314,8 +335,8 @@ def screen(
     chosen, notes = _skip_cooling(fitting, entries), list(plan.notes)
     if chosen and all(entries[m.model_id]["health"] for m in chosen):
         notes.append("every candidate is cooling down: each is tried once, without retries")
-    for position, model in enumerate(chosen, 1):
-        entries[model.model_id].update(status="candidate", position=position)
+    for position, model in enumerate(chosen, 1):  # a chosen entry's status is "candidate" already
+        entries[model.model_id]["position"] = position
     for model in models:
         if model.model_id not in entries:
             entries[model.model_id] = _entry(model, breaker, None) | {
@@ -336,7 +357,7 @@ def screen(
         tuple(entries.values()),
         tuple(agents),
         tuple(notes),
-        {m.model_id: fits[m.model_id] for m in chosen},
+        fits if len(fits) == len(chosen) else {m.model_id: fits[m.model_id] for m in chosen},
     )
 
 
@@ -361,7 +382,7 @@ def _fit_all(
         key = (model.tokenizer_key, model.context_window, answer)
         fit = alike.get(key) if key[0] is not None else None
         if fit is None or fit.problem is not None:  # a problem names its model: counted anew
-            fit = alike[key] = fit_to_window(messages, model, answer)
+            fit = alike[key] = fit_to_window(messages, model, answer, window=key[1], tokenizer=key[0])
         fits[model.model_id] = fit
         entry = entries[model.model_id] = _entry(model, breaker, fit.describe())
         if fit.problem:
@@ -374,7 +395,7 @@ def _fit_all(
 def _skip_cooling(fitting: list[ModelBackend], entries: dict[str, dict[str, Any]]) -> list[ModelBackend]:
     """Models in service; every one (last resort) when all are cooling down."""
     ready = [m for m in fitting if not entries[m.model_id]["health"]]
-    if not ready:
+    if len(ready) == len(fitting) or not ready:
         return fitting
     for model in fitting:
         health = entries[model.model_id]["health"]
