@@ -309,6 +309,8 @@ class CircuitBreaker:
 
     def record_success(self, model_id: str) -> None:
         """A real answer: the model is in service (at once, even if it was cooling)."""
+        if model_id not in self._health:  # never failed: nothing to change
+            return
         with self._lock:
             known = self._health.get(model_id)
             if known is None or (known.failures == 0 and not known.cooling):

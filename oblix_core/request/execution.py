@@ -32,7 +32,6 @@ import math
 import random
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from contextlib import aclosing
 from typing import Any, TypeVar
 
 import anyio
@@ -142,19 +141,21 @@ class Done:
     tool_calls: tuple[dict[str, Any], ...] = ()
 
 
-@attrs.define
 class _Answer:
-    """What one attempt has produced so far."""
+    """What one attempt has produced so far (a plain class: one is made per try)."""
 
-    started: float
-    parts: list[str] = attrs.field(factory=list)
-    first_at: float | None = None
-    usage: Usage | None = None
-    finish: str | None = None
-    info: dict[str, Any] = attrs.field(factory=dict)
-    calls: dict[int, dict[str, Any]] = attrs.field(factory=dict)
-    #: Characters of text and tool-call arguments taken in so far (the answer cap counts them).
-    size: int = 0
+    __slots__ = ("calls", "finish", "first_at", "info", "parts", "size", "started", "usage")
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.parts: list[str] = []
+        self.first_at: float | None = None
+        self.usage: Usage | None = None
+        self.finish: str | None = None
+        self.info: dict[str, Any] = {}
+        self.calls: dict[int, dict[str, Any]] = {}
+        #: Characters of text and tool-call arguments taken in so far (the answer cap counts them).
+        self.size = 0
 
     @property
     def text(self) -> str:
@@ -165,12 +166,13 @@ class _Answer:
         """The tool calls streamed so far, their deltas joined (OpenAI's message shape)."""
         return [self.calls[i] for i in sorted(self.calls)]
 
-    def add(self, chunk: StreamChunk) -> None:
-        """Take in everything but the text of ``chunk``."""
+    def add(self, chunk: StreamChunk, size: int) -> None:
+        """Take in everything but the text of ``chunk`` (``size``: its :func:`_size`)."""
         self.usage = chunk.usage or self.usage
         self.finish = chunk.finish_reason or self.finish
-        self.info.update(chunk.info or {})
-        self.size += _size(chunk)
+        if chunk.info:
+            self.info.update(chunk.info)
+        self.size += size
         for delta in chunk.tool_calls or ():
             call = self.calls.setdefault(
                 int(delta.get("index", len(self.calls))),
@@ -265,30 +267,34 @@ class Executor:
             (own, sent), tries, refit = prepared, 0, False
             while sent is not None:
                 tries += 1
-                answer, first, held = _Answer(started=time.monotonic()), True, ""
+                answer, first, held = _Answer(time.monotonic()), True, ""
                 first_by, total_by = _deadlines(s, answer.started)
                 yield Attempting(model)
                 try:
                     chunks, plain = _source(model, sent)
-                    try:
-                        async with aclosing(chunks):
-                            iterator = chunks.__aiter__()
-                            while True:
-                                try:
-                                    chunk = await next_item(iterator, first_by if first else total_by, native)
-                                except StopAsyncIteration:
-                                    break
-                                except WaitExpired:
-                                    raise _timed_out(model, s, first) from None
-                                first = first and not chunk.text
-                                text, held = _take(model, answer, chunk, held, s.max_answer_chars)
-                                if text:
-                                    _reader(spending, True)
-                                    yield text
-                                    _reader(spending, False)
+                    try:  # the chunks are closed whatever ends the loop (aclosing, inline)
+                        iterator = chunks.__aiter__()
+                        while True:
+                            try:
+                                chunk = await next_item(iterator, first_by if first else total_by, native)
+                            except StopAsyncIteration:
+                                break
+                            except WaitExpired:
+                                raise _timed_out(model, s, first) from None
+                            first = first and not chunk.text
+                            text, held = _take(model, answer, chunk, held, s.max_answer_chars)
+                            if text:
+                                if spending is not None:
+                                    spending.reader(True)
+                                yield text
+                                if spending is not None:
+                                    spending.reader(False)
                     finally:
-                        if plain:
-                            model.in_flight -= 1
+                        try:
+                            await chunks.aclose()
+                        finally:
+                            if plain:
+                                model.in_flight -= 1
                     if held:  # a lone high surrogate at the very end
                         _reader(spending, True)
                         yield _flush(answer, held)
@@ -345,7 +351,8 @@ class Executor:
         attempts.append(Attempt(model.model_id, None, _elapsed_ms(answer.started)))
         metrics = _metrics(model, request, answer, attempts, fit)
         model.last_tokens_per_second = metrics["tokens_per_second"]
-        return Done(model, answer.text, metrics, tuple(attempts), tuple(answer.tool_calls))
+        calls = tuple(answer.tool_calls) if answer.calls else ()
+        return Done(model, answer.text, metrics, tuple(attempts), calls)
 
     def _retry(self, error: ModelError, tries: int, model: ModelBackend) -> bool:
         """Whether to try ``model`` again on this request."""
@@ -364,7 +371,9 @@ async def _prepared(
     defaults and then its planned messages; ``None`` (the failure added to ``attempts``) when it
     cannot load or the prompt cannot fit it."""
     try:
-        await model.prepare()
+        prepare = model.prepare
+        if getattr(prepare, "__func__", None) is not ModelBackend.prepare:  # the base's does nothing
+            await prepare()
         own = model.with_defaults(request)  # the model's generation defaults, where unset
         return own, _planned(model, own, (fits or {}).get(model.model_id))
     except (PermanentModelError, ConfigError) as exc:
@@ -402,9 +411,11 @@ def _deadlines(s: ExecutionSettings, start: float) -> tuple[float, float]:
 def _take(model: ModelBackend, answer: _Answer, chunk: StreamChunk, held: str, cap: int) -> tuple[str, str]:
     """``chunk`` taken into ``answer``: the text to hand on now (UTF-8 safe), and a high surrogate
     held back because it may pair with the next chunk's first character."""
-    _check_size(model, answer, chunk, cap)
-    answer.add(chunk)
-    text = held + chunk.text
+    size = _size(chunk)
+    if answer.size + size > cap:
+        raise _too_long(model, cap)
+    answer.add(chunk, size)
+    text = held + chunk.text if held else chunk.text
     held = text[-1] if text and "\ud800" <= text[-1] <= "\udbff" else ""
     text = utf8_safe(text[: len(text) - len(held)])
     if text:
@@ -443,14 +454,13 @@ def _check_end(model: ModelBackend, answer: _Answer, plain: bool = False) -> Non
         raise TransientModelError(f"{model.model_id} returned an empty answer.", model_id=model.model_id)
 
 
-def _check_size(model: ModelBackend, answer: _Answer, chunk: StreamChunk, cap: int) -> None:
-    """Raise :class:`PermanentModelError` if ``chunk`` would take the answer past ``cap`` characters."""
-    if answer.size + _size(chunk) > cap:
-        raise PermanentModelError(
-            f"{model.model_id}: the answer grew past max_answer_chars={cap} characters and was stopped "
-            "(raise [execution] max_answer_chars for longer answers).",
-            model_id=model.model_id,
-        )
+def _too_long(model: ModelBackend, cap: int) -> PermanentModelError:
+    """The error of an answer that grew past ``cap`` characters."""
+    return PermanentModelError(
+        f"{model.model_id}: the answer grew past max_answer_chars={cap} characters and was stopped "
+        "(raise [execution] max_answer_chars for longer answers).",
+        model_id=model.model_id,
+    )
 
 
 def _asked_wait(error: ModelError) -> float:

@@ -63,7 +63,20 @@ def checked_usage(usage: Usage | None) -> tuple[Usage | None, str | None]:
     """``usage`` (from any backend) with invalid counts dropped, and a note naming them."""
     if usage is None:
         return None, None
-    return provider_usage(usage.input_tokens, usage.output_tokens, usage.cached_input_tokens)
+    inputs, outputs, cached = usage.input_tokens, usage.output_tokens, usage.cached_input_tokens
+    if (
+        _valid(inputs)
+        and _valid(outputs)
+        and _valid(cached)
+        and (cached is None or inputs is None or cached <= inputs)
+    ):
+        return usage, None  # every count valid (the usual answer): the same Usage, nothing rebuilt
+    return provider_usage(inputs, outputs, cached)
+
+
+def _valid(value: Any) -> bool:
+    """Whether ``value`` is absent or a valid token count (``type`` check: a bool is no count)."""
+    return value is None or (type(value) is int and 0 <= value <= MAX_TOKEN_COUNT)
 
 
 def usage_info(note: str | None) -> dict[str, Any] | None:
