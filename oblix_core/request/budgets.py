@@ -142,8 +142,9 @@ class BudgetGuard:
         self.ledger = ledger
         self.session_id = session_id
         self.session_limit = session_budget(metadata)
-        limits = (settings.daily_usd, settings.monthly_usd, self.session_limit)
-        self.active = ledger is not None and any(v is not None for v in limits)
+        self.active = ledger is not None and not (
+            settings.daily_usd is None and settings.monthly_usd is None and self.session_limit is None
+        )
         self._held: BudgetGate | None = None
         self._decided = False
 

@@ -174,7 +174,8 @@ class ResponseStream:
                 metadata=metadata,
             )
             return self._new_session
-        budget = max((m.context_window for m in self._engine.models.values()), default=DEFAULT_HISTORY_BUDGET)
+        windows = [m.context_window for m in self._engine.models.values()]
+        budget = max(windows) if windows else DEFAULT_HISTORY_BUDGET
         store = self._engine.store
         read = functools.partial(self._engine.history.read, store, request.session_id, budget)
         session, self._history = await anyio.to_thread.run_sync(read) if store.blocking else read()

@@ -272,7 +272,7 @@ class Executor:
                 yield Attempting(model)
                 try:
                     chunks, plain = _source(model, sent)
-                    try:  # the chunks are closed whatever ends the loop (aclosing, inline)
+                    try:
                         iterator = chunks.__aiter__()
                         while True:
                             try:
@@ -284,17 +284,11 @@ class Executor:
                             first = first and not chunk.text
                             text, held = _take(model, answer, chunk, held, s.max_answer_chars)
                             if text:
-                                if spending is not None:
-                                    spending.reader(True)
+                                _reader(spending, True)
                                 yield text
-                                if spending is not None:
-                                    spending.reader(False)
+                                _reader(spending, False)
                     finally:
-                        try:
-                            await chunks.aclose()
-                        finally:
-                            if plain:
-                                model.in_flight -= 1
+                        await _closed(chunks, model, plain)
                     if held:  # a lone high surrogate at the very end
                         _reader(spending, True)
                         yield _flush(answer, held)
@@ -399,6 +393,16 @@ def _source(model: ModelBackend, request: Request) -> tuple[AsyncGenerator[Strea
     chunks = model.generate(request)
     model.in_flight += 1
     return chunks, True
+
+
+async def _closed(chunks: AsyncGenerator[StreamChunk, None], model: ModelBackend, plain: bool) -> None:
+    """``chunks`` closed (as ``aclosing`` would), and a plain source's :attr:`in_flight` count
+    given back (:func:`_source`) whatever closing raises."""
+    try:
+        await chunks.aclose()
+    finally:
+        if plain:
+            model.in_flight -= 1
 
 
 def _deadlines(s: ExecutionSettings, start: float) -> tuple[float, float]:

@@ -25,7 +25,7 @@ MARGIN = 1.25
 
 def estimated_tokens(messages: Sequence[Message]) -> int:
     """A cheap token estimate (4 characters a token, 4 tokens of overhead per message)."""
-    return sum(len(m.content) // 4 + 4 for m in messages)
+    return sum([len(m.content) // 4 + 4 for m in messages])
 
 
 def read_tail(store: SessionStore, session_id: str, budget_tokens: int) -> SessionRecord:
@@ -71,7 +71,7 @@ def session_messages(
 
 def chat_messages(messages: Sequence[Message]) -> tuple[ChatMessage, ...]:
     """Stored messages as chat messages."""
-    return tuple(ChatMessage(m.role, m.content) for m in messages)
+    return tuple([ChatMessage(m.role, m.content) for m in messages])
 
 
 #: Token counts of single messages, by (tokenizer key, role, content): a message is counted

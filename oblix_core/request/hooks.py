@@ -43,7 +43,7 @@ class _Skipping:
         return str(self._hook.name)
 
     def get_hookimpls(self) -> list[Any]:
-        return list(self._hook.get_hookimpls())
+        return self._hook.get_hookimpls()  # pluggy's own copy
 
     def __call__(self, **kwargs: Any) -> Any:
         if not self._hook.get_hookimpls():

@@ -30,7 +30,7 @@ from oblix_core.request.routing import RoutingPlan
 from oblix_core.sessions.records import LOCAL_ONLY_KEY as KEY
 from oblix_core.sessions.records import session_is_local_only
 
-__all__ = ["KEY", "REQUESTED", "LocalOnly", "decide", "enforce", "session_is_local_only"]
+__all__ = ["KEY", "NOT_LOCAL_ONLY", "REQUESTED", "LocalOnly", "decide", "enforce", "session_is_local_only"]
 
 #: The reason of a request that asked for it.
 REQUESTED = "requested with local_only=True"
@@ -41,6 +41,10 @@ class LocalOnly(NamedTuple):
 
     active: bool
     reason: str
+
+
+#: The answer of :func:`decide` for the usual request (made once).
+NOT_LOCAL_ONLY = LocalOnly(False, "")
 
 
 def decide(
@@ -65,8 +69,8 @@ def decide(
             f"session {session_id} is local-only (metadata local_only={metadata[KEY]!r}; a session "
             "that ever held a local-only turn stays local-only)",
         )
-    source = next(iter(sources), None)
-    return LocalOnly(True, source) if source is not None else LocalOnly(False, "")
+    source = next(iter(sources), None) if sources else None
+    return LocalOnly(True, source) if source is not None else NOT_LOCAL_ONLY
 
 
 def enforce(plan: RoutingPlan, local_only: bool, reason: str) -> RoutingPlan:

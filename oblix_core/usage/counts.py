@@ -65,17 +65,18 @@ def checked_usage(usage: Usage | None) -> tuple[Usage | None, str | None]:
         return None, None
     inputs, outputs, cached = usage.input_tokens, usage.output_tokens, usage.cached_input_tokens
     if (
-        _valid(inputs)
-        and _valid(outputs)
-        and _valid(cached)
+        absent_or_valid(inputs)
+        and absent_or_valid(outputs)
+        and absent_or_valid(cached)
         and (cached is None or inputs is None or cached <= inputs)
     ):
         return usage, None  # every count valid (the usual answer): the same Usage, nothing rebuilt
     return provider_usage(inputs, outputs, cached)
 
 
-def _valid(value: Any) -> bool:
-    """Whether ``value`` is absent or a valid token count (``type`` check: a bool is no count)."""
+def absent_or_valid(value: Any) -> bool:
+    """Whether ``value`` is ``None`` or a valid token count (:func:`token_count`'s test, as one
+    expression for the request path; ``type``: a bool is no count)."""
     return value is None or (type(value) is int and 0 <= value <= MAX_TOKEN_COUNT)
 
 

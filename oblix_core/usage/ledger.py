@@ -22,7 +22,7 @@ import attrs
 
 from oblix_core.errors import OblixError
 from oblix_core.sessions.records import utc_now
-from oblix_core.usage.counts import USAGE_ERROR, token_count
+from oblix_core.usage.counts import USAGE_ERROR, absent_or_valid, token_count
 
 log = logging.getLogger(__name__)
 
@@ -345,6 +345,8 @@ def check_record(record: UsageRecord) -> None:
 
 def _amount(value: Any) -> float:
     """A finite, non-negative float (anything else counts as 0)."""
+    if type(value) is float and 0 <= value < math.inf:  # the usual value: no further checks
+        return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         return 0.0
     number = float(value)
@@ -366,33 +368,37 @@ def answer_record(
     Counts are checked again (:func:`~oblix_core.usage.counts.token_count`): an invalid one is
     recorded as 0 and named in ``error``, never as a negative or failing record.
     """
+    get = metrics.get
     problems = [error] if error else []
-    if metrics.get(USAGE_ERROR):
+    if get(USAGE_ERROR):
         problems.append(str(metrics[USAGE_ERROR]))
-    counts = []
-    invalid = False
-    for name in _COUNTED:
-        value = metrics.get(name)
-        count = token_count(value)
-        if value is not None and count is None:
-            invalid = True
-            problems.append(f"{name}={value!r:.40} is not a token count")
-        counts.append(count or 0)
-    inputs, outputs, cached = counts
+    inputs, outputs, cached = get("input_tokens"), get("output_tokens"), get("cached_input_tokens")
+    invalid = not (
+        absent_or_valid(inputs) and absent_or_valid(outputs) and absent_or_valid(cached)
+    )  # the usual answer: all valid
+    if invalid:
+        counts = []
+        for name, value in zip(_COUNTED, (inputs, outputs, cached), strict=True):
+            count = token_count(value)
+            if value is not None and count is None:
+                problems.append(f"{name}={value!r:.40} is not a token count")
+            counts.append(count)
+        inputs, outputs, cached = counts
+    inputs, outputs = inputs or 0, outputs or 0
     return UsageRecord(
         request_id=request.request_id,
         model_id=model_id,
         local=local,
         input_tokens=inputs,
         output_tokens=outputs,
-        cost_usd=_amount(metrics.get("cost_usd")),
+        cost_usd=_amount(get("cost_usd")),
         session_id=request.session_id if request.store else None,
-        cached_tokens=min(cached, inputs),
-        latency_ms=_amount(metrics.get("total_latency_ms") or metrics.get("latency_ms")),
+        cached_tokens=min(cached or 0, inputs),
+        latency_ms=_amount(get("total_latency_ms") or get("latency_ms")),
         rule=rule,
         reason=reason[:500],
-        tokens_estimated=bool(metrics.get("tokens_estimated")) or invalid,
-        error="; ".join(problems)[:500],
+        tokens_estimated=bool(get("tokens_estimated")) or invalid,
+        error="; ".join(problems)[:500] if problems else "",
     )
 
 
