@@ -14,13 +14,12 @@ import attrs
 from oblix_core.agents import current_checks
 from oblix_core.documents import retrieval
 from oblix_core.errors import ExchangeNotStoredError, NoModelAvailableError, StreamInterruptedError
-from oblix_core.models.backend import ChatMessage
 from oblix_core.request import privacy, routing
 from oblix_core.request.budgets import BudgetGuard
 from oblix_core.request.context import Request
 from oblix_core.request.engine import Engine, notify
 from oblix_core.request.execution import Attempting, Done
-from oblix_core.request.history import session_messages
+from oblix_core.request.history import CountedHistory, session_messages
 from oblix_core.request.idempotency import Once, exchange_ids, request_fields, session_id_for
 from oblix_core.request.routing import RoutingPlan
 from oblix_core.sessions.records import Message, SessionRecord, new_session_id, utc_now
@@ -70,7 +69,10 @@ class ResponseStream:
         self._answering: str | None = None  # the model being tried now
         self._stored = False
         self._budget: BudgetGuard | None = None
-        self._history: tuple[ChatMessage, ...] | None = None  # the session's, as chat messages
+        self._history: CountedHistory | None = None  # the session's, as chat messages
+        #: Where the warm history lies in ``request.messages`` while nothing but this class
+        #: changed them (middleware may): what the fits take their counts from.
+        self._counted: tuple[int, CountedHistory] | None = None
         self._once: Once | None = None  # the claim on the request's idempotency key
 
     @property
@@ -205,7 +207,10 @@ class ResponseStream:
             framing = session_messages(attrs.evolve(session, messages=()), request.prompt, request.system)
             request.messages = [*framing[:-1], *request.history, framing[-1]]
         else:
-            request.messages = session_messages(session, request.prompt, request.system, self._history)
+            history = self._history
+            request.messages = session_messages(session, request.prompt, request.system, history)
+            if history is not None:
+                self._counted = (len(request.messages) - 1 - len(history), history)
 
     async def _plan(self) -> tuple[RoutingPlan, list[Any]]:
         """Agents' readings (a bounded fresh sample if pending), the policy, privacy, screening."""
@@ -228,7 +233,13 @@ class ResponseStream:
         if request.options.get("tools"):
             plan = _tool_capable(plan)
         plan = executor.screen(
-            plan, models, request, forced=request.model, fallback=request.fallback, agents=agents
+            plan,
+            models,
+            request,
+            forced=request.model,
+            fallback=request.fallback,
+            agents=agents,
+            history=self._counted,
         )
         if self._budget is not None and self._budget.active:
             plan = await self._budget.screen(plan)
@@ -268,10 +279,8 @@ class ResponseStream:
             budget = self._budget = BudgetGuard(
                 engine.budgets, engine.ledger, self.request.session_id, session.metadata
             )
-            private = (self.request.local_only, self.request.local_only_reason)
-            hooks.oblix_request_start(request=self.request)
-            if private[0]:  # middleware may make a request local-only, never the reverse
-                self.request.local_only, self.request.local_only_reason = private
+            if hooks.oblix_request_start.get_hookimpls():
+                self._middleware()
             plan, checks = await self._plan()
             done: Done | None = None
             try:
@@ -298,6 +307,17 @@ class ResponseStream:
             await self._failed(exc)
             raise
         notify(hooks.oblix_request_end, request=self.request, result=self.result)
+
+    def _middleware(self) -> None:
+        """``oblix_request_start``'s implementations run: they may edit the messages (fitted then
+        as they are, not from the warm history's counts) and make the request local-only, never
+        the reverse."""
+        request = self.request
+        private = (request.local_only, request.local_only_reason)
+        self._counted = None
+        self._engine.hooks.oblix_request_start(request=request)
+        if private[0]:
+            request.local_only, request.local_only_reason = private
 
     async def _failed(self, exc: BaseException) -> None:
         """After the request failed (or was cancelled or closed): the budget gate released, the

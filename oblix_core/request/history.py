@@ -94,7 +94,7 @@ def message_tokens(model: ModelBackend, message: ChatMessage, key: Hashable | No
     return count
 
 
-def _costs(model: ModelBackend, history: Sequence[ChatMessage], key: Hashable | None) -> list[int]:
+def _costs(model: ModelBackend, history: Sequence[ChatMessage], key: Hashable | None) -> Sequence[int]:
     """Each message's tokens (:func:`message_tokens`, its cache read inline: the hot loop)."""
     if key is None:
         return [model.count_message_tokens([m]) for m in history]
@@ -162,6 +162,55 @@ class Fit:
         )
 
 
+class CountedHistory(tuple[ChatMessage, ...]):
+    """A session's recent history as chat messages that keeps each message's token count per
+    tokenizer (:meth:`costs`) as the history grows: the warm history extends it by each turn's
+    new messages (:meth:`extended`), so a request counts only what is new, not the whole history.
+
+    A tuple (it compares and slices as one); ``has_system`` says whether it holds a system
+    message (a fit then sorts the messages itself, see :func:`fit_to_window`).
+    """
+
+    counts: dict[Hashable, tuple[int, ...]]
+    has_system: bool
+
+    def __new__(
+        cls,
+        messages: Sequence[ChatMessage],
+        counts: dict[Hashable, tuple[int, ...]] | None = None,
+        has_system: bool | None = None,
+    ) -> CountedHistory:
+        history = super().__new__(cls, messages)
+        #: Per tokenizer key, the counts of this history's first messages (all, once asked).
+        history.counts = counts if counts is not None else {}
+        history.has_system = (
+            has_system if has_system is not None else any(m.role == "system" for m in messages)
+        )
+        return history
+
+    def extended(self, new: Sequence[ChatMessage]) -> CountedHistory:
+        """This history with ``new`` messages after it (the counts so far kept, the rest counted
+        when asked)."""
+        history = tuple.__new__(CountedHistory, (*self, *new))  # every field given: __new__'s checks skipped
+        history.counts = dict(self.counts)
+        history.has_system = self.has_system or "system" in [m.role for m in new]
+        return history
+
+    def without_first(self, count: int) -> CountedHistory:
+        """This history less its ``count`` oldest messages."""
+        counts = {key: costs[count:] for key, costs in self.counts.items()}
+        return CountedHistory(self[count:], counts, self.has_system)
+
+    def costs(self, model: ModelBackend, key: Hashable) -> tuple[int, ...]:
+        """Each message's tokens for ``model`` (``key``: its tokenizer key, not ``None``),
+        counting only the messages not counted before."""
+        held = self.counts.get(key, ())
+        if len(held) < len(self):
+            held = (*held, *_costs(model, self[len(held) :], key))
+            self.counts[key] = held
+        return held
+
+
 def fit_to_window(
     messages: Sequence[ChatMessage],
     model: ModelBackend,
@@ -169,6 +218,7 @@ def fit_to_window(
     *,
     window: int | None = None,
     tokenizer: Hashable | None = None,
+    history: tuple[int, CountedHistory] | None = None,
 ) -> Fit:
     """Keep system messages and the last (prompt) message, then as much recent history as fits.
 
@@ -176,9 +226,9 @@ def fit_to_window(
     (``max_tokens``, or a quarter of the window up to 512). History is dropped whole
     messages at a time, oldest first. Each message is counted once (cached per
     tokenizer). If even the prompt does not fit, the fit says why (``problem``), so that
-    a model with a larger window can be tried. ``window`` and ``tokenizer``: the model's
-    :attr:`~ModelBackend.context_window` and :attr:`~ModelBackend.tokenizer_key` when the
-    caller has read them already.
+    a model with a larger window can be tried. ``window``, ``tokenizer``: the model's, if read
+    already. ``history``: the index and :class:`CountedHistory` of the history in ``messages``
+    (built as system messages, that history, the prompt; unchanged since): its counts are used.
     """
     window = model.context_window if window is None else window
     key = model.tokenizer_key if tokenizer is None else tokenizer
@@ -186,9 +236,15 @@ def fit_to_window(
     if not messages:
         return Fit((), window, reserve, 0, 0, max_tokens, key)
     prompt = messages[-1]
-    system, history = _split(messages)
+    chat: Sequence[ChatMessage]
+    costs: Sequence[int]
+    if history is not None and key is not None and not history[1].has_system:
+        system, chat = messages[: history[0]], history[1]
+        costs = history[1].costs(model, key)
+    else:
+        system, chat = _split(messages)
+        costs = _costs(model, chat, key)
     fixed = model.count_message_tokens([*system, prompt])
-    costs = _costs(model, history, key)
     total = sum(costs)
     needed = fixed + total + reserve
     budget = window - reserve - fixed
@@ -197,16 +253,16 @@ def fit_to_window(
             f"The prompt needs {fixed} tokens plus {reserve} for the answer, more than the "
             f"{window}-token context window of {model.model_id}. Shorten it or lower max_tokens."
         )
-        return Fit((), window, needed, len(history), 0, max_tokens, key, problem=problem)
-    first = len(history)
+        return Fit((), window, needed, len(chat), 0, max_tokens, key, problem=problem)
+    first = len(chat)
     if total <= budget:  # all of it fits (the common case): no message by message walk
         first, budget = 0, budget - total
     while first > 0 and costs[first - 1] <= budget:
         first -= 1
         budget -= costs[first]
-    kept = (*system, *history[first:], prompt)
+    kept = (*system, *chat[first:], prompt)
     sent = needed - reserve - sum(costs[:first])
-    return Fit(kept, window, needed, len(history), len(history) - first, max_tokens, key, sent)
+    return Fit(kept, window, needed, len(chat), len(chat) - first, max_tokens, key, sent)
 
 
 def _split(messages: Sequence[ChatMessage]) -> tuple[Sequence[ChatMessage], Sequence[ChatMessage]]:

@@ -56,7 +56,7 @@ from oblix_core.errors import ConfigError, NoModelAvailableError
 from oblix_core.models.backend import ChatMessage, ModelBackend
 from oblix_core.models.health import CircuitBreaker, ModelCoolingDownError
 from oblix_core.plugins.hookspecs import hookimpl
-from oblix_core.request.history import Fit, fit_to_window
+from oblix_core.request.history import CountedHistory, Fit, fit_to_window
 
 PREFERENCES = ("local-first", "cloud-first")
 #: Plans (and route requests) kept by the caches below.
@@ -311,14 +311,16 @@ def screen(
     forced: str | None = None,
     fallback: bool = False,
     agents: Sequence[dict[str, Any]] = (),
+    history: tuple[int, CountedHistory] | None = None,
 ) -> RoutingPlan:
-    """The plan without candidates that cannot hold the request or are cooling down, explained.
+    """The plan without candidates that cannot hold the request or are cooling down, explained
+    (``history``: see :func:`~oblix_core.request.history.fit_to_window`).
 
     Raises :class:`ModelCoolingDownError` when the forced model is cooling down and
     ``fallback`` is false, and :class:`NoModelAvailableError` when no candidate's window
     can hold the prompt.
     """
-    entries, fitting, fits = _fit_all(plan.candidates, messages, max_tokens, breaker)
+    entries, fitting, fits = _fit_all(plan.candidates, messages, max_tokens, breaker, history)
     if plan.candidates and not fitting:
         raise NoModelAvailableError(
             "No candidate can hold this request: " + "; ".join(f"{m}: {e['why']}" for m, e in entries.items())
@@ -366,6 +368,7 @@ def _fit_all(
     messages: Sequence[ChatMessage],
     max_tokens: int | None,
     breaker: CircuitBreaker,
+    history: tuple[int, CountedHistory] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], list[ModelBackend], dict[str, Fit]]:
     """An entry per candidate, the candidates whose window can hold the request, and their fits.
 
@@ -382,7 +385,9 @@ def _fit_all(
         key = (model.tokenizer_key, model.context_window, answer)
         fit = alike.get(key) if key[0] is not None else None
         if fit is None or fit.problem is not None:  # a problem names its model: counted anew
-            fit = alike[key] = fit_to_window(messages, model, answer, window=key[1], tokenizer=key[0])
+            fit = alike[key] = fit_to_window(
+                messages, model, answer, window=key[1], tokenizer=key[0], history=history
+            )
         fits[model.model_id] = fit
         entry = entries[model.model_id] = _entry(model, breaker, fit.describe())
         if fit.problem:

@@ -19,8 +19,14 @@ from collections.abc import Hashable
 
 import attrs
 
-from oblix_core.models.backend import ChatMessage
-from oblix_core.request.history import FIRST_PAGE, MARGIN, chat_messages, estimated_tokens, read_tail
+from oblix_core.request.history import (
+    FIRST_PAGE,
+    MARGIN,
+    CountedHistory,
+    chat_messages,
+    estimated_tokens,
+    read_tail,
+)
 from oblix_core.sessions.records import Message, SessionRecord
 from oblix_core.sessions.store import SessionChanges, SessionStore
 
@@ -37,7 +43,8 @@ class WarmTail:
     cursor: Hashable
     header: SessionRecord  # the session without messages
     messages: tuple[Message, ...]
-    chat: tuple[ChatMessage, ...]
+    #: ``messages`` as chat messages, with their token counts per tokenizer as far as counted.
+    chat: CountedHistory
     #: Whether ``messages`` start at the session's first message.
     whole: bool
     estimate: int
@@ -63,7 +70,7 @@ class WarmTail:
             changes.cursor,
             changes.header or self.header,
             self.messages + new,
-            self.chat + chat_messages(new),
+            self.chat.extended(chat_messages(new)),
             self.whole,
             self.estimate + estimated_tokens(new),
         )
@@ -78,7 +85,11 @@ class WarmTail:
             keep -= 1
             total += estimated_tokens(self.messages[keep : keep + 1])
         return attrs.evolve(
-            self, messages=self.messages[keep:], chat=self.chat[keep:], whole=False, estimate=total
+            self,
+            messages=self.messages[keep:],
+            chat=self.chat.without_first(keep),
+            whole=False,
+            estimate=total,
         )
 
 
@@ -89,7 +100,7 @@ def _fresh(changes: SessionChanges, asked: int) -> WarmTail:
         changes.cursor,
         attrs.evolve(changes.header, messages=()),
         messages,
-        chat_messages(messages),
+        CountedHistory(chat_messages(messages)),
         len(messages) < asked,
         estimated_tokens(messages),
     )
@@ -109,9 +120,9 @@ class WarmHistory:
 
     def read(
         self, store: SessionStore, session_id: str, budget_tokens: int
-    ) -> tuple[SessionRecord, tuple[ChatMessage, ...] | None]:
+    ) -> tuple[SessionRecord, CountedHistory | None]:
         """The session with as much recent history as ``budget_tokens`` can use, and that
-        history as chat messages (``None`` when the store cannot be kept warm).
+        history as chat messages with their counts (``None`` when the store cannot be kept warm).
 
         Runs in a worker thread (the store may block).
         """

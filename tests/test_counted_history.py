@@ -1,0 +1,124 @@
+"""The warm history keeps its messages' token counts as a session grows (CountedHistory):
+a request counts only the messages new since the last, and its fit is the fit of the
+messages as they are — also when the history holds system messages, after the warm tail
+dropped old messages, and when middleware edited the messages in place."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from oblix import OblixClient
+from oblix_core.models.backend import ChatMessage
+from oblix_core.plugins.hookspecs import hookimpl
+from oblix_core.request import history as history_module
+from oblix_core.request.context import Request
+from oblix_core.request.history import CountedHistory, fit_to_window, session_messages
+from oblix_core.sessions.records import SessionRecord
+from oblix_core.testing import ScriptedPlugin
+from oblix_core.testing.scripted import ScriptedBackend
+
+
+class Tokenized(ScriptedBackend):
+    """A model with a tokenizer of its own (counts cached per message by the core)."""
+
+    @property
+    def tokenizer_key(self) -> str:
+        return "tokenized"
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split()) + 1
+
+
+def _chat(rng: random.Random, count: int, system_every: int = 0) -> list[ChatMessage]:
+    roles = ["user", "assistant"]
+    return [
+        ChatMessage(
+            "system" if system_every and i % system_every == system_every - 1 else roles[i % 2],
+            " ".join(f"w{rng.randrange(50)}" for _ in range(rng.randrange(1, 30))),
+        )
+        for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize("model", [ScriptedBackend("m", context_window=256), Tokenized("t", context_window=256)])
+@pytest.mark.parametrize("system_every", [0, 7])
+def test_a_fit_from_the_counted_history_is_the_fit_of_the_messages(model: ScriptedBackend, system_every: int) -> None:
+    rng = random.Random(system_every)
+    counted = CountedHistory(_chat(rng, 5, system_every))
+    for turn in range(30):
+        counted = counted.extended(_chat(rng, 2, system_every))
+        if turn % 9 == 8:
+            counted = counted.without_first(3)
+        session = SessionRecord("s", context={"topic": "tests"} if turn % 2 else {})
+        messages = session_messages(session, f"prompt {turn}", "be brief" if turn % 3 else None, counted)
+        start = len(messages) - 1 - len(counted)
+        for max_tokens in (None, 16, 120):
+            plain = fit_to_window(messages, model, max_tokens)
+            hinted = fit_to_window(messages, model, max_tokens, history=(start, counted))
+            assert hinted == plain and hinted.sent_tokens == plain.sent_tokens
+
+
+def test_a_growing_history_counts_only_its_new_messages(monkeypatch: pytest.MonkeyPatch) -> None:
+    counted_lengths: list[int] = []
+    costs = history_module._costs
+
+    def spy(model: Any, history: Sequence[ChatMessage], key: Hashable | None) -> Sequence[int]:
+        counted_lengths.append(len(history))
+        return costs(model, history, key)
+
+    monkeypatch.setattr(history_module, "_costs", spy)
+    model, counted = Tokenized("t"), CountedHistory(())
+    for turn in range(20):
+        counted = counted.extended([ChatMessage("user", f"q{turn}"), ChatMessage("assistant", f"a{turn}")])
+        messages = [*counted, ChatMessage("user", "next")]
+        fit_to_window(messages, model, None, history=(0, counted))
+    assert counted_lengths == [2] * 20  # the whole history (2..40 messages) was never counted again
+
+
+@pytest.mark.anyio
+async def test_sessions_of_a_client_count_each_message_once(
+    home: Path, scripted: ScriptedPlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counted_lengths: list[int] = []
+    costs = history_module._costs
+
+    def spy(model: Any, history: Sequence[ChatMessage], key: Hashable | None) -> Sequence[int]:
+        counted_lengths.append(len(history))
+        return costs(model, history, key)
+
+    monkeypatch.setattr(history_module, "_costs", spy)
+    async with OblixClient(home=home, plugins=[scripted]) as client:
+        await client.hook_model("scripted", "local")
+        session_id = await client.create_session(title="t")
+        for turn in range(6):
+            result = await client.execute(f"turn {turn}", session_id=session_id, stream=False)
+            context = result["routing_decision"]["models"][0]["context"]
+            assert context["history_messages"] == context["history_sent"] == 2 * turn
+    assert counted_lengths == [2] * 5  # each turn counted the exchange before it, nothing more
+
+
+class EditsInPlace:
+    """Middleware that drops the history from ``request.messages`` in place (the list kept)."""
+
+    @hookimpl
+    def oblix_request_start(self, request: Request) -> None:
+        assert isinstance(request.messages, list)
+        request.messages[:] = [request.messages[-1]]
+
+
+@pytest.mark.anyio
+async def test_messages_edited_in_place_by_middleware_are_fitted_as_edited(home: Path) -> None:
+    scripted = ScriptedPlugin()
+    async with OblixClient(home=home, plugins=[scripted, EditsInPlace()]) as client:
+        await client.hook_model("scripted", "local")
+        session_id = await client.create_session(title="t")
+        for turn in range(3):
+            result = await client.execute(f"turn {turn}", session_id=session_id, stream=False)
+            context = result["routing_decision"]["models"][0]["context"]
+            assert context["history_messages"] == context["history_sent"] == 0
+            assert [m.content for m in scripted.calls["local"][-1].messages] == [f"turn {turn}"]
