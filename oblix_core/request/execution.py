@@ -108,7 +108,7 @@ class ExecutionSettings:
         return min(self.backoff_max, self.backoff_initial * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
 
 
-@attrs.frozen
+@attrs.define  # not frozen: made per request on the hot path (a frozen init is slower); never changed
 class Attempt:
     """One try of one model: its error (``None`` on success) and how long it took."""
 
@@ -120,14 +120,14 @@ class Attempt:
         return {"model_id": self.model_id, "error": self.error, "elapsed_ms": self.elapsed_ms}
 
 
-@attrs.frozen
+@attrs.define  # not frozen: made per request on the hot path (a frozen init is slower); never changed
 class Attempting:
     """The executor's event before each try of a model: who is about to answer."""
 
     model: ModelBackend
 
 
-@attrs.frozen
+@attrs.define  # not frozen: made per request on the hot path (a frozen init is slower); never changed
 class Done:
     """The executor's last event: the model that answered, its text, metrics and attempts.
 

@@ -113,7 +113,7 @@ def answer_reserve(window: int, max_tokens: int | None) -> int:
     return max_tokens if max_tokens else min(DEFAULT_ANSWER_RESERVE, window // 4)
 
 
-@attrs.frozen
+@attrs.define  # not frozen: made per request on the hot path (a frozen init is slower); never changed
 class Fit:
     """How a request's messages fit one model's window: counted once, used by routing and
     the executor alike (see :func:`fit_to_window`)."""

@@ -36,7 +36,7 @@ DEFAULT_CAPACITY = 256
 REFRESH_PAGE = 256
 
 
-@attrs.frozen
+@attrs.define  # not frozen: made per request on the hot path (a frozen init is slower); never changed
 class WarmTail:
     """A session's recent messages as read, with their chat form and where the read stopped."""
 
