@@ -191,7 +191,7 @@ class CountedHistory(tuple[ChatMessage, ...]):
     def extended(self, new: Sequence[ChatMessage]) -> CountedHistory:
         """This history with ``new`` messages after it (the counts so far kept, the rest counted
         when asked)."""
-        history = tuple.__new__(CountedHistory, (*self, *new))  # every field given: __new__'s checks skipped
+        history = tuple.__new__(CountedHistory, (*self, *new))  # not __new__: it would scan every message
         history.counts = dict(self.counts)
         history.has_system = self.has_system or "system" in [m.role for m in new]
         return history
