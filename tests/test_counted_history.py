@@ -45,9 +45,13 @@ def _chat(rng: random.Random, count: int, system_every: int = 0) -> list[ChatMes
     ]
 
 
-@pytest.mark.parametrize("model", [ScriptedBackend("m", context_window=256), Tokenized("t", context_window=256)])
+@pytest.mark.parametrize(
+    "model", [ScriptedBackend("m", context_window=256), Tokenized("t", context_window=256)]
+)
 @pytest.mark.parametrize("system_every", [0, 7])
-def test_a_fit_from_the_counted_history_is_the_fit_of_the_messages(model: ScriptedBackend, system_every: int) -> None:
+def test_a_fit_from_the_counted_history_is_the_fit_of_the_messages(
+    model: ScriptedBackend, system_every: int
+) -> None:
     rng = random.Random(system_every)
     counted = CountedHistory(_chat(rng, 5, system_every))
     for turn in range(30):
@@ -63,15 +67,21 @@ def test_a_fit_from_the_counted_history_is_the_fit_of_the_messages(model: Script
             assert hinted == plain and hinted.sent_tokens == plain.sent_tokens
 
 
-def test_a_growing_history_counts_only_its_new_messages(monkeypatch: pytest.MonkeyPatch) -> None:
-    counted_lengths: list[int] = []
+@pytest.fixture
+def counted_lengths(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many messages each call of the core's per-message counting was given."""
+    lengths: list[int] = []
     costs = history_module._costs
 
     def spy(model: Any, history: Sequence[ChatMessage], key: Hashable | None) -> Sequence[int]:
-        counted_lengths.append(len(history))
+        lengths.append(len(history))
         return costs(model, history, key)
 
     monkeypatch.setattr(history_module, "_costs", spy)
+    return lengths
+
+
+def test_a_growing_history_counts_only_its_new_messages(counted_lengths: list[int]) -> None:
     model, counted = Tokenized("t"), CountedHistory(())
     for turn in range(20):
         counted = counted.extended([ChatMessage("user", f"q{turn}"), ChatMessage("assistant", f"a{turn}")])
@@ -82,16 +92,8 @@ def test_a_growing_history_counts_only_its_new_messages(monkeypatch: pytest.Monk
 
 @pytest.mark.anyio
 async def test_sessions_of_a_client_count_each_message_once(
-    home: Path, scripted: ScriptedPlugin, monkeypatch: pytest.MonkeyPatch
+    home: Path, scripted: ScriptedPlugin, counted_lengths: list[int]
 ) -> None:
-    counted_lengths: list[int] = []
-    costs = history_module._costs
-
-    def spy(model: Any, history: Sequence[ChatMessage], key: Hashable | None) -> Sequence[int]:
-        counted_lengths.append(len(history))
-        return costs(model, history, key)
-
-    monkeypatch.setattr(history_module, "_costs", spy)
     async with OblixClient(home=home, plugins=[scripted]) as client:
         await client.hook_model("scripted", "local")
         session_id = await client.create_session(title="t")
