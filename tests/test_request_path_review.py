@@ -303,3 +303,36 @@ def test_route_requests_are_one_per_combination_and_checked_each_time() -> None:
     for _ in range(2):  # an invalid preference is never cached: refused each time
         with pytest.raises(ConfigError, match="Unknown routing preference"):
             routing.route_request("fastest", False, "", None, False)
+
+
+@pytest.mark.anyio
+async def test_concurrent_requests_on_a_warm_session_each_get_their_own_fit(home: Path) -> None:
+    """Requests at once on one warm session share its counted history: each is fitted as its
+    own messages would be fitted alone (the prompts differ in size, so the fits differ)."""
+    from oblix_core.request.history import fit_to_window, session_messages
+
+    plugin = _Kinds()
+    async with OblixClient(home=home, plugins=[plugin]) as client:
+        await client.hook_model("words", "w", context_window=300)
+        (model,) = client.models
+        session_id = await client.create_session(title="t")
+        for turn in range(15):
+            await client.execute(f"turn {turn} " + "z " * (turn % 5 * 4), session_id=session_id, stream=False)
+        stored = client.store.load(session_id)
+        results: dict[str, dict[str, Any]] = {}
+
+        async def ask(prompt: str) -> None:
+            results[prompt] = await client.execute(
+                prompt, session_id=session_id, stream=False, store=False, max_tokens=40
+            )
+
+        prompts = [f"p{i} " + "q " * (i * 25) for i in range(6)]
+        async with anyio.create_task_group() as group:
+            for prompt in prompts:
+                group.start_soon(ask, prompt)
+        sent = {call.messages[-1].content: call.messages for call in list(plugin.calls["w"])[-6:]}
+        for prompt in prompts:
+            expected = fit_to_window(session_messages(stored, prompt), model, 40)
+            assert sent[prompt] == expected.messages
+            assert results[prompt]["routing_decision"]["models"][0]["context"] == expected.describe()
+        assert len({len(sent[p]) for p in prompts}) > 2  # the fits did differ
