@@ -33,8 +33,9 @@ class _GatedDescribe(ScriptedBackend):
     """A test double whose describe() (read by watch() for the endpoint) waits, in the thread
     named ``slow``, until released: it holds that thread inside watch()."""
 
-    entered = threading.Event()
-    release = threading.Event()
+    def __init__(self, model_name: str, **kwargs: Any) -> None:
+        super().__init__(model_name, **kwargs)
+        self.entered, self.release = threading.Event(), threading.Event()
 
     def describe(self) -> dict[str, Any]:
         if threading.current_thread().name == "slow":
@@ -63,11 +64,11 @@ def test_a_watch_racing_another_still_reads_the_shared_health(tmp_path: Path) ->
 
     slow = threading.Thread(target=breaker.watch, args=([model],), name="slow")
     slow.start()
-    assert _GatedDescribe.entered.wait(5)
+    assert model.entered.wait(5)
     other = threading.Thread(target=request)
     other.start()
     other.join(0.2)  # HEAD: it has answered already, without the shared record
-    _GatedDescribe.release.set()
+    model.release.set()
     slow.join(5)
     other.join(5)
     assert seen == {"available": False}
