@@ -398,6 +398,11 @@ class ModelBackend:
         return f"<{type(self).__name__} {self.model_id} local={self.is_local}>"
 
 
+#: :meth:`ModelBackend.prepare` as defined here (it does nothing): the executor does not await
+#: a backend's ``prepare()`` when it is this very function (a wrapper set on the class later,
+#: or a backend's own, is awaited).
+BASE_PREPARE = ModelBackend.prepare
+
 def _with_message(error: ModelError, message: str) -> ModelError:
     """A copy of ``error`` (same class and attributes) with another message."""
     copy = copy_module.copy(error)

@@ -351,7 +351,6 @@ class CircuitBreaker:
         if len(held) == len(models) and all(map(operator.is_, held, models)):
             return
         with self._lock:
-            self._watched = tuple(models)
             self._synced = None  # other models (or endpoints): their shared records are not read yet
             self._models = {m.model_id: m for m in models}
             self._endpoints = {m.model_id: model_endpoint(m) for m in models}
@@ -359,6 +358,7 @@ class CircuitBreaker:
                 record = self._health.get(model.model_id)
                 if record is not None:
                     record.endpoint = self._endpoints[model.model_id]
+            self._watched = tuple(models)  # last: a watch() that returns early finds all set
 
     @property
     def shares_health(self) -> bool:

@@ -48,7 +48,7 @@ from oblix_core.errors import (
     StreamInterruptedError,
     TransientModelError,
 )
-from oblix_core.models.backend import ModelBackend, StreamChunk, Usage
+from oblix_core.models.backend import BASE_PREPARE, ModelBackend, StreamChunk, Usage
 from oblix_core.models.health import CircuitBreaker, JsonFile
 from oblix_core.request.context import Request
 from oblix_core.request.history import Fit, trim_to_window
@@ -366,7 +366,7 @@ async def _prepared(
     cannot load or the prompt cannot fit it."""
     try:
         prepare = model.prepare
-        if getattr(prepare, "__func__", None) is not ModelBackend.prepare:  # the base's does nothing
+        if getattr(prepare, "__func__", None) is not BASE_PREPARE:  # the base's does nothing
             await prepare()
         own = model.with_defaults(request)  # the model's generation defaults, where unset
         return own, _planned(model, own, (fits or {}).get(model.model_id))

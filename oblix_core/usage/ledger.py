@@ -376,11 +376,12 @@ def answer_record(
     invalid = not (
         absent_or_valid(inputs) and absent_or_valid(outputs) and absent_or_valid(cached)
     )  # the usual answer: all valid
-    if invalid:
-        counts = []
+    if invalid:  # some count is not a plain int: checked one by one (an int subclass is valid)
+        counts, invalid = [], False
         for name, value in zip(_COUNTED, (inputs, outputs, cached), strict=True):
             count = token_count(value)
             if value is not None and count is None:
+                invalid = True
                 problems.append(f"{name}={value!r:.40} is not a token count")
             counts.append(count)
         inputs, outputs, cached = counts
