@@ -1,7 +1,8 @@
 """The pgvector document index: workspaces, documents and chunks in three Postgres tables.
 
-Keywords: a generated ``tsvector`` column (English stemming) with a GIN index, ranked by
-``ts_rank_cd``. Vectors: a ``vector`` column (pgvector), searched by cosine distance
+Keywords: a generated ``tsvector`` column (English stemming), ranked by ``ts_rank_cd``
+among the chunks where each query word occurs most (a ``postings`` table kept by a trigger:
+see :mod:`oblix_pgvector.keywords`). Vectors: a ``vector`` column (pgvector), searched by cosine distance
 (``<=>``) within the workspace. A workspace may hold vectors of any dimension (one per
 workspace); each dimension up to 2,000 gets a partial HNSW index (``vector_cosine_ops`` on
 ``embedding::vector(n)``, created with its first workspace or vectors), so a search is
@@ -34,6 +35,7 @@ from oblix.plugin import (
     redact_url,
     remember_secret,
 )
+from oblix_pgvector.keywords import depth, migrate, search_sql
 
 _WORDS = re.compile(r"\w+", re.UNICODE)
 _PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,30}$")
@@ -94,6 +96,7 @@ class PgVectorDocumentIndex(DocumentIndex):
             for statement in SCHEMA.format(p=prefix).split(";"):
                 if statement.strip():
                     self._db.execute(statement)
+            migrate(self._db, prefix)
         with self._lock:
             # pgvector 0.8+: a filtered HNSW scan goes on until LIMIT rows pass the filter
             with contextlib.suppress(psycopg.Error):
@@ -124,7 +127,7 @@ class PgVectorDocumentIndex(DocumentIndex):
         """``sql`` with the table prefix (checked at start: letters, digits and _ only)."""
         return sql.format(p=self._p)
 
-    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def _rows(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._db.execute(self._q(sql), params).fetchall()
 
@@ -265,10 +268,15 @@ class PgVectorDocumentIndex(DocumentIndex):
         words = ts_query(query)
         if not words:
             return []
-        sql = self._HIT.format(
-            p="{p}", score="ts_rank_cd(c.tsv, q.query)", match="c.tsv @@ q.query", order="8 DESC, c.id"
-        ).replace("WHERE", ", to_tsquery('english', %s) AS q(query) WHERE", 1)
-        rows = self._rows(sql, (words, workspace_id, json.dumps(where or {}), k))
+        params = {
+            "query": words,
+            "words": words.replace(" | ", " "),
+            "ws": workspace_id,
+            "where": json.dumps(where or {}),
+            "depth": depth(k),
+            "k": k,
+        }
+        rows = self._rows(search_sql(bool(where)), params)
         return [SearchHit(_chunk(r[:7]), float(r[7]), r[8], {"workspace_id": workspace_id}) for r in rows]
 
     def vector_search(

