@@ -127,9 +127,11 @@ class PgVectorDocumentIndex(DocumentIndex):
         """``sql`` with the table prefix (checked at start: letters, digits and _ only)."""
         return sql.format(p=self._p)
 
-    def _rows(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
+    def _rows(
+        self, sql: str, params: Sequence[Any] | dict[str, Any] = (), *, prepare: bool | None = None
+    ) -> list[tuple[Any, ...]]:
         with self._lock:
-            return self._db.execute(self._q(sql), params).fetchall()
+            return self._db.execute(self._q(sql), params, prepare=prepare).fetchall()
 
     # -- workspaces ------------------------------------------------------------------------
 
@@ -276,7 +278,9 @@ class PgVectorDocumentIndex(DocumentIndex):
             "depth": depth(k),
             "k": k,
         }
-        rows = self._rows(search_sql(bool(where)), params)
+        # never prepared: Postgres's generic plan for it (chosen after a few runs of a prepared
+        # statement) reads every chunk of the workspace; planned for its values it reads candidates
+        rows = self._rows(search_sql(bool(where)), params, prepare=False)
         return [SearchHit(_chunk(r[:7]), float(r[7]), r[8], {"workspace_id": workspace_id}) for r in rows]
 
     def vector_search(

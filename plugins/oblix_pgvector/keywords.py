@@ -65,9 +65,7 @@ _FILTERED = (
     "AND pd.body->'metadata' @> %(where)s::jsonb",
 )
 _SEARCH = """
-SELECT c.doc_id, c.chunk_idx, c.text, c.line_start, c.line_end, c.page, c.headings,
-       ts_rank_cd(c.tsv, q.query) AS score, d.name
-FROM (
+WITH cand AS MATERIALIZED (
     SELECT DISTINCT top.chunk_id
     FROM unnest(tsvector_to_array(to_tsvector('english', %(words)s))) AS t(term),
     LATERAL (
@@ -75,12 +73,16 @@ FROM (
         WHERE p.workspace_id = %(ws)s AND p.term = t.term {filter}
         ORDER BY p.tf DESC, p.chunk_id LIMIT %(depth)s
     ) AS top
-) AS cand
-JOIN {p}chunks c ON c.id = cand.chunk_id
-JOIN {p}documents d ON d.workspace_id = c.workspace_id AND d.id = c.doc_id,
-to_tsquery('english', %(query)s) AS q(query)
-WHERE c.workspace_id = %(ws)s AND c.tsv @@ q.query AND d.body->'metadata' @> %(where)s::jsonb
-ORDER BY score DESC, c.id LIMIT %(k)s
+), best AS MATERIALIZED (
+    SELECT c.id, c.workspace_id, c.doc_id, c.chunk_idx, c.text, c.line_start, c.line_end, c.page,
+           c.headings, ts_rank_cd(c.tsv, q.query) AS score
+    FROM cand JOIN {p}chunks c ON c.id = cand.chunk_id, to_tsquery('english', %(query)s) AS q(query)
+    WHERE c.tsv @@ q.query
+    ORDER BY score DESC, c.id LIMIT %(k)s
+)
+SELECT b.doc_id, b.chunk_idx, b.text, b.line_start, b.line_end, b.page, b.headings, b.score, d.name
+FROM best b JOIN {p}documents d ON d.workspace_id = b.workspace_id AND d.id = b.doc_id
+ORDER BY b.score DESC, b.id
 """
 
 
@@ -90,8 +92,10 @@ def depth(k: int) -> int:
 
 
 def search_sql(filtered: bool) -> str:
-    """The keyword search (``{p}`` for the table prefix); ``filtered``: a metadata filter is
-    applied while candidates are taken, so a filter still gets the best chunks that pass it."""
+    """The keyword search (``{p}`` for the table prefix); ``filtered``: the metadata filter is
+    applied while candidates are taken, so a filter still gets the best chunks that pass it.
+    (The candidates come first, fenced: a join the planner started from the documents, whose
+    metadata filter it cannot estimate, read every chunk of the workspace.)"""
     join, where = _FILTERED if filtered else ("", "")
     return _SEARCH.replace("{join}", join).replace("{filter}", where)
 
