@@ -118,5 +118,7 @@ def migrate(db: Any, prefix: str) -> None:
         db.execute(_BACKFILL.format(p=prefix))
     for statement in _INDEXES:
         db.execute(statement.format(p=prefix))
+    if fresh:  # statistics for the planner at once (autovacuum would take a while to come)
+        db.execute(f"ANALYZE {prefix}postings")
     if not fresh and not has_trigger:  # the table without its trigger: not made by this module
         db.execute(_BACKFILL.format(p=prefix) + " ON CONFLICT DO NOTHING")
