@@ -1,9 +1,10 @@
-"""The pgvector document index: workspaces, documents and chunks in three Postgres tables.
+"""The pgvector document index: workspaces, documents and chunks in Postgres tables.
 
 Keywords: a generated ``tsvector`` column (English stemming), ranked by ``ts_rank_cd``
-among the chunks where each query word occurs most (a ``postings`` table kept by a trigger:
-see :mod:`oblix_pgvector.keywords`). Vectors: a ``vector`` column (pgvector), searched by cosine distance
-(``<=>``) within the workspace. A workspace may hold vectors of any dimension (one per
+among the chunks where each query word occurs most (a ``postings`` table kept by a
+trigger: see :mod:`oblix_pgvector.keywords`; the GIN index on ``tsv`` stays for older
+clients sharing the tables). Vectors: a ``vector`` column (pgvector), searched by cosine
+distance (``<=>``) within the workspace. A workspace may hold vectors of any dimension (one per
 workspace); each dimension up to 2,000 gets a partial HNSW index (``vector_cosine_ops`` on
 ``embedding::vector(n)``, created with its first workspace or vectors), so a search is
 approximate where Postgres chooses that index (large tables) and exact where it scans.
