@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -178,4 +179,38 @@ def test_an_index_of_the_previous_version_is_migrated_once(postgres: str) -> Non
     for client in opened:
         assert {query: _found(client, query, 5) for query in QUERIES} == expected
         client.close()
+    old.close()
+
+
+def test_a_migration_waits_for_an_older_writer_in_flight_and_counts_its_chunk(postgres: str) -> None:
+    import psycopg
+
+    old = PgVectorDocumentIndex(postgres, prefix=next(_prefixes))
+    old.put_workspace(Workspace(id="ws", name="ws", embedder="test", dimension=3))
+    _put(old, 0, 10)
+    _as_previous_version(old)
+    writer = psycopg.connect(postgres)  # an older Oblix's document transaction, not yet committed
+    writer.execute(
+        old._q(
+            "INSERT INTO {p}chunks (workspace_id, doc_id, chunk_idx, text, headings, heads) "
+            "VALUES ('ws', 'd0', 99, 'zebra crossing', '[]', 'd0.txt')"
+        )
+    )
+    opened: list[PgVectorDocumentIndex] = []
+    migrating = threading.Thread(target=lambda: opened.append(PgVectorDocumentIndex(postgres, prefix=old._p)))
+    migrating.start()
+    for _ in range(3000):  # until the migration waits for the writer's lock on the chunks table
+        assert migrating.is_alive(), "the migration did not wait for the writer in flight"
+        if old._rows("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"):
+            break
+        time.sleep(0.01)
+    else:
+        writer.rollback()
+        pytest.fail("the migration never waited for the writer")
+    writer.commit()
+    migrating.join()
+    assert [h.chunk.chunk_idx for h in opened[0].keyword_search("ws", "zebra", 3)] == [99]
+    assert _postings_right(old)
+    writer.close()
+    opened[0].close()
     old.close()
