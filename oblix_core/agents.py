@@ -118,6 +118,7 @@ class BaseAgent(abc.ABC):
         self._sampled = threading.Event()  # set once a first sample is published
         self._sample_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._savers: list[threading.Thread] = []  # saving a first sample for later commands
         self._models: tuple[ModelBackend, ...] = ()
 
     @abc.abstractmethod
@@ -167,12 +168,17 @@ class BaseAgent(abc.ABC):
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop background sampling and wait for the thread."""
+        """Stop background sampling and wait (``timeout`` seconds in all) for the thread and
+        for the saving of a first sample a request could not wait for."""
         self._stop.set()
         self._wake.set()
+        end = time.monotonic() + timeout
         if self._thread:
             self._thread.join(timeout)
             self._thread = None
+        for saver in self._savers:
+            saver.join(max(0.0, end - time.monotonic()))
+        self._savers = [saver for saver in self._savers if saver.is_alive()]
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -241,7 +247,9 @@ def _save_when_sampled(agent: BaseAgent, readings: Any) -> None:
             except Exception as exc:
                 log.warning("cannot save the reading of agent %s: %s", agent.name, exc)
 
-    threading.Thread(target=wait_and_save, name=f"oblix-save-{agent.name}", daemon=True).start()
+    saver = threading.Thread(target=wait_and_save, name=f"oblix-save-{agent.name}", daemon=True)
+    agent._savers.append(saver)  # joined by stop(): a one-shot command saves it before exiting
+    saver.start()
 
 
 def _persisted(

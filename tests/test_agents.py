@@ -424,6 +424,31 @@ async def test_first_request_takes_a_fresh_sample_or_says_it_had_none(
 
 
 @pytest.mark.anyio
+async def test_shutdown_waits_for_the_late_reading_to_be_saved(
+    home: Path, scripted: ScriptedPlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A one-shot command exits right after shutdown(): the reading its request could not
+    wait for must be on disk by then (a slow disk made the save lose the race before)."""
+    from oblix_core.models.health import JsonFile
+
+    plain_update = JsonFile.update
+
+    def slow_update(self: JsonFile, values: dict[str, Any]) -> None:
+        time.sleep(0.5)
+        plain_update(self, values)
+
+    monkeypatch.setattr(JsonFile, "update", slow_update)
+    client = OblixClient(home=home, plugins=[scripted])
+    await client.hook_model("scripted", "local")
+    client.hook_agent(SlowAgent(1.0))
+    result = await client.execute("hi", stream=False)
+    assert result["routing_decision"]["agents"][0]["source"] == "none"
+    await client.shutdown()
+    saved = json.loads((home / "agent-readings.json").read_text())
+    assert saved["slow"]["reason"] == "took 1.0s"
+
+
+@pytest.mark.anyio
 async def test_other_programs_burning_cpu_send_requests_to_the_cloud(
     home: Path, scripted: ScriptedPlugin
 ) -> None:
