@@ -214,3 +214,35 @@ def test_a_migration_waits_for_an_older_writer_in_flight_and_counts_its_chunk(po
     writer.close()
     opened[0].close()
     old.close()
+
+
+
+def test_opening_an_index_does_not_wait_for_a_document_write_in_flight(postgres: str) -> None:
+    """A client opening the tables while another client's document transaction is open gets
+    on at once (the schema's ``CREATE INDEX IF NOT EXISTS`` used to wait for that writer),
+    and sees the write once it commits."""
+    import psycopg
+
+    first = PgVectorDocumentIndex(postgres, prefix=next(_prefixes))
+    first.put_workspace(Workspace(id="ws", name="ws", embedder="test", dimension=3))  # its HNSW index too
+    _put(first, 0, 3)
+    writer = psycopg.connect(postgres)  # a document transaction, not yet committed
+    writer.execute(
+        first._q(
+            "INSERT INTO {p}chunks (workspace_id, doc_id, chunk_idx, text, headings, heads, embedding) "
+            "VALUES ('ws', 'd0', 99, 'zebra crossing', '[]', 'd0.txt', '[1,0,0]')"
+        )
+    )
+    opened: list[PgVectorDocumentIndex] = []
+    opening = threading.Thread(target=lambda: opened.append(PgVectorDocumentIndex(postgres, prefix=first._p)))
+    opening.start()
+    opening.join(timeout=20)
+    waited = opening.is_alive()
+    writer.commit()
+    opening.join()
+    writer.close()
+    assert not waited, "opening the index waited for the document write in flight"
+    assert [h.chunk.chunk_idx for h in opened[0].keyword_search("ws", "zebra", 3)] == [99]
+    assert _postings_right(first)
+    opened[0].close()
+    first.close()

@@ -36,7 +36,7 @@ from oblix.plugin import (
     redact_url,
     remember_secret,
 )
-from oblix_pgvector.keywords import depth, migrate, search_sql
+from oblix_pgvector.keywords import depth, migrate, schema_complete, search_sql
 
 _WORDS = re.compile(r"\w+", re.UNICODE)
 _PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,30}$")
@@ -92,12 +92,14 @@ class PgVectorDocumentIndex(DocumentIndex):
         self._p = prefix
         self._lock = threading.RLock()
         self._hnsw: set[int] = set()
-        with self._lock, self._db.transaction():
-            self._db.execute("SELECT pg_advisory_xact_lock(hashtext('oblix-pgvector-schema'))")
-            for statement in SCHEMA.format(p=prefix).split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
-            migrate(self._db, prefix)
+        with self._lock:
+            if not schema_complete(self._db, prefix):  # DDL waits for writers in flight: only if needed
+                with self._db.transaction():
+                    self._db.execute("SELECT pg_advisory_xact_lock(hashtext('oblix-pgvector-schema'))")
+                    for statement in SCHEMA.format(p=prefix).split(";"):
+                        if statement.strip():
+                            self._db.execute(statement)
+                    migrate(self._db, prefix)
         with self._lock:
             # pgvector 0.8+: a filtered HNSW scan goes on until LIMIT rows pass the filter
             with contextlib.suppress(psycopg.Error):
@@ -114,6 +116,11 @@ class PgVectorDocumentIndex(DocumentIndex):
         if not dimension or not 0 < int(dimension) <= HNSW_MAX_DIMENSIONS or dimension in self._hnsw:
             return
         n = int(dimension)
+        with self._lock:
+            found = self._db.execute("SELECT to_regclass(%s)", (f"{self._p}chunks_hnsw_{n}",)).fetchone()
+            if found and found[0] is not None:  # CREATE INDEX IF NOT EXISTS would wait for writers in flight
+                self._hnsw.add(n)
+                return
         with self._lock, self._db.transaction():
             self._db.execute("SELECT pg_advisory_xact_lock(hashtext('oblix-pgvector-schema'))")
             self._db.execute(

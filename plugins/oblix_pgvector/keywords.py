@@ -100,15 +100,39 @@ def search_sql(filtered: bool) -> str:
     return _SEARCH.replace("{join}", join).replace("{filter}", where)
 
 
+#: Relations of a complete schema (``index.SCHEMA`` and the postings above), by name suffix.
+RELATIONS = (
+    *("workspaces", "documents", "chunks", "chunks_doc", "chunks_tsv"),
+    *("postings", "postings_chunk", "postings_top"),
+)
+
+
+def schema_complete(db: Any, prefix: str) -> bool:
+    """Whether every table, index and the postings trigger exist, read from the catalog alone:
+    ``CREATE INDEX IF NOT EXISTS`` locks its table even when the index exists, so opening an
+    index with the schema statements would wait for every document write in flight."""
+    row = db.execute(
+        "SELECT bool_and(to_regclass(n) IS NOT NULL) FROM unnest(%s::text[]) AS n",
+        ([prefix + name for name in RELATIONS],),
+    ).fetchone()
+    return bool(row[0]) and _has_trigger(db, prefix)
+
+
+def _has_trigger(db: Any, prefix: str) -> bool:
+    """Whether the chunks table has the trigger that keeps its postings."""
+    found = db.execute(
+        "SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s",
+        (f"{prefix}chunks", f"{prefix}chunks_postings"),
+    ).fetchone()
+    return found is not None
+
+
 def migrate(db: Any, prefix: str) -> None:
     """The postings table and its trigger, in the caller's transaction (under the schema lock);
     filled from the chunks already there when the table is new (an index of an older version)."""
     fresh = db.execute("SELECT to_regclass(%s) IS NULL", (f"{prefix}postings",)).fetchone()[0]
     db.execute(_TABLE.format(p=prefix))
-    has_trigger = db.execute(
-        "SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s",
-        (f"{prefix}chunks", f"{prefix}chunks_postings"),
-    ).fetchone()
+    has_trigger = _has_trigger(db, prefix)
     if not has_trigger:
         # the trigger takes a lock that waits for writers in flight and holds back new ones
         # until this commits, so the backfill below sees every chunk written without it
