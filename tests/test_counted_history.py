@@ -124,3 +124,26 @@ async def test_messages_edited_in_place_by_middleware_are_fitted_as_edited(home:
             context = result["routing_decision"]["models"][0]["context"]
             assert context["history_messages"] == context["history_sent"] == 0
             assert [m.content for m in scripted.calls["local"][-1].messages] == [f"turn {turn}"]
+
+
+@pytest.mark.anyio
+async def test_a_count_method_set_on_one_model_instance_is_what_its_fit_counts(
+    home: Path, scripted: ScriptedPlugin
+) -> None:
+    """A model whose ``count_tokens`` is replaced on the instance (a wrapper, a test) is not
+    counted with the 4-characters estimate that other models of its class share."""
+    async with OblixClient(home=home, plugins=[scripted]) as client:
+        await client.hook_model("scripted", "local")
+        model = client.engine.models["scripted:local"]
+        assert model.tokenizer_key is not None  # the estimate's key: its counts are cached
+        model.count_tokens = lambda text: 100 * len(text.split())  # type: ignore[method-assign]
+        assert model.tokenizer_key is None
+        session_id = await client.create_session(title="t")
+        await client.execute("one two", session_id=session_id, stream=False)
+        result = await client.execute("three", session_id=session_id, stream=False)
+        context = result["routing_decision"]["models"][0]["context"]
+        sent = scripted.calls["local"][-1].messages
+        assert [m.content for m in sent] == ["one two", "echo: one two", "three"]
+        answer = model.generation_defaults.get("max_tokens")
+        reserve = history_module.answer_reserve(context["window"], answer)
+        assert context["needed"] == 100 * 6 + 4 * 3 + reserve  # 6 words, 100 tokens each

@@ -330,12 +330,15 @@ class ModelBackend:
         """What this model's token counts depend on: models with equal keys count alike, so
         the request path counts each message once per key (and caches it). ``None``: the
         counts are not cached. The default is the 4-characters estimate's key when
-        neither count method is overridden; a backend with a real tokenizer overrides it.
+        neither count method is overridden, on the class or on this instance; a backend
+        with a real tokenizer overrides it.
         """
         cls = type(self)
         if (
             cls.count_tokens is ModelBackend.count_tokens
             and cls.count_message_tokens is ModelBackend.count_message_tokens
+            and "count_tokens" not in self.__dict__
+            and "count_message_tokens" not in self.__dict__
         ):
             return ESTIMATED_TOKENS
         return None
