@@ -222,19 +222,17 @@ async def _hooked(client: OblixClient) -> None:
 
 
 def _decided(result: dict[str, Any]) -> dict[str, Any]:
-    """Each model's place in the decision and the history its fit sends (how much history a
-    warm or a cold read holds beyond what any window takes may differ, as before)."""
+    """Each model's place in the decision and its fit (the history used and sent)."""
     models = result["routing_decision"]["models"]
-    return {m["model_id"]: (m["status"], m["position"], m["context"]["history_sent"]) for m in models}
+    return {m["model_id"]: (m["status"], m["position"], m["context"]) for m in models}
 
 
 @pytest.mark.anyio
 async def test_a_warm_session_decides_and_sends_as_a_cold_client_would(home: Path) -> None:
     """Another writer appends (long answers, tool messages) while the warm tail is trimmed:
     each probe's decision (every model's place and history sent) and the messages sent equal
-    those of a fresh client reading the session cold. (No stored system messages here: those
-    are kept whatever their age, so what is sent then depends on how far back a read reached,
-    warm or cold alike, before this change too.)"""
+    those of a fresh client reading the session cold (stored system messages: see
+    tests/test_warm_history.py)."""
     other = FileSessionStore(home / "sessions")
     session_id = new_session_id()
     other.create(

@@ -7,14 +7,23 @@ show on the client's next request exactly as a cold read would show them.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from oblix import OblixClient
 from oblix_core.errors import SessionNotFoundError
 from oblix_core.models.backend import ChatMessage
-from oblix_core.request.history import MAX_CACHED_COUNTS, fit_to_window, trim_to_window
+from oblix_core.request.history import (
+    MAX_CACHED_COUNTS,
+    estimated_tokens,
+    fit_to_window,
+    marks,
+    recent_start,
+    trim_to_window,
+)
 from oblix_core.request.warm import WarmHistory
 from oblix_core.sessions.records import Message, SessionRecord, new_session_id
 from oblix_core.testing import ScriptedPlugin
@@ -157,3 +166,61 @@ async def test_a_store_that_never_blocks_is_called_on_the_event_loop(
         assert threads == [threading.get_ident()] * 2
         assert client.usage(since="1d")["total"]["requests"] == 1
     assert [m.content for m in store.load(record.id).messages] == ["hi", result["response"]]
+
+
+class _ReadWhole(FileSessionStore):
+    """A file store that cannot tell changes (a third-party store without ``load_changes``)."""
+
+    def load_changes(self, session_id: str, cursor: object, max_messages: int) -> None:  # type: ignore[override]
+        return None
+
+
+async def _probe(home: Path, session_id: str, prompt: str, store: FileSessionStore | None = None) -> Any:
+    """What a fresh client sends for ``prompt`` and how it explains the fit (store=False)."""
+    scripted = ScriptedPlugin()
+    async with OblixClient(home=home, plugins=[scripted], session_store=store) as client:
+        await client.hook_model("scripted", "local", context_window=256)
+        result = await client.execute(prompt, session_id=session_id, stream=False, store=False)
+    return _sent(scripted), result["routing_decision"]["models"][0]["context"]
+
+
+@pytest.mark.anyio
+async def test_stored_system_messages_are_sent_alike_however_far_back_a_read_reached(
+    home: Path, scripted: ScriptedPlugin
+) -> None:
+    """A session with system messages stored among its turns (kept whatever their place): a
+    warm client, a fresh one and one whose store is read whole send the same messages, since
+    each uses the shortest recent history that covers the budget, not all a read happened to hold."""
+    rng = random.Random(5)
+
+    def message(i: int) -> Message:
+        role = "system" if i % 9 == 4 else ("user", "assistant")[i % 2]
+        return Message(role, f"{role} {i} " + "w " * rng.randrange(1, 30))
+
+    other = FileSessionStore(home / "sessions")
+    session_id = new_session_id()
+    other.create(SessionRecord(id=session_id, messages=tuple(message(i) for i in range(120))))
+    async with OblixClient(home=home, plugins=[scripted]) as client:
+        await client.hook_model("scripted", "local", context_window=256)
+        for turn in range(18):
+            if turn % 4 == 1:
+                other.append_messages(session_id, [message(200 + turn), Message("system", f"note {turn}")])
+            await client.execute(f"turn {turn} " + "z " * (turn % 5), session_id=session_id, stream=False)
+            if turn % 3 != 2:
+                continue
+            result = await client.execute("probe", session_id=session_id, stream=False, store=False)
+            warm = _sent(scripted), result["routing_decision"]["models"][0]["context"]
+            assert any(role == "system" for role, _ in warm[0][:-1])
+            assert await _probe(home, session_id, "probe") == warm
+            assert await _probe(home, session_id, "probe", _ReadWhole(home / "sessions")) == warm
+    other.close()
+
+
+def test_the_recent_history_starts_where_the_budget_is_covered() -> None:
+    rng = random.Random(3)
+    for _ in range(200):
+        messages = [Message("user", "x" * rng.randrange(0, 80)) for _ in range(rng.randrange(1, 40))]
+        wanted = rng.uniform(0, 500)
+        start = recent_start(marks(messages, rng.randrange(0, 1000)), wanted)
+        assert start == 0 or estimated_tokens(messages[start:]) >= wanted  # covered...
+        assert start == len(messages) - 1 or estimated_tokens(messages[start + 1 :]) < wanted  # ...shortest

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import math
 from collections.abc import Hashable, Sequence
@@ -28,8 +30,25 @@ def estimated_tokens(messages: Sequence[Message]) -> int:
     return sum([len(m.content) // 4 + 4 for m in messages])
 
 
+def marks(messages: Sequence[Message], start: int = 0) -> tuple[int, ...]:
+    """Estimated tokens before each of ``messages`` and after the last, from ``start``
+    (``len(messages) + 1`` running totals)."""
+    return tuple(itertools.accumulate([len(m.content) // 4 + 4 for m in messages], initial=start))
+
+
+def recent_start(running: Sequence[int], wanted: float) -> int:
+    """Where the history a request uses starts, given :func:`marks` of messages read from the
+    end of a session: the shortest suffix whose estimate reaches ``wanted``, else all of them.
+
+    The same rule wherever the history comes from (a warm tail holding more, a cold read, a
+    store read whole), so what is sent does not depend on how far back a read reached: stored
+    system messages, kept whatever their place, included.
+    """
+    return max(0, bisect.bisect_right(running, running[-1] - wanted) - 1)
+
+
 def read_tail(store: SessionStore, session_id: str, budget_tokens: int) -> SessionRecord:
-    """The session with as much recent history as ``budget_tokens`` can use.
+    """The session with the recent history that ``budget_tokens`` can use (:func:`recent_start`).
 
     Reads a first page from the end of the session; if its estimated tokens do not
     cover the budget (with :data:`MARGIN`), reads again as many messages as the
@@ -40,10 +59,11 @@ def read_tail(store: SessionStore, session_id: str, budget_tokens: int) -> Sessi
     size, wanted = FIRST_PAGE, MARGIN * budget_tokens
     while True:
         record = store.load_recent(session_id, size)
-        estimate = estimated_tokens(record.messages)
-        if len(record.messages) < size or estimate >= wanted:
-            return record
-        per_message = max(1.0, estimate / len(record.messages))
+        running = marks(record.messages)
+        if len(record.messages) < size or running[-1] >= wanted:
+            start = recent_start(running, wanted)
+            return attrs.evolve(record, messages=record.messages[start:]) if start else record
+        per_message = max(1.0, running[-1] / len(record.messages))
         size = max(2 * size, math.ceil(wanted / per_message * 1.1))
 
 
@@ -173,6 +193,8 @@ class CountedHistory(tuple[ChatMessage, ...]):
 
     counts: dict[Hashable, tuple[int, ...]]
     has_system: bool
+    #: A :meth:`suffix`'s whole history and where it starts in it (its counts are kept there).
+    whole: tuple[CountedHistory, int] | None
 
     def __new__(
         cls,
@@ -186,6 +208,7 @@ class CountedHistory(tuple[ChatMessage, ...]):
         history.has_system = (
             has_system if has_system is not None else any(m.role == "system" for m in messages)
         )
+        history.whole = None
         return history
 
     def extended(self, new: Sequence[ChatMessage]) -> CountedHistory:
@@ -194,16 +217,31 @@ class CountedHistory(tuple[ChatMessage, ...]):
         history = tuple.__new__(CountedHistory, (*self, *new))  # not __new__: it would scan every message
         history.counts = dict(self.counts)
         history.has_system = self.has_system or "system" in [m.role for m in new]
+        history.whole = None
         return history
 
     def without_first(self, count: int) -> CountedHistory:
-        """This history less its ``count`` oldest messages."""
+        """This history less its ``count`` oldest messages (a history of its own)."""
         counts = {key: costs[count:] for key, costs in self.counts.items()}
         return CountedHistory(self[count:], counts, self.has_system)
+
+    def suffix(self, start: int) -> CountedHistory:
+        """This history from message ``start`` on, counting through this one: what a request
+        counts is kept here for the next request (:meth:`without_first` would keep it apart)."""
+        if not start:
+            return self
+        view = tuple.__new__(CountedHistory, self[start:])
+        view.counts = {}
+        view.has_system = self.has_system and "system" in [m.role for m in view]
+        view.whole = (self, start)
+        return view
 
     def costs(self, model: ModelBackend, key: Hashable) -> tuple[int, ...]:
         """Each message's tokens for ``model`` (``key``: its tokenizer key, not ``None``),
         counting only the messages not counted before."""
+        if self.whole is not None:
+            history, start = self.whole
+            return history.costs(model, key)[start:]
         held = self.counts.get(key, ())
         if len(held) < len(self):
             held = (*held, *_costs(model, self[len(held) :], key))

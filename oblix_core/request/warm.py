@@ -24,8 +24,9 @@ from oblix_core.request.history import (
     MARGIN,
     CountedHistory,
     chat_messages,
-    estimated_tokens,
+    marks,
     read_tail,
+    recent_start,
 )
 from oblix_core.sessions.records import Message, SessionRecord
 from oblix_core.sessions.store import SessionChanges, SessionStore
@@ -47,21 +48,28 @@ class WarmTail:
     chat: CountedHistory
     #: Whether ``messages`` start at the session's first message.
     whole: bool
-    estimate: int
+    #: Running estimated tokens before each message and after the last (:func:`marks`).
+    running: tuple[int, ...]
 
     @property
-    def record(self) -> SessionRecord:
-        """The session with its recent messages (metadata and context copied: callers own them)."""
-        header = self.header
-        return SessionRecord(
+    def estimate(self) -> int:
+        """The estimated tokens of ``messages``."""
+        return self.running[-1] - self.running[0]
+
+    def recent(self, wanted: float) -> tuple[SessionRecord, CountedHistory]:
+        """The session with the history a request uses (:func:`recent_start`; metadata and
+        context copied: callers own them), and that history as counted chat messages."""
+        header, start = self.header, recent_start(self.running, wanted)
+        record = SessionRecord(
             header.id,
             header.title,
             header.created_at,
             header.updated_at,
-            self.messages,
+            self.messages[start:] if start else self.messages,
             dict(header.context),
             dict(header.metadata),
         )
+        return record, self.chat.suffix(start)
 
     def extended(self, changes: SessionChanges) -> WarmTail:
         """This tail with the messages appended after its cursor."""
@@ -72,7 +80,7 @@ class WarmTail:
             self.messages + new,
             self.chat.extended(chat_messages(new)),
             self.whole,
-            self.estimate + estimated_tokens(new),
+            self.running + marks(new, self.running[-1])[1:],
         )
 
     def bounded(self, wanted: float) -> WarmTail:
@@ -80,16 +88,13 @@ class WarmTail:
         (cut back to 1.1 times: the request path counts every message held)."""
         if self.estimate <= 1.5 * wanted:
             return self
-        keep, total = len(self.messages), 0
-        while keep > 0 and total < 1.1 * wanted:
-            keep -= 1
-            total += estimated_tokens(self.messages[keep : keep + 1])
+        keep = recent_start(self.running, 1.1 * wanted)
         return attrs.evolve(
             self,
             messages=self.messages[keep:],
             chat=self.chat.without_first(keep),
             whole=False,
-            estimate=total,
+            running=self.running[keep:],
         )
 
 
@@ -102,7 +107,7 @@ def _fresh(changes: SessionChanges, asked: int) -> WarmTail:
         messages,
         CountedHistory(chat_messages(messages)),
         len(messages) < asked,
-        estimated_tokens(messages),
+        marks(messages),
     )
 
 
@@ -141,7 +146,7 @@ class WarmHistory:
                 self._tails.move_to_end(session_id)
                 while len(self._tails) > self.capacity:
                     self._tails.popitem(last=False)
-        return tail.record, tail.chat
+        return tail.recent(wanted)
 
     def forget(self, session_id: str) -> None:
         """Drop a session's tail (it was deleted or replaced)."""
