@@ -18,6 +18,7 @@ import click
 
 from oblix_core.cli.common import err_console, handle_errors, make_client, print_json
 from oblix_core.cli.tables import Column, print_table
+from oblix_core.terminal.printable import printable
 
 DEFAULT = "default"
 
@@ -208,8 +209,8 @@ def search(query: str, workspace: str, top_k: int, mode: str, as_json: bool) -> 
     if not hits:
         click.echo("No match.")
     for n, hit in enumerate(hits, start=1):
-        click.echo(f"[{n}] {hit['doc_name']}, {hit['location']} (score {hit['score']:.4f})")
-        click.echo("    " + hit["text"].strip().replace("\n", "\n    ")[:600])
+        click.echo(printable(f"[{n}] {hit['doc_name']}, {hit['location']} (score {hit['score']:.4f})"))
+        click.echo(printable("    " + hit["text"].strip().replace("\n", "\n    ")[:600]))
 
 
 @docs.command("rm")

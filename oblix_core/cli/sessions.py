@@ -23,6 +23,7 @@ from oblix_core.cli.tables import print_sessions
 from oblix_core.client import OblixClient
 from oblix_core.errors import OblixError, SessionExistsError
 from oblix_core.sessions.api import resolve_session_id
+from oblix_core.terminal.printable import printable
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -141,17 +142,22 @@ def _show(client: OblixClient, session_id: str, last: bool, as_json: bool) -> No
     if as_json:
         print_json(data)
         return
-    click.echo(f"{data['title'] or '(untitled)'}  [{data['id']}]")
-    click.echo(f"created {data['created_at']}  updated {data['updated_at']}")
+    _print_session(data)
+
+
+def _print_session(data: dict[str, Any]) -> None:
+    """A session for people: stored text made :func:`printable` (no escape reaches the terminal)."""
+    click.echo(printable(f"{data['title'] or '(untitled)'}  [{data['id']}]"))
+    click.echo(printable(f"created {data['created_at']}  updated {data['updated_at']}"))
     if data["metadata"]:
-        click.echo(f"metadata: {data['metadata']}")
+        click.echo(printable(f"metadata: {data['metadata']}"))
     if data["context"]:
-        click.echo(f"context: {data['context']}")
+        click.echo(printable(f"context: {data['context']}"))
     for message in data["messages"]:
         who = message["role"] + (f" ({message['model_id']})" if message.get("model_id") else "")
         if (message.get("metrics") or {}).get("interrupted"):
             who += " [interrupted]"
-        click.echo(f"\n[{message['timestamp']}] {who}:\n{message['content']}")
+        click.echo(printable(f"\n[{message['timestamp']}] {who}:\n{message['content']}"))
 
 
 def _done(as_json: bool, session_id: str, text: str) -> None:

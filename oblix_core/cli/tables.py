@@ -29,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from oblix_core.sessions.records import parse_timestamp
+from oblix_core.terminal.printable import printable
 
 #: Longest title shown in a listing on a terminal (cut at a word boundary, with an ellipsis).
 TITLE_CHARS = 40
@@ -81,11 +82,12 @@ def _columns(columns: Sequence[str | Column], rows: Sequence[Sequence[str]]) -> 
 def plain_table(title: str | None, columns: Sequence[str | Column], rows: Sequence[Sequence[Any]]) -> str:
     """The table for a pipe: title, header and one line per row, aligned, never wrapped.
 
-    White space inside a value (line breaks included) becomes one space and an empty value
-    is ``-``, so every row is one line with a value in each column.
+    White space inside a value (line breaks included) becomes one space, other control
+    characters their escapes (:func:`printable`), and an empty value is ``-``, so every row
+    is one line with a value in each column and no value writes to the terminal.
     """
     names = [c.name if isinstance(c, Column) else c for c in columns]
-    cells = [[" ".join(_cell(v).split()) or "-" for v in row] for row in rows]
+    cells = [[printable(" ".join(_cell(v).split())) or "-" for v in row] for row in rows]
     right = [isinstance(c, Column) and c.right for c in columns]
     widths = [max([cell_len(n)] + [cell_len(r[i]) for r in cells]) for i, n in enumerate(names)]
     lines = [title] if title else []
@@ -138,8 +140,9 @@ def fit_columns(columns: Sequence[Column], cells: Sequence[Sequence[str]], width
 def terminal_table(
     title: str | None, columns: Sequence[str | Column], rows: Sequence[Sequence[Any]], width: int
 ) -> RenderableType:
-    """The table for a terminal ``width`` columns wide (see the module's docstring)."""
-    texts = [[v if isinstance(v, Text) else Text(_cell(v)) for v in row] for row in rows]
+    """The table for a terminal ``width`` columns wide (see the module's docstring); text cells
+    are made :func:`printable` (a :class:`~rich.text.Text` cell is its maker's to make so)."""
+    texts = [[v if isinstance(v, Text) else Text(printable(_cell(v))) for v in row] for row in rows]
     plain = [[t.plain for t in row] for row in texts]
     specs = _columns(columns, plain)
     widths = fit_columns(specs, plain, width)
@@ -195,8 +198,9 @@ def relative_time(timestamp: str, now: datetime | None = None) -> str:
 
 
 def cut_title(title: str | None, limit: int = TITLE_CHARS) -> str:
-    """``title`` on one line, cut at the last word boundary before ``limit`` characters."""
-    text = " ".join((title or "").split())
+    """``title`` on one line, :func:`printable`, cut at the last word boundary before ``limit``
+    characters."""
+    text = printable(" ".join((title or "").split()))
     if len(text) <= limit:
         return text
     cut = text[: limit - 1]
@@ -229,7 +233,7 @@ def print_sessions(title: str, found: Sequence[dict[str, Any]], snippets: bool =
     for s, extra in zip(found, below, strict=True):
         text = Text(cut_title(s.get("title")) or "(untitled)")
         if extra:
-            text.append("\n" + extra, style="dim")
+            text.append("\n" + printable(extra), style="dim")
         texts.append(text)
     name = "title / match" if snippets else "title / metadata"
     print_table(

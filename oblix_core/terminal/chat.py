@@ -27,6 +27,7 @@ from oblix_core.sessions.api import resolve_session_id
 from oblix_core.terminal import chat_input
 from oblix_core.terminal.console import CtrlC, catch_ctrl_c, cli_message, print_answer
 from oblix_core.terminal.explain import explain
+from oblix_core.terminal.printable import printable
 
 if TYPE_CHECKING:
     from oblix_core.client import OblixClient
@@ -311,7 +312,8 @@ class _Chat:
             for s in await client.alist_sessions(limit=20):
                 marker = "*" if s["id"] == self.session_id else " "
                 count = f"{s['message_count']:>4} msgs"
-                _print(f"{marker} {s['id']}  {s['updated_at']}  {count}  {s['title'] or ''}")
+                title = " ".join((s["title"] or "").split())
+                _print(printable(f"{marker} {s['id']}  {s['updated_at']}  {count}  {title}"))
         elif command == "/load":
             await self._load(argument)
         elif command == "/new":
@@ -387,11 +389,11 @@ async def _show_recent(client: OblixClient, session_id: str) -> None:
         return
     if not record.messages:
         return
-    _print(f"Last messages of {record.title or 'this session'}:")
+    _print(printable(f"Last messages of {' '.join((record.title or 'this session').split())}:"))
     for message in record.messages:
         who = "you" if message.role == "user" else "ai" if message.role == "assistant" else message.role
         text = " ".join(message.content.split())
         if len(text) > RECENT_CHARS:
             text = text[: RECENT_CHARS - 3] + "..."
         mark = " [interrupted]" if (message.metrics or {}).get("interrupted") else ""
-        _print(f"  {who}> {text}{mark}")
+        _print(printable(f"  {who}> {text}{mark}"))

@@ -1,0 +1,137 @@
+"""Red-team review of issue 33 (first impressions): each test attacks a class of bug a new user
+meets, through the real ``oblix`` command line (a subprocess, or a pseudo-terminal with pexpect),
+real file sessions and config.toml; the packaged-model tests run the real llama.cpp with the
+packaged Gemma GGUF (tier ``llama``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from oblix_core.client import OblixClient
+from oblix_core.sessions.records import Message
+from oblix_core.terminal.printable import printable
+from tests.support import commands
+
+#: Titles and metadata a hostile export or a careless script can store: window-title (OSC 0),
+#: clipboard (OSC 52) and screen-clearing sequences, a bell, a carriage return, a bidi override.
+HOSTILE_TITLE = (
+    "evil \x1b]0;pwned\x07 \x1b]52;c;cm0gLXJmIH4=\x07 \x1b[2J\x1b[31mred\x1b[0m \u202eflipped\u202c \rend"
+)
+HOSTILE_METADATA = {"note": "meta\x1b]0;owned\x07data", "k\x1b[5m": "v"}
+HOSTILE_MESSAGE = "answer \x1b]0;title\x07 text\x1b[2J\nsecond line"
+#: What must never reach stdout from stored text (rich's own SGR colours are fine on a terminal).
+INJECTED = re.compile(r"\x1b\]|\x1b\[2J|\x1b\[5m|\x1b\[31m|\x07|\u202e|\r(?!\n)")
+
+
+def _hostile_home(home: Path) -> str:
+    """A home holding one session whose title, metadata and messages carry escape sequences."""
+
+    async def fill() -> str:
+        async with OblixClient(home=home) as client:
+            sid = await client.create_session(title=HOSTILE_TITLE, metadata=HOSTILE_METADATA)
+            client.store.append_messages(sid, [Message(role="user", content=HOSTILE_MESSAGE)])
+            return sid
+
+    return anyio.run(fill)
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    home = tmp_path_factory.mktemp("hostile") / "home"
+    home.mkdir()
+    yield home, _hostile_home(home)
+
+
+def test_printable_escapes_controls_and_keeps_text_lines_and_wide_characters() -> None:
+    assert printable("a\x1b[31mb\x07c") == "a\\x1b[31mb\\x07c"
+    assert printable("x\u202ey\x9bz\x7f") == "x\\u202ey\\x9bz\\x7f"
+    assert printable("one\r\ntwo\tthree\rfour") == "one\ntwo\tthree\\x0dfour"
+    assert printable("日本語 🎉 café") == "日本語 🎉 café"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"COLUMNS": "40"},
+        {"COLUMNS": "80", "NO_COLOR": "1"},
+        {"COLUMNS": "200", "FORCE_COLOR": "1"},
+        {"TERM": "dumb"},
+    ],
+    ids=["40", "no-color", "force-color", "dumb"],
+)
+@pytest.mark.parametrize(
+    "args",
+    [("sessions", "list"), ("sessions", "search", "evil"), ("sessions", "show", "{sid}")],
+    ids=["list", "search", "show"],
+)
+def test_piped_listings_carry_no_escape_sequence_from_stored_text(
+    hostile: tuple[Path, str], args: tuple[str, ...], env: dict[str, str]
+) -> None:
+    home, sid = hostile
+    done = commands.oblix(None, home, *(a.format(sid=sid) for a in args), **env)
+    assert done.returncode == 0, done.stderr
+    assert not INJECTED.search(done.stdout), repr(done.stdout)
+    assert "\\x1b]0;pwned\\x07" in done.stdout  # shown, visibly, not dropped
+    as_json = commands.oblix(None, home, *(a.format(sid=sid) for a in args), "--json", **env)
+    assert as_json.returncode == 0, as_json.stderr
+    data = json.dumps(json.loads(as_json.stdout), ensure_ascii=False)  # valid, and the text as stored
+    assert json.dumps(HOSTILE_TITLE, ensure_ascii=False) in data
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width", [40, 80, 200])
+def test_on_a_terminal_listings_carry_no_escape_sequence_from_stored_text(
+    hostile: tuple[Path, str], width: int
+) -> None:
+    import pexpect
+
+    home, sid = hostile
+    env = {k: v for k, v in commands.environ(None, home).items() if k not in ("COLUMNS", "TTY_COMPATIBLE")}
+    for args in (["sessions", "list"], ["sessions", "show", sid]):
+        child = pexpect.spawn(
+            sys.executable, ["-m", "oblix_core", *args], env=env, encoding="utf-8", dimensions=(40, width)
+        )
+        child.expect(pexpect.EOF, timeout=60)
+        child.close()
+        out = child.before or ""
+        assert child.exitstatus == 0, out
+        assert not INJECTED.search(out.replace("\r\n", "\n")), repr(out)
+
+
+@pytest.mark.slow
+def test_chat_list_and_load_carry_no_escape_sequence_from_stored_text(hostile: tuple[Path, str]) -> None:
+    import pexpect
+
+    home, sid = hostile
+    env = {k: v for k, v in commands.environ(None, home).items() if k not in ("COLUMNS", "TTY_COMPATIBLE")}
+    env["OBLIX_DISABLE_PLUGINS"] = "llama_cpp,openai,anthropic,ollama"  # no model needed to list
+    chat = pexpect.spawn(
+        sys.executable,
+        ["-m", "oblix_core", "chat"],
+        env=env,
+        encoding="utf-8",
+        dimensions=(40, 200),
+        timeout=60,
+    )
+    chat.expect("you> ")
+    chat.sendline("/list")
+    chat.expect("you> ")
+    listed = chat.before or ""
+    chat.sendline(f"/load {sid[:8]}")
+    chat.expect("you> ")
+    loaded = chat.before or ""
+    chat.sendeof()
+    chat.expect(pexpect.EOF)
+    for out in (listed, loaded):
+        assert "\\x1b]0;" in out, repr(out)
+        assert not INJECTED.search(out.replace("\r\n", "\n")), repr(out)
+    assert os.environ.get("OBLIX_HOME") != str(home)
