@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,3 +137,41 @@ def test_chat_list_and_load_carry_no_escape_sequence_from_stored_text(hostile: t
         assert "\\x1b]0;" in out, repr(out)
         assert not INJECTED.search(out.replace("\r\n", "\n")), repr(out)
     assert os.environ.get("OBLIX_HOME") != str(home)
+
+
+# -- Ctrl-C while `oblix` is still starting ------------------------------------------------------
+
+STARTING = """
+import os, signal, sys
+sys.argv[0] = {program!r}
+import oblix_core.cli  # what the program imports first
+os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the rest of the command line is imported
+import oblix_core.cli.main
+print("still running")
+"""
+
+
+@pytest.mark.parametrize("program", ["/usr/local/bin/oblix", "/site/oblix_core/__main__.py"])
+def test_ctrl_c_while_oblix_starts_exits_130_without_a_traceback(program: str, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", STARTING.format(program=program)],
+        env=commands.environ(None, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (130, ""), done
+    assert "Traceback" not in done.stderr and "Interrupted." in done.stderr, done.stderr
+
+
+def test_importing_the_cli_elsewhere_leaves_ctrl_c_alone(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", STARTING.format(program="/usr/bin/pytest")],
+        env=commands.environ(None, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == -signal.SIGINT and "KeyboardInterrupt" in done.stderr, done

@@ -26,20 +26,18 @@ from oblix_core.cli.common import (
 from oblix_core.cli.tables import Column, print_table
 from oblix_core.config.settings import load_config, oblix_home
 from oblix_core.errors import OblixError
+from oblix_core.plugins import registry
 from oblix_core.plugins.registry import OblixPluginManager, Registry, build_plugin_manager, plugin_infos
 
 #: Set to 1 to see the traceback of an unexpected error instead of a one-line message.
 DEBUG_ENV = "OBLIX_DEBUG"
 
 
-def _stores_by_plugin(pm: OblixPluginManager) -> dict[str, list[str]]:
-    """The session-store names each plugin registers."""
+def _stores_by_plugin(reg: Registry) -> dict[str, list[str]]:
+    """The session-store names each plugin registered (a failing plugin's are dropped)."""
     found: dict[str, list[str]] = {}
-    for impl in pm.hook.oblix_register_session_stores.get_hookimpls():
-        names: list[str] = []
-        with contextlib.suppress(Exception):  # a failing plugin is reported by Registry.load
-            impl.function(register=lambda name, _factory, names=names: names.append(str(name)))
-        found[impl.plugin_name] = names
+    for name in reg.stores:
+        found.setdefault(reg.owner("Session store", name), []).append(name)
     return found
 
 
@@ -56,14 +54,14 @@ def _store_in_use() -> tuple[str, dict[str, Any]]:
         return client.store.name, client.store.describe()
 
 
-def _store_rows(pm: OblixPluginManager) -> list[dict[str, Any]]:
+def _store_rows(reg: Registry) -> list[dict[str, Any]]:
     """Each registered store; where the one in use keeps its data (``describe()``, no secrets)."""
     try:
         name, in_use = _store_in_use()
     except OblixError as exc:  # the configured store cannot be opened: still list the plugins
         name, in_use = "", {"error": cli_message(exc)}
     rows = []
-    for plugin, names in _stores_by_plugin(pm).items():
+    for plugin, names in _stores_by_plugin(reg).items():
         for store in names:
             where = in_use if store == name else None
             rows.append({"store": store, "plugin": plugin, "in_use": where is not None, "where": where})
@@ -123,10 +121,10 @@ plugins.add_command(plugins_new.new)
 @handle_errors
 def _list_plugins(as_json: bool) -> None:
     pm = build_plugin_manager()
-    Registry.load(pm)  # registration failures are skipped and reported too
-    register_commands(pm, click.Group())  # and so are those of command plugins
+    reg = Registry.load(pm)  # registration failures are skipped and reported too
+    register_commands(pm, _builtin_group(pm))  # and so are those of command plugins (clashes too)
     infos = plugin_infos(pm)
-    stores = _store_rows(pm)
+    stores = _store_rows(reg)
     skipped = list(pm.skipped.values())
     if as_json:
         by_plugin: dict[str, list[dict[str, Any]]] = {}
@@ -162,6 +160,14 @@ def _list_plugins(as_json: bool) -> None:
 
 def build_cli() -> click.Group:
     """A root group with the built-in commands and every plugin's commands (the hook runs once)."""
+    pm = build_plugin_manager()
+    group = _builtin_group(pm)
+    register_commands(pm, group)
+    return group
+
+
+def _builtin_group(pm: OblixPluginManager) -> _Oblix:
+    """The root group with Oblix's own commands only."""
     from oblix_core.cli import config as cli_config
     from oblix_core.cli import docs as cli_docs
     from oblix_core.cli import run as cli_run
@@ -169,7 +175,6 @@ def build_cli() -> click.Group:
     from oblix_core.cli import templates as cli_templates
     from oblix_core.cli import usage as cli_usage
 
-    pm = build_plugin_manager()
     group = _Oblix(
         pm,
         name="oblix",
@@ -186,17 +191,13 @@ def build_cli() -> click.Group:
     group.add_command(cli_config.aliases)
     group.add_command(cli_usage.usage)
     group.add_command(cli_docs.docs)
-    register_commands(pm, group)
     return group
 
 
 def register_commands(pm: OblixPluginManager, group: click.Group) -> None:
-    """Each plugin's ``oblix_register_commands``, on its own: one that raises is skipped."""
-    for impl in reversed(pm.hook.oblix_register_commands.get_hookimpls()):
-        try:
-            impl.function(cli=group)
-        except Exception as exc:  # a failing plugin loses its commands, not the command line
-            pm.skip(impl.plugin_name, exc)
+    """Each plugin's ``oblix_register_commands``, on its own: one that raises, exits or replaces
+    a command is skipped (``oblix_core.plugins.registry.register_commands``)."""
+    registry.register_commands(pm, group)
 
 
 class _Oblix(click.Group):
@@ -223,6 +224,12 @@ class _Oblix(click.Group):
         )
 
 
+def _restore_ctrl_c() -> None:
+    with contextlib.suppress(ValueError, OSError):
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _ignore_ctrl_c() -> None:
     with contextlib.suppress(ValueError, OSError):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -233,6 +240,7 @@ def main() -> None:
 
     Exit status: 0, 1 for errors, 2 for usage errors, 130 after Ctrl-C.
     """
+    _restore_ctrl_c()  # started: Ctrl-C is KeyboardInterrupt again (see oblix_core.cli)
     try:
         code = build_cli().main(standalone_mode=False)
     except click.ClickException as exc:
