@@ -9,7 +9,10 @@ pass unchanged.
 
 from __future__ import annotations
 
+import importlib.util
 import re
+from collections.abc import Iterable
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import attrs
@@ -72,12 +75,45 @@ def _render(template: Path, values: dict[str, str]) -> str:
     return text
 
 
-def write_package(name: str, kind: str, where: Path) -> Path:
+def _refuse_taken(names: PluginNames, commands: Iterable[str]) -> None:
+    """Refuse a name whose package, entry point or command is already someone's: installed,
+    the plugin would shadow Oblix's own modules (``oblix_core``, ``oblix_file``...) or plugins,
+    or be skipped as a clash."""
+    values = names.values
+    try:
+        spec = importlib.util.find_spec(values["package"])
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None:
+        where = spec.origin or ", ".join(spec.submodule_search_locations or ())
+        raise ConfigError(
+            f"{names.name!r} cannot name a plugin: its package {values['package']!r} is already "
+            f"installed ({where}) and the new one would shadow it; choose another name."
+        )
+    taken = {ep.name: ep for ep in entry_points(group="oblix")}
+    if names.name in taken:
+        dist = taken[names.name].dist
+        owner = dist.metadata["Name"] if dist is not None else taken[names.name].value
+        raise ConfigError(
+            f"{names.name!r} cannot name a plugin: the entry point {names.name!r} is already the "
+            f"plugin of the package {owner!r}; choose another name."
+        )
+    if names.kind == "command" and values["command"] in set(commands):
+        raise ConfigError(
+            f"{names.name!r} cannot name a command plugin: `oblix {values['command']}` exists already "
+            "(a plugin may add commands, never replace one); choose another name."
+        )
+
+
+def write_package(name: str, kind: str, where: Path, *, commands: Iterable[str] = ()) -> Path:
     """Write the package for a plugin ``name`` of ``kind`` under ``where``; returns its folder.
 
-    Refuses (:class:`ConfigError`) to write over anything that exists.
+    Refuses (:class:`ConfigError`) to write over anything that exists, and a name whose
+    package is already importable, whose entry point is already a plugin's, or (a command
+    plugin) that names one of ``commands`` (those of ``oblix`` when run from the command line).
     """
     names = PluginNames.of(name, kind)
+    _refuse_taken(names, commands)
     values = names.values
     target = where / values["dist"]
     if target.exists():
@@ -107,8 +143,11 @@ def write_package(name: str, kind: str, where: Path) -> Path:
     show_default=True,
     help="Where to write the package folder (oblix-NAME).",
 )
+@click.pass_context
 @handle_errors
-def new(name: str, kind: str, where: Path) -> None:
+def new(ctx: click.Context, name: str, kind: str, where: Path) -> None:
     """Write a ready plugin package: entry point, a working part, its contract tests."""
-    target = write_package(name, kind, where)
+    root = ctx.find_root().command
+    taken = list(root.commands) if isinstance(root, click.Group) else []
+    target = write_package(name, kind, where, commands=taken)
     click.echo(f"Wrote {target}/ ({kind}). Next:\n  cd {target}\n  pip install -e '.[test]'\n  pytest")

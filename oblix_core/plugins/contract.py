@@ -1,5 +1,6 @@
 """Checks at the door: a plugin's part (backend, store, agent, embedder, index...) that lacks a
-required method is refused when it is registered, naming the method, not at its first use.
+required method, or defines one of the wrong shape (a coroutine where an async generator belongs),
+is refused when it is registered, naming the method, not at its first use.
 
 Any registry may call :func:`check_methods` (it imports nothing but the errors), e.g. the
 documents' embedders and indexes::
@@ -9,6 +10,7 @@ documents' embedders and indexes::
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from typing import Any
 
@@ -50,4 +52,43 @@ def check_methods(kind: str, name: str, part: Any, required: Iterable[str], base
             f"{kind} {name!r} ({cls.__module__}.{cls.__qualname__}) does not implement {methods}: "
             f"define {'it' if len(missing) == 1 else 'them'} (docs/plugins.md lists what a "
             f"{kind.lower()} must implement)."
+        )
+
+
+def wrong_shapes(part: Any, *, streams: Iterable[str] = (), plain: Iterable[str] = ()) -> list[str]:
+    """What is wrong with the shape of ``part``'s methods, one phrase each (empty: nothing).
+
+    ``streams`` must give an async generator (``async def`` with ``yield``, or a plain method
+    returning one): an ``async def`` without ``yield`` is a coroutine, a ``def`` with ``yield``
+    a synchronous generator, neither can be iterated with ``async for``. ``plain`` are called
+    as functions, often in a worker thread: an ``async def`` would return a coroutine nobody awaits.
+    """
+    cls = part if isinstance(part, type) else type(part)
+    wrong = []
+    for name in streams:
+        found = getattr(cls, name, None)
+        if inspect.iscoroutinefunction(found) or inspect.isgeneratorfunction(found):
+            how = (
+                "a coroutine (async def without yield)"
+                if inspect.iscoroutinefunction(found)
+                else ("a synchronous generator (def with yield)")
+            )
+            wrong.append(f"{name}() is {how}; it must be an async generator (async def with yield)")
+    for name in plain:
+        found = getattr(cls, name, None)
+        if inspect.iscoroutinefunction(found) or inspect.isasyncgenfunction(found):
+            wrong.append(f"{name}() is async; it must be a plain def (Oblix calls it, in a worker thread)")
+    return wrong
+
+
+def check_shapes(
+    kind: str, name: str, part: Any, *, streams: Iterable[str] = (), plain: Iterable[str] = ()
+) -> None:
+    """Raise :class:`PluginError` naming each method of ``part`` of the wrong shape (:func:`wrong_shapes`)."""
+    wrong = wrong_shapes(part, streams=streams, plain=plain)
+    if wrong:
+        cls = part if isinstance(part, type) else type(part)
+        raise PluginError(
+            f"{kind} {name!r} ({cls.__module__}.{cls.__qualname__}): {'; '.join(wrong)} "
+            f"(docs/plugins.md: what a {kind.lower()} must implement)."
         )

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import Distribution, EntryPoint, entry_points
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pluggy
@@ -20,9 +22,12 @@ from oblix_core.documents.parts import DocumentIndex, DocumentReader, Embedder
 from oblix_core.errors import ConfigError, OblixError, PluginError
 from oblix_core.models.backend import ModelBackend
 from oblix_core.plugins import hookspecs
-from oblix_core.plugins.contract import check_methods, required_methods
+from oblix_core.plugins.contract import check_methods, check_shapes, required_methods
 from oblix_core.plugins.dependencies import MissingDependency
 from oblix_core.sessions.store import SessionStore
+
+if TYPE_CHECKING:
+    import click
 
 ENTRY_POINT_GROUP = "oblix"
 LOAD_ENV = "OBLIX_LOAD_PLUGINS"
@@ -72,6 +77,16 @@ ESSENTIAL = frozenset({"file"})
 STRICT_ENV = "OBLIX_STRICT_PLUGINS"
 #: Failures already logged by this process (plugins load once per client and per command).
 _WARNED: set[tuple[str, str]] = set()
+#: What a third-party plugin's code may raise and still be skipped: any error, and sys.exit().
+PLUGIN_FAILURES = (Exception, SystemExit)
+
+
+@contextlib.contextmanager
+def plugin_code() -> Iterator[None]:
+    """Run a plugin's code (its import, its registration hooks) with what it prints sent to
+    stderr: stdout holds answers and ``--json``, which a plugin's print would corrupt."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 @attrs.frozen
@@ -183,6 +198,8 @@ def _reason(exc: BaseException, name: str) -> str:
     """What ``oblix plugins`` says of plugin ``name``'s failure, on one line: our own errors as
     they are (without a leading "Plugin 'name'", which the listing shows), others with their type."""
     text = _one_line(exc)
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: {exc.code} (it called sys.exit(); a plugin must raise an error instead)"
     if not isinstance(exc, PluginError):
         return f"{type(exc).__name__}: {text}"
     for prefix in (f"Plugin {name!r}: ", f"Plugin {name!r} "):
@@ -253,12 +270,14 @@ def build_plugin_manager(extra_plugins: Iterable[object] = ()) -> OblixPluginMan
     pm = OblixPluginManager()
     pm.add_hookspecs(hookspecs)
     pm.register(routing, name="oblix_core.routing")
-    for ep in _selected(entry_points(group=ENTRY_POINT_GROUP)):
-        if pm.has_plugin(ep.name) or ep.name in pm.skipped:  # one distribution visible twice
+    for ep in _first_party_entry_points(_selected(entry_points(group=ENTRY_POINT_GROUP))):
+        if pm.has_plugin(ep.name) or ep.name in pm.skipped:
+            _name_taken(pm, ep)  # another package's, or the same one visible twice
             continue
         try:
-            plugin = ep.load()
-        except Exception as exc:
+            with plugin_code():
+                plugin = ep.load()
+        except PLUGIN_FAILURES as exc:
             pm.skip(ep.name, exc, module=ep.value, dist=ep.dist)
             continue
         _register_entry_point(pm, ep, plugin)
@@ -270,6 +289,39 @@ def build_plugin_manager(extra_plugins: Iterable[object] = ()) -> OblixPluginMan
             raise _validation_error(name, exc) from None
     _check_hooks(pm)
     return pm
+
+
+def _dist_name(dist: Distribution | None) -> str | None:
+    """A distribution's name, normalised (``Oblix_Foo`` and ``oblix-foo`` are one)."""
+    return re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower() if dist is not None else None
+
+
+def _first_party_entry_points(eps: Iterable[EntryPoint]) -> list[EntryPoint]:
+    """``eps`` with Oblix's own first: an entry-point name another package also uses stays Oblix's."""
+    return sorted(eps, key=lambda ep: 0 if _dist_name(ep.dist) == "oblix" else 1)
+
+
+def _name_taken(pm: OblixPluginManager, ep: EntryPoint) -> None:
+    """``ep``'s name is already a plugin's: recorded as a failure when that plugin comes from
+    another package (the first keeps the name), ignored when it is the same package seen twice."""
+    if ep.name in pm.skipped:
+        held = pm.skipped[ep.name].package
+        held = re.sub(r"[-_.]+", "-", held).lower() if held else None
+    else:
+        held = _dist_name(pm.distributions.get(ep.name)) or "Oblix's core"
+    mine = _dist_name(ep.dist)
+    if held == mine:
+        return
+    pm.skip(
+        f"{ep.name} ({mine or ep.value})",
+        PluginError(
+            f"Plugin {ep.name!r} of the package {mine!r}: the entry-point name {ep.name!r} is already the "
+            f"plugin of the package {held!r}, which keeps it; rename the entry point in the package's "
+            "[project.entry-points.oblix] (names must be unique)."
+        ),
+        module=ep.value,
+        dist=ep.dist,
+    )
 
 
 def _register_entry_point(pm: OblixPluginManager, ep: EntryPoint, plugin: object) -> None:
@@ -313,6 +365,20 @@ REQUIRED: dict[str, tuple[type, tuple[str, ...]]] = {
     "Agent": (BaseAgent, required_methods(BaseAgent)),
     "Session store": (SessionStore, required_methods(SessionStore)),
 }
+#: Methods whose shape is checked as well, per kind: (async generators, plain functions).
+SHAPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "Model backend": (("generate", "stream"), ("count_tokens", "count_message_tokens")),
+    "Agent": ((), ("sample",)),
+    "Session store": ((), REQUIRED["Session store"][1]),
+    **{kind: ((), required_methods(base)) for kind, base in DOCUMENT_BASES.items()},
+}
+
+
+def check_part_methods(kind: str, name: str, part: Any, base: type, required: Iterable[str]) -> None:
+    """Refuse ``part`` (a class or an instance) lacking a required method or with one of the wrong shape."""
+    check_methods(kind, name, part, required, base)
+    streams, plain = SHAPES[kind]
+    check_shapes(kind, name, part, streams=streams, plain=plain)
 
 
 def _check_part(kind: str, name: str, obj: Any) -> None:
@@ -322,18 +388,18 @@ def _check_part(kind: str, name: str, obj: Any) -> None:
             raise PluginError(f"{kind} {name!r} must be callable (a class or a factory), got {obj!r}.")
         base = DOCUMENT_BASES[kind]
         if isinstance(obj, type) and issubclass(obj, base):
-            check_methods(kind, name, obj, required_methods(base), base)
+            check_part_methods(kind, name, obj, base, required_methods(base))
         return
     base, required = REQUIRED[kind]
     if kind == "Session store":  # a factory: a class is checked now, a function when it has built one
         if not callable(obj):
             raise PluginError(f"{kind} {name!r} must be callable (a class or a factory), got {obj!r}.")
         if isinstance(obj, type) and issubclass(obj, SessionStore):
-            check_methods(kind, name, obj, required, base)
+            check_part_methods(kind, name, obj, base, required)
         return
     if not (isinstance(obj, type) and issubclass(obj, base)):
         raise PluginError(f"{kind} {name!r} must be a subclass of {base.__name__}, got {obj!r}.")
-    check_methods(kind, name, obj, required, base)
+    check_part_methods(kind, name, obj, base, required)
 
 
 @attrs.define
@@ -347,6 +413,11 @@ class _Collector:
     added: list[tuple[dict[str, Any], str]]
 
     def __call__(self, name: str, obj: Any) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise PluginError(
+                f"Plugin {self.plugin!r} registers a {self.kind.lower()} named {name!r}: a name must be a "
+                f"non-empty string, e.g. register('my-{self.kind.split()[-1].lower()}', ...)."
+            )
         name = str(name)
         _check_part(self.kind, name, obj)
         owner = self.owners.get((self.kind, name))
@@ -408,8 +479,9 @@ class Registry:
                     continue
                 added = by_plugin.setdefault(impl.plugin_name, [])
                 try:
-                    impl.function(register=_Collector(kind, impl.plugin_name, table, reg.owners, added))
-                except Exception as exc:
+                    with plugin_code():
+                        impl.function(register=_Collector(kind, impl.plugin_name, table, reg.owners, added))
+                except PLUGIN_FAILURES as exc:
                     if impl.plugin_name not in pm.distributions:
                         raise
                     for into, name in added:
@@ -435,7 +507,7 @@ class Registry:
                 f"The session store factory {name!r} (plugin {self.owner('Session store', name)!r}) "
                 f"returned {type(store).__name__}, not a SessionStore."
             )
-        check_methods("Session store", name, store, REQUIRED["Session store"][1], SessionStore)
+        check_part_methods("Session store", name, store, SessionStore, REQUIRED["Session store"][1])
         return store
 
     def make_model(self, model_type: str, model_name: str, **options: Any) -> ModelBackend:
@@ -520,3 +592,35 @@ def _check_options(factory: Callable[..., Any], options: dict[str, Any], what: s
         raise ConfigError(
             f"Options for {what}: {exc}. See its documentation for the options it takes."
         ) from None
+
+
+def register_commands(pm: OblixPluginManager, group: click.Group) -> None:
+    """Each plugin's ``oblix_register_commands`` on its own, Oblix's own plugins first.
+
+    A plugin that raises (or calls ``sys.exit()``) is skipped and the commands it added
+    are removed; one that replaces or removes a command Oblix or an earlier plugin has
+    (``oblix plugins``, ``oblix run``...) is skipped and that command kept.
+    """
+    owners = dict.fromkeys(group.commands, "Oblix itself")
+    hooks = _first_party_first(pm, reversed(pm.hook.oblix_register_commands.get_hookimpls()))
+    for impl in hooks:
+        if impl.plugin_name in pm.skipped:
+            continue
+        before = dict(group.commands)
+        try:
+            with plugin_code():
+                impl.function(cli=group)
+            for name, command in before.items():
+                if group.commands.get(name) is not command:
+                    who = owners[name] if owners[name] == "Oblix itself" else f"the plugin {owners[name]!r}"
+                    raise PluginError(
+                        f"Plugin {impl.plugin_name!r} replaces the command {name!r} (`oblix {name}`), which "
+                        f"{who} provides: give its command another name (a plugin may add commands, "
+                        "never replace one)."
+                    )
+        except PLUGIN_FAILURES as exc:  # a failing plugin loses its commands, not the command line
+            group.commands.clear()
+            group.commands.update(before)
+            pm.skip(impl.plugin_name, exc)
+            continue
+        owners.update(dict.fromkeys(set(group.commands) - set(before), impl.plugin_name))

@@ -1,0 +1,302 @@
+"""Red team of issue 29 (plugin authors): a careless or hostile third-party package, really
+installed with pip, must never take Oblix down, take over its commands or its first-party
+plugins, or corrupt its output; ``oblix plugins new`` must not write a package that shadows
+Oblix's own modules, plugins or commands.
+
+One distribution, ``oblix-redteam``, holds every misbehaving plugin beside one that works
+(``good``: a backend answering in capitals); it is pip-installed into a folder put on
+``PYTHONPATH`` of real ``oblix`` processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from oblix_core.cli.plugins_new import write_package
+from oblix_core.errors import ConfigError, PluginError
+from tests.support import commands
+
+HOOK = "from oblix.plugin import hookimpl\n@hookimpl\n"
+#: entry-point name -> module source (each module is ``oblix_redteam_<name>``)
+HOSTILE = {
+    "good": (
+        "from oblix.plugin import ModelBackend, StreamChunk, hookimpl\n"
+        "class Loud(ModelBackend):\n"
+        "    model_type = 'loud'\n"
+        "    default_local = True\n"
+        "    async def generate(self, request):\n"
+        "        yield StreamChunk(request.messages[-1].content.upper())\n"
+        "@hookimpl\n"
+        "def oblix_register_models(register):\n"
+        "    register('loud', Loud)\n"
+    ),
+    # sys.exit() while being imported, while registering parts, while adding commands
+    "exits_at_import": "import sys\nsys.exit(3)\n",
+    "exits_registering": HOOK + "def oblix_register_models(register):\n    raise SystemExit(4)\n",
+    "exits_adding_commands": HOOK + "def oblix_register_commands(cli):\n    raise SystemExit(5)\n",
+    # prints to stdout, where answers and --json go
+    "chatty": (
+        "print('CHATTY AT IMPORT')\n"
+        + HOOK
+        + "def oblix_register_models(register):\n    print('CHATTY REGISTERING')\n"
+        + HOOK
+        + "def oblix_register_session_stores(register):\n    print('CHATTY STORES')\n"
+    ),
+    # takes over built-in commands
+    "hijack": (
+        HOOK + "def oblix_register_commands(cli):\n"
+        "    import click\n"
+        "    @cli.command('plugins')\n"
+        "    def plugins():\n"
+        "        click.echo('HIJACKED')\n"
+        "    @cli.command('sessions')\n"
+        "    def sessions():\n"
+        "        click.echo('HIJACKED')\n"
+    ),
+    # adds a command, then fails: its command must not stay behind
+    "half_commands": (
+        HOOK + "def oblix_register_commands(cli):\n"
+        "    import click\n"
+        "    @cli.command('half-done')\n"
+        "    def half():\n"
+        "        click.echo('HALF')\n"
+        "    raise RuntimeError('failed after adding half-done')\n"
+    ),
+    # an entry point named like a first-party plugin's
+    "openai": HOOK + "def oblix_register_models(register):\n    pass\n",
+    # wrong shapes: a name that is not a string, a coroutine where an async generator belongs,
+    # a coroutine where a thread runs a plain function
+    "unnamed": HOOK + "def oblix_register_session_stores(register):\n    register(None, lambda **o: None)\n",
+    "coroutine_generate": (
+        "from oblix.plugin import ModelBackend, StreamChunk, hookimpl\n"
+        "class Once(ModelBackend):\n"
+        "    model_type = 'once'\n"
+        "    async def generate(self, request):\n"
+        "        return StreamChunk('not a stream')\n"
+        "@hookimpl\n"
+        "def oblix_register_models(register):\n"
+        "    register('once', Once)\n"
+    ),
+    "coroutine_sample": (
+        "from oblix.plugin import AgentCheck, AgentState, BaseAgent, hookimpl\n"
+        "class Sleepy(BaseAgent):\n"
+        "    async def sample(self):\n"
+        "        return AgentCheck('sleepy', AgentState.AVAILABLE)\n"
+        "@hookimpl\n"
+        "def oblix_register_agents(register):\n"
+        "    register('sleepy', Sleepy)\n"
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def hostile_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``oblix-redteam`` built from source and installed by pip into a folder of its own."""
+    source = tmp_path_factory.mktemp("redteam-src")
+    modules = [f"oblix_redteam_{name}" for name in HOSTILE]
+    points = "".join(f'{name} = "oblix_redteam_{name}"\n' for name in HOSTILE)
+    (source / "pyproject.toml").write_text(
+        textwrap.dedent(
+            """\
+            [build-system]
+            requires = ["setuptools>=61"]
+            build-backend = "setuptools.build_meta"
+
+            [project]
+            name = "oblix-redteam"
+            version = "6.6.6"
+
+            [tool.setuptools]
+            py-modules = {modules}
+
+            [project.entry-points.oblix]
+            """
+        ).format(modules=json.dumps(modules))
+        + points
+    )
+    for name, code in HOSTILE.items():
+        (source / f"oblix_redteam_{name}.py").write_text(code)
+    target = tmp_path_factory.mktemp("redteam-site")
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
+    subprocess.run([*pip, "--target", str(target), str(source)], check=True, timeout=300)
+    return target
+
+
+def _listing(site: Path, home: Path, **env: str) -> dict[str, dict[str, object]]:
+    listed = commands.oblix(site, home, "plugins", "--json", **env)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    return {p["name"]: p for p in json.loads(listed.stdout)}  # stdout is JSON alone
+
+
+def test_sys_exit_in_a_plugin_is_contained_and_listed(hostile_site: Path, home: Path) -> None:
+    by_name = _listing(hostile_site, home)
+    assert by_name["good"]["status"] == "loaded"
+    for name, code in (("exits_at_import", 3), ("exits_registering", 4), ("exits_adding_commands", 5)):
+        assert by_name[name]["status"] == "failed", by_name[name]
+        assert f"SystemExit: {code}" in str(by_name[name]["reason"])
+    for command in (("sessions", "list"), ("agents", "--json"), ("plugins",)):
+        done = commands.oblix(hostile_site, home, *command)
+        assert done.returncode == 0, (command, done.stderr)
+
+
+@pytest.mark.slow  # the tiers count `oblix server`, even --help, as starting a server
+def test_oblix_server_help_works_beside_hostile_plugins(hostile_site: Path, home: Path) -> None:
+    done = commands.oblix(hostile_site, home, "server", "--help")
+    assert done.returncode == 0, done.stderr
+    assert "--port" in done.stdout and "CHATTY" not in done.stdout
+
+
+def test_the_sdk_works_beside_a_plugin_that_exits(hostile_site: Path, home: Path) -> None:
+    script = (
+        "import anyio\n"
+        "from oblix import OblixClient\n"
+        "async def main():\n"
+        "    async with OblixClient() as c:\n"
+        "        await c.hook_model('loud', 'x', local=True)\n"
+        "        r = await c.execute('still here', stream=False)\n"
+        "        print('ANSWER', r['response'])\n"
+        "anyio.run(main)\n"
+    )
+    environ = os.environ | {"PYTHONPATH": str(hostile_site), "OBLIX_HOME": str(home)}
+    done = subprocess.run([sys.executable, "-c", script], env=environ, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["ANSWER STILL HERE"]  # nothing a plugin printed
+    assert "CHATTY AT IMPORT" in done.stderr
+
+
+def test_a_plugin_printing_never_reaches_stdout(hostile_site: Path, home: Path) -> None:
+    (home / "config.toml").write_text('[[models]]\ntype = "loud"\nname = "x"\nlocal = true\n')
+    by_name = _listing(hostile_site, home)  # parses: the plugin's prints went to stderr
+    assert by_name["chatty"]["status"] == "loaded"
+    answered = commands.oblix(hostile_site, home, "run", "--no-stream", "quiet please")
+    assert answered.returncode == 0, answered.stderr
+    assert answered.stdout.strip() == "QUIET PLEASE"
+    assert "CHATTY AT IMPORT" in answered.stderr
+
+
+def test_a_plugin_cannot_take_over_a_builtin_command(hostile_site: Path, home: Path) -> None:
+    by_name = _listing(hostile_site, home)  # `oblix plugins --json` is still Oblix's
+    hijack = by_name["hijack"]
+    assert hijack["status"] == "failed"
+    assert "'plugins'" in str(hijack["reason"]) and "oblix" in str(hijack["reason"])
+    sessions = commands.oblix(hostile_site, home, "sessions", "list")
+    assert sessions.returncode == 0 and "HIJACKED" not in sessions.stdout, sessions.stdout
+
+
+def test_a_failing_command_plugin_leaves_no_command_behind(hostile_site: Path, home: Path) -> None:
+    by_name = _listing(hostile_site, home)
+    assert by_name["half_commands"]["status"] == "failed"
+    assert "failed after adding half-done" in str(by_name["half_commands"]["reason"])
+    half = commands.oblix(hostile_site, home, "half-done")
+    assert half.returncode != 0 and "HALF" not in half.stdout
+
+
+def test_an_entry_point_named_like_a_first_party_plugin_does_not_replace_it(
+    hostile_site: Path, home: Path
+) -> None:
+    listed = commands.oblix(hostile_site, home, "plugins", "--json")
+    entries = [p for p in json.loads(listed.stdout) if p["name"].startswith("openai")]
+    ours = [p for p in entries if p["package"] == "oblix"]
+    theirs = [p for p in entries if p["package"] == "oblix-redteam"]
+    assert [p["status"] for p in ours] == ["loaded"] and ours[0]["module"] == "oblix_openai"
+    assert [p["status"] for p in theirs] == ["failed"], entries
+    reason = str(theirs[0]["reason"])
+    assert "'openai'" in reason and "oblix-redteam" in reason and "rename" in reason
+    assert len(reason) < 400  # one readable line, not pluggy's dump of every plugin
+
+
+def test_parts_of_the_wrong_shape_are_refused_at_the_door(hostile_site: Path, home: Path) -> None:
+    by_name = _listing(hostile_site, home)
+    unnamed = by_name["unnamed"]
+    assert (
+        unnamed["status"] == "failed"
+        and "name" in str(unnamed["reason"])
+        and "None" in str(unnamed["reason"])
+    )
+    once = by_name["coroutine_generate"]
+    assert once["status"] == "failed" and "generate()" in str(once["reason"]), once
+    assert "async generator" in str(once["reason"])
+    sleepy = by_name["coroutine_sample"]
+    assert sleepy["status"] == "failed" and "sample()" in str(sleepy["reason"]), sleepy
+
+
+def test_strict_mode_shows_the_traceback_of_a_plugin_that_exits(hostile_site: Path, home: Path) -> None:
+    strict = commands.oblix(
+        hostile_site, home, "sessions", "list", OBLIX_STRICT_PLUGINS="1", OBLIX_LOAD_PLUGINS="exits_at_import"
+    )
+    assert strict.returncode == 1
+    assert "Traceback (most recent call last)" in strict.stderr and "sys.exit(3)" in strict.stderr
+    assert "exits_at_import" in strict.stderr
+
+
+def test_the_callers_own_plugin_with_a_coroutine_generate_is_refused(home: Path) -> None:
+    from oblix import OblixClient
+    from oblix.plugin import ModelBackend, StreamChunk, hookimpl
+
+    class Once(ModelBackend):
+        model_type = "once"
+
+        async def generate(self, request):  # type: ignore[override]  # the mistake under test
+            return StreamChunk("not a stream")
+
+    class Plugin:
+        @hookimpl
+        def oblix_register_models(self, register):
+            register("once", Once)
+
+    with pytest.raises(PluginError, match=r"generate\(\).*async generator"):
+        OblixClient(home=home, plugins=[Plugin()])
+
+
+# -- oblix plugins new: names that would shadow Oblix ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "clash"),
+    [
+        ("core", "backend", "oblix_core"),  # Oblix's own core package
+        ("file", "store", "oblix_file"),  # a first-party plugin's package and entry point
+        ("server", "command", "oblix_server"),
+        ("redis", "store", "oblix_redis"),
+    ],
+)
+def test_new_refuses_a_name_that_shadows_an_installed_package(
+    tmp_path: Path, name: str, kind: str, clash: str
+) -> None:
+    with pytest.raises(ConfigError, match=rf"{clash}.*(already|shadow)"):
+        write_package(name, kind, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["plugins", "run", "sessions", "chat", "Usage"])
+def test_new_refuses_a_command_named_like_a_builtin(tmp_path: Path, name: str) -> None:
+    done = commands.invoke("plugins", "new", name, "--kind", "command", "--dir", str(tmp_path))
+    assert done.exit_code == 1 and f"`oblix {name.lower()}` exists already" in done.output, done.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_new_refuses_a_command_another_plugin_has(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"`oblix hello-world` exists already"):
+        write_package("hello_world", "command", tmp_path, commands=["run", "hello-world"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_new_accepts_awkward_but_valid_names(tmp_path: Path) -> None:
+    for name, package in (
+        ("My-Store", "oblix_my_store"),
+        ("class", "oblix_class"),
+        ("run", "oblix_run"),
+        ("\u212aelvin", "oblix_kelvin"),
+    ):
+        target = write_package(name, "store", tmp_path)  # a store named run adds no command
+        assert (target / package / "__init__.py").is_file()
+    for bad in ("ünïcode", "-x", "", "1st", "a b"):
+        with pytest.raises(ConfigError, match="cannot name a plugin"):
+            write_package(bad, "backend", tmp_path)
