@@ -175,3 +175,17 @@ def test_importing_the_cli_elsewhere_leaves_ctrl_c_alone(tmp_path: Path) -> None
         check=False,
     )
     assert done.returncode == -signal.SIGINT and "KeyboardInterrupt" in done.stderr, done
+
+
+# -- templates: the text a template is given ------------------------------------------------------
+
+
+def test_a_template_that_takes_input_refuses_to_run_without_any(tmp_path: Path) -> None:
+    saved = commands.oblix(None, tmp_path, "templates", "save", "summ", "Summarise in $words words: $input")
+    assert saved.returncode == 0, saved.stderr
+    for stdin in ("", "   \n"):
+        done = commands.oblix(None, tmp_path, "run", "-t", "summ", "-p", "words", "3", stdin=stdin)
+        assert done.returncode == 2 and done.stdout == "", done
+        assert "$input" in done.stderr and "PROMPT" in done.stderr, done.stderr
+    listed = commands.oblix(None, tmp_path, "sessions", "list", "--json")
+    assert json.loads(listed.stdout) == []  # nothing ran, nothing stored

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 import sys
 from typing import Any
 
@@ -40,6 +41,11 @@ def use_template(
     given = "" if prompt in (None, "-") else str(prompt)
     piped = "" if sys.stdin.isatty() else sys.stdin.read()
     text = f"{given}\n\n{piped}" if given and piped.strip() else given or piped
+    if not text.strip() and "input" in string.Template(template.prompt).get_identifiers():
+        raise click.UsageError(
+            f"Template {name} puts the text given to it at $input: add a PROMPT or pipe text on stdin "
+            f"(oblix run -t {name} \"...\", or ... | oblix run -t {name})."
+        )
     rendered, own_system = template.render(text, {k: parse_scalar(v) for k, v in params})
     if not rendered.strip():
         raise click.UsageError(f"Template {name} gives an empty prompt: add a PROMPT or pipe text on stdin.")
