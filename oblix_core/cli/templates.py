@@ -44,7 +44,7 @@ def use_template(
     if not text.strip() and "input" in string.Template(template.prompt).get_identifiers():
         raise click.UsageError(
             f"Template {name} puts the text given to it at $input: add a PROMPT or pipe text on stdin "
-            f"(oblix run -t {name} \"...\", or ... | oblix run -t {name})."
+            f'(oblix run -t {name} "...", or ... | oblix run -t {name}).'
         )
     rendered, own_system = template.render(text, {k: parse_scalar(v) for k, v in params})
     if not rendered.strip():
