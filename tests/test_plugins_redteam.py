@@ -93,6 +93,36 @@ HOSTILE = {
         "def oblix_register_agents(register):\n"
         "    register('sleepy', Sleepy)\n"
     ),
+    # an instance where the class belongs
+    "instance": (
+        "from oblix.plugin import ModelBackend, StreamChunk, hookimpl\n"
+        "class Solo(ModelBackend):\n"
+        "    async def generate(self, request):\n"
+        "        yield StreamChunk('x')\n"
+        "@hookimpl\n"
+        "def oblix_register_models(register):\n"
+        "    register('solo', Solo('m'))\n"
+    ),
+    # parts that fail when built: sys.exit() in a store's constructor, a reader and an embedder
+    # whose factories raise
+    "store_exit": (
+        HOOK + "def oblix_register_session_stores(register):\n"
+        "    def exiting(**options):\n"
+        "        raise SystemExit(7)\n"
+        "    register('exiting', exiting)\n"
+    ),
+    "bad_reader": (
+        HOOK + "def oblix_register_document_readers(register):\n"
+        "    def broken():\n"
+        "        raise RuntimeError('reader bug')\n"
+        "    register('broken', broken)\n"
+    ),
+    "bad_embedder": (
+        HOOK + "def oblix_register_embedders(register):\n"
+        "    def broken(model=None):\n"
+        "        raise TypeError('embedder bug')\n"
+        "    register('broken', broken)\n"
+    ),
 }
 
 
@@ -300,3 +330,36 @@ def test_new_accepts_awkward_but_valid_names(tmp_path: Path) -> None:
     for bad in ("ünïcode", "-x", "", "1st", "a b"):
         with pytest.raises(ConfigError, match="cannot name a plugin"):
             write_package(bad, "backend", tmp_path)
+
+
+def test_an_instance_registered_for_a_class_is_named_as_such(hostile_site: Path, home: Path) -> None:
+    reason = str(_listing(hostile_site, home)["instance"]["reason"])
+    assert "is an instance of oblix_redteam_instance.Solo" in reason and "register the class" in reason
+    assert " at 0x" not in reason
+
+
+def test_a_constructor_that_exits_is_a_plugin_error(hostile_site: Path, home: Path) -> None:
+    done = commands.oblix(hostile_site, home, "--store", "exiting", "sessions", "list")
+    assert done.returncode == 1
+    assert "session store 'exiting' (plugin 'store_exit') failed to start: SystemExit: 7" in done.stderr
+
+
+def test_a_broken_document_reader_loses_its_files_not_every_document(hostile_site: Path, home: Path) -> None:
+    note = home.parent / "note.txt"
+    note.write_text("Plugins never take Oblix down.\n")
+    added = commands.oblix(hostile_site, home, "docs", "add", str(note), "--json")
+    assert added.returncode == 0, added.stderr
+    assert "document reader 'broken' left out" in added.stderr and "reader bug" in added.stderr
+    assert added.stderr.count("reader bug") == 1
+
+
+def test_an_embedder_failing_to_start_names_its_plugin(hostile_site: Path, home: Path) -> None:
+    (home / "config.toml").write_text('[documents]\nembedder = "broken"\n')
+    note = home.parent / "note.txt"
+    note.write_text("Plugins never take Oblix down.\n")
+    added = commands.oblix(hostile_site, home, "docs", "add", str(note))
+    assert added.returncode == 1
+    assert (
+        "embedder 'broken' (plugin 'bad_embedder') failed to start: TypeError: embedder bug" in added.stderr
+    )
+    assert "unexpected" not in added.stderr

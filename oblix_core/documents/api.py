@@ -102,18 +102,13 @@ class DocumentsAPI:
         factory = self._index_factory(name)
         if name == "sqlite":
             options.setdefault("path", self.home / "documents" / "index.sqlite3")
-        index = factory(**options)
+        index = self.registry.construct("Document index", name, factory, **options)
         if not isinstance(index, DocumentIndex):
             raise DocumentError(f"The document index {name!r} is not a DocumentIndex: {index!r}.")
         return index
 
     def _readers(self) -> dict[str, DocumentReader]:
-        readers: dict[str, DocumentReader] = {}
-        for factory in self.registry.document_readers.values():
-            reader = factory()
-            for suffix in reader.suffixes:
-                readers[suffix.lower()] = reader
-        return readers
+        return self.registry.make_readers()  # a broken reader is left out, not every document
 
     def _embedder_for(self, spec: str | None) -> Embedder:
         """The embedder ``spec`` names (``local``, ``openai:text-embedding-3-small``), default if None."""
@@ -133,7 +128,7 @@ class DocumentsAPI:
             raise DocumentsNotInstalledError(
                 f"No embedder {kind!r} (registered: {known}). {hint} The local one comes with {INSTALL}."
             )
-        embedder = factory(model or None, **options)
+        embedder = self.registry.construct("Embedder", kind, factory, model or None, **options)
         if not isinstance(embedder, Embedder):
             raise DocumentError(f"The embedder {kind!r} is not an Embedder: {embedder!r}.")
         return embedder

@@ -397,6 +397,11 @@ def _check_part(kind: str, name: str, obj: Any) -> None:
         if isinstance(obj, type) and issubclass(obj, SessionStore):
             check_part_methods(kind, name, obj, base, required)
         return
+    if isinstance(obj, base):
+        raise PluginError(
+            f"{kind} {name!r} is an instance of {_module_name(obj)}: register the class itself "
+            f"(register({name!r}, {type(obj).__name__})); Oblix builds the instances."
+        )
     if not (isinstance(obj, type) and issubclass(obj, base)):
         raise PluginError(f"{kind} {name!r} must be a subclass of {base.__name__}, got {obj!r}.")
     check_part_methods(kind, name, obj, base, required)
@@ -525,10 +530,11 @@ class Registry:
         """``factory(*args, **options)``; an error that is not an :class:`OblixError` (a bug in the
         plugin, a missing file) becomes a :class:`PluginError` naming the part and its plugin."""
         try:
-            return factory(*args, **options)
+            with plugin_code():
+                return factory(*args, **options)
         except OblixError:
             raise
-        except Exception as exc:
+        except PLUGIN_FAILURES as exc:  # sys.exit() in a constructor included
             if strict():
                 log.error(
                     "%s %r failed to start (%s=1: the traceback follows)",
@@ -542,6 +548,30 @@ class Registry:
                 f"{type(exc).__name__}: {_one_line(exc)}. Check its options; if they are right, report it "
                 f"to the plugin's author ({STRICT_ENV}=1 shows the traceback)."
             ) from exc
+
+    def make_readers(self) -> dict[str, DocumentReader]:
+        """One instance of every registered document reader, by the suffix it reads. A reader
+        that fails to start (or is not a :class:`DocumentReader`) loses its file types, not
+        every document: it is logged once and left out (raised under ``OBLIX_STRICT_PLUGINS=1``)."""
+        readers: dict[str, DocumentReader] = {}
+        for name, factory in self.document_readers.items():
+            try:
+                reader = self.construct("Document reader", name, factory)
+                if not isinstance(reader, DocumentReader):
+                    raise PluginError(
+                        f"The document reader {name!r} (plugin {self.owner('Document reader', name)!r}) "
+                        f"built {type(reader).__name__}, not a DocumentReader."
+                    )
+                suffixes = [str(suffix).lower() for suffix in reader.suffixes]
+            except (OblixError, AttributeError, TypeError) as exc:
+                if strict():
+                    raise
+                if ("Document reader", str(exc)) not in _WARNED:
+                    _WARNED.add(("Document reader", str(exc)))
+                    log.warning("document reader %r left out: %s", name, _one_line(exc))
+                continue
+            readers.update(dict.fromkeys(suffixes, reader))
+        return readers
 
     def model_class(self, model_type: str) -> type[ModelBackend]:
         return self._lookup(self.models, model_type, "model backend")
