@@ -123,6 +123,12 @@ HOSTILE = {
         "        raise TypeError('embedder bug')\n"
         "    register('broken', broken)\n"
     ),
+    # registers Oblix's own file store again (the same class), then fails
+    "same_part": (
+        "from oblix_file import FileSessionStore\n" + HOOK + "def oblix_register_session_stores(register):\n"
+        "    register('file', FileSessionStore)\n"
+        "    raise RuntimeError('failed after registering file again')\n"
+    ),
 }
 
 
@@ -363,3 +369,15 @@ def test_an_embedder_failing_to_start_names_its_plugin(hostile_site: Path, home:
         "embedder 'broken' (plugin 'bad_embedder') failed to start: TypeError: embedder bug" in added.stderr
     )
     assert "unexpected" not in added.stderr
+
+
+def test_a_failing_plugin_that_registered_oblixs_own_part_again_does_not_take_it_away(
+    hostile_site: Path, home: Path
+) -> None:
+    listed = commands.oblix(hostile_site, home, "plugins", "--json")
+    assert listed.returncode == 0, listed.stderr
+    by_name = {p["name"]: p for p in json.loads(listed.stdout)}
+    assert by_name["same_part"]["status"] == "failed"
+    assert [s["store"] for s in by_name["file"]["stores"]] == ["file"]
+    sessions = commands.oblix(hostile_site, home, "sessions", "list")
+    assert sessions.returncode == 0, sessions.stderr

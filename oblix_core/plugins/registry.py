@@ -426,7 +426,9 @@ class _Collector:
         name = str(name)
         _check_part(self.kind, name, obj)
         owner = self.owners.get((self.kind, name))
-        if name in self.into and self.into[name] is not obj and owner != self.plugin:
+        if name in self.into and owner != self.plugin:
+            if self.into[name] is obj:  # the same part again (imported from its plugin): it stays
+                return  # the first plugin's, and is not dropped if this plugin fails
             raise PluginError(
                 f"Plugin {self.plugin!r} registers the {self.kind.lower()} {name!r}, which plugin "
                 f"{owner!r} already registers; keep one: {DISABLE_ENV}={self.plugin} (or {owner})."
