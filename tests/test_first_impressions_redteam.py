@@ -189,3 +189,16 @@ def test_a_template_that_takes_input_refuses_to_run_without_any(tmp_path: Path) 
         assert "$input" in done.stderr and "PROMPT" in done.stderr, done.stderr
     listed = commands.oblix(None, tmp_path, "sessions", "list", "--json")
     assert json.loads(listed.stdout) == []  # nothing ran, nothing stored
+
+
+# -- first-time mistakes -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "openai:gpt-4o-mini"])
+def test_asking_for_the_default_cloud_model_without_its_key_names_the_key(model: str, tmp_path: Path) -> None:
+    done = commands.oblix(None, tmp_path, "run", "-m", model, "hi")
+    assert done.returncode == 1 and done.stdout == "", done
+    assert "OPENAI_API_KEY" in done.stderr and "oblix[openai]" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    other = commands.oblix(None, tmp_path, "run", "-m", "gpt-5-nano", "hi")
+    assert other.returncode == 1 and "OPENAI_API_KEY" not in other.stderr, other.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -15,7 +16,7 @@ import click
 from rich.console import Console
 
 from oblix_core.cli.tables import print_table as print_table  # the commands import it from here
-from oblix_core.config.settings import load_config
+from oblix_core.config.settings import DEFAULT_CLOUD_MODEL, load_config
 from oblix_core.errors import OblixError
 from oblix_core.terminal.console import cli_message
 from oblix_core.validation import parse_flag
@@ -171,8 +172,25 @@ async def hook_models(client: OblixClient, cloud_only: bool = False) -> list[str
 
 
 def resolve_model(client: OblixClient, name: str) -> str:
-    """A hooked model id from an id, an ``[aliases]`` name or a bare, unambiguous model name."""
-    return client.resolve_model(name, what="--model")
+    """A hooked model id from an id, an ``[aliases]`` name or a bare, unambiguous model name.
+
+    Asked for the default cloud model (``gpt-4o-mini``) on the embedded defaults without its
+    key in the environment, the error says that the key is what adds it.
+    """
+    try:
+        return client.resolve_model(name, what="--model")
+    except OblixError as exc:
+        cloud = DEFAULT_CLOUD_MODEL
+        wanted = client.config.aliases.get(name, name)
+        env = str(cloud["api_key_env"])
+        if client.config.models or wanted not in (cloud["name"], f"{cloud['type']}:{cloud['name']}"):
+            raise
+        if os.environ.get(env):
+            raise
+        raise OblixError(
+            f"{exc} {cloud['type']}:{cloud['name']} joins the default models when ${env} is set: "
+            f"export {env}=... (with pip install 'oblix[{cloud['type']}]')."
+        ) from None
 
 
 def most_recent_session(client: SessionsAPI) -> str:
@@ -184,10 +202,11 @@ def most_recent_session(client: SessionsAPI) -> str:
 
 
 def read_prompt(prompt: str | None) -> str:
-    """The prompt from the argument and/or stdin (``-`` or a pipe), as ``llm`` reads it.
+    """The prompt from the argument and/or stdin (``-`` or a pipe).
 
     ``oblix run -`` and ``echo x | oblix run`` read the prompt from stdin; ``cat f |
-    oblix run "summarise this"`` appends stdin to the prompt after a blank line.
+    oblix run "summarise this"`` sends the argument, a blank line, then stdin (the
+    instruction first, as typed; ``llm`` puts stdin first).
     """
     piped = "" if sys.stdin.isatty() else sys.stdin.read()
     if prompt == "-":
