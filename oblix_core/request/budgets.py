@@ -223,6 +223,10 @@ class BudgetGuard:
         The request path calls it (in the worker thread that stores the exchange if the
         ledger blocks), then :meth:`release`.
         """
+        if record is not None and record.session_id is None and self.session_limit is not None:
+            # store=False on a session with its own budget: the answer is not kept in the session,
+            # but what it cost counts against the session's budget (else that budget never closes)
+            record = attrs.evolve(record, session_id=self.session_id)
         try:
             if record is not None and self.ledger is not None:
                 self.ledger.record(record)

@@ -144,7 +144,7 @@ class Done:
 class _Answer:
     """What one attempt has produced so far (a plain class: one is made per try)."""
 
-    __slots__ = ("calls", "finish", "first_at", "info", "parts", "size", "started", "usage")
+    __slots__ = ("calls", "finish", "first_at", "info", "overflow", "parts", "size", "started", "usage")
 
     def __init__(self, started: float) -> None:
         self.started = started
@@ -156,6 +156,8 @@ class _Answer:
         self.calls: dict[int, dict[str, Any]] = {}
         #: Characters of text and tool-call arguments taken in so far (the answer cap counts them).
         self.size = 0
+        #: Output tokens of the chunk refused at the answer cap (produced and paid for, never kept).
+        self.overflow = 0
 
     @property
     def text(self) -> str:
@@ -417,6 +419,8 @@ def _take(model: ModelBackend, answer: _Answer, chunk: StreamChunk, held: str, c
     held back because it may pair with the next chunk's first character."""
     size = _size(chunk)
     if answer.size + size > cap:
+        calls = (str((d.get("function") or {}).get("arguments") or "") for d in chunk.tool_calls or ())
+        answer.overflow = sum(map(model.count_tokens, (chunk.text, *calls)))  # counted in its record
         raise _too_long(model, cap)
     answer.add(chunk, size)
     text = held + chunk.text if held else chunk.text
@@ -488,10 +492,13 @@ def _unfinished(
 ) -> None:
     """After a try ended without completing: what it produced is reported as spent, when it
     produced something (:func:`_report`): interrupted by ``exc``, or (``None``) abandoned by the
-    reader. No other try follows either (text was delivered, or the reader is gone)."""
-    if exc is not None and answer.parts:
+    reader. Something is text, tool calls, a chunk refused at the answer cap, or a count the
+    provider reported (it charged for the try even if nothing else came)."""
+    if not (answer.parts or answer.calls or answer.overflow or answer.usage is not None):
+        return
+    if exc is not None:
         _report(spending, model, request, answer, attempts, f"interrupted: {_as_model_error(model, exc)}")
-    elif exc is None and (answer.parts or answer.calls):
+    else:
         why = "abandoned: the reader stopped before the end of the answer"
         _report(spending, model, request, answer, attempts, why)
 
@@ -511,6 +518,8 @@ def _report(
     try:
         metrics = _metrics(model, request, answer, attempts, None)
         metrics["tokens_estimated"] = metrics["tokens_estimated"] or answer.finish is None
+        if answer.overflow and answer.usage is None:  # the refused chunk was produced too
+            metrics["output_tokens"] += answer.overflow
         spending.spent(model, metrics, why)
     except Exception as exc:
         log.warning("%s: the usage of an unfinished answer was not recorded: %s", model.model_id, exc)

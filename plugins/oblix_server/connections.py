@@ -54,6 +54,7 @@ from typing import Any, cast
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from oblix_server.disconnect import DISCONNECT_HOOK
+from oblix_server.edges import host_refusal
 from oblix_server.settings import ServerSettings
 
 log = logging.getLogger("oblix_server")
@@ -70,6 +71,8 @@ IN_PASSING = 4 * BACKLOG
 LOG_INTERVAL = 10.0
 #: The end of a request head.
 HEAD_END = b"\r\n\r\n"
+#: Bytes of a request line read to find its target's start (an absolute-form target's authority).
+LINE_PEEK = 1024
 
 #: The connection whose request the current task serves (set while uvicorn's protocol reads,
 #: so the request task uvicorn creates then inherits it).
@@ -83,6 +86,8 @@ _MESSAGES = {
     "headers": "closed {n} connection(s) that did not send complete request headers within "
     "{header_timeout:g} s (--header-timeout)",
     "head": "refused {n} request head(s) larger than {max_header_bytes} bytes with 431 (--max-header-bytes)",
+    "host": "refused {n} request(s) with 403 whose absolute-form target names a host not served "
+    "(--allowed-host)",
     "body": "closed {n} connection(s) whose request body arrived too slowly (--body-timeout "
     "{body_timeout:g} s, --body-min-rate {body_min_rate} bytes/s)",
     "send": "closed {n} connection(s) whose client accepted no bytes of the answer for "
@@ -213,6 +218,7 @@ class GuardedConnection(asyncio.Protocol):
         self._head_bytes = 0  # bytes of the request head being read
         self._head_done = False
         self._tail = b""  # the last bytes of an unfinished head (its end may straddle two reads)
+        self._line: bytes | None = b""  # the request line's start, until its target is checked
         self._timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
         self._request = 0  # the id of the request the app is serving (0: none)
@@ -322,6 +328,8 @@ class GuardedConnection(asyncio.Protocol):
 
     def _count_head(self, data: bytes) -> bool:
         """Count ``data`` into the head being read; ``False`` if that makes it too large (then refused)."""
+        if self._line is not None and not self._check_target(data):
+            return False
         straddle = (self._tail + data[:3]).find(HEAD_END) if self._tail else -1
         end = straddle + 4 - len(self._tail) if straddle >= 0 else data.find(HEAD_END)
         if straddle < 0 and end >= 0:
@@ -340,14 +348,39 @@ class GuardedConnection(asyncio.Protocol):
             self._tail = (self._tail + data)[-3:]
         return True
 
+    def _check_target(self, data: bytes) -> bool:
+        """Read the request line's start; ``False`` (and a 403) if its target is absolute-form
+        (``GET http://name/path``) with a host the server does not serve: that authority stands
+        for the ``Host`` header (RFC 9112 §3.2.2), and httptools serves the path whatever it names."""
+        assert self._line is not None
+        line = (self._line + data[:LINE_PEEK]).lstrip(b"\r\n")
+        parts = line.split(b" ", 2)
+        if len(parts) < 3 and b"\n" not in line and len(line) < LINE_PEEK:
+            self._line = line  # the target is not whole yet
+            return True
+        self._line = None
+        target = parts[1] if len(parts) > 1 else b""
+        scheme, sep, rest = target.partition(b"://")
+        if not sep or scheme.lower() not in (b"http", b"https"):
+            return True
+        authority = rest.split(b"/", 1)[0].split(b"?", 1)[0].rpartition(b"@")[2]
+        refused = host_refusal(self.settings, authority.decode("latin-1"))
+        if refused is None:
+            return True
+        self.table.note("host")
+        answer = raw_response(403, "Forbidden", refused.message, "host_not_allowed")
+        self.hang_up(answer if self.phase == "headers" else None)
+        return False
+
     # -- phases and deadlines -------------------------------------------------------------------
 
     def _enter(self, phase: str) -> None:
         assert self.transport is not None
         if self.transport.is_closing():
             return
-        if phase == "busy" or self.phase == "new":  # what arrives next is the next request's head
-            self._head_bytes, self._head_done, self._tail = 0, False, b""
+        if phase == "busy" or self.phase == "new" or (phase == "headers" and self.phase == "body"):
+            # what arrives next is the next request's head (also after a body the app never read)
+            self._head_bytes, self._head_done, self._tail, self._line = 0, False, b"", b""
         self.phase = phase
         self._phase_start = self.loop.time()
         self._received = 0

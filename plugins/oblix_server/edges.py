@@ -7,7 +7,10 @@
   loopback name or address (``localhost``, ``*.localhost``, ``127.0.0.0/8``, ``[::1]``) or
   one of ``--allowed-host`` (what a reverse proxy forwards); anything else is a 403, so a
   web page that rebinds a name it owns to 127.0.0.1 (DNS rebinding) is refused. With a key
-  the key protects, and ``--allowed-host``, when given, still applies.
+  the key protects, and ``--allowed-host``, when given, still applies. A request with two
+  ``Host`` headers is a 400 on every parser (RFC 9112 §3.2); the authority of an
+  absolute-form target (``GET http://name/path``), which stands for the Host, is checked the
+  same way by the connection guard (:mod:`oblix_server.connections`).
 * **Origin**: a request from a browser page of another origin (``Origin`` not this
   server's own, or ``null``) is a 403 on every path but the dashboard's files: a page may
   not drive the API, whatever its content type.
@@ -56,10 +59,23 @@ def is_loopback_name(host: str) -> bool:
 
 
 def _host_refusal(settings: ServerSettings, headers: Headers) -> APIError | None:
+    hosts = headers.getlist("host")
+    if len(hosts) > 1:  # RFC 9112 §3.2: which one a proxy and the server would each take differs
+        return APIError(
+            400,
+            f"The request has {len(hosts)} Host headers; send one (RFC 9112 §3.2).",
+            code="ambiguous_host",
+            headers={"Connection": "close"},
+        )
+    return host_refusal(settings, hosts[0] if hosts else "")
+
+
+def host_refusal(settings: ServerSettings, raw: str) -> APIError | None:
+    """The 403 for a request to the host ``raw`` (a ``Host`` value, or the authority of an
+    absolute-form request target) when this server does not serve it, else ``None``."""
     allowed = {h.lower() for h in settings.allowed_hosts}
     if settings.api_key is not None and not allowed:
         return None
-    raw = headers.get("host", "")
     host = host_name(raw)
     if host is not None and (is_loopback_name(host) or host in allowed):
         return None

@@ -1,0 +1,236 @@
+"""Issue 28 attacked again by class, as a hostile client and a hostile endpoint would: each test
+here failed on the code before its fix (see docs/reliability.md).
+
+* **Budgets**: a session's own budget counts answers asked with ``store=False``; a cloud try
+  that ends without completing is counted whatever it produced before the end (tool calls
+  only, a chunk refused at the answer cap, nothing but the provider's own count).
+* **The keyless server** (real ``oblix server`` processes, raw sockets, both ``--http``
+  parsers): two ``Host`` headers are a 400; an absolute-form target naming a foreign host is a
+  403 (it stands for the ``Host``); a request head is bounded after a request whose body the
+  app never read.
+
+The endpoint is :class:`ScriptedOpenAI`, a loopback HTTP server (a test double standing in for a
+misbehaving OpenAI-compatible provider: no real provider can be made to misbehave on demand)
+in front of the real ``openai`` client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from oblix_core.client import OblixClient
+from oblix_core.models.backend import ModelType
+from oblix_core.request.budgets import BudgetExceededError
+from oblix_core.request.execution import ExecutionSettings
+from tests.conftest import FAST
+from tests.hostile_openai import HostileOpenAI, _Handler
+from tests.server_process import OblixServer, model_toml, write_plugin_dist
+
+CLOUD = "openai:gpt-4o-mini"
+PARSERS = ["httptools", "h11"]
+
+
+class _Scripted(_Handler):
+    def _stream(self, owner: HostileOpenAI) -> None:
+        for event in owner.script:  # type: ignore[attr-defined]
+            self._event(event)
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+
+
+class ScriptedOpenAI(HostileOpenAI):
+    """The hostile endpoint streaming ``script`` (a list of event payloads), then ``[DONE]``."""
+
+    handler = _Scripted
+
+    def __init__(self, script: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.script = script
+
+
+def text(content: str) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]}
+
+
+def finish(reason: str = "stop") -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": {}, "finish_reason": reason}]}
+
+
+def usage(prompt: int, completion: int) -> dict[str, Any]:
+    return {"choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": completion}}
+
+
+def tool_call(arguments: str) -> dict[str, Any]:
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    return {"choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}]}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def _client(home: Path, endpoint: HostileOpenAI, execution: ExecutionSettings = FAST) -> OblixClient:
+    client = OblixClient(home=home, execution=execution)
+    await client.hook_model(ModelType.OPENAI, "gpt-4o-mini", endpoint=endpoint.url, context_window=8192)
+    return client
+
+
+# -- budgets ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_session_budget_counts_answers_not_stored(home: Path) -> None:
+    """``store=False`` on a session with ``budget_usd``: before, its records had no session, so
+    the session's budget never closed (4 answers of $0.00075 under a $0.0001 budget)."""
+    script = [text("hello there"), finish(), usage(1000, 1000)]
+    with ScriptedOpenAI(script) as endpoint:
+        async with await _client(home, endpoint) as client:
+            sid = await client.create_session("budgeted", metadata={"budget_usd": 0.0001})
+            await client.execute("hi", session_id=sid, stream=False, store=False)
+            with pytest.raises(BudgetExceededError, match=f"session {sid} budget"):
+                await client.execute("again", session_id=sid, stream=False, store=False)
+            assert client.load_session(sid)["messages"] == []  # still nothing stored
+            [record] = client.usage_ledger.recent(5)
+            assert record.session_id == sid and record.cost_usd == pytest.approx(0.00075)
+            other = await client.execute("no session budget here", stream=False, store=False)
+            assert other["response"]  # a session without a budget is not affected
+        assert endpoint.chat_requests == 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "script",
+    [
+        [tool_call('{"a": ' + "1" * 4000), usage(1000, 1000)],  # a tool call, then the stream ends
+        [usage(1000, 1000)],  # nothing but the provider's count, then the stream ends
+    ],
+    ids=["tool-call-only", "count-only"],
+)
+async def test_every_try_that_ends_unfinished_is_counted(home: Path, script: list[dict[str, Any]]) -> None:
+    """Before: a try that streamed no text was neither counted nor stopped from being retried:
+    three paid tries (the provider's count said so), nothing in the ledger, no budget closed."""
+    (home / "config.toml").write_text("[budgets]\ndaily_usd = 0.001\n")
+    with ScriptedOpenAI(script) as endpoint:
+        async with await _client(home, endpoint) as client:
+            with pytest.raises(Exception, match="without a finish reason"):
+                await client.execute("hi", stream=False)
+            records = client.usage_ledger.recent(10)
+            assert len(records) == endpoint.chat_requests == 1 + FAST.max_retries
+            for record in records:
+                assert record.model_id == CLOUD and record.error.startswith("interrupted")
+                assert (record.input_tokens, record.output_tokens) == (1000, 1000)
+            assert client.usage()["total"]["cost_usd"] == pytest.approx(0.00075 * len(records))
+            with pytest.raises(BudgetExceededError, match="daily budget"):
+                await client.execute("and another", stream=False)
+        assert endpoint.chat_requests == 1 + FAST.max_retries
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("what", ["text", "tool-call"])
+async def test_a_chunk_refused_at_the_answer_cap_is_counted(home: Path, what: str) -> None:
+    """Before: a first chunk over ``max_answer_chars`` (an upstream's 200,000-character "token")
+    was dropped with nothing counted, though the provider produced it."""
+    big = "x" * 200_000
+    script = [text(big) if what == "text" else tool_call(big), finish(), usage(100, 50_000)]
+    capped = ExecutionSettings(
+        backoff_initial=0.001,
+        backoff_max=0.002,
+        first_token_timeout=5,
+        total_timeout=10,
+        max_answer_chars=50_000,
+    )
+    with ScriptedOpenAI(script) as endpoint:
+        async with await _client(home, endpoint, capped) as client:
+            sid = await client.create_session("capped")
+            with pytest.raises(Exception, match="max_answer_chars=50000"):
+                await client.execute("go", session_id=sid, stream=False)
+            assert client.load_session(sid)["messages"] == []  # nothing partial stored as complete
+            [record] = client.usage_ledger.recent(5)
+            assert record.error.startswith("interrupted") and "max_answer_chars" in record.error
+            assert record.tokens_estimated and record.output_tokens >= 50_000  # 4 characters a token
+        assert endpoint.chat_requests == 1  # a capped answer is not asked for again
+
+
+# -- the keyless server, on every parser ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plugin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_plugin_dist(tmp_path_factory.mktemp("plugin"))
+
+
+@pytest.fixture(scope="module", params=PARSERS)
+def keyless(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, plugin_dir: Path
+) -> Iterator[OblixServer]:
+    home = tmp_path_factory.mktemp(request.param)
+    (home / "config.toml").write_text(model_toml("paced", "local", tokens=3))
+    server = OblixServer(home, "--http", request.param, "--store-all", plugin_dir=plugin_dir).start()
+    yield server
+    server.stop()
+
+
+def exchange(server: OblixServer, data: bytes, limit: float = 30.0) -> bytes:
+    """What the server answers ``data`` with, until it closes the connection."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=limit) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # refused before the end
+            sock.sendall(data)
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += chunk
+        return received
+
+
+def statuses(answer: bytes) -> list[bytes]:
+    return [part.split(b"\r\n", 1)[0] for part in answer.split(b"HTTP/1.1 ")[1:]]
+
+
+def sessions_listed(answer: bytes) -> bool:
+    return b'"data"' in answer
+
+
+@pytest.mark.slow
+def test_two_host_headers_are_a_400(keyless: OblixServer) -> None:
+    """RFC 9112 §3.2; before, httptools served the first (a proxy may have checked the other)."""
+    for hosts in (("localhost", "evil.example"), ("evil.example", "localhost"), ("localhost", "localhost")):
+        head = "".join(f"Host: {h}\r\n" for h in hosts)
+        answer = exchange(
+            keyless, f"GET /v1/oblix/sessions HTTP/1.1\r\n{head}Connection: close\r\n\r\n".encode()
+        )
+        assert statuses(answer) == [b"400 Bad Request"], answer[:300]
+        assert not sessions_listed(answer)  # h11 refuses it itself; httptools passes it to the guard
+        assert b"ambiguous_host" in answer or b"Invalid HTTP request" in answer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "target", ["http://evil.example/v1/oblix/sessions", "HTTP://evil.example:80/v1/oblix/sessions?limit=5"]
+)
+def test_an_absolute_form_target_stands_for_the_host(keyless: OblixServer, target: str) -> None:
+    """Before, httptools served the path of ``GET http://evil.example/...`` with ``Host: localhost``."""
+    request = f"GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
+    answer = exchange(keyless, request)
+    assert statuses(answer) == [b"403 Forbidden"], answer[:300]
+    assert b"host_not_allowed" in answer and not sessions_listed(answer)
+    dripped = exchange(keyless, request[:5])  # the target's start only: nothing answered yet
+    assert dripped == b"" or statuses(dripped) != [b"200 OK"]
+
+
+@pytest.mark.slow
+def test_a_head_is_bounded_after_a_body_the_app_never_read(keyless: OblixServer) -> None:
+    """Before, on httptools, the head that followed a request whose body no route read was never
+    counted: a 2 MiB header line was served."""
+    first = b"GET /health HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello"
+    big = b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * (2 * 1024 * 1024) + b"\r\n\r\n"
+    answer = exchange(keyless, first + big)
+    assert statuses(answer)[0] == b"200 OK", answer[:300]
+    refused = ([b"431 Request Header Fields Too Large"], [b"400 Bad Request"])  # the guard's, h11's own
+    assert statuses(answer)[1:] in refused, answer[-300:]
