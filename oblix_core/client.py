@@ -25,8 +25,7 @@ from oblix_core.config.settings import (
 from oblix_core.documents.api import DocumentsAPI
 from oblix_core.errors import ConfigError, OblixError, PluginError
 from oblix_core.models.backend import ChatMessage, ModelBackend, ModelType
-from oblix_core.plugins.contract import check_methods
-from oblix_core.plugins.registry import Registry, build_plugin_manager
+from oblix_core.plugins.registry import Registry, build_plugin_manager, check_part_methods
 from oblix_core.request.context import Request
 from oblix_core.request.conversation import ResponseStream
 from oblix_core.request.engine import Engine
@@ -312,7 +311,7 @@ class OblixClient(SessionsAPI, Compat012, DocumentsAPI):
         """Hook a backend instance you built yourself (started here unless it already is)."""
         if not isinstance(backend, ModelBackend):
             raise ConfigError(f"hook_backend needs a ModelBackend instance, got {backend!r}.")
-        check_methods("Model backend", backend.model_id, backend, ("generate",), ModelBackend)
+        check_part_methods("Model backend", backend.model_id, backend, ModelBackend, ("generate",))
         if backend.model_id in self.engine.models:
             raise ConfigError(f"Model {backend.model_id} is already hooked.")
         if not backend.started:

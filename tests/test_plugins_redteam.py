@@ -381,3 +381,20 @@ def test_a_failing_plugin_that_registered_oblixs_own_part_again_does_not_take_it
     assert [s["store"] for s in by_name["file"]["stores"]] == ["file"]
     sessions = commands.oblix(hostile_site, home, "sessions", "list")
     assert sessions.returncode == 0, sessions.stderr
+
+
+@pytest.mark.anyio
+async def test_hook_backend_refuses_an_instance_with_a_coroutine_generate(home: Path) -> None:
+    from oblix import OblixClient
+    from oblix.plugin import ModelBackend, StreamChunk
+
+    class Once(ModelBackend):
+        model_type = "once"
+
+        async def generate(self, request):  # type: ignore[override]  # the mistake under test
+            return StreamChunk("not a stream")
+
+    async with OblixClient(home=home) as client:
+        with pytest.raises(PluginError, match=r"generate\(\) is a coroutine"):
+            await client.hook_backend(Once("m"))
+        assert "once:m" not in client.engine.models
