@@ -19,15 +19,19 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from oblix_core.client import OblixClient
+from oblix_core.errors import OblixError
 from oblix_core.models.backend import ModelType
 from oblix_core.request.budgets import BudgetExceededError
 from oblix_core.request.execution import ExecutionSettings
+from oblix_core.usage.ledger import parse_since
 from tests.conftest import FAST
 from tests.hostile_openai import HostileOpenAI, _Handler
 from tests.server_process import OblixServer, model_toml, write_plugin_dist
@@ -234,3 +238,40 @@ def test_a_head_is_bounded_after_a_body_the_app_never_read(keyless: OblixServer)
     assert statuses(answer)[0] == b"200 OK", answer[:300]
     refused = ([b"431 Request Header Fields Too Large"], [b"400 Bad Request"])  # the guard's, h11's own
     assert statuses(answer)[1:] in refused, answer[-300:]
+
+
+# -- numbers in queries -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("since", ["\u00b2d", "1" * 5000 + "d", "\u0663d", "000d", 7, None, 1.5])
+def test_every_since_spelling_is_a_date_or_a_clear_error(since: Any) -> None:
+    """Before: "²d" (``str.isdigit`` takes it, ``int`` does not) and 5,000 digits (over ``int``'s
+    4,300-digit limit) raised ValueError, a non-string AttributeError: a 500 on the server, "This
+    is unexpected" in the CLI."""
+    with pytest.raises(OblixError, match="since") as info:
+        parse_since(since, today=date(2025, 6, 1))
+    assert len(str(info.value)) < 300  # the value is shown, cut short
+
+
+def test_since_spellings_that_hold() -> None:
+    today = date(2025, 6, 1)
+    assert parse_since("007D", today) == parse_since(" 7d", today) == date(2025, 5, 26)
+    assert parse_since("2w", today) == date(2025, 5, 19) and parse_since("2025-01-31", today) == date(
+        2025, 1, 31
+    )
+
+
+@pytest.mark.slow
+def test_numbers_in_queries_are_400s_never_500s(keyless: OblixServer) -> None:
+    base = keyless.base_url
+    for path, name, value in [
+        ("/oblix/sessions", "limit", "\u00b2"),
+        ("/oblix/sessions", "limit", "9" * 5000),
+        ("/oblix/decisions", "limit", "\u00b3"),
+        ("/oblix/usage", "since", "\u00b2d"),
+        ("/oblix/usage", "since", "1" * 5000 + "d"),
+    ]:
+        answer = httpx.get(f"{base}{path}", params={name: value}, timeout=30)
+        assert answer.status_code == 400, (path, name, answer.text)
+        assert len(answer.text) < 600
+    assert "Traceback" not in keyless.log() and "failed unexpectedly" not in keyless.log()

@@ -251,20 +251,25 @@ class UsageLedger(abc.ABC):
 def parse_since(text: str, today: date | None = None) -> date:
     """``7d`` (the last 7 days, today included), ``2w``, ``3m`` (30-day months) or ``YYYY-MM-DD``."""
     today = today or datetime.now(UTC).date()
+    if not isinstance(text, str):
+        raise OblixError(f"since takes a string like 7d, 2w, 3m or 2025-01-31 (or a date), got {text!r:.60}.")
     value = text.strip().lower()
     units = {"d": 1, "w": 7, "m": 30}
-    if value[-1:] in units and value[:-1].isdigit() and int(value[:-1]) > 0:
+    digits = value[:-1]  # ASCII digits only: str.isdigit() also takes "²", which int() refuses
+    if value[-1:] in units and digits.isascii() and digits.isdigit() and digits.strip("0"):
         try:
-            return today - timedelta(days=int(value[:-1]) * units[value[-1]] - 1)
+            if len(digits) > 9:  # far past year 1 (and int() refuses over 4,300 digits)
+                raise OverflowError
+            return today - timedelta(days=int(digits) * units[value[-1]] - 1)
         except OverflowError:  # further back than year 1
             raise OblixError(
-                f"--since {text!r} reaches back before the year 1; give fewer days, weeks or months, "
+                f"--since {text!r:.60} reaches back before the year 1; give fewer days, weeks or months, "
                 "or a date like 2025-01-31."
             ) from None
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise OblixError(f"--since takes 7d, 2w, 3m or a date like 2025-01-31, got {text!r}.") from None
+        raise OblixError(f"--since takes 7d, 2w, 3m or a date like 2025-01-31, got {text!r:.60}.") from None
 
 
 def _row(totals: UsageTotals, versus: tuple[float, float]) -> dict[str, Any]:

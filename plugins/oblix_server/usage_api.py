@@ -47,8 +47,9 @@ def observer(request: Request) -> Observer:
 
 def _limit(request: Request, default: int, most: int = 1000) -> int:
     raw = request.query_params.get("limit", str(default))
-    if not raw.isdigit() or not 0 < int(raw) <= most:
-        raise APIError(400, f"limit must be an integer from 1 to {most}, got {raw!r}.", param="limit")
+    # ASCII digits only (str.isdigit() also takes "²", which int() refuses), and not thousands of them
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or not 0 < int(raw) <= most:
+        raise APIError(400, f"limit must be an integer from 1 to {most}, got {raw!r:.40}.", param="limit")
     return int(raw)
 
 
