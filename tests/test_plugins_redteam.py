@@ -129,6 +129,10 @@ HOSTILE = {
         "    register('file', FileSessionStore)\n"
         "    raise RuntimeError('failed after registering file again')\n"
     ),
+    # two plugins adding the same command; an error pages long
+    "twin_a": HOOK + "def oblix_register_commands(cli):\n    cli.command('twin')(lambda: print('A'))\n",
+    "twin_b": HOOK + "def oblix_register_commands(cli):\n    cli.command('twin')(lambda: print('B'))\n",
+    "verbose": "raise ValueError('the whole story ' * 2000)\n",
 }
 
 
@@ -398,3 +402,24 @@ async def test_hook_backend_refuses_an_instance_with_a_coroutine_generate(home: 
         with pytest.raises(PluginError, match=r"generate\(\) is a coroutine"):
             await client.hook_backend(Once("m"))
         assert "once:m" not in client.engine.models
+
+
+def test_two_plugins_adding_the_same_command_one_keeps_it_the_other_is_named(
+    hostile_site: Path, home: Path
+) -> None:
+    by_name = _listing(hostile_site, home)
+    loaded = [n for n in ("twin_a", "twin_b") if by_name[n]["status"] == "loaded"]
+    failed = [n for n in ("twin_a", "twin_b") if by_name[n]["status"] == "failed"]
+    assert len(loaded) == len(failed) == 1, by_name
+    reason = str(by_name[failed[0]]["reason"])
+    assert "'twin'" in reason and f"plugin {loaded[0]!r}" in reason
+    done = commands.oblix(hostile_site, home, "twin")
+    assert done.returncode == 0 and done.stdout == loaded[0][-1].upper() + "\n", done.stderr
+    assert len(done.stderr) < 5_000  # the pages-long error is one short line in the log too
+
+
+def test_a_pages_long_error_is_one_short_line_in_the_listing(hostile_site: Path, home: Path) -> None:
+    reason = str(_listing(hostile_site, home)["verbose"]["reason"])
+    assert reason.startswith("ValueError: the whole story") and len(reason) <= 300
+    table = commands.oblix(hostile_site, home, "plugins", COLUMNS="80")
+    assert table.returncode == 0 and len(table.stdout) < 20_000, len(table.stdout)

@@ -77,6 +77,8 @@ ESSENTIAL = frozenset({"file"})
 STRICT_ENV = "OBLIX_STRICT_PLUGINS"
 #: Failures already logged by this process (plugins load once per client and per command).
 _WARNED: set[tuple[str, str]] = set()
+#: The longest failure reason ``oblix plugins`` and the log show (a plugin's error may be pages long).
+REASON_CHARS = 300
 #: What a third-party plugin's code may raise and still be skipped: any error, and sys.exit().
 PLUGIN_FAILURES = (Exception, SystemExit)
 
@@ -160,14 +162,14 @@ class OblixPluginManager(pluggy.PluginManager):
             raise PluginError(f"Plugin {name!r} ({module}) failed: {_one_line(exc)}") from exc
         elif (name, str(exc)) not in _WARNED:  # once per process, however often plugins load
             _WARNED.add((name, str(exc)))
-            log.warning("plugin %r (%s) skipped: %s", name, module, _reason(exc, name))
+            log.warning("plugin %r (%s) skipped: %s", name, module, _shorten(_reason(exc, name)))
         self.skipped[name] = SkippedPlugin(
             name=name,
             module=module,
             package=dist.metadata["Name"] if dist else None,
             version=dist.version if dist else None,
             status="not installed" if missing else "failed",
-            reason=str(exc) if missing else _reason(exc, name),
+            reason=str(exc) if missing else _shorten(_reason(exc, name)),
             install=install,
         )
 
@@ -192,6 +194,11 @@ def _module_name(plugin: object) -> str:
 def _one_line(exc: BaseException) -> str:
     """``exc``'s message on one line (a pluggy error spans several)."""
     return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or "(no message)"
+
+
+def _shorten(text: str) -> str:
+    """``text`` cut to :data:`REASON_CHARS` (``OBLIX_STRICT_PLUGINS=1`` shows all of it)."""
+    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 1].rstrip() + "…"
 
 
 def _reason(exc: BaseException, name: str) -> str:
