@@ -423,3 +423,42 @@ def test_a_pages_long_error_is_one_short_line_in_the_listing(hostile_site: Path,
     assert reason.startswith("ValueError: the whole story") and len(reason) <= 300
     table = commands.oblix(hostile_site, home, "plugins", COLUMNS="80")
     assert table.returncode == 0 and len(table.stdout) < 20_000, len(table.stdout)
+
+
+@pytest.mark.extras
+def test_awkward_names_make_packages_that_install_and_pass_their_own_tests(tmp_path: Path) -> None:
+    from tests.test_plugins_new import _fresh_venv
+
+    made = {
+        "my_store": write_package("My-Store", "store", tmp_path),  # capitals and a dash
+        "class": write_package("class", "command", tmp_path),  # a Python keyword
+        "x2_loud": write_package("X2--Loud", "backend", tmp_path),  # digits, a double dash
+        "k_agent": write_package("\u212a-agent", "agent", tmp_path),  # the Kelvin sign lowers to k
+    }
+    python = _fresh_venv(tmp_path / "venv")
+    pip = [python, "-m", "pip", "install", "--no-deps", "--no-build-isolation"]
+    installed = subprocess.run(
+        [*pip, *(arg for p in made.values() for arg in ("-e", str(p)))],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert installed.returncode == 0, installed.stderr
+    for package in made.values():
+        tested = subprocess.run(
+            [python, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+            cwd=package,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert tested.returncode == 0 and " passed" in tested.stdout, tested.stdout + tested.stderr
+    listed = subprocess.run(
+        [python, "-m", "oblix_core", "plugins", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=commands.environ(None, tmp_path / "home"),
+    )
+    status = {p["name"]: p["status"] for p in json.loads(listed.stdout)}
+    assert {name: status.get(name) for name in made} == dict.fromkeys(made, "loaded"), status

@@ -42,7 +42,7 @@ class PluginNames:
 
     @classmethod
     def of(cls, raw: str, kind: str) -> PluginNames:
-        name = raw.strip().lower().replace("-", "_").removeprefix("oblix_")
+        name = re.sub(r"[-_]+", "_", raw.strip().lower()).removeprefix("oblix_")
         if not _NAME.fullmatch(name) or name.endswith("_"):
             raise ConfigError(
                 f"{raw!r} cannot name a plugin: use lowercase letters, digits and '_' or '-', "
