@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -35,6 +37,7 @@ from oblix_core.usage.ledger import parse_since
 from tests.conftest import FAST
 from tests.hostile_openai import HostileOpenAI, _Handler
 from tests.server_process import OblixServer, model_toml, write_plugin_dist
+from tests.support.waiting import wait_until
 
 CLOUD = "openai:gpt-4o-mini"
 PARSERS = ["httptools", "h11"]
@@ -106,6 +109,23 @@ async def test_a_session_budget_counts_answers_not_stored(home: Path) -> None:
             other = await client.execute("no session budget here", stream=False, store=False)
             assert other["response"]  # a session without a budget is not affected
         assert endpoint.chat_requests == 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("value", ["0.0001", -1, True, [0.0001], {"usd": 1}], ids=repr)
+async def test_a_session_budget_that_is_no_number_counts_as_spent(home: Path, value: Any) -> None:
+    """Before: ``budget_usd`` set to a string, a negative number, a bool or a list was read as
+    no budget at all: every cloud answer went through."""
+    with ScriptedOpenAI([text("hello there"), finish(), usage(10, 10)]) as endpoint:
+        async with await _client(home, endpoint) as client:
+            sid = await client.create_session("budgeted", metadata={"budget_usd": value})
+            with pytest.raises(BudgetExceededError, match=r"budget_usd=.* is not a number >= 0") as info:
+                await client.execute("hi", session_id=sid, stream=False)
+            assert info.value.budget.name == f"session {sid}"
+            assert "cannot be applied" in str(info.value) and "Nothing was sent" in str(info.value)
+            client.update_session_metadata(sid, {"budget_usd": None})  # no budget: answered
+            assert (await client.execute("hi", session_id=sid, stream=False))["response"]
+        assert endpoint.chat_requests == 1
 
 
 @pytest.mark.anyio
@@ -275,3 +295,46 @@ def test_numbers_in_queries_are_400s_never_500s(keyless: OblixServer) -> None:
         assert answer.status_code == 400, (path, name, answer.text)
         assert len(answer.text) < 600
     assert "Traceback" not in keyless.log() and "failed unexpectedly" not in keyless.log()
+
+
+# -- a reader that takes a few bytes now and then ----------------------------------------------------
+
+
+def drip(server: OblixServer, stop: threading.Event) -> None:
+    """A streamed request whose client reads 256 bytes every 0.1 s until ``stop`` (or the end)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        body = b'{"model": "auto", "stream": true, "messages": [{"role": "user", "content": "go"}]}'
+        head = (
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + body)
+        sock.settimeout(5)
+        with contextlib.suppress(OSError):
+            while not stop.is_set() and sock.recv(256):
+                time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_a_drip_reader_loses_its_slot(tmp_path: Path, plugin_dir: Path) -> None:
+    """A client that reads 256 bytes every 0.1 s keeps its stream just moving, yet loses its slot
+    (here the only one) after ``--send-timeout``: its reads are too few to let the server's
+    writes resume within it. (Held before too; pinned. A reader fast enough to make the
+    writes resume within every ``--send-timeout`` is not cut: docs/server.md.)"""
+    (tmp_path / "config.toml").write_text(model_toml("paced", "local", tokens=1_000_000))
+    args = ("--max-concurrency", "1", "--queue-timeout", "60", "--send-timeout", "1")
+    server = OblixServer(tmp_path, *args, plugin_dir=plugin_dir).start()
+    stop = threading.Event()
+    reader = threading.Thread(target=drip, args=(server, stop), daemon=True)
+    try:
+        reader.start()
+        assert wait_until(lambda: server.health()["in_flight"] == 1, 10)
+        assert wait_until(lambda: server.health()["in_flight"] == 0, 20), "the drip reader kept the slot"
+        assert reader.is_alive()  # still reading what the kernel had buffered: the server let go
+    finally:
+        stop.set()
+        reader.join(10)
+        server.stop()
+    assert "(--send-timeout)" in server.log() and "Traceback" not in server.log()

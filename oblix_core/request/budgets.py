@@ -71,8 +71,12 @@ class Budget:
     limit: float
     spent: float
     resets: str
+    #: Why the budget cannot be applied (then it counts as spent), e.g. an invalid ``budget_usd``.
+    why: str = ""
 
     def describe(self) -> str:
+        if self.why:
+            return f"the {self.name} budget cannot be applied ({self.why})"
         return f"the {self.name} budget of ${self.limit:g} is spent (${self.spent:.6g} used; {self.resets})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,6 +100,18 @@ def session_budget(metadata: dict[str, Any] | None) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         return None
     return float(value)
+
+
+def invalid_session_budget(metadata: dict[str, Any] | None) -> str | None:
+    """What is wrong with the session's ``budget_usd`` when it is set (not ``None``) but is no
+    number >= 0 (``"0.5"``, ``-1``, ``true``): such a budget counts as spent, never as none."""
+    value = (metadata or {}).get(SESSION_KEY)
+    if value is None or session_budget(metadata) is not None:
+        return None
+    return (
+        f"{SESSION_KEY}={value!r:.40} ({type(value).__name__}) is not a number >= 0; set a number in "
+        "the session's metadata"
+    )
 
 
 def spent_budget(
@@ -142,8 +158,12 @@ class BudgetGuard:
         self.ledger = ledger
         self.session_id = session_id
         self.session_limit = session_budget(metadata)
+        self.session_problem = invalid_session_budget(metadata)
         self.active = ledger is not None and not (
-            settings.daily_usd is None and settings.monthly_usd is None and self.session_limit is None
+            settings.daily_usd is None
+            and settings.monthly_usd is None
+            and self.session_limit is None
+            and self.session_problem is None
         )
         self._held: BudgetGate | None = None
         self._decided = False
@@ -152,6 +172,8 @@ class BudgetGuard:
         """The spent budget covering this request; a ledger that cannot be read counts as spent."""
         if not self.active or self.ledger is None:
             return None
+        if self.session_problem is not None:  # fail closed: the session's limit is unknown
+            return Budget(f"session {self.session_id}", 0.0, 0.0, "", why=self.session_problem)
         try:
             return await anyio.to_thread.run_sync(
                 spent_budget, self.settings, self.ledger, self.session_id, self.session_limit
