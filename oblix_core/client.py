@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterable
@@ -138,6 +139,7 @@ class OblixClient(SessionsAPI, Compat012, DocumentsAPI):
         self.home = Path(home) if home is not None else oblix_home()
         self.config: Config = load_config(self.home)
         self.registry = Registry.load(build_plugin_manager(plugins))
+        self.registry.building = functools.partial(building_parts_in, self.home)  # oblix_home() in parts
         self.plugin_manager = self.registry.pm
         self.store = self._make_store(session_store, store_options)
         settings = execution or self.config.execution

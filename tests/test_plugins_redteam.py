@@ -462,3 +462,71 @@ def test_awkward_names_make_packages_that_install_and_pass_their_own_tests(tmp_p
     )
     status = {p["name"]: p["status"] for p in json.loads(listed.stdout)}
     assert {name: status.get(name) for name in made} == dict.fromkeys(made, "loaded"), status
+
+
+@pytest.mark.anyio
+async def test_every_part_a_client_builds_finds_its_home_with_oblix_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only stores: backends, agents and document indexes built by ``OblixClient(home=X)``
+    keep their files under X, whatever ``$OBLIX_HOME`` says (the hookspecs promise it)."""
+    from oblix import OblixClient
+    from oblix.plugin import (
+        AgentCheck,
+        AgentState,
+        BaseAgent,
+        ModelBackend,
+        StreamChunk,
+        hookimpl,
+        oblix_home,
+    )
+
+    monkeypatch.setenv("OBLIX_HOME", str(tmp_path / "elsewhere"))
+    home = tmp_path / "mine"
+    home.mkdir()
+    (home / "config.toml").write_text('[agents]\nenabled = ["homely"]\n')
+    seen: dict[str, Path] = {}
+
+    class Backend(ModelBackend):
+        model_type = "homely"
+
+        def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            super().__init__(*args, **kwargs)
+            seen["backend"] = oblix_home()
+
+        async def generate(self, request):  # type: ignore[no-untyped-def]
+            yield StreamChunk("x")
+
+    class Agent(BaseAgent):
+        default_name = "homely"
+
+        def __init__(self, name=None, interval=5.0):  # type: ignore[no-untyped-def]
+            super().__init__(name, interval)
+            seen["agent"] = oblix_home()
+
+        def sample(self) -> AgentCheck:
+            return AgentCheck(self.name, AgentState.AVAILABLE)
+
+    def index(**options):  # type: ignore[no-untyped-def]
+        seen["index"] = oblix_home()
+        raise RuntimeError("only its home was wanted")
+
+    class Plugin:
+        @hookimpl
+        def oblix_register_models(self, register):  # type: ignore[no-untyped-def]
+            register("homely", Backend)
+
+        @hookimpl
+        def oblix_register_agents(self, register):  # type: ignore[no-untyped-def]
+            register("homely", Agent)
+
+        @hookimpl
+        def oblix_register_document_indexes(self, register):  # type: ignore[no-untyped-def]
+            register("homely", index)
+
+    async with OblixClient(home=home, plugins=[Plugin()]) as client:
+        await client.hook_model("homely", "m")
+        assert client.hook_default_agents() == ["homely"]
+        with pytest.raises(PluginError, match="only its home was wanted"):
+            client.use_document_index("homely")
+    assert seen == {"backend": home, "agent": home, "index": home}

@@ -470,6 +470,9 @@ class Registry:
     document_readers: dict[str, Callable[..., Any]] = attrs.field(factory=dict)
     #: (kind, name) -> the plugin that registered it (for messages).
     owners: dict[tuple[str, str], str] = attrs.field(factory=dict)
+    #: The context every part is built in: a client sets it so that ``oblix_home()`` is its home
+    #: in every constructor (stores, backends, agents, embedders, indexes, readers).
+    building: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
 
     @classmethod
     def load(cls, pm: OblixPluginManager | None = None) -> Registry:
@@ -539,7 +542,7 @@ class Registry:
         """``factory(*args, **options)``; an error that is not an :class:`OblixError` (a bug in the
         plugin, a missing file) becomes a :class:`PluginError` naming the part and its plugin."""
         try:
-            with plugin_code():
+            with plugin_code(), self.building():
                 return factory(*args, **options)
         except OblixError:
             raise
