@@ -33,7 +33,7 @@ from oblix_core.errors import OblixError
 from oblix_core.models.backend import ModelType
 from oblix_core.request.budgets import BudgetExceededError
 from oblix_core.request.execution import ExecutionSettings
-from oblix_core.usage.ledger import parse_since
+from oblix_core.usage.ledger import MAX_COST_USD, parse_since
 from tests.conftest import FAST
 from tests.hostile_openai import HostileOpenAI, _Handler
 from tests.server_process import OblixServer, model_toml, write_plugin_dist
@@ -125,6 +125,28 @@ async def test_a_session_budget_that_is_no_number_counts_as_spent(home: Path, va
             assert "cannot be applied" in str(info.value) and "Nothing was sent" in str(info.value)
             client.update_session_metadata(sid, {"budget_usd": None})  # no budget: answered
             assert (await client.execute("hi", session_id=sid, stream=False))["response"]
+        assert endpoint.chat_requests == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("price", ["1e308", "inf"])
+async def test_a_cost_too_large_for_a_float_counts_as_the_most_an_answer_can_cost(
+    home: Path, price: str
+) -> None:
+    """Before: a price whose cost overflowed to infinity was recorded as $0 (the ledger keeps
+    finite amounts only), so the budget never closed."""
+    (home / "config.toml").write_text(
+        "[budgets]\ndaily_usd = 1000\n\n"
+        f'[[models]]\ntype = "openai"\nname = "gpt-4o-mini"\nprice_out = {price}\n'
+    )
+    with ScriptedOpenAI([text("hello there"), finish(), usage(10, 10)]) as endpoint:
+        async with await _client(home, endpoint) as client:
+            result = await client.execute("hi", stream=False)
+            assert result["metrics"]["cost_usd"] == MAX_COST_USD
+            [record] = client.usage_ledger.recent(5)
+            assert record.cost_usd == MAX_COST_USD
+            with pytest.raises(BudgetExceededError, match="daily budget"):
+                await client.execute("again", stream=False)
         assert endpoint.chat_requests == 1
 
 

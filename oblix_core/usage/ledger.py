@@ -52,6 +52,8 @@ PRICES: dict[str, tuple[float, float]] = {
     "claude-3-haiku": (0.25, 1.25),
 }
 
+#: The most one answer is recorded as costing (USD): a larger or infinite cost counts as this.
+MAX_COST_USD = 1e9
 #: The groupings ``oblix usage --by`` offers.
 GROUPINGS = ("model", "day", "session")
 #: The reference cloud model when none is configured or hooked.
@@ -112,7 +114,10 @@ class Pricing:
         if price is None:  # said once per home when the model is hooked, not on every answer
             log.debug("no price for cloud model %s: its cost counts as 0", model_id)
             return 0.0
-        return round((input_tokens * price[0] + output_tokens * price[1]) / 1e6, 10)
+        cost = (input_tokens * price[0] + output_tokens * price[1]) / 1e6
+        # a price like 1e308 (or inf, which [[models]] accepts) must not overflow to a cost the
+        # ledger records as 0 (never a finite number): it counts as the most an answer can cost
+        return round(cost, 10) if cost < MAX_COST_USD else MAX_COST_USD
 
 
 @attrs.frozen
