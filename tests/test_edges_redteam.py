@@ -204,6 +204,32 @@ async def test_a_chunk_refused_at_the_answer_cap_is_counted(home: Path, what: st
         assert endpoint.chat_requests == 1  # a capped answer is not asked for again
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("id_size", [1000, 0])
+async def test_endless_new_tool_calls_stop_at_the_answer_cap(home: Path, id_size: int) -> None:
+    """Before: only tool-call names and arguments counted for ``max_answer_chars``, so an endpoint
+    streaming new calls (each with a 1,000-character id, or empty) grew the answer without
+    bound: here 5,000 calls were kept and answered."""
+    script = [
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": i, "id": "x" * id_size}]}}]}
+        for i in range(5000)
+    ]
+    capped = ExecutionSettings(
+        backoff_initial=0.001,
+        backoff_max=0.002,
+        first_token_timeout=5,
+        total_timeout=30,
+        max_answer_chars=50_000,
+    )
+    with ScriptedOpenAI([*script, finish("tool_calls"), usage(100, 100)]) as endpoint:
+        async with await _client(home, endpoint, capped) as client:
+            with pytest.raises(Exception, match="max_answer_chars=50000"):
+                await client.execute("go", stream=False)
+            [record] = client.usage_ledger.recent(5)
+            assert record.error.startswith("interrupted") and "max_answer_chars" in record.error
+        assert endpoint.chat_requests == 1
+
+
 # -- the keyless server, on every parser ------------------------------------------------------------
 
 

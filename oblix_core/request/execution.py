@@ -187,12 +187,20 @@ class _Answer:
             call["function"]["arguments"] += function.get("arguments") or ""
 
 
-def _size(chunk: StreamChunk) -> int:
-    """Characters ``chunk`` adds to an answer: its text, tool names and arguments."""
+#: Characters a tool call counts for the answer cap besides its strings (what keeping it costs),
+#: so that an endless stream of new, empty tool calls is capped too.
+CALL_CHARS = 64
+
+
+def _size(chunk: StreamChunk, calls: Mapping[int, Any]) -> int:
+    """Characters ``chunk`` adds to an answer: its text, and its tool calls' names, arguments,
+    ids and types, plus :data:`CALL_CHARS` for each call not among ``calls`` yet."""
     size = len(chunk.text)
     for delta in chunk.tool_calls or ():
         function = delta.get("function") or {}
         size += len(function.get("arguments") or "") + len(function.get("name") or "")
+        size += len(str(delta.get("id") or "")) + len(str(delta.get("type") or ""))
+        size += CALL_CHARS if delta.get("index") not in calls else 0
     return size
 
 
@@ -417,7 +425,7 @@ def _deadlines(s: ExecutionSettings, start: float) -> tuple[float, float]:
 def _take(model: ModelBackend, answer: _Answer, chunk: StreamChunk, held: str, cap: int) -> tuple[str, str]:
     """``chunk`` taken into ``answer``: the text to hand on now (UTF-8 safe), and a high surrogate
     held back because it may pair with the next chunk's first character."""
-    size = _size(chunk)
+    size = _size(chunk, answer.calls) if chunk.tool_calls else len(chunk.text)
     if answer.size + size > cap:
         calls = (str((d.get("function") or {}).get("arguments") or "") for d in chunk.tool_calls or ())
         answer.overflow = sum(map(model.count_tokens, (chunk.text, *calls)))  # counted in its record
