@@ -6,6 +6,9 @@ Catch :class:`OblixError` for any of them, or a family: :class:`ConfigError` (ar
 (:class:`TransientModelError` is worth a retry, :class:`PermanentModelError` is not) and
 :class:`NoModelAvailableError` (no candidate could answer; :class:`BudgetExceededError`
 and :class:`ModelCoolingDownError` say why), :class:`DocumentError` (documents and workspaces).
+
+A plugin's own errors subclass one of these families (the file store's ``FileStoreError``,
+exported by ``oblix_file``, is a :class:`SessionError`), so catching the family catches them.
 """
 
 from oblix_core.config.templates import TemplateError

@@ -274,6 +274,16 @@ def test_strict_mode_shows_the_traceback_of_a_plugin_that_exits(hostile_site: Pa
     assert strict.returncode == 1
     assert "Traceback (most recent call last)" in strict.stderr and "sys.exit(3)" in strict.stderr
     assert "exits_at_import" in strict.stderr
+    for plugin, said in (
+        ("exits_registering", "failed: SystemExit: 4 (it called sys.exit()"),
+        ("hijack", "failed: replaces the command 'plugins'"),
+        ("coroutine_generate", "failed: Model backend 'once'"),
+    ):
+        strict = commands.oblix(
+            hostile_site, home, "sessions", "list", OBLIX_STRICT_PLUGINS="1", OBLIX_LOAD_PLUGINS=plugin
+        )
+        assert strict.returncode == 1 and "Traceback (most recent call last)" in strict.stderr, strict.stderr
+        assert f"Error: Plugin {plugin!r} (oblix_redteam_{plugin}) {said}" in strict.stderr, strict.stderr
 
 
 def test_the_callers_own_plugin_with_a_coroutine_generate_is_refused(home: Path) -> None:
@@ -530,3 +540,33 @@ async def test_every_part_a_client_builds_finds_its_home_with_oblix_home(
         with pytest.raises(PluginError, match="only its home was wanted"):
             client.use_document_index("homely")
     assert seen == {"backend": home, "agent": home, "index": home}
+
+
+def test_every_error_a_first_party_plugin_defines_is_caught_by_an_exported_family() -> None:
+    """``oblix.errors`` exports the core's errors; a plugin's own (``oblix_file.FileStoreError``)
+    must subclass an exported one, so that users catching the family catch it."""
+    import importlib
+    import pkgutil
+
+    import oblix.errors
+    from oblix.errors import OblixError
+
+    exported = tuple(getattr(oblix.errors, name) for name in oblix.errors.__all__)
+    plugins = Path(__file__).resolve().parents[1] / "plugins"
+    found = []
+    for info in pkgutil.walk_packages([str(plugins)]):
+        try:
+            module = importlib.import_module(info.name)
+        except ImportError:  # an extra that is not installed here
+            continue
+        for value in vars(module).values():
+            if (
+                isinstance(value, type)
+                and issubclass(value, OblixError)
+                and value.__module__ == module.__name__
+            ):
+                found.append(value)
+    assert any(cls.__name__ == "FileStoreError" for cls in found)
+    families = tuple(e for e in exported if e is not OblixError)  # a family narrower than any error
+    orphans = [c.__qualname__ for c in found if not issubclass(c, families)]
+    assert orphans == []

@@ -159,7 +159,7 @@ class OblixPluginManager(pluggy.PluginManager):
             log.error(
                 "plugin %r (%s) failed (%s=1: the traceback follows)", name, module, STRICT_ENV, exc_info=exc
             )
-            raise PluginError(f"Plugin {name!r} ({module}) failed: {_one_line(exc)}") from exc
+            raise PluginError(f"Plugin {name!r} ({module}) failed: {_reason(exc, name)}") from exc
         elif (name, str(exc)) not in _WARNED:  # once per process, however often plugins load
             _WARNED.add((name, str(exc)))
             log.warning("plugin %r (%s) skipped: %s", name, module, _shorten(_reason(exc, name)))
