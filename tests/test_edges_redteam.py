@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -33,7 +34,7 @@ from oblix_core.errors import OblixError
 from oblix_core.models.backend import ModelType
 from oblix_core.request.budgets import BudgetExceededError
 from oblix_core.request.execution import ExecutionSettings
-from oblix_core.usage.ledger import MAX_COST_USD, parse_since
+from oblix_core.usage.ledger import MAX_COST_USD, LedgerDamagedError, parse_since
 from tests.conftest import FAST
 from tests.hostile_openai import HostileOpenAI, _Handler
 from tests.server_process import OblixServer, model_toml, write_plugin_dist
@@ -228,6 +229,33 @@ async def test_endless_new_tool_calls_stop_at_the_answer_cap(home: Path, id_size
             [record] = client.usage_ledger.recent(5)
             assert record.error.startswith("interrupted") and "max_answer_chars" in record.error
         assert endpoint.chat_requests == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("damage", ["a directory", "another table"])
+async def test_a_ledger_of_another_shape_is_named_and_repaired(home: Path, damage: str) -> None:
+    """Before: a ledger path that is a directory raised ``IsADirectoryError``, a ``usage`` table
+    of another shape ``sqlite3.OperationalError: no such column: day`` — a 500 on the server,
+    "This is unexpected" in the CLI — instead of the damaged-ledger error naming the file."""
+    async with OblixClient(home=home) as client:
+        client.usage(since="7d")  # the ledger file exists
+        path = client.usage_ledger.ledger.path  # type: ignore[attr-defined]
+    for extra in ("-wal", "-shm"):
+        Path(f"{path}{extra}").unlink(missing_ok=True)
+    if damage == "a directory":
+        path.unlink()
+        path.mkdir()
+    else:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            db.executescript("DROP TABLE usage; CREATE TABLE usage (x TEXT);")
+    with ScriptedOpenAI([text("hello there"), finish(), usage(10, 10)]) as endpoint:
+        async with await _client(home, endpoint) as client:
+            with pytest.raises(LedgerDamagedError, match="oblix usage --repair") as info:
+                client.usage(since="7d")
+            assert str(path) in str(info.value)
+            assert "moved the damaged usage ledger" in client.usage_ledger.repair().lower()
+            await client.execute("hi", stream=False)
+            assert client.usage(since="7d")["total"]["requests"] == 1
 
 
 # -- the keyless server, on every parser ------------------------------------------------------------

@@ -68,7 +68,16 @@ _INSERT = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 #: Words of SQLite's messages for a file that is not (or no longer) a sound database.
-_DAMAGE = ("not a database", "malformed", "corrupt", "disk image")
+_DAMAGE = (
+    "not a database",
+    "malformed",
+    "corrupt",
+    "disk image",
+    # a usage table of another shape (another program's file, a hand edit)
+    "no such column",
+    "has no column named",
+    "no such table",
+)
 _GROUP = {"model": "model_id", "day": "day", "session": "COALESCE(session_id, '(no session)')"}
 
 
@@ -172,6 +181,8 @@ class SqliteUsageLedger(UsageLedger):
             if any(word in str(exc).lower() for word in _DAMAGE):
                 raise LedgerDamagedError(self.path, str(exc)) from None
             raise
+        except (IsADirectoryError, NotADirectoryError) as exc:  # the path is no file
+            raise LedgerDamagedError(self.path, f"{exc.strerror or exc}: it is not a ledger file") from None
 
     def record(self, record: UsageRecord) -> None:
         self.record_many((record,))
