@@ -202,3 +202,105 @@ def test_asking_for_the_default_cloud_model_without_its_key_names_the_key(model:
     assert "Traceback" not in done.stderr
     other = commands.oblix(None, tmp_path, "run", "-m", "gpt-5-nano", "hi")
     assert other.returncode == 1 and "OPENAI_API_KEY" not in other.stderr, other.stderr
+
+
+# -- the packaged model in a conversation ------------------------------------------------------
+
+#: What a prompt format's frame looks like when it leaks into an answer.
+LABELS = re.compile(r"\b(Question|Answer|USER|ASSISTANT)\s*:|<(start|end)_of_turn>|<eos>|<bos>|###")
+
+
+def test_the_fewshot_prompt_leaves_out_earlier_exchanges_that_only_echoed() -> None:
+    from oblix_core.models.backend import ChatMessage
+    from oblix_llamacpp.prompts import echoes, fewshot
+
+    assert echoes("Thanks!", "Thanks!") and echoes("And dog?", "And dog? A dog.") and echoes("Hi", " ")
+    assert not echoes("And dog?", "A dog.") and not echoes("Hello!", "Hi!")
+    history = [
+        ChatMessage("user", "I like pasta."),
+        ChatMessage("assistant", "I like pasta."),
+        ChatMessage("user", "What is the capital of France?"),
+        ChatMessage("assistant", "Paris."),
+        ChatMessage("user", "Thanks!"),
+    ]
+    prompt, _ = fewshot(history)
+    assert "I like pasta." not in prompt  # the echo is not shown to the model as an example
+    assert prompt.endswith(
+        "Question: What is the capital of France?\nAnswer: Paris.\n\nQuestion: Thanks!\nAnswer:"
+    )
+
+
+#: Chats where a statement follows a question (the echo compounds from turn to turn).
+CHATS = [
+    [
+        "Hi, my name is Ana.",
+        "What is the capital of France?",
+        "And of Italy?",
+        "Write a poem about the sea.",
+        "Thanks!",
+    ],
+    ["Hello!", "Can you help me plan dinner?", "I like pasta.", "What should I cook?", "Great, thanks."],
+    ["I'm learning French.", "How do you say cat in French?", "And dog?", "Merci!"],
+]
+
+
+@pytest.mark.llama
+def test_the_packaged_model_in_sessions_neither_echoes_loops_nor_leaks_its_frame(tmp_path: Path) -> None:
+    from oblix import ModelType
+    from oblix_llamacpp.loops import find_loop
+    from oblix_llamacpp.prompts import echoes
+
+    async def talk() -> list[tuple[str, str, int]]:
+        turns = []
+        async with OblixClient(home=tmp_path) as client:
+            await client.hook_model(ModelType.LLAMA_CPP, "gemma-3-270m")
+            for chat in CHATS:
+                sid = await client.create_session(title="chat")
+                for message in chat:
+                    result = await client.execute(message, session_id=sid, stream=False)
+                    turns.append((message, result["response"], result["metrics"]["output_tokens"]))
+            result = await client.execute(
+                "What is the capital of Spain?", system="Answer in one short sentence.", stream=False
+            )
+            turns.append(("(system=) What is the capital of Spain?", result["response"], 0))
+        return turns
+
+    turns = anyio.run(talk)
+    report = "\n".join(f"{m!r} -> {a!r}" for m, a, _ in turns)
+    for _, answer, tokens in turns:
+        assert answer.strip() and tokens <= 160, report
+        assert find_loop(answer) is None and not LABELS.search(answer), report
+    echoed = [m for m, a, _ in turns if echoes(m, a)]
+    assert len(echoed) <= 3, f"{len(echoed)} of {len(turns)} answers only repeat the message:\n{report}"
+    assert "madrid" in turns[-1][1].lower(), report
+
+
+@pytest.mark.llama
+def test_oblix_chat_with_the_packaged_model_answers_a_greeting_and_thanks(tmp_path: Path) -> None:
+    import pexpect
+
+    from oblix_llamacpp.prompts import echoes
+
+    env = {
+        k: v for k, v in commands.environ(None, tmp_path).items() if k not in ("COLUMNS", "TTY_COMPATIBLE")
+    }
+    chat = pexpect.spawn(
+        sys.executable,
+        ["-m", "oblix_core", "chat"],
+        env=env,
+        encoding="utf-8",
+        dimensions=(40, 200),
+        timeout=240,
+    )
+    chat.expect("you> ")
+    answers = []
+    for message in ("Hi, my name is Ana.", "What is the capital of France?", "Thanks!"):
+        chat.sendline(message)
+        chat.expect(r"ai> (.*?)\r\n.*?you> ", timeout=240)
+        answers.append((message, chat.match.group(1)))
+    chat.sendeof()
+    chat.expect(pexpect.EOF)
+    report = repr(answers)
+    assert all(a.strip() and not LABELS.search(a) for _, a in answers), report
+    assert not any(echoes(m, a) for m, a in answers), report
+    assert "paris" in answers[1][1].lower(), report

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from oblix.plugin import ChatMessage
+from oblix_llamacpp.loops import normalize
 
 VICUNA_SYSTEM = "A chat between a curious user and an artificial intelligence assistant."
 ALPACA_SYSTEM = (
@@ -54,8 +55,8 @@ PLAIN_FORMATS: dict[str, Callable[[Sequence[ChatMessage]], tuple[str, list[str]]
 # Measured on the packaged Gemma 3 270M (benchmarks/packaged_model_prompts.md): the chat
 # transcript made it answer with the question's words or loop; worked examples of short,
 # complete answers make it answer in kind. The examples cover kinds of task (a fact, a
-# count, a summary, an explanation, a translation, an attribution); none of them is among
-# the benchmark's prompts.
+# count, a summary, an explanation, a translation, an attribution, a greeting, thanks);
+# none of them is among the benchmark's prompts.
 FEWSHOT_INTRO = "Questions and answers. Each answer is short, correct and complete."
 FEWSHOT_EXAMPLES = (
     ("What is the capital of Spain?", "The capital of Spain is Madrid."),
@@ -72,6 +73,11 @@ FEWSHOT_EXAMPLES = (
     ),
     ('Translate "good morning" into Spanish.', '"Good morning" in Spanish is "buenos días".'),
     ("Who painted the Mona Lisa?", "Leonardo da Vinci painted the Mona Lisa."),
+    # Statements, not questions, answered as a reply: without them the model repeats a
+    # greeting or a "thanks" word for word (10 of 19 chat turns in
+    # benchmarks/packaged_model_chats.md; 3 with them and echoes left out of the history).
+    ("Hi, I'm Sam.", "Hello Sam, nice to meet you. What would you like to know?"),
+    ("Thanks for your help!", "You're welcome."),
 )
 
 
@@ -80,15 +86,35 @@ def _one_block(text: str) -> str:
     return "\n".join(line for line in text.strip().splitlines() if line.strip())
 
 
+def echoes(question: str, answer: str) -> bool:
+    """Whether ``answer`` only repeats ``question`` (is it, or starts with it, word for word),
+    or is empty."""
+    asked, said = normalize(question), normalize(answer)
+    return not said or said == asked or said.startswith(asked)
+
+
+def without_echoes(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+    """``messages`` less the earlier exchanges whose answer only repeated the question: as
+    examples they teach a small model to echo, and each echo makes the next likelier."""
+    kept: list[ChatMessage] = []
+    for m in messages:
+        if m.role == "assistant" and kept and kept[-1].role == "user" and echoes(kept[-1].content, m.content):
+            kept.pop()
+            continue
+        kept.append(m)
+    return kept
+
+
 def fewshot(messages: Sequence[ChatMessage]) -> tuple[str, list[str]]:
     """``Question: / Answer:`` pairs after worked examples, and their stop sequences.
 
-    System messages become the first line; earlier turns follow the examples as pairs.
+    System messages become the first line; earlier turns follow the examples as pairs,
+    except those whose answer only repeated the question (:func:`without_echoes`).
     """
     system = "\n".join(m.content for m in messages if m.role == "system")
     parts = [f"{FEWSHOT_INTRO} {system}".strip()]
     parts += [f"Question: {q}\nAnswer: {a}" for q, a in FEWSHOT_EXAMPLES]
-    for m in messages:
+    for m in without_echoes(messages):
         if m.role == "user":
             parts.append(f"Question: {_one_block(m.content)}")
         elif m.role == "assistant":
