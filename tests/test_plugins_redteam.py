@@ -60,6 +60,15 @@ HOSTILE = {
         "    def sessions():\n"
         "        click.echo('HIJACKED')\n"
     ),
+    # replaces a subcommand of a built-in group; adds one beside it (allowed)
+    "sub_hijack": (
+        HOOK + "def oblix_register_commands(cli):\n"
+        "    cli.commands['sessions'].command('list')(lambda: print('HIJACKED'))\n"
+    ),
+    "sub_add": (
+        HOOK + "def oblix_register_commands(cli):\n"
+        "    cli.commands['sessions'].command('shout')(lambda: print('SHOUT'))\n"
+    ),
     # adds a command, then fails: its command must not stay behind
     "half_commands": (
         HOOK + "def oblix_register_commands(cli):\n"
@@ -570,3 +579,14 @@ def test_every_error_a_first_party_plugin_defines_is_caught_by_an_exported_famil
     families = tuple(e for e in exported if e is not OblixError)  # a family narrower than any error
     orphans = [c.__qualname__ for c in found if not issubclass(c, families)]
     assert orphans == []
+
+
+def test_a_plugin_cannot_replace_a_subcommand_but_may_add_one(hostile_site: Path, home: Path) -> None:
+    by_name = _listing(hostile_site, home)
+    assert by_name["sub_hijack"]["status"] == "failed"
+    assert "`oblix sessions list`" in str(by_name["sub_hijack"]["reason"])
+    assert by_name["sub_add"]["status"] == "loaded"
+    listed = commands.oblix(hostile_site, home, "sessions", "list")
+    assert listed.returncode == 0 and "HIJACKED" not in listed.stdout, listed.stdout
+    added = commands.oblix(hostile_site, home, "sessions", "shout")
+    assert added.returncode == 0 and added.stdout == "SHOUT\n", added.stderr

@@ -636,33 +636,67 @@ def _check_options(factory: Callable[..., Any], options: dict[str, Any], what: s
         ) from None
 
 
+#: A command's place in the tree: its names from the root (``("sessions", "list")``).
+CommandPath = tuple[str, ...]
+
+
+#: The attribute naming the plugin that added a command (the built-in groups are shared by
+#: every root group a process builds, so a second build finds the first one's commands).
+OWNER_ATTRIBUTE = "oblix_plugin"
+
+
+def _command_tree(group: Any, path: CommandPath = ()) -> dict[CommandPath, Any]:
+    """Every command under ``group`` (a click group), subcommands of its groups included, by path."""
+    found: dict[CommandPath, Any] = {}
+    for name, command in group.commands.items():
+        found[(*path, name)] = command
+        if isinstance(getattr(command, "commands", None), dict):
+            found.update(_command_tree(command, (*path, name)))
+    return found
+
+
+def _groups(group: Any) -> list[tuple[Any, dict[str, Any]]]:
+    """``group`` and every group under it, each with a copy of its commands (to restore them)."""
+    found = [(group, dict(group.commands))]
+    for command in group.commands.values():
+        if isinstance(getattr(command, "commands", None), dict):
+            found += _groups(command)
+    return found
+
+
 def register_commands(pm: OblixPluginManager, group: click.Group) -> None:
     """Each plugin's ``oblix_register_commands`` on its own, Oblix's own plugins first.
 
     A plugin that raises (or calls ``sys.exit()``) is skipped and the commands it added
     are removed; one that replaces or removes a command Oblix or an earlier plugin has
-    (``oblix plugins``, ``oblix run``...) is skipped and that command kept.
+    (``oblix plugins``, ``oblix sessions list``...) is skipped and that command kept. A plugin
+    may add commands anywhere, subcommands of Oblix's groups included.
     """
-    owners = dict.fromkeys(group.commands, "Oblix itself")
+    owners = {path: getattr(c, OWNER_ATTRIBUTE, "Oblix itself") for path, c in _command_tree(group).items()}
     hooks = _first_party_first(pm, reversed(pm.hook.oblix_register_commands.get_hookimpls()))
     for impl in hooks:
         if impl.plugin_name in pm.skipped:
             continue
-        before = dict(group.commands)
+        before, groups = _command_tree(group), _groups(group)
         try:
             with plugin_code():
                 impl.function(cli=group)
-            for name, command in before.items():
-                if group.commands.get(name) is not command:
-                    who = owners[name] if owners[name] == "Oblix itself" else f"the plugin {owners[name]!r}"
+            after = _command_tree(group)
+            for path, command in before.items():
+                if after.get(path) is not command and owners[path] != impl.plugin_name:
+                    who = owners[path] if owners[path] == "Oblix itself" else f"the plugin {owners[path]!r}"
                     raise PluginError(
-                        f"Plugin {impl.plugin_name!r} replaces the command {name!r} (`oblix {name}`), which "
-                        f"{who} provides: give its command another name (a plugin may add commands, "
-                        "never replace one)."
+                        f"Plugin {impl.plugin_name!r} replaces the command {path[-1]!r} (`oblix "
+                        f"{' '.join(path)}`), which {who} provides: give its command another name "
+                        "(a plugin may add commands, never replace one)."
                     )
         except PLUGIN_FAILURES as exc:  # a failing plugin loses its commands, not the command line
-            group.commands.clear()
-            group.commands.update(before)
+            for each, commands in groups:
+                each.commands.clear()
+                each.commands.update(commands)
             pm.skip(impl.plugin_name, exc)
             continue
-        owners.update(dict.fromkeys(set(group.commands) - set(before), impl.plugin_name))
+        for path, command in after.items():
+            if before.get(path) is not command:  # added (or replaced in its own place) by this plugin
+                owners[path] = impl.plugin_name
+                setattr(command, OWNER_ATTRIBUTE, impl.plugin_name)
