@@ -258,6 +258,43 @@ async def test_a_ledger_of_another_shape_is_named_and_repaired(home: Path, damag
             assert client.usage(since="7d")["total"]["requests"] == 1
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("event", "named"),
+    [
+        (text(123), "content is int"),  # type: ignore[arg-type]
+        (text(["a"]), "content is list"),  # type: ignore[arg-type]
+        ({"choices": "xyz"}, "choices is str"),
+        ({"choices": [None]}, "choices[0] is NoneType"),
+        ({"choices": [{"delta": "hi"}]}, "delta str"),
+        ({"choices": [{"delta": {"tool_calls": [1]}}]}, "a tool call is int"),
+        ({"choices": [{"delta": {"tool_calls": [{"index": "x", "function": 5}]}}]}, "wrong type"),
+        ({"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"name": 5}}]}}]}, "wrong type"),
+    ],
+    ids=[
+        "int-content",
+        "list-content",
+        "str-choices",
+        "null-choice",
+        "str-delta",
+        "int-call",
+        "bad-call",
+        "int-name",
+    ],
+)
+async def test_a_malformed_event_is_named_not_an_unexpected_failure(
+    home: Path, event: dict[str, Any], named: str
+) -> None:
+    """The openai SDK checks no types: before, ``content: 123`` and the like surfaced as
+    "failed unexpectedly: TypeError: object of type 'int' has no len()" from deep in the executor."""
+    with ScriptedOpenAI([event, finish(), usage(10, 10)]) as endpoint:
+        async with await _client(home, endpoint) as client:
+            with pytest.raises(OblixError, match="sent a malformed stream event") as info:
+                await client.execute("hi", stream=False)
+            assert named in str(info.value) and "unexpectedly" not in str(info.value)
+        assert endpoint.chat_requests == 1  # not asked again: the endpoint is broken, not busy
+
+
 # -- the keyless server, on every parser ------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from oblix.plugin import (
     GenerationRequest,
     ModelBackend,
     ModelError,
+    PermanentModelError,
     StreamChunk,
     TransientModelError,
     connection_error,
@@ -219,7 +220,14 @@ class OpenAIBackend(ModelBackend):
             started = True
             try:
                 async for event in response:
-                    for chunk in _chunks(event):
+                    try:
+                        chunks = _chunks(event)
+                    except MalformedEvent as exc:  # the SDK checks no types: a hostile endpoint's shapes
+                        raise PermanentModelError(
+                            f"{self.model_id}: {self.where} sent a malformed stream event ({exc}).",
+                            model_id=self.model_id,
+                        ) from None
+                    for chunk in chunks:
                         yield chunk
             finally:
                 await _close_stream(response)
@@ -284,16 +292,59 @@ def _reported_window(entry: dict[str, Any]) -> int | None:
     return None
 
 
+class MalformedEvent(ValueError):
+    """A streamed event of a shape no OpenAI-compatible endpoint sends (the message says which part)."""
+
+
+def _checked(value: Any, kind: type, what: str) -> Any:
+    """``value`` if it is ``None`` or a ``kind``, else :class:`MalformedEvent` naming ``what``."""
+    if value is None or isinstance(value, kind):
+        return value
+    raise MalformedEvent(f"{what} is {type(value).__name__}, not {kind.__name__}")
+
+
+def _tool_deltas(calls: list[Any]) -> tuple[dict[str, Any], ...]:
+    """The tool-call deltas as dicts: an integer ``index``, strings for ``id``, ``type``, and the
+    function's ``name`` and ``arguments`` (each may be absent), else :class:`MalformedEvent`."""
+    deltas = []
+    for call in calls:
+        if not hasattr(call, "model_dump"):
+            raise MalformedEvent(f"a tool call is {type(call).__name__}, not an object")
+        delta = call.model_dump(exclude_none=True, warnings=False)
+        function = delta.get("function", {})
+        index = delta.get("index", 0)
+        strings = [delta.get("id", ""), delta.get("type", "")]
+        if isinstance(function, dict):
+            strings += [function.get("name", ""), function.get("arguments", "")]
+        if (
+            not isinstance(function, dict)
+            or type(index) is not int
+            or not all(isinstance(value, str) for value in strings)
+        ):
+            raise MalformedEvent("a tool call's index, id, type, name or arguments is of the wrong type")
+        deltas.append(delta)
+    return tuple(deltas)
+
+
 def _chunks(event: Any) -> list[StreamChunk]:
-    """The chunks of one streamed event: text, tool-call deltas and finish reason, then usage."""
+    """The chunks of one streamed event: text, tool-call deltas and finish reason, then usage.
+    Raises :class:`MalformedEvent` for parts of the wrong type (``content: 123``, ``choices: "x"``)."""
     chunks = []
-    if event.choices:
+    if _checked(event.choices, list, "choices"):
         choice = event.choices[0]
-        text = choice.delta.content if choice.delta else None
-        calls = getattr(choice.delta, "tool_calls", None) if choice.delta else None
-        deltas = tuple(c.model_dump(exclude_none=True) for c in calls) if calls else None
-        if text or deltas or choice.finish_reason:
-            chunks.append(StreamChunk(text or "", finish_reason=choice.finish_reason, tool_calls=deltas))
+        delta = getattr(choice, "delta", None)
+        if (
+            choice is None
+            or isinstance(choice, str | int | float | list)
+            or isinstance(delta, str | int | list)
+        ):
+            raise MalformedEvent(f"choices[0] is {type(choice).__name__} with delta {type(delta).__name__}")
+        text = _checked(delta.content if delta else None, str, "choices[0].delta.content")
+        calls = _checked(getattr(delta, "tool_calls", None) if delta else None, list, "tool_calls")
+        deltas = _tool_deltas(calls) if calls else None
+        finish = _checked(choice.finish_reason, str, "choices[0].finish_reason")
+        if text or deltas or finish:
+            chunks.append(StreamChunk(text or "", finish_reason=finish, tool_calls=deltas))
     if getattr(event, "usage", None):
         details = getattr(event.usage, "prompt_tokens_details", None)
         cached = getattr(details, "cached_tokens", None)
