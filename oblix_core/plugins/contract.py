@@ -17,6 +17,11 @@ from typing import Any
 from oblix_core.errors import PluginError
 
 
+def _a(noun: str) -> str:
+    """``noun`` with its indefinite article ("an agent", "a model backend")."""
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
+
+
 def required_methods(base: type, *extra: str) -> tuple[str, ...]:
     """The abstract methods of ``base`` plus ``extra``: what every subclass must define."""
     return tuple(sorted({*getattr(base, "__abstractmethods__", ()), *extra}))
@@ -50,8 +55,8 @@ def check_methods(kind: str, name: str, part: Any, required: Iterable[str], base
         methods = ", ".join(f"{m}()" for m in missing)
         raise PluginError(
             f"{kind} {name!r} ({cls.__module__}.{cls.__qualname__}) does not implement {methods}: "
-            f"define {'it' if len(missing) == 1 else 'them'} (docs/plugins.md lists what a "
-            f"{kind.lower()} must implement)."
+            f"define {'it' if len(missing) == 1 else 'them'} (docs/plugins.md lists what "
+            f"{_a(kind.lower())} must implement)."
         )
 
 
@@ -90,5 +95,5 @@ def check_shapes(
         cls = part if isinstance(part, type) else type(part)
         raise PluginError(
             f"{kind} {name!r} ({cls.__module__}.{cls.__qualname__}): {'; '.join(wrong)} "
-            f"(docs/plugins.md: what a {kind.lower()} must implement)."
+            f"(docs/plugins.md: what {_a(kind.lower())} must implement)."
         )
