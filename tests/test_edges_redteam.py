@@ -352,13 +352,24 @@ def test_two_host_headers_are_a_400(keyless: OblixServer) -> None:
     "target", ["http://evil.example/v1/oblix/sessions", "HTTP://evil.example:80/v1/oblix/sessions?limit=5"]
 )
 def test_an_absolute_form_target_stands_for_the_host(keyless: OblixServer, target: str) -> None:
-    """Before, httptools served the path of ``GET http://evil.example/...`` with ``Host: localhost``."""
+    """Before, httptools served the path of ``GET http://evil.example/...`` with ``Host: localhost``,
+    alone or pipelined behind another request in the same segment."""
     request = f"GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
     answer = exchange(keyless, request)
     assert statuses(answer) == [b"403 Forbidden"], answer[:300]
     assert b"host_not_allowed" in answer and not sessions_listed(answer)
-    dripped = exchange(keyless, request[:5])  # the target's start only: nothing answered yet
-    assert dripped == b"" or statuses(dripped) != [b"200 OK"]
+    pipelined = exchange(keyless, b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n" + request)
+    assert b"host_not_allowed" in pipelined and not sessions_listed(pipelined), pipelined[-300:]
+
+
+@pytest.mark.slow
+def test_a_url_in_a_chat_message_is_no_absolute_form_target(keyless: OblixServer) -> None:
+    """The guard looks for absolute-form request lines in everything that arrives: a message
+    that quotes one (JSON has no raw line feeds in strings) is still answered."""
+    content = "see\r\nGET http://evil.example/v1/oblix/sessions HTTP/1.1\r\n and http://evil.example"
+    body = {"model": "auto", "messages": [{"role": "user", "content": content}]}
+    answer = httpx.post(f"{keyless.base_url}/chat/completions", json=body, timeout=30)
+    assert answer.status_code == 200, answer.text
 
 
 @pytest.mark.slow

@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import resource
 from collections import Counter
 from collections.abc import Callable
@@ -71,8 +72,12 @@ IN_PASSING = 4 * BACKLOG
 LOG_INTERVAL = 10.0
 #: The end of a request head.
 HEAD_END = b"\r\n\r\n"
-#: Bytes of a request line read to find its target's start (an absolute-form target's authority).
-LINE_PEEK = 1024
+#: A request line with an absolute-form target (``GET http://name/path``): its authority, which
+#: stands for the ``Host`` (RFC 9112 §3.2.2). Matched after a line feed anywhere in what arrives,
+#: so a request pipelined behind another in one segment is seen too.
+ABSOLUTE_TARGET = re.compile(rb"\n[\r\n]*[!#$%&'*+.^_`|~0-9a-z-]+ +https?://([^/?# \t\r\n]*)", re.IGNORECASE)
+#: Bytes kept from one read for the next, so a request line split between reads is matched whole.
+TARGET_TAIL = 1024
 
 #: The connection whose request the current task serves (set while uvicorn's protocol reads,
 #: so the request task uvicorn creates then inherits it).
@@ -218,7 +223,10 @@ class GuardedConnection(asyncio.Protocol):
         self._head_bytes = 0  # bytes of the request head being read
         self._head_done = False
         self._tail = b""  # the last bytes of an unfinished head (its end may straddle two reads)
-        self._line: bytes | None = b""  # the request line's start, until its target is checked
+        #: The end of what arrived so far (absolute-form targets are looked for in it and what follows),
+        #: or ``None`` when no ``Host`` is checked (a key and no --allowed-host).
+        checked = table.settings.api_key is None or bool(table.settings.allowed_hosts)
+        self._seen: bytes | None = b"\n" if checked else None
         self._timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
         self._request = 0  # the id of the request the app is serving (0: none)
@@ -259,6 +267,8 @@ class GuardedConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.inner is None:  # refused: closing
+            return
+        if self._seen is not None and not self._check_targets(data):
             return
         if self.phase == "body":
             self._received += len(data)
@@ -328,8 +338,6 @@ class GuardedConnection(asyncio.Protocol):
 
     def _count_head(self, data: bytes) -> bool:
         """Count ``data`` into the head being read; ``False`` if that makes it too large (then refused)."""
-        if self._line is not None and not self._check_target(data):
-            return False
         straddle = (self._tail + data[:3]).find(HEAD_END) if self._tail else -1
         end = straddle + 4 - len(self._tail) if straddle >= 0 else data.find(HEAD_END)
         if straddle < 0 and end >= 0:
@@ -348,29 +356,24 @@ class GuardedConnection(asyncio.Protocol):
             self._tail = (self._tail + data)[-3:]
         return True
 
-    def _check_target(self, data: bytes) -> bool:
-        """Read the request line's start; ``False`` (and a 403) if its target is absolute-form
-        (``GET http://name/path``) with a host the server does not serve: that authority stands
-        for the ``Host`` header (RFC 9112 §3.2.2), and httptools serves the path whatever it names."""
-        assert self._line is not None
-        line = (self._line + data[:LINE_PEEK]).lstrip(b"\r\n")
-        parts = line.split(b" ", 2)
-        if len(parts) < 3 and b"\n" not in line and len(line) < LINE_PEEK:
-            self._line = line  # the target is not whole yet
+    def _check_targets(self, data: bytes) -> bool:
+        """``False`` (and a 403) if ``data`` holds a request line whose absolute-form target names a
+        host the server does not serve: its authority stands for the ``Host`` header, and
+        httptools would serve the path whatever it names (h11 answers 404)."""
+        assert self._seen is not None
+        window = self._seen + data
+        self._seen = window[-TARGET_TAIL:]
+        if b"://" not in window:
             return True
-        self._line = None
-        target = parts[1] if len(parts) > 1 else b""
-        scheme, sep, rest = target.partition(b"://")
-        if not sep or scheme.lower() not in (b"http", b"https"):
-            return True
-        authority = rest.split(b"/", 1)[0].split(b"?", 1)[0].rpartition(b"@")[2]
-        refused = host_refusal(self.settings, authority.decode("latin-1"))
-        if refused is None:
-            return True
-        self.table.note("host")
-        answer = raw_response(403, "Forbidden", refused.message, "host_not_allowed")
-        self.hang_up(answer if self.phase == "headers" else None)
-        return False
+        for match in ABSOLUTE_TARGET.finditer(window):
+            authority = match.group(1).rpartition(b"@")[2].decode("latin-1")
+            refused = host_refusal(self.settings, authority)
+            if refused is not None:
+                self.table.note("host")
+                answer = raw_response(403, "Forbidden", refused.message, "host_not_allowed")
+                self.hang_up(answer if self.phase == "headers" else None)  # never inside another answer
+                return False
+        return True
 
     # -- phases and deadlines -------------------------------------------------------------------
 
@@ -380,7 +383,7 @@ class GuardedConnection(asyncio.Protocol):
             return
         if phase == "busy" or self.phase == "new" or (phase == "headers" and self.phase == "body"):
             # what arrives next is the next request's head (also after a body the app never read)
-            self._head_bytes, self._head_done, self._tail, self._line = 0, False, b"", b""
+            self._head_bytes, self._head_done, self._tail = 0, False, b""
         self.phase = phase
         self._phase_start = self.loop.time()
         self._received = 0
