@@ -69,6 +69,11 @@ HOSTILE = {
         HOOK + "def oblix_register_commands(cli):\n"
         "    cli.commands['sessions'].command('shout')(lambda: print('SHOUT'))\n"
     ),
+    # plugins that would silently do nothing: a hook function without @hookimpl, no hooks at all,
+    # an entry point at a module another entry point already loads
+    "unmarked": "def oblix_register_models(register):\n    raise AssertionError('never called')\n",
+    "hookless": "VALUE = 1\n",
+    # (and file_again, an entry point at Oblix's own oblix_file: see hostile_site)
     # adds a command, then fails: its command must not stay behind
     "half_commands": (
         HOOK + "def oblix_register_commands(cli):\n"
@@ -151,6 +156,7 @@ def hostile_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source = tmp_path_factory.mktemp("redteam-src")
     modules = [f"oblix_redteam_{name}" for name in HOSTILE]
     points = "".join(f'{name} = "oblix_redteam_{name}"\n' for name in HOSTILE)
+    points += 'file_again = "oblix_file"\n'  # Oblix's own file store's module, a second time
     (source / "pyproject.toml").write_text(
         textwrap.dedent(
             """\
@@ -590,3 +596,34 @@ def test_a_plugin_cannot_replace_a_subcommand_but_may_add_one(hostile_site: Path
     assert listed.returncode == 0 and "HIJACKED" not in listed.stdout, listed.stdout
     added = commands.oblix(hostile_site, home, "sessions", "shout")
     assert added.returncode == 0 and added.stdout == "SHOUT\n", added.stderr
+
+
+def test_plugins_that_would_silently_do_nothing_are_listed_as_failed(hostile_site: Path, home: Path) -> None:
+    by_name = _listing(hostile_site, home)
+    unmarked = by_name["unmarked"]
+    assert unmarked["status"] == "failed"
+    assert "oblix_register_models is not marked @hookimpl" in str(unmarked["reason"])
+    hookless = by_name["hookless"]
+    assert hookless["status"] == "failed" and "implements no hook" in str(hookless["reason"])
+    again = by_name["file_again"]
+    assert again["status"] == "failed" and "already loaded as the plugin 'file'" in str(again["reason"])
+    assert len(str(again["reason"])) < 300  # not pluggy's dump of every plugin
+    assert by_name["file"]["status"] == "loaded"
+
+
+def test_the_callers_own_plugins_that_would_do_nothing_are_refused(home: Path) -> None:
+    from oblix import OblixClient
+    from oblix.testing import ScriptedPlugin
+
+    class Unmarked:
+        def oblix_register_models(self, register):  # type: ignore[no-untyped-def]
+            raise AssertionError("never called")
+
+    scripted = ScriptedPlugin()
+    for plugins, said in (
+        ([scripted, scripted], "already loaded as the plugin"),
+        ([Unmarked()], "oblix_register_models is not marked @hookimpl"),
+        ([object()], "implements no hook"),
+    ):
+        with pytest.raises(PluginError, match=said):
+            OblixClient(home=home, plugins=plugins)

@@ -294,6 +294,11 @@ def build_plugin_manager(extra_plugins: Iterable[object] = ()) -> OblixPluginMan
             pm.register(plugin, name=name)
         except pluggy.PluginValidationError as exc:  # the caller's own plugin: say what to fix
             raise _validation_error(name, exc) from None
+        except ValueError:  # pluggy: this object is already registered
+            raise _registered_twice(pm, name, plugin) from None
+        problem = _hooks_problem(pm, name, plugin)
+        if problem is not None:
+            raise problem
     _check_hooks(pm)
     return pm
 
@@ -339,11 +344,48 @@ def _register_entry_point(pm: OblixPluginManager, ep: EntryPoint, plugin: object
     except pluggy.PluginValidationError as exc:
         pm.skip(ep.name, _validation_error(ep.name, exc), module=ep.value, dist=ep.dist)
         return
-    except ValueError as exc:  # pluggy: this plugin object is already registered under another name
-        pm.skip(ep.name, PluginError(f"Plugin {ep.name!r}: {exc}"), module=ep.value, dist=ep.dist)
+    except ValueError:  # pluggy: this plugin object is already registered under another name
+        pm.skip(ep.name, _registered_twice(pm, ep.name, plugin), module=ep.value, dist=ep.dist)
         return
     if ep.dist is not None:
         pm.distributions[ep.name] = ep.dist
+    problem = _hooks_problem(pm, ep.name, plugin)
+    if problem is not None:
+        pm.skip(ep.name, problem, module=ep.value, dist=ep.dist)
+
+
+def _registered_twice(pm: OblixPluginManager, name: str, plugin: object) -> PluginError:
+    """Pluggy's refusal of an object already registered, as one line naming both names."""
+    other = pm.get_name(plugin)
+    return PluginError(
+        f"Plugin {name!r} is the object ({_module_name(plugin)}) already loaded as the plugin {other!r}: "
+        "register each plugin once, and point each entry point at its own module or object."
+    )
+
+
+def _hooks_problem(pm: OblixPluginManager, name: str, plugin: object) -> PluginError | None:
+    """What makes ``plugin`` do nothing: a function named like a hook but not marked ``@hookimpl``
+    (pluggy ignores it), or no hook implementation at all."""
+    unmarked = []
+    for hook in dir(hookspecs):
+        if hook.startswith("oblix_"):
+            try:
+                found = inspect.getattr_static(plugin, hook)
+            except AttributeError:
+                continue
+            if callable(found) and getattr(found, f"{ENTRY_POINT_GROUP}_impl", None) is None:
+                unmarked.append(hook)
+    if unmarked:
+        return PluginError(
+            f"Plugin {name!r}: {', '.join(unmarked)} {'is' if len(unmarked) == 1 else 'are'} not marked "
+            "@hookimpl, so Oblix never calls it: decorate it (from oblix.plugin import hookimpl)."
+        )
+    if not pm.get_hookcallers(plugin):
+        return PluginError(
+            f"Plugin {name!r} ({_module_name(plugin)}) implements no hook: mark its functions @hookimpl "
+            "and name them after a hook (docs/hooks.md)."
+        )
+    return None
 
 
 def plugin_infos(pm: OblixPluginManager) -> list[PluginInfo]:
