@@ -21,6 +21,7 @@ import pytest
 from oblix_core.client import OblixClient
 from oblix_core.sessions.records import Message
 from oblix_core.terminal.printable import printable
+from tests import cli_plugin
 from tests.support import commands
 
 #: Titles and metadata a hostile export or a careless script can store: window-title (OSC 0),
@@ -110,12 +111,15 @@ def test_on_a_terminal_listings_carry_no_escape_sequence_from_stored_text(
 
 
 @pytest.mark.slow
-def test_chat_list_and_load_carry_no_escape_sequence_from_stored_text(hostile: tuple[Path, str]) -> None:
+def test_chat_list_and_load_carry_no_escape_sequence_from_stored_text(
+    hostile: tuple[Path, str], tmp_path: Path
+) -> None:
     import pexpect
 
     home, sid = hostile
-    env = {k: v for k, v in commands.environ(None, home).items() if k not in ("COLUMNS", "TTY_COMPATIBLE")}
-    env["OBLIX_DISABLE_PLUGINS"] = "llama_cpp,openai,anthropic,ollama"  # no model needed to list
+    site = cli_plugin.install(tmp_path / "site")  # the scripted test double: /list needs no real model
+    cli_plugin.configure(home, "echo")
+    env = {k: v for k, v in commands.environ(site, home).items() if k not in ("COLUMNS", "TTY_COMPATIBLE")}
     chat = pexpect.spawn(
         sys.executable,
         ["-m", "oblix_core", "chat"],
@@ -129,8 +133,9 @@ def test_chat_list_and_load_carry_no_escape_sequence_from_stored_text(hostile: t
     chat.expect("you> ")
     listed = chat.before or ""
     chat.sendline(f"/load {sid[:8]}")
-    chat.expect("you> ")
+    chat.expect("second line")  # the last message, shown on one line ("  you> ..." before it)
     loaded = chat.before or ""
+    chat.expect("you> ")
     chat.sendeof()
     chat.expect(pexpect.EOF)
     for out in (listed, loaded):
@@ -304,3 +309,11 @@ def test_oblix_chat_with_the_packaged_model_answers_a_greeting_and_thanks(tmp_pa
     assert all(a.strip() and not LABELS.search(a) for _, a in answers), report
     assert not any(echoes(m, a) for m, a in answers), report
     assert "paris" in answers[1][1].lower(), report
+
+
+def test_oblix_chat_without_any_model_says_so_before_the_first_prompt(tmp_path: Path) -> None:
+    done = commands.oblix(None, tmp_path, "chat", stdin="hello\n", OBLIX_DISABLE_PLUGINS="llama_cpp")
+    assert done.returncode == 1, done
+    assert "No model is available" in done.stderr and "oblix[local]" in done.stderr, done.stderr
+    assert "you>" not in done.stdout and "[error]" not in done.stdout, done.stdout
+    assert "Traceback" not in done.stderr

@@ -26,6 +26,7 @@ from oblix_core.cli.tables import Column, print_table, stdout_is_terminal, termi
 from oblix_core.cli.templates import use_template
 from oblix_core.client import ROUTING_OPTIONS, OblixClient
 from oblix_core.documents.retrieval import sources_text
+from oblix_core.errors import NoModelAvailableError
 from oblix_core.request.conversation import ResponseStream
 from oblix_core.request.routing import NO_MODEL_HINT, PREFERENCES
 from oblix_core.sessions.api import resolve_session_id
@@ -351,6 +352,8 @@ def chat(
         async with catch_ctrl_c() as keys:  # Ctrl-C while loading or closing: ignored, no traceback
             client = await flag_client(local_models, cloud_models, cloud_api_key)
             try:
+                if not client.models:  # say so now, not after every prompt
+                    raise NoModelAvailableError(NO_MODEL_HINT)
                 options: dict[str, Any] = {}
                 if model:
                     options["model"] = resolve_model(client, model)
