@@ -627,3 +627,19 @@ def test_the_callers_own_plugins_that_would_do_nothing_are_refused(home: Path) -
     ):
         with pytest.raises(PluginError, match=said):
             OblixClient(home=home, plugins=plugins)
+
+
+def test_a_typo_in_the_allow_or_deny_list_is_said_once_with_the_close_match(
+    hostile_site: Path, home: Path
+) -> None:
+    done = commands.oblix(
+        hostile_site, home, "sessions", "list", OBLIX_LOAD_PLUGINS="good,opneai", OBLIX_DISABLE_PLUGINS="s33"
+    )
+    assert done.returncode == 0, done.stderr
+    assert (
+        done.stderr.count("OBLIX_LOAD_PLUGINS names 'opneai'") == 1
+        and "Did you mean 'openai'?" in done.stderr
+    )
+    assert "OBLIX_DISABLE_PLUGINS names 's33'" in done.stderr and "Did you mean 's3'?" in done.stderr
+    quiet = commands.oblix(hostile_site, home, "sessions", "list", OBLIX_LOAD_PLUGINS="good")
+    assert "names" not in quiet.stderr

@@ -117,13 +117,29 @@ def _names_from_env(var: str) -> set[str] | None:
 
 
 def _selected(eps: Iterable[EntryPoint]) -> list[EntryPoint]:
+    eps = list(eps)
     allow = _names_from_env(LOAD_ENV)
     deny = _names_from_env(DISABLE_ENV) or set()
+    _warn_unknown_names(eps, allow or set(), deny)
     return [
         ep
         for ep in eps
         if (allow is None or ep.name in allow or (allow and ep.name in ESSENTIAL)) and ep.name not in deny
     ]
+
+
+def _warn_unknown_names(eps: list[EntryPoint], allow: set[str], deny: set[str]) -> None:
+    """Log once a name in the allow or deny list that no installed plugin has (a typo selects
+    or disables nothing, silently), with the close matches."""
+    known = sorted({ep.name for ep in eps})
+    for var, names in ((LOAD_ENV, allow), (DISABLE_ENV, deny)):
+        for name in sorted(names - set(known)):
+            close = difflib.get_close_matches(name, known, n=2)
+            meant = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            message = f"{var} names {name!r}, which no installed plugin has.{meant} See `oblix plugins`."
+            if (var, message) not in _WARNED:
+                _WARNED.add((var, message))
+                log.warning("%s", message)
 
 
 def strict() -> bool:
