@@ -643,3 +643,23 @@ def test_a_typo_in_the_allow_or_deny_list_is_said_once_with_the_close_match(
     assert "OBLIX_DISABLE_PLUGINS names 's33'" in done.stderr and "Did you mean 's3'?" in done.stderr
     quiet = commands.oblix(hostile_site, home, "sessions", "list", OBLIX_LOAD_PLUGINS="good")
     assert "names" not in quiet.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "owner"),
+    [
+        ("claude", "backend", "anthropic"),
+        ("connectivity", "agent", "system"),
+        ("Resource-Monitor", "agent", "system"),
+    ],
+)
+def test_new_refuses_a_part_name_another_plugin_registers(
+    tmp_path: Path, name: str, kind: str, owner: str
+) -> None:
+    # the package and entry point names are free, but the part it registers would clash once installed
+    with pytest.raises(
+        ConfigError,
+        match=rf"'{name.lower().replace('-', '_')}' is already registered by the plugin '{owner}'",
+    ):
+        write_package(name, kind, tmp_path)
+    assert list(tmp_path.iterdir()) == []

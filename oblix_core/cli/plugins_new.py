@@ -20,6 +20,7 @@ import click
 
 from oblix_core.cli.common import handle_errors
 from oblix_core.errors import ConfigError
+from oblix_core.plugins.registry import Registry
 
 TEMPLATES = Path(__file__).with_name("plugin_templates")
 KINDS = ("backend", "store", "agent", "command")
@@ -98,10 +99,33 @@ def _refuse_taken(names: PluginNames, commands: Iterable[str]) -> None:
             f"{names.name!r} cannot name a plugin: the entry point {names.name!r} is already the "
             f"plugin of the package {owner!r}; choose another name."
         )
+    _refuse_registered(names)
     if names.kind == "command" and values["command"] in set(commands):
         raise ConfigError(
             f"{names.name!r} cannot name a command plugin: `oblix {values['command']}` exists already "
             "(a plugin may add commands, never replace one); choose another name."
+        )
+
+
+#: The registry table and the kind of part (as the registry names it) of each plugin kind.
+PARTS = {
+    "backend": ("models", "Model backend"),
+    "store": ("stores", "Session store"),
+    "agent": ("agents", "Agent"),
+}
+
+
+def _refuse_registered(names: PluginNames) -> None:
+    """Refuse a name the part of that kind already has: installed, the plugin would be listed as
+    failed (a name clash) at once."""
+    if names.kind not in PARTS:
+        return
+    table, kind = PARTS[names.kind]
+    registry = Registry.load()
+    if names.name in getattr(registry, table):
+        raise ConfigError(
+            f"{names.name!r} cannot name a {names.kind} plugin: the {kind.lower()} {names.name!r} is already "
+            f"registered by the plugin {registry.owner(kind, names.name)!r}; choose another name."
         )
 
 
