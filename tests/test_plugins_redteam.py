@@ -73,6 +73,8 @@ HOSTILE = {
     # an entry point at a module another entry point already loads
     "unmarked": "def oblix_register_models(register):\n    raise AssertionError('never called')\n",
     "hookless": "VALUE = 1\n",
+    "async_hook": HOOK
+    + "async def oblix_register_models(register):\n    raise AssertionError('never run')\n",
     # (and file_again, an entry point at Oblix's own oblix_file: see hostile_site)
     # adds a command, then fails: its command must not stay behind
     "half_commands": (
@@ -605,6 +607,11 @@ def test_plugins_that_would_silently_do_nothing_are_listed_as_failed(hostile_sit
     assert "oblix_register_models is not marked @hookimpl" in str(unmarked["reason"])
     hookless = by_name["hookless"]
     assert hookless["status"] == "failed" and "implements no hook" in str(hookless["reason"])
+    asynchronous = by_name["async_hook"]
+    assert asynchronous["status"] == "failed"
+    assert "oblix_register_models is async" in str(asynchronous["reason"]) and "plain def" in str(
+        asynchronous["reason"]
+    )
     again = by_name["file_again"]
     assert again["status"] == "failed" and "already loaded as the plugin 'file'" in str(again["reason"])
     assert len(str(again["reason"])) < 300  # not pluggy's dump of every plugin
@@ -613,17 +620,24 @@ def test_plugins_that_would_silently_do_nothing_are_listed_as_failed(hostile_sit
 
 def test_the_callers_own_plugins_that_would_do_nothing_are_refused(home: Path) -> None:
     from oblix import OblixClient
+    from oblix.plugin import hookimpl
     from oblix.testing import ScriptedPlugin
 
     class Unmarked:
         def oblix_register_models(self, register):  # type: ignore[no-untyped-def]
             raise AssertionError("never called")
 
+    class AsyncStart:
+        @hookimpl
+        async def oblix_request_start(self, request):  # type: ignore[no-untyped-def]
+            raise AssertionError("never run")
+
     scripted = ScriptedPlugin()
     for plugins, said in (
         ([scripted, scripted], "already loaded as the plugin"),
         ([Unmarked()], "oblix_register_models is not marked @hookimpl"),
         ([object()], "implements no hook"),
+        ([AsyncStart()], "oblix_request_start is async"),
     ):
         with pytest.raises(PluginError, match=said):
             OblixClient(home=home, plugins=plugins)

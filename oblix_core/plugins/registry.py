@@ -381,7 +381,8 @@ def _registered_twice(pm: OblixPluginManager, name: str, plugin: object) -> Plug
 
 def _hooks_problem(pm: OblixPluginManager, name: str, plugin: object) -> PluginError | None:
     """What makes ``plugin`` do nothing: a function named like a hook but not marked ``@hookimpl``
-    (pluggy ignores it), or no hook implementation at all."""
+    (pluggy ignores it), a hook implementation written ``async def`` (its coroutine would never
+    run), or no hook implementation at all."""
     unmarked = []
     for hook in dir(hookspecs):
         if hook.startswith("oblix_"):
@@ -396,7 +397,20 @@ def _hooks_problem(pm: OblixPluginManager, name: str, plugin: object) -> PluginE
             f"Plugin {name!r}: {', '.join(unmarked)} {'is' if len(unmarked) == 1 else 'are'} not marked "
             "@hookimpl, so Oblix never calls it: decorate it (from oblix.plugin import hookimpl)."
         )
-    if not pm.get_hookcallers(plugin):
+    callers = pm.get_hookcallers(plugin) or []
+    asynchronous = sorted(
+        impl.function.__name__
+        for caller in callers
+        for impl in caller.get_hookimpls()
+        if impl.plugin is plugin
+        and (inspect.iscoroutinefunction(impl.function) or inspect.isasyncgenfunction(impl.function))
+    )
+    if asynchronous:
+        return PluginError(
+            f"Plugin {name!r}: {', '.join(asynchronous)} {'is' if len(asynchronous) == 1 else 'are'} async, "
+            "but Oblix calls hooks synchronously (a coroutine would never run): make it a plain def."
+        )
+    if not callers:
         return PluginError(
             f"Plugin {name!r} ({_module_name(plugin)}) implements no hook: mark its functions @hookimpl "
             "and name them after a hook (docs/hooks.md)."
