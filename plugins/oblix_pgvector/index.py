@@ -1,9 +1,9 @@
 """The pgvector document index: workspaces, documents and chunks in Postgres tables.
 
-Keywords: a generated ``tsvector`` column (English stemming), ranked by ``ts_rank_cd``
-among the chunks where each query word occurs most (a ``postings`` table kept by a
-trigger: see :mod:`oblix_pgvector.keywords`; the GIN index on ``tsv`` stays for older
-clients sharing the tables). Vectors: a ``vector`` column (pgvector), searched by cosine
+Keywords: a generated ``tsvector`` column (English stemming), ranked by BM25 among the
+chunks where each query word occurs most (a ``postings`` table kept by a trigger: see
+:mod:`oblix_pgvector.keywords`; the GIN index on ``tsv`` stays for older clients sharing
+the tables). Vectors: a ``vector`` column (pgvector), searched by cosine
 distance (``<=>``) within the workspace. A workspace may hold vectors of any dimension (one per
 workspace); each dimension up to 2,000 gets a partial HNSW index (``vector_cosine_ops`` on
 ``embedding::vector(n)``, created with its first workspace or vectors), so a search is
@@ -36,7 +36,7 @@ from oblix.plugin import (
     redact_url,
     remember_secret,
 )
-from oblix_pgvector.keywords import depth, migrate, schema_complete, search_sql
+from oblix_pgvector.keywords import TermStats, migrate, schema_complete, search_params, search_sql
 
 _WORDS = re.compile(r"\w+", re.UNICODE)
 _PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,30}$")
@@ -92,6 +92,7 @@ class PgVectorDocumentIndex(DocumentIndex):
         self._p = prefix
         self._lock = threading.RLock()
         self._hnsw: set[int] = set()
+        self._terms = TermStats()
         with self._lock:
             if not schema_complete(self._db, prefix):  # DDL waits for writers in flight: only if needed
                 with self._db.transaction():
@@ -161,6 +162,7 @@ class PgVectorDocumentIndex(DocumentIndex):
 
     def delete_workspace(self, workspace_id: str) -> bool:
         with self._lock, self._db.transaction():
+            self._terms.forget(workspace_id)
             for table in ("chunks", "documents"):
                 self._db.execute(
                     self._q("DELETE FROM {p}" + table + " WHERE workspace_id = %s"), (workspace_id,)
@@ -199,6 +201,7 @@ class PgVectorDocumentIndex(DocumentIndex):
             for i, c in enumerate(chunks)
         ]
         with self._lock, self._db.transaction():
+            self._terms.forget(ws)
             if not self._db.execute(self._q("SELECT 1 FROM {p}workspaces WHERE id = %s"), (ws,)).fetchone():
                 raise DocumentError(f"No workspace {ws!r} in the index; create it first.")
             self._db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"oblix-doc/{ws}/{document.id}",))
@@ -246,6 +249,7 @@ class PgVectorDocumentIndex(DocumentIndex):
 
     def delete_document(self, workspace_id: str, doc_id: str) -> bool:
         with self._lock, self._db.transaction():
+            self._terms.forget(workspace_id)
             self._db.execute(
                 self._q("DELETE FROM {p}chunks WHERE workspace_id = %s AND doc_id = %s"),
                 (workspace_id, doc_id),
@@ -278,14 +282,11 @@ class PgVectorDocumentIndex(DocumentIndex):
         words = ts_query(query)
         if not words:
             return []
-        params = {
-            "query": words,
-            "words": words.replace(" | ", " "),
-            "ws": workspace_id,
-            "where": json.dumps(where or {}),
-            "depth": depth(k),
-            "k": k,
-        }
+        with self._lock:
+            terms = self._terms.weights(self._db, self._p, workspace_id, words.replace(" | ", " "))
+        if not terms:
+            return []
+        params = search_params(terms, k) | {"ws": workspace_id, "where": json.dumps(where or {})}
         # never prepared: Postgres's generic plan for it (chosen after a few runs of a prepared
         # statement) reads every chunk of the workspace; planned for its values it reads candidates
         rows = self._rows(search_sql(bool(where)), params, prepare=False)
