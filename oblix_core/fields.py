@@ -9,6 +9,7 @@ the message; nothing else validates these values again.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -91,6 +92,9 @@ def names(expect: str) -> Rule:
 
 TABLE = Rule("a table", lambda v: isinstance(v, dict))
 USD = Rule("a number of USD >= 0", lambda v: is_number(v) and v >= 0)
+#: A price (USD per million tokens): finite, since an infinite price makes every answer's cost
+#: overflow (counted as the most an answer can cost instead of what was meant).
+PRICE = Rule("a finite number of USD >= 0", lambda v: is_number(v) and 0 <= v < math.inf)
 BOOL = Rule("true or false", lambda v: isinstance(v, bool))
 ANY = Rule("any value", lambda v: True)
 

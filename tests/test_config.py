@@ -144,6 +144,14 @@ def test_a_bad_budget_names_the_file_table_and_key(home: Path) -> None:
         load_config(home)
 
 
+def test_an_infinite_price_names_the_file_table_and_key(home: Path) -> None:
+    """TOML has ``inf``: a price of it made every answer's cost overflow."""
+    path = write(home, '[[models]]\ntype = "openai"\nname = "gpt-4o-mini"\nprice_out = inf\n')
+    expected = re.escape(f"{path}: ") + ".*price_out must be a finite number of USD >= 0, got inf"
+    with pytest.raises(ConfigError, match=expected):
+        load_config(home)
+
+
 def test_a_failed_change_leaves_the_file_as_it_was(home: Path) -> None:
     from oblix_core.config.write import update_config
 

@@ -164,7 +164,7 @@ def test_config_prices_are_checked_and_not_passed_to_the_backend(home: Path) -> 
     assert client.engine.pricing.price(CLOUD, False) == (1.5, PRICES["gpt-4o-mini"][1])
     assert client.engine.budgets.daily_usd == 2
     (home / "config.toml").write_text('[[models]]\ntype = "scripted"\nname = "x"\nprice_out = -1\n')
-    with pytest.raises(ConfigError, match="price_out must be a number of USD >= 0"):
+    with pytest.raises(ConfigError, match="price_out must be a finite number of USD >= 0"):
         OblixClient(home=home)
 
 

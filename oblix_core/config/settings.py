@@ -226,8 +226,8 @@ class ModelEntry:
     local: bool | None = attrs.field(default=None, validator=fields.BOOL.or_none())
     context_window: int | None = attrs.field(default=None, validator=fields.integer(16).or_none())
     defaults: dict[str, Any] | None = attrs.field(default=None, validator=fields.TABLE.or_none())
-    price_in: float | None = attrs.field(default=None, validator=fields.USD.or_none())
-    price_out: float | None = attrs.field(default=None, validator=fields.USD.or_none())
+    price_in: float | None = attrs.field(default=None, validator=fields.PRICE.or_none())
+    price_out: float | None = attrs.field(default=None, validator=fields.PRICE.or_none())
 
 
 @attrs.frozen
