@@ -249,11 +249,15 @@ CHATS = [
 ]
 
 
+#: Bare greetings, alone: a small model tends to copy a worked example back for them.
+GREETINGS = ("hi", "Hello")
+
+
 @pytest.mark.llama
 def test_the_packaged_model_in_sessions_neither_echoes_loops_nor_leaks_its_frame(tmp_path: Path) -> None:
     from oblix import ModelType
-    from oblix_llamacpp.loops import find_loop
-    from oblix_llamacpp.prompts import echoes
+    from oblix_llamacpp.loops import find_loop, normalize
+    from oblix_llamacpp.prompts import FEWSHOT_EXAMPLES, echoes
 
     async def talk() -> list[tuple[str, str, int]]:
         turns = []
@@ -268,6 +272,9 @@ def test_the_packaged_model_in_sessions_neither_echoes_loops_nor_leaks_its_frame
                 "What is the capital of Spain?", system="Answer in one short sentence.", stream=False
             )
             turns.append(("(system=) What is the capital of Spain?", result["response"], 0))
+            for greeting in GREETINGS:
+                result = await client.execute(greeting, stream=False)
+                turns.append((greeting, result["response"], result["metrics"]["output_tokens"]))
         return turns
 
     turns = anyio.run(talk)
@@ -275,9 +282,14 @@ def test_the_packaged_model_in_sessions_neither_echoes_loops_nor_leaks_its_frame
     for _, answer, tokens in turns:
         assert answer.strip() and tokens <= 160, report
         assert find_loop(answer) is None and not LABELS.search(answer), report
-    echoed = [m for m, a, _ in turns if echoes(m, a)]
-    assert len(echoed) <= 3, f"{len(echoed)} of {len(turns)} answers only repeat the message:\n{report}"
-    assert "madrid" in turns[-1][1].lower(), report
+    examples = {normalize(text) for pair in FEWSHOT_EXAMPLES for text in pair}
+    copied = [(m, a) for m, a, _ in turns[-len(GREETINGS) :] if normalize(a) in examples]
+    assert not copied, f"answers that are a worked example of the prompt: {copied}"
+    chats = turns[: sum(len(chat) for chat in CHATS)]  # a greeting answered "Hi!" is no echo to count
+    echoed = [m for m, a, _ in chats if echoes(m, a)]
+    assert len(echoed) <= 4, f"{len(echoed)} of {len(chats)} chat answers only repeat the message:\n{report}"
+    spain = next(a for m, a, _ in turns if m.startswith("(system=)"))
+    assert "madrid" in spain.lower(), report
 
 
 @pytest.mark.llama

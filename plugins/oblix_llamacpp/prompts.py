@@ -76,7 +76,9 @@ FEWSHOT_EXAMPLES = (
     # Statements, not questions, answered as a reply: without them the model repeats a
     # greeting or a "thanks" word for word (10 of 19 chat turns in
     # benchmarks/packaged_model_chats.md; 3 with them and echoes left out of the history).
-    ("Hi, I'm Sam.", "Hello Sam, nice to meet you. What would you like to know?"),
+    # The reply names no one: with "Hello Sam, nice to meet you" the model answered a bare
+    # "hi" with "Hi, I'm Sam.".
+    ("Hi, I'm Sam.", "Welcome! What would you like to know?"),
     ("Thanks for your help!", "You're welcome."),
 )
 
