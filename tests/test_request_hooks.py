@@ -12,6 +12,7 @@ import pytest
 
 from oblix_core import hookimpl
 from oblix_core.client import OblixClient
+from oblix_core.errors import NoModelAvailableError, PluginError
 from oblix_core.models.backend import ChatMessage
 from oblix_core.plugins import hookspecs
 from oblix_core.request import routing
@@ -110,3 +111,56 @@ async def test_route_calls_the_core_policy_alone_and_a_plugins_policy_through_pl
     manager.register(CloudFirst())
     plan = routing.route(manager.hook.oblix_route, request, [local, cloud], [])
     assert plan.policy == "cloud-first-plugin" and plan.candidates[0] is cloud
+
+
+class BrokenRouter:
+    """A routing plugin with a bug in it."""
+
+    @hookimpl
+    def oblix_route(self, request: Any, models: Any, checks: Any) -> Any:
+        return models[5]  # IndexError with two models
+
+
+class BrokenMiddleware:
+    @hookimpl
+    def oblix_request_start(self, request: Request) -> None:
+        raise ValueError("cannot redact this")
+
+
+class RefusingRouter:
+    """A routing plugin that refuses on purpose, with Oblix's own error."""
+
+    @hookimpl
+    def oblix_route(self, request: Any, models: Any, checks: Any) -> Any:
+        raise NoModelAvailableError("policy: no model may answer this team")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("plugin", "hook", "raised"),
+    [
+        (BrokenRouter(), "oblix_route", "IndexError"),
+        (BrokenMiddleware(), "oblix_request_start", "ValueError: cannot redact this"),
+    ],
+)
+async def test_a_request_hook_that_raises_names_its_plugin(
+    home: Any, plugin: object, hook: str, raised: str
+) -> None:
+    scripted = ScriptedPlugin()
+    async with OblixClient(home=home, plugins=[scripted, plugin]) as client:
+        await client.hook_model("scripted", "local")
+        await client.hook_model("scripted", "other")
+        with pytest.raises(
+            PluginError, match=f"Plugin '.*{type(plugin).__name__}.*' failed in {hook}: {raised}"
+        ) as info:
+            await client.execute("hi", stream=False)
+        assert "OBLIX_DISABLE_PLUGINS=" in str(info.value)
+        assert not scripted.calls["local"] and not scripted.calls["other"]  # nothing was sent
+
+
+@pytest.mark.anyio
+async def test_a_routing_plugins_own_oblix_error_passes_as_it_is(home: Any) -> None:
+    async with OblixClient(home=home, plugins=[ScriptedPlugin(), RefusingRouter()]) as client:
+        await client.hook_model("scripted", "local")
+        with pytest.raises(NoModelAvailableError, match="policy: no model may answer this team"):
+            await client.execute("hi", stream=False)

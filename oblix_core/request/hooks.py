@@ -7,12 +7,17 @@ hook relay: a hook with no implementation *at the time of the call* returns what
 returns for it (``None`` for a ``firstresult`` hook, else ``[]``) at once; any other call
 goes to pluggy unchanged. Implementations are looked up on every call, so a plugin
 registered later is called from its next request on; nothing is cached but the lookup of
-each hook's caller.
+each hook's caller. An implementation that raises anything but an ``OblixError`` (a routing
+plugin's bug) fails the request with a :class:`~oblix_core.errors.PluginError` naming the
+plugin, not with its bare exception.
 """
 
 from __future__ import annotations
 
+import traceback
 from typing import Any
+
+from oblix_core.errors import OblixError, PluginError
 
 
 class RequestHooks:
@@ -48,7 +53,26 @@ class _Skipping:
     def __call__(self, **kwargs: Any) -> Any:
         if not self._hook.get_hookimpls():
             return None if self._empty is None else []
-        return self._hook(**kwargs)
+        try:
+            return self._hook(**kwargs)
+        except OblixError:
+            raise  # said on purpose (a routing plugin's NoModelAvailableError, say)
+        except Exception as exc:
+            raise failed_plugin(self._hook, exc) from exc
+
+
+def failed_plugin(hook: Any, exc: Exception) -> PluginError:
+    """A plugin's implementation of ``hook`` raised ``exc``: which plugin (the implementation
+    whose code is in the traceback), what it raised, how to go on without it."""
+    codes = {getattr(impl.function, "__code__", None): impl.plugin_name for impl in hook.get_hookimpls()}
+    frames = traceback.walk_tb(exc.__traceback__)
+    name = next((codes[frame.f_code] for frame, _ in frames if frame.f_code in codes), None)
+    who = f"Plugin {name!r}" if name else f"A plugin implementing {hook.name}"
+    fix = f"OBLIX_DISABLE_PLUGINS={name}" if name else "OBLIX_DISABLE_PLUGINS (see oblix plugins)"
+    return PluginError(
+        f"{who} failed in {hook.name}: {type(exc).__name__}: {str(exc)[:300]}. The request stopped "
+        f"there. Fix the plugin, or run without it: {fix}."
+    )
 
 
 def request_hooks(relay: Any) -> Any:
