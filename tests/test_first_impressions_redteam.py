@@ -329,3 +329,10 @@ def test_oblix_chat_without_any_model_says_so_before_the_first_prompt(tmp_path: 
     assert "No model is available" in done.stderr and "oblix[local]" in done.stderr, done.stderr
     assert "you>" not in done.stdout and "[error]" not in done.stdout, done.stdout
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("store", ["", "  "])
+def test_an_empty_store_name_is_an_error_not_the_default_store(store: str, tmp_path: Path) -> None:
+    done = commands.oblix(None, tmp_path, "--store", store, "sessions", "list")
+    assert done.returncode == 2 and done.stdout == "", done
+    assert "--store" in done.stderr and "file, redis, s3" in done.stderr, done.stderr

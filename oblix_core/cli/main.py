@@ -86,6 +86,12 @@ def _store_rows(reg: Registry) -> list[dict[str, Any]]:
 @click.pass_context
 def cli(ctx: click.Context, store: str | None, store_options: tuple[str, ...]) -> None:
     """Oblix: route prompts between local and cloud models, with persistent sessions."""
+    if store is not None and not store.strip():  # `--store "$STORE"` with STORE unset
+        raise click.BadParameter(
+            "is empty: name a session store (file, redis, s3...), or leave --store out for "
+            "config.toml's.",
+            param_hint="--store",
+        )
     ctx.obj = CliState(store=store, store_options=parse_pairs(store_options, "--store-option"))
 
 
