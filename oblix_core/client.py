@@ -36,7 +36,7 @@ from oblix_core.request.options import candidates_for, check_request_options
 from oblix_core.request.routing import PREFERENCES
 from oblix_core.sessions.api import SessionsAPI
 from oblix_core.sessions.idempotency import FileIdempotencyRecords
-from oblix_core.sessions.records import ROLES, validate_session_id
+from oblix_core.sessions.records import ROLES, random_hex, validate_session_id
 from oblix_core.sessions.store import SessionStore
 from oblix_core.usage.ledger import Pricing, UsageLedger, parse_since, reference_model, usage_report
 from oblix_core.usage.sqlite import ledger_for
@@ -464,12 +464,12 @@ class OblixClient(SessionsAPI, Compat012, DocumentsAPI):
             store=bool(routing.get("store", True)),
             retrieval=retrieval,
         )
-        if request_id:
-            request.request_id = request_id
         key = routing.get("idempotency_key")
         if key is not None:
             request.idempotency_key = check_key(key)
             request.request_id = request_id_for(request.idempotency_key)
+        elif request_id:  # the caller's id, which may repeat: not a key of anything stored
+            request.request_id, request.usage_id = request_id, f"{request_id}.{random_hex()[:8]}"
         return request
 
     def stream(

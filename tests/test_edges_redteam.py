@@ -130,7 +130,7 @@ async def test_a_session_budget_that_is_no_number_counts_as_spent(home: Path, va
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("price", ["1e308", "inf"])
+@pytest.mark.parametrize("price", ["1e308"])  # inf itself is refused when config.toml is read
 async def test_a_cost_too_large_for_a_float_counts_as_the_most_an_answer_can_cost(
     home: Path, price: str
 ) -> None:

@@ -28,6 +28,9 @@ class Request(GenerationRequest):
 
     prompt: str = ""
     request_id: str = attrs.field(factory=new_request_id)
+    #: The ledger key of this request's answer when ``request_id`` may repeat (the caller gave
+    #: it, without an idempotency key): that id and a random suffix, so every answer counts.
+    usage_id: str | None = None
     session_id: str | None = None
     #: A forced model id; with ``fallback`` other models may answer if it cannot.
     model: str | None = None

@@ -95,11 +95,13 @@ def exchange_ids(request_id: str, keyed: bool, partial: bool) -> tuple[str, str,
     A keyed request's complete answer gets ids derived from the request id (a retry finds it;
     a store applies the write once). A partial one (interrupted) gets fresh ids and a write key
     of its own, so that the retry's complete answer is stored beside it, not taken for a repeat
-    of it (a store that honours write keys would drop it) nor found as the answer.
+    of it (a store that honours write keys would drop it) nor found as the answer. An unkeyed
+    request's write key is its own too: a request id the caller gave may repeat, and each of
+    those answers is stored.
     """
     if keyed and not partial:
         return (*message_ids(request_id), request_id)
-    write = f"{request_id}.interrupted-{random_hex()[:8]}" if keyed else request_id
+    write = f"{request_id}.{'interrupted-' if keyed else ''}{random_hex()[:8]}"
     return (*new_message_id_pair(), write)
 
 

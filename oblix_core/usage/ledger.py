@@ -397,7 +397,7 @@ def answer_record(
         inputs, outputs, cached = counts
     inputs, outputs = inputs or 0, outputs or 0
     return UsageRecord(
-        request_id=request.request_id,
+        request_id=getattr(request, "usage_id", None) or request.request_id,
         model_id=model_id,
         local=local,
         input_tokens=inputs,
