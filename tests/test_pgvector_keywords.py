@@ -11,6 +11,7 @@ import math
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -234,23 +235,36 @@ def test_an_index_of_the_previous_version_is_migrated_once(postgres: str) -> Non
     old.close()
 
 
-def test_a_migration_waits_for_an_older_writer_in_flight_and_counts_its_chunk(postgres: str) -> None:
+def _writing(postgres: str, index: PgVectorDocumentIndex) -> Any:
+    """A connection whose transaction wrote a chunk ('zebra crossing', d0 #99), not committed."""
     import psycopg
+
+    writer = psycopg.connect(postgres)
+    writer.execute(
+        index._q(
+            "INSERT INTO {p}chunks (workspace_id, doc_id, chunk_idx, text, headings, heads) "
+            "VALUES ('ws', 'd0', 99, 'zebra crossing', '[]', 'd0.txt')"
+        )
+    )
+    return writer
+
+
+def _opening(postgres: str, prefix: str) -> tuple[threading.Thread, list[PgVectorDocumentIndex]]:
+    """A thread opening the index (started), and the list it puts the opened index in."""
+    opened: list[PgVectorDocumentIndex] = []
+    thread = threading.Thread(target=lambda: opened.append(PgVectorDocumentIndex(postgres, prefix=prefix)))
+    thread.start()
+    return thread, opened
+
+
+def test_a_migration_waits_for_an_older_writer_in_flight_and_counts_its_chunk(postgres: str) -> None:
 
     old = PgVectorDocumentIndex(postgres, prefix=next(_prefixes))
     old.put_workspace(Workspace(id="ws", name="ws", embedder="test", dimension=3))
     _put(old, 0, 10)
     _as_previous_version(old)
-    writer = psycopg.connect(postgres)  # an older Oblix's document transaction, not yet committed
-    writer.execute(
-        old._q(
-            "INSERT INTO {p}chunks (workspace_id, doc_id, chunk_idx, text, headings, heads) "
-            "VALUES ('ws', 'd0', 99, 'zebra crossing', '[]', 'd0.txt')"
-        )
-    )
-    opened: list[PgVectorDocumentIndex] = []
-    migrating = threading.Thread(target=lambda: opened.append(PgVectorDocumentIndex(postgres, prefix=old._p)))
-    migrating.start()
+    writer = _writing(postgres, old)  # an older Oblix's document transaction, not yet committed
+    migrating, opened = _opening(postgres, old._p)
     for _ in range(3000):  # until the migration waits for the writer's lock on the chunks table
         assert migrating.is_alive(), "the migration did not wait for the writer in flight"
         if old._rows("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"):
@@ -268,26 +282,16 @@ def test_a_migration_waits_for_an_older_writer_in_flight_and_counts_its_chunk(po
     old.close()
 
 
-
 def test_opening_an_index_does_not_wait_for_a_document_write_in_flight(postgres: str) -> None:
     """A client opening the tables while another client's document transaction is open gets
     on at once (the schema's ``CREATE INDEX IF NOT EXISTS`` used to wait for that writer),
     and sees the write once it commits."""
-    import psycopg
 
     first = PgVectorDocumentIndex(postgres, prefix=next(_prefixes))
     first.put_workspace(Workspace(id="ws", name="ws", embedder="test", dimension=3))  # its HNSW index too
     _put(first, 0, 3)
-    writer = psycopg.connect(postgres)  # a document transaction, not yet committed
-    writer.execute(
-        first._q(
-            "INSERT INTO {p}chunks (workspace_id, doc_id, chunk_idx, text, headings, heads, embedding) "
-            "VALUES ('ws', 'd0', 99, 'zebra crossing', '[]', 'd0.txt', '[1,0,0]')"
-        )
-    )
-    opened: list[PgVectorDocumentIndex] = []
-    opening = threading.Thread(target=lambda: opened.append(PgVectorDocumentIndex(postgres, prefix=first._p)))
-    opening.start()
+    writer = _writing(postgres, first)  # a document transaction, not yet committed
+    opening, opened = _opening(postgres, first._p)
     opening.join(timeout=20)
     waited = opening.is_alive()
     writer.commit()
