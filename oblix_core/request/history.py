@@ -44,6 +44,8 @@ def recent_start(running: Sequence[int], wanted: float) -> int:
     store read whole), so what is sent does not depend on how far back a read reached: stored
     system messages, kept whatever their place, included.
     """
+    if running[-1] - running[0] <= wanted:  # the usual session: all of it
+        return 0
     return max(0, bisect.bisect_right(running, running[-1] - wanted) - 1)
 
 

@@ -101,8 +101,8 @@ def exchange_ids(request_id: str, keyed: bool, partial: bool) -> tuple[str, str,
     """
     if keyed and not partial:
         return (*message_ids(request_id), request_id)
-    write = f"{request_id}.{'interrupted-' if keyed else ''}{random_hex()[:8]}"
-    return (*new_message_id_pair(), write)
+    asked, answered = new_message_id_pair()
+    return asked, answered, f"{request_id}.interrupted-{random_hex()[:8]}" if keyed else answered
 
 
 def fingerprint(fields: dict[str, Any]) -> dict[str, str]:

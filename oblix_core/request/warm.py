@@ -24,6 +24,7 @@ from oblix_core.request.history import (
     MARGIN,
     CountedHistory,
     chat_messages,
+    estimated_tokens,
     marks,
     read_tail,
     recent_start,
@@ -48,18 +49,22 @@ class WarmTail:
     chat: CountedHistory
     #: Whether ``messages`` start at the session's first message.
     whole: bool
-    #: Running estimated tokens before each message and after the last (:func:`marks`).
-    running: tuple[int, ...]
+    estimate: int
+    #: Running estimated tokens before each message and after the last (:func:`marks`), once a
+    #: tail holds more than a request uses (then the start of what it uses is looked up in it).
+    running: tuple[int, ...] | None = None
 
-    @property
-    def estimate(self) -> int:
-        """The estimated tokens of ``messages``."""
-        return self.running[-1] - self.running[0]
+    def cumulative(self) -> tuple[int, ...]:
+        """:attr:`running`, made when first needed (the same for every thread that makes it)."""
+        if self.running is None:
+            self.running = marks(self.messages)
+        return self.running
 
     def recent(self, wanted: float) -> tuple[SessionRecord, CountedHistory]:
         """The session with the history a request uses (:func:`recent_start`; metadata and
         context copied: callers own them), and that history as counted chat messages."""
-        header, start = self.header, recent_start(self.running, wanted)
+        header = self.header
+        start = recent_start(self.cumulative(), wanted) if self.estimate > wanted else 0
         record = SessionRecord(
             header.id,
             header.title,
@@ -73,14 +78,15 @@ class WarmTail:
 
     def extended(self, changes: SessionChanges) -> WarmTail:
         """This tail with the messages appended after its cursor."""
-        new = changes.messages
+        new, running = changes.messages, self.running
         return WarmTail(
             changes.cursor,
             changes.header or self.header,
             self.messages + new,
             self.chat.extended(chat_messages(new)),
             self.whole,
-            self.running + marks(new, self.running[-1])[1:],
+            self.estimate + estimated_tokens(new),
+            running + marks(new, running[-1])[1:] if running is not None else None,
         )
 
     def bounded(self, wanted: float) -> WarmTail:
@@ -88,13 +94,15 @@ class WarmTail:
         (cut back to 1.1 times: the request path counts every message held)."""
         if self.estimate <= 1.5 * wanted:
             return self
-        keep = recent_start(self.running, 1.1 * wanted)
+        running = self.cumulative()
+        keep = recent_start(running, 1.1 * wanted)
         return attrs.evolve(
             self,
             messages=self.messages[keep:],
             chat=self.chat.without_first(keep),
             whole=False,
-            running=self.running[keep:],
+            estimate=running[-1] - running[keep],
+            running=running[keep:],
         )
 
 
@@ -107,7 +115,7 @@ def _fresh(changes: SessionChanges, asked: int) -> WarmTail:
         messages,
         CountedHistory(chat_messages(messages)),
         len(messages) < asked,
-        marks(messages),
+        estimated_tokens(messages),
     )
 
 
