@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from oblix import OblixClient
+from oblix_core.errors import NoModelAvailableError
 from oblix_core.models.backend import ChatMessage
 from oblix_core.plugins.hookspecs import hookimpl
 from oblix_core.request import history as history_module
@@ -147,3 +148,32 @@ async def test_a_count_method_set_on_one_model_instance_is_what_its_fit_counts(
         answer = model.generation_defaults.get("max_tokens")
         reserve = history_module.answer_reserve(context["window"], answer)
         assert context["needed"] == 100 * 6 + 4 * 3 + reserve  # 6 words, 100 tokens each
+
+
+class ShortAnswers(ScriptedBackend):
+    """A test double that, like the packaged model's few-shot format, stops answers at 100 tokens."""
+
+    @property
+    def default_answer_tokens(self) -> int:
+        return 100
+
+
+class _ShortPlugin(ScriptedPlugin):
+    @hookimpl
+    def oblix_register_models(self, register: Any) -> None:
+        super().oblix_register_models(register)
+        register("short", type("Short", (ShortAnswers,), {"model_type": "short", "owner": self}))
+
+
+@pytest.mark.anyio
+async def test_a_model_that_answers_briefly_keeps_only_that_much_room_for_the_answer(home: Path) -> None:
+    """A window of 1,000 and a prompt of ~800 tokens: a model bounding its answers at 100 takes
+    it; one without a bound keeps the usual quarter of the window (250) free and cannot."""
+    prompt = "x" * 3160  # 790 + 4 estimated tokens
+    async with OblixClient(home=home, plugins=[_ShortPlugin()]) as client:
+        await client.hook_model("short", "brief", context_window=1000)
+        result = await client.execute(prompt, stream=False, store=False)
+        assert result["routing_decision"]["models"][0]["context"]["needed"] == 794 + 100
+        await client.hook_model("scripted", "plain", context_window=1000)
+        with pytest.raises(NoModelAvailableError, match="scripted:plain"):
+            await client.execute(prompt, stream=False, store=False, model="scripted:plain")

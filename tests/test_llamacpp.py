@@ -235,3 +235,29 @@ async def test_the_loop_guard_ends_a_looping_answer_cleanly() -> None:
     text, finish = answers[True]
     assert text and find_loop(text) is None and finish == "stop"
     assert answers[False][0].startswith(text)  # the same answer, ended before the repetition
+
+
+@pytest.mark.anyio
+async def test_a_long_prompt_fits_with_the_packaged_models_short_answers(
+    home: Path, gemma: LlamaCppBackend
+) -> None:
+    """The few-shot format ends answers at 160 tokens, so a prompt that leaves less than the
+    usual 512 of the 2,048-token window (but more than 160) is answered, not refused."""
+    await gemma.prepare()
+    assert gemma.default_answer_tokens == 160
+    words = 1200
+    while (
+        gemma.count_message_tokens([ChatMessage("user", "apple " * words + "How many fruits?")]) < 2048 - 400
+    ):
+        words += 50
+    prompt = "apple " * words + "How many fruits?"
+    counted = gemma.count_message_tokens([ChatMessage("user", prompt)])
+    assert 2048 - 512 < counted < 2048 - 160
+    async with OblixClient(home=home) as client:
+        await client.hook_backend(gemma)
+        try:
+            result = await client.execute(prompt, stream=False, store=False, temperature=0)
+        finally:
+            await client.unhook_model(gemma.model_id, release=False)  # the module fixture owns it
+    assert result["model_id"] == "llama_cpp:gemma-3-270m"
+    assert result["routing_decision"]["models"][0]["context"]["needed"] == counted + 160

@@ -256,6 +256,14 @@ class ModelBackend:
         learned = self.learned_context_window
         return min(window, learned) if learned else window
 
+    @property
+    def default_answer_tokens(self) -> int | None:
+        """The most tokens this model answers with when a request sets no ``max_tokens``,
+        if it stops there itself (``None``: no such bound; the core then keeps 512 tokens of
+        the window free for the answer, a quarter of the window at most). A history is
+        trimmed to leave this much room, so a backend with shorter answers says so here."""
+        return None
+
     async def start(self) -> None:
         """Validate the model cheaply (it exists, its files or keys are there). Called once, when
         hooked; heavy work (loading weights) belongs in :meth:`prepare`."""

@@ -130,9 +130,10 @@ def _costs(model: ModelBackend, history: Sequence[ChatMessage], key: Hashable | 
     return costs  # type: ignore[return-value]  # every None was filled
 
 
-def answer_reserve(window: int, max_tokens: int | None) -> int:
-    """Tokens kept free for the answer: ``max_tokens``, or a quarter of the window up to 512."""
-    return max_tokens if max_tokens else min(DEFAULT_ANSWER_RESERVE, window // 4)
+def answer_reserve(window: int, max_tokens: int | None, usual: int | None = None) -> int:
+    """Tokens kept free for the answer: ``max_tokens``, else a quarter of the window up to the
+    model's own bound on answers (``usual``, :attr:`ModelBackend.default_answer_tokens`) or 512."""
+    return max_tokens if max_tokens else min(usual or DEFAULT_ANSWER_RESERVE, window // 4)
 
 
 @attrs.define  # not frozen: made per request on the hot path (a frozen init is slower); never changed
@@ -272,7 +273,7 @@ def fit_to_window(
     """
     window = model.context_window if window is None else window
     key = model.tokenizer_key if tokenizer is None else tokenizer
-    reserve = answer_reserve(window, max_tokens)
+    reserve = answer_reserve(window, max_tokens, None if max_tokens else model.default_answer_tokens)
     if not messages:
         return Fit((), window, reserve, 0, 0, max_tokens, key)
     prompt = messages[-1]

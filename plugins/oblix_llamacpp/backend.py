@@ -258,6 +258,18 @@ class LlamaCppBackend(ModelBackend):
         with suppress_stdout_stderr(disable=self.verbose):
             return llama_cpp.Llama(**options)
 
+    @property
+    def default_answer_tokens(self) -> int | None:
+        """Once loaded, what :meth:`_start` bounds an answer to when a request sets no
+        ``max_tokens``: the prompt format's (160 for the packaged model's few-shot format)."""
+        if self._llama is None:
+            return None
+        return int(self._format_defaults().get("max_tokens", DEFAULT_MAX_TOKENS))
+
+    def _format_defaults(self) -> dict[str, Any]:
+        """The prompt format's sampling defaults (``FORMAT_DEFAULTS``; none for a chat template)."""
+        return FORMAT_DEFAULTS.get(getattr(self._plain, "__name__", ""), {})
+
     def count_tokens(self, text: str) -> int:
         if not text:
             return 0
@@ -275,7 +287,7 @@ class LlamaCppBackend(ModelBackend):
         params: dict[str, Any] = {k: v for k, v in request.options.items() if k in _LLAMA_OPTIONS}
         extra_stops = list(params.pop("stop", None) or [])
         params["temperature"] = self.temperature if request.temperature is None else request.temperature
-        defaults = FORMAT_DEFAULTS.get(getattr(self._plain, "__name__", ""), {})
+        defaults = self._format_defaults()
         longest = defaults.get("max_tokens", DEFAULT_MAX_TOKENS)
         params |= {k: v for k, v in defaults.items() if k != "max_tokens" and k not in params}
         if self._plain is not None:
