@@ -336,3 +336,32 @@ def test_an_empty_store_name_is_an_error_not_the_default_store(store: str, tmp_p
     done = commands.oblix(None, tmp_path, "--store", store, "sessions", "list")
     assert done.returncode == 2 and done.stdout == "", done
     assert "--store" in done.stderr and "file, redis, s3" in done.stderr, done.stderr
+
+
+@pytest.mark.slow
+def test_an_answer_reaches_a_terminal_inert_and_a_pipe_whole(tmp_path: Path) -> None:
+    """A model's answer is written by whoever runs the endpoint: on a terminal its escape
+    sequences are shown, not obeyed (``oblix run`` and ``sessions show --last``); piped, they
+    are left for the program reading it (the echo model answers ``echo: <prompt>``)."""
+    import pexpect
+
+    home = tmp_path / "home"
+    home.mkdir()
+    site = cli_plugin.install(tmp_path / "site")
+    cli_plugin.configure(home, "echo")
+    env = {k: v for k, v in commands.environ(site, home).items() if k not in ("COLUMNS", "TTY_COMPATIBLE")}
+    for args in (["run", HOSTILE_TITLE], ["sessions", "show", "--last"]):
+        child = pexpect.spawn(sys.executable, ["-m", "oblix_core", *args], env=env, encoding="utf-8")
+        child.expect(pexpect.EOF, timeout=60)
+        child.close()
+        out = (child.before or "").replace("\r\n", "\n")
+        assert child.exitstatus == 0, out
+        assert not INJECTED.search(out) and "\\x1b]0;pwned\\x07" in out, repr(out)
+    piped = subprocess.run(
+        [sys.executable, "-m", "oblix_core", "sessions", "show", "--last"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert piped.returncode == 0 and "\x1b]0;pwned\x07" in piped.stdout, piped.stderr  # raw, not escaped

@@ -23,7 +23,7 @@ from oblix_core.cli.tables import print_sessions
 from oblix_core.client import OblixClient
 from oblix_core.errors import OblixError, SessionExistsError
 from oblix_core.sessions.api import resolve_session_id
-from oblix_core.terminal.printable import printable
+from oblix_core.terminal.printable import on_terminal, printable
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -136,7 +136,7 @@ def _show(client: OblixClient, session_id: str, last: bool, as_json: bool) -> No
         if as_json:
             print_json(answers[-1])
         else:
-            click.echo(answers[-1]["content"])
+            click.echo(on_terminal(answers[-1]["content"], sys.stdout))
         return
     data = client.load_session(session_id)
     if as_json:

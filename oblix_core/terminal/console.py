@@ -17,6 +17,7 @@ import anyio
 import attrs
 
 from oblix_core.errors import NoModelAvailableError, OblixError
+from oblix_core.terminal.printable import on_terminal
 
 if TYPE_CHECKING:
     from oblix_core.request.conversation import ResponseStream
@@ -36,7 +37,7 @@ async def print_answer(
         async with response:
             async for text in response:
                 if live:
-                    out.write(text)
+                    out.write(on_terminal(text, out))
                     out.flush()
                     printed = True
     finally:
@@ -45,7 +46,7 @@ async def print_answer(
             out.flush()
     assert response.result is not None
     if not live:
-        out.write(response.result["response"] + "\n")
+        out.write(on_terminal(response.result["response"], out) + "\n")
         out.flush()
     return response.result
 
