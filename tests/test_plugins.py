@@ -259,7 +259,7 @@ def test_strict_mode_makes_a_failing_plugin_an_error(broken_site: Path, home: Pa
         ("openai", "model_class('openai')", "openai"),
         ("ollama", "model_class('ollama')", "ollama"),
         ("anthropic", "model_class('claude')", "anthropic"),
-        ("llama_cpp", "model_class('llama_cpp')", "llama-cpp"),
+        ("llama_cpp", "model_class('llama_cpp')", "local"),  # the packaged model with it
     ],
 )
 def test_a_missing_optional_package_names_its_extra(hidden: str, lookup: str, extra: str) -> None:

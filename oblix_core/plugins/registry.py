@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import Distribution, EntryPoint, entry_points
 from types import ModuleType
@@ -86,7 +87,13 @@ PLUGIN_FAILURES = (Exception, SystemExit)
 @contextlib.contextmanager
 def plugin_code() -> Iterator[None]:
     """Run a plugin's code (its import, its registration hooks) with what it prints sent to
-    stderr: stdout holds answers and ``--json``, which a plugin's print would corrupt."""
+    stderr: stdout holds answers and ``--json``, which a plugin's print would corrupt.
+
+    Only on the main thread, where plugins load: ``sys.stdout`` is the whole process's, and
+    two threads redirecting it at once could leave it pointing at stderr for good."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     with contextlib.redirect_stdout(sys.stderr):
         yield
 
@@ -614,7 +621,7 @@ class Registry:
         """``factory(*args, **options)``; an error that is not an :class:`OblixError` (a bug in the
         plugin, a missing file) becomes a :class:`PluginError` naming the part and its plugin."""
         try:
-            with plugin_code(), self.building():
+            with self.building():  # not plugin_code(): parts are built on any thread
                 return factory(*args, **options)
         except OblixError:
             raise
