@@ -121,9 +121,10 @@ async def test_sessions_api_end_to_end(redis_client: OblixClient, tmp_path: Path
     messages = client.load_session(sid)["messages"]
     assert [m["role"] for m in messages] == ["user", "assistant"]
     assert messages[1]["model_id"] and client.list_sessions(limit=1)[0]["message_count"] == 2
-    # the core stored the exchange under its request id: the same key again is a no-op
+    # the core stored the exchange under a write key of its own (an unkeyed request's: its
+    # answer's message id, since a caller's request id may repeat): the same key again is a no-op
     assert isinstance(client.store, RedisSessionStore)
-    client.store.append_messages(sid, [Message("user", "again")], idempotency_key=result["request_id"])
+    client.store.append_messages(sid, [Message("user", "again")], idempotency_key=messages[1]["id"])
     assert len(client.load_session(sid)["messages"]) == 2
 
     target = tmp_path / "export.json"
