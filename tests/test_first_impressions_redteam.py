@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -33,6 +34,27 @@ HOSTILE_METADATA = {"note": "meta\x1b]0;owned\x07data", "k\x1b[5m": "v"}
 HOSTILE_MESSAGE = "answer \x1b]0;title\x07 text\x1b[2J\nsecond line"
 #: What must never reach stdout from stored text (rich's own SGR colours are fine on a terminal).
 INJECTED = re.compile(r"\x1b\]|\x1b\[2J|\x1b\[5m|\x1b\[31m|\x07|\u202e|\r(?!\n)")
+
+
+def _terminal_env(site: Path | None, home: Path) -> dict[str, str]:
+    """The CLI's environment for a pseudo-terminal: its width comes from the terminal itself."""
+    return {k: v for k, v in commands.environ(site, home).items() if k not in ("COLUMNS", "TTY_COMPATIBLE")}
+
+
+def _chat(env: dict[str, str], timeout: int) -> Any:
+    """``oblix chat`` on a 40x200 pseudo-terminal, at its first prompt."""
+    import pexpect
+
+    chat = pexpect.spawn(
+        sys.executable,
+        ["-m", "oblix_core", "chat"],
+        env=env,
+        encoding="utf-8",
+        dimensions=(40, 200),
+        timeout=timeout,
+    )
+    chat.expect("you> ")
+    return chat
 
 
 def _hostile_home(home: Path) -> str:
@@ -98,7 +120,7 @@ def test_on_a_terminal_listings_carry_no_escape_sequence_from_stored_text(
     import pexpect
 
     home, sid = hostile
-    env = {k: v for k, v in commands.environ(None, home).items() if k not in ("COLUMNS", "TTY_COMPATIBLE")}
+    env = _terminal_env(None, home)
     for args in (["sessions", "list"], ["sessions", "show", sid]):
         child = pexpect.spawn(
             sys.executable, ["-m", "oblix_core", *args], env=env, encoding="utf-8", dimensions=(40, width)
@@ -119,16 +141,8 @@ def test_chat_list_and_load_carry_no_escape_sequence_from_stored_text(
     home, sid = hostile
     site = cli_plugin.install(tmp_path / "site")  # the scripted test double: /list needs no real model
     cli_plugin.configure(home, "echo")
-    env = {k: v for k, v in commands.environ(site, home).items() if k not in ("COLUMNS", "TTY_COMPATIBLE")}
-    chat = pexpect.spawn(
-        sys.executable,
-        ["-m", "oblix_core", "chat"],
-        env=env,
-        encoding="utf-8",
-        dimensions=(40, 200),
-        timeout=60,
-    )
-    chat.expect("you> ")
+    env = _terminal_env(site, home)
+    chat = _chat(env, 60)
     chat.sendline("/list")
     chat.expect("you> ")
     listed = chat.before or ""
@@ -298,18 +312,8 @@ def test_oblix_chat_with_the_packaged_model_answers_a_greeting_and_thanks(tmp_pa
 
     from oblix_llamacpp.prompts import echoes
 
-    env = {
-        k: v for k, v in commands.environ(None, tmp_path).items() if k not in ("COLUMNS", "TTY_COMPATIBLE")
-    }
-    chat = pexpect.spawn(
-        sys.executable,
-        ["-m", "oblix_core", "chat"],
-        env=env,
-        encoding="utf-8",
-        dimensions=(40, 200),
-        timeout=240,
-    )
-    chat.expect("you> ")
+    env = _terminal_env(None, tmp_path)
+    chat = _chat(env, 240)
     answers = []
     for message in ("Hi, my name is Ana.", "What is the capital of France?", "Thanks!"):
         chat.sendline(message)
@@ -349,7 +353,7 @@ def test_an_answer_reaches_a_terminal_inert_and_a_pipe_whole(tmp_path: Path) -> 
     home.mkdir()
     site = cli_plugin.install(tmp_path / "site")
     cli_plugin.configure(home, "echo")
-    env = {k: v for k, v in commands.environ(site, home).items() if k not in ("COLUMNS", "TTY_COMPATIBLE")}
+    env = _terminal_env(site, home)
     for args in (["run", HOSTILE_TITLE], ["sessions", "show", "--last"]):
         child = pexpect.spawn(sys.executable, ["-m", "oblix_core", *args], env=env, encoding="utf-8")
         child.expect(pexpect.EOF, timeout=60)

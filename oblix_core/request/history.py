@@ -25,15 +25,20 @@ FIRST_PAGE = 64
 MARGIN = 1.25
 
 
+def _estimates(messages: Sequence[Message]) -> list[int]:
+    """Each message's cheap token estimate (4 characters a token, 4 tokens of overhead)."""
+    return [len(m.content) // 4 + 4 for m in messages]
+
+
 def estimated_tokens(messages: Sequence[Message]) -> int:
-    """A cheap token estimate (4 characters a token, 4 tokens of overhead per message)."""
-    return sum([len(m.content) // 4 + 4 for m in messages])
+    """The messages' cheap token estimate, summed."""
+    return sum(_estimates(messages))
 
 
 def marks(messages: Sequence[Message], start: int = 0) -> tuple[int, ...]:
     """Estimated tokens before each of ``messages`` and after the last, from ``start``
     (``len(messages) + 1`` running totals)."""
-    return tuple(itertools.accumulate([len(m.content) // 4 + 4 for m in messages], initial=start))
+    return tuple(itertools.accumulate(_estimates(messages), initial=start))
 
 
 def recent_start(running: Sequence[int], wanted: float) -> int:
