@@ -358,3 +358,37 @@ async def test_history_given_by_the_caller_and_nothing_stored(
         "keep it",
         "echo: keep it",
     ]
+
+
+@pytest.mark.anyio
+async def test_routing_decision_mid_stream_at_the_end_and_after_a_failure(
+    client: OblixClient, scripted: ScriptedPlugin
+) -> None:
+    """The stream's ``routing_decision`` (made from the plan when first read): before routing
+    ``None``; mid-answer the plan with nothing selected yet; at the end the result's own
+    decision; after every model failed, the attempts (what chat ``/why`` and ``--explain`` show)."""
+    await client.hook_model("scripted", "a")
+    await client.hook_model("scripted", "b")
+    scripted.scripts["a"] = [Step(("one ", "two"))]
+    response = client.stream("count", model="scripted:a", fallback=True)
+    assert response.routing_decision is None
+    first = await response.__anext__()
+    decision = response.routing_decision
+    assert first == "one " and decision is not None
+    assert decision["selected"] is None and decision["attempts"] == []
+    assert decision["candidates"] == ["scripted:a", "scripted:b"] and decision["rule"] == "explicit"
+    rest = [chunk async for chunk in response]
+    assert rest == ["two"] and response.result is not None
+    final = response.routing_decision
+    assert final is response.result["routing_decision"] and final["selected"] == "scripted:a"
+    assert [a["model_id"] for a in final["attempts"]] == ["scripted:a"]
+    assert decision["selected"] is None  # the mid-answer decision the reader was given is its own
+
+    scripted.scripts["a"] = [Step(fail="permanent")]
+    scripted.scripts["b"] = [Step(fail="permanent")]
+    failing = client.stream("again", model="scripted:a", fallback=True)
+    with pytest.raises(NoModelAvailableError):
+        await failing.collect()
+    failed = failing.routing_decision
+    assert failed is not None and failed["selected"] is None
+    assert [a["model_id"] for a in failed["attempts"]] == ["scripted:a", "scripted:b"]

@@ -61,9 +61,8 @@ class ResponseStream:
         self._agen: AsyncGenerator[str, None] | None = None
         self._new_session: SessionRecord | None = None
         self.result: dict[str, Any] | None = None
-        #: The ``routing_decision`` once the request is routed (attempts added when it ends,
-        #: also when it fails): what ``oblix run --explain`` and chat ``/why`` print.
-        self.routing_decision: dict[str, Any] | None = None
+        self._planned: RoutingPlan | None = None  # the screened plan, once routed
+        self._decision: dict[str, Any] | None = None  # its routing decision, made when first read
         self._delivered: list[str] = []
         self._started_at = utc_now()
         self._answering: str | None = None  # the model being tried now
@@ -78,6 +77,20 @@ class ResponseStream:
     @property
     def request_id(self) -> str:
         return self.request.request_id
+
+    @property
+    def routing_decision(self) -> dict[str, Any] | None:
+        """The ``routing_decision`` once the request is routed (attempts added when it ends,
+        also when it fails): what ``oblix run --explain`` and chat ``/why`` print. Made from
+        the plan when first read (a request nobody asks about mid-way builds it once, at the end)."""
+        if self._decision is None and self._planned is not None:
+            request = self.request
+            self._decision = self._planned.decision() | {
+                "selected": None,
+                "local_only": {"active": request.local_only, "reason": request.local_only_reason},
+                "attempts": [],
+            }
+        return self._decision
 
     @property
     def answering_model_id(self) -> str | None:
@@ -243,11 +256,7 @@ class ResponseStream:
         )
         if self._budget is not None and self._budget.active:
             plan = await self._budget.screen(plan)
-        self.routing_decision = plan.decision() | {
-            "selected": None,
-            "local_only": {"active": request.local_only, "reason": request.local_only_reason},
-            "attempts": [],
-        }
+        self._planned = plan
         return plan, checks
 
     async def _run(self) -> AsyncGenerator[str, None]:
@@ -381,12 +390,12 @@ class ResponseStream:
         self, done: Done, metrics: dict[str, Any], plan: RoutingPlan, checks: list[Any]
     ) -> dict[str, Any]:
         request = self.request
-        decision = (self.routing_decision or plan.decision()) | {
+        decision = (self._decision or plan.decision()) | {
             "selected": done.model.model_id,
             "local_only": {"active": request.local_only, "reason": request.local_only_reason},
             "attempts": [a.to_dict() for a in done.attempts],
         }
-        self.routing_decision = decision
+        self._decision = decision
         extra = {"tool_calls": [dict(c) for c in done.tool_calls]} if done.tool_calls else {}
         if request.retrieval is not None:  # documents: which chunks the answer drew on
             extra["sources"] = list(request.sources)
@@ -420,7 +429,8 @@ class ResponseStream:
         if record is not None and not (ledger is not None and ledger.blocking):
             record(usage)  # first: an answer that is not stored still counts
             record = None
-        write = self._writer(started_at, text, model_id, metrics) if request.store else None
+        answered_at = usage.timestamp if usage is not None else None  # one clock read for both
+        write = self._writer(started_at, text, model_id, metrics, answered_at) if request.store else None
         if write is None and record is None:
             return
 
@@ -447,15 +457,21 @@ class ResponseStream:
             self._new_session = None
 
     def _writer(
-        self, started_at: str, text: str, model_id: str | None, metrics: dict[str, Any]
+        self,
+        started_at: str,
+        text: str,
+        model_id: str | None,
+        metrics: dict[str, Any],
+        answered_at: str | None = None,
     ) -> Callable[[], None]:
-        """The store write of this exchange: the new session created with it, or an append."""
+        """The store write of this exchange: the new session created with it, or an append
+        (``answered_at``: the answer's time, as its usage record has it; else now)."""
         request, store, new = self.request, self._engine.store, self._new_session
         partial = bool(metrics.get("interrupted"))
         asked, answered, write_key = exchange_ids(request.request_id, bool(request.idempotency_key), partial)
         messages = [  # positionally: role, content, id, timestamp, model_id, metrics
             Message("user", request.prompt, asked, started_at),
-            Message("assistant", text, answered, utc_now(), model_id, metrics),
+            Message("assistant", text, answered, answered_at or utc_now(), model_id, metrics),
         ]
         if new is not None and new.id == request.session_id:
             record = attrs.evolve(new, messages=(*new.messages, *messages))
