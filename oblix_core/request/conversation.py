@@ -274,9 +274,9 @@ class ResponseStream:
                 else None  # as Once.start says for a request without a key: a coroutine call fewer
             )
             session = await self._session()
-            if len(session.messages) > LONG_HISTORY:
+            if self._history is None and len(session.messages) > LONG_HISTORY:  # made one by one
                 await off_loop_if_long(self._apply_session, session, size=len(session.messages))
-            else:  # a coroutine call fewer for the usual history
+            else:  # a warm history is chat messages already: a list is extended, on the loop
                 self._apply_session(session)
             if once is not None:
                 await once.recover(session)
