@@ -47,7 +47,7 @@ from oblix_core.fields import InvalidSetting
 from oblix_core.models.health import ModelCoolingDownError
 from oblix_core.request.budgets import BudgetExceededError
 from oblix_core.usage.gate import BudgetGateBusyError
-from oblix_core.usage.ledger import LedgerDamagedError
+from oblix_core.usage.ledger import InvalidUsageRecordError, LedgerDamagedError
 
 __all__ = [
     "BudgetExceededError",
@@ -66,6 +66,7 @@ __all__ = [
     "InvalidSessionDocumentError",
     "InvalidSessionIdError",
     "InvalidSetting",
+    "InvalidUsageRecordError",
     "LedgerDamagedError",
     "ModelCoolingDownError",
     "ModelError",

@@ -20,7 +20,7 @@ Session stores:   SessionStore, SessionRecord, Message, SessionChanges, LOCAL_ON
 Shared state:     HealthStore, IdempotencyRecords, KeyedRecord, FileIdempotencyRecords,
                   key_digest
 Usage ledgers:    UsageLedger, UsageRecord, UsageTotals, SqliteUsageLedger, group_key, total_by,
-                  check_usage_record
+                  check_usage_record, InvalidUsageRecordError
 Routing, middleware: RouteRequest, RoutingPlan, Request, ROUTING_PREFERENCES, new_request_id,
                   session_is_local_only, decide_local_only, LocalOnly
 Documents:        Embedder, RemoteEmbedder, DocumentIndex, DocumentReader, TextBlock, Chunk, DocumentEntry,
@@ -123,7 +123,14 @@ from oblix_core.sessions.records import (
 )
 from oblix_core.sessions.store import SessionChanges, SessionStore
 from oblix_core.usage.counts import MAX_TOKEN_COUNT, provider_usage, token_count, usage_info
-from oblix_core.usage.ledger import UsageLedger, UsageRecord, UsageTotals, group_key, total_by
+from oblix_core.usage.ledger import (
+    InvalidUsageRecordError,
+    UsageLedger,
+    UsageRecord,
+    UsageTotals,
+    group_key,
+    total_by,
+)
 from oblix_core.usage.ledger import check_record as check_usage_record
 from oblix_core.usage.sqlite import SqliteUsageLedger
 from oblix_core.validation import parse_flag
@@ -169,6 +176,7 @@ __all__ = [
     "IdempotencyKeyMismatchError",
     "IdempotencyRecords",
     "InvalidSessionIdError",
+    "InvalidUsageRecordError",
     "KeyedRecord",
     "LocalOnly",
     "Message",

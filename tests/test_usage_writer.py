@@ -5,9 +5,11 @@ them, bursts are written in batches, failures are logged, and a normal exit writ
 from __future__ import annotations
 
 import logging
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
@@ -17,7 +19,9 @@ import pytest
 
 from oblix_core.client import OblixClient
 from oblix_core.testing import ScriptedPlugin
+from oblix_core.usage import writer
 from oblix_core.usage.ledger import UsageRecord
+from oblix_core.usage.ledger import check_record as check_usage_record
 from oblix_core.usage.sqlite import SqliteUsageLedger
 from oblix_core.usage.writer import WriteBehindLedger, write_behind
 
@@ -142,3 +146,87 @@ async def test_answers_are_counted_without_a_worker_thread_hop(tmp_path: Path) -
         assert [f.__name__ for f in hops if f.__name__ != "_persisted"] == []
         recorded = {r.request_id for r in client.usage_ledger.recent(10)}
         assert recorded == {r["request_id"] for r in results}
+
+
+# -- a ledger that refuses writes (a full disk, Redis out of memory) --------------------------------
+
+
+class Refusing(SqliteUsageLedger):
+    """The SQLite ledger whose writes fail while ``refusing`` is set, as SQLite's do on a full
+    disk (a test double of the disk: tests/reliability/test_ledger_full_disk.py fills a real one)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.refusing = threading.Event()
+        self.refusing.set()
+
+    def record_many(self, records: Sequence[UsageRecord]) -> None:
+        if self.refusing.is_set():
+            raise sqlite3.OperationalError("database or disk is full")
+        super().record_many(records)
+
+
+def _priced(n: int, day: str = "2025-06-01", session: str = "s") -> UsageRecord:
+    return UsageRecord(f"req_{n}", "openai:gpt-4o", False, 100, 20, 0.25, f"{day}T10:00:00.000Z", session)
+
+
+def test_records_a_failing_ledger_refused_count_until_written_then_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, a record the ledger refused was logged and dropped: on a full disk every answer
+    went unrecorded and a budget never closed. Now it is kept, counted by this process's reads
+    (budgets, reports) and written once the ledger takes writes again."""
+    monkeypatch.setattr(writer, "RETRY_SECONDS", 0.05)
+    refusing = Refusing(tmp_path / "usage.sqlite3")
+    ledger = WriteBehindLedger(refusing)
+    with caplog.at_level(logging.WARNING, logger="oblix_core.usage.writer"):
+        for n in range(3):
+            ledger.record(_priced(n, session="a" if n else "b"))
+        assert ledger.spent() == pytest.approx(0.75)  # the reads wait for the write, which failed
+    assert "not recorded yet (requests req_0, req_1, req_2)" in caplog.text and "disk is full" in caplog.text
+    assert ledger.spent(session_id="a") == pytest.approx(0.5)
+    assert ledger.spent(since=date(2025, 6, 2)) == 0.0
+    assert ledger.totals(SINCE)[0].requests == 3
+    assert {t.key: t.requests for t in ledger.totals(SINCE, "session")} == {"a": 2, "b": 1}
+    assert {r.request_id for r in ledger.recent(10)} == {"req_0", "req_1", "req_2"}
+    assert SqliteUsageLedger(tmp_path / "usage.sqlite3").totals(SINCE)[0].requests == 0  # not on disk
+    refusing.refusing.clear()  # the disk has room again
+    deadline = time.monotonic() + 30
+    while SqliteUsageLedger(tmp_path / "usage.sqlite3").totals(SINCE)[0].requests < 3:
+        assert time.monotonic() < deadline, "the refused records were never written again"
+        time.sleep(0.02)
+    assert ledger.spent() == pytest.approx(0.75)  # written: counted once
+    assert ledger.totals(SINCE)[0].requests == 3 and "refused" not in repr(ledger)
+    ledger.close()
+
+
+def test_a_record_at_fault_is_lost_alone_and_the_rest_still_refused_are_lost_at_close(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An invalid record (what no ledger can take) is lost at once, logged; the valid ones of its
+    batch are written. Records still refused when the ledger closes are named in the log."""
+
+    class Checking(SqliteUsageLedger):
+        def record_many(self, records: Sequence[UsageRecord]) -> None:
+            for record in records:
+                check_usage_record(record)
+            super().record_many(records)
+
+    ledger = WriteBehindLedger(Checking(tmp_path / "usage.sqlite3"))
+    bad = UsageRecord("req_bad", "openai:gpt-4o", False, -5, 20, 0.25)
+    with caplog.at_level(logging.WARNING, logger="oblix_core.usage.writer"):
+        for record in (_priced(1), bad, _priced(2)):
+            ledger.record(record)
+        assert ledger.totals(SINCE)[0].requests == 2
+    assert "not recorded (requests req_bad)" in caplog.text and "not a token count" in caplog.text
+    ledger.close()
+
+    caplog.clear()
+    refusing = Refusing(tmp_path / "refusing.sqlite3")
+    ledger = WriteBehindLedger(refusing)
+    with caplog.at_level(logging.WARNING, logger="oblix_core.usage.writer"):
+        ledger.record(_priced(3))
+        assert ledger.spent() == pytest.approx(0.25)
+        ledger.close()
+    assert "not recorded (requests req_3)" in caplog.text
+    assert "still refused when the ledger was closed" in caplog.text

@@ -72,6 +72,11 @@ class LedgerDamagedError(OblixError):
         self.path = path
 
 
+class InvalidUsageRecordError(OblixError):
+    """A usage record no ledger can take (a count that is no token count, a cost that is no
+    finite number >= 0): :func:`check_record`'s error. Writing it again cannot succeed."""
+
+
 def table_price(model_name: str) -> tuple[float, float] | None:
     """The built-in price of a cloud model name (exact, else the longest matching prefix)."""
     if model_name in PRICES:
@@ -335,19 +340,19 @@ def reference_model(models: Sequence[tuple[str, bool]], versus: str | None) -> s
 
 
 def check_record(record: UsageRecord) -> None:
-    """Raise :class:`OblixError` unless ``record``'s counts are token counts and its cost and
+    """Raise :class:`InvalidUsageRecordError` unless ``record``'s counts are token counts and its cost and
     latency finite non-negative numbers: what a ledger checks before it writes anything, so a
     bad record from any caller never poisons a total."""
     for name in ("input_tokens", "output_tokens", "cached_tokens"):
         if token_count(getattr(record, name)) is None:
-            raise OblixError(
+            raise InvalidUsageRecordError(
                 f"Usage record {record.request_id}: {name}={getattr(record, name)!r:.40} is not a token "
                 "count (an integer 0..10^9); nothing was written."
             )
     for name in ("cost_usd", "latency_ms"):
         value = getattr(record, name)
         if _amount(value) != value:  # negative, NaN, infinite, not a number
-            raise OblixError(
+            raise InvalidUsageRecordError(
                 f"Usage record {record.request_id}: {name}={value!r} is not a finite number >= 0; "
                 "nothing was written."
             )

@@ -9,6 +9,14 @@ not wake the thread: it wakes every :data:`LINGER` seconds and writes what gathe
 or at once when a read, ``close()`` or the exit waits for it. A batch
 that fails is written again record by record, so one bad record loses only itself.
 
+When the ledger itself fails a write (a full disk, Redis refusing writes when out of memory,
+an S3 bucket that takes no more), the records it refused are kept in memory and written
+again every :data:`RETRY_SECONDS`; meanwhile reads in this process count them (``spent``,
+so budgets hold; ``totals``; ``recent``). A record is lost (logged with its request id) only
+when it is itself at fault: it is invalid (:class:`~oblix_core.usage.ledger.InvalidUsageRecordError`)
+or it failed while a record written after it succeeded; or when it is still unwritten at
+``close()`` or at the exit, or more than :data:`MAX_UNWRITTEN` wait.
+
 Reads (``totals``, ``spent``, ``recent``: reports and budgets) first wait until every
 record queued before them is written — by any client of this process on the same
 ledger (:meth:`~oblix_core.usage.ledger.UsageLedger.identity`) — so a process always reads its
@@ -31,7 +39,13 @@ import weakref
 from collections.abc import Sequence
 from datetime import date
 
-from oblix_core.usage.ledger import UsageLedger, UsageRecord, UsageTotals
+from oblix_core.usage.ledger import (
+    InvalidUsageRecordError,
+    UsageLedger,
+    UsageRecord,
+    UsageTotals,
+    group_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +57,10 @@ LINGER = 0.005
 BATCH = 500
 #: How long a normal interpreter exit waits for a ledger's queue to be written (seconds).
 EXIT_WAIT = 10.0
+#: Seconds between tries to write the records a failing ledger refused.
+RETRY_SECONDS = 2.0
+#: At most this many refused records are kept for another try (then the oldest are lost, logged).
+MAX_UNWRITTEN = 100_000
 
 _LIVE: weakref.WeakSet[WriteBehindLedger] = weakref.WeakSet()
 _LIVE_LOCK = threading.Lock()
@@ -74,12 +92,18 @@ class WriteBehindLedger(UsageLedger):
         self._waiting = 0  # reads (flush, close, exit) waiting for the writer: it writes at once
         self._writer: threading.Thread | None = None
         self._closed = closed
+        #: Records the ledger refused (it failed, not they): counted by reads, written again later.
+        self._unwritten: list[UsageRecord] = []
+        self._retry_at = 0.0
+        self._last_error: object = None  # why the ledger last refused a record
 
     def record(self, record: UsageRecord) -> None:
         """Queue ``record``; the writer thread writes it shortly (see the module docstring)."""
         with self._changed:
             if self._closed:  # after close(): written here, never beside close()
-                self._write([record])
+                refused = self._write([record])
+                if refused:
+                    self._lost(refused, self._last_error)
                 return
             self._queued.append(record)
             self._accepted += 1
@@ -98,36 +122,83 @@ class WriteBehindLedger(UsageLedger):
         idle_since = time.monotonic()
         while True:
             with self._changed:
-                self._changed.wait_for(self._urgent, LINGER)  # records gather meanwhile
-                if not self._queued:
-                    if self._closed or time.monotonic() - idle_since >= IDLE_SECONDS:
+                self._changed.wait_for(self._urgent, self._wait())  # records gather meanwhile
+                due = bool(self._unwritten) and time.monotonic() >= self._retry_at
+                if not self._queued and not due:
+                    if self._closed or (
+                        not self._unwritten and time.monotonic() - idle_since >= IDLE_SECONDS
+                    ):
                         self._writer = None  # idle for a while, or closed with nothing left
                         self._changed.notify_all()
                         return
                     continue
-                batch, self._queued = self._queued[:BATCH], self._queued[BATCH:]
-            self._write(batch)
+                fresh, self._queued = self._queued[:BATCH], self._queued[BATCH:]
+                again, self._unwritten = (self._unwritten, []) if due else ([], self._unwritten)
+            refused = self._write([*again, *fresh])  # the oldest first
             with self._changed:
-                self._done += len(batch)
+                self._done += len(fresh)
+                self._keep(refused, fresh)
                 self._changed.notify_all()
             idle_since = time.monotonic()
 
-    def _write(self, batch: Sequence[UsageRecord]) -> None:
+    def _wait(self) -> float:
+        """How long the writer waits for records to gather: :data:`LINGER`, or until the next try
+        of refused records when nothing is queued (a record does not wake it: it waits as long)."""
+        if self._queued or not self._unwritten:
+            return LINGER
+        return max(LINGER, self._retry_at - time.monotonic())
+
+    def _write(self, batch: Sequence[UsageRecord]) -> list[UsageRecord]:
+        """Write ``batch``; the records the ledger refused, to be written again later. A record
+        that fails alone while a later one is written, or is invalid, is lost (logged)."""
+        if not batch:
+            return []
         try:
             self.ledger.record_many(batch)
-            return
+            return []
         except Exception as exc:
-            if len(batch) == 1:
-                self._lost(batch, exc)
-                return
-        for record in batch:  # one by one: a bad record loses only itself
-            try:
-                self.ledger.record(record)
-            except Exception as exc:
-                self._lost([record], exc)
+            errors: list[Exception | None] = [exc] if len(batch) == 1 else [self._write_one(r) for r in batch]
+        written_after = max((i for i, e in enumerate(errors) if e is None), default=-1)
+        refused = []
+        for i, (record, error) in enumerate(zip(batch, errors, strict=True)):
+            if error is None:
+                continue
+            if i < written_after or isinstance(error, InvalidUsageRecordError):
+                self._lost([record], error)  # the record itself is at fault
+            else:
+                refused.append(record)
+                self._last_error = error
+        return refused
+
+    def _write_one(self, record: UsageRecord) -> Exception | None:
+        try:
+            self.ledger.record(record)
+        except Exception as exc:
+            return exc
+        return None
+
+    def _keep(self, refused: list[UsageRecord], fresh: Sequence[UsageRecord]) -> None:
+        """Keep the ``refused`` records for another try (under the lock); say so for the new ones."""
+        if not refused:
+            return
+        self._retry_at = time.monotonic() + RETRY_SECONDS
+        new = [r for r in refused if any(r is f for f in fresh)]
+        if new:
+            ids = ", ".join(r.request_id for r in new[:20]) + (" ..." if len(new) > 20 else "")
+            log.warning(
+                "usage record(s) not recorded yet (requests %s): %s; kept in memory, counted by this "
+                "process's budgets and reports, written again every %g s",
+                ids,
+                self._last_error,
+                RETRY_SECONDS,
+            )
+        self._unwritten += refused
+        if len(self._unwritten) > MAX_UNWRITTEN:
+            dropped, self._unwritten = self._unwritten[:-MAX_UNWRITTEN], self._unwritten[-MAX_UNWRITTEN:]
+            self._lost(dropped, self._last_error or "too many records waiting")
 
     @staticmethod
-    def _lost(records: Sequence[UsageRecord], exc: Exception) -> None:
+    def _lost(records: Sequence[UsageRecord], exc: object) -> None:
         """The answers exist; the ledger misses them: say which."""
         ids = ", ".join(r.request_id for r in records)
         log.warning("usage record(s) not recorded (requests %s): %s", ids, exc)
@@ -147,10 +218,29 @@ class WriteBehindLedger(UsageLedger):
             self._writer = None
             batch, self._queued = self._queued, []  # no writer thread (interpreter exit): write here
         if batch:
-            self._write(batch)
+            refused = self._write(batch)
             with self._changed:
                 self._done += len(batch)
+                self._keep(refused, batch)
         return True
+
+    def _last_try(self) -> None:
+        """At close or exit: the refused records written once more; those still refused are lost."""
+        with self._changed:
+            again, self._unwritten = self._unwritten, []
+        refused = self._write(again)
+        if refused:
+            self._lost(refused, f"{self._last_error} (still refused when the ledger was closed)")
+
+    def _unwritten_since(self, since: date | None) -> list[UsageRecord]:
+        """The records refused so far by this ledger (in every client of this process), of the
+        UTC day ``since`` or later."""
+        day = (since or date.min).isoformat()
+        records = []
+        for ledger in [w for w in _live() if w._identity == self._identity]:
+            with ledger._changed:
+                records += [r for r in ledger._unwritten if r.day >= day]
+        return records
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every record queued so far on this ledger, by any client of this process,
@@ -160,17 +250,34 @@ class WriteBehindLedger(UsageLedger):
             done = ledger._flush_own(timeout) and done
         return done
 
+    # Reads count the records the ledger refused (taken first: one written meanwhile is counted
+    # twice for an instant, never missed).
+
     def totals(self, since: date, by: str | None = None) -> list[UsageTotals]:
         self.flush()
-        return self.ledger.totals(since, by)
+        refused = self._unwritten_since(since)
+        rows = self.ledger.totals(since, by)
+        if not refused:
+            return rows
+        groups = {row.key: row for row in rows}
+        for record in refused:
+            key = group_key(record, by)
+            groups.setdefault(key, UsageTotals(key)).add(record)
+        return sorted(groups.values(), key=lambda t: t.key)
 
     def spent(self, since: date | None = None, session_id: str | None = None) -> float:
         self.flush()
-        return self.ledger.spent(since, session_id)
+        refused = self._unwritten_since(since)
+        spent = self.ledger.spent(since, session_id)
+        return spent + sum(r.cost_usd for r in refused if session_id is None or r.session_id == session_id)
 
     def recent(self, limit: int = 50) -> list[UsageRecord]:
         self.flush()
-        return self.ledger.recent(limit)
+        refused = self._unwritten_since(None)
+        records = self.ledger.recent(limit)
+        if not refused:
+            return records
+        return sorted([*records, *refused], key=lambda r: r.timestamp, reverse=True)[:limit]
 
     def identity(self) -> str:
         return self._identity
@@ -189,11 +296,13 @@ class WriteBehindLedger(UsageLedger):
         if writer is not None:
             writer.join()
         self._flush_own(None)
+        self._last_try()
         with self._changed:
             self.ledger.close()
 
     def __repr__(self) -> str:
-        return f"<WriteBehindLedger {self._identity} queued={len(self._queued)}>"
+        refused = f" refused={len(self._unwritten)}" if self._unwritten else ""
+        return f"<WriteBehindLedger {self._identity} queued={len(self._queued)}{refused}>"
 
 
 def write_behind(ledger: UsageLedger) -> UsageLedger:
@@ -219,3 +328,4 @@ def _write_all_on_exit() -> None:
     for ledger in _live():
         if not ledger._flush_own(EXIT_WAIT):
             log.warning("usage records still queued at exit were not written: %r", ledger)
+        ledger._last_try()
