@@ -1,7 +1,8 @@
 """Red-team review of issue 33 (first impressions): each test attacks a class of bug a new user
-meets, through the real ``oblix`` command line (a subprocess, or a pseudo-terminal with pexpect),
-real file sessions and config.toml; the packaged-model tests run the real llama.cpp with the
-packaged Gemma GGUF (tier ``llama``).
+meets, through the real ``oblix`` command line (a subprocess where the claim is about the process:
+its environment, exit status, signals, a pseudo-terminal with pexpect; in process, with click's
+runner, where it is about what a command says), real file sessions and config.toml; the
+packaged-model tests run the real llama.cpp with the packaged Gemma GGUF (tier ``llama``).
 """
 
 from __future__ import annotations
@@ -199,14 +200,21 @@ def test_importing_the_cli_elsewhere_leaves_ctrl_c_alone(tmp_path: Path) -> None
 # -- templates: the text a template is given ------------------------------------------------------
 
 
-def test_a_template_that_takes_input_refuses_to_run_without_any(tmp_path: Path) -> None:
-    saved = commands.oblix(None, tmp_path, "templates", "save", "summ", "Summarise in $words words: $input")
-    assert saved.returncode == 0, saved.stderr
+@pytest.fixture
+def newcomer(home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty ``$OBLIX_HOME`` and no ``$OPENAI_API_KEY``, for ``commands.invoke`` in process."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    return home
+
+
+def test_a_template_that_takes_input_refuses_to_run_without_any(newcomer: Path) -> None:
+    saved = commands.invoke("templates", "save", "summ", "Summarise in $words words: $input")
+    assert saved.exit_code == 0, saved.output
     for stdin in ("", "   \n"):
-        done = commands.oblix(None, tmp_path, "run", "-t", "summ", "-p", "words", "3", stdin=stdin)
-        assert done.returncode == 2 and done.stdout == "", done
+        done = commands.invoke("run", "-t", "summ", "-p", "words", "3", stdin=stdin)
+        assert done.exit_code == 2 and done.stdout == "", (done.output, done.exception)
         assert "$input" in done.stderr and "PROMPT" in done.stderr, done.stderr
-    listed = commands.oblix(None, tmp_path, "sessions", "list", "--json")
+    listed = commands.invoke("sessions", "list", "--json")
     assert json.loads(listed.stdout) == []  # nothing ran, nothing stored
 
 
@@ -214,13 +222,13 @@ def test_a_template_that_takes_input_refuses_to_run_without_any(tmp_path: Path) 
 
 
 @pytest.mark.parametrize("model", ["gpt-4o-mini", "openai:gpt-4o-mini"])
-def test_asking_for_the_default_cloud_model_without_its_key_names_the_key(model: str, tmp_path: Path) -> None:
-    done = commands.oblix(None, tmp_path, "run", "-m", model, "hi")
-    assert done.returncode == 1 and done.stdout == "", done
+def test_asking_for_the_default_cloud_model_without_its_key_names_the_key(model: str, newcomer: Path) -> None:
+    done = commands.invoke("run", "-m", model, "hi")
+    assert done.exit_code == 1 and done.stdout == "", (done.output, done.exception)
     assert "OPENAI_API_KEY" in done.stderr and "oblix[openai]" in done.stderr, done.stderr
-    assert "Traceback" not in done.stderr
-    other = commands.oblix(None, tmp_path, "run", "-m", "gpt-5-nano", "hi")
-    assert other.returncode == 1 and "OPENAI_API_KEY" not in other.stderr, other.stderr
+    assert isinstance(done.exception, SystemExit) and "Traceback" not in done.stderr  # said, not raised
+    other = commands.invoke("run", "-m", "gpt-5-nano", "hi")
+    assert other.exit_code == 1 and "OPENAI_API_KEY" not in other.stderr, other.stderr
 
 
 # -- the packaged model in a conversation ------------------------------------------------------
@@ -327,18 +335,21 @@ def test_oblix_chat_with_the_packaged_model_answers_a_greeting_and_thanks(tmp_pa
     assert "paris" in answers[1][1].lower(), report
 
 
-def test_oblix_chat_without_any_model_says_so_before_the_first_prompt(tmp_path: Path) -> None:
-    done = commands.oblix(None, tmp_path, "chat", stdin="hello\n", OBLIX_DISABLE_PLUGINS="llama_cpp")
-    assert done.returncode == 1, done
+def test_oblix_chat_without_any_model_says_so_before_the_first_prompt(
+    newcomer: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OBLIX_DISABLE_PLUGINS", "llama_cpp")
+    done = commands.invoke("chat", stdin="hello\n")
+    assert done.exit_code == 1, (done.output, done.exception)
     assert "No model is available" in done.stderr and "oblix[local]" in done.stderr, done.stderr
     assert "you>" not in done.stdout and "[error]" not in done.stdout, done.stdout
-    assert "Traceback" not in done.stderr
+    assert isinstance(done.exception, SystemExit) and "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("store", ["", "  "])
-def test_an_empty_store_name_is_an_error_not_the_default_store(store: str, tmp_path: Path) -> None:
-    done = commands.oblix(None, tmp_path, "--store", store, "sessions", "list")
-    assert done.returncode == 2 and done.stdout == "", done
+def test_an_empty_store_name_is_an_error_not_the_default_store(store: str, newcomer: Path) -> None:
+    done = commands.invoke("--store", store, "sessions", "list")
+    assert done.exit_code == 2 and done.stdout == "", (done.output, done.exception)
     assert "--store" in done.stderr and "file, redis, s3" in done.stderr, done.stderr
 
 

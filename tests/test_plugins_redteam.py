@@ -186,14 +186,28 @@ def hostile_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
-def _listing(site: Path, home: Path, **env: str) -> dict[str, dict[str, object]]:
+#: ``oblix plugins --json``, by plugin name
+Listing = dict[str, dict[str, object]]
+
+
+def _listing(site: Path, home: Path, **env: str) -> Listing:
     listed = commands.oblix(site, home, "plugins", "--json", **env)
     assert listed.returncode == 0, listed.stdout + listed.stderr
     return {p["name"]: p for p in json.loads(listed.stdout)}  # stdout is JSON alone
 
 
-def test_sys_exit_in_a_plugin_is_contained_and_listed(hostile_site: Path, home: Path) -> None:
-    by_name = _listing(hostile_site, home)
+@pytest.fixture(scope="module")
+def hostile_listing(hostile_site: Path, tmp_path_factory: pytest.TempPathFactory) -> Listing:
+    """``oblix plugins --json`` beside the hostile plugins, on an empty home: run once for the
+    module, since every test that only reads it would get the same listing."""
+    home = tmp_path_factory.mktemp("listing-home")
+    return _listing(hostile_site, home)
+
+
+def test_sys_exit_in_a_plugin_is_contained_and_listed(
+    hostile_site: Path, home: Path, hostile_listing: Listing
+) -> None:
+    by_name = hostile_listing
     assert by_name["good"]["status"] == "loaded"
     for name, code in (("exits_at_import", 3), ("exits_registering", 4), ("exits_adding_commands", 5)):
         assert by_name[name]["status"] == "failed", by_name[name]
@@ -238,8 +252,10 @@ def test_a_plugin_printing_never_reaches_stdout(hostile_site: Path, home: Path) 
     assert "CHATTY AT IMPORT" in answered.stderr
 
 
-def test_a_plugin_cannot_take_over_a_builtin_command(hostile_site: Path, home: Path) -> None:
-    by_name = _listing(hostile_site, home)  # `oblix plugins --json` is still Oblix's
+def test_a_plugin_cannot_take_over_a_builtin_command(
+    hostile_site: Path, home: Path, hostile_listing: Listing
+) -> None:
+    by_name = hostile_listing  # `oblix plugins --json` is still Oblix's
     hijack = by_name["hijack"]
     assert hijack["status"] == "failed"
     assert "'plugins'" in str(hijack["reason"]) and "oblix" in str(hijack["reason"])
@@ -247,19 +263,18 @@ def test_a_plugin_cannot_take_over_a_builtin_command(hostile_site: Path, home: P
     assert sessions.returncode == 0 and "HIJACKED" not in sessions.stdout, sessions.stdout
 
 
-def test_a_failing_command_plugin_leaves_no_command_behind(hostile_site: Path, home: Path) -> None:
-    by_name = _listing(hostile_site, home)
+def test_a_failing_command_plugin_leaves_no_command_behind(
+    hostile_site: Path, home: Path, hostile_listing: Listing
+) -> None:
+    by_name = hostile_listing
     assert by_name["half_commands"]["status"] == "failed"
     assert "failed after adding half-done" in str(by_name["half_commands"]["reason"])
     half = commands.oblix(hostile_site, home, "half-done")
     assert half.returncode != 0 and "HALF" not in half.stdout
 
 
-def test_an_entry_point_named_like_a_first_party_plugin_does_not_replace_it(
-    hostile_site: Path, home: Path
-) -> None:
-    listed = commands.oblix(hostile_site, home, "plugins", "--json")
-    entries = [p for p in json.loads(listed.stdout) if p["name"].startswith("openai")]
+def test_an_entry_point_named_like_a_first_party_plugin_does_not_replace_it(hostile_listing: Listing) -> None:
+    entries = [p for p in hostile_listing.values() if str(p["name"]).startswith("openai")]
     ours = [p for p in entries if p["package"] == "oblix"]
     theirs = [p for p in entries if p["package"] == "oblix-redteam"]
     assert [p["status"] for p in ours] == ["loaded"] and ours[0]["module"] == "oblix_openai"
@@ -269,8 +284,8 @@ def test_an_entry_point_named_like_a_first_party_plugin_does_not_replace_it(
     assert len(reason) < 400  # one readable line, not pluggy's dump of every plugin
 
 
-def test_parts_of_the_wrong_shape_are_refused_at_the_door(hostile_site: Path, home: Path) -> None:
-    by_name = _listing(hostile_site, home)
+def test_parts_of_the_wrong_shape_are_refused_at_the_door(hostile_listing: Listing) -> None:
+    by_name = hostile_listing
     unnamed = by_name["unnamed"]
     assert (
         unnamed["status"] == "failed"
@@ -369,8 +384,8 @@ def test_new_accepts_awkward_but_valid_names(tmp_path: Path) -> None:
             write_package(bad, "backend", tmp_path)
 
 
-def test_an_instance_registered_for_a_class_is_named_as_such(hostile_site: Path, home: Path) -> None:
-    reason = str(_listing(hostile_site, home)["instance"]["reason"])
+def test_an_instance_registered_for_a_class_is_named_as_such(hostile_listing: Listing) -> None:
+    reason = str(hostile_listing["instance"]["reason"])
     assert "is an instance of oblix_redteam_instance.Solo" in reason and "register the class" in reason
     assert " at 0x" not in reason
 
@@ -403,11 +418,9 @@ def test_an_embedder_failing_to_start_names_its_plugin(hostile_site: Path, home:
 
 
 def test_a_failing_plugin_that_registered_oblixs_own_part_again_does_not_take_it_away(
-    hostile_site: Path, home: Path
+    hostile_site: Path, home: Path, hostile_listing: Listing
 ) -> None:
-    listed = commands.oblix(hostile_site, home, "plugins", "--json")
-    assert listed.returncode == 0, listed.stderr
-    by_name = {p["name"]: p for p in json.loads(listed.stdout)}
+    by_name = hostile_listing
     assert by_name["same_part"]["status"] == "failed"
     assert [s["store"] for s in by_name["file"]["stores"]] == ["file"]
     sessions = commands.oblix(hostile_site, home, "sessions", "list")
@@ -432,9 +445,9 @@ async def test_hook_backend_refuses_an_instance_with_a_coroutine_generate(home: 
 
 
 def test_two_plugins_adding_the_same_command_one_keeps_it_the_other_is_named(
-    hostile_site: Path, home: Path
+    hostile_site: Path, home: Path, hostile_listing: Listing
 ) -> None:
-    by_name = _listing(hostile_site, home)
+    by_name = hostile_listing
     loaded = [n for n in ("twin_a", "twin_b") if by_name[n]["status"] == "loaded"]
     failed = [n for n in ("twin_a", "twin_b") if by_name[n]["status"] == "failed"]
     assert len(loaded) == len(failed) == 1, by_name
@@ -445,8 +458,10 @@ def test_two_plugins_adding_the_same_command_one_keeps_it_the_other_is_named(
     assert len(done.stderr) < 5_000  # the pages-long error is one short line in the log too
 
 
-def test_a_pages_long_error_is_one_short_line_in_the_listing(hostile_site: Path, home: Path) -> None:
-    reason = str(_listing(hostile_site, home)["verbose"]["reason"])
+def test_a_pages_long_error_is_one_short_line_in_the_listing(
+    hostile_site: Path, home: Path, hostile_listing: Listing
+) -> None:
+    reason = str(hostile_listing["verbose"]["reason"])
     assert reason.startswith("ValueError: the whole story") and len(reason) <= 300
     table = commands.oblix(hostile_site, home, "plugins", COLUMNS="80")
     assert table.returncode == 0 and len(table.stdout) < 20_000, len(table.stdout)
@@ -589,8 +604,10 @@ def test_every_error_a_first_party_plugin_defines_is_caught_by_an_exported_famil
     assert orphans == []
 
 
-def test_a_plugin_cannot_replace_a_subcommand_but_may_add_one(hostile_site: Path, home: Path) -> None:
-    by_name = _listing(hostile_site, home)
+def test_a_plugin_cannot_replace_a_subcommand_but_may_add_one(
+    hostile_site: Path, home: Path, hostile_listing: Listing
+) -> None:
+    by_name = hostile_listing
     assert by_name["sub_hijack"]["status"] == "failed"
     assert "`oblix sessions list`" in str(by_name["sub_hijack"]["reason"])
     assert by_name["sub_add"]["status"] == "loaded"
@@ -600,8 +617,8 @@ def test_a_plugin_cannot_replace_a_subcommand_but_may_add_one(hostile_site: Path
     assert added.returncode == 0 and added.stdout == "SHOUT\n", added.stderr
 
 
-def test_plugins_that_would_silently_do_nothing_are_listed_as_failed(hostile_site: Path, home: Path) -> None:
-    by_name = _listing(hostile_site, home)
+def test_plugins_that_would_silently_do_nothing_are_listed_as_failed(hostile_listing: Listing) -> None:
+    by_name = hostile_listing
     unmarked = by_name["unmarked"]
     assert unmarked["status"] == "failed"
     assert "oblix_register_models is not marked @hookimpl" in str(unmarked["reason"])
