@@ -390,7 +390,8 @@ class ResponseStream:
         self, done: Done, metrics: dict[str, Any], plan: RoutingPlan, checks: list[Any]
     ) -> dict[str, Any]:
         request = self.request
-        decision = (self._decision or plan.decision()) | {
+        # the screened plan is this request's own, read here last: its entries need no copies
+        decision = (self._decision or plan.decision(copy=False)) | {
             "selected": done.model.model_id,
             "local_only": {"active": request.local_only, "reason": request.local_only_reason},
             "attempts": [a.to_dict() for a in done.attempts],

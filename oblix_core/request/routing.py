@@ -115,8 +115,9 @@ class RoutingPlan:
     #: which the executor sends as planned.
     fits: dict[str, Fit] = attrs.field(factory=dict, eq=False, repr=False)
 
-    def decision(self) -> dict[str, Any]:
-        """The ``routing_decision`` of a result (JSON-safe; stable keys).
+    def decision(self, *, copy: bool = True) -> dict[str, Any]:
+        """The ``routing_decision`` of a result (JSON-safe; stable keys). ``copy=False`` hands
+        over the plan's own model and agent entries (for a plan made for one request, read once).
 
         ``policy``, ``rule``, ``reason``: who decided, by which rule, why;
         ``candidates``: model ids in the order they will be tried;
@@ -137,8 +138,8 @@ class RoutingPlan:
             "rule": self.rule,
             "reason": self.reason,
             "candidates": [m.model_id for m in self.candidates],
-            "models": [dict(m) for m in self.models],
-            "agents": [dict(a) for a in self.agents],
+            "models": [dict(m) for m in self.models] if copy else list(self.models),
+            "agents": [dict(a) for a in self.agents] if copy else list(self.agents),
             "notes": list(self.notes),
         }
 

@@ -401,20 +401,21 @@ def answer_record(
             counts.append(count)
         inputs, outputs, cached = counts
     inputs, outputs = inputs or 0, outputs or 0
-    return UsageRecord(
-        request_id=getattr(request, "usage_id", None) or request.request_id,
-        model_id=model_id,
-        local=local,
-        input_tokens=inputs,
-        output_tokens=outputs,
-        cost_usd=_amount(get("cost_usd")),
-        session_id=request.session_id if request.store else None,
-        cached_tokens=min(cached or 0, inputs),
-        latency_ms=_amount(get("total_latency_ms") or get("latency_ms")),
-        rule=rule,
-        reason=reason[:500],
-        tokens_estimated=bool(get("tokens_estimated")) or invalid,
-        error="; ".join(problems)[:500] if problems else "",
+    return UsageRecord(  # positionally, in the fields' order (keywords cost 0.7 µs per answer)
+        getattr(request, "usage_id", None) or request.request_id,  # request_id
+        model_id,
+        local,
+        inputs,  # input_tokens
+        outputs,  # output_tokens
+        _amount(get("cost_usd")),  # cost_usd
+        utc_now(),  # timestamp
+        request.session_id if request.store else None,  # session_id
+        min(cached or 0, inputs),  # cached_tokens
+        _amount(get("total_latency_ms") or get("latency_ms")),  # latency_ms
+        rule,
+        reason[:500],  # reason
+        bool(get("tokens_estimated")) or invalid,  # tokens_estimated
+        "; ".join(problems)[:500] if problems else "",  # error
     )
 
 
