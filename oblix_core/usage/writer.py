@@ -36,7 +36,8 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date
 
 from oblix_core.usage.ledger import (
@@ -61,6 +62,12 @@ EXIT_WAIT = 10.0
 RETRY_SECONDS = 2.0
 #: At most this many refused records are kept for another try (then the oldest are lost, logged).
 MAX_UNWRITTEN = 100_000
+#: A pass writing records one by one stops after this many refusals in a row (the rest: kept).
+PROBE = 3
+#: A record is lost as at fault once it failed in this many passes where a later record was written.
+FAULT_TRIES = 3
+#: While the ledger refuses, at most one warning per this many seconds.
+WARN_SECONDS = 60.0
 
 _LIVE: weakref.WeakSet[WriteBehindLedger] = weakref.WeakSet()
 _LIVE_LOCK = threading.Lock()
@@ -94,7 +101,11 @@ class WriteBehindLedger(UsageLedger):
         self._closed = closed
         #: Records the ledger refused (it failed, not they): counted by reads, written again later.
         self._unwritten: list[UsageRecord] = []
+        self._retrying: list[UsageRecord] = []  # taken from _unwritten, being written again: counted
+        self._reading = 0  # reads between counting _unwritten and reading the ledger: no retry starts
+        self._strikes: dict[int, int] = {}  # id(record): passes it failed while a later one was written
         self._retry_at = 0.0
+        self._warned_at: float | None = None  # when the ledger's refusals were last logged
         self._last_error: object = None  # why the ledger last refused a record
 
     def record(self, record: UsageRecord) -> None:
@@ -123,7 +134,7 @@ class WriteBehindLedger(UsageLedger):
         while True:
             with self._changed:
                 self._changed.wait_for(self._urgent, self._wait())  # records gather meanwhile
-                due = bool(self._unwritten) and time.monotonic() >= self._retry_at
+                due = bool(self._unwritten) and not self._reading and time.monotonic() >= self._retry_at
                 if not self._queued and not due:
                     if self._closed or (
                         not self._unwritten and time.monotonic() - idle_since >= IDLE_SECONDS
@@ -133,11 +144,13 @@ class WriteBehindLedger(UsageLedger):
                         return
                     continue
                 fresh, self._queued = self._queued[:BATCH], self._queued[BATCH:]
-                again, self._unwritten = (self._unwritten, []) if due else ([], self._unwritten)
+                if due:  # one batch of the oldest; reads still count them (_retrying)
+                    self._retrying, self._unwritten = self._unwritten[:BATCH], self._unwritten[BATCH:]
+                again = self._retrying
             refused = self._write([*again, *fresh])  # the oldest first
             with self._changed:
                 self._done += len(fresh)
-                self._keep(refused, fresh)
+                self._keep(refused, again, fresh)
                 self._changed.notify_all()
             idle_since = time.monotonic()
 
@@ -157,45 +170,88 @@ class WriteBehindLedger(UsageLedger):
             self.ledger.record_many(batch)
             return []
         except Exception as exc:
-            errors: list[Exception | None] = [exc] if len(batch) == 1 else [self._write_one(r) for r in batch]
+            errors: list[Exception | None] = [exc] if len(batch) == 1 else self._one_by_one(batch)
         written_after = max((i for i, e in enumerate(errors) if e is None), default=-1)
         refused = []
         for i, (record, error) in enumerate(zip(batch, errors, strict=True)):
             if error is None:
-                continue
-            if i < written_after or isinstance(error, InvalidUsageRecordError):
+                self._strikes.pop(id(record), None)
+            elif isinstance(error, InvalidUsageRecordError) or (i < written_after and self._strike(record)):
                 self._lost([record], error)  # the record itself is at fault
             else:
                 refused.append(record)
                 self._last_error = error
         return refused
 
-    def _write_one(self, record: UsageRecord) -> Exception | None:
-        try:
-            self.ledger.record(record)
-        except Exception as exc:
-            return exc
-        return None
+    def _one_by_one(self, batch: Sequence[UsageRecord]) -> list[Exception | None]:
+        """Each record's error alone (``None``: written). After :data:`PROBE` refusals in a row
+        the ledger is taken to refuse everything: the rest are not tried (their error: the last)."""
+        errors: list[Exception | None] = []
+        refusals = 0
+        for record in batch:
+            if refusals >= PROBE:
+                errors.append(errors[-1])
+                continue
+            try:
+                self.ledger.record(record)
+            except Exception as exc:
+                errors.append(exc)
+                refusals = 0 if isinstance(exc, InvalidUsageRecordError) else refusals + 1
+            else:
+                errors.append(None)
+                refusals = 0
+        return errors
 
-    def _keep(self, refused: list[UsageRecord], fresh: Sequence[UsageRecord]) -> None:
-        """Keep the ``refused`` records for another try (under the lock); say so for the new ones."""
-        if not refused:
-            return
-        self._retry_at = time.monotonic() + RETRY_SECONDS
-        new = [r for r in refused if any(r is f for f in fresh)]
-        if new:
-            ids = ", ".join(r.request_id for r in new[:20]) + (" ..." if len(new) > 20 else "")
-            log.warning(
-                "usage record(s) not recorded yet (requests %s): %s; kept in memory, counted by this "
-                "process's budgets and reports, written again every %g s",
-                ids,
-                self._last_error,
-                RETRY_SECONDS,
-            )
-        self._unwritten += refused
+    def _strike(self, record: UsageRecord) -> bool:
+        """``record`` failed while a later one was written: at fault after :data:`FAULT_TRIES`
+        such passes (once could be the ledger getting room in the middle of the pass)."""
+        strikes = self._strikes.get(id(record), 0) + 1
+        if strikes < FAULT_TRIES:
+            self._strikes[id(record)] = strikes
+            return False
+        self._strikes.pop(id(record), None)
+        return True
+
+    def _keep(
+        self, refused: list[UsageRecord], again: Sequence[UsageRecord], fresh: Sequence[UsageRecord]
+    ) -> None:
+        """Under the lock, after writing ``again`` (refused before) and ``fresh``: keep the
+        ``refused`` ones for another try, the oldest first, and say so (not once per answer)."""
+        self._retrying = []
+        ids = {id(r) for r in refused}
+        back = [r for r in again if id(r) in ids]
+        self._unwritten = [*back, *self._unwritten, *(r for r in fresh if id(r) in ids)]
+        if refused:
+            self._retry_at = time.monotonic() + RETRY_SECONDS
+        elif again:
+            self._retry_at = 0.0  # the ledger takes writes again: the next batch at once
         if len(self._unwritten) > MAX_UNWRITTEN:
             dropped, self._unwritten = self._unwritten[:-MAX_UNWRITTEN], self._unwritten[-MAX_UNWRITTEN:]
+            for record in dropped:
+                self._strikes.pop(id(record), None)
             self._lost(dropped, self._last_error or "too many records waiting")
+        self._report(refused, bool(again))
+
+    def _report(self, refused: list[UsageRecord], retried: bool) -> None:
+        """One warning when the ledger starts refusing, then at most one per :data:`WARN_SECONDS`;
+        one line when every kept record is written."""
+        now = time.monotonic()
+        if refused and (self._warned_at is None or now - self._warned_at >= WARN_SECONDS):
+            self._warned_at = now
+            ids = ", ".join(r.request_id for r in refused[:20]) + (" ..." if len(refused) > 20 else "")
+            log.warning(
+                "usage record(s) not recorded yet (requests %s): %s; %d kept in memory, counted by "
+                "this process's budgets and reports, written again every %g s (said again at most "
+                "every %g s while the ledger refuses)",
+                ids,
+                self._last_error,
+                len(self._unwritten),
+                RETRY_SECONDS,
+                WARN_SECONDS,
+            )
+        elif retried and not self._unwritten and self._warned_at is not None:
+            self._warned_at = None
+            log.warning("usage ledger takes writes again: every usage record kept in memory is written")
 
     @staticmethod
     def _lost(records: Sequence[UsageRecord], exc: object) -> None:
@@ -221,26 +277,52 @@ class WriteBehindLedger(UsageLedger):
             refused = self._write(batch)
             with self._changed:
                 self._done += len(batch)
-                self._keep(refused, batch)
+                self._keep(refused, (), batch)
         return True
 
-    def _last_try(self) -> None:
-        """At close or exit: the refused records written once more; those still refused are lost."""
+    def _last_try(self, timeout: float | None = None) -> None:
+        """At close or exit: the refused records written once more, a batch at a time until the
+        ledger refuses a whole batch; those still unwritten are lost (logged)."""
         with self._changed:
-            again, self._unwritten = self._unwritten, []
-        refused = self._write(again)
-        if refused:
-            self._lost(refused, f"{self._last_error} (still refused when the ledger was closed)")
+            self._changed.wait_for(self._not_retrying, timeout)  # the writer's try ends first
+            again, self._unwritten, self._retrying = [*self._retrying, *self._unwritten], [], []
+        lost: list[UsageRecord] = []
+        while again:
+            batch, again = again[:BATCH], again[BATCH:]
+            refused = self._write(batch)
+            lost += refused
+            if len(refused) == len(batch):  # the ledger takes nothing: the rest are not tried
+                lost += again
+                break
+        self._strikes.clear()
+        if lost:
+            self._lost(lost, f"{self._last_error} (still refused when the ledger was closed)")
 
-    def _unwritten_since(self, since: date | None) -> list[UsageRecord]:
+    def _not_retrying(self) -> bool:
+        return not self._retrying
+
+    @contextmanager
+    def _unwritten_since(self, since: date | None) -> Iterator[list[UsageRecord]]:
         """The records refused so far by this ledger (in every client of this process), of the
-        UTC day ``since`` or later."""
+        UTC day ``since`` or later; no retry starts (nor is under way) until the block ends, so
+        the ledger, read in the block, holds none of them (each counted once)."""
         day = (since or date.min).isoformat()
-        records = []
-        for ledger in [w for w in _live() if w._identity == self._identity]:
-            with ledger._changed:
-                records += [r for r in ledger._unwritten if r.day >= day]
-        return records
+        records: list[UsageRecord] = []
+        ledgers = [w for w in _live() if w._identity == self._identity]
+        held = []
+        try:
+            for ledger in ledgers:
+                with ledger._changed:
+                    ledger._changed.wait_for(ledger._not_retrying)
+                    ledger._reading += 1
+                    held.append(ledger)
+                    records += [r for r in ledger._unwritten if r.day >= day]
+            yield records
+        finally:
+            for ledger in held:
+                with ledger._changed:
+                    ledger._reading -= 1
+                    ledger._changed.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every record queued so far on this ledger, by any client of this process,
@@ -250,13 +332,12 @@ class WriteBehindLedger(UsageLedger):
             done = ledger._flush_own(timeout) and done
         return done
 
-    # Reads count the records the ledger refused (taken first: one written meanwhile is counted
-    # twice for an instant, never missed).
+    # Reads count the records the ledger refused, with the ledger's: each once (_unwritten_since).
 
     def totals(self, since: date, by: str | None = None) -> list[UsageTotals]:
         self.flush()
-        refused = self._unwritten_since(since)
-        rows = self.ledger.totals(since, by)
+        with self._unwritten_since(since) as refused:
+            rows = self.ledger.totals(since, by)
         if not refused:
             return rows
         groups = {row.key: row for row in rows}
@@ -267,14 +348,14 @@ class WriteBehindLedger(UsageLedger):
 
     def spent(self, since: date | None = None, session_id: str | None = None) -> float:
         self.flush()
-        refused = self._unwritten_since(since)
-        spent = self.ledger.spent(since, session_id)
+        with self._unwritten_since(since) as refused:
+            spent = self.ledger.spent(since, session_id)
         return spent + sum(r.cost_usd for r in refused if session_id is None or r.session_id == session_id)
 
     def recent(self, limit: int = 50) -> list[UsageRecord]:
         self.flush()
-        refused = self._unwritten_since(None)
-        records = self.ledger.recent(limit)
+        with self._unwritten_since(None) as refused:
+            records = self.ledger.recent(limit)
         if not refused:
             return records
         return sorted([*records, *refused], key=lambda r: r.timestamp, reverse=True)[:limit]
@@ -301,7 +382,8 @@ class WriteBehindLedger(UsageLedger):
             self.ledger.close()
 
     def __repr__(self) -> str:
-        refused = f" refused={len(self._unwritten)}" if self._unwritten else ""
+        waiting = len(self._unwritten) + len(self._retrying)
+        refused = f" refused={waiting}" if waiting else ""
         return f"<WriteBehindLedger {self._identity} queued={len(self._queued)}{refused}>"
 
 
@@ -328,4 +410,4 @@ def _write_all_on_exit() -> None:
     for ledger in _live():
         if not ledger._flush_own(EXIT_WAIT):
             log.warning("usage records still queued at exit were not written: %r", ledger)
-        ledger._last_try()
+        ledger._last_try(EXIT_WAIT)

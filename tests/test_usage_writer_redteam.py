@@ -1,0 +1,203 @@
+"""Red team of the write-behind usage queue while the ledger refuses writes
+(``oblix_core.usage.writer``): a real ``redis-server`` out of memory (``maxmemory`` with
+``noeviction``: writes refused, reads served), and the SQLite ledger held mid-write.
+
+Each test names what failed before its fix."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import date
+from pathlib import Path
+
+import pytest
+import redis
+
+from oblix_core.usage import writer
+from oblix_core.usage.ledger import UsageRecord
+from oblix_core.usage.sqlite import SqliteUsageLedger
+from oblix_core.usage.writer import WriteBehindLedger
+from oblix_redis.ledger import RedisUsageLedger
+from tests import redis_servers
+from tests.redis_servers import RedisServer, unique_prefix
+
+redis_server = redis_servers.redis_server  # the slow tier: a real redis-server
+
+SINCE = date(2000, 1, 1)
+LOGGER = "oblix_core.usage.writer"
+
+
+@pytest.fixture
+def full(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A client of the server, which refuses writes (out of memory) until ``room`` is called."""
+    client = redis_server.client()
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", "1")  # used memory is always over: every write refused
+    yield client
+    room(client)
+
+
+def room(client: redis.Redis) -> None:
+    client.config_set("maxmemory", "0")
+
+
+def script_runs(client: redis.Redis) -> int:
+    """How many times the ledger's write script ran or was refused since the last reset."""
+    stats = client.info("commandstats").get("cmdstat_evalsha", {})
+    return int(stats.get("calls", 0)) + int(stats.get("rejected_calls", 0))
+
+
+def _priced(n: int, session: str = "s") -> UsageRecord:
+    return UsageRecord(f"req_{n}", "openai:gpt-4o", False, 100, 20, 0.25, "2025-06-01T10:00:00.000Z", session)
+
+
+def _stored(client: redis.Redis, prefix: str) -> float:
+    return RedisUsageLedger(client, prefix).spent()
+
+
+def test_closing_with_many_refused_records_does_not_try_each_one(
+    full: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, every try of the refused records (each retry, close, exit) wrote all of them at
+    once and then each alone: 2 000 refused records cost 2 001 refused writes per try (the
+    writer busy for seconds on a remote Redis, every read of a budget waiting behind it). Now
+    a try stops at the first batch the ledger refuses outright."""
+    ledger = WriteBehindLedger(RedisUsageLedger(full, unique_prefix()))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        for n in range(2000):
+            ledger.record(_priced(n))
+        assert ledger.spent() == pytest.approx(500.0)  # all refused, all counted
+        full.config_resetstat()
+        ledger.close()
+    assert script_runs(full) <= 10
+    lost = [r for r in caplog.records if "still refused when the ledger was closed" in r.getMessage()]
+    assert lost and all(f"req_{n}" in " ".join(r.getMessage() for r in lost) for n in (0, 1999))
+
+
+def test_a_ledger_that_keeps_refusing_is_reported_once_not_per_answer(
+    full: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, each refused batch logged its own warning: sequential answers on a full ledger
+    logged one warning each (a log flood, onto what is often the same full disk)."""
+    ledger = WriteBehindLedger(RedisUsageLedger(full, unique_prefix()))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        for n in range(30):
+            ledger.record(_priced(n))
+            assert ledger.spent() == pytest.approx(0.25 * (n + 1))
+    refused = [r for r in caplog.records if "not recorded yet" in r.getMessage()]
+    assert len(refused) == 1 and "req_0" in refused[0].getMessage()
+    room(full)
+    ledger.close()
+
+
+def test_records_refused_until_the_ledger_recovers_mid_pass_are_not_lost(
+    full: redis.Redis, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, a record refused while memory was short was lost ("at fault") as soon as a
+    record after it in the same one-by-one pass was written, i.e. whenever Redis got room in
+    the middle of a pass (another client deleting keys, memory raised)."""
+    monkeypatch.setattr(writer, "RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(writer, "LINGER", 0.5)  # the four records are written as one batch
+    prefix = unique_prefix()
+
+    class RoomMidPass(RedisUsageLedger):
+        """The Redis ledger; the server gets room once req_1 has been refused in the pass
+        that writes records one by one (as when another client frees memory then)."""
+
+        def record(self, record: UsageRecord) -> None:
+            try:
+                super().record(record)
+            except redis.exceptions.OutOfMemoryError:
+                if record.request_id == "req_1":  # refused, then room for the next ones
+                    room(full)
+                raise
+
+    ledger = WriteBehindLedger(RoomMidPass(full, prefix))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        for n in range(4):
+            ledger.record(_priced(n))
+        ledger.flush()
+        ledger.close()  # the kept records are written once more: the server has room now
+    assert "not recorded (requests" not in caplog.text
+    assert _stored(full, prefix) == pytest.approx(1.0)
+
+
+class HeldRetry(SqliteUsageLedger):
+    """The SQLite ledger refusing writes (as on a full disk) while ``refusing`` is set; a write
+    while ``hold`` is set waits in the ledger for ``go`` first (a slow remote ledger), after
+    saying so (``inside``). A test double of a slow, full ledger."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.refusing, self.hold = threading.Event(), threading.Event()
+        self.inside, self.go = threading.Event(), threading.Event()
+        self.refusing.set()
+
+    def record_many(self, records: Sequence[UsageRecord]) -> None:
+        if self.hold.is_set():
+            self.inside.set()
+            self.go.wait(30)
+        if self.refusing.is_set():
+            import sqlite3
+
+            raise sqlite3.OperationalError("database or disk is full")
+        super().record_many(records)
+
+
+def test_a_record_being_written_again_still_counts_for_budgets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, the writer took the refused records out of the list reads count while it wrote
+    them again: a budget read during the retry saw none of them (0 of $0.50 spent)."""
+    monkeypatch.setattr(writer, "RETRY_SECONDS", 0.05)
+    inner = HeldRetry(tmp_path / "usage.sqlite3")
+    ledger = WriteBehindLedger(inner)
+    ledger.record(_priced(1))
+    ledger.record(_priced(2))
+    assert ledger.spent() == pytest.approx(0.5)
+    inner.hold.set()  # the next retry waits inside the ledger
+    assert inner.inside.wait(30)
+    seen: list[float] = []
+    reader = threading.Thread(target=lambda: seen.append(ledger.spent()))
+    reader.start()
+    reader.join(0.5)  # a read during the retry (it may wait for the retry to end)
+    inner.hold.clear()
+    inner.go.set()  # the retry is refused again
+    reader.join(30)
+    assert seen == [pytest.approx(0.5)]
+    inner.refusing.clear()
+    ledger.close()
+    assert SqliteUsageLedger(tmp_path / "usage.sqlite3").spent() == pytest.approx(0.5)
+
+
+def test_a_record_landing_during_a_read_is_counted_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, a read took the refused records, then read the ledger: a retry landing between
+    the two was counted twice ($1.00 for $0.50 spent: a budget closed early)."""
+    monkeypatch.setattr(writer, "RETRY_SECONDS", 0.05)
+    landed = threading.Event()
+
+    class LandsMidRead(HeldRetry):
+        """Its reads wait (at most 2 s) for a retry to land before reading."""
+
+        def record_many(self, records: Sequence[UsageRecord]) -> None:
+            super().record_many(records)
+            landed.set()
+
+        def spent(self, since: date | None = None, session_id: str | None = None) -> float:
+            if not self.refusing.is_set():
+                landed.wait(2)
+            return super().spent(since, session_id)
+
+    inner = LandsMidRead(tmp_path / "usage.sqlite3")
+    ledger = WriteBehindLedger(inner)
+    ledger.record(_priced(1))
+    ledger.record(_priced(2))
+    assert ledger.spent() == pytest.approx(0.5)
+    inner.refusing.clear()  # room again: the next retry lands (during the read below)
+    assert ledger.spent() == pytest.approx(0.5)
+    ledger.close()
+    assert SqliteUsageLedger(tmp_path / "usage.sqlite3").spent() == pytest.approx(0.5)
