@@ -11,11 +11,15 @@ that fails is written again record by record, so one bad record loses only itsel
 
 When the ledger itself fails a write (a full disk, Redis refusing writes when out of memory,
 an S3 bucket that takes no more), the records it refused are kept in memory and written
-again every :data:`RETRY_SECONDS`; meanwhile reads in this process count them (``spent``,
-so budgets hold; ``totals``; ``recent``). A record is lost (logged with its request id) only
-when it is itself at fault: it is invalid (:class:`~oblix_core.usage.ledger.InvalidUsageRecordError`)
-or it failed while a record written after it succeeded; or when it is still unwritten at
-``close()`` or at the exit, or more than :data:`MAX_UNWRITTEN` wait.
+again every :data:`RETRY_SECONDS`, one :data:`BATCH` of the oldest per try (a pass record by
+record stops after :data:`PROBE` refusals in a row: a long outage costs a few writes per try);
+meanwhile reads in this process count them, also while they are written again (``spent``, so
+budgets hold; ``totals``; ``recent``), each once: no try starts while a read counts. The
+refusals are logged when they start, at most once per :data:`WARN_SECONDS` after, and when all
+are written. A record is lost (logged with its request id) only when it is itself at fault:
+it is invalid (:class:`~oblix_core.usage.ledger.InvalidUsageRecordError`) or it failed in
+:data:`FAULT_TRIES` passes where a record written after it succeeded; or when it is still
+unwritten at ``close()`` or at the exit, or more than :data:`MAX_UNWRITTEN` wait.
 
 Reads (``totals``, ``spent``, ``recent``: reports and budgets) first wait until every
 record queued before them is written — by any client of this process on the same
