@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from datetime import date
 from pathlib import Path
@@ -201,3 +202,47 @@ def test_a_record_landing_during_a_read_is_counted_once(
     assert ledger.spent() == pytest.approx(0.5)
     ledger.close()
     assert SqliteUsageLedger(tmp_path / "usage.sqlite3").spent() == pytest.approx(0.5)
+
+
+def _damage(path: Path) -> None:
+    """Overwrite the ledger file's pages after the first (its rows) with garbage, as a bad disk
+    block would, once everything is in the main file (no write-ahead log to read them from)."""
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    with open(path, "r+b") as file:
+        file.seek(4096)
+        file.write(b"\xff" * 3 * 4096)
+
+
+def test_records_refused_by_a_damaged_ledger_land_in_the_one_another_process_repaired(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, the SQLite ledger kept each thread's connection to the damaged file after
+    `oblix usage --repair` (another process) moved it aside: every read still raised
+    LedgerDamagedError (budgets fail closed: no cloud request at all) and the records it had
+    refused were never written to the fresh ledger, then lost at close."""
+    from oblix_core.usage.ledger import LedgerDamagedError
+
+    monkeypatch.setattr(writer, "RETRY_SECONDS", 0.05)
+    path = tmp_path / "usage.sqlite3"
+    ledger = WriteBehindLedger(SqliteUsageLedger(path))
+    ledger.record(_priced(0))
+    assert ledger.spent() == pytest.approx(0.25)
+    _damage(path)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        ledger.record(_priced(1))
+        ledger.record(_priced(2))
+        with pytest.raises(LedgerDamagedError):
+            ledger.spent()
+        assert "not recorded yet (requests req_1, req_2)" in caplog.text
+        print(SqliteUsageLedger(path).repair())  # what `oblix usage --repair` does, elsewhere
+        deadline = time.monotonic() + 30
+        while {r.request_id for r in SqliteUsageLedger(path).recent(10)} < {"req_1", "req_2"}:
+            assert time.monotonic() < deadline, "the refused records never reached the fresh ledger"
+            time.sleep(0.02)
+        assert ledger.spent() == pytest.approx(SqliteUsageLedger(path).spent())  # each once
+        ledger.close()
+    assert "not recorded (requests" not in caplog.text

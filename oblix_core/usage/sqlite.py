@@ -179,10 +179,23 @@ class SqliteUsageLedger(UsageLedger):
             yield db
         except sqlite3.DatabaseError as exc:
             if any(word in str(exc).lower() for word in _DAMAGE):
+                self._reopen_next_time()  # `oblix usage --repair` may replace the file meanwhile
                 raise LedgerDamagedError(self.path, str(exc)) from None
             raise
         except (IsADirectoryError, NotADirectoryError) as exc:  # the path is no file
             raise LedgerDamagedError(self.path, f"{exc.strerror or exc}: it is not a ledger file") from None
+
+    def _reopen_next_time(self) -> None:
+        """Close this thread's connection to a damaged file: its next use opens the path again,
+        the fresh ledger once the file was repaired (moved aside) by any process."""
+        db = getattr(self._local, "db", None)
+        self._local.db = None
+        with self._lock:
+            self._ready = False  # a file moved away by hand: the next connection makes the table
+            if db in self._all:
+                self._all.remove(db)
+        if db is not None:
+            db.close()
 
     def record(self, record: UsageRecord) -> None:
         self.record_many((record,))
