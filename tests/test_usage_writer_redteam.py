@@ -7,6 +7,8 @@ Each test names what failed before its fix."""
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -246,3 +248,36 @@ def test_records_refused_by_a_damaged_ledger_land_in_the_one_another_process_rep
         assert ledger.spent() == pytest.approx(SqliteUsageLedger(path).spent())  # each once
         ledger.close()
     assert "not recorded (requests" not in caplog.text
+
+
+def test_records_being_written_again_at_exit_are_named_not_dropped_silently(tmp_path: Path) -> None:
+    """Before, a retry under way when the interpreter exited held its records outside the
+    refused list: the exit's last try found none, the writer thread died with them, and
+    nothing said they were lost."""
+    script = f"""
+import logging, sqlite3, sys, threading, time
+from oblix_core.usage import writer
+from oblix_core.usage.ledger import UsageRecord
+from oblix_core.usage.sqlite import SqliteUsageLedger
+from oblix_core.usage.writer import WriteBehindLedger
+logging.basicConfig(stream=sys.stdout, level=logging.WARNING)
+writer.RETRY_SECONDS = 0.05
+slow, inside = threading.Event(), threading.Event()
+
+class SlowFull(SqliteUsageLedger):  # a test double: a slow ledger on a full disk
+    def record_many(self, records):
+        if slow.is_set():
+            inside.set()
+            time.sleep(0.5)
+        raise sqlite3.OperationalError("database or disk is full")
+
+ledger = WriteBehindLedger(SlowFull({str(tmp_path / "usage.sqlite3")!r}))
+for n in (1, 2):
+    ledger.record(UsageRecord(f"req_{{n}}", "openai:gpt-4o", False, 100, 20, 0.25))
+assert ledger.spent() == 0.5
+slow.set()
+assert inside.wait(30)  # the interpreter exits during the retry
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "not recorded (requests req_1, req_2)" in done.stdout

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import threading
 import time
@@ -288,7 +289,8 @@ class WriteBehindLedger(UsageLedger):
         """At close or exit: the refused records written once more, a batch at a time until the
         ledger refuses a whole batch; those still unwritten are lost (logged)."""
         with self._changed:
-            self._changed.wait_for(self._not_retrying, timeout)  # the writer's try ends first
+            self._retry_at = math.inf  # the writer starts no other try (at exit it still runs)
+            self._changed.wait_for(self._not_retrying, timeout)  # its try under way ends first
             again, self._unwritten, self._retrying = [*self._retrying, *self._unwritten], [], []
         lost: list[UsageRecord] = []
         while again:
