@@ -281,3 +281,24 @@ assert inside.wait(30)  # the interpreter exits during the retry
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "not recorded (requests req_1, req_2)" in done.stdout
+
+
+def test_one_sessions_refused_records_do_not_hold_back_the_others(
+    full: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pass record by record stops after 3 refusals in a row (a ledger refusing everything);
+    one session's records refused for their own sake (its Redis counter overwritten with text)
+    must not stop the others' from being written: a record from the batch's other end decides."""
+    room(full)
+    prefix = unique_prefix()
+    full.hset(f"{prefix}{{#usage}}:d:2025-06-01", "s|bad|cost", "not a number")
+    ledger = WriteBehindLedger(RedisUsageLedger(full, prefix))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        for n in range(8):
+            ledger.record(_priced(n, session="bad" if n < 4 else "good"))
+        assert ledger.spent() == pytest.approx(2.0)  # the ledger's 1.0 and the refused 1.0
+        assert ledger.spent(session_id="good") == pytest.approx(1.0)
+        ledger.close()
+    assert RedisUsageLedger(full, prefix).spent(session_id="good") == pytest.approx(1.0)
+    lost = " ".join(r.getMessage() for r in caplog.records if "not recorded (requests" in r.getMessage())
+    assert all(f"req_{n}" in lost for n in range(4)) and "holds not a number" in lost

@@ -12,7 +12,8 @@ that fails is written again record by record, so one bad record loses only itsel
 When the ledger itself fails a write (a full disk, Redis refusing writes when out of memory,
 an S3 bucket that takes no more), the records it refused are kept in memory and written
 again every :data:`RETRY_SECONDS`, one :data:`BATCH` of the oldest per try (a pass record by
-record stops after :data:`PROBE` refusals in a row: a long outage costs a few writes per try);
+record stops after :data:`PROBE` refusals in a row if a record from the batch's other end is
+refused too: a long outage costs a few writes per try);
 meanwhile reads in this process count them, also while they are written again (``spent``, so
 budgets hold; ``totals``; ``recent``), each once: no try starts while a read counts. The
 refusals are logged when they start, at most once per :data:`WARN_SECONDS` after, and when all
@@ -182,6 +183,7 @@ class WriteBehindLedger(UsageLedger):
             if error is None:
                 self._strikes.pop(id(record), None)
             elif isinstance(error, InvalidUsageRecordError) or (i < written_after and self._strike(record)):
+                self._strikes.pop(id(record), None)
                 self._lost([record], error)  # the record itself is at fault
             else:
                 refused.append(record)
@@ -190,22 +192,31 @@ class WriteBehindLedger(UsageLedger):
 
     def _one_by_one(self, batch: Sequence[UsageRecord]) -> list[Exception | None]:
         """Each record's error alone (``None``: written). After :data:`PROBE` refusals in a row
-        the ledger is taken to refuse everything: the rest are not tried (their error: the last)."""
+        a record from the batch's other end is tried: refused too, the ledger refuses everything
+        (the rest are not tried; their error: that one); written, the pass goes on (the refused
+        ones were at fault, e.g. one session's damaged counter)."""
         errors: list[Exception | None] = []
+        tail = 0  # records written from the batch's end by the probes
         refusals = 0
-        for record in batch:
-            if refusals >= PROBE:
-                errors.append(errors[-1])
+        while len(errors) + tail < len(batch):
+            if refusals >= PROBE and len(errors) + tail < len(batch) - 1:
+                probe = self._try(batch[len(batch) - 1 - tail])
+                if probe is not None:
+                    return [*errors, *[probe] * (len(batch) - len(errors) - tail), *[None] * tail]
+                tail, refusals = tail + 1, 0
                 continue
-            try:
-                self.ledger.record(record)
-            except Exception as exc:
-                errors.append(exc)
-                refusals = 0 if isinstance(exc, InvalidUsageRecordError) else refusals + 1
-            else:
-                errors.append(None)
-                refusals = 0
-        return errors
+            error = self._try(batch[len(errors)])
+            errors.append(error)
+            refused = error is not None and not isinstance(error, InvalidUsageRecordError)
+            refusals = refusals + 1 if refused else 0
+        return [*errors, *[None] * tail]
+
+    def _try(self, record: UsageRecord) -> Exception | None:
+        try:
+            self.ledger.record(record)
+        except Exception as exc:
+            return exc
+        return None
 
     def _strike(self, record: UsageRecord) -> bool:
         """``record`` failed while a later one was written: at fault after :data:`FAULT_TRIES`
