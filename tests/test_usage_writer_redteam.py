@@ -302,3 +302,22 @@ def test_one_sessions_refused_records_do_not_hold_back_the_others(
     assert RedisUsageLedger(full, prefix).spent(session_id="good") == pytest.approx(1.0)
     lost = " ".join(r.getMessage() for r in caplog.records if "not recorded (requests" in r.getMessage())
     assert all(f"req_{n}" in lost for n in range(4)) and "holds not a number" in lost
+
+
+def test_records_dropped_over_the_bound_are_named_without_a_line_per_answer(
+    full: redis.Redis, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, once MAX_UNWRITTEN records waited, every refused batch dropped the oldest with a
+    warning of its own: a line per answer for as long as the ledger refused."""
+    monkeypatch.setattr(writer, "MAX_UNWRITTEN", 10)
+    ledger = WriteBehindLedger(RedisUsageLedger(full, unique_prefix()))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        for n in range(50):
+            ledger.record(_priced(n))
+            assert ledger.spent() == pytest.approx(0.25 * min(n + 1, 10))  # the newest 10 kept
+        lines = [r.getMessage() for r in caplog.records if "not recorded (requests" in r.getMessage()]
+        assert len(lines) == 1 and "req_0" in lines[0]
+        ledger.close()
+    lost = " ".join(r.getMessage() for r in caplog.records if "not recorded (requests" in r.getMessage())
+    assert all(f"req_{n}," in lost or f"req_{n} " in lost or f"req_{n})" in lost for n in range(50))
+    assert len([r for r in caplog.records if "not recorded (requests" in r.getMessage()]) <= 3

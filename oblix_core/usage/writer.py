@@ -74,6 +74,8 @@ PROBE = 3
 FAULT_TRIES = 3
 #: While the ledger refuses, at most one warning per this many seconds.
 WARN_SECONDS = 60.0
+#: A warning about records dropped over MAX_UNWRITTEN names at most this many (then a count).
+DROPPED_NAMED = 1000
 
 _LIVE: weakref.WeakSet[WriteBehindLedger] = weakref.WeakSet()
 _LIVE_LOCK = threading.Lock()
@@ -112,6 +114,9 @@ class WriteBehindLedger(UsageLedger):
         self._strikes: dict[int, int] = {}  # id(record): passes it failed while a later one was written
         self._retry_at = 0.0
         self._warned_at: float | None = None  # when the ledger's refusals were last logged
+        self._dropped: list[str] = []  # request ids dropped over MAX_UNWRITTEN, not logged yet
+        self._dropped_count = 0
+        self._dropped_at: float | None = None  # when drops were last logged
         self._last_error: object = None  # why the ledger last refused a record
 
     def record(self, record: UsageRecord) -> None:
@@ -242,11 +247,29 @@ class WriteBehindLedger(UsageLedger):
         elif again:
             self._retry_at = 0.0  # the ledger takes writes again: the next batch at once
         if len(self._unwritten) > MAX_UNWRITTEN:
-            dropped, self._unwritten = self._unwritten[:-MAX_UNWRITTEN], self._unwritten[-MAX_UNWRITTEN:]
-            for record in dropped:
-                self._strikes.pop(id(record), None)
-            self._lost(dropped, self._last_error or "too many records waiting")
+            self._drop_oldest()
         self._report(refused, bool(again))
+
+    def _drop_oldest(self) -> None:
+        """More than :data:`MAX_UNWRITTEN` wait: the oldest are lost (under the lock). Said at
+        once, then at most once per :data:`WARN_SECONDS` (not once per answer)."""
+        dropped, self._unwritten = self._unwritten[:-MAX_UNWRITTEN], self._unwritten[-MAX_UNWRITTEN:]
+        for record in dropped:
+            self._strikes.pop(id(record), None)
+        self._dropped += [r.request_id for r in dropped][: DROPPED_NAMED - len(self._dropped)]
+        self._dropped_count += len(dropped)
+        now = time.monotonic()
+        if self._dropped_at is None or now - self._dropped_at >= WARN_SECONDS:
+            self._dropped_at = now
+            self._say_dropped()
+
+    def _say_dropped(self) -> None:
+        if not self._dropped_count:
+            return
+        more = self._dropped_count - len(self._dropped)
+        names = ", ".join(self._dropped) + (f" and {more} more" if more else "")
+        self._lost_named(names, f"{self._last_error}; more than {MAX_UNWRITTEN} waited, the oldest dropped")
+        self._dropped, self._dropped_count = [], 0
 
     def _report(self, refused: list[UsageRecord], retried: bool) -> None:
         """One warning when the ledger starts refusing, then at most one per :data:`WARN_SECONDS`;
@@ -272,7 +295,10 @@ class WriteBehindLedger(UsageLedger):
     @staticmethod
     def _lost(records: Sequence[UsageRecord], exc: object) -> None:
         """The answers exist; the ledger misses them: say which."""
-        ids = ", ".join(r.request_id for r in records)
+        WriteBehindLedger._lost_named(", ".join(r.request_id for r in records), exc)
+
+    @staticmethod
+    def _lost_named(ids: str, exc: object) -> None:
         log.warning("usage record(s) not recorded (requests %s): %s", ids, exc)
 
     def _flush_own(self, timeout: float | None) -> bool:
@@ -312,6 +338,8 @@ class WriteBehindLedger(UsageLedger):
                 lost += again
                 break
         self._strikes.clear()
+        with self._changed:
+            self._say_dropped()  # those dropped since the last warning
         if lost:
             self._lost(lost, f"{self._last_error} (still refused when the ledger was closed)")
 
