@@ -29,7 +29,8 @@ own answers. Another process sees a record once it is written, normally within
 :data:`LINGER` seconds. ``close()`` and the interpreter's normal exit write what is left; a
 process killed outright (``SIGKILL``, power loss) can lose the records of its last
 instants, unless its caller waited for them (``ResponseStream.recorded()``, which ``oblix
-server`` awaits before an answer's end goes out). A forked child starts with an empty queue
+server`` awaits before an answer's end goes out; while the ledger refuses, a record kept in
+memory ends that wait too, and a kill loses it). A forked child starts with an empty queue
 of its own.
 """
 
