@@ -5,6 +5,7 @@ one idea (about 800 lines is a hint; the ceiling here only catches a module that
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,13 +18,18 @@ MAX_FUNCTION_LINES = 60
 MAX_MODULE_LINES = 1000
 
 
+@functools.cache
+def _tree(path: Path) -> ast.Module:
+    """``path`` parsed, once for the whole run: four tests of this file read every module."""
+    return ast.parse(path.read_text(encoding="utf-8"), str(path))
+
+
 def _long_functions(folder: Path) -> list[str]:
     offenders = []
     for path in folder.rglob("*.py"):
         if "build" in path.parts:
             continue
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
+        for node in ast.walk(_tree(path)):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 length = (node.end_lineno or node.lineno) - node.lineno + 1
                 if length > MAX_FUNCTION_LINES:
@@ -58,7 +64,7 @@ def _all_modules() -> dict[str, tuple[Path, ast.Module]]:
             if "build" in path.parts:
                 continue
             name = ".".join(path.relative_to(base).with_suffix("").parts).removesuffix(".__init__")
-            found[name] = (path, ast.parse(path.read_text(encoding="utf-8"), str(path)))
+            found[name] = (path, _tree(path))
     return found
 
 
@@ -87,8 +93,10 @@ def _imports_anywhere(node: ast.AST, module: str, is_package: bool) -> Iterator[
         yield from _imports_anywhere(child, module, is_package)
 
 
+@functools.cache
 def _import_graph() -> dict[str, set[str]]:
-    """Module -> the project modules it imports (the most specific module each import names)."""
+    """Module -> the project modules it imports (the most specific module each import names);
+    computed once for the run (two tests read it, neither changes it)."""
     modules = _all_modules()
     graph: dict[str, set[str]] = {}
     for name, (path, tree) in modules.items():
