@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -195,10 +196,19 @@ def broken_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return site
 
 
-def test_broken_third_party_plugins_are_skipped_and_reported(broken_site: Path, home: Path) -> None:
-    listed = commands.oblix(broken_site, home, "plugins", "--json")
+@pytest.fixture(scope="module")
+def broken_listing(broken_site: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """``oblix plugins --json`` beside the broken plugins, on an empty home, by plugin name: run
+    once for the module (two tests read the same listing)."""
+    listed = commands.oblix(broken_site, tmp_path_factory.mktemp("listing-home"), "plugins", "--json")
     assert listed.returncode == 0, listed.stderr
-    by_name = {p["name"]: p for p in json.loads(listed.stdout)}
+    return {p["name"]: p for p in json.loads(listed.stdout)}  # stdout is JSON alone
+
+
+def test_broken_third_party_plugins_are_skipped_and_reported(
+    broken_site: Path, home: Path, broken_listing: dict[str, dict[str, Any]]
+) -> None:
+    by_name = broken_listing
     assert by_name["file"]["status"] == "loaded"
     assert by_name["broken_import"]["status"] == "failed"
     assert "boom at import" in by_name["broken_import"]["reason"]
@@ -277,10 +287,10 @@ def test_a_missing_optional_package_names_its_extra(hidden: str, lookup: str, ex
     assert out.stdout.startswith("ERROR") and f"pip install 'oblix[{extra}]'" in out.stdout
 
 
-def test_each_kind_of_plugin_failure_is_listed_with_what_to_fix(broken_site: Path, home: Path) -> None:
-    listed = commands.oblix(broken_site, home, "plugins", "--json")
-    assert listed.returncode == 0, listed.stderr
-    by_name = {p["name"]: p for p in json.loads(listed.stdout)}
+def test_each_kind_of_plugin_failure_is_listed_with_what_to_fix(
+    broken_site: Path, home: Path, broken_listing: dict[str, dict[str, Any]]
+) -> None:
+    by_name = broken_listing
     typo = by_name["typo_argument"]  # pluggy's validation, at registration with pluggy
     assert typo["status"] == "failed" and "'registr'" in typo["reason"]
     assert "oblix_register_agents(register)" in typo["reason"] and "\n" not in typo["reason"]
