@@ -30,20 +30,22 @@ def _flags(command: click.Command) -> set[str]:
     return {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
 
 
-def test_preference_flag_steers_routing(site: Path, tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    home.mkdir()
+def test_preference_flag_steers_routing(site: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``oblix run`` in process (click's runner), the scripted models' plugin found by entry point."""
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     (home / "config.toml").write_text(TWO_MODELS)
-    no_agents = {"OBLIX_DISABLE_PLUGINS": "system"}  # no connectivity verdict: the preference decides
-    default = commands.oblix(site, home, "run", "--json", "hi", **no_agents)
-    assert default.returncode == 0, default.stderr
+    monkeypatch.setenv("OBLIX_DISABLE_PLUGINS", "system")  # no connectivity verdict: the preference decides
+    default = commands.invoke("run", "--json", "hi")
+    assert default.exit_code == 0, (default.output, default.exception)
     assert json.loads(default.stdout)["model_id"] == "scripted:near"
-    cloud = commands.oblix(site, home, "run", "--preference", "cloud-first", "--json", "hi", **no_agents)
-    assert cloud.returncode == 0, cloud.stderr
+    cloud = commands.invoke("run", "--preference", "cloud-first", "--json", "hi")
+    assert cloud.exit_code == 0, (cloud.output, cloud.exception)
     result = json.loads(cloud.stdout)
     assert result["model_id"] == "scripted:far" and "cloud-first" in result["routing_decision"]["reason"]
-    bad = commands.oblix(site, home, "run", "--preference", "sideways", "hi")
-    assert bad.returncode == 2 and "local-first" in bad.stderr
+    monkeypatch.delenv("OBLIX_DISABLE_PLUGINS")
+    bad = commands.invoke("run", "--preference", "sideways", "hi")
+    assert bad.exit_code == 2 and "local-first" in bad.stderr, (bad.output, bad.exception)
 
 
 def test_run_chat_and_server_take_the_flag() -> None:
