@@ -101,6 +101,11 @@ class AgentCheck:
             return None
 
 
+class AgentStopped(Exception):
+    """Raised by :meth:`BaseAgent.pause` when the agent is stopped while a later sample waits:
+    that sample is abandoned (nothing is published) and :meth:`BaseAgent.stop` returns at once."""
+
+
 class BaseAgent(abc.ABC):
     """Base class of monitoring agents; subclass it and implement :meth:`sample`."""
 
@@ -129,11 +134,25 @@ class BaseAgent(abc.ABC):
         """The most recent verdict; cheap, never blocks."""
         return self._latest
 
+    def pause(self, seconds: float) -> None:
+        """Wait ``seconds`` within :meth:`sample` (e.g. to measure over a span). Stopping the
+        agent meanwhile abandons a later sample at once (:class:`AgentStopped`: nothing is
+        published, :meth:`stop` does not wait for it); a first sample still waits its span, so
+        that a one-shot command can save it for the next one."""
+        if seconds <= 0:
+            return
+        if not self._sampled.is_set():
+            time.sleep(seconds)
+        elif self._stop.wait(seconds):
+            raise AgentStopped(f"agent {self.name} stopped during a sample")
+
     def refresh(self) -> AgentCheck:
         """Take a sample now, in the calling thread, and publish it."""
         with self._sample_lock:  # the agent's thread and a request may both ask
             try:
                 check = self.sample()
+            except AgentStopped:  # stopped during a later sample: the last check stands
+                return self._latest
             except Exception as exc:  # an agent failing must not break routing
                 log.warning("agent %s failed to sample: %s", self.name, exc)
                 check = AgentCheck(self.name, AgentState.ERROR, reason=f"sampling failed: {exc}")
@@ -164,6 +183,7 @@ class BaseAgent(abc.ABC):
         if self._thread and self._thread.is_alive():
             return
         self._stop.clear()
+        self._wake.clear()  # the first sample sees the models told so far: no second one at once
         self._thread = threading.Thread(target=self._run, name=f"oblix-agent-{self.name}", daemon=True)
         self._thread.start()
 

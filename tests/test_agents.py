@@ -475,3 +475,70 @@ async def test_other_programs_burning_cpu_send_requests_to_the_cloud(
     metrics = result["agent_checks"]["resource_monitor"]["metrics"]
     assert metrics["other_cpu_percent"] >= 60 and metrics["oblix_cpu_percent"] < 30
     await client.shutdown()
+
+
+# -- stopping does not wait for a sample -------------------------------------------------------
+
+
+class _Spanning(BaseAgent):
+    """An agent that measures over a span with ``pause`` (as the resource monitor does)."""
+
+    def __init__(self, span: float) -> None:
+        super().__init__(name="spanning", interval=60)
+        self.span = span
+        self.samples = 0
+        self.pausing = threading.Event()
+
+    def sample(self) -> AgentCheck:
+        self.samples += 1
+        number = self.samples
+        self.pausing.set()
+        self.pause(self.span)
+        return AgentCheck(self.name, AgentState.AVAILABLE, reason=f"sample {number}")
+
+
+def test_stopping_abandons_a_later_sample_at_once_and_publishes_nothing() -> None:
+    """Before, ``stop()`` waited for the sample under way: every one-shot command waited up to
+    0.2 s at exit for the resource monitor's second CPU span (0.19 s of a 0.3 s ``oblix run``)."""
+    agent = _Spanning(span=0.05)
+    agent.start()
+    first = agent.wait_first(10)
+    assert first.reason == "sample 1" and agent.samples == 1  # told its models before start: no 2nd at once
+    agent.span = 60.0
+    agent.pausing.clear()
+    agent.set_models(())  # the models changed: a second sample, which waits 60 s
+    assert agent.pausing.wait(10)
+    thread = agent._thread
+    agent.stop(timeout=10)
+    assert thread is not None and not thread.is_alive()  # it did not sit out the minute
+    assert agent.latest() is first  # abandoned: nothing published
+
+
+def test_a_first_sample_still_waits_its_span_when_stopped() -> None:
+    """The first sample is what a one-shot command saves for the next: stopping waits for it."""
+    agent = _Spanning(span=0.3)
+    agent.start()
+    assert agent.pausing.wait(10)
+    agent.stop(timeout=10)
+    assert agent.latest().reason == "sample 1" and agent.latest().state == AgentState.AVAILABLE
+
+
+def test_the_resource_monitor_stops_without_finishing_its_span() -> None:
+    monitor = ResourceMonitor(interval=60)
+    monitor.start()
+    first = monitor.wait_first(10)
+    assert first.state != AgentState.PENDING
+    sampling = threading.Event()
+    measure = monitor.measure
+
+    def slow_measure() -> dict[str, Any]:
+        sampling.set()
+        monitor._cpu_primed_at = time.monotonic() + 60  # the next span is a minute long
+        return measure()
+
+    monitor.measure = slow_measure  # type: ignore[method-assign]
+    monitor.set_models(())
+    assert sampling.wait(10)
+    thread = monitor._thread
+    monitor.stop(timeout=10)
+    assert thread is not None and not thread.is_alive() and monitor.latest() is first

@@ -96,7 +96,7 @@ class ResourceMonitor(BaseAgent):
         span = time.monotonic() - self._cpu_primed_at
         least = FIRST_CPU_SPAN if self._published is None else MIN_CPU_SPAN
         if span < least:
-            time.sleep(least - span)
+            self.pause(least - span)  # a later sample is abandoned at once if the agent stops
         system = psutil.cpu_percent(interval=None)
         own = self._process.cpu_percent(interval=None)
         elapsed = time.monotonic() - self._cpu_primed_at
