@@ -7,6 +7,8 @@ point; the CLI, the file store, config.toml and the routing are the real ones.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -224,3 +226,29 @@ def test_idempotency_key_answers_a_rerun_once(cli_home: Path) -> None:
     assert len(messages(one["session_id"])) == 2
     other = oblix("run", "--idempotency-key", "job-7", "something else")
     assert other.exit_code != 0 and "differs in: prompt" in other.output
+
+
+def _cli_in_a_process(home: Path, args: list[str]) -> subprocess.CompletedProcess[str]:
+    """``oblix ARGS`` in a fresh interpreter, which then says on stderr which heavy modules it loaded."""
+    code = (
+        "import sys\n"
+        f"sys.argv = ['oblix', *{args!r}]\n"
+        "from oblix_core.cli.main import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('LOADED', sorted({'numpy', 'uvicorn', 'llama_cpp'} & set(sys.modules)), file=sys.stderr)\n"
+    )
+    env = {**os.environ, "OBLIX_HOME": str(home)}
+    env.pop("OBLIX_DISABLE_PLUGINS", None)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_everyday_commands_start_without_numpy_or_uvicorn(home: Path) -> None:
+    """Every ``oblix`` command loads the llama.cpp and server plugins; their heavy imports wait
+    for the work that needs them (numpy: a prompt's state cache; uvicorn: ``oblix server``
+    serving). Before, numpy (~65 ms) and uvicorn (~40 ms) were imported by each command."""
+    listing = _cli_in_a_process(home, ["plugins", "--json"])
+    loaded = {p["name"] for p in json.loads(listing.stdout) if p["status"] == "loaded"}
+    assert {"llama_cpp", "server"} <= loaded, listing.stdout  # both plugins do load
+    for command in (["--help"], ["sessions", "list"], ["server", "--help"]):
+        done = _cli_in_a_process(home, command)
+        assert "LOADED []" in done.stderr, (command, done.stderr[-2000:])

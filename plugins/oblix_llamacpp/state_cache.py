@@ -57,14 +57,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-import numpy as np
 import psutil
 
-from oblix_llamacpp.saved_state import SavedState, Tokens
+from oblix_llamacpp.saved_state import SavedState
 from oblix_llamacpp.state_disk import DiskStateStore
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from oblix_llamacpp.saved_state import Tokens
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +103,10 @@ def save_point(n_tokens: int) -> int:
 
 def common_prefix(a: Tokens, b: Tokens) -> int:
     """Length of the common prefix of two token arrays."""
+    import numpy  # here, not with the plugin (saved_state.py says why)
+
     n = min(len(a), len(b))
-    differ = np.flatnonzero(a[:n] != b[:n])
+    differ = numpy.flatnonzero(a[:n] != b[:n])
     return int(differ[0]) if len(differ) else n
 
 
@@ -202,8 +208,10 @@ class PromptStateCache:
 
     def prepare(self, prompt: Any) -> CacheUse:
         """Leave the context holding ``prompt`` evaluated as from scratch, reusing what it can."""
+        import numpy  # here, not with the plugin (saved_state.py says why)
+
         llama = self._llama
-        tokens = np.asarray(prompt, dtype=np.intc)
+        tokens = numpy.asarray(prompt, dtype=numpy.intc)
         n = len(tokens)
         boundary = save_point(n)
         if self._holds_exactly(tokens):  # evaluated already, nothing decoded since: sample at once

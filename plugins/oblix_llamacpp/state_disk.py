@@ -24,8 +24,6 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-import numpy as np
-
 from oblix_llamacpp.saved_state import SavedState
 
 if TYPE_CHECKING:
@@ -150,8 +148,10 @@ class DiskStateStore:
         data = bytearray(file.read(size + 1))
         if len(raw) != count * 4 or len(data) != size:
             raise ValueError("truncated, or longer than its header says")
-        tokens = np.frombuffer(raw, dtype="<i4").astype(np.intc)
-        if not np.array_equal(tokens, expected):
+        import numpy  # here, not with the plugin (saved_state.py says why)
+
+        tokens = numpy.frombuffer(raw, dtype="<i4").astype(numpy.intc)
+        if not numpy.array_equal(tokens, expected):
             raise ValueError("its tokens do not match its name")
         return SavedState(tokens, data)
 

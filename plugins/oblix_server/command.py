@@ -8,7 +8,6 @@ import click
 
 from oblix.plugin import ROUTING_PREFERENCES, handle_errors
 from oblix_server.connection_options import connection_options
-from oblix_server.serving import Launch
 from oblix_server.settings import HTTP_IMPLEMENTATIONS, KEY_ENV, LOOPS, ServerSettings
 
 #: The options' defaults are the settings' own (one place says what the server starts with).
@@ -147,11 +146,12 @@ def server(
     settings.check()
     if cloud_api_key and not cloud_models:
         raise click.UsageError("--cloud-api-key goes with --cloud-model TYPE:NAME.")
+    from oblix_server.serving import Launch, run  # imported here: the CLI starts without uvicorn
+    from oblix_server.workers import run_workers
+
     launch = Launch(
         settings, log_level, local_models, cloud_models, cloud_api_key, preference, http, loop, workers
     )
-    from oblix_server.serving import run  # imported here: the CLI starts without uvicorn
-    from oblix_server.workers import run_workers
 
     if workers > 1:
         run_workers(launch)
