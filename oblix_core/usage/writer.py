@@ -351,9 +351,10 @@ class WriteBehindLedger(UsageLedger):
     def _unwritten_since(self, since: date | None) -> Iterator[list[UsageRecord]]:
         """The records refused so far by this ledger (in every client of this process), of the
         UTC day ``since`` or later; no retry starts (nor is under way) until the block ends, so
-        the ledger, read in the block, holds none of them (each counted once)."""
+        the ledger, read in the block, holds none of them (each counted once). A request id kept
+        twice (a replay offers its answer's record again) counts once, as the ledger keeps it."""
         day = (since or date.min).isoformat()
-        records: list[UsageRecord] = []
+        records: dict[str, UsageRecord] = {}
         ledgers = [w for w in _live() if w._identity == self._identity]
         held = []
         try:
@@ -362,8 +363,9 @@ class WriteBehindLedger(UsageLedger):
                     ledger._changed.wait_for(ledger._not_retrying)
                     ledger._reading += 1
                     held.append(ledger)
-                    records += [r for r in ledger._unwritten if r.day >= day]
-            yield records
+                    for record in ledger._unwritten:
+                        records.setdefault(record.request_id, record)  # the first, as the ledger keeps
+            yield [r for r in records.values() if r.day >= day]
         finally:
             for ledger in held:
                 with ledger._changed:
